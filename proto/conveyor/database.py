@@ -1,0 +1,48 @@
+"""PostgreSQL-side conventions shared by migrations, the relay, the consumers and the admin plane."""
+
+from __future__ import annotations
+
+import re
+
+CATALOG_SCHEMA = "conveyor"
+"""Schema of the deployment-wide catalog: consumer registry, dead-letter state, audit."""
+
+OUTBOX_TABLE = "outbox"
+LEDGER_TABLE = "event_ledger"
+VERSION_TABLE = "conveyor_alembic_version"
+"""Alembic version table kept inside each application schema, apart from the app's own."""
+
+CATALOG_VERSION_TABLE = "alembic_version"
+"""Alembic version table of the catalog schema (it lives in `conveyor`, so no clash)."""
+
+DEFAULT_SCHEMA = "public"
+
+LEDGER_RESULTS = ("success", "failure", "skipped")
+"""Allowed `event_ledger.processing_result` values; only success and skipped count as applied."""
+
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def validate_schema(name: str) -> str:
+    """Return `name` if it is a schema name Conveyor accepts, else raise ValueError saying why.
+
+    Only unquoted lower-case identifiers are accepted, so a schema name can be interpolated into
+    DDL and NOTIFY channel names without quoting surprises.
+    """
+    if not _SCHEMA_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid schema name {name!r}: use 1-63 characters of a-z, 0-9 and _, "
+            "not starting with a digit"
+        )
+    if name == CATALOG_SCHEMA or name.startswith("pg_"):
+        raise ValueError(f"invalid schema name {name!r}: reserved for the catalog or PostgreSQL")
+    return name
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel the outbox trigger of `schema` signals on.
+
+    Truncated to PostgreSQL's 63-byte identifier limit; two long schema names sharing a prefix
+    would only wake each other's relays, which then find nothing to do.
+    """
+    return f"conveyor_outbox_{schema}"[:63]

@@ -1,0 +1,90 @@
+"""Redis-side conventions: stream key names, entry field layout, topic names, size cap."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from conveyor.v1 import dead_letter_pb2
+
+LAYOUT_VERSION: Final = b"1"
+"""Version of the entry field layout below; readers accept entries of any version they know."""
+
+# Entry fields of an event in a topic stream. Readers ignore fields they do not know.
+F_VERSION: Final = b"v"
+F_EVENT_ID: Final = b"id"
+F_EVENT_TYPE: Final = b"type"
+F_AGGREGATE_ID: Final = b"agg"
+F_TRACEPARENT: Final = b"tp"
+F_EVENT: Final = b"ev"
+"""The serialized conveyor.v1.Event."""
+
+REQUIRED_FIELDS: Final = (F_EVENT_ID, F_EVENT)
+"""An entry missing one of these is a dead letter."""
+
+MAX_EVENT_BYTES: Final = 1024 * 1024
+"""Default cap on a serialized Event, enforced by `enqueue` and again by consumers."""
+
+DEFAULT_PREFIX: Final = "conveyor"
+
+_TOPIC_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def validate_topic(topic: str) -> str:
+    """Return `topic` if it is a valid topic name, else raise ValueError saying what is allowed."""
+    if not _TOPIC_RE.fullmatch(topic):
+        raise ValueError(
+            f"invalid topic {topic!r}: use 1-100 characters of a-z, 0-9, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return topic
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it can start Redis key names, else raise ValueError."""
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ValueError(
+            f"invalid key prefix {prefix!r}: use 1-64 characters of A-Z, a-z, 0-9, '.', '_', ':', "
+            "'-', without braces"
+        )
+    return prefix
+
+
+class Keys:
+    """Redis key names of one topic. All share the hash tag `{topic}`, so one slot holds them."""
+
+    __slots__ = ("topic", "events", "dlq", "_retry_prefix")
+
+    def __init__(self, topic: str, prefix: str = DEFAULT_PREFIX) -> None:
+        self.topic = validate_topic(topic)
+        base = f"{validate_prefix(prefix)}:{{{topic}}}"
+        self.events = f"{base}:events"
+        """The topic's event stream."""
+        self.dlq = f"{base}:dlq"
+        """The topic's dead-letter stream."""
+        self._retry_prefix = f"{base}:retry:"
+
+    def retry(self, group: str) -> str:
+        """The retry stream that re-delivers events to one consumer group only."""
+        return self._retry_prefix + group
+
+
+def reason_name(reason: int) -> str:
+    """Wire name of a DeadLetterReason value, e.g. DEAD_LETTER_REASON_MAX_ATTEMPTS -> max_attempts."""
+    full = dead_letter_pb2.DeadLetterReason.Name(reason)  # type: ignore[arg-type]
+    return full.removeprefix("DEAD_LETTER_REASON_").lower()
+
+
+def reason_value(name: str) -> int:
+    """DeadLetterReason value of a wire name; ValueError for a name that is not one."""
+    try:
+        return dead_letter_pb2.DeadLetterReason.Value("DEAD_LETTER_REASON_" + name.upper())
+    except ValueError:
+        raise ValueError(f"unknown dead-letter reason {name!r}; known: {', '.join(REASONS)}") from None
+
+
+REASONS: Final = tuple(
+    reason_name(v) for v in dead_letter_pb2.DeadLetterReason.values() if v != 0
+)
+"""Wire names of every dead-letter reason, in enum order."""

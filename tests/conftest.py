@@ -1,0 +1,113 @@
+"""Shared fixtures: the real PostgreSQL and Redis, a fresh schema and key prefix per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+DATABASE_URL = os.environ.get(
+    "CONVEYOR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("CONVEYOR_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+async def _probe() -> None:
+    conn = await asyncpg.connect(DATABASE_URL, timeout=5)
+    await conn.close()
+    r = aioredis.from_url(REDIS_URL, socket_connect_timeout=5)
+    try:
+        await r.ping()
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture(scope="session")
+def services() -> tuple[str, str]:
+    """The PostgreSQL and Redis URLs, checked once; an unreachable service fails every test loudly."""
+    try:
+        asyncio.run(_probe())
+    except Exception as exc:  # noqa: BLE001 - any failure to reach a service is reported alike
+        pytest.fail(
+            f"PostgreSQL ({DATABASE_URL}) or Redis ({REDIS_URL}) is unreachable: {exc!r}. "
+            "Run the README's test command, which starts them, or set CONVEYOR_DATABASE_URL "
+            "and CONVEYOR_REDIS_URL.",
+            pytrace=False,
+        )
+    return DATABASE_URL, REDIS_URL
+
+
+@pytest.fixture
+def database_url(services: tuple[str, str]) -> str:
+    return services[0]
+
+
+@pytest.fixture
+def redis_url(services: tuple[str, str]) -> str:
+    return services[1]
+
+
+@pytest.fixture
+def schema(database_url: str) -> Iterator[str]:
+    """A fresh, empty application schema name, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+def migrated_schema(database_url: str, schema: str) -> str:
+    """A fresh application schema migrated to head (and the catalog with it)."""
+    from admin import migrations
+
+    migrations.upgrade(database_url, schema)
+    return schema
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A fresh Redis key prefix; every key under it is deleted after the test."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    yield prefix
+
+    async def clean() -> None:
+        r = aioredis.from_url(redis_url)
+        try:
+            keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=1000)]
+            for k in keys:
+                await r.delete(k)
+        finally:
+            await r.aclose()
+
+    asyncio.run(clean())
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.from_url(redis_url)
+    try:
+        yield r
+    finally:
+        await r.aclose()
