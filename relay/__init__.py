@@ -1,0 +1,20 @@
+"""Conveyor's producer API (`enqueue`) and relay engine (outbox -> Redis Streams)."""
+
+from __future__ import annotations
+
+from relay.errors import EventTooLarge, NotAMessage, NotInTransaction, RelayError
+from relay.outbox import NewEvent, enqueue, enqueue_many
+from relay.service import Relay
+from relay.settings import RelaySettings
+
+__all__ = [
+    "EventTooLarge",
+    "NewEvent",
+    "NotAMessage",
+    "NotInTransaction",
+    "Relay",
+    "RelayError",
+    "RelaySettings",
+    "enqueue",
+    "enqueue_many",
+]

@@ -15,6 +15,18 @@ VERSION_TABLE = "conveyor_alembic_version"
 CATALOG_VERSION_TABLE = "alembic_version"
 """Alembic version table of the catalog schema (it lives in `conveyor`, so no clash)."""
 
+CONSUMERS_TABLE = "consumers"
+"""Catalog table of registered consumers (group, name, topics, mode, heartbeat)."""
+DEAD_LETTERS_TABLE = "dead_letters"
+"""Catalog table of dead-letter state, one row per dead-letter stream entry."""
+AUDIT_TABLE = "audit"
+"""Catalog table of audited admin actions and denials."""
+
+CONSUMER_MODES = ("exactly-once", "at-least-once")
+"""Allowed `consumers.mode` values."""
+DEAD_LETTER_STATES = ("open", "reprocessing", "reprocessed", "resolved")
+"""Allowed `dead_letters.state` values; a dead letter starts `open`."""
+
 DEFAULT_SCHEMA = "public"
 
 LEDGER_RESULTS = ("success", "failure", "skipped")
@@ -46,3 +58,5 @@ def notify_channel(schema: str) -> str:
     would only wake each other's relays, which then find nothing to do.
     """
     return f"conveyor_outbox_{schema}"[:63]
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

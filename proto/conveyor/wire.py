@@ -26,6 +26,7 @@ MAX_EVENT_BYTES: Final = 1024 * 1024
 """Default cap on a serialized Event, enforced by `enqueue` and again by consumers."""
 
 DEFAULT_PREFIX: Final = "conveyor"
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 
 _TOPIC_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")

@@ -1,0 +1,21 @@
+"""The `conveyor` command line: one console script, a sub-command per job."""
+
+from __future__ import annotations
+
+import typer
+
+from admin import migrate_cli, relay_cli
+
+app = typer.Typer(
+    name="conveyor",
+    help="Reliable domain events: PostgreSQL outbox -> Redis Streams -> exactly-once consumers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(migrate_cli.app, name="migrate", help="Create and upgrade Conveyor's tables.")
+app.add_typer(relay_cli.app, name="relay")
+
+
+def main() -> None:
+    """Entry point of the `conveyor` console script."""
+    app()

@@ -1,0 +1,47 @@
+"""Parsing the durations and points in time that people type on the command line."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)([smhdw]))+?")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`: a plain number of seconds, or units like `90s`, `30m`, `24h`, `1d12h`."""
+    text = text.strip().lower()
+    try:
+        value = float(text)
+    except ValueError:
+        parts = _DURATION_RE.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(
+                f"invalid duration {text!r}: use seconds (e.g. 90) or a number with s, m, h, d "
+                "or w (e.g. 30m, 24h, 1d12h)"
+            ) from None
+        value = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not 0 <= value < float("inf"):  # negative, infinite or NaN
+        raise ValueError(f"invalid duration {text!r}: must be zero or more")
+    return value
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """A point in time: ISO 8601 (`2026-11-29T05:00:00Z`; no zone means UTC) or a duration ago."""
+    now = now or datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        try:
+            return now - timedelta(seconds=parse_duration(text))
+        except ValueError:
+            raise ValueError(
+                f"invalid time {text!r}: use ISO 8601 (e.g. 2026-11-29T05:00:00Z) or how long "
+                "ago (e.g. 2h, 1d)"
+            ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment > now:
+        raise ValueError(f"invalid time {text!r}: it is in the future")
+    return moment

@@ -1,0 +1,203 @@
+"""`conveyor relay` (run the relay) and `conveyor relay replay` (republish kept events)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from datetime import datetime
+from typing import Annotated
+
+import asyncpg
+import redis.asyncio as aioredis
+import typer
+from conveyor import database, wire
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from admin import migrations
+from admin.durations import parse_duration, parse_since
+from admin.errors import AdminError
+from admin.options import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_PREFIX,
+    DEFAULT_REDIS_URL,
+    EXIT_USAGE,
+    DatabaseUrl,
+    KeyPrefix,
+    LogLevel,
+    RedisUrl,
+    fail,
+    redact,
+    setup_logging,
+)
+from relay import Relay, RelaySettings
+from relay.publisher import StreamPublisher
+from relay.replay import replay
+from relay.store import count_replayable
+
+log = logging.getLogger(__name__)
+app = typer.Typer(help="Publish outbox events to Redis Streams.", no_args_is_help=False)
+
+Schemas = Annotated[
+    list[str],
+    typer.Option(
+        "--schema",
+        envvar="CONVEYOR_SCHEMA",
+        help="Application schema whose outbox to drain; repeat for several.",
+    ),
+]
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    ctx: typer.Context,
+    schema: Schemas = [database.DEFAULT_SCHEMA],  # noqa: B006 - typer needs a list default
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    key_prefix: KeyPrefix = DEFAULT_PREFIX,
+    batch_size: Annotated[
+        int, typer.Option(envvar="CONVEYOR_RELAY_BATCH_SIZE", help="Rows per transaction.")
+    ] = 1000,
+    concurrency: Annotated[
+        int, typer.Option(envvar="CONVEYOR_RELAY_CONCURRENCY", help="Batches in flight per schema.")
+    ] = 2,
+    poll_interval: Annotated[
+        str, typer.Option(envvar="CONVEYOR_RELAY_POLL_INTERVAL", help="Polling fallback period.")
+    ] = "1s",
+    listen: Annotated[
+        bool, typer.Option(envvar="CONVEYOR_RELAY_LISTEN", help="Wake on the outbox NOTIFY.")
+    ] = True,
+    retention: Annotated[
+        str,
+        typer.Option(
+            envvar="CONVEYOR_RELAY_RETENTION",
+            help="Keep published rows this long for `relay replay` (0: delete at once).",
+        ),
+    ] = "24h",
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the relay: drain each schema's outbox into its topic streams until SIGTERM."""
+    if ctx.invoked_subcommand is not None:
+        return
+    setup_logging(log_level)
+    try:
+        settings = RelaySettings(
+            database_url=database_url,
+            redis_url=redis_url,
+            schemas=tuple(schema),
+            key_prefix=key_prefix,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            poll_interval=parse_duration(poll_interval),
+            listen=listen,
+            retention=parse_duration(retention),
+        )
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    for name in settings.schemas:
+        try:
+            asyncio.run(migrations.ensure_at_head(database_url, name))
+        except AdminError as exc:
+            fail(exc.message)
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: RelaySettings) -> None:
+    loop = asyncio.get_running_loop()
+    async with Relay(settings) as relay:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, relay.stop)
+        log.info(
+            "relay started: schemas=%s database=%s redis=%s batch_size=%d concurrency=%d",
+            ",".join(settings.schemas),
+            redact(settings.database_url),
+            redact(settings.redis_url),
+            settings.batch_size,
+            settings.concurrency,
+        )
+        await relay.run()
+        published = sum(f.published for f in relay.forwarders.values())
+        log.info("relay stopped after the batches in flight: published=%d", published)
+
+
+@app.command("replay")
+def replay_command(
+    since: Annotated[
+        str,
+        typer.Option(help="Republish rows published at or after this time (ISO 8601 or e.g. 2h)."),
+    ],
+    schema: Annotated[
+        str, typer.Option(envvar="CONVEYOR_SCHEMA", help="Application schema.")
+    ] = database.DEFAULT_SCHEMA,
+    topic: Annotated[str | None, typer.Option(help="Only this topic.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be republished.")] = False,
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    key_prefix: KeyPrefix = DEFAULT_PREFIX,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Republish outbox rows kept after publishing (see --retention), e.g. after Redis lost data."""
+    try:
+        moment = parse_since(since)
+        database.validate_schema(schema)
+        wire.validate_prefix(key_prefix)
+        if topic is not None:
+            wire.validate_topic(topic)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    try:
+        asyncio.run(migrations.ensure_at_head(database_url, schema))
+    except AdminError as exc:
+        fail(exc.message)
+    result = asyncio.run(
+        _replay(database_url, redis_url, key_prefix, schema, moment, topic, dry_run, as_json)
+    )
+    if as_json:
+        print(json.dumps(result))
+        return
+    verb = "would republish" if dry_run else "republished"
+    Console().print(
+        f"{verb} {result['matched']} events from schema {schema} published since "
+        f"{moment.isoformat()}"
+    )
+    for stream, n in sorted(result["by_stream"].items()):
+        Console().print(f"  {stream}: {n}")
+
+
+async def _replay(
+    database_url: str,
+    redis_url: str,
+    prefix: str,
+    schema: str,
+    since: datetime,
+    topic: str | None,
+    dry_run: bool,
+    quiet: bool,
+) -> dict[str, object]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    client = aioredis.from_url(redis_url)
+    try:
+        total = await count_replayable(pool, schema, since, topic)
+        with Progress(
+            TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            disable=quiet, transient=True,
+        ) as progress:  # fmt: skip
+            task = progress.add_task("replay", total=total)
+            result = await replay(
+                pool, StreamPublisher(client, prefix), schema, since=since, topic=topic,
+                dry_run=dry_run, on_progress=lambda n: progress.advance(task, n),
+            )  # fmt: skip
+    finally:
+        await client.aclose()
+        await pool.close()
+    return {
+        "schema": schema,
+        "since": since.isoformat(),
+        "topic": topic,
+        "dry_run": dry_run,
+        "matched": result.matched,
+        "published": result.published,
+        "by_stream": dict(result.by_stream),
+    }

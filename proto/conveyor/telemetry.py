@@ -1,0 +1,66 @@
+"""OpenTelemetry names shared by every process: meters, instruments, spans and attributes.
+
+Instrument names omit the `_total` and unit suffixes that the Prometheus exporter adds, so
+`EVENTS_PUBLISHED` is scraped as `events_published_total`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+METER_RELAY: Final = "conveyor.relay"
+METER_CONSUMER: Final = "conveyor.consumer"
+METER_ADMIN: Final = "conveyor.admin"
+TRACER: Final = "conveyor"
+
+# Counters.
+EVENTS_PUBLISHED: Final = "events_published"
+EVENTS_PUBLISH_FAILED: Final = "events_publish_failed"
+EVENTS_REPLAYED: Final = "events_replayed"
+EVENTS_CONSUMED: Final = "events_consumed"
+EVENTS_PROCESSED: Final = "events_processed"
+EVENTS_DUPLICATE: Final = "events_duplicate"
+EVENTS_RETRIED: Final = "events_retried"
+EVENTS_DLQ: Final = "events_dlq"
+EVENTS_REPROCESSED: Final = "events_reprocessed"
+EVENTS_TRIMMED: Final = "events_trimmed"
+REDIS_RESETS: Final = "redis_resets"
+
+# Gauges.
+OUTBOX_BACKLOG: Final = "outbox_backlog"
+OUTBOX_OLDEST_AGE: Final = "outbox_oldest_age"
+CONSUMER_LAG: Final = "consumer_lag"
+CONSUMER_LAG_ENTRIES: Final = "consumer_lag_entries"
+CONSUMER_PENDING: Final = "consumer_pending"
+DEPENDENCY_UP: Final = "dependency_up"
+
+# Histograms (seconds).
+EVENT_PROCESSING_DURATION: Final = "event_processing_duration"
+EVENT_END_TO_END_LATENCY: Final = "event_end_to_end_latency"
+
+# Attributes.
+ATTR_STREAM: Final = "stream"
+ATTR_GROUP: Final = "group"
+ATTR_RESULT: Final = "result"
+ATTR_REASON: Final = "reason"
+ATTR_SCHEMA: Final = "schema"
+ATTR_DEPENDENCY: Final = "dependency"
+ATTR_EVENT_ID: Final = "conveyor.event.id"
+ATTR_EVENT_TYPE: Final = "conveyor.event.type"
+ATTR_BATCH_SIZE: Final = "conveyor.batch.size"
+ATTR_MESSAGING_SYSTEM: Final = "messaging.system"
+ATTR_MESSAGING_DESTINATION: Final = "messaging.destination.name"
+
+# Spans.
+SPAN_ENQUEUE: Final = "conveyor enqueue"
+SPAN_RELAY_PUBLISH: Final = "conveyor publish"
+SPAN_RELAY_REPLAY: Final = "conveyor replay"
+SPAN_PROCESS: Final = "conveyor process"
+SPAN_DEAD_LETTER: Final = "conveyor dead_letter"
+SPAN_REPROCESS: Final = "conveyor reprocess"
+
+# Header keys carried in Event.headers (W3C trace context plus correlation).
+HEADER_TRACEPARENT: Final = "traceparent"
+HEADER_TRACESTATE: Final = "tracestate"
+HEADER_CORRELATION_ID: Final = "correlation_id"
+HEADER_CAUSATION_ID: Final = "causation_id"

@@ -1,0 +1,41 @@
+"""Errors raised by the producer API and the relay."""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error the relay package raises on purpose."""
+
+
+class NotInTransaction(RelayError):
+    """`enqueue` was called on a connection with no open transaction; nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "enqueue() needs an open transaction on the connection, so the event commits or rolls "
+            "back with the business change: wrap the call in `async with conn.transaction():`"
+        )
+
+
+class EventTooLarge(RelayError, ValueError):
+    """The serialized event exceeds the size cap; nothing was written."""
+
+    def __init__(self, *, event_type: str, size: int, limit: int) -> None:
+        self.event_type = event_type
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"event of type {event_type} is {size} bytes serialized, over the {limit}-byte cap; "
+            "store large data elsewhere and put a reference in the event"
+        )
+
+
+class NotAMessage(RelayError, TypeError):
+    """What was passed as the event payload is not a protobuf message."""
+
+    def __init__(self, value: object) -> None:
+        self.value_type = type(value).__qualname__
+        super().__init__(
+            f"enqueue() takes a protobuf message as the event payload, got "
+            f"{type(value).__module__}.{self.value_type}: {value!r:.80}"
+        )

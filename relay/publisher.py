@@ -1,0 +1,80 @@
+"""Redis side of the relay: XADD claimed rows to their topic streams, notice Redis resets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from conveyor import wire
+
+from relay.store import Row
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """What the forwarder needs from the stream side (real: StreamPublisher)."""
+
+    def stream_key(self, topic: str) -> str:
+        """The stream key events of `topic` are appended to."""
+
+    async def publish(self, rows: Sequence[Row]) -> dict[str, int]:
+        """Append every row to its topic stream; return entries added per stream key."""
+
+    async def check_reset(self) -> ResetReport | None:
+        """Compare the server's run id with the last one seen; report what a restart lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResetReport:
+    """A Redis restart the publisher noticed, and the streams it had written that are now gone."""
+
+    old_run_id: str
+    new_run_id: str
+    missing_streams: tuple[str, ...] = field(default=())
+
+
+class StreamPublisher:
+    """Pipelined XADD of outbox rows, one entry per row, fields as conveyor.wire lays them out."""
+
+    def __init__(self, client: Any, prefix: str = wire.DEFAULT_PREFIX) -> None:
+        self._client = client
+        self._prefix = wire.validate_prefix(prefix)
+        self._keys: dict[str, str] = {}
+        self._run_id: str | None = None
+
+    def stream_key(self, topic: str) -> str:
+        key = self._keys.get(topic)
+        if key is None:
+            key = self._keys[topic] = wire.Keys(topic, self._prefix).events
+        return key
+
+    async def publish(self, rows: Sequence[Row]) -> dict[str, int]:
+        pipe = self._client.pipeline(transaction=False)
+        counts: dict[str, int] = {}
+        for _id, event_id, topic, event_type, aggregate_id, traceparent, payload in rows:
+            key = self.stream_key(topic)
+            counts[key] = counts.get(key, 0) + 1
+            args = [b"XADD", key, b"*", wire.F_VERSION, wire.LAYOUT_VERSION,
+                    wire.F_EVENT_ID, str(event_id), wire.F_EVENT_TYPE, event_type,
+                    wire.F_AGGREGATE_ID, aggregate_id]  # fmt: skip
+            if traceparent:
+                args += (wire.F_TRACEPARENT, traceparent)
+            args += (wire.F_EVENT, payload)
+            pipe.execute_command(*args)
+        await pipe.execute()
+        return counts
+
+    async def check_reset(self) -> ResetReport | None:
+        info = await self._client.info("server")
+        run_id = str(info["run_id"])
+        old, self._run_id = self._run_id, run_id
+        if old is None or old == run_id:
+            return None
+        missing = []
+        for key in sorted(self._keys.values()):
+            if not await self._client.exists(key):
+                missing.append(key)
+        return ResetReport(old, run_id, tuple(missing))

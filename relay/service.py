@@ -1,0 +1,178 @@
+"""A relay process: one forwarder per schema, a NOTIFY listener, a monitor and a cleaner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from relay.forwarder import Forwarder
+from relay.metrics import RelayMetrics
+from relay.publisher import StreamPublisher
+from relay.settings import RelaySettings
+from relay.store import NotifyListener, OutboxStore
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    """Drains the outbox of every configured schema into Redis until `stop()` is called.
+
+    `async with Relay(settings) as relay: await relay.run()`; `stop()` (e.g. on SIGTERM) lets the
+    batches in flight finish, then `run()` returns.
+    """
+
+    def __init__(self, settings: RelaySettings, metrics: RelayMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or RelayMetrics()
+        self.forwarders: dict[str, Forwarder] = {}
+        self.started_at = time.time()
+        self.redis_reset: str | None = None
+        """Last Redis reset noticed that lost streams, as a message; None when none was."""
+        self._stopping = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._redis: Any = None
+        self._publisher: StreamPublisher | None = None
+        self._listener: NotifyListener | None = None
+
+    async def __aenter__(self) -> Relay:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the connection pool and the Redis client; fails if PostgreSQL is unreachable."""
+        s = self.settings
+        size = s.concurrency * len(s.schemas) + 2
+        self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=size)
+        self._redis = aioredis.from_url(s.redis_url, socket_keepalive=True)
+        self._publisher = StreamPublisher(self._redis, s.key_prefix)
+        for schema in s.schemas:
+            store = OutboxStore(self._pool, schema, keep_published=s.retention > 0)
+            self.forwarders[schema] = Forwarder(
+                store, self._publisher, s, self.metrics, self._stopping
+            )
+        if s.listen:
+            self._listener = NotifyListener(s.database_url, s.schemas, self._wake)
+
+    def stop(self) -> None:
+        """Begin a graceful stop: no new batches; those in flight finish."""
+        self._stopping.set()
+        for forwarder in self.forwarders.values():
+            forwarder.wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Forward until `stop()`; housekeeping runs beside the forwarders."""
+        side = [asyncio.create_task(self._monitor(), name="relay-monitor")]
+        if self.settings.retention > 0:
+            side.append(asyncio.create_task(self._clean(), name="relay-cleanup"))
+        try:
+            await asyncio.gather(*(f.run() for f in self.forwarders.values()))
+        finally:
+            for task in side:
+                task.cancel()
+            for task in side:
+                with suppress(asyncio.CancelledError):
+                    await task
+
+    async def close(self) -> None:
+        self.stop()
+        if self._listener is not None:
+            await self._listener.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+
+    def _wake(self, schema: str) -> None:
+        forwarder = self.forwarders.get(schema)
+        if forwarder is not None:
+            forwarder.wake()
+
+    async def _monitor(self) -> None:
+        while not self._stopping.is_set():
+            await self._check_listener()
+            await self._check_redis()
+            await self._measure_backlog()
+            await self._pause(self.settings.monitor_interval)
+
+    async def _check_listener(self) -> None:
+        if self._listener is None or self._listener.connected:
+            return
+        try:
+            await self._listener.connect()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot LISTEN for outbox notifications, polling meanwhile: %r", exc)
+            return
+        for forwarder in self.forwarders.values():
+            forwarder.wake()  # rows may have committed while nobody listened
+
+    async def _check_redis(self) -> None:
+        assert self._publisher is not None
+        try:
+            report = await self._publisher.check_reset()
+        except Exception as exc:  # noqa: BLE001 - any Redis failure means "down" here
+            self.metrics.dependency_up["redis"] = False
+            log.warning("redis unreachable: %r", exc)
+            return
+        self.metrics.dependency_up["redis"] = True
+        if report is None:
+            return
+        self.metrics.redis_resets.add(1)
+        if not report.missing_streams:
+            log.warning(
+                "redis restarted (run id %s -> %s); every stream this relay wrote is still there",
+                report.old_run_id,
+                report.new_run_id,
+            )
+            return
+        self.redis_reset = (
+            f"redis restarted (run id {report.old_run_id} -> {report.new_run_id}) and lost "
+            f"streams {', '.join(report.missing_streams)}: events published before the restart "
+            "may be gone; republish them with `conveyor relay replay --schema S --since TIME` "
+            "(TIME: before the last event the consumers applied)"
+        )
+        log.error("REDIS DATA LOSS: %s", self.redis_reset)
+
+    async def _measure_backlog(self) -> None:
+        for schema, forwarder in self.forwarders.items():
+            try:
+                self.metrics.backlog[schema] = await forwarder.store.backlog()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.metrics.dependency_up["postgres"] = False
+                log.warning("postgres unreachable: %r", exc)
+                return
+        self.metrics.dependency_up["postgres"] = True
+
+    async def _clean(self) -> None:
+        s = self.settings
+        while not self._stopping.is_set():
+            for schema, forwarder in self.forwarders.items():
+                try:
+                    while (
+                        await forwarder.store.clean_up(s.retention, s.cleanup_batch)
+                        == s.cleanup_batch
+                    ):
+                        pass
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("outbox cleanup failed, will retry: schema=%s error=%r", schema, exc)
+            await self._pause(s.cleanup_interval)
+
+    async def _pause(self, seconds: float) -> None:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()

@@ -1,0 +1,68 @@
+"""Settings of a relay process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conveyor import database, wire
+
+
+def _positive(name: str, value: float, allowed: str = "a number > 0") -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """How one relay process runs; validated on construction."""
+
+    database_url: str = database.DEFAULT_DATABASE_URL
+    """PostgreSQL holding the outbox tables (CONVEYOR_DATABASE_URL)."""
+    redis_url: str = wire.DEFAULT_REDIS_URL
+    """Redis receiving the streams (CONVEYOR_REDIS_URL)."""
+    schemas: tuple[str, ...] = (database.DEFAULT_SCHEMA,)
+    """Application schemas whose outbox this relay drains."""
+    key_prefix: str = wire.DEFAULT_PREFIX
+    """First part of every Redis key, so tenants and tests can share one Redis."""
+    batch_size: int = 1000
+    """Rows claimed, published and marked per transaction."""
+    concurrency: int = 2
+    """Batches in flight per schema; their XADDs still go out in claim order."""
+    poll_interval: float = 1.0
+    """Seconds between claims when no NOTIFY arrives (the fallback that also covers outages)."""
+    listen: bool = True
+    """Wake on the outbox trigger's NOTIFY; off, the relay only polls."""
+    retention: float = 86_400.0
+    """Seconds a published row is kept for `conveyor relay replay`; 0 deletes it on publish."""
+    cleanup_interval: float = 60.0
+    """Seconds between sweeps deleting rows older than the retention."""
+    cleanup_batch: int = 10_000
+    """Rows deleted per cleanup statement."""
+    backoff_initial: float = 0.1
+    """First wait, in seconds, after a failed batch; doubles up to `backoff_max`, with jitter."""
+    backoff_max: float = 10.0
+    monitor_interval: float = 5.0
+    """Seconds between Redis reset checks and backlog measurements."""
+
+    def __post_init__(self) -> None:
+        if not self.schemas:
+            raise ValueError("schemas must name at least one schema")
+        for schema in self.schemas:
+            database.validate_schema(schema)
+        if len(set(self.schemas)) != len(self.schemas):
+            raise ValueError(f"schemas must not repeat, got {list(self.schemas)}")
+        wire.validate_prefix(self.key_prefix)
+        if not 1 <= self.batch_size <= 100_000:
+            raise ValueError(f"batch_size must be 1-100000, got {self.batch_size!r}")
+        if not 1 <= self.concurrency <= 16:
+            raise ValueError(f"concurrency must be 1-16, got {self.concurrency!r}")
+        if self.retention < 0:
+            raise ValueError(f"retention must be >= 0 seconds, got {self.retention!r}")
+        for name in ("poll_interval", "cleanup_interval", "backoff_initial", "monitor_interval"):
+            _positive(name, getattr(self, name))
+        _positive("cleanup_batch", self.cleanup_batch, "an integer > 0")
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(
+                f"backoff_max ({self.backoff_max}) must be >= backoff_initial "
+                f"({self.backoff_initial})"
+            )

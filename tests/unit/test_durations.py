@@ -1,0 +1,37 @@
+"""Durations and times typed on the command line."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from admin.durations import parse_duration, parse_since
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("0", 0), ("90", 90), ("1.5", 1.5), ("30m", 1800), ("24h", 86400), ("1d12h", 129600),
+     ("2w", 1209600), (" 5S ", 5)],
+)  # fmt: skip
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "x", "1x", "-5", "h", "10m5", "inf", "nan", "1h-1m"])
+def test_bad_durations_say_what_is_allowed(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_since_accepts_iso_and_ago() -> None:
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    assert parse_since("2h", now) == now - timedelta(hours=2)
+    assert parse_since("2026-11-29T05:00:00Z", now) == datetime(2026, 11, 29, 5, tzinfo=UTC)
+    assert parse_since("2026-11-29 05:00", now) == datetime(2026, 11, 29, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2030-01-01T00:00:00Z"])
+def test_since_rejects_nonsense_and_the_future(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid time"):
+        parse_since(text, datetime(2026, 11, 29, tzinfo=UTC))
