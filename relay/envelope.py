@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -16,13 +17,31 @@ from opentelemetry import propagate
 from relay.errors import NotAMessage
 
 
-def uuid7() -> uuid.UUID:
-    """A time-ordered UUID (RFC 9562 version 7), so event ids index well and sort by time."""
-    ms = time.time_ns() // 1_000_000
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
-    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
-    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
-    return uuid.UUID(int=value)
+class _Uuid7:
+    """RFC 9562 version 7 UUIDs, strictly increasing within the process (method 3: when the
+    clock has not moved on, the previous value plus one in its random bits)."""
+
+    _VERSION_VARIANT = 0x7 << 76 | 0x2 << 62
+    _FIXED_BITS = 0xF << 76 | 0x3 << 62
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> uuid.UUID:
+        ms = time.time_ns() // 1_000_000
+        fresh = (ms & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10))
+        fresh = fresh & ~self._FIXED_BITS | self._VERSION_VARIANT
+        with self._lock:
+            if fresh <= self._last:
+                # +1 lands in the 62 low random bits; carrying out of them would take 2**62 ids.
+                fresh = self._last + 1
+            self._last = fresh
+        return uuid.UUID(int=fresh)
+
+
+uuid7 = _Uuid7()
+"""A time-ordered UUID (RFC 9562 version 7), so event ids index well and sort by time."""
 
 
 def trace_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
