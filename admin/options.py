@@ -8,6 +8,7 @@ import sys
 from typing import Annotated, NoReturn
 
 import typer
+
 from conveyor import database, wire
 
 DatabaseUrl = Annotated[
@@ -27,9 +28,7 @@ KeyPrefix = Annotated[
 ]
 LogLevel = Annotated[
     str,
-    typer.Option(
-        "--log-level", envvar="CONVEYOR_LOG_LEVEL", help="debug, info, warning or error."
-    ),
+    typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL", help="debug, info, warning or error."),
 ]
 
 DEFAULT_DATABASE_URL = database.DEFAULT_DATABASE_URL

@@ -10,9 +10,7 @@ from datetime import datetime
 from typing import Annotated
 
 import asyncpg
-import redis.asyncio as aioredis
 import typer
-from conveyor import database, wire
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -32,9 +30,10 @@ from admin.options import (
     redact,
     setup_logging,
 )
+from conveyor import database, redis_client, wire
 from relay import Relay, RelaySettings
 from relay.publisher import StreamPublisher
-from relay.replay import replay
+from relay.replay import ReplayResult, replay
 from relay.store import count_replayable
 
 log = logging.getLogger(__name__)
@@ -155,15 +154,16 @@ def replay_command(
         _replay(database_url, redis_url, key_prefix, schema, moment, topic, dry_run, as_json)
     )
     if as_json:
-        print(json.dumps(result))
+        summary = {"schema": schema, "since": moment.isoformat(), "topic": topic,
+                   "dry_run": dry_run, "matched": result.matched, "published": result.published,
+                   "by_stream": dict(result.by_stream)}  # fmt: skip
+        print(json.dumps(summary))
         return
     verb = "would republish" if dry_run else "republished"
-    Console().print(
-        f"{verb} {result['matched']} events from schema {schema} published since "
-        f"{moment.isoformat()}"
-    )
-    for stream, n in sorted(result["by_stream"].items()):
-        Console().print(f"  {stream}: {n}")
+    console = Console()
+    console.print(f"{verb} {result.matched} events of schema {schema} published since {moment}")
+    for stream, n in sorted(result.by_stream.items()):
+        console.print(f"  {stream}: {n}")
 
 
 async def _replay(
@@ -175,9 +175,9 @@ async def _replay(
     topic: str | None,
     dry_run: bool,
     quiet: bool,
-) -> dict[str, object]:
+) -> ReplayResult:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    client = aioredis.from_url(redis_url)
+    client = redis_client.connect(redis_url)
     try:
         total = await count_replayable(pool, schema, since, topic)
         with Progress(
@@ -192,12 +192,4 @@ async def _replay(
     finally:
         await client.aclose()
         await pool.close()
-    return {
-        "schema": schema,
-        "since": since.isoformat(),
-        "topic": topic,
-        "dry_run": dry_run,
-        "matched": result.matched,
-        "published": result.published,
-        "by_stream": dict(result.by_stream),
-    }
+    return result

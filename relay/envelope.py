@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 
-from conveyor import telemetry
-from conveyor.v1 import event_pb2
 from google.protobuf.message import Message
 from opentelemetry import propagate
 
+from conveyor import telemetry
+from conveyor.v1 import event_pb2
 from relay.errors import NotAMessage
 
 

@@ -9,10 +9,10 @@ from collections import Counter
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from conveyor import telemetry as t
 from opentelemetry import trace
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
+from conveyor import telemetry as t
 from relay.metrics import RelayMetrics
 from relay.publisher import Publisher
 from relay.settings import RelaySettings

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from conveyor import telemetry as t
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
+
+from conveyor import telemetry as t
 
 
 class RelayMetrics:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from conveyor import database, telemetry, wire
 from google.protobuf.message import Message
 from opentelemetry import trace
 
+from conveyor import database, telemetry, wire
 from relay import envelope
 from relay.errors import EventTooLarge, NotInTransaction
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from conveyor import wire
-
+from conveyor import redis_client, wire
 from relay.store import Row
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class StreamPublisher:
                 args += (wire.F_TRACEPARENT, traceparent)
             args += (wire.F_EVENT, payload)
             pipe.execute_command(*args)
-        await pipe.execute()
+        async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
+            await pipe.execute()
         return counts
 
     async def check_reset(self) -> ResetReport | None:

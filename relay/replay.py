@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
-from conveyor import telemetry as t
 from opentelemetry import trace
 
+from conveyor import telemetry as t
 from relay import store
 from relay.metrics import RelayMetrics
 from relay.publisher import Publisher
@@ -52,7 +52,9 @@ async def replay(
     with _tracer.start_as_current_span(
         t.SPAN_RELAY_REPLAY, attributes={t.ATTR_SCHEMA: schema, "conveyor.dry_run": dry_run}
     ):
-        while rows := await store.replay_rows(pool, schema, since, topic, after_id, batch_size):
+        while rows := await store.replay_rows(
+            pool, schema, since=since, topic=topic, after_id=after_id, limit=batch_size
+        ):
             after_id = rows[-1][0]
             result.matched += len(rows)
             if dry_run:

@@ -10,8 +10,8 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
+from conveyor import redis_client
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
 from relay.publisher import StreamPublisher
@@ -46,7 +46,10 @@ class Relay:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -55,7 +58,7 @@ class Relay:
         s = self.settings
         size = s.concurrency * len(s.schemas) + 2
         self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=size)
-        self._redis = aioredis.from_url(s.redis_url, socket_keepalive=True)
+        self._redis = redis_client.connect(s.redis_url)
         self._publisher = StreamPublisher(self._redis, s.key_prefix)
         for schema in s.schemas:
             store = OutboxStore(self._pool, schema, keep_published=s.retention > 0)
@@ -169,7 +172,9 @@ class Relay:
                     ):
                         pass
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("outbox cleanup failed, will retry: schema=%s error=%r", schema, exc)
+                    log.warning(
+                        "outbox cleanup failed, will retry: schema=%s error=%r", schema, exc
+                    )
             await self._pause(s.cleanup_interval)
 
     async def _pause(self, seconds: float) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
+
 from conveyor import database
 
 Row = Any
@@ -112,7 +113,13 @@ class NotifyListener:
 
 
 async def replay_rows(
-    pool: asyncpg.Pool, schema: str, since: datetime, topic: str | None, after_id: int, limit: int
+    pool: asyncpg.Pool,
+    schema: str,
+    *,
+    since: datetime,
+    topic: str | None,
+    after_id: int,
+    limit: int,
 ) -> Sequence[Row]:
     """Published rows still kept, published at or after `since`, in id order after `after_id`."""
     table = f"{database.validate_schema(schema)}.{database.OUTBOX_TABLE}"

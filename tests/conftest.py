@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from admin import migrations
+
 DATABASE_URL = os.environ.get(
     "CONVEYOR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -29,7 +31,7 @@ async def _probe() -> None:
 
 @pytest.fixture(scope="session")
 def services() -> tuple[str, str]:
-    """The PostgreSQL and Redis URLs, checked once; an unreachable service fails every test loudly."""
+    """The PostgreSQL and Redis URLs, checked once; an unreachable one fails every test loudly."""
     try:
         asyncio.run(_probe())
     except Exception as exc:  # noqa: BLE001 - any failure to reach a service is reported alike
@@ -71,8 +73,6 @@ def schema(database_url: str) -> Iterator[str]:
 @pytest.fixture
 def migrated_schema(database_url: str, schema: str) -> str:
     """A fresh application schema migrated to head (and the catalog with it)."""
-    from admin import migrations
-
     migrations.upgrade(database_url, schema)
     return schema
 

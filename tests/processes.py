@@ -36,7 +36,9 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
     return out or ""
 
 
-def run_conveyor(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_conveyor(
+    args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run `conveyor ARGS` to completion."""
     return subprocess.run(
         [CONVEYOR, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
@@ -45,7 +47,10 @@ def run_conveyor(args: Sequence[str], env: dict[str, str] | None = None, timeout
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float = 30, interval: float = 0.05, what: str = ""
+    check: Callable[[], Awaitable[bool]],
+    timeout: float = 30,
+    interval: float = 0.05,
+    what: str = "",
 ) -> None:
     """Poll `check` until it returns True; AssertionError naming `what` after `timeout` seconds."""
     loop = asyncio.get_running_loop()

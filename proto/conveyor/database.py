@@ -1,4 +1,4 @@
-"""PostgreSQL-side conventions shared by migrations, the relay, the consumers and the admin plane."""
+"""PostgreSQL-side conventions shared by migrations, relay, consumers and the admin plane."""
 
 from __future__ import annotations
 
@@ -58,5 +58,6 @@ def notify_channel(schema: str) -> str:
     would only wake each other's relays, which then find nothing to do.
     """
     return f"conveyor_outbox_{schema}"[:63]
+
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

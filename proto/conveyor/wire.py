@@ -55,7 +55,7 @@ def validate_prefix(prefix: str) -> str:
 class Keys:
     """Redis key names of one topic. All share the hash tag `{topic}`, so one slot holds them."""
 
-    __slots__ = ("topic", "events", "dlq", "_retry_prefix")
+    __slots__ = ("_retry_prefix", "dlq", "events", "topic")
 
     def __init__(self, topic: str, prefix: str = DEFAULT_PREFIX) -> None:
         self.topic = validate_topic(topic)
@@ -72,8 +72,8 @@ class Keys:
 
 
 def reason_name(reason: int) -> str:
-    """Wire name of a DeadLetterReason value, e.g. DEAD_LETTER_REASON_MAX_ATTEMPTS -> max_attempts."""
-    full = dead_letter_pb2.DeadLetterReason.Name(reason)  # type: ignore[arg-type]
+    """Wire name of a DeadLetterReason: DEAD_LETTER_REASON_MAX_ATTEMPTS -> max_attempts."""
+    full = dead_letter_pb2.DeadLetterReason.Name(reason)
     return full.removeprefix("DEAD_LETTER_REASON_").lower()
 
 
@@ -82,10 +82,10 @@ def reason_value(name: str) -> int:
     try:
         return dead_letter_pb2.DeadLetterReason.Value("DEAD_LETTER_REASON_" + name.upper())
     except ValueError:
-        raise ValueError(f"unknown dead-letter reason {name!r}; known: {', '.join(REASONS)}") from None
+        raise ValueError(
+            f"unknown dead-letter reason {name!r}; known: {', '.join(REASONS)}"
+        ) from None
 
 
-REASONS: Final = tuple(
-    reason_name(v) for v in dead_letter_pb2.DeadLetterReason.values() if v != 0
-)
+REASONS: Final = tuple(reason_name(v) for v in dead_letter_pb2.DeadLetterReason.values() if v != 0)
 """Wire names of every dead-letter reason, in enum order."""

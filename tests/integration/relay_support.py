@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+
 from conveyor import wire
 from conveyor.identity.v1 import events_pb2
-
 from relay import NewEvent, Relay, RelaySettings, enqueue_many
 
 

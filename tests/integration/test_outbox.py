@@ -6,9 +6,10 @@ import uuid
 
 import asyncpg
 import pytest
+
+from conveyor.database import notify_channel
 from conveyor.identity.v1 import events_pb2
 from conveyor.v1 import event_pb2
-
 from relay import EventTooLarge, NewEvent, NotAMessage, NotInTransaction, enqueue, enqueue_many
 
 
@@ -159,8 +160,6 @@ async def test_enqueue_many_writes_all_in_order_with_topics_and_headers(
 async def test_insert_notifies_the_schema_channel(
     pg: asyncpg.Connection, database_url: str, migrated_schema: str
 ) -> None:
-    from conveyor.database import notify_channel
-
     listener = await asyncpg.connect(database_url)
     got: list[str] = []
     await listener.add_listener(notify_channel(migrated_schema), lambda *a: got.append(a[2]))

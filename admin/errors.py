@@ -1,0 +1,61 @@
+"""Errors raised by the admin package: migrations, catalog and the ops plane."""
+
+from __future__ import annotations
+
+
+class AdminError(Exception):
+    """Base of every error the admin package raises on purpose.
+
+    `message` is the one line a CLI prints; subclasses add the structured fields it was made from.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(AdminError, ValueError):
+    """A value the caller gave (schema name, revision, URL) is not acceptable; nothing changed."""
+
+    def __init__(self, message: str, *, field: str, value: str) -> None:
+        super().__init__(message)
+        self.field = field
+        """Which input was wrong, e.g. `schema` or `revision`."""
+        self.value = value
+
+
+class DatabaseUnavailable(AdminError):
+    """PostgreSQL could not be reached or refused the connection."""
+
+    def __init__(self, *, url: str, cause: BaseException) -> None:
+        super().__init__(f"cannot connect to PostgreSQL at {url}: {cause}")
+        self.url = url
+        """The database URL with its password masked."""
+
+
+class MigrationFailed(AdminError):
+    """A migration step failed in the database; its transaction was rolled back."""
+
+    def __init__(self, *, schema: str, revision: str, cause: BaseException) -> None:
+        super().__init__(f"migrating schema {schema!r} to {revision!r} failed: {cause}")
+        self.schema = schema
+        self.revision = revision
+
+
+class SchemaNotReady(AdminError):
+    """A schema is not at the revision this version of Conveyor expects."""
+
+    def __init__(self, *, schema: str, current: str | None, head: str, command: str | None) -> None:
+        if command is None:
+            remedy = "the database was migrated by a newer Conveyor; run that version"
+        else:
+            remedy = f"run `{command}`"
+        super().__init__(
+            f"schema {schema!r} is at revision {current!r}, head is {head!r}: {remedy}"
+        )
+        self.schema = schema
+        self.current = current
+        """The revision recorded in the schema's version table; None when never migrated."""
+        self.head = head
+        self.command = command
+        """The command that brings the schema to head; None when the revision is unknown here."""

@@ -1,0 +1,305 @@
+"""Migrations against the real PostgreSQL: tables, indexes, trigger, side-by-side schemas, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from admin import migrations
+from admin.errors import SchemaNotReady
+from admin.migrate_cli import app
+from conveyor.database import (
+    CONSUMER_MODES,
+    DEAD_LETTER_STATES,
+    LEDGER_RESULTS,
+    notify_channel,
+)
+from conveyor.wire import REASONS
+
+APP_HEAD = "app_0002"
+CATALOG_HEAD = "catalog_0001"
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
+
+
+async def _tables(conn: asyncpg.Connection, schema: str) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+    )
+    return {r["table_name"] for r in rows}
+
+
+async def _indexes(conn: asyncpg.Connection, schema: str) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1", schema
+    )
+    return {r["indexname"]: r["indexdef"] for r in rows}
+
+
+async def _schema_exists(conn: asyncpg.Connection, schema: str) -> bool:
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema
+    )
+    return found
+
+
+async def _insert_outbox(conn: asyncpg.Connection, schema: str, rows: int = 1) -> None:
+    await conn.executemany(
+        f"INSERT INTO {schema}.outbox (event_id, topic, event_type, aggregate_type, "
+        "aggregate_id, payload) SELECT e, 'identity', 'UserCreated', 'user', '42', '\\x00' "
+        "FROM unnest($1::uuid[]) e",
+        [([uuid.uuid4() for _ in range(rows)],)],
+    )
+
+
+@pytest.fixture
+def other_schema(database_url: str) -> Iterator[str]:
+    """A second fresh application schema, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def scratch_database_url(pg: asyncpg.Connection, database_url: str) -> AsyncIterator[str]:
+    """A throwaway database, so the catalog can be downgraded without disturbing other tests."""
+    name = f"conveyor_t_{uuid.uuid4().hex[:12]}"
+    await pg.execute(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await pg.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_upgrade_down_base_and_upgrade_again(
+    pg: asyncpg.Connection, database_url: str, schema: str
+) -> None:
+    await asyncio.to_thread(migrations.upgrade, database_url, schema)
+
+    assert await _tables(pg, schema) == {"outbox", "event_ledger", "conveyor_alembic_version"}
+    assert {"consumers", "dead_letters", "audit"} <= await _tables(pg, "conveyor")
+    indexes = await _indexes(pg, schema)
+    assert "WHERE (published_at IS NULL)" in indexes["ix_outbox_unpublished"]
+    assert "(id)" in indexes["ix_outbox_unpublished"]
+    assert "WHERE (published_at IS NOT NULL)" in indexes["ix_outbox_published_at"]
+    assert "UNIQUE" in indexes["outbox_event_id_key"]
+    assert "(event_type, processed_at)" in indexes["ix_event_ledger_type_processed"]
+    assert "(consumer_group, processed_at)" in indexes["ix_event_ledger_group_processed"]
+    trigger = await pg.fetchrow(
+        "SELECT t.tgname, p.proname, n.nspname FROM pg_trigger t "
+        "JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal",
+        f"{schema}.outbox",
+    )
+    assert trigger is not None
+    assert tuple(trigger) == ("conveyor_outbox_notify", "conveyor_outbox_notify", schema)
+    assert await asyncio.to_thread(migrations.current, database_url, schema) == APP_HEAD
+
+    await asyncio.to_thread(migrations.downgrade, database_url, schema, "base")
+
+    # Conveyor created the schema and nothing else lives in it, so base removes it entirely.
+    assert not await _schema_exists(pg, schema)
+    assert await asyncio.to_thread(migrations.current, database_url, schema) is None
+    assert await asyncio.to_thread(migrations.current_catalog, database_url) == CATALOG_HEAD
+
+    await asyncio.to_thread(migrations.upgrade, database_url, schema)
+    assert await _tables(pg, schema) == {"outbox", "event_ledger", "conveyor_alembic_version"}
+    await _insert_outbox(pg, schema)
+
+
+async def test_down_without_revision_goes_one_step(
+    pg: asyncpg.Connection, database_url: str, schema: str
+) -> None:
+    await asyncio.to_thread(migrations.upgrade, database_url, schema)
+
+    await asyncio.to_thread(migrations.downgrade, database_url, schema)
+
+    assert await asyncio.to_thread(migrations.current, database_url, schema) == "app_0001"
+    assert await _tables(pg, schema) == {"outbox", "conveyor_alembic_version"}
+    state = await asyncio.to_thread(migrations.check, database_url, schema)
+    assert state == migrations.SchemaState(schema, "app_0001", APP_HEAD, at_head=False)
+
+
+async def test_ledger_key_and_result_check(pg: asyncpg.Connection, migrated_schema: str) -> None:
+    insert = (
+        f"INSERT INTO {migrated_schema}.event_ledger (consumer_group, event_id, event_type, "
+        "stream, entry_id) VALUES ($1, $2, 'UserCreated', 'conveyor:{identity}:events', '1-0') "
+        "RETURNING processing_result"
+    )
+    event_id = uuid.uuid4()
+    assert await pg.fetchval(insert, "billing", event_id) == "success"
+    # The same event applies once per group: another group may record it, the same may not.
+    await pg.execute(insert, "mailer", event_id)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await pg.execute(insert, "billing", event_id)
+
+    set_result = f"UPDATE {migrated_schema}.event_ledger SET processing_result = $1"
+    for result in LEDGER_RESULTS:
+        await pg.execute(set_result, result)
+    with pytest.raises(asyncpg.CheckViolationError, match="event_ledger_result_check"):
+        await pg.execute(set_result, "done")
+
+
+async def test_catalog_accepts_exactly_the_contract_values(
+    pg: asyncpg.Connection, migrated_schema: str
+) -> None:
+    dead_letter = (
+        "INSERT INTO conveyor.dead_letters (topic, dlq_stream, dlq_entry_id, source_stream, "
+        "source_entry_id, consumer_group, reason, state) "
+        "VALUES ('t', 's', $1, 's', '1-0', 'g', $2, $3)"
+    )
+    consumer = (
+        "INSERT INTO conveyor.consumers (consumer_group, consumer_name, topics, mode) "
+        "VALUES ($1, 'c', '{t}', $2)"
+    )
+    tx = pg.transaction()
+    await tx.start()
+    try:  # the catalog is shared with other tests: roll everything back
+        for reason in REASONS:
+            await pg.execute(dead_letter, uuid.uuid4().hex, reason, "open")
+        for state in DEAD_LETTER_STATES:
+            await pg.execute(dead_letter, uuid.uuid4().hex, "rejected", state)
+        for mode in CONSUMER_MODES:
+            await pg.execute(consumer, uuid.uuid4().hex, mode)
+        for sql, args in (
+            (dead_letter, ("x", "bogus", "open")),
+            (dead_letter, ("x", "rejected", "bogus")),
+            (consumer, ("x", "sometimes")),
+        ):
+            with pytest.raises(asyncpg.CheckViolationError):
+                async with pg.transaction():
+                    await pg.execute(sql, *args)
+    finally:
+        await tx.rollback()
+
+
+async def test_outbox_insert_notifies_on_commit_only(
+    pg: asyncpg.Connection, database_url: str, migrated_schema: str
+) -> None:
+    received: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    try:
+        await listener.add_listener(
+            notify_channel(migrated_schema),
+            lambda _conn, _pid, channel, payload: received.put_nowait((channel, payload)),
+        )
+        tx = pg.transaction()
+        await tx.start()
+        await _insert_outbox(pg, migrated_schema)
+        await tx.rollback()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(received.get(), 0.2)
+
+        async with pg.transaction():
+            await _insert_outbox(pg, migrated_schema, rows=3)
+        assert await asyncio.wait_for(received.get(), 5) == (
+            notify_channel(migrated_schema),
+            "",
+        )
+        await asyncio.sleep(0.1)
+        assert received.empty(), "one statement wakes the relay once"
+    finally:
+        await listener.close()
+
+
+async def test_two_schemas_side_by_side(
+    pg: asyncpg.Connection, database_url: str, schema: str, other_schema: str
+) -> None:
+    # The application already owns `schema` and keeps its own Alembic history there.
+    await pg.execute(f"CREATE SCHEMA {schema}")
+    await pg.execute(f"CREATE TABLE {schema}.alembic_version (version_num varchar(32) PRIMARY KEY)")
+    await pg.execute(f"INSERT INTO {schema}.alembic_version VALUES ('apps_own_rev')")
+
+    await asyncio.to_thread(migrations.upgrade, database_url, schema)
+    await asyncio.to_thread(migrations.upgrade, database_url, other_schema)
+    assert (
+        await pg.fetchval(f"SELECT version_num FROM {schema}.conveyor_alembic_version") == APP_HEAD
+    )
+    assert await pg.fetchval(f"SELECT version_num FROM {schema}.alembic_version") == "apps_own_rev"
+
+    await asyncio.to_thread(migrations.downgrade, database_url, schema, "base")
+
+    assert await _tables(pg, schema) == {"alembic_version"}
+    assert await pg.fetchval(f"SELECT version_num FROM {schema}.alembic_version") == "apps_own_rev"
+    assert await _tables(pg, other_schema) == {"outbox", "event_ledger", "conveyor_alembic_version"}
+    assert await asyncio.to_thread(migrations.current, database_url, other_schema) == APP_HEAD
+    assert await asyncio.to_thread(migrations.current_catalog, database_url) == CATALOG_HEAD
+    await _insert_outbox(pg, other_schema)
+
+
+async def test_ensure_at_head_names_the_command(database_url: str, schema: str) -> None:
+    with pytest.raises(SchemaNotReady) as caught:
+        await migrations.ensure_at_head(database_url, schema)
+    assert caught.value.schema == schema
+    assert caught.value.current is None
+    assert caught.value.head == APP_HEAD
+    assert f"run `conveyor migrate up --schema {schema}`" in str(caught.value)
+
+    await asyncio.to_thread(migrations.upgrade, database_url, schema)
+    await migrations.ensure_at_head(database_url, schema)
+
+    await asyncio.to_thread(migrations.downgrade, database_url, schema)
+    with pytest.raises(SchemaNotReady, match="at revision 'app_0001', head is 'app_0002'"):
+        await migrations.ensure_at_head(database_url, schema)
+
+
+async def test_catalog_down_base_and_up(pg: asyncpg.Connection, scratch_database_url: str) -> None:
+    await asyncio.to_thread(migrations.upgrade_catalog, scratch_database_url)
+    assert await asyncio.to_thread(migrations.current_catalog, scratch_database_url) == CATALOG_HEAD
+
+    await asyncio.to_thread(migrations.downgrade_catalog, scratch_database_url, "base")
+    scratch = await asyncpg.connect(scratch_database_url)
+    try:
+        assert not await _schema_exists(scratch, "conveyor")
+        await asyncio.to_thread(migrations.upgrade_catalog, scratch_database_url)
+        assert await _tables(scratch, "conveyor") == {
+            "consumers",
+            "dead_letters",
+            "audit",
+            "alembic_version",
+        }
+    finally:
+        await scratch.close()
+
+
+def test_cli_check_fails_until_migrated(database_url: str, schema: str) -> None:
+    runner = CliRunner()
+    args = ["--schema", schema, "--database-url", database_url]
+
+    result = runner.invoke(app, ["check", *args])
+    assert result.exit_code == 1
+    assert f"run `conveyor migrate up --schema {schema}`" in result.stderr
+
+    assert runner.invoke(app, ["up", *args]).exit_code == 0
+    result = runner.invoke(app, ["check", *args])
+    assert result.exit_code == 0, result.output
+    assert f"{schema}: {APP_HEAD} (at head)" in result.stdout
+
+
+def test_cli_rejects_bad_input(database_url: str, schema: str) -> None:
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["check", "--schema", "Bad-Name", "--database-url", database_url])
+    assert result.exit_code == 2
+    assert "invalid schema name 'Bad-Name'" in result.stderr
+
+    result = runner.invoke(app, ["up", "nope", "--schema", schema, "--database-url", database_url])
+    assert result.exit_code == 2
+    assert "Can't locate revision identified by 'nope'" in result.stderr
+
+    result = runner.invoke(app, ["current", "--schema", schema, "--database-url", UNREACHABLE])
+    assert result.exit_code == 1
+    assert "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1" in result.stderr
