@@ -174,3 +174,13 @@ async def test_insert_notifies_the_schema_channel(
         assert got == [notify_channel(migrated_schema)]
     finally:
         await listener.close()
+
+
+async def test_a_row_written_around_enqueue_with_a_bad_topic_is_refused(
+    pg: asyncpg.Connection, migrated_schema: str
+) -> None:
+    with pytest.raises(asyncpg.CheckViolationError, match="outbox_topic_check"):
+        await pg.execute(
+            f"INSERT INTO {migrated_schema}.outbox (event_id, topic, event_type, aggregate_type, "
+            "aggregate_id, payload) VALUES (gen_random_uuid(), 'Bad {Topic}', 't', 'a', '1', '')"
+        )

@@ -44,6 +44,9 @@ def upgrade() -> None:
         sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name="outbox_pkey"),
         sa.UniqueConstraint("event_id", name="outbox_event_id_key"),
+        # The relay turns the topic into a Redis key: a row it could not publish would sit at the
+        # head of the queue forever, so a bad topic fails the producer's INSERT instead.
+        sa.CheckConstraint("topic ~ '^[a-z0-9][a-z0-9._-]{0,99}$'", name="outbox_topic_check"),
         schema=schema,
     )
     # The relay's claim: WHERE published_at IS NULL ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED.
