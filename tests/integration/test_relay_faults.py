@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from conveyor import redis_client
 
 from admin import migrations
+from conveyor import redis_client
 from tests.integration.relay_support import drained, fill, running_relay, stream_ids
 from tests.processes import wait_until
 from tests.servers import PostgresServer, RedisServer
