@@ -54,9 +54,7 @@ def redis_url(services: tuple[str, str]) -> str:
     return services[1]
 
 
-@pytest.fixture
-def schema(database_url: str) -> Iterator[str]:
-    """A fresh, empty application schema name, dropped after the test."""
+def _fresh_schema(database_url: str) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
 
@@ -68,6 +66,18 @@ def schema(database_url: str) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(drop())
+
+
+@pytest.fixture
+def schema(database_url: str) -> Iterator[str]:
+    """A fresh, empty application schema name, dropped after the test."""
+    yield from _fresh_schema(database_url)
+
+
+@pytest.fixture
+def other_schema(database_url: str) -> Iterator[str]:
+    """A second fresh application schema name, dropped after the test."""
+    yield from _fresh_schema(database_url)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -55,22 +55,6 @@ async def _insert_outbox(conn: asyncpg.Connection, schema: str, rows: int = 1) -
         "FROM unnest($1::uuid[]) e",
         [([uuid.uuid4() for _ in range(rows)],)],
     )
-
-
-@pytest.fixture
-def other_schema(database_url: str) -> Iterator[str]:
-    """A second fresh application schema, dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 @pytest.fixture
