@@ -1,0 +1,22 @@
+"""Conveyor's consumer runtime: handlers applied exactly once in effect, retries, dead letters."""
+
+from __future__ import annotations
+
+from consumers.context import EventContext
+from consumers.errors import ConsumerError, GroupLost, RouterError
+from consumers.router import Router
+from consumers.service import Consumer
+from consumers.settings import ConsumerSettings
+from consumers.signals import Reject, Retry
+
+__all__ = [
+    "Consumer",
+    "ConsumerError",
+    "ConsumerSettings",
+    "EventContext",
+    "GroupLost",
+    "Reject",
+    "Retry",
+    "Router",
+    "RouterError",
+]

@@ -24,6 +24,9 @@ EVENTS_RETRIED: Final = "events_retried"
 EVENTS_DLQ: Final = "events_dlq"
 EVENTS_REPROCESSED: Final = "events_reprocessed"
 EVENTS_TRIMMED: Final = "events_trimmed"
+EVENTS_DELETED_PENDING: Final = "events_deleted_pending"
+"""Entries deleted or trimmed from the stream while pending: acknowledged, never handled."""
+GROUPS_LOST: Final = "consumer_groups_lost"
 REDIS_RESETS: Final = "redis_resets"
 
 # Gauges.

@@ -22,6 +22,31 @@ F_EVENT: Final = b"ev"
 REQUIRED_FIELDS: Final = (F_EVENT_ID, F_EVENT)
 """An entry missing one of these is a dead letter."""
 
+# Fields a dead-letter entry adds to the original entry's fields, which it keeps verbatim.
+DL_SOURCE_STREAM: Final = b"dl.stream"
+DL_SOURCE_ENTRY: Final = b"dl.entry"
+DL_GROUP: Final = b"dl.group"
+DL_CONSUMER: Final = b"dl.consumer"
+DL_ATTEMPTS: Final = b"dl.attempts"
+DL_REASON: Final = b"dl.reason"
+"""Wire name of the DeadLetterReason, e.g. b"max_attempts"."""
+DL_ERROR_CLASS: Final = b"dl.error_class"
+DL_ERROR: Final = b"dl.error"
+DL_TRACEBACK: Final = b"dl.traceback"
+DL_FIRST_FAILED: Final = b"dl.first_failed"
+"""Unix time in milliseconds, as text."""
+DL_LAST_FAILED: Final = b"dl.last_failed"
+DL_TRACEPARENT: Final = b"dl.traceparent"
+"""Trace context of the dead-lettering span (the original's stays in `tp`)."""
+DL_FIELDS: Final = (
+    DL_SOURCE_STREAM, DL_SOURCE_ENTRY, DL_GROUP, DL_CONSUMER, DL_ATTEMPTS, DL_REASON,
+    DL_ERROR_CLASS, DL_ERROR, DL_TRACEBACK, DL_FIRST_FAILED, DL_LAST_FAILED, DL_TRACEPARENT,
+)  # fmt: skip
+
+# Fields a retry-stream entry adds to the original entry's fields (reprocessing a dead letter).
+RT_DEAD_LETTER: Final = b"rt.dead_letter"
+"""Entry id, in the dead-letter stream, of the dead letter being reprocessed."""
+
 MAX_EVENT_BYTES: Final = 1024 * 1024
 """Default cap on a serialized Event, enforced by `enqueue` and again by consumers."""
 
@@ -40,6 +65,23 @@ def validate_topic(topic: str) -> str:
             "starting with a letter or digit"
         )
     return topic
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Return `name` if it can name a consumer group or consumer, else raise ValueError.
+
+    Names become part of Redis keys (the retry stream), so braces, glob characters, whitespace
+    and control characters are refused.
+    """
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use 1-100 characters of A-Z, a-z, 0-9, '.', '_', "
+            "':', '@' and '-', starting with a letter or digit"
+        )
+    return name
 
 
 def validate_prefix(prefix: str) -> str:

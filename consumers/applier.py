@@ -1,0 +1,208 @@
+"""Applying a batch of deliveries: ledger rows first, handlers only for the events won.
+
+Exactly-once mode: the batch is split by aggregate id over a few connections; each part runs in
+one transaction that inserts its ledger rows (`ON CONFLICT DO NOTHING RETURNING`) and runs the
+handlers of the events it won, so their effects commit at most once per (group, event id).
+If a handler fails, the part is rolled back and run again with one savepoint per event (per
+batch-handler call, halved down to single events), so only the failing event is held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from consumers.deliveries import Delivery
+from consumers.router import Route
+from conveyor import database
+
+
+class Outcome(enum.Enum):
+    APPLIED = "success"
+    SKIPPED = "skipped"
+    DUPLICATE = "duplicate"
+    FAILED = "failure"
+
+
+@dataclass(slots=True)
+class Result:
+    delivery: Delivery
+    outcome: Outcome
+    error: BaseException | None = None
+
+
+class DatabaseDown(Exception):
+    """The database connection failed mid-batch; nothing of the part was committed."""
+
+
+class _Failed(Exception):
+    def __init__(self, deliveries: Sequence[Delivery], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.deliveries = deliveries
+        self.error = error
+
+
+Step = tuple[Route | None, list[Delivery]]
+
+
+def plan(deliveries: Sequence[Delivery]) -> list[Step]:
+    """Order of handler calls: stream order per aggregate, same-handler events grouped.
+
+    An event's layer is its aggregate's previous event's layer, plus one when the handler
+    changes; within a layer each aggregate has one handler, so groups of a layer are independent.
+    """
+    last: dict[str, tuple[int, Route | None]] = {}
+    layers: list[dict[int, Step]] = []
+    for d in deliveries:
+        prev = last.get(d.aggregate_id)
+        layer = 0 if prev is None else prev[0] + (prev[1] is not d.route)
+        last[d.aggregate_id] = (layer, d.route)
+        while len(layers) <= layer:
+            layers.append({})
+        layers[layer].setdefault(id(d.route), (d.route, []))[1].append(d)
+    return [step for groups in layers for step in groups.values()]
+
+
+class Applier:
+    """Runs handlers for deliveries, exactly once per (group, event id) or at least once."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, group: str, ledger_schema: str, exactly_once: bool,
+        partitions: int,
+    ) -> None:  # fmt: skip
+        self._pool = pool
+        self._group = group
+        self._exactly_once = exactly_once
+        self._partitions = partitions
+        table = f"{database.validate_schema(ledger_schema)}.{database.LEDGER_TABLE}"
+        # A 'failure' row (never written by this runtime, but allowed) does not count as applied.
+        self._claim_sql = (
+            f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
+            "processing_result) SELECT $1, e, t, s, x, r FROM unnest($2::uuid[], $3::text[], "
+            "$4::text[], $5::text[], $6::text[]) AS u(e, t, s, x, r) ORDER BY e "
+            "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
+            "EXCLUDED.processing_result, processed_at = now(), stream = EXCLUDED.stream, "
+            "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' "
+            "RETURNING event_id::text"
+        )
+
+    async def apply(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        """Apply `deliveries`; DatabaseDown if the database failed (nothing committed then)."""
+        results: list[Result] = []
+        seen: set[str] = set()
+        parts: list[list[Delivery]] = [[] for _ in range(self._partitions)]
+        for d in deliveries:
+            if d.event_id in seen:  # the same event twice in one read: a relay retry
+                results.append(Result(d, Outcome.DUPLICATE))
+                continue
+            seen.add(d.event_id)
+            parts[hash(d.aggregate_id) % self._partitions].append(d)
+        done = await asyncio.gather(*(self._apply_part(p) for p in parts if p))
+        for part_results in done:
+            results.extend(part_results)
+        return results
+
+    async def _apply_part(self, part: list[Delivery]) -> list[Result]:
+        async with self._pool.acquire() as conn:
+            try:
+                return await self._optimistic(conn, part)
+            except _Failed as failed:
+                if conn.is_closed():
+                    raise DatabaseDown(str(failed.error)) from failed.error
+                return await self._isolated(conn, part, failed)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                raise DatabaseDown(str(exc)) from exc
+
+    async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> list[Result]:
+        async with conn.transaction():
+            won = await self._claim(conn, part)
+            todo = [d for d in part if d.event_id in won]
+            for route, group in plan(todo):
+                await self._run(conn, route, group)
+        return [_result(d, won) for d in part]
+
+    async def _isolated(
+        self, conn: asyncpg.Connection, part: list[Delivery], failed: _Failed
+    ) -> list[Result]:
+        known_bad = {id(d) for d in failed.deliveries} if len(failed.deliveries) == 1 else set()
+        results: list[Result] = []
+        async with conn.transaction():
+            for route, group in plan(part):
+                if route is not None and not route.batch:
+                    for d in group:
+                        if id(d) in known_bad:
+                            results.append(Result(d, Outcome.FAILED, failed.error))
+                        else:
+                            results += await self._savepoint(conn, route, [d])
+                else:
+                    results += await self._halving(conn, route, group)
+        return results
+
+    async def _halving(
+        self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
+    ) -> list[Result]:
+        results = await self._savepoint(conn, route, group)
+        if len(group) == 1 or all(r.outcome is not Outcome.FAILED for r in results):
+            return results
+        mid = len(group) // 2
+        return await self._halving(conn, route, group[:mid]) + await self._halving(
+            conn, route, group[mid:]
+        )
+
+    async def _savepoint(
+        self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
+    ) -> list[Result]:
+        try:
+            async with conn.transaction():
+                won = await self._claim(conn, group)
+                todo = [d for d in group if d.event_id in won]
+                if todo:
+                    await self._run(conn, route, todo)
+        except _Failed as failed:
+            if conn.is_closed():
+                raise DatabaseDown(str(failed.error)) from failed.error
+            return [Result(d, Outcome.FAILED, failed.error) for d in group]
+        return [_result(d, won) for d in group]
+
+    async def _claim(self, conn: asyncpg.Connection, part: Sequence[Delivery]) -> set[str]:
+        if not self._exactly_once:
+            return {d.event_id for d in part}
+        rows = await conn.fetch(
+            self._claim_sql,
+            self._group,
+            [d.event_id for d in part],
+            [d.event_type for d in part],
+            [d.entry.stream for d in part],
+            [d.entry.entry_id for d in part],
+            ["skipped" if d.route is None else "success" for d in part],
+        )
+        return {r[0] for r in rows}
+
+    async def _run(
+        self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
+    ) -> None:
+        if route is None:
+            return  # unknown type, skipped by policy: the ledger row says so
+        for d in group:
+            d.ctx.db = conn
+        if route.batch:
+            try:
+                await route.fn([(d.payload, d.ctx) for d in group], conn)
+            except Exception as exc:
+                raise _Failed(group, exc) from exc
+            return
+        for d in group:
+            try:
+                await route.fn(d.payload, d.ctx)
+            except Exception as exc:
+                raise _Failed([d], exc) from exc
+
+
+def _result(d: Delivery, won: set[str]) -> Result:
+    if d.event_id not in won:
+        return Result(d, Outcome.DUPLICATE)
+    return Result(d, Outcome.SKIPPED if d.route is None else Outcome.APPLIED)

@@ -1,0 +1,157 @@
+"""Turning stream entries into deliveries a handler can take, or poison with a reason."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+
+from consumers.context import EventContext
+from consumers.router import Route, Router
+from conveyor import wire
+from conveyor.v1 import event_pb2
+
+Fields = dict[bytes, bytes]
+
+
+@dataclass(slots=True)
+class Entry:
+    """A stream entry as read from Redis, with how often it has been delivered."""
+
+    stream: str
+    entry_id: str
+    fields: Fields | None
+    """None when the entry was deleted or trimmed while pending."""
+    attempt: int = 1
+    first_failed: float | None = None
+    """Unix time of the first failure this process saw, for the dead letter."""
+
+
+@dataclass(slots=True)
+class Delivery:
+    """An entry that decoded into an event with a handler (or an unknown type to skip)."""
+
+    entry: Entry
+    event_id: str
+    event_type: str
+    aggregate_id: str
+    route: Route | None
+    """None for an event of unknown type that the router's policy skips."""
+    payload: Message | None
+    ctx: EventContext
+
+
+@dataclass(slots=True)
+class Poison:
+    """An entry that can never be handled: it goes to the dead-letter stream at once."""
+
+    entry: Entry
+    reason: str
+    """A wire reason name: decode_error, validation, unknown_type or oversized."""
+    error: str
+    event_id: str | None = None
+    event_type: str | None = None
+    error_class: str = field(default="")
+
+
+def decode(
+    entry: Entry, *, topic: str, group: str, router: Router, max_bytes: int
+) -> Delivery | Poison:
+    """Decode and validate `entry` (its fields must not be None)."""
+    fields = entry.fields
+    assert fields is not None
+    raw = fields.get(wire.F_EVENT)
+    raw_id = fields.get(wire.F_EVENT_ID)
+    if raw is None or raw_id is None:
+        missing = [f.decode() for f in wire.REQUIRED_FIELDS if f not in fields]
+        return Poison(entry, "validation", f"entry lacks required fields {missing}")
+    if len(raw) > max_bytes:
+        return Poison(
+            entry, "oversized", f"event is {len(raw)} bytes, over the {max_bytes}-byte cap"
+        )
+    try:
+        event = event_pb2.Event.FromString(raw)
+    except DecodeError as exc:
+        return Poison(
+            entry,
+            "decode_error",
+            f"event bytes are not a conveyor.v1.Event: {exc}",
+            error_class="DecodeError",
+        )
+    problem = _invalid(event, raw_id)
+    if problem is not None:
+        return Poison(entry, "validation", problem, event.id or None, event.type or None)
+    route = router.route(topic, event.type)
+    if route is None:
+        if router.unknown_type == "dead_letter":
+            return Poison(
+                entry,
+                "unknown_type",
+                f"no handler for {event.type} on topic {topic!r}",
+                event.id,
+                event.type,
+            )
+        return _delivery(entry, event, None, None, topic, group)
+    payload = route.message_type()
+    try:
+        if not event.data.Unpack(payload):
+            return Poison(
+                entry,
+                "validation",
+                f"data holds {event.data.type_url!r}, not {event.type}",
+                event.id,
+                event.type,
+            )
+    except DecodeError as exc:
+        return Poison(
+            entry,
+            "decode_error",
+            f"payload is not a valid {event.type}: {exc}",
+            event.id,
+            event.type,
+            "DecodeError",
+        )
+    return _delivery(entry, event, route, payload, topic, group)
+
+
+def _invalid(event: event_pb2.Event, raw_id: bytes) -> str | None:
+    try:
+        parsed = uuid.UUID(event.id)
+    except ValueError:
+        return f"event id {event.id!r} is not a UUID"
+    if raw_id.decode(errors="replace") != str(parsed):
+        return f"entry id field {raw_id!r} does not match the event's id {event.id!r}"
+    if not event.type:
+        return "event has no type"
+    return None
+
+
+def _delivery(
+    entry: Entry, event: event_pb2.Event, route: Route | None, payload: Message | None,
+    topic: str, group: str,
+) -> Delivery:  # fmt: skip
+    ctx = EventContext(
+        event_id=event.id,
+        event_type=event.type,
+        source=event.source,
+        aggregate_type=event.aggregate_type,
+        aggregate_id=event.aggregate_id,
+        occurred_at=event.time.ToDatetime(UTC) if event.HasField("time") else None,
+        headers=dict(event.headers),
+        topic=topic,
+        stream=entry.stream,
+        entry_id=entry.entry_id,
+        group=group,
+        attempt=entry.attempt,
+    )
+    return Delivery(entry, event.id, event.type, event.aggregate_id, route, payload, ctx)
+
+
+def describe(value: Any, limit: int = 200) -> str:
+    """`value` made safe for one log line: control characters escaped, long text cut."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + f"...(+{len(text) - limit})"

@@ -1,0 +1,40 @@
+"""The consumer's OpenTelemetry instruments."""
+
+from __future__ import annotations
+
+from opentelemetry import metrics
+
+from conveyor import telemetry as t
+
+
+class ConsumerMetrics:
+    """Counters and histograms a consumer records, by stream and group."""
+
+    def __init__(self, meter: metrics.Meter | None = None) -> None:
+        meter = meter or metrics.get_meter(t.METER_CONSUMER)
+        counter = meter.create_counter
+        self.consumed = counter(t.EVENTS_CONSUMED, unit="{event}", description="Entries read")
+        self.processed = counter(
+            t.EVENTS_PROCESSED, unit="{event}", description="Events finished, by result"
+        )
+        self.duplicate = counter(
+            t.EVENTS_DUPLICATE, unit="{event}", description="Events already applied, acked"
+        )
+        self.retried = counter(t.EVENTS_RETRIED, unit="{event}", description="Failed, to retry")
+        self.dead_lettered = counter(
+            t.EVENTS_DLQ, unit="{event}", description="Events moved to the dead-letter stream"
+        )
+        self.deleted_pending = counter(
+            t.EVENTS_DELETED_PENDING, unit="{event}",
+            description="Entries deleted or trimmed while pending: acknowledged, never handled",
+        )  # fmt: skip
+        self.trimmed = counter(
+            t.EVENTS_TRIMMED, unit="{event}", description="Entries removed by the length cap"
+        )
+        self.groups_lost = counter(t.GROUPS_LOST, description="Consumer groups found missing")
+        self.processing = meter.create_histogram(
+            t.EVENT_PROCESSING_DURATION, unit="s", description="Batch apply time per event"
+        )
+        self.end_to_end = meter.create_histogram(
+            t.EVENT_END_TO_END_LATENCY, unit="s", description="Event time to applied"
+        )

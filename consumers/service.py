@@ -1,0 +1,127 @@
+"""A consumer process: one worker per topic, the registry heartbeat and housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from conveyor import redis_client, wire
+
+from consumers.applier import Applier
+from consumers.dead_letters import DeadLetterCatalog
+from consumers.metrics import ConsumerMetrics
+from consumers.registry import Registry
+from consumers.router import Router
+from consumers.settings import ConsumerSettings
+from consumers.streams import TopicStreams
+from consumers.worker import TopicWorker
+
+log = logging.getLogger(__name__)
+
+
+class Consumer:
+    """Consumes the settings' topics for one group until `stop()`.
+
+    `async with Consumer(router, settings) as consumer: await consumer.run()`; `stop()` (e.g. on
+    SIGTERM) stops reading, lets the batch in flight finish and acknowledge, then `run()` returns.
+    """
+
+    def __init__(
+        self, router: Router, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None
+    ) -> None:
+        self.router = router
+        self.settings = settings
+        self.metrics = metrics or ConsumerMetrics()
+        self.workers: dict[str, TopicWorker] = {}
+        self._stopping = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._redis: Any = None
+        self._registry: Registry | None = None
+        self._catalog: DeadLetterCatalog | None = None
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.close()
+
+    async def start(self, grpc_addr: str | None = None) -> None:
+        """Connect, create the groups (at 0) and register in the catalog."""
+        s = self.settings
+        self._pool = await asyncpg.create_pool(
+            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 2
+        )
+        self._redis = redis_client.connect(s.redis_url)
+        self._catalog = DeadLetterCatalog(self._pool)
+        applier = Applier(self._pool, group=s.group, ledger_schema=s.ledger_schema,
+                          exactly_once=s.exactly_once, partitions=s.partitions)  # fmt: skip
+        for topic in s.topics:
+            streams = TopicStreams(self._redis, wire.Keys(topic, s.key_prefix), s.group, s.consumer)
+            self.workers[topic] = TopicWorker(topic, streams, applier, self._catalog, self.router,
+                                              s, self.metrics, self._stopping)  # fmt: skip
+        self._registry = Registry(self._pool, s)
+        await self._registry.register(grpc_addr)
+
+    def stop(self) -> None:
+        """Begin a graceful stop."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        side = [asyncio.create_task(self._heartbeat(), name="consumer-heartbeat"),
+                asyncio.create_task(self._reconcile(), name="consumer-reconciler")]  # fmt: skip
+        try:
+            await asyncio.gather(*(w.run() for w in self.workers.values()))
+        finally:
+            for task in side:
+                task.cancel()
+            for task in side:
+                with suppress(asyncio.CancelledError):
+                    await task
+
+    async def close(self) -> None:
+        self.stop()
+        if self._registry is not None:
+            with suppress(Exception):
+                await self._registry.unregister()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def _heartbeat(self) -> None:
+        assert self._registry is not None
+        while not self._stopping.is_set():
+            await self._pause(self.settings.heartbeat_interval)
+            try:
+                await self._registry.heartbeat()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("consumer heartbeat failed: %r", exc)
+
+    async def _reconcile(self) -> None:
+        assert self._catalog is not None
+        while not self._stopping.is_set():
+            for worker in self.workers.values():
+                try:
+                    await self._catalog.reconcile(self._redis, worker.streams.keys)
+                except Exception as exc:  # noqa: BLE001 - retried next round
+                    log.warning(
+                        "dead-letter reconcile failed: topic=%s error=%r", worker.topic, exc
+                    )
+            await self._pause(self.settings.housekeeping_interval)
+
+    async def _pause(self, seconds: float) -> None:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()

@@ -1,0 +1,100 @@
+"""Settings of a consumer process."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Literal
+
+from conveyor import database, wire
+
+Mode = Literal["exactly-once", "at-least-once"]
+
+
+def default_consumer_name() -> str:
+    """`host-pid`, as consumer names must be unique within a group."""
+    host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+    return f"{host or 'host'}-{os.getpid()}"[:100]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """How one consumer process runs; validated on construction."""
+
+    group: str
+    """Consumer group; every group gets every event, consumers in a group share them."""
+    topics: tuple[str, ...]
+    """Topics to consume (by default the topics the router's handlers declare)."""
+    database_url: str = database.DEFAULT_DATABASE_URL
+    redis_url: str = wire.DEFAULT_REDIS_URL
+    consumer: str = field(default_factory=default_consumer_name)
+    ledger_schema: str = database.DEFAULT_SCHEMA
+    """Schema whose event_ledger guards exactly-once effects (handlers' tables live anywhere)."""
+    mode: Mode = "exactly-once"
+    key_prefix: str = wire.DEFAULT_PREFIX
+    batch_size: int = 1000
+    """Entries read per XREADGROUP and applied per round."""
+    partitions: int = 2
+    """Database connections a batch is spread over, split by aggregate id."""
+    block: float = 1.0
+    """Seconds an XREADGROUP waits for new entries."""
+    max_attempts: int = 5
+    retry_backoff: float = 1.0
+    """Seconds before the second attempt; doubles per attempt, with jitter."""
+    retry_backoff_max: float = 300.0
+    claim_idle: float = 30.0
+    """Seconds an entry may sit unacknowledged on another consumer before this one claims it."""
+    max_event_bytes: int = wire.MAX_EVENT_BYTES
+    recreate_lost_group: bool = False
+    """At-least-once only: carry on from 0 when the group vanished (exactly-once groups always do,
+    their ledger absorbs the re-deliveries)."""
+    ledger_retention: float = 30 * 86400.0
+    dead_letter_retention: float = 30 * 86400.0
+    """Resolved dead letters older than this leave the dead-letter stream."""
+    max_stream_length: int | None = None
+    """Hard cap on a topic stream's length; trims beyond it are counted as events_trimmed."""
+    housekeeping_interval: float = 60.0
+    """Seconds between trims, ledger clean-ups and idle-consumer removals."""
+    idle_consumer_timeout: float = 3600.0
+    """A group member idle this long with nothing pending is removed from the group."""
+    heartbeat_interval: float = 10.0
+    db_backoff_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        wire.validate_name("group", self.group)
+        wire.validate_name("consumer", self.consumer)
+        if not self.topics:
+            raise ValueError("topics must name at least one topic (or register handlers)")
+        for topic in self.topics:
+            wire.validate_topic(topic)
+        database.validate_schema(self.ledger_schema)
+        wire.validate_prefix(self.key_prefix)
+        if self.mode not in ("exactly-once", "at-least-once"):
+            raise ValueError(f"mode must be exactly-once or at-least-once, got {self.mode!r}")
+        for name, low, high in (("batch_size", 1, 100_000), ("partitions", 1, 64),
+                                ("max_attempts", 1, 1000)):  # fmt: skip
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be {low}-{high}, got {value!r}")
+        for name in ("block", "retry_backoff", "claim_idle", "housekeeping_interval",
+                     "heartbeat_interval", "db_backoff_max", "idle_consumer_timeout"):  # fmt: skip
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.retry_backoff_max < self.retry_backoff:
+            raise ValueError("retry_backoff_max must be >= retry_backoff")
+        if self.max_stream_length is not None and self.max_stream_length < 1:
+            raise ValueError(f"max_stream_length must be >= 1, got {self.max_stream_length!r}")
+        if self.max_event_bytes < 1:
+            raise ValueError(f"max_event_bytes must be >= 1, got {self.max_event_bytes!r}")
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.mode == "exactly-once"
+
+    @property
+    def redelivery_window(self) -> float:
+        """Longest time an event can take from first delivery to its last attempt."""
+        waits = sum(min(self.retry_backoff_max, self.retry_backoff * 2**n) * 1.0
+                    for n in range(self.max_attempts - 1))  # fmt: skip
+        return waits + self.max_attempts * self.claim_idle

@@ -1,0 +1,137 @@
+"""Redis side of one (topic, group): read, reclaim, acknowledge, dead-letter. No command spans
+keys of different hash slots: every key here shares the topic's hash tag."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from consumers.deliveries import Entry, Fields
+from consumers.errors import GroupLost
+from conveyor import redis_client, wire
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class TopicStreams:
+    """The topic's event stream, the group's retry stream and the dead-letter stream."""
+
+    def __init__(self, client: Any, keys: wire.Keys, group: str, consumer: str) -> None:
+        self._client = client
+        self.keys = keys
+        self.group = group
+        self.consumer = consumer
+        self.retry = keys.retry(group)
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
+                return await coro
+        except ResponseError as exc:
+            if str(exc).startswith("NOGROUP"):
+                raise GroupLost(self.keys.events, self.group) from exc
+            raise
+
+    async def ensure_groups(self) -> bool:
+        """Create the group on the event and retry streams at 0 (never $: that skips the
+        backlog); True when the event stream's group had to be created."""
+        created = False
+        for key in (self.keys.events, self.retry):
+            try:
+                await self._client.xgroup_create(key, self.group, id="0", mkstream=True)
+                created = created or key == self.keys.events
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+        return created
+
+    async def read(self, stream: str, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries of `stream` for this consumer (XREADGROUP >)."""
+        reply = await self._call(
+            self._client.xreadgroup(
+                self.group, self.consumer, {stream: ">"}, count=count, block=block_ms
+            )
+        )
+        if not reply:
+            return []
+        return [Entry(stream, _text(eid), fields) for eid, fields in reply[0][1]]
+
+    async def autoclaim(
+        self, stream: str, min_idle_ms: int, count: int
+    ) -> tuple[list[Entry], list[str]]:
+        """Entries idle on other consumers longer than `min_idle_ms`, now ours, with their
+        delivery counts as attempts; and ids that were deleted or trimmed while pending."""
+        reply = await self._call(
+            self._client.xautoclaim(
+                stream, self.group, self.consumer, min_idle_ms, "0-0", count=count
+            )
+        )
+        claimed: Sequence[tuple[bytes, Fields | None]] = reply[1]
+        deleted = [_text(i) for i in (reply[2] if len(reply) > 2 else [])]
+        entries = [Entry(stream, _text(eid), fields) for eid, fields in claimed]
+        if entries:
+            counts = await self._delivery_counts(stream, [e.entry_id for e in entries])
+            for e in entries:
+                e.attempt = counts.get(e.entry_id, 1)
+        return entries, deleted
+
+    async def _delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
+        rows = await self._call(
+            self._client.xpending_range(
+                stream, self.group, min(ids, key=_id_key), max(ids, key=_id_key),
+                count=len(ids) * 4 + 100, consumername=self.consumer,
+            )
+        )  # fmt: skip
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def claim(self, stream: str, entry_id: str, min_idle_ms: int) -> Entry | None:
+        """Take `entry_id` back for another attempt unless someone else touched it since; None
+        when it is no longer ours (another consumer reclaimed it, or it was deleted)."""
+        reply = await self._call(
+            self._client.xclaim(stream, self.group, self.consumer, min_idle_ms, [entry_id])
+        )
+        for eid, fields in reply or ():
+            return Entry(stream, _text(eid), fields)
+        return None
+
+    async def touch(self, stream: str, ids: list[str], min_idle_ms: int) -> set[str]:
+        """Reset the idle time of entries still ours (JUSTID: no delivery counted), so no other
+        consumer reclaims them while they wait out their backoff; return the ids still ours."""
+        reply = await self._call(
+            self._client.xclaim(stream, self.group, self.consumer, min_idle_ms, ids, justid=True)
+        )
+        return {_text(i) for i in reply or ()}
+
+    async def ack(self, entries: Iterable[Entry]) -> None:
+        """Acknowledge entries; those of the retry stream are deleted too (only we read it)."""
+        by_stream: dict[str, list[str]] = {}
+        for e in entries:
+            by_stream.setdefault(e.stream, []).append(e.entry_id)
+        for stream, ids in by_stream.items():
+            if stream == self.retry:
+                pipe = self._client.pipeline(transaction=True)
+                pipe.xack(stream, self.group, *ids)
+                pipe.xdel(stream, *ids)
+                await self._call(pipe.execute())
+            else:
+                await self._call(self._client.xack(stream, self.group, *ids))
+
+    async def dead_letter(self, entry: Entry, fields: dict[bytes, bytes | str]) -> str:
+        """Append `fields` to the dead-letter stream and acknowledge `entry`, atomically."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.xadd(self.keys.dlq, fields)
+        pipe.xack(entry.stream, self.group, entry.entry_id)
+        if entry.stream == self.retry:
+            pipe.xdel(entry.stream, entry.entry_id)
+        replies = await self._call(pipe.execute())
+        return _text(replies[0])
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,283 @@
+"""The consuming loop of one topic: read, decode, apply, acknowledge, retry, dead-letter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+from consumers import dead_letters
+from consumers.applier import Applier, DatabaseDown, Outcome, Result
+from consumers.deliveries import Delivery, Entry, Poison, decode, describe
+from consumers.errors import GroupLost
+from consumers.metrics import ConsumerMetrics
+from consumers.retries import RetrySchedule, Waiting, backoff
+from consumers.router import Router
+from consumers.settings import ConsumerSettings
+from consumers.signals import Reject, Retry
+from consumers.streams import TopicStreams
+from conveyor import telemetry as t
+
+log = logging.getLogger(__name__)
+
+_TOUCH_MARGIN = 0.5
+"""Seconds subtracted from our own idea of an entry's idle time when touching it."""
+
+
+class DeadLetterSink(Protocol):
+    async def record(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
+
+
+@dataclass(slots=True)
+class Health:
+    """What the worker says about itself; the ops plane turns it into health statuses."""
+
+    serving: bool = False
+    reason: str = "starting"
+    last_progress: float = 0.0
+    """Monotonic time a batch last finished (or the worker started)."""
+    stopped: bool = False
+
+
+class TopicWorker:
+    """Consumes one topic for one group until `stopping` is set; in-flight work then finishes."""
+
+    def __init__(
+        self, topic: str, streams: TopicStreams, applier: Applier, catalog: DeadLetterSink,
+        router: Router, settings: ConsumerSettings, metrics: ConsumerMetrics,
+        stopping: asyncio.Event,
+    ) -> None:  # fmt: skip
+        self.topic = topic
+        self.streams = streams
+        self._applier = applier
+        self._catalog = catalog
+        self._router = router
+        self._s = settings
+        self._m = metrics
+        self._stopping = stopping
+        self._schedule = RetrySchedule()
+        self._next_reclaim = 0.0
+        self.health = Health(last_progress=time.monotonic())
+        self._attrs = {t.ATTR_STREAM: streams.keys.events, t.ATTR_GROUP: settings.group}
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set() and not self.health.stopped:
+            try:
+                if failures == 0 or not self.health.serving:
+                    await self.streams.ensure_groups()
+                await self.cycle()
+                failures = 0
+            except GroupLost as lost:
+                await self._on_group_lost(lost)
+            except (RedisError, OSError, TimeoutError, DatabaseDown) as exc:
+                failures += 1
+                self._unhealthy(f"{type(exc).__name__}: {exc}")
+                await self._pause(min(self._s.db_backoff_max, 0.1 * 2**failures))
+
+    async def cycle(self) -> None:
+        """One round: due retries, reclaimed and new entries, processed as one batch."""
+        entries = await self._due_retries()
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + max(self._s.claim_idle / 4, 0.05)
+            entries += await self._reclaim()
+        room = self._s.batch_size - len(entries)
+        if room > 0:
+            entries += await self.streams.read(self.streams.retry, room, None)
+        room = self._s.batch_size - len(entries)
+        if room > 0:
+            entries += await self.streams.read(
+                self.streams.keys.events, room, self._block_ms(entries)
+            )
+        await self._touch_waiting()
+        if entries:
+            await self.process(entries)
+        self.health.serving, self.health.reason = True, ""
+        self.health.last_progress = time.monotonic()
+
+    def _block_ms(self, entries: list[Entry]) -> int | None:
+        if entries or self._stopping.is_set():
+            return None  # do not wait: there is work already
+        wait = self._s.block
+        due = self._schedule.next_due()
+        if due is not None:
+            wait = min(wait, max(due - time.monotonic(), 0.001))
+        return max(int(wait * 1000), 1)
+
+    async def process(self, entries: list[Entry]) -> None:
+        """Decode, apply and settle one batch of entries."""
+        self._m.consumed.add(len(entries), self._attrs)
+        settled: list[Entry] = []
+        deliveries: list[Delivery] = []
+        for entry in entries:
+            if entry.fields is None:
+                self._deleted([entry.entry_id], entry.stream)
+                settled.append(entry)
+                continue
+            if entry.attempt > self._s.max_attempts:
+                await self._dead_letter(entry, "max_attempts", "Redelivered",
+                    f"delivered {entry.attempt} times, over max_attempts={self._s.max_attempts}; "
+                    "the last deliveries ended without an outcome (consumer crash?)")  # fmt: skip
+                continue
+            decoded = decode(entry, topic=self.topic, group=self._s.group, router=self._router,
+                             max_bytes=self._s.max_event_bytes)  # fmt: skip
+            if isinstance(decoded, Poison):
+                await self._dead_letter(entry, decoded.reason, decoded.error_class or "Poison",
+                                        decoded.error)  # fmt: skip
+            else:
+                deliveries.append(decoded)
+        if deliveries:
+            started = time.perf_counter()
+            results = await self._apply(deliveries)
+            per_event = (time.perf_counter() - started) / len(deliveries)
+            self._m.processing.record(per_event, self._attrs)
+            settled += await self._settle(results)
+        if settled:
+            await self.streams.ack(settled)
+
+    async def _apply(self, deliveries: list[Delivery]) -> list[Result]:
+        failures = 0
+        while True:
+            try:
+                return await self._applier.apply(deliveries)
+            except DatabaseDown as exc:
+                failures += 1
+                self._unhealthy(f"database unavailable: {exc}")
+                log.warning("batch not applied, retrying it: topic=%s group=%s events=%d error=%s",
+                            self.topic, self._s.group, len(deliveries), describe(str(exc)))  # fmt: skip
+                await self._pause(min(self._s.db_backoff_max, 0.1 * 2**failures))
+                if self._stopping.is_set():
+                    raise
+
+    async def _settle(self, results: list[Result]) -> list[Entry]:
+        settled: list[Entry] = []
+        counts: dict[str, int] = {}
+        for r in results:
+            if r.outcome is not Outcome.FAILED:
+                settled.append(r.delivery.entry)
+                counts[r.outcome.value] = counts.get(r.outcome.value, 0) + 1
+                continue
+            await self._failed(r.delivery, r.error)
+        for result, n in counts.items():
+            if result == Outcome.DUPLICATE.value:
+                self._m.duplicate.add(n, self._attrs)
+            self._m.processed.add(n, {**self._attrs, t.ATTR_RESULT: result})
+        return settled
+
+    async def _failed(self, d: Delivery, error: BaseException | None) -> None:
+        entry = d.entry
+        entry.first_failed = entry.first_failed or time.time()
+        name = type(error).__name__ if error else "Error"
+        if isinstance(error, Reject):
+            await self._dead_letter(entry, "rejected", name, error.reason, error)
+            return
+        if entry.attempt >= self._s.max_attempts:
+            await self._dead_letter(entry, "max_attempts", name, str(error), error)
+            return
+        delay = error.delay if isinstance(error, Retry) and error.delay is not None else backoff(
+            entry.attempt, self._s.retry_backoff, self._s.retry_backoff_max)  # fmt: skip
+        now = time.monotonic()
+        self._schedule.add(Waiting(now + delay, entry.stream, entry.entry_id, entry.attempt,
+                                   entry.first_failed, now))  # fmt: skip
+        self._m.retried.add(1, self._attrs)
+        log.warning("handler failed, retrying: topic=%s group=%s event_id=%s entry=%s attempt=%d "
+                    "retry_in=%.2fs error=%s", self.topic, self._s.group, d.event_id,
+                    entry.entry_id, entry.attempt, delay, describe(f"{name}: {error}"))  # fmt: skip
+
+    async def _dead_letter(
+        self, entry: Entry, reason: str, error_class: str, error: str,
+        exc: BaseException | None = None,
+    ) -> None:  # fmt: skip
+        fields = dead_letters.fields(entry, reason=reason, group=self._s.group,
+                                     consumer=self._s.consumer, error_class=error_class,
+                                     error=error, exc=exc)  # fmt: skip
+        dlq_id = await self.streams.dead_letter(entry, fields)
+        self._m.dead_lettered.add(1, {**self._attrs, t.ATTR_REASON: reason})
+        self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "dead_letter"})
+        log.error("dead letter: topic=%s group=%s entry=%s reason=%s attempts=%d dlq_entry=%s "
+                  "error=%s", self.topic, self._s.group, entry.entry_id, reason, entry.attempt,
+                  dlq_id, describe(f"{error_class}: {error}"))  # fmt: skip
+        row = dead_letters.catalog_row(self.topic, self.streams.keys.dlq, dlq_id, fields)
+        try:
+            await self._catalog.record([row])
+        except Exception as exc:  # noqa: BLE001 - the reconciler records it later
+            log.warning("dead letter not yet in the catalog, the reconciler will add it: "
+                        "dlq_entry=%s error=%r", dlq_id, exc)  # fmt: skip
+
+    async def _due_retries(self) -> list[Entry]:
+        entries: list[Entry] = []
+        now = time.monotonic()
+        for w in self._schedule.pop_due(now, self._s.batch_size):
+            idle_ms = max(int((now - w.touched - _TOUCH_MARGIN) * 1000), 0)
+            entry = await self.streams.claim(w.stream, w.entry_id, idle_ms)
+            if entry is None:
+                log.info("retry no longer ours (reclaimed elsewhere or deleted): entry=%s",
+                         w.entry_id)  # fmt: skip
+                continue
+            entry.attempt, entry.first_failed = w.attempt + 1, w.first_failed
+            entries.append(entry)
+        return entries
+
+    async def _reclaim(self) -> list[Entry]:
+        entries: list[Entry] = []
+        idle_ms = int(self._s.claim_idle * 1000)
+        for stream in (self.streams.keys.events, self.streams.retry):
+            claimed, deleted = await self.streams.autoclaim(stream, idle_ms, self._s.batch_size)
+            if deleted:
+                self._deleted(deleted, stream)
+            mine = [e for e in claimed if (e.stream, e.entry_id) not in self._schedule]
+            if mine:
+                log.info("reclaimed entries idle over %.1fs: stream=%s group=%s count=%d",
+                         self._s.claim_idle, stream, self._s.group, len(mine))  # fmt: skip
+            entries += mine
+        return entries
+
+    async def _touch_waiting(self) -> None:
+        now = time.monotonic()
+        stale = self._schedule.stale(now, self._s.claim_idle / 3)
+        gone: set[tuple[str, str]] = set()
+        for w in stale:
+            idle_ms = max(int((now - w.touched - _TOUCH_MARGIN) * 1000), 0)
+            if w.entry_id in await self.streams.touch(w.stream, [w.entry_id], idle_ms):
+                w.touched = now
+            else:
+                gone.add((w.stream, w.entry_id))
+        self._schedule.drop(gone)
+
+    def _deleted(self, ids: list[str], stream: str) -> None:
+        self._m.deleted_pending.add(len(ids), self._attrs)
+        log.warning("entries deleted or trimmed while pending, acknowledged without handling: "
+                    "stream=%s group=%s ids=%s", stream, self._s.group, ",".join(ids[:20]))  # fmt: skip
+
+    async def _on_group_lost(self, lost: GroupLost) -> None:
+        self._m.groups_lost.add(1, self._attrs)
+        self._schedule.clear()  # the pending entries went with the group
+        self._unhealthy(str(lost))
+        if self._s.exactly_once or self._s.recreate_lost_group:
+            log.error("CONSUMER GROUP LOST: %s; recreating it at 0, the whole retained stream "
+                      "is delivered again (exactly-once groups skip what they applied)", lost)  # fmt: skip
+            await self.streams.ensure_groups()
+            return
+        self.health.stopped = True
+        log.error("CONSUMER GROUP LOST: %s; this at-least-once group stops here, as recreating it "
+                  "re-applies the retained stream: restart with --recreate-lost-group to accept "
+                  "that", lost)  # fmt: skip
+
+    def _unhealthy(self, reason: str) -> None:
+        if self.health.serving or self.health.reason != reason:
+            log.warning("consumer not serving: topic=%s group=%s reason=%s", self.topic,
+                        self._s.group, describe(reason))  # fmt: skip
+        self.health.serving, self.health.reason = False, reason
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            pass

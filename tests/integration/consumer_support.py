@@ -1,0 +1,91 @@
+"""Publishing events straight to a stream, an effects table and running consumers, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from conveyor.identity.v1 import events_pb2
+from google.protobuf.message import Message
+
+from consumers import Consumer, ConsumerSettings, EventContext, Router
+from relay import envelope
+from relay.publisher import StreamPublisher
+
+
+def registered(i: int) -> events_pb2.UserRegistered:
+    return events_pb2.UserRegistered(user_id=f"u{i}", email=f"u{i}@example.com")
+
+
+async def publish(
+    r: Any, prefix: str, n: int, *, topic: str = "identity", aggregates: int = 50,
+    make: Callable[[int], Message] = registered,
+) -> list[str]:  # fmt: skip
+    """XADD `n` events (wire layout as the relay writes it); return their ids in order."""
+    rows, ids = [], []
+    for i in range(n):
+        event_id = envelope.uuid7()
+        event = envelope.build(make(i), event_id=event_id, source="test", aggregate_type="user",
+                               aggregate_id=f"agg{i % aggregates}", occurred_at=None, headers={})  # fmt: skip
+        rows.append((i, event_id, topic, event.type, event.aggregate_id, None,
+                     event.SerializeToString()))  # fmt: skip
+        ids.append(str(event_id))
+    publisher = StreamPublisher(r, prefix)
+    for start in range(0, n, 1000):
+        await publisher.publish(rows[start : start + 1000])
+    return ids
+
+
+async def create_effects(pg: asyncpg.Connection, schema: str) -> None:
+    """An effects table with no unique constraint: a double effect shows up as two rows."""
+    await pg.execute(
+        f"CREATE TABLE {schema}.effects (consumer_group text NOT NULL, event_id uuid NOT NULL, "
+        "aggregate_id text, attempt int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    )
+
+
+def effect_router(schema: str, *, fail: Callable[[EventContext], None] | None = None,
+                  topic: str = "identity") -> Router:  # fmt: skip
+    """A router whose UserRegistered handler inserts one effects row through ctx.db."""
+    router = Router()
+
+    @router.handler(events_pb2.UserRegistered, topic=topic)
+    async def on_registered(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+        if fail is not None:
+            fail(ctx)
+        await ctx.db.execute(
+            f"INSERT INTO {schema}.effects (consumer_group, event_id, aggregate_id, attempt) "
+            "VALUES ($1, $2, $3, $4)",
+            ctx.group, uuid.UUID(ctx.event_id), ctx.aggregate_id, ctx.attempt,
+        )  # fmt: skip
+
+    return router
+
+
+async def effect_counts(pg: asyncpg.Connection, schema: str, group: str) -> dict[str, int]:
+    rows = await pg.fetch(
+        f"SELECT event_id::text, count(*) FROM {schema}.effects WHERE consumer_group = $1 "
+        "GROUP BY 1", group,
+    )  # fmt: skip
+    return {r[0]: r[1] for r in rows}
+
+
+@asynccontextmanager
+async def running_consumer(router: Router, **settings: Any) -> AsyncIterator[Consumer]:
+    """A Consumer running in this event loop until the block ends (then stopped gracefully)."""
+    settings.setdefault("topics", router.topics)
+    consumer = Consumer(router, ConsumerSettings(**settings))
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        try:
+            await asyncio.wait_for(task, 30)
+        finally:
+            await consumer.close()
