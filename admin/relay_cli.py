@@ -30,6 +30,7 @@ from admin.options import (
     redact,
     setup_logging,
 )
+from admin.process import tune_for_throughput
 from conveyor import database, redis_client, wire
 from relay import Relay, RelaySettings
 from relay.publisher import StreamPublisher
@@ -100,6 +101,7 @@ def run(
             asyncio.run(migrations.ensure_at_head(database_url, name))
         except AdminError as exc:
             fail(exc.message)
+    tune_for_throughput()
     asyncio.run(_serve(settings))
 
 

@@ -55,6 +55,8 @@ def plan(deliveries: Sequence[Delivery]) -> list[Step]:
     An event's layer is its aggregate's previous event's layer, plus one when the handler
     changes; within a layer each aggregate has one handler, so groups of a layer are independent.
     """
+    if deliveries and all(d.route is deliveries[0].route for d in deliveries):
+        return [(deliveries[0].route, list(deliveries))]  # one handler: stream order as it is
     last: dict[str, tuple[int, Route | None]] = {}
     layers: list[dict[int, Step]] = []
     for d in deliveries:
@@ -78,12 +80,16 @@ class Applier:
         self._group = group
         self._exactly_once = exactly_once
         self._partitions = partitions
+        self._lanes: list[asyncpg.Connection | None] = [None] * partitions
         table = f"{database.validate_schema(ledger_schema)}.{database.LEDGER_TABLE}"
         # A 'failure' row (never written by this runtime, but allowed) does not count as applied.
+        # Columns travel as one comma-joined text each (ids, type names and entry ids hold no
+        # commas): encoding a 1,000-element array costs asyncpg far more than one string.
         self._claim_sql = (
             f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
-            "processing_result) SELECT $1, e, t, s, x, r FROM unnest($2::uuid[], $3::text[], "
-            "$4::text[], $5::text[], $6::text[]) AS u(e, t, s, x, r) ORDER BY e "
+            "processing_result) SELECT $1, e::uuid, t, s, x, r FROM unnest("
+            "string_to_array($2, ','), string_to_array($3, ','), string_to_array($4, ','), "
+            "string_to_array($5, ','), string_to_array($6, ',')) AS u(e, t, s, x, r) ORDER BY e "
             "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
             "EXCLUDED.processing_result, processed_at = now(), stream = EXCLUDED.stream, "
             "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' "
@@ -101,21 +107,41 @@ class Applier:
                 continue
             seen.add(d.event_id)
             parts[hash(d.aggregate_id) % self._partitions].append(d)
-        done = await asyncio.gather(*(self._apply_part(p) for p in parts if p))
+        done = await asyncio.gather(*(self._apply_part(i, p) for i, p in enumerate(parts) if p))
         for part_results in done:
             results.extend(part_results)
         return results
 
-    async def _apply_part(self, part: list[Delivery]) -> list[Result]:
-        async with self._pool.acquire() as conn:
+    async def _apply_part(self, lane: int, part: list[Delivery]) -> list[Result]:
+        try:
+            conn = await self._connection(lane)
             try:
                 return await self._optimistic(conn, part)
             except _Failed as failed:
                 if conn.is_closed():
                     raise DatabaseDown(str(failed.error)) from failed.error
                 return await self._isolated(conn, part, failed)
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-                raise DatabaseDown(str(exc)) from exc
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            raise DatabaseDown(str(exc)) from exc
+
+    async def _connection(self, lane: int) -> asyncpg.Connection:
+        """The lane's own connection, kept across batches (a pool round trip and the pool's
+        reset query per batch would cost more than a small batch's work); replaced when broken."""
+        conn = self._lanes[lane]
+        if conn is not None and not conn.is_closed():
+            return conn
+        if conn is not None:
+            await self._pool.release(conn)
+        self._lanes[lane] = None
+        conn = self._lanes[lane] = await self._pool.acquire()
+        return conn
+
+    async def close(self) -> None:
+        """Give the lanes' connections back to the pool."""
+        lanes, self._lanes = self._lanes, [None] * self._partitions
+        for conn in lanes:
+            if conn is not None:
+                await self._pool.release(conn)
 
     async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> list[Result]:
         async with conn.transaction():
@@ -174,11 +200,11 @@ class Applier:
         rows = await conn.fetch(
             self._claim_sql,
             self._group,
-            [d.event_id for d in part],
-            [d.event_type for d in part],
-            [d.entry.stream for d in part],
-            [d.entry.entry_id for d in part],
-            ["skipped" if d.route is None else "success" for d in part],
+            ",".join([d.event_id for d in part]),
+            ",".join([d.event_type for d in part]),
+            ",".join([d.entry.stream for d in part]),
+            ",".join([d.entry.entry_id for d in part]),
+            ",".join(["skipped" if d.route is None else "success" for d in part]),
         )
         return {r[0] for r in rows}
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import re
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
@@ -15,6 +14,10 @@ from conveyor import wire
 from conveyor.v1 import event_pb2
 
 Fields = dict[bytes, bytes]
+
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 @dataclass(slots=True)
@@ -95,16 +98,16 @@ def decode(
                 event.type,
             )
         return _delivery(entry, event, None, None, topic, group)
-    payload = route.message_type()
+    if event.data.type_url.rpartition("/")[2] != event.type:
+        return Poison(
+            entry,
+            "validation",
+            f"data holds {event.data.type_url!r}, not {event.type}",
+            event.id,
+            event.type,
+        )
     try:
-        if not event.data.Unpack(payload):
-            return Poison(
-                entry,
-                "validation",
-                f"data holds {event.data.type_url!r}, not {event.type}",
-                event.id,
-                event.type,
-            )
+        payload = route.message_type.FromString(event.data.value)
     except DecodeError as exc:
         return Poison(
             entry,
@@ -118,11 +121,9 @@ def decode(
 
 
 def _invalid(event: event_pb2.Event, raw_id: bytes) -> str | None:
-    try:
-        parsed = uuid.UUID(event.id)
-    except ValueError:
+    if not _UUID_RE.fullmatch(event.id):
         return f"event id {event.id!r} is not a UUID"
-    if raw_id.decode(errors="replace") != str(parsed):
+    if raw_id != event.id.encode():
         return f"entry id field {raw_id!r} does not match the event's id {event.id!r}"
     if not event.type:
         return "event has no type"
@@ -133,20 +134,8 @@ def _delivery(
     entry: Entry, event: event_pb2.Event, route: Route | None, payload: Message | None,
     topic: str, group: str,
 ) -> Delivery:  # fmt: skip
-    ctx = EventContext(
-        event_id=event.id,
-        event_type=event.type,
-        source=event.source,
-        aggregate_type=event.aggregate_type,
-        aggregate_id=event.aggregate_id,
-        occurred_at=event.time.ToDatetime(UTC) if event.HasField("time") else None,
-        headers=dict(event.headers),
-        topic=topic,
-        stream=entry.stream,
-        entry_id=entry.entry_id,
-        group=group,
-        attempt=entry.attempt,
-    )
+    ctx = EventContext(event, topic=topic, stream=entry.stream, entry_id=entry.entry_id,
+                       group=group, attempt=entry.attempt)  # fmt: skip
     return Delivery(entry, event.id, event.type, event.aggregate_id, route, payload, ctx)
 
 

@@ -6,9 +6,9 @@ import os
 import socket
 
 import asyncpg
-from conveyor import database
 
 from consumers.settings import ConsumerSettings
+from conveyor import database
 
 _TABLE = f"{database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE}"
 

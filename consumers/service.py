@@ -9,7 +9,6 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-from conveyor import redis_client, wire
 
 from consumers.applier import Applier
 from consumers.dead_letters import DeadLetterCatalog
@@ -19,6 +18,7 @@ from consumers.router import Router
 from consumers.settings import ConsumerSettings
 from consumers.streams import TopicStreams
 from consumers.worker import TopicWorker
+from conveyor import redis_client, wire
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ class Consumer:
         )
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = DeadLetterCatalog(self._pool)
-        applier = Applier(self._pool, group=s.group, ledger_schema=s.ledger_schema,
-                          exactly_once=s.exactly_once, partitions=s.partitions)  # fmt: skip
         for topic in s.topics:
+            applier = Applier(self._pool, group=s.group, ledger_schema=s.ledger_schema,
+                              exactly_once=s.exactly_once, partitions=s.partitions)  # fmt: skip
             streams = TopicStreams(self._redis, wire.Keys(topic, s.key_prefix), s.group, s.consumer)
             self.workers[topic] = TopicWorker(topic, streams, applier, self._catalog, self.router,
                                               s, self.metrics, self._stopping)  # fmt: skip
@@ -95,6 +95,8 @@ class Consumer:
         if self._registry is not None:
             with suppress(Exception):
                 await self._registry.unregister()
+        for worker in self.workers.values():
+            await worker.close()
         if self._redis is not None:
             await self._redis.aclose()
         if self._pool is not None:

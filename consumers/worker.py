@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
@@ -25,12 +26,23 @@ from conveyor import telemetry as t
 
 log = logging.getLogger(__name__)
 
+_RETRY_STREAM_PERIOD = 0.2
+"""Seconds between reads of the group's retry stream (reprocessed dead letters)."""
 _TOUCH_MARGIN = 0.5
 """Seconds subtracted from our own idea of an entry's idle time when touching it."""
 
 
 class DeadLetterSink(Protocol):
     async def record(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
+
+
+@dataclass(slots=True)
+class Batch:
+    """A decoded batch waiting to be applied."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    settled: list[Entry] = field(default_factory=list)
+    """Entries to acknowledge without handling (deleted or trimmed while pending)."""
 
 
 @dataclass(slots=True)
@@ -62,48 +74,94 @@ class TopicWorker:
         self._stopping = stopping
         self._schedule = RetrySchedule()
         self._next_reclaim = 0.0
+        self._next_retry_read = 0.0
+        self._prefetch: asyncio.Task[list[Entry]] | None = None
         self.health = Health(last_progress=time.monotonic())
         self._attrs = {t.ATTR_STREAM: streams.keys.events, t.ATTR_GROUP: settings.group}
 
     async def run(self) -> None:
         failures = 0
-        while not self._stopping.is_set() and not self.health.stopped:
+        while not self.health.stopped:
             try:
                 if failures == 0 or not self.health.serving:
                     await self.streams.ensure_groups()
-                await self.cycle()
-                failures = 0
+                await self._consume()
+                return
             except GroupLost as lost:
                 await self._on_group_lost(lost)
             except (RedisError, OSError, TimeoutError, DatabaseDown) as exc:
                 failures += 1
                 self._unhealthy(f"{type(exc).__name__}: {exc}")
+                if self._stopping.is_set():
+                    return
                 await self._pause(min(self._s.db_backoff_max, 0.1 * 2**failures))
+            finally:
+                await self._drop_prefetch()
 
-    async def cycle(self) -> None:
-        """One round: due retries, reclaimed and new entries, processed as one batch."""
+    async def close(self) -> None:
+        """Release the worker's database connections."""
+        await self._applier.close()
+
+    async def _consume(self) -> None:
+        """Rounds until stopped, as a pipeline: while batch N is applied, batch N+1 is decoded
+        and batch N+2 read. Batches are applied one after another, in order. A batch already
+        read when the stop comes is still applied and acknowledged."""
+        applying: asyncio.Task[None] | None = None
+        try:
+            while True:
+                stopping = self._stopping.is_set()
+                entries = [] if stopping else await self._side_entries()
+                if self._prefetch is not None:
+                    entries += await self._take_prefetch()
+                elif not stopping:
+                    room = self._s.batch_size - len(entries)
+                    entries += await self._read_new(room, wait=not entries and applying is None)
+                if stopping and not entries:
+                    return
+                if entries and not stopping:
+                    self._prefetch = asyncio.create_task(
+                        self._read_new(self._s.batch_size, wait=False)
+                    )
+                await self._touch_waiting()
+                batch = await self.prepare(entries)
+                if applying is not None:
+                    await applying
+                applying = asyncio.create_task(self.finish(batch))
+        finally:
+            if applying is not None:
+                await applying
+
+    async def _side_entries(self) -> list[Entry]:
+        """Due retries, entries idle on dead consumers and reprocess requests, when it is time."""
         entries = await self._due_retries()
         now = time.monotonic()
         if now >= self._next_reclaim:
             self._next_reclaim = now + max(self._s.claim_idle / 4, 0.05)
             entries += await self._reclaim()
-        room = self._s.batch_size - len(entries)
-        if room > 0:
-            entries += await self.streams.read(self.streams.retry, room, None)
-        room = self._s.batch_size - len(entries)
-        if room > 0:
-            entries += await self.streams.read(
-                self.streams.keys.events, room, self._block_ms(entries)
-            )
-        await self._touch_waiting()
-        if entries:
-            await self.process(entries)
-        self.health.serving, self.health.reason = True, ""
-        self.health.last_progress = time.monotonic()
+        if now >= self._next_retry_read:
+            self._next_retry_read = now + _RETRY_STREAM_PERIOD
+            entries += await self.streams.read(self.streams.retry, self._s.batch_size, None)
+        return entries
 
-    def _block_ms(self, entries: list[Entry]) -> int | None:
-        if entries or self._stopping.is_set():
-            return None  # do not wait: there is work already
+    async def _read_new(self, count: int, *, wait: bool) -> list[Entry]:
+        if count <= 0:
+            return []
+        block = self._block_ms() if wait else None
+        return await self.streams.read(self.streams.keys.events, count, block)
+
+    async def _take_prefetch(self) -> list[Entry]:
+        task, self._prefetch = self._prefetch, None
+        assert task is not None
+        return await task
+
+    async def _drop_prefetch(self) -> None:
+        """After a failure: entries a prefetch read stay pending and are reclaimed later."""
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            with suppress(Exception):
+                await task
+
+    def _block_ms(self) -> int:
         wait = self._s.block
         due = self._schedule.next_due()
         if due is not None:
@@ -112,13 +170,17 @@ class TopicWorker:
 
     async def process(self, entries: list[Entry]) -> None:
         """Decode, apply and settle one batch of entries."""
-        self._m.consumed.add(len(entries), self._attrs)
-        settled: list[Entry] = []
-        deliveries: list[Delivery] = []
+        await self.finish(await self.prepare(entries))
+
+    async def prepare(self, entries: list[Entry]) -> Batch:
+        """Decode a batch; entries that can never be handled become dead letters now."""
+        batch = Batch()
+        if entries:
+            self._m.consumed.add(len(entries), self._attrs)
         for entry in entries:
             if entry.fields is None:
                 self._deleted([entry.entry_id], entry.stream)
-                settled.append(entry)
+                batch.settled.append(entry)
                 continue
             if entry.attempt > self._s.max_attempts:
                 await self._dead_letter(entry, "max_attempts", "Redelivered",
@@ -131,15 +193,22 @@ class TopicWorker:
                 await self._dead_letter(entry, decoded.reason, decoded.error_class or "Poison",
                                         decoded.error)  # fmt: skip
             else:
-                deliveries.append(decoded)
-        if deliveries:
+                batch.deliveries.append(decoded)
+        return batch
+
+    async def finish(self, batch: Batch) -> None:
+        """Apply a decoded batch, schedule or dead-letter its failures, acknowledge the rest."""
+        settled = batch.settled
+        if batch.deliveries:
             started = time.perf_counter()
-            results = await self._apply(deliveries)
-            per_event = (time.perf_counter() - started) / len(deliveries)
+            results = await self._apply(batch.deliveries)
+            per_event = (time.perf_counter() - started) / len(batch.deliveries)
             self._m.processing.record(per_event, self._attrs)
             settled += await self._settle(results)
         if settled:
             await self.streams.ack(settled)
+        self.health.serving, self.health.reason = True, ""
+        self.health.last_progress = time.monotonic()
 
     async def _apply(self, deliveries: list[Delivery]) -> list[Result]:
         failures = 0

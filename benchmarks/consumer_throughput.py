@@ -1,0 +1,173 @@
+"""Consumer throughput: Conveyor's consumer vs the yardstick's consumer loops, same run.
+
+    python benchmarks/consumer_throughput.py [--events 100000] [--batch 1000] [--rounds 1]
+                                             [--only per-event,batch,at-least-once]
+
+Three comparisons (BRIEF targets in brackets):
+  per-event      exactly-once, a handler doing one INSERT per event through ctx.db, 2 connections
+                 vs ideal_pipeline.py --handler-insert --conns 2            [>= 0.8]
+  batch          exactly-once, a batch handler doing one INSERT ... unnest per call
+                 vs ideal_pipeline.py (ledger-only)                         [>= 0.7]
+  at-least-once  no ledger, a no-op handler
+                 vs ideal_pipeline.py --bare                                [>= 0.5]
+Each Conveyor round publishes N events to a fresh stream (the relay's wire layout), starts a
+Consumer in this process and times from its first read to the group having acknowledged all N.
+Prints every figure and the ratios; never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from admin import migrations
+from admin.process import tune_for_throughput
+from consumers import Consumer, ConsumerSettings, EventContext, Router
+from conveyor import database, redis_client, wire
+from conveyor.identity.v1 import events_pb2
+from relay import envelope
+from relay.publisher import StreamPublisher
+
+ROOT = Path(__file__).resolve().parents[1]
+YARDSTICK = Path(
+    os.environ.get("CONVEYOR_YARDSTICK", ROOT.parent / "shared/bench/ideal_pipeline.py")
+)
+DB = os.environ.get("CONVEYOR_DATABASE_URL", database.DEFAULT_DATABASE_URL)
+REDIS = os.environ.get("CONVEYOR_REDIS_URL", wire.DEFAULT_REDIS_URL)
+TOPIC = "bench"
+KINDS = {
+    "per-event": ["--handler-insert", "--conns", "2"],
+    "batch": [],
+    "at-least-once": ["--bare"],
+}
+TARGETS = {"per-event": 0.8, "batch": 0.7, "at-least-once": 0.5}
+
+
+def router_for(kind: str, schema: str) -> Router:
+    router = Router()
+    insert = f"INSERT INTO {schema}.bench_effects (event_id) VALUES ($1)"
+    if kind == "per-event":
+
+        @router.handler(events_pb2.UserRegistered, topic=TOPIC)
+        async def one(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+            await ctx.db.execute(insert, ctx.event_id)
+
+    elif kind == "batch":
+
+        @router.batch_handler(events_pb2.UserRegistered, topic=TOPIC)
+        async def many(items: list[tuple[Any, EventContext]], db: Any) -> None:
+            await db.execute(
+                f"INSERT INTO {schema}.bench_effects (event_id) SELECT unnest($1::uuid[])",
+                [ctx.event_id for _, ctx in items],
+            )
+
+    else:
+
+        @router.handler(events_pb2.UserRegistered, topic=TOPIC)
+        async def noop(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+            return None
+
+    return router
+
+
+async def publish(r: Any, prefix: str, n: int) -> None:
+    publisher = StreamPublisher(r, prefix)
+    for start in range(0, n, 1000):
+        rows = []
+        for i in range(start, min(n, start + 1000)):
+            event_id = envelope.uuid7()
+            event = envelope.build(
+                events_pb2.UserRegistered(user_id=f"user-{i}", email=f"u{i}@example.com"),
+                event_id=event_id, source="bench", aggregate_type="user",
+                aggregate_id=f"user-{i}", occurred_at=None, headers={},
+            )  # fmt: skip
+            rows.append((i, event_id, TOPIC, event.type, event.aggregate_id, None,
+                         event.SerializeToString()))  # fmt: skip
+        await publisher.publish(rows)
+
+
+async def conveyor_round(kind: str, n: int, batch: int) -> float:
+    schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(migrations.upgrade, DB, schema)
+    conn = await asyncpg.connect(DB)
+    await conn.execute(f"CREATE TABLE {schema}.bench_effects (event_id uuid NOT NULL)")
+    r = redis_client.connect(REDIS)
+    key = wire.Keys(TOPIC, prefix).events
+    try:
+        await publish(r, prefix, n)
+        settings = ConsumerSettings(
+            group="bench", topics=(TOPIC,), database_url=DB, redis_url=REDIS,
+            ledger_schema=schema, key_prefix=prefix, batch_size=batch,
+            mode="at-least-once" if kind == "at-least-once" else "exactly-once",
+        )  # fmt: skip
+        consumer = Consumer(router_for(kind, schema), settings)
+        await consumer.start()
+        t0 = time.perf_counter()
+        task = asyncio.create_task(consumer.run())
+        while True:
+            groups = await r.xinfo_groups(key)
+            if groups and groups[0]["entries-read"] == n and groups[0]["pending"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        dt = time.perf_counter() - t0
+        consumer.stop()
+        await task
+        await consumer.close()
+        effects = await conn.fetchval(f"SELECT count(*) FROM {schema}.bench_effects")
+        print(f"conveyor consumer_eps[{kind}] {n / dt:.0f}  ({n} events in {dt:.2f}s, "
+              f"{effects} effect rows)")  # fmt: skip
+        return n / dt
+    finally:
+        await r.delete(key, wire.Keys(TOPIC, prefix).retry("bench"))
+        await r.aclose()
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
+
+
+def yardstick_round(kind: str, n: int, batch: int) -> float:
+    out = subprocess.run(
+        [sys.executable, str(YARDSTICK), "--events", str(n), "--batch", str(batch), *KINDS[kind]],
+        env={**os.environ, "PG_DSN": DB, "REDIS_URL": REDIS}, capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    m = re.search(r"consumer_eps\[[^\]]+\] (\d+)", out)
+    assert m, out
+    print(f"yardstick {out.splitlines()[1]}")
+    return float(m.group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--only", default=",".join(KINDS))
+    a = ap.parse_args()
+    tune_for_throughput()  # as `conveyor consume` does
+    summary = []
+    for kind in a.only.split(","):
+        ours, theirs = [], []
+        for _ in range(a.rounds):
+            theirs.append(yardstick_round(kind, a.events, a.batch))
+            ours.append(asyncio.run(conveyor_round(kind, a.events, a.batch)))
+        o, y = statistics.median(ours), statistics.median(theirs)
+        summary.append(f"consumer {kind}: conveyor {o:.0f}/s, yardstick {y:.0f}/s, ratio "
+                       f"{o / y:.2f} (target >= {TARGETS[kind]})")  # fmt: skip
+    print("\n".join(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Housekeeping: safe stream trims, a length cap, expired dead letters, idle members, old ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from redis.exceptions import RedisError, ResponseError
+
+from consumers.metrics import ConsumerMetrics
+from consumers.settings import ConsumerSettings
+from conveyor import database, redis_client, wire
+from conveyor import telemetry as t
+
+log = logging.getLogger(__name__)
+
+LEDGER_CHUNK = 10_000
+"""Ledger rows deleted per statement, so no statement holds locks on millions of rows."""
+DEAD_LETTER_BATCH = 500
+"""Dead letters removed per transaction."""
+
+_LOCK_KEY = "hashtextextended('conveyor.trim:' || $1::text, 0)"
+TRY_LOCK_SQL = f"SELECT pg_try_advisory_lock({_LOCK_KEY})"
+"""Session lock that lets one process at a time trim the stream named by $1."""
+UNLOCK_SQL = f"SELECT pg_advisory_unlock({_LOCK_KEY})"
+
+_DEAD_LETTERS = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE}"
+# SKIP LOCKED: housekeepers of other groups on the same topic take other batches, not turns.
+_EXPIRED_DEAD_LETTERS = (
+    f"SELECT id, dlq_entry_id FROM {_DEAD_LETTERS} WHERE topic = $1 AND dlq_stream = $2 "
+    "AND state IN ('resolved', 'reprocessed') AND updated_at < now() - make_interval(secs => $3) "
+    "ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED"
+)
+_DELETE_DEAD_LETTERS = f"DELETE FROM {_DEAD_LETTERS} WHERE id = ANY($1::bigint[])"
+
+# Checking and deleting in one script: a member that reads between a separate XINFO and
+# DELCONSUMER would take its new pending entries out of the pending list for good.
+_DELETE_IDLE_MEMBER = """
+for _, member in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local m = {}
+  for i = 1, #member, 2 do m[member[i]] = member[i + 1] end
+  if m.name == ARGV[2] and m.pending == 0 and m.idle > tonumber(ARGV[3]) then
+    return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+  end
+end
+return -1
+"""
+
+_MAX_SEQ = 2**64 - 1
+_FAILURES = (RedisError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@dataclass(slots=True)
+class HousekeepingReport:
+    """What one `Housekeeper.run_once` did."""
+
+    trimmed: dict[str, int] = field(default_factory=dict)
+    """Event stream -> entries removed that every group had acknowledged (XTRIM MINID)."""
+    capped: dict[str, int] = field(default_factory=dict)
+    """Event stream -> entries removed by the length cap, which some group still needed."""
+    skipped: list[str] = field(default_factory=list)
+    """Event streams another process was trimming, left alone this round."""
+    dead_letters_removed: int = 0
+    consumers_removed: list[tuple[str, str]] = field(default_factory=list)
+    """(stream, consumer) of idle group members removed."""
+    ledger_deleted: int = 0
+    errors: list[str] = field(default_factory=list)
+    """Steps that failed (each is retried next round), as `step topic=...: error`."""
+
+
+def retention_warning(settings: ConsumerSettings) -> str | None:
+    """Why the ledger retention is unsafe, or None: a re-delivery after the ledger row is gone
+    would apply the event twice."""
+    window = settings.redelivery_window
+    if not settings.exactly_once or settings.ledger_retention >= window:
+        return None
+    return (
+        f"ledger_retention={settings.ledger_retention:g}s is shorter than the re-delivery window "
+        f"of {window:g}s (backoffs plus max_attempts x claim_idle): an event re-delivered after "
+        f"its ledger row was deleted would be applied twice; set ledger_retention >= {window:g}s"
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _id_after(entry_id: bytes | str) -> tuple[int, int]:
+    ms, seq = _parse_id(entry_id)
+    return (ms + 1, 0) if seq == _MAX_SEQ else (ms, seq + 1)
+
+
+class Housekeeper:
+    """Keeps the streams, the dead-letter catalog and the ledger of one group from growing
+    without bound, without ever dropping an entry a group still needs."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, client: Any, settings: ConsumerSettings,
+        metrics: ConsumerMetrics, *, ledger_chunk: int = LEDGER_CHUNK,
+        dead_letter_batch: int = DEAD_LETTER_BATCH,
+    ) -> None:  # fmt: skip
+        self._pool = pool
+        self._client = client
+        self._s = settings
+        self._metrics = metrics
+        self._ledger_chunk = ledger_chunk
+        self._dead_letter_batch = dead_letter_batch
+        self._delete_idle = client.register_script(_DELETE_IDLE_MEMBER)
+
+    async def run_once(self, topics: Sequence[str]) -> HousekeepingReport:
+        """One round over `topics`; a failing step is logged and reported, the others still run."""
+        report = HousekeepingReport()
+        for topic in topics:
+            keys = wire.Keys(topic, self._s.key_prefix)
+            await self._guard(report, f"trim topic={topic}", self._trim(keys.events, report))
+            await self._guard(report, f"dead-letters topic={topic}", self._expire(keys, report))
+            await self._guard(report, f"idle topic={topic}", self._remove_idle(keys, report))
+        if self._s.exactly_once:
+            await self._guard(report, "ledger", self._expire_ledger(report))
+        return report
+
+    async def _guard(self, report: HousekeepingReport, step: str, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except _FAILURES as exc:
+            log.warning("housekeeping failed: step=%s group=%s error=%r", step, self._s.group, exc)
+            report.errors.append(f"{step}: {exc!r}")
+
+    async def _redis(self, command: Awaitable[Any]) -> Any:
+        async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
+            return await command
+
+    async def _info(self, command: Awaitable[list[Any]]) -> list[Any]:
+        """An XINFO reply; empty when the stream or group does not exist (yet)."""
+        try:
+            return list(await self._redis(command))
+        except ResponseError as exc:
+            if str(exc).startswith("NOGROUP") or "no such key" in str(exc):
+                return []
+            raise
+
+    async def _trim(self, stream: str, report: HousekeepingReport) -> None:
+        """Trim under a session advisory lock so two processes never trim one stream at once."""
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval(TRY_LOCK_SQL, stream):
+                log.info("trim skipped, another process holds the lock: stream=%s", stream)
+                report.skipped.append(stream)
+                return
+            try:
+                await self._trim_locked(stream, report)
+            finally:
+                await conn.fetchval(UNLOCK_SQL, stream)
+
+    async def _trim_locked(self, stream: str, report: HousekeepingReport) -> None:
+        cut = await self._oldest_needed(stream)
+        if cut is not None:
+            minid = f"{cut[0]}-{cut[1]}"
+            removed = await self._redis(self._client.xtrim(stream, minid=minid, approximate=False))
+            report.trimmed[stream] = removed
+            if removed:
+                log.info("trimmed acknowledged entries: stream=%s count=%d", stream, removed)
+        cap = self._s.max_stream_length
+        if cap is None:
+            return
+        capped = await self._redis(self._client.xtrim(stream, maxlen=cap, approximate=False))
+        report.capped[stream] = capped
+        if capped:
+            self._metrics.trimmed.add(capped, {t.ATTR_STREAM: stream})
+            # After the MINID trim, whatever the cap removes was still needed by some group.
+            log.warning(
+                "length cap removed entries not every group had handled: stream=%s count=%d "
+                "max_stream_length=%d", stream, capped, cap,
+            )  # fmt: skip
+
+    async def _oldest_needed(self, stream: str) -> tuple[int, int] | None:
+        """The oldest entry id some group of `stream` has not acknowledged or not yet been
+        delivered; None when the stream has no groups (one may still be created at 0)."""
+        cut: tuple[int, int] | None = None
+        for group in await self._info(self._client.xinfo_groups(stream)):
+            # Later reads only add pending entries newer than last-delivered-id, so a snapshot
+            # taken before them errs on the side of keeping entries.
+            needed = _id_after(group["last-delivered-id"])
+            if group["pending"]:
+                summary = await self._redis(self._client.xpending(stream, group["name"]))
+                if summary["min"] is not None:
+                    needed = min(needed, _parse_id(summary["min"]))
+            cut = needed if cut is None else min(cut, needed)
+        return cut
+
+    async def _expire(self, keys: wire.Keys, report: HousekeepingReport) -> None:
+        """Remove resolved and reprocessed dead letters past retention, stream entry first:
+        a row left behind by a crash is found and removed again next round."""
+        while True:
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    _EXPIRED_DEAD_LETTERS, keys.topic, keys.dlq, self._s.dead_letter_retention,
+                    self._dead_letter_batch,
+                )  # fmt: skip
+                if rows:
+                    ids = [r["dlq_entry_id"] for r in rows]
+                    await self._redis(self._client.xdel(keys.dlq, *ids))
+                    await conn.execute(_DELETE_DEAD_LETTERS, [r["id"] for r in rows])
+                    log.info("removed old dead letters: stream=%s count=%d", keys.dlq, len(rows))
+            report.dead_letters_removed += len(rows)
+            if len(rows) < self._dead_letter_batch:
+                return
+
+    async def _remove_idle(self, keys: wire.Keys, report: HousekeepingReport) -> None:
+        """Remove members of this group idle past the timeout with nothing pending."""
+        s = self._s
+        idle_ms = int(s.idle_consumer_timeout * 1000)
+        for stream in (keys.events, keys.retry(s.group)):
+            for member in await self._info(self._client.xinfo_consumers(stream, s.group)):
+                name = _text(member["name"])
+                if name == s.consumer or member["pending"] or member["idle"] <= idle_ms:
+                    continue
+                script = self._delete_idle(keys=[stream], args=[s.group, name, idle_ms])
+                if await self._redis(script) == 0:
+                    report.consumers_removed.append((stream, name))
+                    log.info("removed idle consumer: stream=%s group=%s consumer=%s",
+                             stream, s.group, name)  # fmt: skip
+
+    async def _expire_ledger(self, report: HousekeepingReport) -> None:
+        s, chunk = self._s, self._ledger_chunk
+        table = f"{s.ledger_schema}.{database.LEDGER_TABLE}"
+        statement = (
+            f"DELETE FROM {table} WHERE consumer_group = $1 AND event_id IN (SELECT event_id "
+            f"FROM {table} WHERE consumer_group = $1 AND processed_at < now() - "
+            "make_interval(secs => $2) LIMIT $3)"
+        )
+        while True:
+            status = await self._pool.execute(statement, s.group, s.ledger_retention, chunk)
+            deleted = int(status.split()[-1])
+            report.ledger_deleted += deleted
+            if deleted < chunk:
+                break
+        if report.ledger_deleted:
+            log.info("deleted expired ledger rows: group=%s schema=%s count=%d",
+                     s.group, s.ledger_schema, report.ledger_deleted)  # fmt: skip
