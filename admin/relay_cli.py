@@ -156,9 +156,15 @@ def replay_command(
         _replay(database_url, redis_url, key_prefix, schema, moment, topic, dry_run, as_json)
     )
     if as_json:
-        summary = {"schema": schema, "since": moment.isoformat(), "topic": topic,
-                   "dry_run": dry_run, "matched": result.matched, "published": result.published,
-                   "by_stream": dict(result.by_stream)}  # fmt: skip
+        summary = {
+            "schema": schema,
+            "since": moment.isoformat(),
+            "topic": topic,
+            "dry_run": dry_run,
+            "matched": result.matched,
+            "published": result.published,
+            "by_stream": dict(result.by_stream),
+        }
         print(json.dumps(summary))
         return
     verb = "would republish" if dry_run else "republished"
@@ -183,14 +189,23 @@ async def _replay(
     try:
         total = await count_replayable(pool, schema, since, topic)
         with Progress(
-            TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            disable=quiet, transient=True,
-        ) as progress:  # fmt: skip
+            TextColumn("replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            disable=quiet,
+            transient=True,
+        ) as progress:
             task = progress.add_task("replay", total=total)
             result = await replay(
-                pool, StreamPublisher(client, prefix), schema, since=since, topic=topic,
-                dry_run=dry_run, on_progress=lambda n: progress.advance(task, n),
-            )  # fmt: skip
+                pool,
+                StreamPublisher(client, prefix),
+                schema,
+                since=since,
+                topic=topic,
+                dry_run=dry_run,
+                on_progress=lambda n: progress.advance(task, n),
+            )
     finally:
         await client.aclose()
         await pool.close()

@@ -89,11 +89,24 @@ async def publish(r: Any, prefix: str, n: int) -> None:
             event_id = envelope.uuid7()
             event = envelope.build(
                 events_pb2.UserRegistered(user_id=f"user-{i}", email=f"u{i}@example.com"),
-                event_id=event_id, source="bench", aggregate_type="user",
-                aggregate_id=f"user-{i}", occurred_at=None, headers={},
-            )  # fmt: skip
-            rows.append((i, event_id, TOPIC, event.type, event.aggregate_id, None,
-                         event.SerializeToString()))  # fmt: skip
+                event_id=event_id,
+                source="bench",
+                aggregate_type="user",
+                aggregate_id=f"user-{i}",
+                occurred_at=None,
+                headers={},
+            )
+            rows.append(
+                (
+                    i,
+                    event_id,
+                    TOPIC,
+                    event.type,
+                    event.aggregate_id,
+                    None,
+                    event.SerializeToString(),
+                )
+            )
         await publisher.publish(rows)
 
 
@@ -107,10 +120,15 @@ async def conveyor_round(kind: str, n: int, batch: int) -> float:
     try:
         await publish(r, prefix, n)
         settings = ConsumerSettings(
-            group="bench", topics=(TOPIC,), database_url=DB, redis_url=REDIS,
-            ledger_schema=schema, key_prefix=prefix, batch_size=batch,
+            group="bench",
+            topics=(TOPIC,),
+            database_url=DB,
+            redis_url=REDIS,
+            ledger_schema=schema,
+            key_prefix=prefix,
+            batch_size=batch,
             mode="at-least-once" if kind == "at-least-once" else "exactly-once",
-        )  # fmt: skip
+        )
         consumer = Consumer(router_for(kind, schema), settings)
         await consumer.start()
         t0 = time.perf_counter()
@@ -125,8 +143,10 @@ async def conveyor_round(kind: str, n: int, batch: int) -> float:
         await task
         await consumer.close()
         effects = await conn.fetchval(f"SELECT count(*) FROM {schema}.bench_effects")
-        print(f"conveyor consumer_eps[{kind}] {n / dt:.0f}  ({n} events in {dt:.2f}s, "
-              f"{effects} effect rows)")  # fmt: skip
+        print(
+            f"conveyor consumer_eps[{kind}] {n / dt:.0f}  ({n} events in {dt:.2f}s, "
+            f"{effects} effect rows)"
+        )
         return n / dt
     finally:
         await r.delete(key, wire.Keys(TOPIC, prefix).retry("bench"))
@@ -138,9 +158,11 @@ async def conveyor_round(kind: str, n: int, batch: int) -> float:
 def yardstick_round(kind: str, n: int, batch: int) -> float:
     out = subprocess.run(
         [sys.executable, str(YARDSTICK), "--events", str(n), "--batch", str(batch), *KINDS[kind]],
-        env={**os.environ, "PG_DSN": DB, "REDIS_URL": REDIS}, capture_output=True, text=True,
+        env={**os.environ, "PG_DSN": DB, "REDIS_URL": REDIS},
+        capture_output=True,
+        text=True,
         check=True,
-    ).stdout  # fmt: skip
+    ).stdout
     m = re.search(r"consumer_eps\[[^\]]+\] (\d+)", out)
     assert m, out
     print(f"yardstick {out.splitlines()[1]}")
@@ -164,8 +186,10 @@ def main() -> None:
             theirs.append(yardstick_round(kind, a.events, a.batch))
             ours.append(asyncio.run(conveyor_round(kind, a.events, a.batch)))
         o, y = statistics.median(ours), statistics.median(theirs)
-        summary.append(f"consumer {kind}: conveyor {o:.0f}/s, yardstick {y:.0f}/s, ratio "
-                       f"{o / y:.2f} (target >= {TARGETS[kind]})")  # fmt: skip
+        summary.append(
+            f"consumer {kind}: conveyor {o:.0f}/s, yardstick {y:.0f}/s, ratio "
+            f"{o / y:.2f} (target >= {TARGETS[kind]})"
+        )
     print("\n".join(summary))
 
 

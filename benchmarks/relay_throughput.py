@@ -44,10 +44,14 @@ async def prefill(schema: str, n: int) -> None:
     try:
         for start in range(0, n, 5000):
             batch = [
-                NewEvent(events_pb2.UserRegistered(user_id=f"user-{i}", email=f"u{i}@example.com"),
-                         "user", f"user-{i}", topic="bench")
+                NewEvent(
+                    events_pb2.UserRegistered(user_id=f"user-{i}", email=f"u{i}@example.com"),
+                    "user",
+                    f"user-{i}",
+                    topic="bench",
+                )
                 for i in range(start, min(n, start + 5000))
-            ]  # fmt: skip
+            ]
             async with conn.transaction():
                 await enqueue_many(conn, batch, schema=schema)
         await conn.execute(f"VACUUM ANALYZE {schema}.outbox")
@@ -80,10 +84,22 @@ async def conveyor_round(n: int, batch: int) -> float:
     r = aioredis.from_url(REDIS)
     try:
         await prefill(schema, n)
-        env = {**os.environ, "CONVEYOR_DATABASE_URL": DB, "CONVEYOR_REDIS_URL": REDIS,
-               "CONVEYOR_LOG_LEVEL": "warning"}  # fmt: skip
-        cmd = [str(Path(sys.executable).with_name("conveyor")), "relay", "--schema", schema,
-               "--key-prefix", prefix, "--batch-size", str(batch)]  # fmt: skip
+        env = {
+            **os.environ,
+            "CONVEYOR_DATABASE_URL": DB,
+            "CONVEYOR_REDIS_URL": REDIS,
+            "CONVEYOR_LOG_LEVEL": "warning",
+        }
+        cmd = [
+            str(Path(sys.executable).with_name("conveyor")),
+            "relay",
+            "--schema",
+            schema,
+            "--key-prefix",
+            prefix,
+            "--batch-size",
+            str(batch),
+        ]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env)
         try:
@@ -109,11 +125,21 @@ async def conveyor_round(n: int, batch: int) -> float:
 
 def yardstick_round(n: int, batch: int) -> float:
     out = subprocess.run(
-        [sys.executable, str(YARDSTICK), "--events", str(n), "--batch", str(batch),
-         "--mode", "update"],
-        env={**os.environ, "PG_DSN": DB, "REDIS_URL": REDIS}, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(YARDSTICK),
+            "--events",
+            str(n),
+            "--batch",
+            str(batch),
+            "--mode",
+            "update",
+        ],
+        env={**os.environ, "PG_DSN": DB, "REDIS_URL": REDIS},
+        capture_output=True,
+        text=True,
         check=True,
-    ).stdout  # fmt: skip
+    ).stdout
     m = re.search(r"relay_eps\[update\] (\d+)", out)
     assert m, out
     print(f"yardstick {out.splitlines()[0]}")

@@ -73,9 +73,14 @@ class Applier:
     """Runs handlers for deliveries, exactly once per (group, event id) or at least once."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, group: str, ledger_schema: str, exactly_once: bool,
+        self,
+        pool: asyncpg.Pool,
+        *,
+        group: str,
+        ledger_schema: str,
+        exactly_once: bool,
         partitions: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._pool = pool
         self._group = group
         self._exactly_once = exactly_once

@@ -24,9 +24,15 @@ class EventContext:
     __slots__ = ("attempt", "db", "entry_id", "envelope", "group", "stream", "topic")
 
     def __init__(
-        self, envelope: event_pb2.Event, *, topic: str, stream: str, entry_id: str, group: str,
+        self,
+        envelope: event_pb2.Event,
+        *,
+        topic: str,
+        stream: str,
+        entry_id: str,
+        group: str,
         attempt: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.envelope = envelope
         """The whole conveyor.v1.Event."""
         self.topic = topic

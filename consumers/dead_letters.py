@@ -23,25 +23,34 @@ ERROR_LIMIT = 65536
 
 
 def fields(
-    entry: Entry, *, reason: str, group: str, consumer: str, error_class: str, error: str,
-    exc: BaseException | None = None, traceparent: str | None = None,
-) -> dict[bytes, bytes | str]:  # fmt: skip
+    entry: Entry,
+    *,
+    reason: str,
+    group: str,
+    consumer: str,
+    error_class: str,
+    error: str,
+    exc: BaseException | None = None,
+    traceparent: str | None = None,
+) -> dict[bytes, bytes | str]:
     """The dead-letter entry: the original fields verbatim plus why, where and when it failed."""
     now_ms = int(time.time() * 1000)
     first = int(entry.first_failed * 1000) if entry.first_failed else now_ms
     out: dict[bytes, bytes | str] = dict(entry.fields or {})
-    out.update({
-        wire.DL_SOURCE_STREAM: entry.stream,
-        wire.DL_SOURCE_ENTRY: entry.entry_id,
-        wire.DL_GROUP: group,
-        wire.DL_CONSUMER: consumer,
-        wire.DL_ATTEMPTS: str(entry.attempt),
-        wire.DL_REASON: reason,
-        wire.DL_ERROR_CLASS: error_class,
-        wire.DL_ERROR: error[:ERROR_LIMIT],
-        wire.DL_FIRST_FAILED: str(first),
-        wire.DL_LAST_FAILED: str(now_ms),
-    })  # fmt: skip
+    out.update(
+        {
+            wire.DL_SOURCE_STREAM: entry.stream,
+            wire.DL_SOURCE_ENTRY: entry.entry_id,
+            wire.DL_GROUP: group,
+            wire.DL_CONSUMER: consumer,
+            wire.DL_ATTEMPTS: str(entry.attempt),
+            wire.DL_REASON: reason,
+            wire.DL_ERROR_CLASS: error_class,
+            wire.DL_ERROR: error[:ERROR_LIMIT],
+            wire.DL_FIRST_FAILED: str(first),
+            wire.DL_LAST_FAILED: str(now_ms),
+        }
+    )
     if exc is not None:
         text = "".join(traceback.format_exception(exc))
         out[wire.DL_TRACEBACK] = text[-TRACEBACK_LIMIT:]
@@ -78,13 +87,22 @@ def catalog_row(
     """The conveyor.dead_letters row describing one dead-letter entry."""
     reason = _text(f, wire.DL_REASON) or "validation"
     return (
-        topic, dlq_stream, dlq_entry_id, _text(f, wire.DL_SOURCE_STREAM) or "",
-        _text(f, wire.DL_SOURCE_ENTRY) or "", _text(f, wire.DL_GROUP) or "",
-        _text(f, wire.DL_CONSUMER), _uuid(_text(f, wire.F_EVENT_ID)), _text(f, wire.F_EVENT_TYPE),
-        reason if reason in wire.REASONS else "validation", _text(f, wire.DL_ERROR_CLASS),
-        _text(f, wire.DL_ERROR), int(_text(f, wire.DL_ATTEMPTS) or 0),
-        _when(f, wire.DL_FIRST_FAILED), _when(f, wire.DL_LAST_FAILED),
-    )  # fmt: skip
+        topic,
+        dlq_stream,
+        dlq_entry_id,
+        _text(f, wire.DL_SOURCE_STREAM) or "",
+        _text(f, wire.DL_SOURCE_ENTRY) or "",
+        _text(f, wire.DL_GROUP) or "",
+        _text(f, wire.DL_CONSUMER),
+        _uuid(_text(f, wire.F_EVENT_ID)),
+        _text(f, wire.F_EVENT_TYPE),
+        reason if reason in wire.REASONS else "validation",
+        _text(f, wire.DL_ERROR_CLASS),
+        _text(f, wire.DL_ERROR),
+        int(_text(f, wire.DL_ATTEMPTS) or 0),
+        _when(f, wire.DL_FIRST_FAILED),
+        _when(f, wire.DL_LAST_FAILED),
+    )
 
 
 _INSERT = (

@@ -60,7 +60,7 @@ class Poison:
     error_class: str = field(default="")
 
 
-def decode(
+def decode(  # noqa: PLR0911 - one return per reason an entry can be poison
     entry: Entry, *, topic: str, group: str, router: Router, max_bytes: int
 ) -> Delivery | Poison:
     """Decode and validate `entry` (its fields must not be None)."""
@@ -97,7 +97,7 @@ def decode(
                 event.id,
                 event.type,
             )
-        return _delivery(entry, event, None, None, topic, group)
+        return _delivery(entry, event, None, None, topic=topic, group=group)
     if event.data.type_url.rpartition("/")[2] != event.type:
         return Poison(
             entry,
@@ -117,7 +117,7 @@ def decode(
             event.type,
             "DecodeError",
         )
-    return _delivery(entry, event, route, payload, topic, group)
+    return _delivery(entry, event, route, payload, topic=topic, group=group)
 
 
 def _invalid(event: event_pb2.Event, raw_id: bytes) -> str | None:
@@ -131,11 +131,22 @@ def _invalid(event: event_pb2.Event, raw_id: bytes) -> str | None:
 
 
 def _delivery(
-    entry: Entry, event: event_pb2.Event, route: Route | None, payload: Message | None,
-    topic: str, group: str,
-) -> Delivery:  # fmt: skip
-    ctx = EventContext(event, topic=topic, stream=entry.stream, entry_id=entry.entry_id,
-                       group=group, attempt=entry.attempt)  # fmt: skip
+    entry: Entry,
+    event: event_pb2.Event,
+    route: Route | None,
+    payload: Message | None,
+    *,
+    topic: str,
+    group: str,
+) -> Delivery:
+    ctx = EventContext(
+        event,
+        topic=topic,
+        stream=entry.stream,
+        entry_id=entry.entry_id,
+        group=group,
+        attempt=entry.attempt,
+    )
     return Delivery(entry, event.id, event.type, event.aggregate_id, route, payload, ctx)
 
 

@@ -25,9 +25,10 @@ class ConsumerMetrics:
             t.EVENTS_DLQ, unit="{event}", description="Events moved to the dead-letter stream"
         )
         self.deleted_pending = counter(
-            t.EVENTS_DELETED_PENDING, unit="{event}",
+            t.EVENTS_DELETED_PENDING,
+            unit="{event}",
             description="Entries deleted or trimmed while pending: acknowledged, never handled",
-        )  # fmt: skip
+        )
         self.trimmed = counter(
             t.EVENTS_TRIMMED, unit="{event}", description="Entries removed by the length cap"
         )

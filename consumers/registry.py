@@ -29,20 +29,27 @@ class Registry:
             "mode = EXCLUDED.mode, ledger_schema = EXCLUDED.ledger_schema, host = EXCLUDED.host, "
             "pid = EXCLUDED.pid, grpc_addr = EXCLUDED.grpc_addr, started_at = now(), "
             "heartbeat_at = now()",
-            s.group, s.consumer, list(s.topics), s.mode,
-            s.ledger_schema if s.exactly_once else None, socket.gethostname(), os.getpid(),
+            s.group,
+            s.consumer,
+            list(s.topics),
+            s.mode,
+            s.ledger_schema if s.exactly_once else None,
+            socket.gethostname(),
+            os.getpid(),
             grpc_addr,
-        )  # fmt: skip
+        )
 
     async def heartbeat(self) -> None:
         await self._pool.execute(
             f"UPDATE {_TABLE} SET heartbeat_at = now() "
             "WHERE consumer_group = $1 AND consumer_name = $2",
-            self._s.group, self._s.consumer,
-        )  # fmt: skip
+            self._s.group,
+            self._s.consumer,
+        )
 
     async def unregister(self) -> None:
         await self._pool.execute(
             f"DELETE FROM {_TABLE} WHERE consumer_group = $1 AND consumer_name = $2",
-            self._s.group, self._s.consumer,
-        )  # fmt: skip
+            self._s.group,
+            self._s.consumer,
+        )

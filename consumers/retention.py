@@ -104,10 +104,15 @@ class Housekeeper:
     without bound, without ever dropping an entry a group still needs."""
 
     def __init__(
-        self, pool: asyncpg.Pool, client: Any, settings: ConsumerSettings,
-        metrics: ConsumerMetrics, *, ledger_chunk: int = LEDGER_CHUNK,
+        self,
+        pool: asyncpg.Pool,
+        client: Any,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics,
+        *,
+        ledger_chunk: int = LEDGER_CHUNK,
         dead_letter_batch: int = DEAD_LETTER_BATCH,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._pool = pool
         self._client = client
         self._s = settings
@@ -178,8 +183,11 @@ class Housekeeper:
             # After the MINID trim, whatever the cap removes was still needed by some group.
             log.warning(
                 "length cap removed entries not every group had handled: stream=%s count=%d "
-                "max_stream_length=%d", stream, capped, cap,
-            )  # fmt: skip
+                "max_stream_length=%d",
+                stream,
+                capped,
+                cap,
+            )
 
     async def _oldest_needed(self, stream: str) -> tuple[int, int] | None:
         """The oldest entry id some group of `stream` has not acknowledged or not yet been
@@ -202,9 +210,12 @@ class Housekeeper:
         while True:
             async with self._pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
-                    _EXPIRED_DEAD_LETTERS, keys.topic, keys.dlq, self._s.dead_letter_retention,
+                    _EXPIRED_DEAD_LETTERS,
+                    keys.topic,
+                    keys.dlq,
+                    self._s.dead_letter_retention,
                     self._dead_letter_batch,
-                )  # fmt: skip
+                )
                 if rows:
                     ids = [r["dlq_entry_id"] for r in rows]
                     await self._redis(self._client.xdel(keys.dlq, *ids))
@@ -226,8 +237,12 @@ class Housekeeper:
                 script = self._delete_idle(keys=[stream], args=[s.group, name, idle_ms])
                 if await self._redis(script) == 0:
                     report.consumers_removed.append((stream, name))
-                    log.info("removed idle consumer: stream=%s group=%s consumer=%s",
-                             stream, s.group, name)  # fmt: skip
+                    log.info(
+                        "removed idle consumer: stream=%s group=%s consumer=%s",
+                        stream,
+                        s.group,
+                        name,
+                    )
 
     async def _expire_ledger(self, report: HousekeepingReport) -> None:
         s, chunk = self._s, self._ledger_chunk
@@ -244,5 +259,9 @@ class Housekeeper:
             if deleted < chunk:
                 break
         if report.ledger_deleted:
-            log.info("deleted expired ledger rows: group=%s schema=%s count=%d",
-                     s.group, s.ledger_schema, report.ledger_deleted)  # fmt: skip
+            log.info(
+                "deleted expired ledger rows: group=%s schema=%s count=%d",
+                s.group,
+                s.ledger_schema,
+                report.ledger_deleted,
+            )

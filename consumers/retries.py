@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
     """Seconds before attempt `attempt + 1`: doubling from `initial`, capped, with equal jitter."""
-    ceiling = min(maximum, initial * 2 ** max(attempt - 1, 0))
+    ceiling = min(maximum, initial * 2.0 ** max(attempt - 1, 0))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

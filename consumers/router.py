@@ -62,7 +62,9 @@ class Router:
         """
         return self._register(message_type, topic, batch=True)
 
-    def _register(self, message_type: type[Message], topic: str, *, batch: bool) -> Any:
+    def _register(
+        self, message_type: type[Message], topic: str, *, batch: bool
+    ) -> Callable[[F], F]:
         if not (isinstance(message_type, type) and issubclass(message_type, Message)):
             raise RouterError(
                 f"handlers are registered for protobuf message classes, got {message_type!r}"

@@ -14,6 +14,7 @@ from consumers.applier import Applier
 from consumers.dead_letters import DeadLetterCatalog
 from consumers.metrics import ConsumerMetrics
 from consumers.registry import Registry
+from consumers.retention import Housekeeper, retention_warning
 from consumers.router import Router
 from consumers.settings import ConsumerSettings
 from consumers.streams import TopicStreams
@@ -42,31 +43,52 @@ class Consumer:
         self._redis: Any = None
         self._registry: Registry | None = None
         self._catalog: DeadLetterCatalog | None = None
+        self._housekeeper: Housekeeper | None = None
 
     async def __aenter__(self) -> Consumer:
         await self.start()
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         await self.close()
 
     async def start(self, grpc_addr: str | None = None) -> None:
         """Connect, create the groups (at 0) and register in the catalog."""
         s = self.settings
+        warning = retention_warning(s)
+        if warning:
+            log.warning("%s", warning)
+        # Lanes of every topic, plus the trim lock and a transaction beside it, plus headroom.
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 2
+            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 4
         )
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = DeadLetterCatalog(self._pool)
+        self._housekeeper = Housekeeper(self._pool, self._redis, s, self.metrics)
         for topic in s.topics:
-            applier = Applier(self._pool, group=s.group, ledger_schema=s.ledger_schema,
-                              exactly_once=s.exactly_once, partitions=s.partitions)  # fmt: skip
+            applier = Applier(
+                self._pool,
+                group=s.group,
+                ledger_schema=s.ledger_schema,
+                exactly_once=s.exactly_once,
+                partitions=s.partitions,
+            )
             streams = TopicStreams(self._redis, wire.Keys(topic, s.key_prefix), s.group, s.consumer)
-            self.workers[topic] = TopicWorker(topic, streams, applier, self._catalog, self.router,
-                                              s, self.metrics, self._stopping)  # fmt: skip
+            self.workers[topic] = TopicWorker(
+                topic,
+                streams=streams,
+                applier=applier,
+                catalog=self._catalog,
+                router=self.router,
+                settings=s,
+                metrics=self.metrics,
+                stopping=self._stopping,
+            )
         self._registry = Registry(self._pool, s)
         await self._registry.register(grpc_addr)
 
@@ -79,8 +101,10 @@ class Consumer:
         return self._stopping.is_set()
 
     async def run(self) -> None:
-        side = [asyncio.create_task(self._heartbeat(), name="consumer-heartbeat"),
-                asyncio.create_task(self._reconcile(), name="consumer-reconciler")]  # fmt: skip
+        side = [
+            asyncio.create_task(self._heartbeat(), name="consumer-heartbeat"),
+            asyncio.create_task(self._housekeeping(), name="consumer-housekeeping"),
+        ]
         try:
             await asyncio.gather(*(w.run() for w in self.workers.values()))
         finally:
@@ -111,8 +135,10 @@ class Consumer:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("consumer heartbeat failed: %r", exc)
 
-    async def _reconcile(self) -> None:
-        assert self._catalog is not None
+    async def _housekeeping(self) -> None:
+        """Record dead letters a crash kept from the catalog, then trim and clean up. One loop,
+        so a dead letter is never re-recorded after the housekeeper removed it."""
+        assert self._catalog is not None and self._housekeeper is not None
         while not self._stopping.is_set():
             for worker in self.workers.values():
                 try:
@@ -121,6 +147,7 @@ class Consumer:
                     log.warning(
                         "dead-letter reconcile failed: topic=%s error=%r", worker.topic, exc
                     )
+            await self._housekeeper.run_once(self.settings.topics)
             await self._pause(self.settings.housekeeping_interval)
 
     async def _pause(self, seconds: float) -> None:

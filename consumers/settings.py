@@ -72,13 +72,23 @@ class ConsumerSettings:
         wire.validate_prefix(self.key_prefix)
         if self.mode not in ("exactly-once", "at-least-once"):
             raise ValueError(f"mode must be exactly-once or at-least-once, got {self.mode!r}")
-        for name, low, high in (("batch_size", 1, 100_000), ("partitions", 1, 64),
-                                ("max_attempts", 1, 1000)):  # fmt: skip
+        for name, low, high in (
+            ("batch_size", 1, 100_000),
+            ("partitions", 1, 64),
+            ("max_attempts", 1, 1000),
+        ):
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ValueError(f"{name} must be {low}-{high}, got {value!r}")
-        for name in ("block", "retry_backoff", "claim_idle", "housekeeping_interval",
-                     "heartbeat_interval", "db_backoff_max", "idle_consumer_timeout"):  # fmt: skip
+        for name in (
+            "block",
+            "retry_backoff",
+            "claim_idle",
+            "housekeeping_interval",
+            "heartbeat_interval",
+            "db_backoff_max",
+            "idle_consumer_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         if self.retry_backoff_max < self.retry_backoff:
@@ -95,6 +105,8 @@ class ConsumerSettings:
     @property
     def redelivery_window(self) -> float:
         """Longest time an event can take from first delivery to its last attempt."""
-        waits = sum(min(self.retry_backoff_max, self.retry_backoff * 2**n) * 1.0
-                    for n in range(self.max_attempts - 1))  # fmt: skip
+        waits = sum(
+            min(self.retry_backoff_max, self.retry_backoff * 2.0**n)
+            for n in range(self.max_attempts - 1)
+        )
         return waits + self.max_attempts * self.claim_idle

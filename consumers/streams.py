@@ -83,10 +83,14 @@ class TopicStreams:
     async def _delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
         rows = await self._call(
             self._client.xpending_range(
-                stream, self.group, min(ids, key=_id_key), max(ids, key=_id_key),
-                count=len(ids) * 4 + 100, consumername=self.consumer,
+                stream,
+                self.group,
+                min(ids, key=_id_key),
+                max(ids, key=_id_key),
+                count=len(ids) * 4 + 100,
+                consumername=self.consumer,
             )
-        )  # fmt: skip
+        )
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     async def claim(self, stream: str, entry_id: str, min_idle_ms: int) -> Entry | None:

@@ -60,10 +60,17 @@ class TopicWorker:
     """Consumes one topic for one group until `stopping` is set; in-flight work then finishes."""
 
     def __init__(
-        self, topic: str, streams: TopicStreams, applier: Applier, catalog: DeadLetterSink,
-        router: Router, settings: ConsumerSettings, metrics: ConsumerMetrics,
+        self,
+        topic: str,
+        *,
+        streams: TopicStreams,
+        applier: Applier,
+        catalog: DeadLetterSink,
+        router: Router,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics,
         stopping: asyncio.Event,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.topic = topic
         self.streams = streams
         self._applier = applier
@@ -183,15 +190,25 @@ class TopicWorker:
                 batch.settled.append(entry)
                 continue
             if entry.attempt > self._s.max_attempts:
-                await self._dead_letter(entry, "max_attempts", "Redelivered",
+                await self._dead_letter(
+                    entry,
+                    "max_attempts",
+                    "Redelivered",
                     f"delivered {entry.attempt} times, over max_attempts={self._s.max_attempts}; "
-                    "the last deliveries ended without an outcome (consumer crash?)")  # fmt: skip
+                    "the last deliveries ended without an outcome (consumer crash?)",
+                )
                 continue
-            decoded = decode(entry, topic=self.topic, group=self._s.group, router=self._router,
-                             max_bytes=self._s.max_event_bytes)  # fmt: skip
+            decoded = decode(
+                entry,
+                topic=self.topic,
+                group=self._s.group,
+                router=self._router,
+                max_bytes=self._s.max_event_bytes,
+            )
             if isinstance(decoded, Poison):
-                await self._dead_letter(entry, decoded.reason, decoded.error_class or "Poison",
-                                        decoded.error)  # fmt: skip
+                await self._dead_letter(
+                    entry, decoded.reason, decoded.error_class or "Poison", decoded.error
+                )
             else:
                 batch.deliveries.append(decoded)
         return batch
@@ -218,8 +235,13 @@ class TopicWorker:
             except DatabaseDown as exc:
                 failures += 1
                 self._unhealthy(f"database unavailable: {exc}")
-                log.warning("batch not applied, retrying it: topic=%s group=%s events=%d error=%s",
-                            self.topic, self._s.group, len(deliveries), describe(str(exc)))  # fmt: skip
+                log.warning(
+                    "batch not applied, retrying it: topic=%s group=%s events=%d error=%s",
+                    self.topic,
+                    self._s.group,
+                    len(deliveries),
+                    describe(str(exc)),
+                )
                 await self._pause(min(self._s.db_backoff_max, 0.1 * 2**failures))
                 if self._stopping.is_set():
                     raise
@@ -249,35 +271,70 @@ class TopicWorker:
         if entry.attempt >= self._s.max_attempts:
             await self._dead_letter(entry, "max_attempts", name, str(error), error)
             return
-        delay = error.delay if isinstance(error, Retry) and error.delay is not None else backoff(
-            entry.attempt, self._s.retry_backoff, self._s.retry_backoff_max)  # fmt: skip
+        delay = (
+            error.delay
+            if isinstance(error, Retry) and error.delay is not None
+            else backoff(entry.attempt, self._s.retry_backoff, self._s.retry_backoff_max)
+        )
         now = time.monotonic()
-        self._schedule.add(Waiting(now + delay, entry.stream, entry.entry_id, entry.attempt,
-                                   entry.first_failed, now))  # fmt: skip
+        self._schedule.add(
+            Waiting(
+                now + delay, entry.stream, entry.entry_id, entry.attempt, entry.first_failed, now
+            )
+        )
         self._m.retried.add(1, self._attrs)
-        log.warning("handler failed, retrying: topic=%s group=%s event_id=%s entry=%s attempt=%d "
-                    "retry_in=%.2fs error=%s", self.topic, self._s.group, d.event_id,
-                    entry.entry_id, entry.attempt, delay, describe(f"{name}: {error}"))  # fmt: skip
+        log.warning(
+            "handler failed, retrying: topic=%s group=%s event_id=%s entry=%s attempt=%d "
+            "retry_in=%.2fs error=%s",
+            self.topic,
+            self._s.group,
+            d.event_id,
+            entry.entry_id,
+            entry.attempt,
+            delay,
+            describe(f"{name}: {error}"),
+        )
 
     async def _dead_letter(
-        self, entry: Entry, reason: str, error_class: str, error: str,
+        self,
+        entry: Entry,
+        reason: str,
+        error_class: str,
+        error: str,
         exc: BaseException | None = None,
-    ) -> None:  # fmt: skip
-        fields = dead_letters.fields(entry, reason=reason, group=self._s.group,
-                                     consumer=self._s.consumer, error_class=error_class,
-                                     error=error, exc=exc)  # fmt: skip
+    ) -> None:
+        fields = dead_letters.fields(
+            entry,
+            reason=reason,
+            group=self._s.group,
+            consumer=self._s.consumer,
+            error_class=error_class,
+            error=error,
+            exc=exc,
+        )
         dlq_id = await self.streams.dead_letter(entry, fields)
         self._m.dead_lettered.add(1, {**self._attrs, t.ATTR_REASON: reason})
         self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "dead_letter"})
-        log.error("dead letter: topic=%s group=%s entry=%s reason=%s attempts=%d dlq_entry=%s "
-                  "error=%s", self.topic, self._s.group, entry.entry_id, reason, entry.attempt,
-                  dlq_id, describe(f"{error_class}: {error}"))  # fmt: skip
+        log.error(
+            "dead letter: topic=%s group=%s entry=%s reason=%s attempts=%d dlq_entry=%s error=%s",
+            self.topic,
+            self._s.group,
+            entry.entry_id,
+            reason,
+            entry.attempt,
+            dlq_id,
+            describe(f"{error_class}: {error}"),
+        )
         row = dead_letters.catalog_row(self.topic, self.streams.keys.dlq, dlq_id, fields)
         try:
             await self._catalog.record([row])
-        except Exception as exc:  # noqa: BLE001 - the reconciler records it later
-            log.warning("dead letter not yet in the catalog, the reconciler will add it: "
-                        "dlq_entry=%s error=%r", dlq_id, exc)  # fmt: skip
+        except Exception as record_error:  # noqa: BLE001 - the reconciler records it later
+            log.warning(
+                "dead letter not yet in the catalog, the reconciler will add it: "
+                "dlq_entry=%s error=%r",
+                dlq_id,
+                record_error,
+            )
 
     async def _due_retries(self) -> list[Entry]:
         entries: list[Entry] = []
@@ -286,8 +343,9 @@ class TopicWorker:
             idle_ms = max(int((now - w.touched - _TOUCH_MARGIN) * 1000), 0)
             entry = await self.streams.claim(w.stream, w.entry_id, idle_ms)
             if entry is None:
-                log.info("retry no longer ours (reclaimed elsewhere or deleted): entry=%s",
-                         w.entry_id)  # fmt: skip
+                log.info(
+                    "retry no longer ours (reclaimed elsewhere or deleted): entry=%s", w.entry_id
+                )
                 continue
             entry.attempt, entry.first_failed = w.attempt + 1, w.first_failed
             entries.append(entry)
@@ -302,8 +360,13 @@ class TopicWorker:
                 self._deleted(deleted, stream)
             mine = [e for e in claimed if (e.stream, e.entry_id) not in self._schedule]
             if mine:
-                log.info("reclaimed entries idle over %.1fs: stream=%s group=%s count=%d",
-                         self._s.claim_idle, stream, self._s.group, len(mine))  # fmt: skip
+                log.info(
+                    "reclaimed entries idle over %.1fs: stream=%s group=%s count=%d",
+                    self._s.claim_idle,
+                    stream,
+                    self._s.group,
+                    len(mine),
+                )
             entries += mine
         return entries
 
@@ -321,27 +384,42 @@ class TopicWorker:
 
     def _deleted(self, ids: list[str], stream: str) -> None:
         self._m.deleted_pending.add(len(ids), self._attrs)
-        log.warning("entries deleted or trimmed while pending, acknowledged without handling: "
-                    "stream=%s group=%s ids=%s", stream, self._s.group, ",".join(ids[:20]))  # fmt: skip
+        log.warning(
+            "entries deleted or trimmed while pending, acknowledged without handling: "
+            "stream=%s group=%s ids=%s",
+            stream,
+            self._s.group,
+            ",".join(ids[:20]),
+        )
 
     async def _on_group_lost(self, lost: GroupLost) -> None:
         self._m.groups_lost.add(1, self._attrs)
         self._schedule.clear()  # the pending entries went with the group
         self._unhealthy(str(lost))
         if self._s.exactly_once or self._s.recreate_lost_group:
-            log.error("CONSUMER GROUP LOST: %s; recreating it at 0, the whole retained stream "
-                      "is delivered again (exactly-once groups skip what they applied)", lost)  # fmt: skip
+            log.error(
+                "CONSUMER GROUP LOST: %s; recreating it at 0, the whole retained stream "
+                "is delivered again (exactly-once groups skip what they applied)",
+                lost,
+            )
             await self.streams.ensure_groups()
             return
         self.health.stopped = True
-        log.error("CONSUMER GROUP LOST: %s; this at-least-once group stops here, as recreating it "
-                  "re-applies the retained stream: restart with --recreate-lost-group to accept "
-                  "that", lost)  # fmt: skip
+        log.error(
+            "CONSUMER GROUP LOST: %s; this at-least-once group stops here, as recreating it "
+            "re-applies the retained stream: restart with --recreate-lost-group to accept "
+            "that",
+            lost,
+        )
 
     def _unhealthy(self, reason: str) -> None:
         if self.health.serving or self.health.reason != reason:
-            log.warning("consumer not serving: topic=%s group=%s reason=%s", self.topic,
-                        self._s.group, describe(reason))  # fmt: skip
+            log.warning(
+                "consumer not serving: topic=%s group=%s reason=%s",
+                self.topic,
+                self._s.group,
+                describe(reason),
+            )
         self.health.serving, self.health.reason = False, reason
 
     async def _pause(self, seconds: float) -> None:

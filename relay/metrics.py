@@ -34,17 +34,22 @@ class RelayMetrics:
         self.dependency_up: dict[str, bool] = {}
         """dependency name ("postgres", "redis") -> reachable at the last attempt."""
         meter.create_observable_gauge(
-            t.OUTBOX_BACKLOG, [self._observe_backlog], unit="{event}",
+            t.OUTBOX_BACKLOG,
+            [self._observe_backlog],
+            unit="{event}",
             description="Outbox rows not yet published",
-        )  # fmt: skip
+        )
         meter.create_observable_gauge(
-            t.OUTBOX_OLDEST_AGE, [self._observe_age], unit="s",
+            t.OUTBOX_OLDEST_AGE,
+            [self._observe_age],
+            unit="s",
             description="Age of the oldest unpublished outbox row",
-        )  # fmt: skip
+        )
         meter.create_observable_gauge(
-            t.DEPENDENCY_UP, [self._observe_dependencies],
+            t.DEPENDENCY_UP,
+            [self._observe_dependencies],
             description="1 when the dependency answered the last call, else 0",
-        )  # fmt: skip
+        )
 
     def _observe_backlog(self, _options: CallbackOptions) -> Iterable[Observation]:
         for schema, (count, _age) in self.backlog.items():

@@ -57,9 +57,19 @@ class StreamPublisher:
         for _id, event_id, topic, event_type, aggregate_id, traceparent, payload in rows:
             key = self.stream_key(topic)
             counts[key] = counts.get(key, 0) + 1
-            args = [b"XADD", key, b"*", wire.F_VERSION, wire.LAYOUT_VERSION,
-                    wire.F_EVENT_ID, str(event_id), wire.F_EVENT_TYPE, event_type,
-                    wire.F_AGGREGATE_ID, aggregate_id]  # fmt: skip
+            args = [
+                b"XADD",
+                key,
+                b"*",
+                wire.F_VERSION,
+                wire.LAYOUT_VERSION,
+                wire.F_EVENT_ID,
+                str(event_id),
+                wire.F_EVENT_TYPE,
+                event_type,
+                wire.F_AGGREGATE_ID,
+                aggregate_id,
+            ]
             if traceparent:
                 args += (wire.F_TRACEPARENT, traceparent)
             args += (wire.F_EVENT, payload)

@@ -39,9 +39,19 @@ DL_LAST_FAILED: Final = b"dl.last_failed"
 DL_TRACEPARENT: Final = b"dl.traceparent"
 """Trace context of the dead-lettering span (the original's stays in `tp`)."""
 DL_FIELDS: Final = (
-    DL_SOURCE_STREAM, DL_SOURCE_ENTRY, DL_GROUP, DL_CONSUMER, DL_ATTEMPTS, DL_REASON,
-    DL_ERROR_CLASS, DL_ERROR, DL_TRACEBACK, DL_FIRST_FAILED, DL_LAST_FAILED, DL_TRACEPARENT,
-)  # fmt: skip
+    DL_SOURCE_STREAM,
+    DL_SOURCE_ENTRY,
+    DL_GROUP,
+    DL_CONSUMER,
+    DL_ATTEMPTS,
+    DL_REASON,
+    DL_ERROR_CLASS,
+    DL_ERROR,
+    DL_TRACEBACK,
+    DL_FIRST_FAILED,
+    DL_LAST_FAILED,
+    DL_TRACEPARENT,
+)
 
 # Fields a retry-stream entry adds to the original entry's fields (reprocessing a dead letter).
 RT_DEAD_LETTER: Final = b"rt.dead_letter"

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from conveyor.identity.v1 import events_pb2
 from google.protobuf.message import Message
 
 from consumers import Consumer, ConsumerSettings, EventContext, Router
+from conveyor.identity.v1 import events_pb2
 from relay import envelope
 from relay.publisher import StreamPublisher
 
@@ -29,8 +29,10 @@ async def publish(
     rows, ids = [], []
     for i in range(n):
         event_id = envelope.uuid7()
-        event = envelope.build(make(i), event_id=event_id, source="test", aggregate_type="user",
-                               aggregate_id=f"agg{i % aggregates}", occurred_at=None, headers={})  # fmt: skip
+        event = envelope.build(
+            make(i), event_id=event_id, source="test", aggregate_type="user",
+            aggregate_id=f"agg{i % aggregates}", occurred_at=None, headers={},
+        )  # fmt: skip  # fmt: skip
         rows.append((i, event_id, topic, event.type, event.aggregate_id, None,
                      event.SerializeToString()))  # fmt: skip
         ids.append(str(event_id))
@@ -44,7 +46,8 @@ async def create_effects(pg: asyncpg.Connection, schema: str) -> None:
     """An effects table with no unique constraint: a double effect shows up as two rows."""
     await pg.execute(
         f"CREATE TABLE {schema}.effects (consumer_group text NOT NULL, event_id uuid NOT NULL, "
-        "aggregate_id text, attempt int NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        "aggregate_id text, attempt int NOT NULL, "
+        "at timestamptz NOT NULL DEFAULT clock_timestamp())"
     )
 
 

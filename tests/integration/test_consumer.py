@@ -14,8 +14,9 @@ from tests.processes import wait_until
 
 
 def consumer_settings(case: Case, group: str, **overrides: object) -> dict[str, object]:
-    return {"database_url": case.database_url, "redis_url": case.redis_url, "group": group,
-            "ledger_schema": case.schema, "key_prefix": case.prefix, "block": 0.05} | overrides  # fmt: skip
+    base = {"database_url": case.database_url, "redis_url": case.redis_url, "group": group,
+            "ledger_schema": case.schema, "key_prefix": case.prefix, "block": 0.05}  # fmt: skip
+    return base | overrides
 
 
 async def test_two_groups_on_one_stream_each_apply_every_event_once(case: Case) -> None:
