@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from admin import migrate_cli, relay_cli
+from admin import consume_cli, migrate_cli, relay_cli
 
 app = typer.Typer(
     name="conveyor",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.add_typer(migrate_cli.app, name="migrate", help="Create and upgrade Conveyor's tables.")
 app.add_typer(relay_cli.app, name="relay")
+app.command("consume")(consume_cli.consume)
 
 
 def main() -> None:

@@ -1,0 +1,182 @@
+"""`conveyor consume`: run a consumer group member with the handlers of a router."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from admin import migrations
+from admin.durations import parse_duration
+from admin.errors import AdminError
+from admin.options import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_PREFIX,
+    DEFAULT_REDIS_URL,
+    EXIT_USAGE,
+    DatabaseUrl,
+    KeyPrefix,
+    LogLevel,
+    RedisUrl,
+    fail,
+    redact,
+    setup_logging,
+)
+from admin.process import tune_for_throughput
+from consumers import Consumer, ConsumerSettings, Router
+from consumers.settings import default_consumer_name
+from conveyor import database
+
+log = logging.getLogger(__name__)
+
+
+def load_router(spec: str) -> Router:
+    """The Router named by `module.path:attribute`; ValueError saying what is wrong."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(
+            f"invalid --router {spec!r}: use module.path:attribute, e.g. app.events:router"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the current project is importable
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"invalid --router {spec!r}: cannot import {module_name!r}: {exc}"
+        ) from exc
+    router = getattr(module, attr, None)
+    if not isinstance(router, Router):
+        found = "nothing" if router is None else type(router).__name__
+        raise ValueError(
+            f"invalid --router {spec!r}: {module_name}.{attr} is {found}, not a Router"
+        )
+    return router
+
+
+def consume(
+    group: Annotated[str, typer.Option(envvar="CONVEYOR_GROUP", help="Consumer group.")],
+    router: Annotated[
+        str, typer.Option(envvar="CONVEYOR_ROUTER", help="Handlers: module.path:attribute.")
+    ],
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="CONVEYOR_TOPIC", help="Topic to consume; repeatable. Default: the router's."
+        ),
+    ] = None,
+    consumer: Annotated[
+        str | None, typer.Option(envvar="CONVEYOR_CONSUMER", help="Member name. Default: host-pid.")
+    ] = None,
+    ledger_schema: Annotated[
+        str, typer.Option(envvar="CONVEYOR_LEDGER_SCHEMA", help="Schema of the event ledger.")
+    ] = database.DEFAULT_SCHEMA,
+    mode: Annotated[
+        str, typer.Option(envvar="CONVEYOR_MODE", help="exactly-once or at-least-once.")
+    ] = "exactly-once",
+    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    key_prefix: KeyPrefix = DEFAULT_PREFIX,
+    batch_size: Annotated[
+        int, typer.Option(envvar="CONVEYOR_BATCH_SIZE", help="Entries per read.")
+    ] = 1000,
+    partitions: Annotated[
+        int, typer.Option(envvar="CONVEYOR_PARTITIONS", help="Database connections per topic.")
+    ] = 2,
+    max_attempts: Annotated[
+        int, typer.Option(envvar="CONVEYOR_MAX_ATTEMPTS", help="Attempts before a dead letter.")
+    ] = 5,
+    retry_backoff: Annotated[
+        str, typer.Option(envvar="CONVEYOR_RETRY_BACKOFF", help="First retry delay.")
+    ] = "1s",
+    retry_backoff_max: Annotated[
+        str, typer.Option(envvar="CONVEYOR_RETRY_BACKOFF_MAX", help="Longest retry delay.")
+    ] = "5m",
+    claim_idle: Annotated[
+        str,
+        typer.Option(
+            envvar="CONVEYOR_CLAIM_IDLE", help="Reclaim entries idle this long on others."
+        ),
+    ] = "30s",
+    recreate_lost_group: Annotated[
+        bool,
+        typer.Option(
+            envvar="CONVEYOR_RECREATE_LOST_GROUP", help="At-least-once: recreate a lost group at 0."
+        ),
+    ] = False,
+    max_stream_length: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CONVEYOR_MAX_STREAM_LENGTH", help="Hard cap per stream (trims counted)."
+        ),
+    ] = None,
+    ledger_retention: Annotated[
+        str, typer.Option(envvar="CONVEYOR_LEDGER_RETENTION", help="Ledger rows kept.")
+    ] = "30d",
+    dead_letter_retention: Annotated[
+        str,
+        typer.Option(envvar="CONVEYOR_DEAD_LETTER_RETENTION", help="Resolved dead letters kept."),
+    ] = "30d",
+    log_level: LogLevel = "info",
+) -> None:
+    """Consume topics as a member of a group, running the router's handlers until SIGTERM."""
+    setup_logging(log_level)
+    try:
+        handlers = load_router(router)
+        settings = ConsumerSettings(
+            group=group,
+            topics=tuple(topic) if topic else handlers.topics,
+            database_url=database_url,
+            redis_url=redis_url,
+            consumer=consumer or default_consumer_name(),
+            ledger_schema=ledger_schema,
+            mode=mode,  # type: ignore[arg-type]  # validated by ConsumerSettings
+            key_prefix=key_prefix,
+            batch_size=batch_size,
+            partitions=partitions,
+            max_attempts=max_attempts,
+            retry_backoff=parse_duration(retry_backoff),
+            retry_backoff_max=parse_duration(retry_backoff_max),
+            claim_idle=parse_duration(claim_idle),
+            recreate_lost_group=recreate_lost_group,
+            max_stream_length=max_stream_length,
+            ledger_retention=parse_duration(ledger_retention),
+            dead_letter_retention=parse_duration(dead_letter_retention),
+        )
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    _require_schemas(settings)
+    tune_for_throughput()
+    asyncio.run(_serve(handlers, settings))
+
+
+def _require_schemas(settings: ConsumerSettings) -> None:
+    try:
+        if settings.exactly_once:
+            asyncio.run(migrations.ensure_at_head(settings.database_url, settings.ledger_schema))
+        else:
+            migrations.require_head(migrations.check_catalog(settings.database_url))
+    except AdminError as exc:
+        fail(exc.message)
+
+
+async def _serve(router: Router, settings: ConsumerSettings) -> None:
+    loop = asyncio.get_running_loop()
+    async with Consumer(router, settings) as consumer:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, consumer.stop)
+        log.info(
+            "consumer started: group=%s consumer=%s topics=%s mode=%s ledger_schema=%s "
+            "database=%s redis=%s",
+            settings.group, settings.consumer, ",".join(settings.topics), settings.mode,
+            settings.ledger_schema, redact(settings.database_url), redact(settings.redis_url),
+        )  # fmt: skip
+        await consumer.run()
+        log.info("consumer stopped after the batch in flight: group=%s consumer=%s",
+                 settings.group, settings.consumer)  # fmt: skip
