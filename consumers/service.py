@@ -89,6 +89,8 @@ class Consumer:
                 metrics=self.metrics,
                 stopping=self._stopping,
             )
+        for worker in self.workers.values():
+            await worker.streams.ensure_groups()
         self._registry = Registry(self._pool, s)
         await self._registry.register(grpc_addr)
 

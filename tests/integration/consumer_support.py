@@ -10,8 +10,11 @@ from typing import Any
 
 import asyncpg
 from google.protobuf.message import Message
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from consumers import Consumer, ConsumerSettings, EventContext, Router
+from consumers.metrics import ConsumerMetrics
 from conveyor.identity.v1 import events_pb2
 from relay import envelope
 from relay.publisher import StreamPublisher
@@ -78,10 +81,12 @@ async def effect_counts(pg: asyncpg.Connection, schema: str, group: str) -> dict
 
 
 @asynccontextmanager
-async def running_consumer(router: Router, **settings: Any) -> AsyncIterator[Consumer]:
+async def running_consumer(
+    router: Router, metrics: ConsumerMetrics | None = None, **settings: Any
+) -> AsyncIterator[Consumer]:
     """A Consumer running in this event loop until the block ends (then stopped gracefully)."""
     settings.setdefault("topics", router.topics)
-    consumer = Consumer(router, ConsumerSettings(**settings))
+    consumer = Consumer(router, ConsumerSettings(**settings), metrics)
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     try:
@@ -92,3 +97,34 @@ async def running_consumer(router: Router, **settings: Any) -> AsyncIterator[Con
             await asyncio.wait_for(task, 30)
         finally:
             await consumer.close()
+
+
+class Meters:
+    """Consumer metrics read back from an in-memory OpenTelemetry reader."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[self.reader])
+        self.metrics = ConsumerMetrics(provider.get_meter("test"))
+
+    def total(self, name: str, **attrs: str) -> float:
+        """Sum of `name`'s data points whose attributes include `attrs`."""
+        data = self.reader.get_metrics_data()
+        total = 0.0
+        for rm in data.resource_metrics if data else ():
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name != name:
+                        continue
+                    for point in metric.data.data_points:
+                        if all(point.attributes.get(k) == v for k, v in attrs.items()):
+                            total += getattr(point, "value", 0)
+        return total
+
+
+def consumer_settings(case: Any, group: str = "g", **overrides: Any) -> dict[str, Any]:
+    """Consumer settings for a test case: fast polling, fast retries, its schema and prefix."""
+    base = {"database_url": case.database_url, "redis_url": case.redis_url, "group": group,
+            "ledger_schema": case.schema, "key_prefix": case.prefix, "block": 0.05,
+            "retry_backoff": 0.05, "retry_backoff_max": 0.2}  # fmt: skip
+    return base | overrides

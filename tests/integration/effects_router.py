@@ -10,9 +10,8 @@ import asyncio
 import os
 import uuid
 
-from conveyor.identity.v1 import events_pb2
-
 from consumers import EventContext, Router
+from conveyor.identity.v1 import events_pb2
 
 router = Router()
 _SCHEMA = os.environ.get("TEST_EFFECTS_SCHEMA", "public")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
+    consumer_settings,
     create_effects,
     effect_counts,
     effect_router,
@@ -11,12 +12,6 @@ from tests.integration.consumer_support import (
     running_consumer,
 )
 from tests.processes import wait_until
-
-
-def consumer_settings(case: Case, group: str, **overrides: object) -> dict[str, object]:
-    base = {"database_url": case.database_url, "redis_url": case.redis_url, "group": group,
-            "ledger_schema": case.schema, "key_prefix": case.prefix, "block": 0.05}  # fmt: skip
-    return base | overrides
 
 
 async def test_two_groups_on_one_stream_each_apply_every_event_once(case: Case) -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import asyncpg
 import pytest
-from conveyor import wire
 
+from consumers.applier import Applier
+from consumers.deliveries import decode
+from consumers.streams import TopicStreams
+from conveyor import wire
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
     create_effects,
     effect_counts,
     effect_router,
     publish,
-    running_consumer,
 )
 from tests.processes import start_conveyor, stop, wait_until
 
@@ -53,10 +56,6 @@ async def assert_exactly_once(case: Case, ids: list[str]) -> None:
 async def test_committed_but_unacknowledged_batch_is_acknowledged_not_reapplied(case: Case) -> None:
     """The state a SIGKILL between COMMIT and XACK leaves: the effects are in, the entries
     pending on a consumer that is gone. Another consumer reclaims them and must not re-apply."""
-    from consumers.applier import Applier
-    from consumers.deliveries import decode
-    from consumers.streams import TopicStreams
-
     await create_effects(case.pg, case.schema)
     ids = await publish(case.redis, case.prefix, 300)
     router = effect_router(case.schema)
@@ -65,7 +64,7 @@ async def test_committed_but_unacknowledged_batch_is_acknowledged_not_reapplied(
     entries = await streams.read(streams.keys.events, 300, None)
     deliveries = [decode(e, topic="identity", group="g", router=router, max_bytes=1 << 20)
                   for e in entries]  # fmt: skip
-    pool = await __import__("asyncpg").create_pool(case.database_url, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
     applier = Applier(pool, group="g", ledger_schema=case.schema, exactly_once=True, partitions=2)
     await applier.apply(deliveries)  # type: ignore[arg-type]  # committed; then the "crash"
     await applier.close()
@@ -150,4 +149,3 @@ async def test_graceful_stop_under_load_loses_nothing_and_applies_nothing_twice(
     finally:
         stop(second)
     await assert_exactly_once(case, ids)
-
