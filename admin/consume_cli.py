@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from admin import migrations
+from admin import migrations, observability
 from admin.durations import parse_duration
 from admin.errors import AdminError
 from admin.options import (
@@ -152,6 +152,7 @@ def consume(
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     _require_schemas(settings)
+    observability.configure(f"conveyor-consumer-{settings.group}")
     tune_for_throughput()
     asyncio.run(_serve(handlers, settings))
 

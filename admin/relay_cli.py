@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from admin import migrations
+from admin import migrations, observability
 from admin.durations import parse_duration, parse_since
 from admin.errors import AdminError
 from admin.options import (
@@ -101,6 +101,7 @@ def run(
             asyncio.run(migrations.ensure_at_head(database_url, name))
         except AdminError as exc:
             fail(exc.message)
+    observability.configure("conveyor-relay")
     tune_for_throughput()
     asyncio.run(_serve(settings))
 

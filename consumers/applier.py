@@ -13,12 +13,15 @@ import asyncio
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+from opentelemetry import propagate, trace
 
 from consumers.deliveries import Delivery
 from consumers.router import Route
 from conveyor import database
+from conveyor import telemetry as t
 
 
 class Outcome(enum.Enum):
@@ -47,6 +50,7 @@ class _Failed(Exception):
 
 
 Step = tuple[Route | None, list[Delivery]]
+_tracer = trace.get_tracer(t.TRACER)
 
 
 def plan(deliveries: Sequence[Delivery]) -> list[Step]:
@@ -86,6 +90,7 @@ class Applier:
         self._exactly_once = exactly_once
         self._partitions = partitions
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
+        self._tracing = tracing_enabled()
         table = f"{database.validate_schema(ledger_schema)}.{database.LEDGER_TABLE}"
         # A 'failure' row (never written by this runtime, but allowed) does not count as applied.
         # Columns travel as one comma-joined text each (ids, type names and entry ids hold no
@@ -228,9 +233,38 @@ class Applier:
             return
         for d in group:
             try:
-                await route.fn(d.payload, d.ctx)
+                if self._tracing:
+                    with _process_span(d):
+                        await route.fn(d.payload, d.ctx)
+                else:
+                    await route.fn(d.payload, d.ctx)
             except Exception as exc:
                 raise _Failed([d], exc) from exc
+
+
+def tracing_enabled() -> bool:
+    """True once a real TracerProvider is installed: only then are per-event spans worth their
+    cost (extracting the producer's context and starting a span, a few microseconds each)."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+def _process_span(d: Delivery) -> Any:
+    """A CONSUMER span continuing the producer's trace; a missing or malformed traceparent
+    starts a fresh trace, and the event is processed all the same."""
+    return _tracer.start_as_current_span(
+        t.SPAN_PROCESS,
+        context=propagate.extract(d.ctx.headers),
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            t.ATTR_EVENT_ID: d.event_id,
+            t.ATTR_EVENT_TYPE: d.event_type,
+            t.ATTR_MESSAGING_SYSTEM: "redis",
+            t.ATTR_MESSAGING_DESTINATION: d.entry.stream,
+            t.ATTR_GROUP: d.ctx.group,
+            "conveyor.attempt": d.ctx.attempt,
+        },
+    )
 
 
 def _result(d: Delivery, won: set[str]) -> Result:

@@ -6,16 +6,20 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from opentelemetry import propagate, trace
 
 from consumers.deliveries import Entry
 from conveyor import database, wire
+from conveyor import telemetry as t
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(t.TRACER)
 
 TRACEBACK_LIMIT = 4000
 """Characters of traceback kept (the end of it, where the error was raised)."""
@@ -57,6 +61,25 @@ def fields(
     if traceparent:
         out[wire.DL_TRACEPARENT] = traceparent
     return out
+
+
+@contextmanager
+def span(entry: Entry, reason: str, *, enabled: bool) -> Iterator[str | None]:
+    """A span for moving `entry` to the dead-letter stream, in the original event's trace;
+    yields its traceparent for the dead letter (None when tracing is off)."""
+    if not enabled:
+        yield None
+        return
+    original = (entry.fields or {}).get(wire.F_TRACEPARENT)
+    carrier = {"traceparent": original.decode(errors="replace")} if original else {}
+    with _tracer.start_as_current_span(
+        t.SPAN_DEAD_LETTER,
+        context=propagate.extract(carrier),
+        attributes={t.ATTR_REASON: reason, t.ATTR_MESSAGING_DESTINATION: entry.stream},
+    ):
+        out: dict[str, str] = {}
+        propagate.inject(out)
+        yield out.get(t.HEADER_TRACEPARENT)
 
 
 def _text(fields: dict[bytes, Any], key: bytes) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from consumers import dead_letters
-from consumers.applier import Applier, DatabaseDown, Outcome, Result
+from consumers.applier import Applier, DatabaseDown, Outcome, Result, tracing_enabled
 from consumers.deliveries import Delivery, Entry, Poison, decode, describe
 from consumers.errors import GroupLost
 from consumers.metrics import ConsumerMetrics
@@ -84,6 +84,7 @@ class TopicWorker:
         self._next_retry_read = 0.0
         self._prefetch: asyncio.Task[list[Entry]] | None = None
         self.health = Health(last_progress=time.monotonic())
+        self._tracing = tracing_enabled()
         self._attrs = {t.ATTR_STREAM: streams.keys.events, t.ATTR_GROUP: settings.group}
 
     async def run(self) -> None:
@@ -303,16 +304,18 @@ class TopicWorker:
         error: str,
         exc: BaseException | None = None,
     ) -> None:
-        fields = dead_letters.fields(
-            entry,
-            reason=reason,
-            group=self._s.group,
-            consumer=self._s.consumer,
-            error_class=error_class,
-            error=error,
-            exc=exc,
-        )
-        dlq_id = await self.streams.dead_letter(entry, fields)
+        with dead_letters.span(entry, reason, enabled=self._tracing) as traceparent:
+            fields = dead_letters.fields(
+                entry,
+                reason=reason,
+                group=self._s.group,
+                consumer=self._s.consumer,
+                error_class=error_class,
+                error=error,
+                exc=exc,
+                traceparent=traceparent,
+            )
+            dlq_id = await self.streams.dead_letter(entry, fields)
         self._m.dead_lettered.add(1, {**self._attrs, t.ATTR_REASON: reason})
         self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "dead_letter"})
         log.error(
