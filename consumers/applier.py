@@ -10,9 +10,8 @@ batch-handler call, halved down to single events), so only the failing event is 
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -24,18 +23,31 @@ from conveyor import database
 from conveyor import telemetry as t
 
 
-class Outcome(enum.Enum):
-    APPLIED = "success"
-    SKIPPED = "skipped"
-    DUPLICATE = "duplicate"
-    FAILED = "failure"
-
-
 @dataclass(slots=True)
-class Result:
-    delivery: Delivery
-    outcome: Outcome
-    error: BaseException | None = None
+class Outcomes:
+    """What became of a batch: deliveries to acknowledge, counts by result, and failures."""
+
+    done: list[Delivery] = field(default_factory=list)
+    """Applied, skipped or duplicate: to be acknowledged."""
+    applied: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    failed: list[tuple[Delivery, BaseException]] = field(default_factory=list)
+
+    def add(self, other: Outcomes) -> Outcomes:
+        self.done += other.done
+        self.applied += other.applied
+        self.skipped += other.skipped
+        self.duplicates += other.duplicates
+        self.failed += other.failed
+        return self
+
+    @classmethod
+    def of(cls, deliveries: list[Delivery], won: set[str]) -> Outcomes:
+        """Outcomes of deliveries whose handlers all succeeded; `won` holds the ids of those not
+        applied before (the rest are duplicates)."""
+        skipped = sum(1 for d in deliveries if d.route is None and d.event_id in won)
+        return cls(list(deliveries), len(won) - skipped, skipped, len(deliveries) - len(won))
 
 
 class DatabaseDown(Exception):
@@ -106,23 +118,25 @@ class Applier:
             "RETURNING event_id::text"
         )
 
-    async def apply(self, deliveries: Sequence[Delivery]) -> list[Result]:
+    async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
         """Apply `deliveries`; DatabaseDown if the database failed (nothing committed then)."""
-        results: list[Result] = []
+        outcomes = Outcomes()
         seen: set[str] = set()
         parts: list[list[Delivery]] = [[] for _ in range(self._partitions)]
+        n = self._partitions
         for d in deliveries:
             if d.event_id in seen:  # the same event twice in one read: a relay retry
-                results.append(Result(d, Outcome.DUPLICATE))
+                outcomes.done.append(d)
+                outcomes.duplicates += 1
                 continue
             seen.add(d.event_id)
-            parts[hash(d.aggregate_id) % self._partitions].append(d)
+            parts[hash(d.aggregate_id) % n].append(d)
         done = await asyncio.gather(*(self._apply_part(i, p) for i, p in enumerate(parts) if p))
-        for part_results in done:
-            results.extend(part_results)
-        return results
+        for part_outcomes in done:
+            outcomes.add(part_outcomes)
+        return outcomes
 
-    async def _apply_part(self, lane: int, part: list[Delivery]) -> list[Result]:
+    async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
         try:
             conn = await self._connection(lane)
             try:
@@ -153,45 +167,44 @@ class Applier:
             if conn is not None:
                 await self._pool.release(conn)
 
-    async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> list[Result]:
+    async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
         async with conn.transaction():
             won = await self._claim(conn, part)
-            todo = [d for d in part if d.event_id in won]
+            todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
             for route, group in plan(todo):
                 await self._run(conn, route, group)
-        return [_result(d, won) for d in part]
+        return Outcomes.of(part, won)
 
     async def _isolated(
         self, conn: asyncpg.Connection, part: list[Delivery], failed: _Failed
-    ) -> list[Result]:
+    ) -> Outcomes:
         known_bad = {id(d) for d in failed.deliveries} if len(failed.deliveries) == 1 else set()
-        results: list[Result] = []
+        outcomes = Outcomes()
         async with conn.transaction():
             for route, group in plan(part):
                 if route is not None and not route.batch:
                     for d in group:
                         if id(d) in known_bad:
-                            results.append(Result(d, Outcome.FAILED, failed.error))
+                            outcomes.failed.append((d, failed.error))
                         else:
-                            results += await self._savepoint(conn, route, [d])
+                            outcomes.add(await self._savepoint(conn, route, [d]))
                 else:
-                    results += await self._halving(conn, route, group)
-        return results
+                    outcomes.add(await self._halving(conn, route, group))
+        return outcomes
 
     async def _halving(
         self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
-    ) -> list[Result]:
-        results = await self._savepoint(conn, route, group)
-        if len(group) == 1 or all(r.outcome is not Outcome.FAILED for r in results):
-            return results
+    ) -> Outcomes:
+        outcomes = await self._savepoint(conn, route, group)
+        if len(group) == 1 or not outcomes.failed:
+            return outcomes
         mid = len(group) // 2
-        return await self._halving(conn, route, group[:mid]) + await self._halving(
-            conn, route, group[mid:]
-        )
+        first = await self._halving(conn, route, group[:mid])
+        return first.add(await self._halving(conn, route, group[mid:]))
 
     async def _savepoint(
         self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
-    ) -> list[Result]:
+    ) -> Outcomes:
         try:
             async with conn.transaction():
                 won = await self._claim(conn, group)
@@ -201,8 +214,8 @@ class Applier:
         except _Failed as failed:
             if conn.is_closed():
                 raise DatabaseDown(str(failed.error)) from failed.error
-            return [Result(d, Outcome.FAILED, failed.error) for d in group]
-        return [_result(d, won) for d in group]
+            return Outcomes(failed=[(d, failed.error) for d in group])
+        return Outcomes.of(group, won)
 
     async def _claim(self, conn: asyncpg.Connection, part: Sequence[Delivery]) -> set[str]:
         if not self._exactly_once:
@@ -265,9 +278,3 @@ def _process_span(d: Delivery) -> Any:
             "conveyor.attempt": d.ctx.attempt,
         },
     )
-
-
-def _result(d: Delivery, won: set[str]) -> Result:
-    if d.event_id not in won:
-        return Result(d, Outcome.DUPLICATE)
-    return Result(d, Outcome.SKIPPED if d.route is None else Outcome.APPLIED)

@@ -40,7 +40,7 @@ def fields(
     """The dead-letter entry: the original fields verbatim plus why, where and when it failed."""
     now_ms = int(time.time() * 1000)
     first = int(entry.first_failed * 1000) if entry.first_failed else now_ms
-    out: dict[bytes, bytes | str] = dict(entry.fields or {})
+    out: dict[bytes, bytes | str] = dict(entry.fields)
     out.update(
         {
             wire.DL_SOURCE_STREAM: entry.stream,
@@ -70,7 +70,7 @@ def span(entry: Entry, reason: str, *, enabled: bool) -> Iterator[str | None]:
     if not enabled:
         yield None
         return
-    original = (entry.fields or {}).get(wire.F_TRACEPARENT)
+    original = entry.fields.get(wire.F_TRACEPARENT)
     carrier = {"traceparent": original.decode(errors="replace")} if original else {}
     with _tracer.start_as_current_span(
         t.SPAN_DEAD_LETTER,

@@ -20,17 +20,56 @@ _UUID_RE = re.compile(
 )
 
 
-@dataclass(slots=True)
 class Entry:
     """A stream entry as read from Redis, with how often it has been delivered."""
 
-    stream: str
-    entry_id: str
-    fields: Fields | None
-    """None when the entry was deleted or trimmed while pending."""
-    attempt: int = 1
-    first_failed: float | None = None
-    """Unix time of the first failure this process saw, for the dead letter."""
+    __slots__ = ("_fields", "attempt", "entry_id", "first_failed", "raw", "stream")
+
+    def __init__(
+        self, stream: str, entry_id: str, raw: list[bytes] | Fields | None, attempt: int = 1
+    ) -> None:
+        self.stream = stream
+        self.entry_id = entry_id
+        self.raw = raw
+        """Field-value pairs as Redis sent them (flat list or dict); None when the entry was
+        deleted or trimmed while pending."""
+        self.attempt = attempt
+        self.first_failed: float | None = None
+        """Unix time of the first failure this process saw, for the dead letter."""
+        self._fields: Fields | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.raw is None
+
+    @property
+    def fields(self) -> Fields:
+        """The entry's fields as a dict (empty for a deleted entry)."""
+        if self._fields is None:
+            raw = self.raw
+            if isinstance(raw, dict):
+                self._fields = raw
+            else:
+                it = iter(raw or ())
+                self._fields = dict(zip(it, it, strict=True))
+        return self._fields
+
+    def event_fields(self) -> tuple[bytes | None, bytes | None]:
+        """(event id field, event bytes field). O(1) for entries in the relay's layout, which
+        puts `v` and `id` first and `ev` last."""
+        raw = self.raw
+        if (
+            isinstance(raw, list)
+            and len(raw) >= 6
+            and raw[2] == wire.F_EVENT_ID
+            and raw[-2] == wire.F_EVENT
+        ):
+            return raw[3], raw[-1]
+        fields = self.fields
+        return fields.get(wire.F_EVENT_ID), fields.get(wire.F_EVENT)
+
+    def __repr__(self) -> str:
+        return f"Entry({self.stream!r}, {self.entry_id!r}, attempt={self.attempt})"
 
 
 @dataclass(slots=True)
@@ -60,94 +99,66 @@ class Poison:
     error_class: str = field(default="")
 
 
-def decode(  # noqa: PLR0911 - one return per reason an entry can be poison
-    entry: Entry, *, topic: str, group: str, router: Router, max_bytes: int
-) -> Delivery | Poison:
-    """Decode and validate `entry` (its fields must not be None)."""
-    fields = entry.fields
-    assert fields is not None
-    raw = fields.get(wire.F_EVENT)
-    raw_id = fields.get(wire.F_EVENT_ID)
-    if raw is None or raw_id is None:
-        missing = [f.decode() for f in wire.REQUIRED_FIELDS if f not in fields]
-        return Poison(entry, "validation", f"entry lacks required fields {missing}")
-    if len(raw) > max_bytes:
-        return Poison(
-            entry, "oversized", f"event is {len(raw)} bytes, over the {max_bytes}-byte cap"
-        )
-    try:
-        event = event_pb2.Event.FromString(raw)
-    except DecodeError as exc:
-        return Poison(
-            entry,
-            "decode_error",
-            f"event bytes are not a conveyor.v1.Event: {exc}",
-            error_class="DecodeError",
-        )
-    problem = _invalid(event, raw_id)
-    if problem is not None:
-        return Poison(entry, "validation", problem, event.id or None, event.type or None)
-    route = router.route(topic, event.type)
-    if route is None:
-        if router.unknown_type == "dead_letter":
-            return Poison(
-                entry,
-                "unknown_type",
-                f"no handler for {event.type} on topic {topic!r}",
-                event.id,
-                event.type,
-            )
-        return _delivery(entry, event, None, None, topic=topic, group=group)
-    if event.data.type_url.rpartition("/")[2] != event.type:
-        return Poison(
-            entry,
-            "validation",
-            f"data holds {event.data.type_url!r}, not {event.type}",
-            event.id,
-            event.type,
-        )
-    try:
-        payload = route.message_type.FromString(event.data.value)
-    except DecodeError as exc:
-        return Poison(
-            entry,
-            "decode_error",
-            f"payload is not a valid {event.type}: {exc}",
-            event.id,
-            event.type,
-            "DecodeError",
-        )
-    return _delivery(entry, event, route, payload, topic=topic, group=group)
+class Decoder:
+    """Decodes and validates the entries of one topic for one group."""
+
+    def __init__(self, *, topic: str, group: str, router: Router, max_bytes: int) -> None:
+        self._topic = topic
+        self._group = group
+        self._routes = router.routes_for(topic)
+        self._skip_unknown = router.unknown_type == "skip"
+        self._max_bytes = max_bytes
+
+    def decode(self, entry: Entry) -> Delivery | Poison:  # noqa: PLR0911 - one per poison reason
+        """A delivery for `entry` (its fields must not be None), or why it is poison."""
+        raw_id, raw = entry.event_fields()
+        if raw is None or raw_id is None:
+            missing = [f.decode() for f in wire.REQUIRED_FIELDS if f not in entry.fields]
+            return Poison(entry, "validation", f"entry lacks required fields {missing}")
+        if len(raw) > self._max_bytes:
+            size = f"event is {len(raw)} bytes, over the {self._max_bytes}-byte cap"
+            return Poison(entry, "oversized", size)
+        try:
+            event = event_pb2.Event.FromString(raw)
+        except DecodeError as exc:
+            problem = f"event bytes are not a conveyor.v1.Event: {exc}"
+            return Poison(entry, "decode_error", problem, error_class="DecodeError")
+        event_id, event_type = event.id, event.type
+        if not _UUID_RE.fullmatch(event_id) or raw_id != event_id.encode() or not event_type:
+            return Poison(entry, "validation", _invalid(event, raw_id), event_id or None,
+                          event_type or None)  # fmt: skip
+        route = self._routes.get(event_type)
+        payload = None
+        if route is not None:
+            poison = self._payload_problem(entry, event)
+            if isinstance(poison, Poison):
+                return poison
+            payload = poison
+        elif not self._skip_unknown:
+            problem = f"no handler for {event_type} on topic {self._topic!r}"
+            return Poison(entry, "unknown_type", problem, event_id, event_type)
+        ctx = EventContext(event, self._topic, entry.stream, entry.entry_id, self._group,
+                           entry.attempt)  # fmt: skip
+        return Delivery(entry, event_id, event_type, event.aggregate_id, route, payload, ctx)
+
+    def _payload_problem(self, entry: Entry, event: event_pb2.Event) -> Message | Poison:
+        route = self._routes[event.type]
+        if event.data.type_url.rpartition("/")[2] != event.type:
+            problem = f"data holds {event.data.type_url!r}, not {event.type}"
+            return Poison(entry, "validation", problem, event.id, event.type)
+        try:
+            return route.message_type.FromString(event.data.value)
+        except DecodeError as exc:
+            problem = f"payload is not a valid {event.type}: {exc}"
+            return Poison(entry, "decode_error", problem, event.id, event.type, "DecodeError")
 
 
-def _invalid(event: event_pb2.Event, raw_id: bytes) -> str | None:
+def _invalid(event: event_pb2.Event, raw_id: bytes) -> str:
     if not _UUID_RE.fullmatch(event.id):
         return f"event id {event.id!r} is not a UUID"
-    if raw_id != event.id.encode():
-        return f"entry id field {raw_id!r} does not match the event's id {event.id!r}"
     if not event.type:
         return "event has no type"
-    return None
-
-
-def _delivery(
-    entry: Entry,
-    event: event_pb2.Event,
-    route: Route | None,
-    payload: Message | None,
-    *,
-    topic: str,
-    group: str,
-) -> Delivery:
-    ctx = EventContext(
-        event,
-        topic=topic,
-        stream=entry.stream,
-        entry_id=entry.entry_id,
-        group=group,
-        attempt=entry.attempt,
-    )
-    return Delivery(entry, event.id, event.type, event.aggregate_id, route, payload, ctx)
+    return f"entry id field {raw_id!r} does not match the event's id {event.id!r}"
 
 
 def describe(value: Any, limit: int = 200) -> str:

@@ -84,6 +84,10 @@ class Router:
 
         return register
 
+    def routes_for(self, topic: str) -> dict[str, Route]:
+        """Event type -> handler, for one topic."""
+        return {etype: route for (t, etype), route in self._routes.items() if t == topic}
+
     def route(self, topic: str, event_type: str) -> Route | None:
         """The handler for `event_type` on `topic`, or None."""
         return self._routes.get((topic, event_type))

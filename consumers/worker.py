@@ -13,8 +13,8 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from consumers import dead_letters
-from consumers.applier import Applier, DatabaseDown, Outcome, Result, tracing_enabled
-from consumers.deliveries import Delivery, Entry, Poison, decode, describe
+from consumers.applier import Applier, DatabaseDown, Outcomes, tracing_enabled
+from consumers.deliveries import Decoder, Delivery, Entry, Poison, describe
 from consumers.errors import GroupLost
 from consumers.metrics import ConsumerMetrics
 from consumers.retries import RetrySchedule, Waiting, backoff
@@ -85,6 +85,9 @@ class TopicWorker:
         self._prefetch: asyncio.Task[list[Entry]] | None = None
         self.health = Health(last_progress=time.monotonic())
         self._tracing = tracing_enabled()
+        self._decoder = Decoder(
+            topic=topic, group=settings.group, router=router, max_bytes=settings.max_event_bytes
+        )
         self._attrs = {t.ATTR_STREAM: streams.keys.events, t.ATTR_GROUP: settings.group}
 
     async def run(self) -> None:
@@ -186,7 +189,7 @@ class TopicWorker:
         if entries:
             self._m.consumed.add(len(entries), self._attrs)
         for entry in entries:
-            if entry.fields is None:
+            if entry.deleted:
                 self._deleted([entry.entry_id], entry.stream)
                 batch.settled.append(entry)
                 continue
@@ -199,13 +202,7 @@ class TopicWorker:
                     "the last deliveries ended without an outcome (consumer crash?)",
                 )
                 continue
-            decoded = decode(
-                entry,
-                topic=self.topic,
-                group=self._s.group,
-                router=self._router,
-                max_bytes=self._s.max_event_bytes,
-            )
+            decoded = self._decoder.decode(entry)
             if isinstance(decoded, Poison):
                 await self._dead_letter(
                     entry, decoded.reason, decoded.error_class or "Poison", decoded.error
@@ -219,16 +216,16 @@ class TopicWorker:
         settled = batch.settled
         if batch.deliveries:
             started = time.perf_counter()
-            results = await self._apply(batch.deliveries)
+            outcomes = await self._apply(batch.deliveries)
             per_event = (time.perf_counter() - started) / len(batch.deliveries)
             self._m.processing.record(per_event, self._attrs)
-            settled += await self._settle(results)
+            settled += await self._settle(outcomes)
         if settled:
             await self.streams.ack(settled)
         self.health.serving, self.health.reason = True, ""
         self.health.last_progress = time.monotonic()
 
-    async def _apply(self, deliveries: list[Delivery]) -> list[Result]:
+    async def _apply(self, deliveries: list[Delivery]) -> Outcomes:
         failures = 0
         while True:
             try:
@@ -247,20 +244,16 @@ class TopicWorker:
                 if self._stopping.is_set():
                     raise
 
-    async def _settle(self, results: list[Result]) -> list[Entry]:
-        settled: list[Entry] = []
-        counts: dict[str, int] = {}
-        for r in results:
-            if r.outcome is not Outcome.FAILED:
-                settled.append(r.delivery.entry)
-                counts[r.outcome.value] = counts.get(r.outcome.value, 0) + 1
-                continue
-            await self._failed(r.delivery, r.error)
-        for result, n in counts.items():
-            if result == Outcome.DUPLICATE.value:
-                self._m.duplicate.add(n, self._attrs)
-            self._m.processed.add(n, {**self._attrs, t.ATTR_RESULT: result})
-        return settled
+    async def _settle(self, outcomes: Outcomes) -> list[Entry]:
+        for d, error in outcomes.failed:
+            await self._failed(d, error)
+        if outcomes.duplicates:
+            self._m.duplicate.add(outcomes.duplicates, self._attrs)
+        for result, n in (("success", outcomes.applied), ("skipped", outcomes.skipped),
+                          ("duplicate", outcomes.duplicates)):  # fmt: skip
+            if n:
+                self._m.processed.add(n, {**self._attrs, t.ATTR_RESULT: result})
+        return [d.entry for d in outcomes.done]
 
     async def _failed(self, d: Delivery, error: BaseException | None) -> None:
         entry = d.entry

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from consumers.applier import Applier
-from consumers.deliveries import decode
+from consumers.deliveries import Decoder
 from consumers.streams import TopicStreams
 from conveyor import wire
 from tests.integration.conftest import Case
@@ -62,8 +62,8 @@ async def test_committed_but_unacknowledged_batch_is_acknowledged_not_reapplied(
     streams = TopicStreams(case.redis, wire.Keys("identity", case.prefix), "g", "dead-consumer")
     await streams.ensure_groups()
     entries = await streams.read(streams.keys.events, 300, None)
-    deliveries = [decode(e, topic="identity", group="g", router=router, max_bytes=1 << 20)
-                  for e in entries]  # fmt: skip
+    decoder = Decoder(topic="identity", group="g", router=router, max_bytes=1 << 20)
+    deliveries = [decoder.decode(e) for e in entries]
     pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
     applier = Applier(pool, group="g", ledger_schema=case.schema, exactly_once=True, partitions=2)
     await applier.apply(deliveries)  # type: ignore[arg-type]  # committed; then the "crash"
