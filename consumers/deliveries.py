@@ -130,27 +130,21 @@ class Decoder:
         route = self._routes.get(event_type)
         payload = None
         if route is not None:
-            poison = self._payload_problem(entry, event)
-            if isinstance(poison, Poison):
-                return poison
-            payload = poison
+            data = event.data
+            if not data.type_url.endswith(route.type_url_suffix):
+                problem = f"data holds {data.type_url!r}, not {event_type}"
+                return Poison(entry, "validation", problem, event_id, event_type)
+            try:
+                payload = route.message_type.FromString(data.value)
+            except DecodeError as exc:
+                problem = f"payload is not a valid {event_type}: {exc}"
+                return Poison(entry, "decode_error", problem, event_id, event_type, "DecodeError")
         elif not self._skip_unknown:
             problem = f"no handler for {event_type} on topic {self._topic!r}"
             return Poison(entry, "unknown_type", problem, event_id, event_type)
         ctx = EventContext(event, self._topic, entry.stream, entry.entry_id, self._group,
                            entry.attempt)  # fmt: skip
         return Delivery(entry, event_id, event_type, event.aggregate_id, route, payload, ctx)
-
-    def _payload_problem(self, entry: Entry, event: event_pb2.Event) -> Message | Poison:
-        route = self._routes[event.type]
-        if event.data.type_url.rpartition("/")[2] != event.type:
-            problem = f"data holds {event.data.type_url!r}, not {event.type}"
-            return Poison(entry, "validation", problem, event.id, event.type)
-        try:
-            return route.message_type.FromString(event.data.value)
-        except DecodeError as exc:
-            problem = f"payload is not a valid {event.type}: {exc}"
-            return Poison(entry, "decode_error", problem, event.id, event.type, "DecodeError")
 
 
 def _invalid(event: event_pb2.Event, raw_id: bytes) -> str:

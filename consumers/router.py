@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from google.protobuf.message import Message
@@ -29,10 +29,15 @@ class Route:
     message_type: type[Message]
     fn: Callable[..., Awaitable[None]]
     batch: bool
+    event_type: str = field(init=False)
+    """Full protobuf name of the message type: the events' `type`."""
+    type_url_suffix: str = field(init=False)
+    """How the type URL of a google.protobuf.Any holding this type ends."""
 
-    @property
-    def event_type(self) -> str:
-        return str(self.message_type.DESCRIPTOR.full_name)
+    def __post_init__(self) -> None:
+        name = str(self.message_type.DESCRIPTOR.full_name)
+        object.__setattr__(self, "event_type", name)
+        object.__setattr__(self, "type_url_suffix", "/" + name)
 
 
 class Router:
