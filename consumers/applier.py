@@ -102,6 +102,7 @@ class Applier:
         self._exactly_once = exactly_once
         self._partitions = partitions
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
+        self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
         self._tracing = tracing_enabled()
         table = f"{database.validate_schema(ledger_schema)}.{database.LEDGER_TABLE}"
         # A 'failure' row (never written by this runtime, but allowed) does not count as applied.
@@ -131,10 +132,26 @@ class Applier:
                 continue
             seen.add(d.event_id)
             parts[hash(d.aggregate_id) % n].append(d)
-        done = await asyncio.gather(*(self._apply_part(i, p) for i, p in enumerate(parts) if p))
+        tasks = []
+        for lane, part in enumerate(parts):
+            if part:
+                task = asyncio.ensure_future(self._after(self._tails[lane], lane, part))
+                self._tails[lane] = task
+                tasks.append(task)
+        done = await asyncio.gather(*tasks)
         for part_outcomes in done:
             outcomes.add(part_outcomes)
         return outcomes
+
+    async def _after(
+        self, previous: asyncio.Future[Outcomes] | None, lane: int, part: list[Delivery]
+    ) -> Outcomes:
+        """Apply `part` on its lane once the lane's previous part is done: a lane takes the
+        same aggregates batch after batch, so their events keep stream order while two batches
+        overlap across lanes."""
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        return await self._apply_part(lane, part)
 
     async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 _RETRY_STREAM_PERIOD = 0.2
 """Seconds between reads of the group's retry stream (reprocessed dead letters)."""
 _TOUCH_MARGIN = 0.5
+_BATCHES_IN_FLIGHT = 2
+"""Batches being applied at once: each lane applies its parts in order, so a batch's lanes
+start as soon as the previous batch's same lanes are done."""
 """Seconds subtracted from our own idea of an entry's idle time when touching it."""
 
 
@@ -114,10 +118,11 @@ class TopicWorker:
         await self._applier.close()
 
     async def _consume(self) -> None:
-        """Rounds until stopped, as a pipeline: while batch N is applied, batch N+1 is decoded
-        and batch N+2 read. Batches are applied one after another, in order. A batch already
-        read when the stop comes is still applied and acknowledged."""
-        applying: asyncio.Task[None] | None = None
+        """Rounds until stopped, as a pipeline: while batches N-1 and N are applied, batch N+1
+        is decoded and N+2 read. Each database lane applies its part of one batch after the
+        other, so one aggregate's events keep stream order. A batch already read when the stop
+        comes is still applied and acknowledged."""
+        applying: deque[asyncio.Task[None]] = deque()
         try:
             while True:
                 stopping = self._stopping.is_set()
@@ -126,7 +131,7 @@ class TopicWorker:
                     entries += await self._take_prefetch()
                 elif not stopping:
                     room = self._s.batch_size - len(entries)
-                    entries += await self._read_new(room, wait=not entries and applying is None)
+                    entries += await self._read_new(room, wait=not entries and not applying)
                 if stopping and not entries:
                     return
                 if entries and not stopping:
@@ -135,12 +140,15 @@ class TopicWorker:
                     )
                 await self._touch_waiting()
                 batch = await self.prepare(entries)
-                if applying is not None:
-                    await applying
-                applying = asyncio.create_task(self.finish(batch))
+                while applying and (applying[0].done() or len(applying) >= _BATCHES_IN_FLIGHT):
+                    await applying.popleft()
+                if batch.deliveries or batch.settled:
+                    applying.append(asyncio.create_task(self.finish(batch)))
+                else:
+                    self._progressed()
         finally:
-            if applying is not None:
-                await applying
+            while applying:
+                await applying.popleft()
 
     async def _side_entries(self) -> list[Entry]:
         """Due retries, entries idle on dead consumers and reprocess requests, when it is time."""
@@ -222,6 +230,9 @@ class TopicWorker:
             settled += await self._settle(outcomes)
         if settled:
             await self.streams.ack(settled)
+        self._progressed()
+
+    def _progressed(self) -> None:
         self.health.serving, self.health.reason = True, ""
         self.health.last_progress = time.monotonic()
 
