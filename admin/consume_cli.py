@@ -31,7 +31,7 @@ from admin.options import (
 from admin.process import tune_for_throughput
 from consumers import Consumer, ConsumerSettings, Router
 from consumers.settings import default_consumer_name
-from conveyor import database
+from conveyor import database, wire
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,19 @@ def consume(
         str,
         typer.Option(envvar="CONVEYOR_DEAD_LETTER_RETENTION", help="Resolved dead letters kept."),
     ] = "30d",
+    max_event_bytes: Annotated[
+        int, typer.Option(envvar="CONVEYOR_MAX_EVENT_BYTES", help="Larger events are dead letters.")
+    ] = wire.MAX_EVENT_BYTES,
+    housekeeping_interval: Annotated[
+        str, typer.Option(envvar="CONVEYOR_HOUSEKEEPING_INTERVAL", help="Trims and clean-ups.")
+    ] = "60s",
+    idle_consumer_timeout: Annotated[
+        str,
+        typer.Option(
+            envvar="CONVEYOR_IDLE_CONSUMER_TIMEOUT",
+            help="Remove members idle this long (none pending).",
+        ),
+    ] = "1h",
     log_level: LogLevel = "info",
 ) -> None:
     """Consume topics as a member of a group, running the router's handlers until SIGTERM."""
@@ -148,6 +161,9 @@ def consume(
             max_stream_length=max_stream_length,
             ledger_retention=parse_duration(ledger_retention),
             dead_letter_retention=parse_duration(dead_letter_retention),
+            max_event_bytes=max_event_bytes,
+            housekeeping_interval=parse_duration(housekeeping_interval),
+            idle_consumer_timeout=parse_duration(idle_consumer_timeout),
         )
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
