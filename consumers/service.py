@@ -138,9 +138,11 @@ class Consumer:
                 log.warning("consumer heartbeat failed: %r", exc)
 
     async def _housekeeping(self) -> None:
-        """Record dead letters a crash kept from the catalog, then trim and clean up. One loop,
-        so a dead letter is never re-recorded after the housekeeper removed it."""
+        """Record dead letters a crash kept from the catalog (at once on start), then, from one
+        interval after start on, trim and clean up. One loop, so a dead letter is never
+        re-recorded after the housekeeper removed it."""
         assert self._catalog is not None and self._housekeeper is not None
+        first = True
         while not self._stopping.is_set():
             for worker in self.workers.values():
                 try:
@@ -149,7 +151,9 @@ class Consumer:
                     log.warning(
                         "dead-letter reconcile failed: topic=%s error=%r", worker.topic, exc
                     )
-            await self._housekeeper.run_once(self.settings.topics)
+            if not first:
+                await self._housekeeper.run_once(self.settings.topics)
+            first = False
             await self._pause(self.settings.housekeeping_interval)
 
     async def _pause(self, seconds: float) -> None:
