@@ -1,0 +1,44 @@
+"""grpc.health.v1.Health for a Conveyor process, fed from the status snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc_health.v1 import health, health_pb2
+
+from admin.status import Snapshot
+
+LIVENESS = "conveyor.liveness"
+"""NOT_SERVING only once shutdown has begun. A stuck event loop answers nothing at all, which
+a liveness probe reads as failure; a Redis outage makes components NOT_SERVING (pods unready)
+but leaves liveness SERVING, so a dependency outage does not restart-loop the process."""
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Health:
+    """The health servicer and the statuses it reports."""
+
+    def __init__(self) -> None:
+        self.servicer: Any = health.aio.HealthServicer()
+        self._known: set[str] = set()
+
+    async def start(self) -> None:
+        """Not ready until the first snapshot; alive."""
+        await self.servicer.set(health.OVERALL_HEALTH, _NOT_SERVING)
+        await self.servicer.set(LIVENESS, _SERVING)
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        """Set each component's status and the overall readiness from `snapshot`."""
+        for component in snapshot.components:
+            serving = component.state != "NOT_SERVING"  # DEGRADED still does its work
+            await self.servicer.set(component.name, _SERVING if serving else _NOT_SERVING)
+            self._known.add(component.name)
+        ready = snapshot.overall != "NOT_SERVING" and bool(snapshot.components)
+        await self.servicer.set(health.OVERALL_HEALTH, _SERVING if ready else _NOT_SERVING)
+
+    async def shut_down(self) -> None:
+        """Everything NOT_SERVING, first thing in a graceful shutdown."""
+        for name in (*self._known, health.OVERALL_HEALTH, LIVENESS):
+            await self.servicer.set(name, _NOT_SERVING)

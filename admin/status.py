@@ -1,0 +1,223 @@
+"""The status snapshot: components, Redis, outboxes and consumer groups, refreshed in the
+background so health and status calls never do I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import asyncpg
+from redis.exceptions import RedisError, ResponseError
+
+from conveyor import database, wire
+
+log = logging.getLogger(__name__)
+
+State = Literal["SERVING", "DEGRADED", "NOT_SERVING"]
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentStatus:
+    """One component's state, e.g. `conveyor.relay.identity`, with why it is not SERVING."""
+
+    name: str
+    state: State
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStatus:
+    up: bool = False
+    ping_latency: float = 0.0
+    used_memory: int = 0
+    maxmemory: int = 0
+    aof_enabled: bool = False
+    aof_last_rewrite_status: str = ""
+    run_id: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStatus:
+    schema: str
+    backlog: int
+    oldest_age: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    topic: str
+    group: str
+    lag_entries: int
+    lag_seconds: float
+    """Age of the oldest entry the group has not acknowledged (pending or undelivered)."""
+    pending: int
+    consumers: int
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    taken_at: float = field(default_factory=time.time)
+    components: tuple[ComponentStatus, ...] = ()
+    redis: RedisStatus = RedisStatus()
+    outboxes: tuple[OutboxStatus, ...] = ()
+    groups: tuple[GroupStatus, ...] = ()
+
+    @property
+    def overall(self) -> State:
+        states = {c.state for c in self.components}
+        if "NOT_SERVING" in states:
+            return "NOT_SERVING"
+        return "DEGRADED" if "DEGRADED" in states else "SERVING"
+
+
+class Probe(Protocol):
+    """What a process tells about its own components (relay forwarders, consumer workers)."""
+
+    def components(
+        self, redis: RedisStatus, groups: Sequence[GroupStatus], now: float
+    ) -> list[ComponentStatus]: ...
+
+    def outboxes(self) -> list[OutboxStatus]: ...
+
+
+def entry_time(entry_id: bytes | str) -> float:
+    """Unix time an entry id was generated at."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0]) / 1000
+
+
+class StatusChecker:
+    """Refreshes the snapshot every `interval` seconds and tells `on_change` about it."""
+
+    def __init__(
+        self,
+        *,
+        redis: Any,
+        pool: asyncpg.Pool,
+        probe: Probe,
+        key_prefix: str,
+        on_change: Callable[[Snapshot], Awaitable[None]] | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self._redis = redis
+        self._pool = pool
+        self._probe = probe
+        self._prefix = key_prefix
+        self._on_change = on_change
+        self._interval = interval
+        self.snapshot = Snapshot()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self.refresh()
+            try:
+                async with asyncio.timeout(self._interval):
+                    await stopping.wait()
+            except TimeoutError:
+                pass
+
+    async def refresh(self) -> Snapshot:
+        """Take a new snapshot (never raises: failures become reasons)."""
+        redis = await self._redis_status()
+        groups = await self._groups() if redis.up else ()
+        now = time.monotonic()
+        self.snapshot = Snapshot(
+            components=tuple(self._probe.components(redis, groups, now)),
+            redis=redis,
+            outboxes=tuple(self._probe.outboxes()),
+            groups=tuple(groups),
+        )
+        if self._on_change is not None:
+            await self._on_change(self.snapshot)
+        return self.snapshot
+
+    async def _redis_status(self) -> RedisStatus:
+        try:
+            async with asyncio.timeout(2):
+                started = time.perf_counter()
+                await self._redis.ping()
+                latency = time.perf_counter() - started
+                info = await self._redis.info()
+        except (RedisError, OSError, TimeoutError) as exc:
+            return RedisStatus(up=False, error=f"{type(exc).__name__}: {exc}")
+        return RedisStatus(
+            up=True,
+            ping_latency=latency,
+            used_memory=int(info.get("used_memory", 0)),
+            maxmemory=int(info.get("maxmemory", 0)),
+            aof_enabled=bool(int(info.get("aof_enabled", 0))),
+            aof_last_rewrite_status=str(info.get("aof_last_bgrewrite_status", "")),
+            run_id=str(info.get("run_id", "")),
+        )
+
+    async def _groups(self) -> list[GroupStatus]:
+        try:
+            registered = await self._pool.fetch(
+                "SELECT consumer_group, unnest(topics) AS topic, min(mode) AS mode, count(*) AS n "
+                f"FROM {database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE} "
+                "GROUP BY consumer_group, topic ORDER BY topic, consumer_group"
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot read the consumer registry: %r", exc)
+            return []
+        out = []
+        for row in registered:
+            status = await self._group(row["topic"], row["consumer_group"], row["mode"], row["n"])
+            if status is not None:
+                out.append(status)
+        return out
+
+    async def _group(self, topic: str, group: str, mode: str, members: int) -> GroupStatus | None:
+        key = wire.Keys(topic, self._prefix).events
+        try:
+            async with asyncio.timeout(2):
+                info = next(
+                    (g for g in await self._redis.xinfo_groups(key) if _text(g["name"]) == group),
+                    None,
+                )
+                if info is None:
+                    return GroupStatus(topic, group, 0, 0.0, 0, members, mode)
+                oldest = await self._oldest_unacknowledged(key, group, info)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not isinstance(exc, ResponseError):
+                log.warning("cannot read group %s of %s: %r", group, key, exc)
+            return None
+        lag = info.get("lag")
+        if lag is None:  # Redis cannot tell after deletions: count what is after last-delivered
+            lag = len(
+                await self._redis.xrange(
+                    key, min="(" + _text(info["last-delivered-id"]), max="+", count=10_000
+                )
+            )
+        age = max(time.time() - oldest, 0.0) if oldest is not None else 0.0
+        return GroupStatus(topic, group, int(lag), age, int(info["pending"]), members, mode)
+
+    async def _oldest_unacknowledged(self, key: str, group: str, info: Any) -> float | None:
+        times = []
+        if info["pending"]:
+            summary = await self._redis.xpending(key, group)
+            times.append(entry_time(summary["min"]))
+        after = await self._redis.xrange(
+            key, min="(" + _text(info["last-delivered-id"]), max="+", count=1
+        )
+        if after:
+            times.append(entry_time(after[0][0]))
+        return min(times) if times else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def stalled(*, waiting: bool, last_progress: float, now: float, timeout: float) -> str | None:
+    """A reason when work is waiting and none was done for `timeout` seconds, else None."""
+    idle = now - last_progress
+    if waiting and idle > timeout:
+        return f"stalled: work waiting, nothing done for {idle:.0f}s (limit {timeout:.0f}s)"
+    return None
