@@ -10,7 +10,9 @@ batch-handler call, halved down to single events), so only the failing event is 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,18 @@ class DatabaseDown(Exception):
     """The database connection failed mid-batch; nothing of the part was committed."""
 
 
+class SwallowedDatabaseError(Exception):
+    """A handler caught a database error and carried on: its transaction was already aborted,
+    so nothing it or its neighbours wrote could commit."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a handler caught a database error and returned normally; the transaction was "
+            "aborted by that error (let it propagate, or wrap the statement in "
+            "`async with ctx.db.transaction():` to contain it)"
+        )
+
+
 class _Failed(Exception):
     def __init__(self, deliveries: Sequence[Delivery], error: BaseException) -> None:
         super().__init__(str(error))
@@ -63,6 +77,7 @@ class _Failed(Exception):
 
 Step = tuple[Route | None, list[Delivery]]
 _tracer = trace.get_tracer(t.TRACER)
+log = logging.getLogger(__name__)
 
 
 def plan(deliveries: Sequence[Delivery]) -> list[Step]:
@@ -96,8 +111,15 @@ class Applier:
         ledger_schema: str,
         exactly_once: bool,
         partitions: int,
+        stopping: asyncio.Event | None = None,
+        on_trouble: Callable[[str], None] | None = None,
+        backoff_max: float = 10.0,
     ) -> None:
         self._pool = pool
+        self._stopping = stopping or asyncio.Event()
+        self.on_trouble = on_trouble
+        """Told why, whenever a lane's database work fails and is retried."""
+        self._backoff_max = backoff_max
         self._group = group
         self._exactly_once = exactly_once
         self._partitions = partitions
@@ -120,7 +142,9 @@ class Applier:
         )
 
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
-        """Apply `deliveries`; DatabaseDown if the database failed (nothing committed then)."""
+        """Apply `deliveries`. A lane whose database work fails (connection lost, deadlock,
+        statement cancelled) retries its part with backoff until it commits; DatabaseDown only
+        when a stop interrupts that (the lane's part then committed nothing)."""
         outcomes = Outcomes()
         seen: set[str] = set()
         parts: list[list[Delivery]] = [[] for _ in range(self._partitions)]
@@ -138,8 +162,10 @@ class Applier:
                 task = asyncio.ensure_future(self._after(self._tails[lane], lane, part))
                 self._tails[lane] = task
                 tasks.append(task)
-        done = await asyncio.gather(*tasks)
+        done = await asyncio.gather(*tasks, return_exceptions=True)
         for part_outcomes in done:
+            if isinstance(part_outcomes, BaseException):
+                raise part_outcomes
             outcomes.add(part_outcomes)
         return outcomes
 
@@ -151,41 +177,76 @@ class Applier:
         overlap across lanes."""
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
-        return await self._apply_part(lane, part)
+        failures = 0
+        while True:
+            try:
+                return await self._apply_part(lane, part)
+            except DatabaseDown as exc:
+                failures += 1
+                if self.on_trouble is not None:
+                    self.on_trouble(f"database unavailable: {exc}")
+                log.warning("lane %d: batch part not applied, retrying it: events=%d error=%s",
+                            lane, len(part), exc)  # fmt: skip
+                if self._stopping.is_set() or await self._pause(
+                    min(self._backoff_max, 0.1 * 2**failures)
+                ):
+                    raise
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless stopping; True when the stop came."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
+        conn: asyncpg.Connection | None = None
         try:
             conn = await self._connection(lane)
             try:
                 return await self._optimistic(conn, part)
             except _Failed as failed:
-                if conn.is_closed():
+                if _dead(conn):
                     raise DatabaseDown(str(failed.error)) from failed.error
-                return await self._isolated(conn, part, failed)
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-            raise DatabaseDown(str(exc)) from exc
+                try:
+                    return await self._isolated(conn, part, failed)
+                except _Failed as again:  # savepoints contain failures: this is the database
+                    raise DatabaseDown(str(again.error)) from again.error
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Any database failure outside a handler (lost connection, deadlock, statement
+            # cancelled, failover to a read-only node): the part committed nothing; retry it on
+            # a fresh connection.
+            await self._drop(lane, conn)
+            raise DatabaseDown(f"{type(exc).__name__}: {exc}") from exc
+        except DatabaseDown:
+            await self._drop(lane, conn)
+            raise
 
     async def _connection(self, lane: int) -> asyncpg.Connection:
         """The lane's own connection, kept across batches (a pool round trip and the pool's
         reset query per batch would cost more than a small batch's work); replaced when broken."""
         conn = self._lanes[lane]
-        if conn is not None and not conn.is_closed():
+        if conn is not None and not _dead(conn):
             return conn
-        if conn is not None:
-            await self._pool.release(conn)
-        self._lanes[lane] = None
+        await self._drop(lane, conn)
         conn = self._lanes[lane] = await self._pool.acquire()
         return conn
 
+    async def _drop(self, lane: int, conn: asyncpg.Connection | None) -> None:
+        self._lanes[lane] = None
+        if conn is not None:
+            with suppress(Exception):  # already released by the pool, or broken: either way gone
+                await self._pool.release(conn, timeout=5)
+
     async def close(self) -> None:
         """Give the lanes' connections back to the pool."""
-        lanes, self._lanes = self._lanes, [None] * self._partitions
-        for conn in lanes:
-            if conn is not None:
-                await self._pool.release(conn)
+        for lane, conn in enumerate(self._lanes):
+            await self._drop(lane, conn)
 
     async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
-        async with conn.transaction():
+        async with _transaction(conn, part):
             won = await self._claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
             for route, group in plan(todo):
@@ -197,7 +258,7 @@ class Applier:
     ) -> Outcomes:
         known_bad = {id(d) for d in failed.deliveries} if len(failed.deliveries) == 1 else set()
         outcomes = Outcomes()
-        async with conn.transaction():
+        async with _transaction(conn, part):
             for route, group in plan(part):
                 if route is not None and not route.batch:
                     for d in group:
@@ -222,16 +283,19 @@ class Applier:
     async def _savepoint(
         self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
     ) -> Outcomes:
+        await conn.execute("SAVEPOINT conveyor_event")
         try:
-            async with conn.transaction():
-                won = await self._claim(conn, group)
-                todo = [d for d in group if d.event_id in won]
-                if todo:
-                    await self._run(conn, route, todo)
-        except _Failed as failed:
-            if conn.is_closed():
-                raise DatabaseDown(str(failed.error)) from failed.error
-            return Outcomes(failed=[(d, failed.error) for d in group])
+            won = await self._claim(conn, group)
+            todo = [d for d in group if d.event_id in won]
+            if todo:
+                await self._run(conn, route, todo)
+            await conn.execute("RELEASE SAVEPOINT conveyor_event")
+        except (_Failed, asyncpg.InFailedSQLTransactionError) as exc:
+            if _dead(conn):
+                raise DatabaseDown(str(exc)) from exc
+            await conn.execute("ROLLBACK TO SAVEPOINT conveyor_event")
+            error = exc.error if isinstance(exc, _Failed) else SwallowedDatabaseError()
+            return Outcomes(failed=[(d, error) for d in group])
         return Outcomes.of(group, won)
 
     async def _claim(self, conn: asyncpg.Connection, part: Sequence[Delivery]) -> set[str]:
@@ -270,6 +334,32 @@ class Applier:
                     await route.fn(d.payload, d.ctx)
             except Exception as exc:
                 raise _Failed([d], exc) from exc
+
+
+def _dead(conn: asyncpg.Connection) -> bool:
+    """True when the connection is closed, or was already handed back to the pool (asyncpg
+    does that itself when a pooled connection breaks)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+@asynccontextmanager
+async def _transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> AsyncIterator[None]:
+    """BEGIN ... COMMIT that notices a COMMIT turned ROLLBACK: PostgreSQL answers COMMIT of an
+    aborted transaction (a handler caught a database error and carried on) with ROLLBACK and
+    no error, and then nothing of the part was written."""
+    await conn.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        if not _dead(conn):
+            with suppress(Exception):
+                await conn.execute("ROLLBACK")
+        raise
+    if await conn.execute("COMMIT") == "ROLLBACK":
+        raise _Failed(part, SwallowedDatabaseError())
 
 
 def tracing_enabled() -> bool:

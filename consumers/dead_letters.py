@@ -83,10 +83,13 @@ def span(entry: Entry, reason: str, *, enabled: bool) -> Iterator[str | None]:
 
 
 def _text(fields: dict[bytes, Any], key: bytes) -> str | None:
+    """A field as text for the catalog: PostgreSQL text cannot hold NUL, so it is escaped
+    (the dead-letter stream keeps the bytes verbatim)."""
     value = fields.get(key)
     if value is None:
         return None
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return text.replace("\x00", "\\x00")
 
 
 def _when(fields: dict[bytes, Any], key: bytes) -> datetime | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,9 @@ from conveyor.v1 import event_pb2
 
 Fields = dict[bytes, bytes]
 
+_TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+"""A protobuf full name: also keeps commas and NULs out of the ledger's joined columns."""
+
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
@@ -23,7 +27,7 @@ _UUID_RE = re.compile(
 class Entry:
     """A stream entry as read from Redis, with how often it has been delivered."""
 
-    __slots__ = ("_fields", "attempt", "entry_id", "first_failed", "raw", "stream")
+    __slots__ = ("_fields", "attempt", "delivered_at", "entry_id", "first_failed", "raw", "stream")
 
     def __init__(
         self, stream: str, entry_id: str, raw: list[bytes] | Fields | None, attempt: int = 1
@@ -37,6 +41,8 @@ class Entry:
         self.first_failed: float | None = None
         """Unix time of the first failure this process saw, for the dead letter."""
         self._fields: Fields | None = None
+        self.delivered_at = time.monotonic()
+        """When Redis (re)delivered it to this consumer, which restarted its idle time."""
 
     @property
     def deleted(self) -> bool:
@@ -124,9 +130,13 @@ class Decoder:
             problem = f"event bytes are not a conveyor.v1.Event: {exc}"
             return Poison(entry, "decode_error", problem, error_class="DecodeError")
         event_id, event_type = event.id, event.type
-        if not _UUID_RE.fullmatch(event_id) or raw_id != event_id.encode() or not event_type:
-            return Poison(entry, "validation", _invalid(event, raw_id), event_id or None,
-                          event_type or None)  # fmt: skip
+        if (
+            not _UUID_RE.fullmatch(event_id)
+            or raw_id != event_id.encode()
+            or not _TYPE_RE.fullmatch(event_type)
+        ):
+            return Poison(entry, "validation", _invalid(event, raw_id), None, None)
+        event_id = event_id.lower()  # the ledger's uuid column answers in lower case
         route = self._routes.get(event_type)
         payload = None
         if route is not None:
@@ -149,9 +159,11 @@ class Decoder:
 
 def _invalid(event: event_pb2.Event, raw_id: bytes) -> str:
     if not _UUID_RE.fullmatch(event.id):
-        return f"event id {event.id!r} is not a UUID"
+        return f"event id {event.id[:100]!r} is not a UUID"
     if not event.type:
         return "event has no type"
+    if not _TYPE_RE.fullmatch(event.type):
+        return f"event type {event.type[:200]!r} is not a protobuf message name"
     return f"entry id field {raw_id!r} does not match the event's id {event.id!r}"
 
 

@@ -77,6 +77,8 @@ class Consumer:
                 ledger_schema=s.ledger_schema,
                 exactly_once=s.exactly_once,
                 partitions=s.partitions,
+                stopping=self._stopping,
+                backoff_max=s.db_backoff_max,
             )
             streams = TopicStreams(self._redis, wire.Keys(topic, s.key_prefix), s.group, s.consumer)
             self.workers[topic] = TopicWorker(
@@ -152,7 +154,10 @@ class Consumer:
                         "dead-letter reconcile failed: topic=%s error=%r", worker.topic, exc
                     )
             if not first:
-                await self._housekeeper.run_once(self.settings.topics)
+                try:
+                    await self._housekeeper.run_once(self.settings.topics)
+                except Exception:  # a bug here must not end housekeeping for good
+                    log.exception("housekeeping round failed; trying again next interval")
             first = False
             await self._pause(self.settings.housekeeping_interval)
 

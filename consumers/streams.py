@@ -34,7 +34,8 @@ class TopicStreams:
             async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
                 return await coro
         except ResponseError as exc:
-            if str(exc).startswith("NOGROUP"):
+            # NOGROUP: the group or stream is gone; UNBLOCKED: it went while we were blocked.
+            if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise GroupLost(self.keys.events, self.group) from exc
             raise
 
@@ -65,13 +66,14 @@ class TopicStreams:
         return [Entry(stream, eid.decode(), fields) for eid, fields in items]
 
     async def autoclaim(
-        self, stream: str, min_idle_ms: int, count: int
-    ) -> tuple[list[Entry], list[str]]:
+        self, stream: str, min_idle_ms: int, count: int, start: str = "0-0"
+    ) -> tuple[list[Entry], list[str], str]:
         """Entries idle on other consumers longer than `min_idle_ms`, now ours, with their
-        delivery counts as attempts; and ids that were deleted or trimmed while pending."""
+        delivery counts as attempts; ids that were deleted or trimmed while pending; and the
+        cursor to continue from ("0-0" once the pending list has been walked)."""
         reply = await self._call(
             self._client.xautoclaim(
-                stream, self.group, self.consumer, min_idle_ms, "0-0", count=count
+                stream, self.group, self.consumer, min_idle_ms, start, count=count
             )
         )
         claimed: Sequence[tuple[bytes, Fields | None]] = reply[1]
@@ -81,7 +83,7 @@ class TopicStreams:
             counts = await self._delivery_counts(stream, [e.entry_id for e in entries])
             for e in entries:
                 e.attempt = counts.get(e.entry_id, 1)
-        return entries, deleted
+        return entries, deleted, _text(reply[0])
 
     async def _delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
         rows = await self._call(
@@ -113,6 +115,10 @@ class TopicStreams:
             self._client.xclaim(stream, self.group, self.consumer, min_idle_ms, ids, justid=True)
         )
         return {_text(i) for i in reply or ()}
+
+    async def exists(self, stream: str, entry_id: str) -> bool:
+        """Whether the entry is still in the stream."""
+        return bool(await self._call(self._client.xrange(stream, entry_id, entry_id)))
 
     async def ack(self, entries: Iterable[Entry]) -> None:
         """Acknowledge entries; those of the retry stream are deleted too (only we read it)."""

@@ -85,6 +85,7 @@ class TopicWorker:
         self._stopping = stopping
         self._schedule = RetrySchedule()
         self._next_reclaim = 0.0
+        self._cursors: dict[str, str] = {}
         self._next_retry_read = 0.0
         self._prefetch: asyncio.Task[list[Entry]] | None = None
         self.health = Health(last_progress=time.monotonic())
@@ -93,25 +94,32 @@ class TopicWorker:
             topic=topic, group=settings.group, router=router, max_bytes=settings.max_event_bytes
         )
         self._attrs = {t.ATTR_STREAM: streams.keys.events, t.ATTR_GROUP: settings.group}
+        applier.on_trouble = self._unhealthy
 
     async def run(self) -> None:
+        """Consume until stopped. Redis failures back off and resume; a group that vanished is
+        handled as a lost group, also when it is noticed while reconnecting."""
         failures = 0
-        while not self.health.stopped:
+        recreate = False
+        while not self.health.stopped and not self._stopping.is_set():
             try:
-                if failures == 0 or not self.health.serving:
-                    await self.streams.ensure_groups()
+                if failures or recreate:
+                    created = await self.streams.ensure_groups()
+                    if created and not recreate:  # vanished while we were reconnecting
+                        raise GroupLost(self.streams.keys.events, self._s.group)
+                    recreate = False
                 await self._consume()
-                return
+                failures = 0
             except GroupLost as lost:
-                await self._on_group_lost(lost)
+                recreate = self._on_group_lost(lost)
             except (RedisError, OSError, TimeoutError, DatabaseDown) as exc:
                 failures += 1
                 self._unhealthy(f"{type(exc).__name__}: {exc}")
-                if self._stopping.is_set():
-                    return
                 await self._pause(min(self._s.db_backoff_max, 0.1 * 2**failures))
             finally:
                 await self._drop_prefetch()
+        if self.health.stopped:
+            await self._stopping.wait()  # stay up, not serving, until told to stop
 
     async def close(self) -> None:
         """Release the worker's database connections."""
@@ -237,23 +245,9 @@ class TopicWorker:
         self.health.last_progress = time.monotonic()
 
     async def _apply(self, deliveries: list[Delivery]) -> Outcomes:
-        failures = 0
-        while True:
-            try:
-                return await self._applier.apply(deliveries)
-            except DatabaseDown as exc:
-                failures += 1
-                self._unhealthy(f"database unavailable: {exc}")
-                log.warning(
-                    "batch not applied, retrying it: topic=%s group=%s events=%d error=%s",
-                    self.topic,
-                    self._s.group,
-                    len(deliveries),
-                    describe(str(exc)),
-                )
-                await self._pause(min(self._s.db_backoff_max, 0.1 * 2**failures))
-                if self._stopping.is_set():
-                    raise
+        # Database failures are retried per lane inside the applier (which reports them through
+        # `_unhealthy`); DatabaseDown reaches here only when a stop cut those retries short.
+        return await self._applier.apply(deliveries)
 
     async def _settle(self, outcomes: Outcomes) -> list[Entry]:
         for d, error in outcomes.failed:
@@ -281,6 +275,13 @@ class TopicWorker:
             if isinstance(error, Retry) and error.delay is not None
             else backoff(entry.attempt, self._s.retry_backoff, self._s.retry_backoff_max)
         )
+        # Touch it now: Redis counts its idle time from the delivery, and the schedule's
+        # min-idle arithmetic needs to start from a moment Redis agrees on.
+        idle_ms = max(int((time.monotonic() - entry.delivered_at - _TOUCH_MARGIN) * 1000), 0)
+        if entry.entry_id not in await self.streams.touch(entry.stream, [entry.entry_id], idle_ms):
+            log.info("failed entry taken over by another member meanwhile: entry=%s",
+                     entry.entry_id)  # fmt: skip
+            return
         now = time.monotonic()
         self._schedule.add(
             Waiting(
@@ -350,9 +351,10 @@ class TopicWorker:
             idle_ms = max(int((now - w.touched - _TOUCH_MARGIN) * 1000), 0)
             entry = await self.streams.claim(w.stream, w.entry_id, idle_ms)
             if entry is None:
-                log.info(
-                    "retry no longer ours (reclaimed elsewhere or deleted): entry=%s", w.entry_id
-                )
+                if await self.streams.exists(w.stream, w.entry_id):
+                    log.info("retry taken over by another member: entry=%s", w.entry_id)
+                else:
+                    self._deleted([w.entry_id], w.stream)
                 continue
             entry.attempt, entry.first_failed = w.attempt + 1, w.first_failed
             entries.append(entry)
@@ -362,7 +364,11 @@ class TopicWorker:
         entries: list[Entry] = []
         idle_ms = int(self._s.claim_idle * 1000)
         for stream in (self.streams.keys.events, self.streams.retry):
-            claimed, deleted = await self.streams.autoclaim(stream, idle_ms, self._s.batch_size)
+            # Redis looks at no more than 10 x COUNT pending entries per call: keep the cursor,
+            # or entries behind a long front of busy ones would never be reached.
+            claimed, deleted, self._cursors[stream] = await self.streams.autoclaim(
+                stream, idle_ms, self._s.batch_size, self._cursors.get(stream, "0-0")
+            )
             if deleted:
                 self._deleted(deleted, stream)
             mine = [e for e in claimed if (e.stream, e.entry_id) not in self._schedule]
@@ -378,15 +384,23 @@ class TopicWorker:
         return entries
 
     async def _touch_waiting(self) -> None:
+        """Reset the idle time of waiting entries before anyone may reclaim them: one call per
+        set of entries last touched together, with a min-idle that refuses entries another
+        member took over since."""
         now = time.monotonic()
-        stale = self._schedule.stale(now, self._s.claim_idle / 3)
+        together: dict[tuple[str, float], list[Waiting]] = {}
+        for w in self._schedule.stale(now, self._s.claim_idle / 3):
+            together.setdefault((w.stream, w.touched), []).append(w)
         gone: set[tuple[str, str]] = set()
-        for w in stale:
-            idle_ms = max(int((now - w.touched - _TOUCH_MARGIN) * 1000), 0)
-            if w.entry_id in await self.streams.touch(w.stream, [w.entry_id], idle_ms):
-                w.touched = now
-            else:
-                gone.add((w.stream, w.entry_id))
+        for (stream, touched), waiting in together.items():
+            idle_ms = max(int((now - touched - _TOUCH_MARGIN) * 1000), 0)
+            ours = await self.streams.touch(stream, [w.entry_id for w in waiting], idle_ms)
+            stamp = time.monotonic()
+            for w in waiting:
+                if w.entry_id in ours:
+                    w.touched = stamp
+                else:
+                    gone.add((w.stream, w.entry_id))
         self._schedule.drop(gone)
 
     def _deleted(self, ids: list[str], stream: str) -> None:
@@ -399,7 +413,8 @@ class TopicWorker:
             ",".join(ids[:20]),
         )
 
-    async def _on_group_lost(self, lost: GroupLost) -> None:
+    def _on_group_lost(self, lost: GroupLost) -> bool:
+        """Count and report a lost group; True when it is to be recreated at 0."""
         self._m.groups_lost.add(1, self._attrs)
         self._schedule.clear()  # the pending entries went with the group
         self._unhealthy(str(lost))
@@ -409,8 +424,7 @@ class TopicWorker:
                 "is delivered again (exactly-once groups skip what they applied)",
                 lost,
             )
-            await self.streams.ensure_groups()
-            return
+            return True
         self.health.stopped = True
         log.error(
             "CONSUMER GROUP LOST: %s; this at-least-once group stops here, as recreating it "
@@ -418,6 +432,7 @@ class TopicWorker:
             "that",
             lost,
         )
+        return False
 
     def _unhealthy(self, reason: str) -> None:
         if self.health.serving or self.health.reason != reason:

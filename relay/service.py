@@ -107,10 +107,16 @@ class Relay:
             forwarder.wake()
 
     async def _monitor(self) -> None:
+        rounds = 0
         while not self._stopping.is_set():
-            await self._check_listener()
-            await self._check_redis()
-            await self._measure_backlog()
+            try:
+                await self._check_listener()
+                await self._check_redis()
+                if rounds % 5 == 0:
+                    await self._measure_backlog()
+                rounds += 1
+            except Exception:  # a bug here must not end monitoring for good
+                log.exception("relay monitor round failed; trying again next interval")
             await self._pause(self.settings.monitor_interval)
 
     async def _check_listener(self) -> None:
@@ -138,7 +144,7 @@ class Relay:
         self.metrics.redis_resets.add(1)
         if not report.missing_streams:
             log.warning(
-                "redis restarted (run id %s -> %s); every stream this relay wrote is still there",
+                "redis restarted (run id %s -> %s); every stream this relay wrote kept its entries",
                 report.old_run_id,
                 report.new_run_id,
             )

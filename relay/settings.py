@@ -41,8 +41,8 @@ class RelaySettings:
     backoff_initial: float = 0.1
     """First wait, in seconds, after a failed batch; doubles up to `backoff_max`, with jitter."""
     backoff_max: float = 10.0
-    monitor_interval: float = 5.0
-    """Seconds between Redis reset checks and backlog measurements."""
+    monitor_interval: float = 1.0
+    """Seconds between Redis reset checks; the backlog is measured every fifth round."""
 
     def __post_init__(self) -> None:
         if not self.schemas:

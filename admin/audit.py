@@ -1,0 +1,185 @@
+"""The audit log of admin actions and denials, in the catalog's `conveyor.audit` table.
+
+Mutating calls record their row with `record(..., conn=conn)` inside the transaction that makes
+the change, so the change and its audit row commit or roll back together; a failure to write the
+row fails the call.
+
+Denials (bad credentials, missing scope) go through `record_denial`, which never fails or stalls
+the RPC it describes: database errors are logged and swallowed, and a write gives up after
+`DENIAL_WRITE_TIMEOUT` seconds. Denials are rate-limited per source (the peer address without its
+port, so reconnecting does not reset the count): at most `denial_limit` rows per source per
+`denial_window` seconds. Further denials in the window are counted, not written; the first denial
+from that source after the window has passed writes one summary row first (action
+`denials_suppressed`, reason "N more denials suppressed", detail `suppressed` = N), then its own.
+A source that never comes back has its count logged instead (on eviction or `close()`), not written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from conveyor.database import AUDIT_TABLE, CATALOG_SCHEMA
+
+log = logging.getLogger(__name__)
+
+DENIAL_WRITE_TIMEOUT = 2.0
+"""Seconds a denial's audit write may take before it is abandoned (and logged)."""
+SUPPRESSED_ACTION = "denials_suppressed"
+"""Action of the summary row written for denials over the rate limit."""
+MAX_SOURCES = 10_000
+"""Sources tracked at once; past it, sources whose window has ended are forgotten first."""
+
+_INSERT = f"""
+    INSERT INTO {CATALOG_SCHEMA}.{AUDIT_TABLE}
+        (principal, action, target_ids, reason, outcome, detail)
+    VALUES ($1, $2, $3::text[], $4, $5, $6::text::jsonb)
+"""
+# `$6::text::jsonb`: the detail goes over as JSON text, whatever jsonb codec the pool has set.
+
+
+@dataclass(slots=True)
+class _Window:
+    """Denials seen from one source in its current window."""
+
+    started: float
+    written: int = 0
+    suppressed: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+    """Principal, action and detail of the last suppressed denial, for the summary row."""
+
+
+class AuditLog:
+    """Writes audit rows to the catalog through `pool` (or the caller's connection)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        denial_limit: int = 10,
+        denial_window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if denial_limit < 1:
+            raise ValueError(f"denial_limit must be >= 1, got {denial_limit!r}")
+        if not denial_window > 0:
+            raise ValueError(f"denial_window must be > 0 seconds, got {denial_window!r}")
+        self._pool = pool
+        self._limit = denial_limit
+        self._window = denial_window
+        self._clock = clock
+        self._sources: dict[str, _Window] = {}
+
+    async def record(
+        self,
+        *,
+        principal: str,
+        action: str,
+        target_ids: Sequence[str] = (),
+        reason: str | None = None,
+        outcome: str,
+        detail: Mapping[str, Any] | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> None:
+        """Insert one audit row; through `conn` (and its open transaction) when given.
+
+        Errors propagate: an action that cannot be audited must not happen.
+        """
+        text = json.dumps(dict(detail or {}))
+        args = (principal, action, list(target_ids), reason, outcome, text)
+        if conn is not None:
+            await conn.execute(_INSERT, *args)
+        else:
+            await self._pool.execute(_INSERT, *args)
+
+    async def record_denial(
+        self,
+        *,
+        source: str,
+        principal: str,
+        action: str,
+        outcome: str,
+        reason: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Audit a denied call from `source` unless over its rate limit; True if a row was written.
+
+        Never raises for database trouble and never waits longer than `DENIAL_WRITE_TIMEOUT`.
+        """
+        row_detail = {"source": source, **(detail or {})}
+        now = self._clock()
+        window = self._sources.get(source)
+        summary: _Window | None = None
+        if window is None or now - window.started >= self._window:
+            if window is not None and window.suppressed:
+                summary = window
+            window = self._open_window(source, now)
+        if window.written >= self._limit:
+            if not window.suppressed:
+                log.warning("audit: suppressing further denials source=%s window=%ss",
+                            source, self._window)  # fmt: skip
+            window.suppressed += 1
+            window.last = {"principal": principal, "action": action, "detail": row_detail}
+            return False
+        window.written += 1
+        try:
+            async with asyncio.timeout(DENIAL_WRITE_TIMEOUT):
+                if summary is not None:
+                    await self._record_summary(source, summary)
+                await self.record(principal=principal, action=action, reason=reason,
+                                  outcome=outcome, detail=row_detail)  # fmt: skip
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.error("audit: could not record denial source=%s principal=%s action=%s: %r",
+                      source, principal, action, exc)  # fmt: skip
+            return False
+        except Exception:  # the denial is answered whatever its audit write ran into
+            log.exception("audit: could not record denial source=%s principal=%s action=%s",
+                          source, principal, action)  # fmt: skip
+            return False
+        return True
+
+    def close(self) -> None:
+        """Log the counts of denials still suppressed, which no later denial will summarise now."""
+        for source, window in self._sources.items():
+            _log_unwritten(source, window)
+        self._sources.clear()
+
+    def _open_window(self, source: str, now: float) -> _Window:
+        if source not in self._sources and len(self._sources) >= MAX_SOURCES:
+            self._evict(now)
+        # Re-inserted, not updated in place, so the dict stays ordered by window start.
+        self._sources.pop(source, None)
+        window = _Window(started=now)
+        self._sources[source] = window
+        return window
+
+    def _evict(self, now: float) -> None:
+        """Forget ended windows; if every window is live (a flood from many sources), the oldest."""
+        ended = [s for s, w in self._sources.items() if now - w.started >= self._window]
+        victims = ended or list(self._sources)[: max(1, len(self._sources) // 10)]
+        for source in victims:
+            _log_unwritten(source, self._sources.pop(source))
+
+    async def _record_summary(self, source: str, window: _Window) -> None:
+        last = window.last
+        await self.record(
+            principal=str(last["principal"]),
+            action=SUPPRESSED_ACTION,
+            reason=f"{window.suppressed} more denials suppressed",
+            outcome="suppressed",
+            detail={**last["detail"], "source": source, "suppressed": window.suppressed,
+                    "window_seconds": self._window, "last_action": last["action"]},
+        )  # fmt: skip
+
+
+def _log_unwritten(source: str, window: _Window) -> None:
+    if window.suppressed:
+        log.warning("audit: %d denials suppressed and not written source=%s",
+                    window.suppressed, source)  # fmt: skip

@@ -1,0 +1,554 @@
+"""The ops plane's catalog queries, dead-letter report and event trace, on real PG and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from admin import catalog, migrations, reports
+from admin.catalog import DeadLetterQuery
+from admin.errors import InvalidInput
+from conveyor import wire
+
+KEY = b"k" * 32
+NOW = datetime(2030, 1, 1, 10, 30, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def catalog_url(services: tuple[str, str]) -> str:
+    """The database URL with the catalog migrated (once per module; it is shared anyway)."""
+    migrations.upgrade_catalog(services[0])
+    return services[0]
+
+
+@pytest.fixture
+async def pool(catalog_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(catalog_url, min_size=1, max_size=4) as p:
+        yield p
+
+
+@pytest.fixture
+async def topic(pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """A topic of this test alone; its dead letters and audit rows are deleted afterwards."""
+    name = f"cat-{uuid.uuid4().hex[:12]}"
+    yield name
+    await pool.execute("DELETE FROM conveyor.dead_letters WHERE topic = $1", name)
+    await pool.execute("DELETE FROM conveyor.audit WHERE principal = $1", name)
+
+
+# Entry ids unique to this run, so audit rows of other runs never name them.
+_MS = 1_700_000_000_000 + uuid.uuid4().int % 10**11
+_SEQ = iter(range(1, 10**9))
+
+
+async def add(pool: asyncpg.Pool, topic: str, **values: Any) -> dict[str, Any]:
+    """Insert one dead letter of `topic` (defaults below, overridden by `values`); return it."""
+    row: dict[str, Any] = {
+        "topic": topic,
+        "dlq_stream": f"test:{{{topic}}}:dlq",
+        "dlq_entry_id": f"{_MS}-{next(_SEQ)}",
+        "source_stream": f"test:{{{topic}}}:events",
+        "source_entry_id": "1699999999999-0",
+        "consumer_group": "g",
+        "consumer_name": "c1",
+        "event_id": uuid.uuid4(),
+        "event_type": "conveyor.test.v1.Thing",
+        "reason": "max_attempts",
+        "error_class": "RuntimeError",
+        "error_message": "boom",
+        "attempts": 3,
+        "created_at": NOW,
+        "state": "open",
+    } | values
+    columns = ", ".join(row)
+    params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+    row["id"] = await pool.fetchval(
+        f"INSERT INTO conveyor.dead_letters ({columns}) VALUES ({params}) RETURNING id",
+        *row.values(),
+    )
+    return row
+
+
+async def ids(pool: asyncpg.Pool, query: DeadLetterQuery, page_size: int = 1000) -> list[int]:
+    records, token = await catalog.list_dead_letters(
+        pool, query, page_size=page_size, page_token=None, token_key=KEY
+    )
+    assert token is None
+    return [r.id for r in records]
+
+
+# --- listing ---------------------------------------------------------------------------------
+
+
+async def test_each_filter_selects_its_rows(pool: asyncpg.Pool, topic: str) -> None:
+    base = await add(pool, topic)
+    typed = await add(pool, topic, event_type="conveyor.test.v1.Other")
+    rejected = await add(pool, topic, reason="rejected")
+    grouped = await add(pool, topic, consumer_group="billing")
+    erred = await add(pool, topic, error_message="Connection REFUSED by db")
+    old = await add(pool, topic, created_at=NOW - timedelta(days=2))
+    resolved = await add(pool, topic, state="resolved")
+    everything = [r["id"] for r in (resolved, old, erred, grouped, rejected, typed, base)]
+
+    assert await ids(pool, DeadLetterQuery(topic=topic)) == everything, "newest first"
+    q = DeadLetterQuery(topic=topic, event_type="conveyor.test.v1.Other")
+    assert await ids(pool, q) == [typed["id"]]
+    assert await ids(pool, DeadLetterQuery(topic=topic, reason="rejected")) == [rejected["id"]]
+    assert await ids(pool, DeadLetterQuery(topic=topic, group="billing")) == [grouped["id"]]
+    q = DeadLetterQuery(topic=topic, error_contains="connection refused")
+    assert await ids(pool, q) == [erred["id"]], "case-insensitive"
+    q = DeadLetterQuery(topic=topic, until=NOW - timedelta(days=1))
+    assert await ids(pool, q) == [old["id"]]
+    q = DeadLetterQuery(topic=topic, since=NOW - timedelta(days=1))
+    assert old["id"] not in await ids(pool, q)
+    assert await ids(pool, DeadLetterQuery(topic=topic, state="resolved")) == [resolved["id"]]
+    q = DeadLetterQuery(topic=topic, group="billing", reason="rejected")
+    assert await ids(pool, q) == [], "filters combine with AND"
+    assert await ids(pool, DeadLetterQuery(topic=f"{topic}-none")) == []
+
+
+async def test_paging_walks_every_row_exactly_once(pool: asyncpg.Pool, topic: str) -> None:
+    inserted = [(await add(pool, topic))["id"] for _ in range(23)]
+    query = DeadLetterQuery(topic=topic)
+    seen: list[int] = []
+    token: str | None = None
+    pages = 0
+    while True:
+        page, token = await catalog.list_dead_letters(
+            pool, query, page_size=5, page_token=token, token_key=KEY
+        )
+        pages += 1
+        seen += [r.id for r in page]
+        if token is None:
+            break
+        # A row added while paging is newer than every page, so it never shows up twice.
+        await add(pool, topic)
+    assert pages == 5
+    assert seen == sorted(inserted, reverse=True)
+
+
+async def test_page_size_bounds(pool: asyncpg.Pool, topic: str) -> None:
+    await pool.executemany(
+        "INSERT INTO conveyor.dead_letters (topic, dlq_stream, dlq_entry_id, source_stream, "
+        "source_entry_id, consumer_group, reason) VALUES ($1, $2, $3, 's', '1-0', 'g', 'rejected')",
+        [(topic, f"test:{{{topic}}}:dlq", f"1-{i}") for i in range(60)],
+    )
+    query = DeadLetterQuery(topic=topic)
+    for bad in (-1, 1001):
+        with pytest.raises(InvalidInput) as err:
+            await catalog.list_dead_letters(
+                pool, query, page_size=bad, page_token=None, token_key=KEY
+            )
+        assert err.value.field == "page_size"
+    page, token = await catalog.list_dead_letters(
+        pool, query, page_size=0, page_token=None, token_key=KEY
+    )
+    assert len(page) == 50 and token is not None
+    page, token = await catalog.list_dead_letters(
+        pool, query, page_size=0, page_token=token, token_key=KEY
+    )
+    assert len(page) == 10 and token is None
+
+
+async def test_bad_page_tokens_are_invalid_input(pool: asyncpg.Pool, topic: str) -> None:
+    for _ in range(3):
+        await add(pool, topic)
+    query = DeadLetterQuery(topic=topic)
+    _, token = await catalog.list_dead_letters(
+        pool, query, page_size=1, page_token=None, token_key=KEY
+    )
+    assert token is not None
+    body, mac = token.split(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    forged_body = (
+        base64.urlsafe_b64encode(json.dumps(payload | {"after": 10**12}).encode())
+        .rstrip(b"=")
+        .decode()
+    )
+    other_key = catalog.encode_page_token(b"x" * 32, query, payload["after"])
+    other_query = catalog.encode_page_token(KEY, DeadLetterQuery(topic=topic, state="open"), 99)
+    bad_tokens = [
+        "garbage",
+        "%%%.***",
+        token[:-3],
+        token[: len(token) // 2],
+        f"{forged_body}.{mac}",
+        other_key,
+        other_query,
+        token + "A",
+        "A" * 10_000,
+        "\x00." + mac,
+    ]
+    for bad in bad_tokens:
+        with pytest.raises(InvalidInput) as err:
+            await catalog.list_dead_letters(pool, query, page_size=1, page_token=bad, token_key=KEY)
+        assert err.value.field == "page_token", bad
+    page, _ = await catalog.list_dead_letters(
+        pool, query, page_size=1, page_token=token, token_key=KEY
+    )
+    assert len(page) == 1, "the genuine token still works"
+
+
+async def test_filter_text_is_literal(pool: asyncpg.Pool, topic: str) -> None:
+    messages = {
+        "sql": "input ' OR 1=1 -- was refused",
+        "percent": "disk 100% full",
+        "underscore": "no such key a_b",
+        "backslash": "path C:\\temp missing",
+        "plain": "axb and 100 percent, C:temp",
+    }
+    rows = {k: (await add(pool, topic, error_message=m))["id"] for k, m in messages.items()}
+    await add(pool, topic, error_message=None)
+    for text, expected in [
+        ("' OR 1=1 --", ["sql"]),
+        ("%", ["percent"]),
+        ("_", ["underscore"]),
+        ("a_b", ["underscore"]),
+        ("\\", ["backslash"]),
+        ("C:\\temp", ["backslash"]),
+        ("100%", ["percent"]),
+        ("'", ["sql"]),
+    ]:
+        found = await ids(pool, DeadLetterQuery(topic=topic, error_contains=text))
+        assert found == [rows[k] for k in expected], text
+    assert len(await ids(pool, DeadLetterQuery(topic=topic, error_contains=""))) == 6
+
+
+def test_query_is_checked_on_construction() -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"since": NOW, "until": NOW - timedelta(seconds=1)}, "since"),
+        ({"since": datetime(2030, 1, 1)}, "since"),  # no time zone
+        ({"reason": "bogus"}, "reason"),
+        ({"state": "closed"}, "state"),
+        ({"topic": "Bad Topic"}, "topic"),
+        ({"topic": "{x}"}, "topic"),
+        ({"group": "g*"}, "group"),
+        ({"group": "a b"}, "group"),
+        ({"group": ""}, "group"),
+        ({"event_type": "x" * 513}, "event_type"),
+        ({"error_contains": "a\x00b"}, "error_contains"),
+    ]
+    for kwargs, field in cases:
+        with pytest.raises(InvalidInput) as err:
+            DeadLetterQuery(**kwargs)
+        assert err.value.field == field, kwargs
+    DeadLetterQuery(since=NOW, until=NOW)  # empty, but not inverted
+
+
+def test_parse_entry_id() -> None:
+    assert catalog.parse_entry_id("1700000000000-0") == "1700000000000-0"
+    assert catalog.parse_entry_id("0-0") == "0-0"
+    assert catalog.parse_entry_id("007-01") == "7-1"
+    top = f"{2**64 - 1}-{2**64 - 1}"
+    assert catalog.parse_entry_id(top) == top
+    for bad in [
+        "abc",
+        "1-",
+        "-1-0",
+        "1" * 10_000,
+        "1-2-3",
+        " 1-0",
+        "1-0\n",
+        "1 -0",
+        "",
+        "1",
+        "+1-0",
+        f"{2**64}-0",
+        "0-" + "0" * 21,
+        "\u0661-\u0660",  # Arabic-Indic digits
+        "*",
+        "$",
+    ]:
+        with pytest.raises(InvalidInput) as err:
+            catalog.parse_entry_id(bad)
+        assert err.value.field == "entry_id"
+        assert len(err.value.message) < 200, "a long value is not echoed in full"
+
+
+# --- single rows, resolve, state -----------------------------------------------------------
+
+
+async def test_get_dead_letter_and_dead_letters(pool: asyncpg.Pool, topic: str) -> None:
+    a = await add(pool, topic, error_message="first")
+    b = await add(pool, topic)
+    record = await catalog.get_dead_letter(pool, topic, a["dlq_entry_id"])
+    assert record is not None
+    assert (record.id, record.entry_id, record.error_message) == (
+        a["id"],
+        a["dlq_entry_id"],
+        "first",
+    )
+    assert record.event_id == str(a["event_id"]) and record.state == "open"
+    assert await catalog.get_dead_letter(pool, topic, "1-999999") is None
+    assert await catalog.get_dead_letter(pool, f"{topic}-x", a["dlq_entry_id"]) is None
+    many = await catalog.get_dead_letters(
+        pool, topic, [b["dlq_entry_id"], "1-1", a["dlq_entry_id"]]
+    )
+    assert [r.id for r in many] == [a["id"], b["id"]]
+    with pytest.raises(InvalidInput) as err:
+        await catalog.get_dead_letter(pool, topic, "1-")
+    assert err.value.field == "entry_id"
+
+
+async def test_resolve_changes_only_unresolved_rows(pool: asyncpg.Pool, topic: str) -> None:
+    open_ = await add(pool, topic)
+    reprocessed = await add(pool, topic, state="reprocessed")
+    done = await add(pool, topic, state="resolved", resolution="known issue", resolved_by="alice")
+    entries = [r["dlq_entry_id"] for r in (open_, reprocessed, done)]
+    for reason in ("", "   \n"):
+        with pytest.raises(InvalidInput) as err:
+            async with pool.acquire() as conn:
+                await catalog.resolve(conn, topic, entries, reason=reason, principal=topic)
+        assert err.value.field == "reason"
+    async with pool.acquire() as conn, conn.transaction():
+        changed = await catalog.resolve(conn, topic, entries, reason="fixed", principal=topic)
+        await conn.execute(
+            "INSERT INTO conveyor.audit (principal, action, target_ids, reason, outcome) "
+            "VALUES ($1, 'resolve', $2, 'fixed', 'ok')",
+            topic,
+            entries,
+        )
+    assert changed == 2
+    after = {r.id: r for r in await catalog.get_dead_letters(pool, topic, entries)}
+    assert {r.state for r in after.values()} == {"resolved"}
+    assert (after[open_["id"]].resolution, after[open_["id"]].resolved_by) == ("fixed", topic)
+    assert after[open_["id"]].updated_at > datetime.now(UTC) - timedelta(minutes=1)
+    assert (after[done["id"]].resolution, after[done["id"]].resolved_by) == ("known issue", "alice")
+    async with pool.acquire() as conn:
+        assert await catalog.resolve(conn, topic, entries, reason="again", principal=topic) == 0
+    (audit,) = await catalog.audit_for(pool, [open_["dlq_entry_id"], "nobody"])
+    assert (audit.principal, audit.action, audit.reason, audit.outcome) == (
+        topic,
+        "resolve",
+        "fixed",
+        "ok",
+    )
+    assert audit.target_ids == tuple(entries)
+    assert await catalog.audit_for(pool, [f"{topic}-none"]) == []
+
+
+async def test_set_state_is_compare_and_set(pool: asyncpg.Pool, topic: str) -> None:
+    a, b = await add(pool, topic), await add(pool, topic)
+    done = await add(pool, topic, state="resolved")
+    all_ids = [a["id"], b["id"], done["id"]]
+    async with pool.acquire() as conn:
+        moved = await catalog.set_state(conn, all_ids, "reprocessing", expect=["open"])
+        assert moved == [a["id"], b["id"]]
+        assert await catalog.set_state(conn, all_ids, "reprocessing", expect=["open"]) == []
+        moved = await catalog.set_state(conn, [a["id"]], "reprocessed", expect=["reprocessing"])
+        assert moved == [a["id"]]
+        assert await catalog.set_state(conn, [], "open", expect=["open"]) == []
+        for state, expect, field in [("gone", ["open"], "state"), ("open", ["x"], "expect")]:
+            with pytest.raises(InvalidInput) as err:
+                await catalog.set_state(conn, all_ids, state, expect=expect)
+            assert err.value.field == field
+    states = {r.id: r.state for r in await records(pool, topic)}
+    assert states == {a["id"]: "reprocessed", b["id"]: "reprocessing", done["id"]: "resolved"}
+
+
+async def records(pool: asyncpg.Pool, topic: str) -> list[catalog.DeadLetterRecord]:
+    records, _ = await catalog.list_dead_letters(
+        pool, DeadLetterQuery(topic=topic), page_size=1000, page_token=None, token_key=KEY
+    )
+    return records
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def ago(minutes: int) -> datetime:
+    return NOW - timedelta(minutes=minutes)
+
+
+REPORT_ROWS: list[dict[str, Any]] = [
+    {"created_at": ago(5), "error_message": f"user {uuid.uuid4()} not found"},
+    {"created_at": ago(20), "error_message": f"user {uuid.uuid4()} not found"},
+    {"created_at": ago(80), "error_message": f"user {uuid.uuid4()} not found"},
+    {
+        "created_at": ago(90),
+        "error_message": "timeout after 1500 ms on 'db-1'",
+        "consumer_group": "billing",
+        "reason": "rejected",
+    },
+    {
+        "created_at": ago(200),
+        "error_message": 'timeout after 30 ms on "db-2"',
+        "consumer_group": "billing",
+        "event_type": "conveyor.test.v1.Other",
+    },
+    {
+        "created_at": ago(299),
+        "error_class": "ValueError",
+        "error_message": "checksum deadbeef42 mismatch",
+    },
+    {"created_at": ago(301), "error_message": "outside the window"},
+    {"created_at": NOW + timedelta(minutes=1), "error_message": "after now"},
+]
+"""Six dead letters in the five hours up to NOW, one just before and one just after."""
+
+
+async def test_report_counts_and_fingerprints(pool: asyncpg.Pool, topic: str) -> None:
+    for values in REPORT_ROWS:
+        await add(pool, topic, **values)
+    report = await reports.dead_letter_report(pool, topic, 5, now=NOW, processed=60)
+    assert report.total == 6
+    assert (report.window_start, report.window_end) == (NOW - timedelta(hours=5), NOW)
+    assert [(c.key, c.count) for c in report.by_group] == [("g", 4), ("billing", 2)]
+    assert [(c.key, c.count) for c in report.by_reason] == [("max_attempts", 5), ("rejected", 1)]
+    assert [(c.key, c.count) for c in report.by_event_type] == [
+        ("conveyor.test.v1.Thing", 5),
+        ("conveyor.test.v1.Other", 1),
+    ]
+    prints = [(f.error_class, f.message, f.count) for f in report.fingerprints]
+    assert prints == [
+        ("RuntimeError", "user <uuid> not found", 3),
+        ("RuntimeError", "timeout after <n> ms on <str>", 2),
+        ("ValueError", "checksum <hex> mismatch", 1),
+    ]
+    first = report.fingerprints[0]
+    assert (first.first_seen, first.last_seen) == (ago(80), ago(5))
+    assert report.success_rate == pytest.approx(0.9)
+
+
+async def test_report_histogram_is_zero_filled(pool: asyncpg.Pool, topic: str) -> None:
+    for values in REPORT_ROWS:
+        await add(pool, topic, **values)
+    report = await reports.dead_letter_report(pool, topic, 5, now=NOW)
+    assert [(h.hour, h.count) for h in report.histogram] == [
+        (datetime(2030, 1, 1, 6, tzinfo=UTC), 1),  # 05:31: the window's partial first hour
+        (datetime(2030, 1, 1, 7, tzinfo=UTC), 1),
+        (datetime(2030, 1, 1, 8, tzinfo=UTC), 0),
+        (datetime(2030, 1, 1, 9, tzinfo=UTC), 2),
+        (datetime(2030, 1, 1, 10, tzinfo=UTC), 2),
+    ]
+    assert report.success_rate is None, "no processed count given"
+    quiet = await reports.dead_letter_report(pool, topic, 720, now=NOW - timedelta(days=60))
+    assert quiet.total == 0 and quiet.fingerprints == () and quiet.by_group == ()
+    assert len(quiet.histogram) == 720 and {h.count for h in quiet.histogram} == {0}
+    for bad in (0, 721, -1):
+        with pytest.raises(InvalidInput) as err:
+            await reports.dead_letter_report(pool, topic, bad, now=NOW)
+        assert err.value.field == "hours"
+
+
+# --- trace -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Traced:
+    """An event with a trace everywhere: outbox, topic stream, two ledger rows, a dead letter."""
+
+    event_id: uuid.UUID
+    schema: str
+    outbox_id: int
+    stream: str
+    entry_id: str
+    dead_letter: dict[str, Any]
+
+
+@pytest.fixture
+async def traced(
+    pool: asyncpg.Pool,
+    topic: str,
+    database_url: str,
+    schema: str,
+    key_prefix: str,
+    redis_client: aioredis.Redis,
+) -> Traced:
+    # Alembic runs its own event loop, so in a worker thread.
+    await asyncio.to_thread(migrations.upgrade, database_url, schema)
+    event_id = uuid.uuid4()
+    outbox_id = await pool.fetchval(
+        f"INSERT INTO {schema}.outbox (event_id, topic, event_type, aggregate_type, aggregate_id, "
+        "payload, published_at) VALUES ($1, $2, 'conveyor.test.v1.Thing', 'thing', 'a1', 'x', "
+        "now()) RETURNING id",
+        event_id,
+        topic,
+    )
+    stream = wire.Keys(topic, key_prefix).events
+    await redis_client.xadd(stream, {wire.F_EVENT_ID: str(uuid.uuid4()), wire.F_EVENT: b"x"})
+    entry = await redis_client.xadd(stream, {wire.F_EVENT_ID: str(event_id), wire.F_EVENT: b"x"})
+    await redis_client.xadd(stream, {b"other": b"1"})
+    entry_id = entry.decode() if isinstance(entry, bytes) else entry
+    await pool.executemany(
+        f"INSERT INTO {schema}.event_ledger (consumer_group, event_id, event_type, stream, "
+        "entry_id, processing_result) VALUES ($1, $2, 'conveyor.test.v1.Thing', $3, $4, $5)",
+        [(g, event_id, stream, entry_id, r) for g, r in (("g1", "success"), ("g2", "failure"))],
+    )
+    dead = await add(pool, topic, event_id=event_id, consumer_group="g2")
+    await add(pool, topic)  # another event's
+    await pool.execute(
+        "INSERT INTO conveyor.audit (principal, action, target_ids, outcome) "
+        "VALUES ($1, 'reprocess', $2, 'ok')",
+        topic,
+        [dead["dlq_entry_id"]],
+    )
+    return Traced(event_id, schema, outbox_id, stream, entry_id, dead)
+
+
+async def test_trace_event_finds_every_trace_of_an_event(
+    pool: asyncpg.Pool, traced: Traced, key_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    trace = await reports.trace_event(
+        pool,
+        redis_client,
+        str(traced.event_id),
+        schemas=[traced.schema, "t_no_such_schema"],
+        key_prefix=key_prefix,
+    )
+    assert trace.outbox is not None
+    assert (trace.outbox.schema, trace.outbox.id) == (traced.schema, traced.outbox_id)
+    assert trace.stream_entries == (reports.StreamRecord(traced.stream, traced.entry_id),)
+    assert [(r.group, r.result, r.entry_id) for r in trace.ledger] == [
+        ("g1", "success", traced.entry_id),
+        ("g2", "failure", traced.entry_id),
+    ]
+    assert [d.id for d in trace.dead_letters] == [traced.dead_letter["id"]]
+    assert [a.action for a in trace.actions] == ["reprocess"]
+    assert trace.unreachable == (
+        "schema t_no_such_schema: no outbox table",
+        "schema t_no_such_schema: no event_ledger table",
+    )
+
+
+async def test_trace_event_without_redis_reports_it_unreachable(
+    pool: asyncpg.Pool, traced: Traced, key_prefix: str
+) -> None:
+    down = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        trace = await reports.trace_event(
+            pool, down, str(traced.event_id), schemas=[traced.schema], key_prefix=key_prefix
+        )
+    finally:
+        await down.aclose()
+    assert trace.outbox is not None and len(trace.dead_letters) == 1 and len(trace.ledger) == 2
+    assert trace.stream_entries == ()
+    assert len(trace.unreachable) == 1 and trace.unreachable[0].startswith("redis: ")
+
+
+async def test_trace_event_of_unknown_or_malformed_id(
+    pool: asyncpg.Pool, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    trace = await reports.trace_event(
+        pool, redis_client, str(uuid.uuid4()), schemas=[], key_prefix=key_prefix
+    )
+    assert trace.outbox is None and trace.dead_letters == () and trace.unreachable == ()
+    for bad in ("abc", "", "1" * 10_000, "' OR 1=1 --"):
+        with pytest.raises(InvalidInput) as err:
+            await reports.trace_event(pool, redis_client, bad, schemas=[], key_prefix=key_prefix)
+        assert err.value.field == "event_id"
+    with pytest.raises(InvalidInput) as err:
+        await reports.trace_event(
+            pool, redis_client, str(uuid.uuid4()), schemas=["x; DROP"], key_prefix=key_prefix
+        )
+    assert err.value.field == "schemas"
