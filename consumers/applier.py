@@ -214,14 +214,17 @@ class Applier:
                     return await self._isolated(conn, part, failed)
                 except _Failed as again:  # savepoints contain failures: this is the database
                     raise DatabaseDown(str(again.error)) from again.error
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            # Any database failure outside a handler (lost connection, deadlock, statement
-            # cancelled, failover to a read-only node): the part committed nothing; retry it on
-            # a fresh connection.
-            await self._drop(lane, conn)
-            raise DatabaseDown(f"{type(exc).__name__}: {exc}") from exc
         except DatabaseDown:
             await self._drop(lane, conn)
+            raise
+        except Exception as exc:
+            # Any failure outside a handler (lost connection, deadlock, statement cancelled,
+            # failover to a read-only node, a connection left mid-protocol): the part committed
+            # nothing; retry it on a fresh connection.
+            await self._drop(lane, conn)
+            raise DatabaseDown(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            await self._drop(lane, conn)  # cancelled mid-query: never reuse that connection
             raise
 
     async def _connection(self, lane: int) -> asyncpg.Connection:
@@ -235,15 +238,21 @@ class Applier:
         return conn
 
     async def _drop(self, lane: int, conn: asyncpg.Connection | None) -> None:
+        """Forget the lane's connection after a failure: closed at once (its protocol state is
+        unknown) and handed back, so the pool opens a fresh one."""
         self._lanes[lane] = None
         if conn is not None:
             with suppress(Exception):  # already released by the pool, or broken: either way gone
+                conn.terminate()
                 await self._pool.release(conn, timeout=5)
 
     async def close(self) -> None:
         """Give the lanes' connections back to the pool."""
-        for lane, conn in enumerate(self._lanes):
-            await self._drop(lane, conn)
+        lanes, self._lanes = self._lanes, [None] * self._partitions
+        for conn in lanes:
+            if conn is not None:
+                with suppress(Exception):
+                    await self._pool.release(conn, timeout=5)
 
     async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
         async with _transaction(conn, part):

@@ -102,3 +102,25 @@ async def test_postgres_restart_under_a_running_relay(redis_url: str) -> None:
             await r.delete(f"{prefix}:{{identity}}:events")
             await r.aclose()
     assert set(published) == set(before + after)
+
+
+async def test_redis_loss_is_reported_while_events_keep_flowing(
+    pg: asyncpg.Connection, database_url: str, migrated_schema: str
+) -> None:
+    s = migrated_schema
+    with RedisServer() as server:
+        settings = {"database_url": database_url, "redis_url": server.url, "schemas": (s,),
+                    "key_prefix": "flowing", "poll_interval": 0.05, **FAST_RETRY}  # fmt: skip
+        async with running_relay(**settings) as relay:
+            await fill(pg, s, 500)
+            await wait_until(lambda: drained(pg, s), what="published")
+            await asyncio.sleep(0.6)  # the monitor has counted the stream's entries
+            server.restart()  # nothing on disk
+            await fill(pg, s, 50)  # traffic recreates the stream before the next check
+
+            async def reported() -> bool:
+                return relay.redis_reset is not None
+
+            await wait_until(reported, timeout=15, what="the loss to be reported")
+    assert relay.redis_reset is not None
+    assert "flowing:{identity}:events" in relay.redis_reset
