@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,8 +13,13 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from admin.catalog import AuditEntry, DeadLetterRecord
+from admin.reports import CountByKey, DeadLetterReport, EventTrace
 from admin.status import Snapshot
+from conveyor import wire
 from conveyor.v1 import admin_pb2
+
+__all__ = ["UTC"]
 
 _STATES = {
     "SERVING": admin_pb2.COMPONENT_STATE_SERVING,
@@ -97,3 +102,77 @@ def _metric(metric: Any) -> admin_pb2.Metric:
 
 def _attrs(attributes: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in (attributes or {}).items()}
+
+
+def state_name(state: int) -> str:
+    """Catalog name of a DeadLetterState value, e.g. DEAD_LETTER_STATE_OPEN -> open."""
+    return str(admin_pb2.DeadLetterState.Name(state)).removeprefix("DEAD_LETTER_STATE_").lower()
+
+
+def _state_value(name: str) -> int:
+    return int(admin_pb2.DeadLetterState.Value("DEAD_LETTER_STATE_" + name.upper()))
+
+
+def dead_letter(r: DeadLetterRecord) -> admin_pb2.DeadLetter:
+    return admin_pb2.DeadLetter(
+        id=r.id, topic=r.topic, entry_id=r.entry_id, source_stream=r.source_stream,
+        source_entry_id=r.source_entry_id, group=r.group, consumer=r.consumer or "",
+        event_id=r.event_id or "", event_type=r.event_type or "",
+        reason=wire.reason_value(r.reason),  # type: ignore[arg-type]  # enum ints are valid
+        error_class=r.error_class or "",
+        error_message=r.error_message or "", attempts=r.attempts,
+        first_failed_time=timestamp(r.first_failed_at),
+        last_failed_time=timestamp(r.last_failed_at), create_time=timestamp(r.created_at),
+        state=_state_value(r.state),  # type: ignore[arg-type]  # enum ints are valid
+        resolution=r.resolution or "", resolved_by=r.resolved_by or "",
+    )  # fmt: skip
+
+
+def audit_record(a: AuditEntry) -> admin_pb2.AuditRecord:
+    return admin_pb2.AuditRecord(
+        time=timestamp(a.at), principal=a.principal, action=a.action,
+        target_ids=list(a.target_ids), reason=a.reason or "", outcome=a.outcome,
+    )  # fmt: skip
+
+
+def _counts(items: tuple[CountByKey, ...]) -> list[admin_pb2.CountByKey]:
+    return [admin_pb2.CountByKey(key=c.key, count=c.count) for c in items]
+
+
+def report_response(r: DeadLetterReport) -> admin_pb2.GetDeadLetterReportResponse:
+    return admin_pb2.GetDeadLetterReportResponse(
+        total=r.total, by_event_type=_counts(r.by_event_type), by_reason=_counts(r.by_reason),
+        by_group=_counts(r.by_group),
+        fingerprints=[
+            admin_pb2.ErrorFingerprint(error_class=f.error_class, message=f.message,
+                                       count=f.count, first_seen_time=timestamp(f.first_seen),
+                                       last_seen_time=timestamp(f.last_seen))
+            for f in r.fingerprints
+        ],
+        histogram=[admin_pb2.HourCount(hour_time=timestamp(h.hour), count=h.count)
+                   for h in r.histogram],
+        success_rate=r.success_rate if r.success_rate is not None else 0.0,
+        window_start_time=timestamp(r.window_start), window_end_time=timestamp(r.window_end),
+    )  # fmt: skip
+
+
+def trace_response(t: EventTrace) -> admin_pb2.TraceEventResponse:
+    out = admin_pb2.TraceEventResponse(unreachable=list(t.unreachable))
+    if t.outbox is not None:
+        o = t.outbox
+        out.outbox.CopyFrom(admin_pb2.OutboxRecord(
+            schema=o.schema, id=o.id, topic=o.topic, event_type=o.event_type,
+            aggregate_type=o.aggregate_type, aggregate_id=o.aggregate_id,
+            create_time=timestamp(o.created_at), publish_time=timestamp(o.published_at),
+        ))  # fmt: skip
+    out.stream_entries.extend(admin_pb2.StreamRecord(stream=s.stream, entry_id=s.entry_id)
+                              for s in t.stream_entries)  # fmt: skip
+    out.ledger.extend(
+        admin_pb2.LedgerRecord(schema=x.schema, group=x.group, result=x.result,
+                               process_time=timestamp(x.processed_at), stream=x.stream,
+                               entry_id=x.entry_id)
+        for x in t.ledger
+    )  # fmt: skip
+    out.dead_letters.extend(dead_letter(d) for d in t.dead_letters)
+    out.actions.extend(audit_record(a) for a in t.actions)
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class AdminError(Exception):
     """Base of every error the admin package raises on purpose.
@@ -59,3 +61,22 @@ class SchemaNotReady(AdminError):
         self.head = head
         self.command = command
         """The command that brings the schema to head; None when the revision is unknown here."""
+
+
+class NotFound(AdminError):
+    """What the caller named does not exist (a dead letter, an event)."""
+
+    def __init__(self, message: str, *, kind: str, ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.kind = kind
+        """What was looked for, e.g. `dead letter`."""
+        self.ids = tuple(ids)
+
+
+class FailedPrecondition(AdminError):
+    """The request is well-formed but the state does not allow it (e.g. reprocess a resolved
+    dead letter); nothing was changed."""
+
+    def __init__(self, message: str, *, ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.ids = tuple(ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -61,3 +62,40 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+
+
+GrpcAddr = Annotated[
+    str | None,
+    typer.Option(
+        "--grpc-addr",
+        envvar="CONVEYOR_GRPC_ADDR",
+        help="host:port for health and AdminService (port 0 picks one). Default: relay "
+        "127.0.0.1:50051, consumer 127.0.0.1:50052.",
+    ),
+]
+Reflection = Annotated[
+    bool, typer.Option(envvar="CONVEYOR_GRPC_REFLECTION", help="Serve gRPC server reflection.")
+]
+TokensFile = Annotated[
+    Path | None,
+    typer.Option(envvar="CONVEYOR_TOKENS_FILE", help="AdminService tokens (reloaded on SIGHUP)."),
+]
+AllowUnauthenticated = Annotated[
+    bool,
+    typer.Option(
+        envvar="CONVEYOR_ALLOW_UNAUTHENTICATED",
+        help="AdminService without credentials, everyone with write scope (local demos only).",
+    ),
+]
+TlsCert = Annotated[Path | None, typer.Option(envvar="CONVEYOR_TLS_CERT", help="Server cert.")]
+TlsKey = Annotated[Path | None, typer.Option(envvar="CONVEYOR_TLS_KEY", help="Server key.")]
+TlsClientCa = Annotated[
+    Path | None, typer.Option(envvar="CONVEYOR_TLS_CLIENT_CA", help="Require client certs (mTLS).")
+]
+StallTimeout = Annotated[
+    str,
+    typer.Option(
+        envvar="CONVEYOR_STALL_TIMEOUT",
+        help="Work waiting and none done this long: NOT_SERVING.",
+    ),
+]

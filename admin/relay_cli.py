@@ -7,14 +7,15 @@ import json
 import logging
 import signal
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import typer
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from admin import migrations, observability
+from admin import migrations, observability, runtime
 from admin.durations import parse_duration, parse_since
 from admin.errors import AdminError
 from admin.options import (
@@ -22,14 +23,23 @@ from admin.options import (
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
     EXIT_USAGE,
+    AllowUnauthenticated,
     DatabaseUrl,
+    GrpcAddr,
     KeyPrefix,
     LogLevel,
     RedisUrl,
+    Reflection,
+    StallTimeout,
+    TlsCert,
+    TlsClientCa,
+    TlsKey,
+    TokensFile,
     fail,
     redact,
     setup_logging,
 )
+from admin.probes import RelayProbe
 from admin.process import tune_for_throughput
 from conveyor import database, redis_client, wire
 from relay import Relay, RelaySettings
@@ -77,12 +87,29 @@ def run(
         ),
     ] = "24h",
     log_level: LogLevel = "info",
+    grpc_addr: GrpcAddr = None,
+    reflection: Reflection = True,
+    tokens_file: TokensFile = None,
+    allow_unauthenticated: AllowUnauthenticated = False,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_client_ca: TlsClientCa = None,
+    stall_timeout: StallTimeout = "60s",
 ) -> None:
-    """Run the relay: drain each schema's outbox into its topic streams until SIGTERM."""
+    """Run the relay: drain each schema's outbox into its topic streams until SIGTERM.
+
+    Serves grpc.health.v1.Health and conveyor.v1.AdminService on --grpc-addr meanwhile.
+    """
     if ctx.invoked_subcommand is not None:
         return
     setup_logging(log_level)
     try:
+        ops = runtime.ops_settings(
+            grpc_addr=grpc_addr or "127.0.0.1:50051", reflection=reflection,
+            tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            stall_timeout=parse_duration(stall_timeout),
+        )  # fmt: skip
         settings = RelaySettings(
             database_url=database_url,
             redis_url=redis_url,
@@ -101,16 +128,33 @@ def run(
             asyncio.run(migrations.ensure_at_head(database_url, name))
         except AdminError as exc:
             fail(exc.message)
-    observability.configure("conveyor-relay")
+    reader = InMemoryMetricReader()
+    observability.configure("conveyor-relay", readers=[reader])
     tune_for_throughput()
-    asyncio.run(_serve(settings))
+    asyncio.run(_serve(settings, ops, reader))
 
 
-async def _serve(settings: RelaySettings) -> None:
+async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any) -> None:
     loop = asyncio.get_running_loop()
     async with Relay(settings) as relay:
+        plane = runtime.OpsPlane(
+            ops, pool=relay.pool, redis=relay.redis, key_prefix=settings.key_prefix,
+            database_url=settings.database_url, probe=RelayProbe(relay, ops.stall_timeout),
+            schemas=lambda: runtime.registry_schemas(relay.pool, settings.schemas),
+            metrics=reader,
+        )  # fmt: skip
+        try:
+            await plane.start()
+        except (OSError, RuntimeError) as exc:
+            fail(f"cannot serve gRPC on {ops.server.grpc_addr}: {exc}")
+
+        def stop() -> None:
+            # Unready first, so load balancers and probes see it before the pipeline stops.
+            plane.begin_shutdown()
+            relay.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, relay.stop)
+            loop.add_signal_handler(sig, stop)
         log.info(
             "relay started: schemas=%s database=%s redis=%s batch_size=%d concurrency=%d",
             ",".join(settings.schemas),
@@ -119,7 +163,10 @@ async def _serve(settings: RelaySettings) -> None:
             settings.batch_size,
             settings.concurrency,
         )
-        await relay.run()
+        try:
+            await relay.run()
+        finally:
+            await plane.close()
         published = sum(f.published for f in relay.forwarders.values())
         log.info("relay stopped after the batches in flight: published=%d", published)
 
