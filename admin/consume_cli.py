@@ -8,11 +8,12 @@ import logging
 import os
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from admin import migrations, observability
+from admin import migrations, observability, runtime
 from admin.durations import parse_duration
 from admin.errors import AdminError
 from admin.options import (
@@ -20,14 +21,23 @@ from admin.options import (
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
     EXIT_USAGE,
+    AllowUnauthenticated,
     DatabaseUrl,
+    GrpcAddr,
     KeyPrefix,
     LogLevel,
     RedisUrl,
+    Reflection,
+    StallTimeout,
+    TlsCert,
+    TlsClientCa,
+    TlsKey,
+    TokensFile,
     fail,
     redact,
     setup_logging,
 )
+from admin.probes import ConsumerProbe
 from admin.process import tune_for_throughput
 from consumers import Consumer, ConsumerSettings, Router
 from consumers.settings import default_consumer_name
@@ -137,10 +147,27 @@ def consume(
         ),
     ] = "1h",
     log_level: LogLevel = "info",
+    grpc_addr: GrpcAddr = None,
+    reflection: Reflection = True,
+    tokens_file: TokensFile = None,
+    allow_unauthenticated: AllowUnauthenticated = False,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_client_ca: TlsClientCa = None,
+    stall_timeout: StallTimeout = "60s",
 ) -> None:
-    """Consume topics as a member of a group, running the router's handlers until SIGTERM."""
+    """Consume topics as a member of a group, running the router's handlers until SIGTERM.
+
+    Serves grpc.health.v1.Health and conveyor.v1.AdminService on --grpc-addr meanwhile.
+    """
     setup_logging(log_level)
     try:
+        ops = runtime.ops_settings(
+            grpc_addr=grpc_addr or "127.0.0.1:50052", reflection=reflection,
+            tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            stall_timeout=parse_duration(stall_timeout),
+        )  # fmt: skip
         handlers = load_router(router)
         settings = ConsumerSettings(
             group=group,
@@ -168,9 +195,10 @@ def consume(
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     _require_schemas(settings)
-    observability.configure(f"conveyor-consumer-{settings.group}")
+    reader = InMemoryMetricReader()
+    observability.configure(f"conveyor-consumer-{settings.group}", readers=[reader])
     tune_for_throughput()
-    asyncio.run(_serve(handlers, settings))
+    asyncio.run(_serve(handlers, settings, ops, reader))
 
 
 def _require_schemas(settings: ConsumerSettings) -> None:
@@ -183,17 +211,37 @@ def _require_schemas(settings: ConsumerSettings) -> None:
         fail(exc.message)
 
 
-async def _serve(router: Router, settings: ConsumerSettings) -> None:
+async def _serve(
+    router: Router, settings: ConsumerSettings, ops: runtime.OpsSettings, reader: Any
+) -> None:
     loop = asyncio.get_running_loop()
     async with Consumer(router, settings) as consumer:
+        own = [settings.ledger_schema] if settings.exactly_once else []
+        plane = runtime.OpsPlane(
+            ops, pool=consumer.pool, redis=consumer.redis, key_prefix=settings.key_prefix,
+            database_url=settings.database_url, probe=ConsumerProbe(consumer, ops.stall_timeout),
+            schemas=lambda: runtime.registry_schemas(consumer.pool, own), metrics=reader,
+        )  # fmt: skip
+        try:
+            await plane.start()
+        except (OSError, RuntimeError) as exc:
+            fail(f"cannot serve gRPC on {ops.server.grpc_addr}: {exc}")
+
+        def stop() -> None:
+            plane.begin_shutdown()  # unready first, then stop reading
+            consumer.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, consumer.stop)
+            loop.add_signal_handler(sig, stop)
         log.info(
             "consumer started: group=%s consumer=%s topics=%s mode=%s ledger_schema=%s "
             "database=%s redis=%s",
             settings.group, settings.consumer, ",".join(settings.topics), settings.mode,
             settings.ledger_schema, redact(settings.database_url), redact(settings.redis_url),
         )  # fmt: skip
-        await consumer.run()
+        try:
+            await consumer.run()
+        finally:
+            await plane.close()
         log.info("consumer stopped after the batch in flight: group=%s consumer=%s",
                  settings.group, settings.consumer)  # fmt: skip

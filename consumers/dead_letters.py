@@ -151,6 +151,17 @@ class DeadLetterCatalog:
         if rows:
             await self._pool.executemany(_INSERT, rows)
 
+    async def mark_reprocessed(self, dlq_stream: str, entry_ids: Sequence[str]) -> None:
+        """Dead letters whose re-delivery was applied (or found applied) leave `reprocessing`."""
+        if entry_ids:
+            await self._pool.execute(
+                f"UPDATE {database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE} "
+                "SET state = 'reprocessed', updated_at = now() WHERE dlq_stream = $1 "
+                "AND dlq_entry_id = ANY($2::text[]) AND state = 'reprocessing'",
+                dlq_stream,
+                list(entry_ids),
+            )
+
     async def reconcile(self, client: Any, keys: wire.Keys, *, window_ms: int = 600_000) -> int:
         """Record every dead letter of the topic's stream newer than the last recorded one minus
         `window_ms` (covering records lost to a crash between the stream write and the insert);

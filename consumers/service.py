@@ -63,9 +63,10 @@ class Consumer:
         warning = retention_warning(s)
         if warning:
             log.warning("%s", warning)
-        # Lanes of every topic, plus the trim lock and a transaction beside it, plus headroom.
+        # Lanes of every topic, the trim lock and a transaction beside it, the heartbeat, and
+        # the ops plane's status, catalog and audit queries.
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 4
+            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 8
         )
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = DeadLetterCatalog(self._pool)
@@ -103,6 +104,17 @@ class Consumer:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The consumer's PostgreSQL pool (after `start()`)."""
+        assert self._pool is not None, "start() the consumer first"
+        return self._pool
+
+    @property
+    def redis(self) -> Any:
+        """The consumer's Redis client (after `start()`)."""
+        return self._redis
 
     async def run(self) -> None:
         side = [

@@ -24,6 +24,7 @@ from consumers.settings import ConsumerSettings
 from consumers.signals import Reject, Retry
 from consumers.streams import TopicStreams
 from conveyor import telemetry as t
+from conveyor import wire
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ start as soon as the previous batch's same lanes are done."""
 
 class DeadLetterSink(Protocol):
     async def record(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
+
+    async def mark_reprocessed(self, dlq_stream: str, entry_ids: Sequence[str]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -238,7 +241,21 @@ class TopicWorker:
             settled += await self._settle(outcomes)
         if settled:
             await self.streams.ack(settled)
+            await self._reprocessed(settled)
         self._progressed()
+
+    async def _reprocessed(self, settled: list[Entry]) -> None:
+        """Settled entries of the retry stream that re-delivered a dead letter: record it."""
+        ids = [
+            e.fields[wire.RT_DEAD_LETTER].decode()
+            for e in settled
+            if e.stream == self.streams.retry and wire.RT_DEAD_LETTER in e.fields
+        ]
+        if ids:
+            try:
+                await self._catalog.mark_reprocessed(self.streams.keys.dlq, ids)
+            except Exception as exc:  # noqa: BLE001 - the catalog is informative here
+                log.warning("cannot mark dead letters reprocessed: ids=%s error=%r", ids, exc)
 
     def _progressed(self) -> None:
         self.health.serving, self.health.reason = True, ""

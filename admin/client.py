@@ -1,0 +1,282 @@
+"""The gRPC client of the `conveyor` CLI: connection options, calls, and status -> exit code.
+
+Exit codes of every command that talks to a relay or consumer process:
+
+    0  ok
+    1  server unreachable, UNAVAILABLE, DEADLINE_EXCEEDED, or any other server error
+    2  bad input: a flag or argument (checked before any call), or INVALID_ARGUMENT from the server
+    3  NOT_FOUND: no such dead letter, event or health service
+    4  NOT_SERVING (`conveyor health` only)
+    5  UNAUTHENTICATED or PERMISSION_DENIED: no, unknown or expired token; read scope for a write
+    6  FAILED_PRECONDITION: the server refused the call in the current state
+
+A failed call prints one line on stderr: `conveyor: error: <status code name>: <server message>`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import grpc
+import typer
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2_grpc
+
+from admin.auth import TOKEN_ENV, bearer_metadata, token_from_env_or_file
+from admin.errors import InvalidInput
+from admin.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
+from conveyor.v1 import admin_pb2_grpc
+
+EXIT_NOT_FOUND = 3
+"""NOT_FOUND: the dead letter, event or health service does not exist."""
+EXIT_NOT_SERVING = 4
+"""`conveyor health`: the service answered NOT_SERVING (as grpc_health_probe exits)."""
+EXIT_DENIED = 5
+"""UNAUTHENTICATED or PERMISSION_DENIED."""
+EXIT_PRECONDITION = 6
+"""FAILED_PRECONDITION."""
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 server unreachable, UNAVAILABLE, DEADLINE_EXCEEDED or other server "
+    "error; 2 bad input (also INVALID_ARGUMENT); 3 NOT_FOUND; 4 NOT_SERVING (health only); "
+    "5 UNAUTHENTICATED or PERMISSION_DENIED; 6 FAILED_PRECONDITION."
+)
+"""The `--help` epilog of every client command."""
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_PANEL = "Connection"
+
+_EXIT_CODES: dict[Any, int] = {
+    grpc.StatusCode.OK: EXIT_OK,
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_DENIED,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION: EXIT_PRECONDITION,
+}
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+Target = Annotated[
+    str,
+    typer.Option(
+        "--target", envvar="CONVEYOR_TARGET", rich_help_panel=_PANEL,
+        help="host:port of any relay or consumer process's gRPC server.",
+    ),
+]  # fmt: skip
+TokenFile = Annotated[
+    str | None,
+    typer.Option(
+        "--token-file", envvar="CONVEYOR_ADMIN_TOKEN_FILE", rich_help_panel=_PANEL,
+        help=f"File holding the bearer token. Default: ${TOKEN_ENV}.",
+    ),
+]  # fmt: skip
+TlsCa = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-ca", envvar="CONVEYOR_ADMIN_TLS_CA", rich_help_panel=_PANEL,
+        help="PEM of the CA that signed the server's certificate; connects over TLS.",
+    ),
+]  # fmt: skip
+TlsCert = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-cert", envvar="CONVEYOR_ADMIN_TLS_CERT", rich_help_panel=_PANEL,
+        help="Client certificate (PEM) for mTLS; needs --tls-key.",
+    ),
+]  # fmt: skip
+TlsKey = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-key", envvar="CONVEYOR_ADMIN_TLS_KEY", rich_help_panel=_PANEL,
+        help="Private key (PEM) of --tls-cert.",
+    ),
+]  # fmt: skip
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", envvar="CONVEYOR_ADMIN_TIMEOUT", rich_help_panel=_PANEL,
+        help="Seconds a call may take (streams: seconds without progress).",
+    ),
+]  # fmt: skip
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print the server's answer as JSON (proto field names).")
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where and how to call: validated connection options."""
+
+    target: str
+    token: str | None
+    timeout: float
+    root_certificates: bytes | None = None
+    client_key: bytes | None = None
+    client_cert: bytes | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Whether to use TLS: a CA or a client certificate was given."""
+        return self.root_certificates is not None or self.client_cert is not None
+
+
+def connection(
+    target: str,
+    token_file: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    timeout: float,
+) -> Connection:
+    """The Connection the options describe; exits 2 naming the option that is wrong."""
+    if not target.strip():
+        fail("--target must be host:port, e.g. 127.0.0.1:50051", EXIT_USAGE)
+    if not 0 < timeout < float("inf"):
+        fail(f"--timeout must be a positive number of seconds, got {timeout}", EXIT_USAGE)
+    if (tls_cert is None) != (tls_key is None):
+        fail("mTLS needs both --tls-cert and --tls-key", EXIT_USAGE)
+    try:
+        token = token_from_env_or_file(token_file)
+    except InvalidInput as exc:
+        fail(exc.message, EXIT_USAGE)
+    return Connection(
+        target=target.strip(),
+        token=token,
+        timeout=timeout,
+        root_certificates=_read_pem("--tls-ca", tls_ca),
+        client_key=_read_pem("--tls-key", tls_key),
+        client_cert=_read_pem("--tls-cert", tls_cert),
+    )
+
+
+def _read_pem(flag: str, path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {flag} {path!r}: {exc.strerror or exc}", EXIT_USAGE)
+    if b"-----BEGIN" not in data:
+        fail(f"{flag} {path!r} is not a PEM file", EXIT_USAGE)
+    return data
+
+
+def exit_code(code: Any) -> int:
+    """The exit code for a grpc.StatusCode (see this module's docstring)."""
+    return _EXIT_CODES.get(code, EXIT_FAILURE)
+
+
+class Client:
+    """One channel to a server with its AdminService and Health stubs; `with` closes it.
+
+    Calls that fail print the one-line error and exit with the mapped code (typer.Exit).
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        if conn.secure:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=conn.root_certificates,
+                private_key=conn.client_key,
+                certificate_chain=conn.client_cert,
+            )
+            self._channel = grpc.secure_channel(conn.target, credentials)
+        else:
+            self._channel = grpc.insecure_channel(conn.target)
+        # Generated grpc stubs carry no annotations.
+        self.admin: Any = admin_pb2_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.health: Any = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._channel.close()
+
+    def call(self, method: Callable[..., Any], request: Message, *, auth: bool = True) -> Any:
+        """The response of a unary call, within `--timeout`."""
+        try:
+            return method(request, timeout=self.conn.timeout, metadata=self._metadata(auth))
+        except grpc.RpcError as exc:
+            self.fail(exc)
+
+    def stream(
+        self, method: Callable[..., Any], request: Message, *, idle: float | None,
+        auth: bool = True,
+    ) -> Iterator[Any]:  # fmt: skip
+        """The responses of a server-streaming call; cancelled after `idle` s without one."""
+        call = method(request, metadata=self._metadata(auth))
+        stalled = threading.Event()
+
+        def expire() -> None:
+            stalled.set()
+            call.cancel()
+
+        try:
+            while True:
+                timer = threading.Timer(idle, expire) if idle is not None else None
+                if timer is not None:
+                    timer.daemon = True
+                    timer.start()
+                try:
+                    response = next(call)
+                except StopIteration:
+                    return
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                yield response
+        except grpc.RpcError as exc:
+            if stalled.is_set():
+                fail(f"DEADLINE_EXCEEDED: no answer from {self.conn.target} in {idle:g} s")
+            self.fail(exc)
+        finally:
+            call.cancel()  # no-op once finished; stops the server's work on an early exit
+
+    def fail(self, exc: Any) -> NoReturn:
+        """Print `exc` (a grpc.RpcError) as the one-line error and exit with its code."""
+        code = exc.code()
+        message = " ".join(str(exc.details() or "").split()) or "(no message)"
+        if code in _UNREACHABLE:
+            message += f" (target {self.conn.target})"
+        elif code == grpc.StatusCode.UNAUTHENTICATED and self.conn.token is None:
+            message += f"; no token was sent: set ${TOKEN_ENV} or use --token-file"
+        name = code.name if code is not None else "UNKNOWN"
+        fail(f"{name}: {message}", exit_code(code))
+
+    def _metadata(self, auth: bool) -> tuple[tuple[str, str], ...]:
+        if auth and self.conn.token is not None:
+            return bearer_metadata(self.conn.token)
+        return ()
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """`message` as a JSON-ready dict: proto field names, every field present."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def print_json(data: Any) -> None:
+    """Write `data` as indented JSON to stdout (a message is converted with `to_dict`)."""
+    if isinstance(data, Message):
+        data = to_dict(data)
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def iso(ts: Timestamp, *, millis: bool = False) -> str:
+    """A timestamp in UTC ISO 8601 (`2026-11-29T05:00:00Z`); "" when unset."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return ""
+    moment = ts.ToDatetime(tzinfo=UTC)
+    text = moment.isoformat(timespec="milliseconds" if millis else "seconds")
+    return text.replace("+00:00", "Z")

@@ -1,0 +1,460 @@
+"""Reprocessing dead letters: each re-sent once, through the retry stream of the group that failed it.
+
+Per dead letter, in order: one that is not `open` is skipped; one whose exactly-once group's ledger
+already records the event as applied is resolved as a duplicate and not sent; any other is moved
+`open` -> `reprocessing`, appended to `conveyor:{topic}:retry:<group>` and audited, the catalog
+change and the audit row in one transaction around the XADD. The compare-and-set on the state is
+what makes a double click, two concurrent calls or a retried call requeue each entry at most once.
+
+Each entry's writes run shielded from cancellation: a cancelled call (an RPC deadline) stops
+between entries, so every entry is either requeued once and recorded, or untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from typing import Any, Final, TypeVar
+
+import asyncpg
+
+from admin import catalog
+from admin.audit import AuditLog
+from admin.catalog import DeadLetterQuery, DeadLetterRecord
+from admin.errors import FailedPrecondition, InvalidInput
+from conveyor import database, redis_client, wire
+
+log = logging.getLogger(__name__)
+
+REQUESTS_TABLE: Final = f"{database.CATALOG_SCHEMA}.reprocess_requests"
+"""Reprocess requests by idempotency key (catalog revision catalog_0002)."""
+MAX_KEY_CHARS: Final = 256
+ACTION: Final = "reprocess"
+"""Audit action of every row this module writes."""
+
+_DEAD_LETTERS: Final = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE}"
+_CONSUMERS: Final = f"{database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE}"
+_APPLIED: Final = ["success", "skipped"]
+"""Ledger results that count as applied (guarantee 3)."""
+_DL_PREFIX: Final = b"dl."
+_LOCK_CLASS: Final = "conveyor.reprocess"
+_SHOWN_IDS: Final = 20
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a reprocess call has got; the last one reported has `finished` set."""
+
+    done: int = 0
+    """Dead letters looked at so far."""
+    total: int = 0
+    requeued: int = 0
+    """Sent to their group's retry stream (in a dry run: would be)."""
+    duplicates: int = 0
+    """Already applied by their exactly-once group: resolved as duplicates, not sent."""
+    skipped: int = 0
+    """Not open (resolved, reprocessing, reprocessed, or taken by a concurrent call), of another
+    deployment's streams, or gone from the dead-letter stream."""
+    finished: bool = False
+
+
+class _Action(Enum):
+    REQUEUE = "requeued"
+    DUPLICATE = "duplicate"
+    SKIP = "skipped"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    action: _Action
+    retry_fields: dict[bytes, bytes] | None = None
+
+
+async def group_ledgers(pool: asyncpg.Pool) -> dict[str, str | None]:
+    """Each registered consumer group's ledger schema, None for at-least-once groups.
+
+    A group whose members disagree (a mode change rolling out) counts as exactly-once, with the
+    ledger of its most recently seen exactly-once member. Groups with no running consumer are
+    absent (consumers unregister on a clean stop).
+    """
+    rows = await pool.fetch(
+        f"SELECT DISTINCT ON (consumer_group) consumer_group, ledger_schema FROM {_CONSUMERS} "
+        "ORDER BY consumer_group, ledger_schema IS NULL, heartbeat_at DESC"
+    )
+    return {r["consumer_group"]: r["ledger_schema"] for r in rows}
+
+
+def check_reprocessable(records: Sequence[DeadLetterRecord]) -> None:
+    """Raise FailedPrecondition naming the entry ids already resolved (asked for by id, they
+    cannot be reprocessed); entries reprocessing or reprocessed are merely skipped later."""
+    resolved = [r.entry_id for r in records if r.state == "resolved"]
+    if resolved:
+        more = f" and {len(resolved) - _SHOWN_IDS} more" if len(resolved) > _SHOWN_IDS else ""
+        raise FailedPrecondition(
+            f"dead letters already resolved cannot be reprocessed: "
+            f"{', '.join(resolved[:_SHOWN_IDS])}{more}",
+            ids=resolved,
+        )
+
+
+def request_fingerprint(topic: str, entry_ids: Sequence[str], query: DeadLetterQuery | None) -> str:
+    """A digest of what a reprocess request selects, to tell a repeated request from another
+    one under the same idempotency key (dry run and rate limit do not change what it selects)."""
+    text = json.dumps(
+        {
+            "topic": topic,
+            "entry_ids": sorted({catalog.parse_entry_id(e) for e in entry_ids}),
+            "filter": None if query is None else query.fingerprint(),
+        },
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def retry_fields(dead_letter: Mapping[bytes, bytes], dead_letter_id: str) -> dict[bytes, bytes]:
+    """The retry-stream entry for a dead letter: the original entry's fields (every `dl.` field
+    dropped) plus RT_DEAD_LETTER naming the dead letter's entry id."""
+    out = {k: v for k, v in dead_letter.items() if not k.startswith(_DL_PREFIX)}
+    out[wire.RT_DEAD_LETTER] = dead_letter_id.encode()
+    return out
+
+
+async def reprocess(
+    pool: asyncpg.Pool,
+    redis: Any,
+    *,
+    topic: str,
+    records: Sequence[DeadLetterRecord],
+    key_prefix: str,
+    principal: str,
+    audit: AuditLog,
+    ledger_schemas: Mapping[str, str | None],
+    dry_run: bool = False,
+    idempotency_key: str | None = None,
+    request_hash: str = "",
+    rate_limit: float = 0.0,
+    on_progress: Callable[[Progress], Awaitable[None]] | None = None,
+) -> Progress:
+    """Reprocess `records` (dead letters of `topic`), in order; return the final Progress.
+
+    `on_progress` gets a Progress after each entry and the final one. `ledger_schemas` maps a
+    consumer group to its ledger schema (None: at-least-once), see `group_ledgers`. With an
+    idempotency key ("" counts as none) a repeated request returns the first one's outcome and
+    requeues nothing; the same key with another `request_hash` or principal is InvalidInput.
+    Calls with the same key wait for each other. A dry run changes nothing and ignores the key.
+    `rate_limit` > 0 caps requeues per second.
+    """
+    _check_inputs(principal, idempotency_key, rate_limit)
+    try:
+        keys = wire.Keys(topic, key_prefix)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="topic", value=topic[:64]) from None
+    async with pool.acquire() as conn:
+        run = _Run(conn, redis, keys, principal, audit, ledger_schemas, idempotency_key)
+        if not idempotency_key or dry_run:
+            final = await run.all(records, dry_run=dry_run, rate=rate_limit, report=on_progress)
+        else:
+            final = await _once(run, idempotency_key, request_hash, records, rate_limit, on_progress)
+    if on_progress is not None:
+        await on_progress(final)
+    return final
+
+
+def _check_inputs(principal: str, key: str | None, rate_limit: float) -> None:
+    if not principal or len(principal) > MAX_KEY_CHARS or "\x00" in principal:
+        raise InvalidInput(
+            f"invalid principal: use 1 to {MAX_KEY_CHARS} characters without NUL",
+            field="principal",
+            value=principal[:64],
+        )
+    if key and (len(key) > MAX_KEY_CHARS or "\x00" in key):
+        raise InvalidInput(
+            f"invalid idempotency key: use 1 to {MAX_KEY_CHARS} characters without NUL",
+            field="idempotency_key",
+            value=key[:64],
+        )
+    if not (math.isfinite(rate_limit) and rate_limit >= 0):
+        raise InvalidInput(
+            f"invalid rate limit {rate_limit!r}: use requeues per second > 0, or 0 for no limit",
+            field="rate_limit",
+            value=str(rate_limit),
+        )
+
+
+async def _once(
+    run: _Run,
+    key: str,
+    hash_: str,
+    records: Sequence[DeadLetterRecord],
+    rate: float,
+    report: Callable[[Progress], Awaitable[None]] | None,
+) -> Progress:
+    """Run the request under its idempotency key: serialized with other calls using the key (a
+    session lock, released also when the connection goes back to the pool or dies), answered
+    from the stored outcome once one call has finished it. A call that crashed or was cancelled
+    stored nothing, so the next call with the key carries on from where it stopped."""
+    conn = run.conn
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1), hashtext($2))", _LOCK_CLASS, key)
+    try:
+        stored = await _claim(conn, key, run.principal, hash_)
+        if stored is not None:
+            return stored
+        final = await run.all(records, dry_run=False, rate=rate, report=report)
+        outcome = json.dumps({k: v for k, v in asdict(final).items() if k != "finished"})
+        await conn.execute(
+            f"UPDATE {REQUESTS_TABLE} SET outcome = $2::text::jsonb, finished_at = now() "
+            "WHERE idempotency_key = $1 AND finished_at IS NULL",
+            key,
+            outcome,
+        )
+        return final
+    finally:
+        await _unlock(conn, key)
+
+
+async def _claim(conn: asyncpg.Connection, key: str, principal: str, hash_: str) -> Progress | None:
+    """Register the request under `key`; the stored outcome if a call with it already finished."""
+    await conn.execute(
+        f"INSERT INTO {REQUESTS_TABLE} (idempotency_key, principal, request_hash) "
+        "VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING",
+        key,
+        principal,
+        hash_,
+    )
+    row = await conn.fetchrow(
+        f"SELECT principal, request_hash, outcome::text AS outcome, finished_at "
+        f"FROM {REQUESTS_TABLE} WHERE idempotency_key = $1",
+        key,
+    )
+    if row["principal"] != principal or row["request_hash"] != hash_:
+        raise InvalidInput(
+            "this idempotency key was used for a different reprocess request; use a new key",
+            field="idempotency_key",
+            value=key[:64],
+        )
+    if row["finished_at"] is None:
+        return None
+    return Progress(**json.loads(row["outcome"]), finished=True)
+
+
+async def _unlock(conn: asyncpg.Connection, key: str) -> None:
+    try:
+        await conn.execute(
+            "SELECT pg_advisory_unlock(hashtext($1), hashtext($2))", _LOCK_CLASS, key
+        )
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        # The pool's reset (or the connection's end) releases the lock anyway.
+        log.warning("reprocess: could not release the idempotency lock: %r", exc)
+
+
+class _Run:
+    """One reprocess call's connection, clients and identity."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        redis: Any,
+        keys: wire.Keys,
+        principal: str,
+        audit: AuditLog,
+        ledgers: Mapping[str, str | None],
+        idempotency_key: str | None,
+    ) -> None:
+        self.conn = conn
+        self.redis = redis
+        self.keys = keys
+        self.principal = principal
+        self.audit = audit
+        self.ledgers = ledgers
+        self.detail: dict[str, Any] = {"topic": keys.topic}
+        if idempotency_key:
+            self.detail["idempotency_key"] = idempotency_key
+
+    async def all(
+        self,
+        records: Sequence[DeadLetterRecord],
+        *,
+        dry_run: bool,
+        rate: float,
+        report: Callable[[Progress], Awaitable[None]] | None,
+    ) -> Progress:
+        progress = Progress(total=len(records))
+        pace = _Pacer(rate)
+        for record in records:
+            # Reads and waits are cancellable; each entry's writes are not (see _shielded).
+            plan = await self.plan(record)
+            action = plan.action
+            if not dry_run and action is _Action.REQUEUE:
+                await pace.wait()
+                action = await _shielded(self.requeue(record, plan.retry_fields or {}))
+            elif not dry_run and action is _Action.DUPLICATE:
+                action = await _shielded(self.resolve_duplicate(record))
+            progress = _counted(progress, action)
+            if report is not None:
+                await report(progress)
+        return replace(progress, finished=True)
+
+    async def plan(self, record: DeadLetterRecord) -> _Plan:
+        """What to do with one dead letter, from reads only."""
+        if record.state != "open":
+            return _Plan(_Action.SKIP)
+        if record.dlq_stream != self.keys.dlq or not _valid_group(record.group):
+            log.warning("reprocess: skipped, not this deployment's dead letter stream=%s entry=%s "
+                        "group=%r", record.dlq_stream, record.entry_id, record.group)  # fmt: skip
+            return _Plan(_Action.SKIP)
+        if await self.applied(record):
+            return _Plan(_Action.DUPLICATE)
+        async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
+            found = await self.redis.xrange(self.keys.dlq, record.entry_id, record.entry_id)
+        if not found:
+            log.warning("reprocess: skipped, gone from the dead-letter stream stream=%s entry=%s",
+                        self.keys.dlq, record.entry_id)  # fmt: skip
+            return _Plan(_Action.SKIP)
+        return _Plan(_Action.REQUEUE, retry_fields(found[0][1], record.entry_id))
+
+    async def applied(self, record: DeadLetterRecord) -> bool:
+        """Whether the group's ledger records the event as applied (exactly-once groups only)."""
+        schema = self.ledgers.get(record.group)
+        event_id = _uuid(record.event_id)
+        if schema is None or event_id is None:
+            return False
+        try:
+            table = f"{database.validate_schema(schema)}.{database.LEDGER_TABLE}"
+            found: bool = await self.conn.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {table} WHERE consumer_group = $1 "
+                "AND event_id = $2 AND processing_result = ANY($3::text[]))",
+                record.group,
+                event_id,
+                _APPLIED,
+            )
+        except (ValueError, asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as exc:
+            # The consumer's own ledger check still applies the event at most once.
+            log.warning("reprocess: ledger unreadable, not checked group=%s schema=%r: %s",
+                        record.group, schema, exc)  # fmt: skip
+            return False
+        return found
+
+    async def requeue(self, record: DeadLetterRecord, fields: dict[bytes, bytes]) -> _Action:
+        """open -> reprocessing, XADD to the group's retry stream and the audit row, together.
+
+        The XADD sits inside the transaction: if it fails, nothing changed. If the commit itself
+        fails the retry entry stays (the commit may have happened); the consumer marks the dead
+        letter reprocessed when it applies the entry, whichever state it is in.
+        """
+        stream = self.keys.retry(record.group)
+        async with self.conn.transaction():
+            moved = await catalog.set_state(self.conn, [record.id], "reprocessing", expect=["open"])
+            if not moved:
+                return _Action.SKIP  # a concurrent call or a resolve got there first
+            async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
+                retry_id = _text(await self.redis.xadd(stream, fields))
+            try:
+                await self.audit.record(
+                    principal=self.principal, action=ACTION, target_ids=[record.entry_id],
+                    outcome=_Action.REQUEUE.value, conn=self.conn,
+                    detail={**self.detail, "group": record.group, "retry_stream": stream,
+                            "retry_entry_id": retry_id, "event_id": record.event_id},
+                )  # fmt: skip
+            except BaseException:
+                await self._withdraw(stream, retry_id)
+                raise
+        log.info("reprocess: requeued stream=%s entry=%s group=%s event_id=%s retry_entry=%s",
+                 self.keys.dlq, record.entry_id, record.group, record.event_id, retry_id)  # fmt: skip
+        return _Action.REQUEUE
+
+    async def resolve_duplicate(self, record: DeadLetterRecord) -> _Action:
+        """Resolve a dead letter its group has applied since, with its audit row."""
+        resolution = f"duplicate: already applied by {record.group}"
+        async with self.conn.transaction():
+            changed = await self.conn.fetchval(
+                f"UPDATE {_DEAD_LETTERS} SET state = 'resolved', resolution = $2, "
+                "resolved_by = $3, updated_at = now() WHERE id = $1 AND state = 'open' "
+                "RETURNING id",
+                record.id,
+                resolution,
+                self.principal,
+            )
+            if changed is None:
+                return _Action.SKIP
+            await self.audit.record(
+                principal=self.principal, action=ACTION, target_ids=[record.entry_id],
+                reason=resolution, outcome=_Action.DUPLICATE.value, conn=self.conn,
+                detail={**self.detail, "group": record.group, "event_id": record.event_id},
+            )  # fmt: skip
+        return _Action.DUPLICATE
+
+    async def _withdraw(self, stream: str, retry_id: str) -> None:
+        """Delete a retry entry whose transaction is rolling back (best effort)."""
+        try:
+            async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
+                await self.redis.xdel(stream, retry_id)
+        except Exception as exc:  # noqa: BLE001 - the original error is the one to report
+            log.error("reprocess: could not withdraw retry entry stream=%s entry=%s: %r",
+                      stream, retry_id, exc)  # fmt: skip
+
+
+class _Pacer:
+    """Spaces calls to `wait` at least 1/rate seconds apart (no wait when rate is 0)."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next: float | None = None
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._next is not None and self._next > now:
+            await asyncio.sleep(self._next - now)
+            now = self._next
+        self._next = now + self._interval
+
+
+async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to its end even if the caller is cancelled meanwhile; the cancellation then
+    goes on once it has finished, so a cancelled call stops between entries, never inside one."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reprocess: entry failed after the call was cancelled: %r", task.exception())
+        raise
+
+
+def _counted(progress: Progress, action: _Action) -> Progress:
+    done = progress.done + 1
+    if action is _Action.REQUEUE:
+        return replace(progress, done=done, requeued=progress.requeued + 1)
+    if action is _Action.DUPLICATE:
+        return replace(progress, done=done, duplicates=progress.duplicates + 1)
+    return replace(progress, done=done, skipped=progress.skipped + 1)
+
+
+def _valid_group(group: str) -> bool:
+    try:
+        wire.validate_name("group", group)
+    except ValueError:
+        return False
+    return True
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

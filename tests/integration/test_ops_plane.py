@@ -1,0 +1,166 @@
+"""Real `conveyor relay` / `conveyor consume` processes serve health and AdminService over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conveyor.v1 import admin_pb2, admin_pb2_grpc
+from tests.integration.conftest import Case
+from tests.processes import start_conveyor, stop, wait_until
+from tests.servers import RedisServer
+
+pytestmark = pytest.mark.slow
+
+READ_TOKEN, WRITE_TOKEN = "read-secret-1", "write-secret-1"
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    lines = [f"reader read {hashlib.sha256(READ_TOKEN.encode()).hexdigest()}",
+             f"writer write {hashlib.sha256(WRITE_TOKEN.encode()).hexdigest()}"]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def port_of(proc: object, out: list[str]) -> int:
+    """Read the chosen port from the process's log (it listens on port 0)."""
+    assert hasattr(proc, "stdout")
+    for line in proc.stdout:  # type: ignore[attr-defined]
+        out.append(line)
+        m = re.search(r"gRPC listening on [\d.]+:(\d+)", line)
+        if m:
+            return int(m.group(1))
+    raise AssertionError("no port in the log:\n" + "".join(out))
+
+
+def check(port: int, service: str) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        try:
+            return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status)
+        except grpc.RpcError as exc:
+            return -1 if exc.code() == grpc.StatusCode.NOT_FOUND else -2
+
+
+SERVING, NOT_SERVING = (
+    health_pb2.HealthCheckResponse.SERVING,
+    health_pb2.HealthCheckResponse.NOT_SERVING,
+)
+
+
+@pytest.fixture
+def relay_with_own_redis(case: Case, tokens_file: Path) -> Iterator[tuple[int, RedisServer, Case]]:
+    with RedisServer() as redis_server:
+        env = case.env | {"CONVEYOR_REDIS_URL": redis_server.url}
+        proc = start_conveyor(["relay", "--grpc-addr", "127.0.0.1:0", "--tokens-file",
+                               str(tokens_file), "--stall-timeout", "2s"], env)  # fmt: skip
+        out: list[str] = []
+        try:
+            yield port_of(proc, out), redis_server, case
+        finally:
+            stop(proc)
+
+
+async def test_health_follows_redis_down_and_back(
+    relay_with_own_redis: tuple[int, RedisServer, Case],
+) -> None:
+    port, redis_server, case = relay_with_own_redis
+    component = f"conveyor.relay.{case.schema}"
+
+    async def status(service: str, want: int) -> bool:
+        return await asyncio.to_thread(check, port, service) == want
+
+    await wait_until(lambda: status("", SERVING), timeout=15, what="ready")
+    assert await asyncio.to_thread(check, port, component) == SERVING
+    assert await asyncio.to_thread(check, port, "no.such.Service") == -1
+    redis_server.stop()
+    await wait_until(lambda: status(component, NOT_SERVING), timeout=15, what="redis down seen")
+    assert await asyncio.to_thread(check, port, "") == NOT_SERVING
+    assert await asyncio.to_thread(check, port, "conveyor.liveness") == SERVING, "alive, unready"
+    redis_server.start()
+    await wait_until(lambda: status(component, SERVING), timeout=20, what="back to serving")
+
+
+def admin(
+    port: int, token: str | None
+) -> tuple[grpc.Channel, admin_pb2_grpc.AdminServiceStub, list[tuple[str, str]]]:
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    return ch, admin_pb2_grpc.AdminServiceStub(ch), metadata  # type: ignore[no-untyped-call]
+
+
+def code_of(call: object, request: object, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    try:
+        result = call(request, metadata=metadata, timeout=5)  # type: ignore[operator]
+        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
+            list(result)
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+async def test_every_admin_rpc_is_implemented_and_bad_input_gets_its_code(
+    relay_with_own_redis: tuple[int, RedisServer, Case],
+) -> None:
+    port, _redis, _case = relay_with_own_redis
+    ch, stub, md = admin(port, READ_TOKEN)
+    _, _, write_md = admin(port, WRITE_TOKEN)
+    service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+    with ch:
+        for method in service.methods:
+            request = getattr(admin_pb2, method.input_type.name)()
+            code = await asyncio.to_thread(code_of, getattr(stub, method.name), request, write_md)
+            assert code != grpc.StatusCode.UNIMPLEMENTED, method.name
+        bad = [
+            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="1-"), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="-1-0"), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="x" * 10_000), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="id{x}", entry_id="1-0"), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="1-0"), grpc.StatusCode.NOT_FOUND),
+            (stub.ListDeadLetters, admin_pb2.ListDeadLettersRequest(page_size=-1), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.ListDeadLetters, admin_pb2.ListDeadLettersRequest(page_size=100_000), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.ListDeadLetters, admin_pb2.ListDeadLettersRequest(page_token="forged.token"), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.GetDeadLetterReport, admin_pb2.GetDeadLetterReportRequest(topic="identity", hours=100_000), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.TraceEvent, admin_pb2.TraceEventRequest(event_id="not-a-uuid"), grpc.StatusCode.INVALID_ARGUMENT),
+        ]  # fmt: skip
+        for call, request, want in bad:
+            assert await asyncio.to_thread(code_of, call, request, md) == want, request
+        inverted = admin_pb2.ListDeadLettersRequest()
+        inverted.filter.since.FromSeconds(2_000_000_000)
+        inverted.filter.until.FromSeconds(1_000_000_000)
+        assert (
+            await asyncio.to_thread(code_of, stub.ListDeadLetters, inverted, md)
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        resolve = admin_pb2.ResolveDeadLettersRequest(topic="identity", entry_ids=["1-0"])
+        assert (
+            await asyncio.to_thread(code_of, stub.ResolveDeadLetters, resolve, md)
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
+        _, _, write_md = admin(port, WRITE_TOKEN)
+        assert (
+            await asyncio.to_thread(code_of, stub.ResolveDeadLetters, resolve, write_md)
+            == grpc.StatusCode.INVALID_ARGUMENT
+        ), "no reason"
+        assert (
+            await asyncio.to_thread(code_of, stub.GetStatus, admin_pb2.GetStatusRequest(), [])
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            await asyncio.to_thread(
+                code_of,
+                stub.GetStatus,
+                admin_pb2.GetStatusRequest(),
+                [("authorization", "Bearer nope")],
+            )
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
