@@ -15,6 +15,8 @@ A failed call prints one line on stderr: `conveyor: error: <status code name>: <
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 import threading
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar, get_type_hints
 
 import grpc
 import typer
@@ -53,7 +55,10 @@ EXIT_CODES_HELP = (
 """The `--help` epilog of every client command."""
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 10.0
 _PANEL = "Connection"
+
+R = TypeVar("R")
 
 _EXIT_CODES: dict[Any, int] = {
     grpc.StatusCode.OK: EXIT_OK,
@@ -129,7 +134,7 @@ class Connection:
         return self.root_certificates is not None or self.client_cert is not None
 
 
-def connection(
+def connection(  # noqa: PLR0917 - one parameter per connection option, in their order
     target: str,
     token_file: str | None,
     tls_ca: str | None,
@@ -156,6 +161,43 @@ def connection(
         client_key=_read_pem("--tls-key", tls_key),
         client_cert=_read_pem("--tls-cert", tls_cert),
     )
+
+
+_CONNECTION_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("target", Target, DEFAULT_TARGET),
+    ("token_file", TokenFile, None),
+    ("tls_ca", TlsCa, None),
+    ("tls_cert", TlsCert, None),
+    ("tls_key", TlsKey, None),
+    ("timeout", Timeout, DEFAULT_TIMEOUT),
+)
+
+
+def with_connection(command: Callable[..., R]) -> Callable[..., R]:
+    """`command` with the connection options added to its CLI; it gets them as `conn`.
+
+    So every client command takes the same options, validated alike: `command` declares
+    `conn: Connection` and typer sees --target, --token-file, --tls-* and --timeout instead.
+    """
+    hints = get_type_hints(command, include_extras=True)
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in inspect.signature(command).parameters.values()
+        if p.name != "conn"
+    ]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=default)
+        for name, hint, default in _CONNECTION_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> R:
+        options = {name: kwargs.pop(name) for name, _, _ in _CONNECTION_OPTIONS}
+        return command(*args, conn=connection(**options), **kwargs)
+
+    # typer reads the parameters from the signature; annotations are resolved already.
+    run.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+    return run
 
 
 def _read_pem(flag: str, path: str | None) -> bytes | None:

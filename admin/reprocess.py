@@ -1,4 +1,4 @@
-"""Reprocessing dead letters: each re-sent once, through the retry stream of the group that failed it.
+"""Reprocessing dead letters: each re-sent once, through the retry stream of the failing group.
 
 Per dead letter, in order: one that is not `open` is skipped; one whose exactly-once group's ledger
 already records the event as applied is resolved as a duplicate and not sent; any other is moved
@@ -19,7 +19,7 @@ import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Final, TypeVar
 
@@ -46,6 +46,7 @@ _APPLIED: Final = ["success", "skipped"]
 _DL_PREFIX: Final = b"dl."
 _LOCK_CLASS: Final = "conveyor.reprocess"
 _SHOWN_IDS: Final = 20
+_COUNTS: Final = ("done", "total", "requeued", "duplicates", "skipped")
 
 T = TypeVar("T")
 
@@ -155,15 +156,18 @@ async def reprocess(
     """
     _check_inputs(principal, idempotency_key, rate_limit)
     try:
-        keys = wire.Keys(topic, key_prefix)
+        wire.validate_topic(topic)
     except ValueError as exc:
         raise InvalidInput(str(exc), field="topic", value=topic[:64]) from None
+    keys = wire.Keys(topic, key_prefix)
     async with pool.acquire() as conn:
-        run = _Run(conn, redis, keys, principal, audit, ledger_schemas, idempotency_key)
+        run = _Run(conn, redis, keys, principal=principal, audit=audit,
+                   ledgers=ledger_schemas, idempotency_key=idempotency_key)  # fmt: skip
         if not idempotency_key or dry_run:
             final = await run.all(records, dry_run=dry_run, rate=rate_limit, report=on_progress)
         else:
-            final = await _once(run, idempotency_key, request_hash, records, rate_limit, on_progress)
+            final = await _once(run, records, key=idempotency_key, hash_=request_hash,
+                                rate=rate_limit, report=on_progress)  # fmt: skip
     if on_progress is not None:
         await on_progress(final)
     return final
@@ -192,9 +196,10 @@ def _check_inputs(principal: str, key: str | None, rate_limit: float) -> None:
 
 async def _once(
     run: _Run,
+    records: Sequence[DeadLetterRecord],
+    *,
     key: str,
     hash_: str,
-    records: Sequence[DeadLetterRecord],
     rate: float,
     report: Callable[[Progress], Awaitable[None]] | None,
 ) -> Progress:
@@ -209,12 +214,15 @@ async def _once(
         if stored is not None:
             return stored
         final = await run.all(records, dry_run=False, rate=rate, report=report)
-        outcome = json.dumps({k: v for k, v in asdict(final).items() if k != "finished"})
-        await conn.execute(
-            f"UPDATE {REQUESTS_TABLE} SET outcome = $2::text::jsonb, finished_at = now() "
-            "WHERE idempotency_key = $1 AND finished_at IS NULL",
-            key,
-            outcome,
+        outcome = json.dumps({k: getattr(final, k) for k in _COUNTS})
+        # Shielded: a call cancelled now has done all its work, and the next one should say so.
+        await _shielded(
+            conn.execute(
+                f"UPDATE {REQUESTS_TABLE} SET outcome = $2::text::jsonb, finished_at = now() "
+                "WHERE idempotency_key = $1 AND finished_at IS NULL",
+                key,
+                outcome,
+            )
         )
         return final
     finally:
@@ -243,7 +251,8 @@ async def _claim(conn: asyncpg.Connection, key: str, principal: str, hash_: str)
         )
     if row["finished_at"] is None:
         return None
-    return Progress(**json.loads(row["outcome"]), finished=True)
+    stored = json.loads(row["outcome"])
+    return Progress(**{k: int(stored.get(k, 0)) for k in _COUNTS}, finished=True)
 
 
 async def _unlock(conn: asyncpg.Connection, key: str) -> None:
@@ -264,6 +273,7 @@ class _Run:
         conn: asyncpg.Connection,
         redis: Any,
         keys: wire.Keys,
+        *,
         principal: str,
         audit: AuditLog,
         ledgers: Mapping[str, str | None],
@@ -290,6 +300,7 @@ class _Run:
         progress = Progress(total=len(records))
         pace = _Pacer(rate)
         for record in records:
+            _stop_if_cancelled()
             # Reads and waits are cancellable; each entry's writes are not (see _shielded).
             plan = await self.plan(record)
             action = plan.action
@@ -367,8 +378,9 @@ class _Run:
             except BaseException:
                 await self._withdraw(stream, retry_id)
                 raise
-        log.info("reprocess: requeued stream=%s entry=%s group=%s event_id=%s retry_entry=%s",
-                 self.keys.dlq, record.entry_id, record.group, record.event_id, retry_id)  # fmt: skip
+        log.info("reprocess: requeued stream=%s entry=%s group=%s event_id=%s retry=%s",
+                 self.keys.dlq, record.entry_id, record.group, record.event_id,
+                 retry_id)  # fmt: skip
         return _Action.REQUEUE
 
     async def resolve_duplicate(self, record: DeadLetterRecord) -> _Action:
@@ -430,6 +442,15 @@ async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
         if not task.cancelled() and task.exception() is not None:
             log.error("reprocess: entry failed after the call was cancelled: %r", task.exception())
         raise
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled but the cancellation got lost on the way
+    (on Python 3.11, asyncio.wait_for inside a client library drops one that arrives as its
+    inner call completes), so a cancelled call still stops at the next entry."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _counted(progress: Progress, action: _Action) -> Progress:

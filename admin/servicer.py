@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.exceptions import RedisError
 
-from admin import catalog, convert, reports
+from admin import catalog, convert, reports, reprocess
 from admin.audit import AuditLog
 from admin.auth import current_principal
 from admin.catalog import DeadLetterQuery, DeadLetterRecord
@@ -204,7 +204,52 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc
     async def ReprocessDeadLetters(self, request: Any, context: Any) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "reprocessing arrives shortly")
+        topic = _topic(request.topic)
+        ids = [catalog.parse_entry_id(i) for i in request.entry_ids]
+        query = None if ids else query_of(request.filter, topic=topic)
+        records = await self._select(topic, ids, query)
+        if ids:
+            reprocess.check_reprocessable(records)
+
+        async def progress(p: reprocess.Progress) -> None:
+            await context.write(admin_pb2.ReprocessDeadLettersResponse(
+                done=p.done, total=p.total, requeued=p.requeued, duplicates=p.duplicates,
+                skipped=p.skipped, finished=p.finished,
+            ))  # fmt: skip
+
+        await reprocess.reprocess(
+            self._c.pool, self._c.redis, topic=topic, records=records,
+            key_prefix=self._c.key_prefix, principal=_principal(), audit=self._c.audit,
+            ledger_schemas=await reprocess.group_ledgers(self._c.pool),
+            dry_run=request.dry_run, idempotency_key=request.idempotency_key or None,
+            request_hash=reprocess.request_fingerprint(topic, ids, query),
+            rate_limit=request.rate_limit, on_progress=progress,
+        )  # fmt: skip
+
+    async def _select(
+        self, topic: str, ids: list[str], query: DeadLetterQuery | None
+    ) -> list[DeadLetterRecord]:
+        """The dead letters a reprocess names: by id (all must exist), or every match of the
+        filter, oldest first."""
+        if ids:
+            records = await catalog.get_dead_letters(self._c.pool, topic, ids)
+            missing = sorted(set(ids) - {r.entry_id for r in records})
+            if missing:
+                raise NotFound(f"no dead letters {', '.join(missing[:20])} on topic {topic}",
+                               kind="dead letter", ids=missing)  # fmt: skip
+            return records
+        assert query is not None
+        found: list[DeadLetterRecord] = []
+        token: str | None = None
+        while len(found) < catalog.MAX_ENTRY_IDS:
+            page, token = await catalog.list_dead_letters(
+                self._c.pool, query, page_size=catalog.MAX_PAGE_SIZE, page_token=token,
+                token_key=self._c.token_key,
+            )  # fmt: skip
+            found += page
+            if token is None:
+                break
+        return sorted(found, key=lambda r: r.id)
 
 
 def payload_json(event: event_pb2.Event) -> str:

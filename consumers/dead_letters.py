@@ -157,7 +157,7 @@ class DeadLetterCatalog:
             await self._pool.execute(
                 f"UPDATE {database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE} "
                 "SET state = 'reprocessed', updated_at = now() WHERE dlq_stream = $1 "
-                "AND dlq_entry_id = ANY($2::text[]) AND state = 'reprocessing'",
+                "AND dlq_entry_id = ANY($2::text[]) AND state IN ('open', 'reprocessing')",
                 dlq_stream,
                 list(entry_ids),
             )

@@ -23,7 +23,7 @@ from conveyor.database import (
 from conveyor.wire import REASONS
 
 APP_HEAD = "app_0002"
-CATALOG_HEAD = "catalog_0001"
+CATALOG_HEAD = "catalog_0002"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
@@ -253,6 +253,7 @@ async def test_catalog_down_base_and_up(pg: asyncpg.Connection, scratch_database
             "consumers",
             "dead_letters",
             "audit",
+            "reprocess_requests",
             "alembic_version",
         }
     finally:

@@ -25,8 +25,10 @@ READ_TOKEN, WRITE_TOKEN = "read-secret-1", "write-secret-1"
 @pytest.fixture
 def tokens_file(tmp_path: Path) -> Path:
     path = tmp_path / "tokens"
-    lines = [f"reader read {hashlib.sha256(READ_TOKEN.encode()).hexdigest()}",
-             f"writer write {hashlib.sha256(WRITE_TOKEN.encode()).hexdigest()}"]  # fmt: skip
+    lines = [
+        f"reader read {hashlib.sha256(READ_TOKEN.encode()).hexdigest()}",
+        f"writer write {hashlib.sha256(WRITE_TOKEN.encode()).hexdigest()}",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -61,8 +63,18 @@ SERVING, NOT_SERVING = (
 def relay_with_own_redis(case: Case, tokens_file: Path) -> Iterator[tuple[int, RedisServer, Case]]:
     with RedisServer() as redis_server:
         env = case.env | {"CONVEYOR_REDIS_URL": redis_server.url}
-        proc = start_conveyor(["relay", "--grpc-addr", "127.0.0.1:0", "--tokens-file",
-                               str(tokens_file), "--stall-timeout", "2s"], env)  # fmt: skip
+        proc = start_conveyor(
+            [
+                "relay",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--tokens-file",
+                str(tokens_file),
+                "--stall-timeout",
+                "2s",
+            ],
+            env,
+        )
         out: list[str] = []
         try:
             yield port_of(proc, out), redis_server, case
@@ -121,17 +133,57 @@ async def test_every_admin_rpc_is_implemented_and_bad_input_gets_its_code(
             code = await asyncio.to_thread(code_of, getattr(stub, method.name), request, write_md)
             assert code != grpc.StatusCode.UNIMPLEMENTED, method.name
         bad = [
-            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="1-"), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="-1-0"), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="x" * 10_000), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="id{x}", entry_id="1-0"), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.GetDeadLetter, admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="1-0"), grpc.StatusCode.NOT_FOUND),
-            (stub.ListDeadLetters, admin_pb2.ListDeadLettersRequest(page_size=-1), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.ListDeadLetters, admin_pb2.ListDeadLettersRequest(page_size=100_000), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.ListDeadLetters, admin_pb2.ListDeadLettersRequest(page_token="forged.token"), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.GetDeadLetterReport, admin_pb2.GetDeadLetterReportRequest(topic="identity", hours=100_000), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.TraceEvent, admin_pb2.TraceEventRequest(event_id="not-a-uuid"), grpc.StatusCode.INVALID_ARGUMENT),
-        ]  # fmt: skip
+            (
+                stub.GetDeadLetter,
+                admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="1-"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.GetDeadLetter,
+                admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="-1-0"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.GetDeadLetter,
+                admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="x" * 10_000),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.GetDeadLetter,
+                admin_pb2.GetDeadLetterRequest(topic="id{x}", entry_id="1-0"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.GetDeadLetter,
+                admin_pb2.GetDeadLetterRequest(topic="identity", entry_id="1-0"),
+                grpc.StatusCode.NOT_FOUND,
+            ),
+            (
+                stub.ListDeadLetters,
+                admin_pb2.ListDeadLettersRequest(page_size=-1),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.ListDeadLetters,
+                admin_pb2.ListDeadLettersRequest(page_size=100_000),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.ListDeadLetters,
+                admin_pb2.ListDeadLettersRequest(page_token="forged.token"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.GetDeadLetterReport,
+                admin_pb2.GetDeadLetterReportRequest(topic="identity", hours=100_000),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.TraceEvent,
+                admin_pb2.TraceEventRequest(event_id="not-a-uuid"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+        ]
         for call, request, want in bad:
             assert await asyncio.to_thread(code_of, call, request, md) == want, request
         inverted = admin_pb2.ListDeadLettersRequest()

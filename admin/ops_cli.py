@@ -1,0 +1,279 @@
+"""`conveyor status`, `trace`, `health` and `metrics`: read a running deployment over gRPC.
+
+Exit codes: 0 ok (health: SERVING); 1 server unreachable, UNAVAILABLE, DEADLINE_EXCEEDED or another
+server error; 2 bad input, or INVALID_ARGUMENT from the server; 3 NOT_FOUND (health: the service
+is unknown; trace: nothing is known about the event); 4 NOT_SERVING (health only);
+5 UNAUTHENTICATED or PERMISSION_DENIED; 6 FAILED_PRECONDITION. `health` exits like
+grpc_health_probe. Errors are one line on stderr: `conveyor: error: <code>: <message>`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from grpc_health.v1 import health_pb2
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from admin.client import (
+    EXIT_CODES_HELP,
+    EXIT_NOT_FOUND,
+    EXIT_NOT_SERVING,
+    AsJson,
+    Client,
+    Connection,
+    iso,
+    print_json,
+    with_connection,
+)
+from admin.dlq_cli import actions_table, add_row, dead_letters_table
+from admin.options import EXIT_OK, fail
+from conveyor.v1 import admin_pb2
+
+_STATE_STYLES = {"SERVING": "green", "DEGRADED": "yellow", "NOT_SERVING": "red"}
+_STATUS = health_pb2.HealthCheckResponse
+_MIB = 1024 * 1024
+
+
+def register(app: typer.Typer) -> None:
+    """Add `status`, `trace`, `health` and `metrics` to `app`, each with the exit codes."""
+    for name, command in (("status", status), ("trace", trace), ("health", health),
+                          ("metrics", metrics)):  # fmt: skip
+        app.command(name, epilog=EXIT_CODES_HELP)(command)
+
+
+@with_connection
+def status(
+    conn: Connection,
+    as_json: AsJson = False,
+) -> None:
+    """Components with their reasons, Redis, outbox backlogs and consumer-group lag."""
+    with Client(conn) as client:
+        response = client.call(client.admin.GetStatus, admin_pb2.GetStatusRequest())
+    if as_json:
+        print_json(response)
+        return
+    console = Console()
+    overall = _state(response.overall)
+    console.print(
+        f"overall: [{_STATE_STYLES.get(overall, 'bold')}]{overall}[/]"
+        f"  (snapshot {iso(response.snapshot_time) or 'not taken yet'})"
+    )
+    table = Table(title="components", title_justify="left")
+    for name in ("component", "state", "reasons"):
+        table.add_column(name, overflow="fold")
+    for component in response.components:
+        state = _state(component.state)
+        add_row(table, component.name, Text(state, style=_STATE_STYLES.get(state, "")),
+                      "; ".join(component.reasons))  # fmt: skip
+    console.print(table)
+    if response.HasField("redis"):
+        console.print(_redis_table(response.redis))
+    console.print(_outbox_table(response.outboxes))
+    console.print(_groups_table(response.groups))
+
+
+def _state(value: int) -> str:
+    try:
+        return admin_pb2.ComponentState.Name(value).removeprefix("COMPONENT_STATE_")
+    except ValueError:
+        return str(value)
+
+
+def _redis_table(redis: Any) -> Table:
+    table = Table(title="redis", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows: dict[str, str | Text] = {
+        "up": Text("yes", style="green") if redis.up else Text("no", style="red"),
+        "ping": f"{redis.ping_latency_seconds * 1000:.2f} ms",
+        "used memory": f"{redis.used_memory_bytes / _MIB:.1f} MiB",
+        "maxmemory": f"{redis.maxmemory_bytes / _MIB:.1f} MiB" if redis.maxmemory_bytes else "none",
+        "aof": "on" if redis.aof_enabled else "off",
+        "aof last rewrite": redis.aof_last_rewrite_status,
+        "run id": redis.run_id,
+    }
+    if redis.error:
+        rows["error"] = Text(redis.error, style="red")
+    for name, value in rows.items():
+        add_row(table, name, value)
+    return table
+
+
+def _outbox_table(outboxes: Iterable[Any]) -> Table:
+    table = Table(title="outbox backlog", title_justify="left")
+    table.add_column("schema")
+    table.add_column("backlog", justify="right")
+    table.add_column("oldest age", justify="right")
+    for outbox in outboxes:
+        add_row(table, outbox.schema, str(outbox.backlog), _seconds(outbox.oldest_age_seconds))
+    return table
+
+
+def _groups_table(groups: Iterable[Any]) -> Table:
+    table = Table(title="consumer groups", title_justify="left")
+    for name in ("topic", "group", "mode", "consumers", "lag entries", "lag", "pending"):
+        table.add_column(name, justify="left" if name in ("topic", "group", "mode") else "right")
+    for group in groups:
+        add_row(
+            table, group.topic, group.group, group.mode, str(group.consumers),
+            str(group.lag_entries), _seconds(group.lag_seconds), str(group.pending),
+        )  # fmt: skip
+    return table
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+@with_connection
+def trace(
+    conn: Connection,
+    event_id: Annotated[str, typer.Argument(help="The event's id (a UUID).")],
+    as_json: AsJson = False,
+) -> None:
+    """Everything known about one event: outbox row, stream entries, ledger, dead letters."""
+    request = admin_pb2.TraceEventRequest(event_id=event_id.strip())
+    with Client(conn) as client:
+        response = client.call(client.admin.TraceEvent, request)
+    if as_json:
+        print_json(response)
+    else:
+        _print_trace(response, request.event_id)
+    found = response.HasField("outbox") or any(
+        (response.stream_entries, response.ledger, response.dead_letters, response.actions)
+    )
+    if not found and not response.unreachable:
+        fail(f"NOT_FOUND: nothing is known about event {request.event_id}", EXIT_NOT_FOUND)
+
+
+def _print_trace(response: Any, event_id: str) -> None:
+    console = Console()
+    console.print(Text(f"event {event_id}", style="bold"))
+    if response.HasField("outbox"):
+        o = response.outbox
+        aggregate = f", aggregate {o.aggregate_type}/{o.aggregate_id}" if o.aggregate_id else ""
+        console.print(
+            f"outbox: schema {o.schema} row {o.id}, topic {o.topic}, type {o.event_type}"
+            f"{aggregate}, created {iso(o.create_time)}, "
+            f"published {iso(o.publish_time) or 'not yet'}",
+            highlight=False,
+            markup=False,
+        )
+    else:
+        console.print("outbox: no row (not written here, or deleted after publishing)")
+    if response.stream_entries:
+        table = Table(title="stream entries", title_justify="left")
+        table.add_column("stream")
+        table.add_column("entry id")
+        for entry in response.stream_entries:
+            add_row(table, entry.stream, entry.entry_id)
+        console.print(table)
+    if response.ledger:
+        table = Table(title="ledger", title_justify="left")
+        for name in ("schema", "group", "result", "processed (UTC)", "stream", "entry id"):
+            table.add_column(name)
+        for row in response.ledger:
+            add_row(table, row.schema, row.group, row.result, iso(row.process_time), row.stream,
+                          row.entry_id)  # fmt: skip
+        console.print(table)
+    if response.dead_letters:
+        console.print(dead_letters_table(response.dead_letters, with_topic=True))
+    if response.actions:
+        console.print(actions_table(response.actions))
+    for part in response.unreachable:
+        console.print(Text.assemble(("not looked at: ", "yellow"), part))
+
+
+@with_connection
+def health(
+    conn: Connection,
+    service: Annotated[
+        str, typer.Argument(help="Service, e.g. conveyor.liveness. Default: overall readiness.")
+    ] = "",
+    watch: Annotated[bool, typer.Option(help="Print every change until interrupted.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """grpc.health.v1 status of a service: exit 0 SERVING, 4 NOT_SERVING, 3 unknown service."""
+    request = health_pb2.HealthCheckRequest(service=service)
+    with Client(conn) as client:
+        if not watch:
+            response = client.call(client.health.Check, request, auth=False)
+            _print_health(service, response.status, as_json)
+            raise typer.Exit(_health_exit(response.status))
+        last = _STATUS.UNKNOWN
+        try:
+            for response in client.stream(client.health.Watch, request, idle=None, auth=False):
+                last = response.status
+                _print_health(service, last, as_json, stamp=True)
+        except KeyboardInterrupt:
+            pass
+        raise typer.Exit(_health_exit(last))
+
+
+def _print_health(service: str, value: int, as_json: bool, *, stamp: bool = False) -> None:
+    name = _STATUS.ServingStatus.Name(value)
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    if as_json:
+        data = {"service": service, "status": name} | ({"time": now} if stamp else {})
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        sys.stdout.write(f"{now} {name}\n" if stamp else f"{name}\n")
+    sys.stdout.flush()
+
+
+def _health_exit(value: int) -> int:
+    if value == _STATUS.SERVING:
+        return EXIT_OK
+    return EXIT_NOT_FOUND if value == _STATUS.SERVICE_UNKNOWN else EXIT_NOT_SERVING
+
+
+@with_connection
+def metrics(
+    conn: Connection,
+    as_json: AsJson = False,
+) -> None:
+    """The OpenTelemetry instruments of the process at --target, a row per data point."""
+    with Client(conn) as client:
+        response = client.call(client.admin.GetMetrics, admin_pb2.GetMetricsRequest())
+    if as_json:
+        print_json(response)
+        return
+    table = Table(title=f"{len(response.metrics)} instruments", title_justify="left")
+    for name in ("instrument", "kind", "unit", "attributes", "value"):
+        table.add_column(name, justify="right" if name == "value" else "left", overflow="fold")
+    for metric in response.metrics:
+        kind = admin_pb2.MetricKind.Name(metric.kind).removeprefix("METRIC_KIND_").lower()
+        for index, point in enumerate(metric.points or [None]):
+            first = index == 0
+            add_row(
+                table, metric.name if first else "", kind if first else "",
+                metric.unit if first else "", _attributes(point), _point_value(metric.kind, point),
+            )  # fmt: skip
+    Console().print(table)
+
+
+def _attributes(point: Any) -> str:
+    if point is None:
+        return ""
+    return ", ".join(f"{key}={value}" for key, value in sorted(point.attributes.items()))
+
+
+def _point_value(kind: int, point: Any) -> str:
+    if point is None:
+        return "(no data)"
+    if kind == admin_pb2.METRIC_KIND_HISTOGRAM:
+        mean = f", mean {point.sum / point.count:.4g}" if point.count else ""
+        return f"count {point.count}, sum {point.sum:.4g}{mean}"
+    return f"{point.value:g}"
+
+
+app = typer.Typer(help="Status, traces, health and metrics of a running deployment.")
+"""The four commands on their own (tests; `conveyor` mounts them with `register`)."""
+register(app)

@@ -1,0 +1,433 @@
+"""Reprocessing dead letters (guarantee 5): once, to the failing group only, audited, cancellable
+between entries, idempotent under a key; against the real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from admin import catalog, migrations
+from admin.audit import AuditLog
+from admin.catalog import DeadLetterRecord
+from admin.errors import FailedPrecondition, InvalidInput
+from admin.reprocess import (
+    Progress,
+    check_reprocessable,
+    group_ledgers,
+    reprocess,
+    request_fingerprint,
+)
+from consumers import dead_letters
+from consumers.deliveries import Entry
+from conveyor import redis_client, wire
+from conveyor.identity.v1 import events_pb2
+from relay import envelope
+from tests.integration.conftest import Case
+from tests.integration.consumer_support import (
+    consumer_settings,
+    create_effects,
+    effect_counts,
+    effect_router,
+    running_consumer,
+)
+from tests.processes import wait_until
+
+
+@pytest.fixture(scope="session")
+def catalog_at_head(services: tuple[str, str]) -> str:
+    """The catalog migrated to head (with reprocess_requests), once per session."""
+    migrations.upgrade_catalog(services[0])
+    return services[0]
+
+
+@pytest.fixture
+async def pool(catalog_at_head: str, case: Case) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(case.database_url, min_size=1, max_size=6) as p:
+        yield p
+
+
+@pytest.fixture
+async def conveyor_redis(case: Case) -> AsyncIterator[Any]:
+    """A Redis client made as the processes make theirs (no per-command socket timeout)."""
+    client = redis_client.connect(case.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def topic(pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """A topic of this test alone; its catalog rows are deleted afterwards."""
+    name = f"rp-{uuid.uuid4().hex[:12]}"
+    yield name
+    await pool.execute("DELETE FROM conveyor.dead_letters WHERE topic = $1", name)
+    await pool.execute("DELETE FROM conveyor.audit WHERE principal = $1", principal_of(name))
+    await pool.execute(
+        "DELETE FROM conveyor.reprocess_requests WHERE starts_with(idempotency_key, $1)", name
+    )
+
+
+def principal_of(topic: str) -> str:
+    return f"op-{topic}"
+
+
+class Fixture:
+    """Makes dead letters the way a consumer does, and reprocesses them as the servicer would."""
+
+    def __init__(self, case: Case, pool: asyncpg.Pool, topic: str, client: Any) -> None:
+        self.case = case
+        self.client = client
+        """The client reprocess calls use."""
+        self.pool = pool
+        self.topic = topic
+        self.keys = wire.Keys(topic, case.prefix)
+        self.principal = principal_of(topic)
+        self.audit = AuditLog(pool)
+        self.ledgers: dict[str, str | None] = {"billing": case.schema, "mailer": None}
+
+    async def dead_letters(self, n: int, group: str = "billing") -> list[DeadLetterRecord]:
+        """`n` events published to the topic, each dead-lettered by `group` and recorded."""
+        pipe = self.case.redis.pipeline(transaction=False)
+        originals = [self._original(i) for i in range(n)]
+        for fields in originals:
+            pipe.xadd(self.keys.events, fields)
+        source_ids = await pipe.execute()
+        entries = [
+            _dead_letter_fields(Entry(self.keys.events, i.decode(), fields, attempt=3), group)
+            for i, fields in zip(source_ids, originals, strict=True)
+        ]
+        for dead in entries:
+            pipe.xadd(self.keys.dlq, dead)
+        dl_ids = [i.decode() for i in await pipe.execute()]
+        rows = [dead_letters.catalog_row(self.topic, self.keys.dlq, i, dead)
+                for i, dead in zip(dl_ids, entries, strict=True)]  # fmt: skip
+        await dead_letters.DeadLetterCatalog(self.pool).record(rows)
+        return await self.records(dl_ids)
+
+    def _original(self, i: int) -> dict[bytes, bytes]:
+        event_id = envelope.uuid7()
+        message = events_pb2.UserRegistered(user_id=f"u{i}", email=f"u{i}@example.com")
+        event = envelope.build(
+            message, event_id=event_id, source="test", aggregate_type="user",
+            aggregate_id=f"agg{i}", occurred_at=None, headers={},
+        )  # fmt: skip
+        return {
+            wire.F_VERSION: wire.LAYOUT_VERSION,
+            wire.F_EVENT_ID: str(event_id).encode(),
+            wire.F_EVENT_TYPE: event.type.encode(),
+            wire.F_AGGREGATE_ID: event.aggregate_id.encode(),
+            wire.F_TRACEPARENT: b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            wire.F_EVENT: event.SerializeToString(),
+        }
+
+    async def records(self, entry_ids: list[str]) -> list[DeadLetterRecord]:
+        return await catalog.get_dead_letters(self.pool, self.topic, entry_ids)
+
+    async def run(self, records: list[DeadLetterRecord], **options: Any) -> Progress:
+        return await reprocess(
+            self.pool, self.client, topic=self.topic, records=records,
+            key_prefix=self.case.prefix, principal=options.pop("principal", self.principal),
+            audit=self.audit, ledger_schemas=self.ledgers, **options,
+        )  # fmt: skip
+
+    def key(self, name: str) -> str:
+        return f"{self.topic}:{name}"
+
+    async def retries(self, group: str = "billing") -> list[tuple[str, dict[bytes, bytes]]]:
+        return [(i.decode(), f) for i, f in await self.case.redis.xrange(self.keys.retry(group))]
+
+    async def states(self) -> dict[str, str]:
+        rows = await self.pool.fetch(
+            "SELECT dlq_entry_id, state FROM conveyor.dead_letters WHERE topic = $1", self.topic
+        )
+        return {r["dlq_entry_id"]: r["state"] for r in rows}
+
+    async def audit_rows(self) -> list[Any]:
+        rows: list[Any] = await self.pool.fetch(
+            "SELECT action, target_ids, outcome, reason, detail::text FROM conveyor.audit "
+            "WHERE principal = $1 ORDER BY id",
+            self.principal,
+        )
+        return rows
+
+    async def mark_applied(self, record: DeadLetterRecord, result: str = "success") -> None:
+        await self.pool.execute(
+            f"INSERT INTO {self.case.schema}.event_ledger (consumer_group, event_id, event_type, "
+            "stream, entry_id, processing_result) VALUES ($1, $2, $3, $4, $5, $6)",
+            record.group, uuid.UUID(record.event_id), record.event_type, record.source_stream,
+            record.source_entry_id, result,
+        )  # fmt: skip
+
+
+def _dead_letter_fields(entry: Entry, group: str) -> dict[bytes, bytes | str]:
+    """What a consumer of `group` writes to the dead-letter stream after three failures."""
+    return dead_letters.fields(
+        entry, reason="max_attempts", group=group, consumer="c1", error_class="RuntimeError",
+        error="boom",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def f(case: Case, pool: asyncpg.Pool, topic: str, conveyor_redis: Any) -> Fixture:
+    return Fixture(case, pool, topic, conveyor_redis)
+
+
+async def test_requeue_goes_to_the_failing_groups_retry_stream_only(f: Fixture) -> None:
+    (billing,) = await f.dead_letters(1, group="billing")
+    (mailer,) = await f.dead_letters(1, group="mailer")  # at-least-once: no ledger to consult
+    seen: list[Progress] = []
+
+    async def report(p: Progress) -> None:
+        seen.append(p)
+
+    result = await f.run([billing, mailer], on_progress=report)
+
+    assert result == Progress(done=2, total=2, requeued=2, finished=True)
+    assert [(p.done, p.finished) for p in seen] == [(1, False), (2, False), (2, True)]
+    for record, group in ((billing, "billing"), (mailer, "mailer")):
+        dead = (await f.case.redis.xrange(f.keys.dlq, record.entry_id, record.entry_id))[0][1]
+        original = {k: v for k, v in dead.items() if not k.startswith(b"dl.")}
+        retries = await f.retries(group)
+        assert len(retries) == 1, f"one retry entry for {group}"
+        assert retries[0][1] == original | {wire.RT_DEAD_LETTER: record.entry_id.encode()}
+        assert not any(k.startswith(b"dl.") for k in retries[0][1])
+    assert await f.case.redis.xlen(f.keys.events) == 2, "nothing re-sent to the topic stream"
+    assert await f.states() == {billing.entry_id: "reprocessing", mailer.entry_id: "reprocessing"}
+    rows = await f.audit_rows()
+    assert [(r["action"], list(r["target_ids"]), r["outcome"]) for r in rows] == [
+        ("reprocess", [billing.entry_id], "requeued"),
+        ("reprocess", [mailer.entry_id], "requeued"),
+    ]
+    assert f'"retry_entry_id": "{(await f.retries())[0][0]}"' in rows[0]["detail"]
+
+
+async def test_event_already_applied_by_its_group_is_resolved_as_duplicate(f: Fixture) -> None:
+    applied, failed, fresh = await f.dead_letters(3)
+    await f.mark_applied(applied, "success")
+    await f.mark_applied(failed, "failure")  # a failure row is not an applied event
+
+    result = await f.run([applied, failed, fresh])
+
+    assert result == Progress(done=3, total=3, requeued=2, duplicates=1, finished=True)
+    sent = {fields[wire.RT_DEAD_LETTER].decode() for _i, fields in await f.retries()}
+    assert sent == {failed.entry_id, fresh.entry_id}
+    (after,) = await f.records([applied.entry_id])
+    assert (after.state, after.resolution, after.resolved_by) == (
+        "resolved", "duplicate: already applied by billing", f.principal,
+    )  # fmt: skip
+    outcomes = {r["target_ids"][0]: r["outcome"] for r in await f.audit_rows()}
+    assert outcomes[applied.entry_id] == "duplicate"
+
+
+async def test_dry_run_counts_and_changes_nothing(f: Fixture) -> None:
+    fresh, applied, resolved, busy = await f.dead_letters(4)
+    await f.mark_applied(applied)
+    async with f.pool.acquire() as conn:
+        await catalog.resolve(conn, f.topic, [resolved.entry_id], reason="x", principal="p")
+        await catalog.set_state(conn, [busy.id], "reprocessing", expect=["open"])
+    records = await f.records([r.entry_id for r in (fresh, applied, resolved, busy)])
+    before = await f.states()
+
+    result = await f.run(records, dry_run=True, idempotency_key=f.key("dry"))
+
+    assert result == Progress(done=4, total=4, requeued=1, duplicates=1, skipped=2, finished=True)
+    assert await f.states() == before
+    assert await f.retries() == []
+    assert await f.audit_rows() == []
+    assert await f.pool.fetchval(
+        "SELECT count(*) FROM conveyor.reprocess_requests WHERE idempotency_key = $1", f.key("dry")
+    ) == 0  # fmt: skip
+
+
+async def test_same_idempotency_key_twice_gives_the_same_answer_and_one_requeue(
+    f: Fixture,
+) -> None:
+    records = await f.dead_letters(3)
+    digest = request_fingerprint(f.topic, [r.entry_id for r in records], None)
+
+    first = await f.run(records, idempotency_key=f.key("k"), request_hash=digest)
+    second = await f.run(records, idempotency_key=f.key("k"), request_hash=digest)
+
+    assert first == second == Progress(done=3, total=3, requeued=3, finished=True)
+    assert len(await f.retries()) == 3
+    assert len(await f.audit_rows()) == 3
+    row = await f.pool.fetchrow(
+        "SELECT principal, outcome::text, finished_at FROM conveyor.reprocess_requests "
+        "WHERE idempotency_key = $1",
+        f.key("k"),
+    )
+    assert row["principal"] == f.principal and row["finished_at"] is not None
+    assert '"requeued": 3' in row["outcome"]
+
+
+async def test_a_used_key_refuses_a_different_request(f: Fixture) -> None:
+    one, two = await f.dead_letters(2)
+    await f.run([one], idempotency_key=f.key("k"),
+                request_hash=request_fingerprint(f.topic, [one.entry_id], None))  # fmt: skip
+
+    other = request_fingerprint(f.topic, [two.entry_id], None)
+    with pytest.raises(InvalidInput) as caught:
+        await f.run([two], idempotency_key=f.key("k"), request_hash=other)
+    assert caught.value.field == "idempotency_key"
+    same = request_fingerprint(f.topic, [one.entry_id], None)
+    with pytest.raises(InvalidInput, match="different reprocess request"):
+        await f.run([one], idempotency_key=f.key("k"), request_hash=same, principal="mallory")
+    assert len(await f.retries()) == 1
+    assert (await f.states())[two.entry_id] == "open"
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["same-key", "no-key"])
+async def test_concurrent_calls_requeue_each_dead_letter_once(f: Fixture, keyed: bool) -> None:
+    records = await f.dead_letters(30)
+    key = f.key("double-click") if keyed else None
+
+    results = await asyncio.gather(*(f.run(records, idempotency_key=key) for _ in range(3)))
+
+    sent = [fields[wire.RT_DEAD_LETTER].decode() for _i, fields in await f.retries()]
+    assert sorted(sent) == sorted(r.entry_id for r in records), "each once"
+    if keyed:  # the calls wait for each other: the later ones get the first one's answer
+        assert results == [Progress(done=30, total=30, requeued=30, finished=True)] * 3
+    else:  # the calls interleave: each entry goes to whichever call moves it first
+        assert sum(r.requeued for r in results) == 30
+        assert all(r.requeued + r.skipped == 30 for r in results)
+    assert set((await f.states()).values()) == {"reprocessing"}
+    assert len(await f.audit_rows()) == 30
+
+
+async def test_check_reprocessable_names_resolved_entries(f: Fixture) -> None:
+    open_, resolved, busy, done = await f.dead_letters(4)
+    async with f.pool.acquire() as conn:
+        await catalog.resolve(conn, f.topic, [resolved.entry_id], reason="x", principal="p")
+        await catalog.set_state(conn, [busy.id], "reprocessing", expect=["open"])
+        await catalog.set_state(conn, [done.id], "reprocessed", expect=["open"])
+    records = await f.records([r.entry_id for r in (open_, resolved, busy, done)])
+
+    with pytest.raises(FailedPrecondition) as caught:
+        check_reprocessable(records)
+    assert caught.value.ids == (resolved.entry_id,)
+    assert resolved.entry_id in str(caught.value)
+    check_reprocessable([r for r in records if r.state != "resolved"])
+
+    result = await f.run([r for r in records if r.state != "resolved"])
+    assert result == Progress(done=3, total=3, requeued=1, skipped=2, finished=True)
+
+
+async def _assert_each_requeued_or_untouched(f: Fixture) -> set[str]:
+    """Every dead letter either requeued (reprocessing, one retry entry, audited) or untouched
+    (open, nothing sent); return the untouched ones."""
+    states = await f.states()
+    requeued = {e for e, s in states.items() if s == "reprocessing"}
+    untouched = {e for e, s in states.items() if s == "open"}
+    assert len(requeued) + len(untouched) == len(states) == 200
+    assert 0 < len(requeued) < 200, "cancelled midway"
+    sent = [fields[wire.RT_DEAD_LETTER].decode() for _i, fields in await f.retries()]
+    assert sorted(sent) == sorted(requeued), "a retry entry for each requeued one, and only them"
+    audited = [r["target_ids"][0] for r in await f.audit_rows()]
+    assert sorted(audited) == sorted(requeued)
+    return untouched
+
+
+async def test_deadline_on_a_paced_reprocess_leaves_each_entry_requeued_or_untouched(
+    f: Fixture,
+) -> None:
+    records = await f.dead_letters(200)
+    key = f.key("slow")
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(f.run(records, rate_limit=200, idempotency_key=key), 0.4)
+
+    untouched = await _assert_each_requeued_or_untouched(f)
+    # The same request again carries on where the cancelled one stopped.
+    result = await f.run(records, idempotency_key=key)
+    assert (result.requeued, result.skipped) == (len(untouched), 200 - len(untouched))
+    assert len(await f.retries()) == 200
+    assert set((await f.states()).values()) == {"reprocessing"}
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.0003, 0.0011])
+@pytest.mark.parametrize("client", ["conveyor", "redis-py-defaults"])
+async def test_cancel_at_any_point_leaves_each_entry_requeued_or_untouched(
+    f: Fixture, delay: float, client: str
+) -> None:
+    if client != "conveyor":
+        # redis-py's default socket timeout runs each command under asyncio.wait_for, which on
+        # Python 3.11 can drop a cancellation arriving as the command completes.
+        f.client = f.case.redis
+    records = await f.dead_letters(200)
+    halfway = asyncio.Event()
+
+    async def report(p: Progress) -> None:
+        if p.done == 50:
+            halfway.set()
+
+    task = asyncio.create_task(f.run(records, on_progress=report))
+    await halfway.wait()
+    await asyncio.sleep(delay)  # lands in a read, a write or between entries
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    await _assert_each_requeued_or_untouched(f)
+
+
+async def test_group_ledgers_reads_the_consumer_registry(f: Fixture) -> None:
+    tag = f.topic
+    rows = [
+        (f"{tag}-eo", "c1", "exactly-once", "app_schema", 0),
+        (f"{tag}-alo", "c1", "at-least-once", None, 0),
+        (f"{tag}-mixed", "c1", "exactly-once", "old_schema", 60),
+        (f"{tag}-mixed", "c2", "exactly-once", "new_schema", 0),
+        (f"{tag}-mixed", "c3", "at-least-once", None, 0),
+    ]
+    await f.pool.executemany(
+        "INSERT INTO conveyor.consumers (consumer_group, consumer_name, topics, mode, "
+        "ledger_schema, heartbeat_at) VALUES ($1, $2, '{t}', $3, $4, "
+        "now() - make_interval(secs => $5))",
+        rows,
+    )
+    try:
+        ledgers = await group_ledgers(f.pool)
+    finally:
+        await f.pool.execute(
+            "DELETE FROM conveyor.consumers WHERE starts_with(consumer_group, $1)", tag
+        )
+    assert {g: s for g, s in ledgers.items() if g.startswith(tag)} == {
+        f"{tag}-eo": "app_schema", f"{tag}-alo": None, f"{tag}-mixed": "new_schema",
+    }  # fmt: skip
+
+
+async def test_reprocessed_dead_letter_is_applied_once_by_a_running_consumer(
+    f: Fixture, case: Case
+) -> None:
+    await create_effects(case.pg, case.schema)
+    (record,) = await f.dead_letters(1, group="g")
+    f.ledgers = {"g": case.schema}
+    # The group had read past the original long ago: only the retry stream can bring it back.
+    await case.redis.xgroup_create(f.keys.events, "g", id="$")
+    router = effect_router(case.schema, topic=f.topic)
+    async with running_consumer(router, **consumer_settings(case, group="g")):
+        # A double click: two calls at once, no key.
+        await asyncio.gather(f.run([record]), f.run([record]))
+
+        async def applied() -> bool:
+            return bool(await effect_counts(case.pg, case.schema, "g"))
+
+        await wait_until(applied, what="the reprocessed event applied", timeout=10)
+        await wait_until(lambda: _state_is(f, record, "reprocessed"), timeout=10,
+                         what="the dead letter marked reprocessed")  # fmt: skip
+        assert await f.retries("g") == [], "the retry entry is acknowledged and deleted"
+    assert await effect_counts(case.pg, case.schema, "g") == {record.event_id: 1}
+
+    # Reprocessing it again finds it reprocessed: nothing is sent.
+    (again,) = await f.records([record.entry_id])
+    assert await f.run([again]) == Progress(done=1, total=1, skipped=1, finished=True)
+
+
+async def _state_is(f: Fixture, record: DeadLetterRecord, state: str) -> bool:
+    return (await f.states())[record.entry_id] == state
