@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from admin import consume_cli, migrate_cli, relay_cli
+from admin import consume_cli, dlq_cli, migrate_cli, ops_cli, relay_cli
 
 app = typer.Typer(
     name="conveyor",
@@ -15,6 +15,8 @@ app = typer.Typer(
 app.add_typer(migrate_cli.app, name="migrate", help="Create and upgrade Conveyor's tables.")
 app.add_typer(relay_cli.app, name="relay")
 app.command("consume")(consume_cli.consume)
+app.add_typer(dlq_cli.app, name="dlq")
+ops_cli.register(app)
 
 
 def main() -> None:
