@@ -2,6 +2,7 @@
 
 TEST_EFFECTS_SCHEMA  schema holding the effects table (required)
 TEST_HANDLER_SLEEP   seconds each handler call sleeps inside its transaction (default 0)
+TEST_REJECT_FILE     while this file exists, events of aggregate "agg0" are rejected
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ import asyncio
 import os
 import uuid
 
-from consumers import EventContext, Router
+from consumers import EventContext, Reject, Router
 from conveyor.identity.v1 import events_pb2
 
 router = Router()
 _SCHEMA = os.environ.get("TEST_EFFECTS_SCHEMA", "public")
 _SLEEP = float(os.environ.get("TEST_HANDLER_SLEEP", "0"))
+_REJECT_FILE = os.environ.get("TEST_REJECT_FILE")
 
 
 @router.handler(events_pb2.UserRegistered, topic="identity")
 async def on_registered(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+    # A stat per agg0 event, in a test router: not worth a thread.
+    if _REJECT_FILE and ctx.aggregate_id == "agg0" and os.path.exists(_REJECT_FILE):  # noqa: ASYNC240
+        raise Reject("agg0 is refused for now")
     await ctx.db.execute(
         f"INSERT INTO {_SCHEMA}.effects (consumer_group, event_id, aggregate_id, attempt) "
         "VALUES ($1, $2, $3, $4)",
