@@ -56,7 +56,7 @@ async def test_dead_letter_reprocessed_to_its_group_applies_once(
 
         refuse.unlink()  # the cause is fixed
         again = ["dlq", "reprocess", "--stream", "identity.dlq", "--id", dead["entry_id"],
-                 "--idempotency-key", "fix-1", "--json"]  # fmt: skip
+                 "--idempotency-key", f"fix-{case.prefix}", "--json"]  # fmt: skip
         first = run_conveyor(again, client)
         second = run_conveyor(again, client)  # a double click
         assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
