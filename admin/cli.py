@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import typer
+import asyncio
+from typing import Annotated
 
-from admin import consume_cli, dlq_cli, migrate_cli, ops_cli, relay_cli
+import asyncpg
+import typer
+from redis.exceptions import RedisError
+
+from admin import consume_cli, dlq_cli, migrate_cli, ops_cli, options, relay_cli
+from admin import demo as demo_run
+from admin.errors import AdminError
 
 app = typer.Typer(
     name="conveyor",
@@ -17,6 +24,26 @@ app.add_typer(relay_cli.app, name="relay")
 app.command("consume")(consume_cli.consume)
 app.add_typer(dlq_cli.app, name="dlq")
 ops_cli.register(app)
+
+
+@app.command("demo")
+def demo(
+    database_url: options.DatabaseUrl = options.DEFAULT_DATABASE_URL,
+    redis_url: options.RedisUrl = options.DEFAULT_REDIS_URL,
+    key_prefix: options.KeyPrefix = options.DEFAULT_PREFIX,
+    events: Annotated[int, typer.Option(help="Events to produce (1-100000).")] = 300,
+) -> None:
+    """Migrate schema `identity`, run a relay and a `mailer` consumer group on demo events (some
+    fail), show progress, then the dead-letter report and how to reprocess."""
+    if not 1 <= events <= 100_000:
+        options.fail(f"--events must be 1-100000, got {events}", options.EXIT_USAGE)
+    options.setup_logging("warning")
+    try:
+        asyncio.run(demo_run.run(database_url, redis_url, events=events, key_prefix=key_prefix))
+    except AdminError as exc:
+        options.fail(exc.message)
+    except (OSError, asyncpg.PostgresError, RedisError) as exc:
+        options.fail(f"the demo needs PostgreSQL and Redis: {exc}")
 
 
 def main() -> None:
