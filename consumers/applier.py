@@ -265,7 +265,12 @@ class Applier:
     async def _isolated(
         self, conn: asyncpg.Connection, part: list[Delivery], failed: _Failed
     ) -> Outcomes:
-        known_bad = {id(d) for d in failed.deliveries} if len(failed.deliveries) == 1 else set()
+        # The one event that raised failed on its own, unless what it raised is the symptom of
+        # an earlier handler having swallowed a database error: then everything runs again.
+        alone = len(failed.deliveries) == 1 and not isinstance(
+            failed.error, asyncpg.InFailedSQLTransactionError
+        )
+        known_bad = {id(failed.deliveries[0])} if alone else set()
         outcomes = Outcomes()
         async with _transaction(conn, part):
             for route, group in plan(part):
