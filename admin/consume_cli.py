@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import logging
 import os
-import signal
 import sys
 from typing import Annotated, Any
 
@@ -214,7 +213,6 @@ def _require_schemas(settings: ConsumerSettings) -> None:
 async def _serve(
     router: Router, settings: ConsumerSettings, ops: runtime.OpsSettings, reader: Any
 ) -> None:
-    loop = asyncio.get_running_loop()
     async with Consumer(router, settings) as consumer:
         own = [settings.ledger_schema] if settings.exactly_once else []
         plane = runtime.OpsPlane(
@@ -222,26 +220,12 @@ async def _serve(
             database_url=settings.database_url, probe=ConsumerProbe(consumer, ops.stall_timeout),
             schemas=lambda: runtime.registry_schemas(consumer.pool, own), metrics=reader,
         )  # fmt: skip
-        try:
-            await plane.start()
-        except (OSError, RuntimeError) as exc:
-            fail(f"cannot serve gRPC on {ops.server.grpc_addr}: {exc}")
-
-        def stop() -> None:
-            plane.begin_shutdown()  # unready first, then stop reading
-            consumer.stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
         log.info(
             "consumer started: group=%s consumer=%s topics=%s mode=%s ledger_schema=%s "
             "database=%s redis=%s",
             settings.group, settings.consumer, ",".join(settings.topics), settings.mode,
             settings.ledger_schema, redact(settings.database_url), redact(settings.redis_url),
         )  # fmt: skip
-        try:
-            await consumer.run()
-        finally:
-            await plane.close()
+        await runtime.serve(plane, stop=consumer.stop, run=consumer.run)
         log.info("consumer stopped after the batch in flight: group=%s consumer=%s",
                  settings.group, settings.consumer)  # fmt: skip

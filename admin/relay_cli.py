@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -135,7 +134,6 @@ def run(
 
 
 async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any) -> None:
-    loop = asyncio.get_running_loop()
     async with Relay(settings) as relay:
         plane = runtime.OpsPlane(
             ops, pool=relay.pool, redis=relay.redis, key_prefix=settings.key_prefix,
@@ -143,18 +141,6 @@ async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any)
             schemas=lambda: runtime.registry_schemas(relay.pool, settings.schemas),
             metrics=reader,
         )  # fmt: skip
-        try:
-            await plane.start()
-        except (OSError, RuntimeError) as exc:
-            fail(f"cannot serve gRPC on {ops.server.grpc_addr}: {exc}")
-
-        def stop() -> None:
-            # Unready first, so load balancers and probes see it before the pipeline stops.
-            plane.begin_shutdown()
-            relay.stop()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop)
         log.info(
             "relay started: schemas=%s database=%s redis=%s batch_size=%d concurrency=%d",
             ",".join(settings.schemas),
@@ -163,10 +149,7 @@ async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any)
             settings.batch_size,
             settings.concurrency,
         )
-        try:
-            await relay.run()
-        finally:
-            await plane.close()
+        await runtime.serve(plane, stop=relay.stop, run=relay.run)
         published = sum(f.published for f in relay.forwarders.values())
         log.info("relay stopped after the batches in flight: published=%d", published)
 

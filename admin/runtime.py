@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from admin.audit import AuditLog
 from admin.auth import AuthInterceptor, AuthSettings, install_sighup_reload
 from admin.health import Health
+from admin.options import fail
 from admin.server import OpsServer, ServerSettings
 from admin.servicer import AdminContext, AdminServicer
 from admin.status import Probe, StatusChecker
@@ -137,3 +139,29 @@ async def registry_schemas(pool: asyncpg.Pool, own: Sequence[str]) -> list[str]:
         "WHERE ledger_schema IS NOT NULL"
     )
     return sorted({*own, *(r[0] for r in rows)})
+
+
+async def serve(
+    plane: OpsPlane, *, stop: Callable[[], None], run: Callable[[], Awaitable[None]]
+) -> None:
+    """Start `plane`, run the pipeline until SIGTERM/SIGINT, then close the plane.
+
+    On a signal, health goes NOT_SERVING first (so probes and load balancers see it before the
+    pipeline stops), then `stop()` lets the pipeline finish what is in flight.
+    """
+    try:
+        await plane.start()
+    except (OSError, RuntimeError) as exc:
+        fail(f"cannot serve gRPC on {plane.settings.server.grpc_addr}: {exc}")
+
+    def on_signal() -> None:
+        plane.begin_shutdown()
+        stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await run()
+    finally:
+        await plane.close()
