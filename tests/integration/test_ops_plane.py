@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor.v1 import admin_pb2, admin_pb2_grpc
 from tests.integration.conftest import Case
+from tests.integration.consumer_support import create_effects, publish
 from tests.processes import start_conveyor, stop, wait_until
 from tests.servers import RedisServer
 
@@ -216,3 +218,54 @@ async def test_every_admin_rpc_is_implemented_and_bad_input_gets_its_code(
             )
             == grpc.StatusCode.UNAUTHENTICATED
         )
+
+
+async def test_a_consumer_stuck_in_a_handler_is_reported_stalled(case: Case) -> None:
+    await create_effects(case.pg, case.schema)
+    env = case.env | {"TEST_EFFECTS_SCHEMA": case.schema, "TEST_HANDLER_SLEEP": "3600"}
+    args = ["consume", "--group", "g", "--router", "tests.integration.effects_router:router",
+            "--ledger-schema", case.schema, "--stall-timeout", "2s",
+            "--allow-unauthenticated"]  # fmt: skip
+    proc = start_conveyor(args, env)
+    try:
+        port = port_of(proc, [])
+        component = "conveyor.consumer.identity.g"
+
+        async def state(want: int) -> bool:
+            return await asyncio.to_thread(check, port, component) == want
+
+        await wait_until(lambda: state(SERVING), timeout=20, what="serving while idle")
+        await publish(case.redis, case.prefix, 5)  # the handler now hangs on the first one
+        await wait_until(lambda: state(NOT_SERVING), timeout=20, what="the stall noticed")
+        assert await asyncio.to_thread(check, port, "conveyor.liveness") == SERVING
+        ch, stub, _ = admin(port, None)
+        with ch:
+            status = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+        (mine,) = [c for c in status.components if c.name == component]
+        assert any(r.startswith("stalled") for r in mine.reasons), mine.reasons
+    finally:
+        stop(proc, signal.SIGKILL)
+
+
+def watch_statuses(port: int, service: str, count: int) -> list[int]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        stream = stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=30)
+        return [int(r.status) for _, r in zip(range(count), stream, strict=False)]
+
+
+async def test_watch_sees_readiness_go_at_shutdown_and_unknown_services(case: Case) -> None:
+    proc = start_conveyor(["relay"], case.env)
+    port = port_of(proc, [])
+    await wait_until(lambda: _serving(port), timeout=15, what="ready")
+    unknown = await asyncio.to_thread(watch_statuses, port, "no.such.Service", 1)
+    assert unknown == [health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]
+    watcher = asyncio.create_task(asyncio.to_thread(watch_statuses, port, "", 2))
+    await asyncio.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert await watcher == [SERVING, NOT_SERVING], "unready before the process goes"
+    assert proc.wait(20) == 0
+
+
+async def _serving(port: int) -> bool:
+    return await asyncio.to_thread(check, port, "") == SERVING
