@@ -134,7 +134,7 @@ class Applier:
             f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
             "processing_result) SELECT $1, e::uuid, t, s, x, r FROM unnest("
             "string_to_array($2, ','), string_to_array($3, ','), string_to_array($4, ','), "
-            "string_to_array($5, ','), string_to_array($6, ',')) AS u(e, t, s, x, r) ORDER BY e "
+            "string_to_array($5, ','), string_to_array($6, ',')) AS u(e, t, s, x, r) "
             "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
             "EXCLUDED.processing_result, processed_at = now(), stream = EXCLUDED.stream, "
             "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' "
@@ -315,6 +315,9 @@ class Applier:
     async def _claim(self, conn: asyncpg.Connection, part: Sequence[Delivery]) -> set[str]:
         if not self._exactly_once:
             return {d.event_id for d in part}
+        # Rows go in in event-id order (sorted here rather than by the server), so two members
+        # claiming overlapping events take their row locks in the same order.
+        part = sorted(part, key=_event_id)
         rows = await conn.fetch(
             self._claim_sql,
             self._group,
@@ -348,6 +351,10 @@ class Applier:
                     await route.fn(d.payload, d.ctx)
             except Exception as exc:
                 raise _Failed([d], exc) from exc
+
+
+def _event_id(d: Delivery) -> str:
+    return d.event_id
 
 
 def _dead(conn: asyncpg.Connection) -> bool:
