@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -154,11 +155,15 @@ async def main() -> None:
         run = f"ops{os.getpid()}"
         producing = asyncio.create_task(produce(a.rate, a.seconds, run))
         await asyncio.sleep(2)  # let the pipeline reach its pace
-        results = await asyncio.gather(
-            asyncio.to_thread(time_calls, port, a.calls, "health"),
-            asyncio.to_thread(time_calls, port, a.calls, "status"),
-            asyncio.to_thread(time_calls, relay_port, a.calls, "health"),
-        )
+        # Each caller in a process of its own: threads would share a GIL with the producer and
+        # time the benchmark rather than the servers.
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(3) as pool:
+            results = await asyncio.gather(
+                loop.run_in_executor(pool, time_calls, port, a.calls, "health"),
+                loop.run_in_executor(pool, time_calls, port, a.calls, "status"),
+                loop.run_in_executor(pool, time_calls, relay_port, a.calls, "health"),
+            )
         sent = await producing
         print(f"pipeline: {sent} events produced at a target of {a.rate}/s over {a.seconds:.0f} s")
         show("consumer Health.Check", results[0])
