@@ -48,6 +48,12 @@ async def test_dead_letter_reprocessed_to_its_group_applies_once(
         (dead,) = [d for d in json.loads(listed.stdout)["dead_letters"]
                    if d["event_id"] == ids[0]]  # fmt: skip
         assert dead["reason"] == "DEAD_LETTER_REASON_REJECTED"
+        shown = run_conveyor(["dlq", "inspect", "--stream", "identity.dlq", "--id",
+                              dead["entry_id"], "--json"], client)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        inspected = json.loads(shown.stdout)
+        assert json.loads(inspected["payload_json"])["user_id"] == "u0"
+        assert "Reject: agg0 is refused for now" in inspected["traceback"]
 
         read_only = client | {"CONVEYOR_ADMIN_TOKEN": READ_TOKEN}
         denied = run_conveyor(["dlq", "resolve", "--stream", "identity", "--id",
