@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -260,7 +259,3 @@ def payload_json(event: event_pb2.Event) -> str:
     except (KeyError, DecodeError):
         return ""
     return json_format.MessageToJson(message, preserving_proto_field_name=True)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

@@ -82,7 +82,6 @@ class TopicWorker:
         self.streams = streams
         self._applier = applier
         self._catalog = catalog
-        self._router = router
         self._s = settings
         self._m = metrics
         self._stopping = stopping
@@ -235,7 +234,9 @@ class TopicWorker:
         settled = batch.settled
         if batch.deliveries:
             started = time.perf_counter()
-            outcomes = await self._apply(batch.deliveries)
+            # Database failures are retried per lane inside the applier; DatabaseDown comes
+            # out only when a stop cuts those retries short.
+            outcomes = await self._applier.apply(batch.deliveries)
             per_event = (time.perf_counter() - started) / len(batch.deliveries)
             self._m.processing.record(per_event, self._attrs)
             settled += await self._settle(outcomes)
@@ -260,11 +261,6 @@ class TopicWorker:
     def _progressed(self) -> None:
         self.health.serving, self.health.reason = True, ""
         self.health.last_progress = time.monotonic()
-
-    async def _apply(self, deliveries: list[Delivery]) -> Outcomes:
-        # Database failures are retried per lane inside the applier (which reports them through
-        # `_unhealthy`); DatabaseDown reaches here only when a stop cut those retries short.
-        return await self._applier.apply(deliveries)
 
     async def _settle(self, outcomes: Outcomes) -> list[Entry]:
         for d, error in outcomes.failed:

@@ -35,7 +35,7 @@ class ResetReport:
 
     old_run_id: str
     new_run_id: str
-    missing_streams: tuple[str, ...] = field(default=())
+    lost_streams: tuple[str, ...] = field(default=())
 
 
 class StreamPublisher:

@@ -153,7 +153,7 @@ class Relay:
         if report is None:
             return
         self.metrics.redis_resets.add(1)
-        if not report.missing_streams:
+        if not report.lost_streams:
             log.warning(
                 "redis restarted (run id %s -> %s); every stream this relay wrote kept its entries",
                 report.old_run_id,
@@ -162,7 +162,7 @@ class Relay:
             return
         self.redis_reset = (
             f"redis restarted (run id {report.old_run_id} -> {report.new_run_id}) and lost "
-            f"streams {', '.join(report.missing_streams)}: events published before the restart "
+            f"streams {', '.join(report.lost_streams)}: events published before the restart "
             "may be gone; republish them with `conveyor relay replay --schema S --since TIME` "
             "(TIME: before the last event the consumers applied)"
         )
