@@ -216,9 +216,9 @@ async def _serve(
     async with Consumer(router, settings) as consumer:
         own = [settings.ledger_schema] if settings.exactly_once else []
         plane = runtime.OpsPlane(
-            ops, pool=consumer.pool, redis=consumer.redis, key_prefix=settings.key_prefix,
-            database_url=settings.database_url, probe=ConsumerProbe(consumer, ops.stall_timeout),
-            schemas=lambda: runtime.registry_schemas(consumer.pool, own), metrics=reader,
+            ops, database_url=settings.database_url, redis_url=settings.redis_url,
+            key_prefix=settings.key_prefix, probe=ConsumerProbe(consumer, ops.stall_timeout),
+            schemas=own, metrics=reader,
         )  # fmt: skip
         log.info(
             "consumer started: group=%s consumer=%s topics=%s mode=%s ledger_schema=%s "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from grpc_health.v1 import health, health_pb2
@@ -9,9 +11,10 @@ from grpc_health.v1 import health, health_pb2
 from admin.status import Snapshot
 
 LIVENESS = "conveyor.liveness"
-"""NOT_SERVING only once shutdown has begun. A stuck event loop answers nothing at all, which
-a liveness probe reads as failure; a Redis outage makes components NOT_SERVING (pods unready)
-but leaves liveness SERVING, so a dependency outage does not restart-loop the process."""
+"""NOT_SERVING once shutdown has begun, or while the pipeline's event loop has been blocked for
+longer than the stall timeout (a restart is then the remedy). A Redis outage makes components
+NOT_SERVING (pods unready) but leaves liveness SERVING, so a dependency outage does not
+restart-loop the process."""
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -20,9 +23,15 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class Health:
     """The health servicer and the statuses it reports."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, liveness_limit: float = float("inf"), beat: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`beat()` is when the pipeline's event loop last ran; liveness goes NOT_SERVING once
+        that is more than `liveness_limit` seconds ago."""
         self.servicer: Any = health.aio.HealthServicer()
         self._known: set[str] = set()
+        self._liveness_limit = liveness_limit
+        self._beat = beat
 
     async def start(self) -> None:
         """Not ready until the first snapshot; alive."""
@@ -37,6 +46,8 @@ class Health:
             self._known.add(component.name)
         ready = snapshot.overall != "NOT_SERVING" and bool(snapshot.components)
         await self.servicer.set(health.OVERALL_HEALTH, _SERVING if ready else _NOT_SERVING)
+        alive = time.monotonic() - self._beat() <= self._liveness_limit
+        await self.servicer.set(LIVENESS, _SERVING if alive else _NOT_SERVING)
 
     async def shut_down(self) -> None:
         """Everything NOT_SERVING, first thing in a graceful shutdown."""

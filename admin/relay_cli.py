@@ -136,10 +136,9 @@ def run(
 async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any) -> None:
     async with Relay(settings) as relay:
         plane = runtime.OpsPlane(
-            ops, pool=relay.pool, redis=relay.redis, key_prefix=settings.key_prefix,
-            database_url=settings.database_url, probe=RelayProbe(relay, ops.stall_timeout),
-            schemas=lambda: runtime.registry_schemas(relay.pool, settings.schemas),
-            metrics=reader,
+            ops, database_url=settings.database_url, redis_url=settings.redis_url,
+            key_prefix=settings.key_prefix, probe=RelayProbe(relay, ops.stall_timeout),
+            schemas=settings.schemas, metrics=reader,
         )  # fmt: skip
         log.info(
             "relay started: schemas=%s database=%s redis=%s batch_size=%d concurrency=%d",

@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from admin.audit import AuditLog
-from admin.auth import AuthInterceptor, AuthSettings, install_sighup_reload
+from admin.auth import AuthInterceptor, AuthSettings, TokenStore, install_sighup_reload
 from admin.health import Health
 from admin.options import fail
 from admin.server import OpsServer, ServerSettings
 from admin.servicer import AdminContext, AdminServicer
-from admin.status import Probe, StatusChecker
-from conveyor import database
+from admin.status import (
+    ComponentStatus,
+    GroupStatus,
+    OutboxStatus,
+    Probe,
+    RedisStatus,
+    StatusChecker,
+)
+from conveyor import database, redis_client
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -54,62 +65,201 @@ def page_token_key(settings: OpsSettings, database_url: str) -> bytes:
     return hashlib.sha256(b"conveyor page tokens\0" + database_url.encode()).digest()
 
 
-class OpsPlane:
-    """Starts health (NOT_SERVING until the first snapshot), the status checker and the server.
+LOOP_BLOCKED_AFTER = 5.0
+"""Seconds the pipeline's event loop may go without running before every component is reported
+NOT_SERVING ("event loop blocked"): nothing in it may block that long."""
 
-    `await plane.start()`; on SIGTERM `await plane.shutting_down()` first (every status flips to
+_BEAT = 0.5
+"""How often the pipeline's event loop marks itself alive for the ops thread."""
+
+OPS_POOL_SIZE = 4
+"""PostgreSQL connections of the ops thread: status, catalog queries, audit, reprocessing."""
+
+
+class _LoopWatch:
+    """Wraps a probe: every component is NOT_SERVING while the pipeline's event loop is blocked."""
+
+    def __init__(self, probe: Probe, beat: Callable[[], float]) -> None:
+        self._probe = probe
+        self._beat = beat
+
+    def components(
+        self, redis: RedisStatus, groups: Sequence[GroupStatus], now: float
+    ) -> list[ComponentStatus]:
+        components = self._probe.components(redis, groups, now)
+        blocked = now - self._beat()
+        if blocked <= LOOP_BLOCKED_AFTER:
+            return components
+        reason = f"event loop blocked for {blocked:.0f}s (limit {LOOP_BLOCKED_AFTER:.0f}s)"
+        return [replace(c, state="NOT_SERVING", reasons=(reason, *c.reasons)) for c in components]
+
+    def outboxes(self) -> list[OutboxStatus]:
+        return self._probe.outboxes()
+
+
+@dataclass
+class _OpsState:
+    """What lives on the ops thread's event loop."""
+
+    pool: asyncpg.Pool
+    redis: Any
+    health: Health
+    audit: AuditLog
+    checker: StatusChecker
+    server: OpsServer
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class OpsPlane:
+    """Health, status and AdminService of a relay or consumer, served from a thread of its own.
+
+    The gRPC server, the status checker, and the PostgreSQL pool and Redis client the servicer
+    uses all live on the ops thread's event loop, so health and admin calls do not queue behind
+    the batches the pipeline's loop is decoding and applying. The probe reads the pipeline's
+    state; the pipeline's loop beats every half second, and a loop that stops beating makes
+    every component NOT_SERVING (and liveness too, after the stall timeout).
+
+    `await plane.start()`; on SIGTERM `plane.begin_shutdown()` first (every status flips to
     NOT_SERVING), then stop the pipeline, then `await plane.close()`.
     """
 
     def __init__(
-        self, settings: OpsSettings, *, pool: asyncpg.Pool, redis: Any, key_prefix: str,
-        database_url: str, probe: Probe, schemas: Callable[[], Awaitable[Sequence[str]]],
-        metrics: InMemoryMetricReader | None = None,
+        self, settings: OpsSettings, *, database_url: str, redis_url: str, key_prefix: str,
+        probe: Probe, schemas: Sequence[str] = (), metrics: InMemoryMetricReader | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
-        self.health = Health()
-        self.audit = AuditLog(pool)
-        self._stopping = asyncio.Event()
-        self.checker = StatusChecker(redis=redis, pool=pool, probe=probe, key_prefix=key_prefix,
-                                     on_change=self.health.publish)  # fmt: skip
-        context = AdminContext(
-            pool=pool, redis=redis, key_prefix=key_prefix, audit=self.audit,
-            token_key=page_token_key(settings, database_url),
-            snapshot=lambda: self.checker.snapshot, metrics=metrics, schemas=schemas,
-        )  # fmt: skip
-        self.interceptor = AuthInterceptor(settings.auth, self.audit)
-        self.server = OpsServer(settings.server, health_servicer=self.health.servicer,
-                                admin_servicer=AdminServicer(context),
-                                interceptors=[self.interceptor])  # fmt: skip
-        self._task: asyncio.Task[None] | None = None
-        self._shutdown: asyncio.Task[None] | None = None
+        self._database_url = database_url
+        self._redis_url = redis_url
+        self._prefix = key_prefix
+        self._probe = probe
+        self._schemas = tuple(schemas)
+        self._metrics = metrics
+        # Loaded here, so a bad tokens file fails the start with its message.
+        tokens = settings.auth.tokens_file
+        self._store = TokenStore.load(tokens) if tokens is not None else None
+        self.beat = time.monotonic()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._beater: asyncio.Task[None] | None = None
+        self._shutdown: asyncio.Future[None] | None = None
+        self._ops: _OpsState | None = None
 
     async def start(self) -> int:
-        """Serve; returns the port."""
-        await self.health.start()
-        port = await self.server.start()
-        self._task = asyncio.create_task(self.checker.run(self._stopping), name="status-checker")
-        if self.interceptor.store is not None:
-            install_sighup_reload(asyncio.get_running_loop(), self.interceptor.store)
-        return port
+        """Start the ops thread and serve; returns the port."""
+        ready: concurrent.futures.Future[asyncio.AbstractEventLoop] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(ready,), name="conveyor-ops", daemon=True
+        )
+        self._thread.start()
+        self._loop = await asyncio.wrap_future(ready)
+        self._beater = asyncio.create_task(self._beat(), name="ops-beat")
+        try:
+            self.port = await self._call(self._setup())
+        except BaseException:
+            await self.close()
+            raise
+        if self._store is not None:
+            install_sighup_reload(asyncio.get_running_loop(), self._store)
+        return self.port
 
     def begin_shutdown(self) -> None:
         """From a signal handler: start flipping every status to NOT_SERVING now."""
-        if self._shutdown is None:
-            self._shutdown = asyncio.get_running_loop().create_task(self.shutting_down())
+        if self._shutdown is None and self._loop is not None:
+            future = asyncio.run_coroutine_threadsafe(self._shut_down(), self._loop)
+            self._shutdown = asyncio.wrap_future(future)
 
     async def shutting_down(self) -> None:
         """Flip every status to NOT_SERVING and stop refreshing them."""
-        self._stopping.set()
-        if self._task is not None:
-            with suppress(asyncio.CancelledError):
-                await self._task
-        await self.health.shut_down()
+        self.begin_shutdown()
+        if self._shutdown is not None:
+            await self._shutdown
 
     async def close(self) -> None:
-        await self.shutting_down()
-        await self.server.stop()
-        self.audit.close()
+        """Stop serving, close the ops thread's connections and end the thread."""
+        if self._beater is not None:
+            self._beater.cancel()
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            await self.shutting_down()
+            await self._call(self._teardown())
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(thread.join)
+            self._loop = None
+
+    # -- on the pipeline's loop -----------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        while True:
+            self.beat = time.monotonic()
+            await asyncio.sleep(_BEAT)
+
+    async def _call(self, coroutine: Coroutine[Any, Any, R]) -> R:
+        assert self._loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
+
+    # -- on the ops thread ----------------------------------------------------------------------
+
+    @staticmethod
+    def _run_loop(ready: concurrent.futures.Future[asyncio.AbstractEventLoop]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        ready.set_result(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _setup(self) -> int:
+        pool = await asyncpg.create_pool(self._database_url, min_size=1, max_size=OPS_POOL_SIZE)
+        redis = redis_client.connect(self._redis_url)
+        health = Health(liveness_limit=self.settings.stall_timeout, beat=lambda: self.beat)
+        audit = AuditLog(pool)
+        checker = StatusChecker(
+            redis=redis, pool=pool, probe=_LoopWatch(self._probe, lambda: self.beat),
+            key_prefix=self._prefix, on_change=health.publish,
+        )  # fmt: skip
+        own = self._schemas
+        context = AdminContext(
+            pool=pool, redis=redis, key_prefix=self._prefix, audit=audit,
+            token_key=page_token_key(self.settings, self._database_url),
+            snapshot=lambda: checker.snapshot, metrics=self._metrics,
+            schemas=lambda: registry_schemas(pool, own),
+        )  # fmt: skip
+        server = OpsServer(
+            self.settings.server, health_servicer=health.servicer,
+            admin_servicer=AdminServicer(context),
+            interceptors=[AuthInterceptor(self.settings.auth, audit, self._store)],
+        )  # fmt: skip
+        ops = self._ops = _OpsState(pool, redis, health, audit, checker, server)
+        await health.start()
+        port = await server.start()
+        ops.task = asyncio.create_task(checker.run(ops.stopping), name="status-checker")
+        return port
+
+    async def _shut_down(self) -> None:
+        ops = self._ops
+        if ops is None:
+            return
+        ops.stopping.set()
+        if ops.task is not None:
+            with suppress(asyncio.CancelledError):
+                await ops.task
+        await ops.health.shut_down()
+
+    async def _teardown(self) -> None:
+        ops = self._ops
+        if ops is None:
+            return
+        await ops.server.stop()
+        ops.audit.close()
+        await ops.redis.aclose()
+        await ops.pool.close()
 
 
 def ops_settings(

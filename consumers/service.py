@@ -64,9 +64,9 @@ class Consumer:
         if warning:
             log.warning("%s", warning)
         # Lanes of every topic, the trim lock and a transaction beside it, the heartbeat, and
-        # the ops plane's status, catalog and audit queries.
+        # the dead-letter catalog (the ops plane has a pool of its own).
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 8
+            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 5
         )
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = DeadLetterCatalog(self._pool)

@@ -56,7 +56,7 @@ class Relay:
     async def start(self) -> None:
         """Open the connection pool and the Redis client; fails if PostgreSQL is unreachable."""
         s = self.settings
-        size = s.concurrency * len(s.schemas) + 6  # + cleanup, monitor and the ops plane
+        size = s.concurrency * len(s.schemas) + 3  # + cleanup, the monitor and a spare
         self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=size)
         self._redis = redis_client.connect(s.redis_url)
         self._publisher = StreamPublisher(self._redis, s.key_prefix)
