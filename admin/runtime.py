@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -72,25 +73,31 @@ NOT_SERVING ("event loop blocked"): nothing in it may block that long."""
 _BEAT = 0.5
 """How often the pipeline's event loop marks itself alive for the ops thread."""
 
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits for it (CPython's default is 5 ms):
+the ops thread waits at most this long for the pipeline's thread to let it answer a call."""
+
 OPS_POOL_SIZE = 4
 """PostgreSQL connections of the ops thread: status, catalog queries, audit, reprocessing."""
 
 
 class _LoopWatch:
-    """Wraps a probe: every component is NOT_SERVING while the pipeline's event loop is blocked."""
+    """Wraps a probe: every component is NOT_SERVING while the pipeline's event loop is blocked
+    (for more than LOOP_BLOCKED_AFTER seconds, or the stall timeout when that is shorter)."""
 
-    def __init__(self, probe: Probe, beat: Callable[[], float]) -> None:
+    def __init__(self, probe: Probe, beat: Callable[[], float], stall_timeout: float) -> None:
         self._probe = probe
         self._beat = beat
+        self._limit = min(LOOP_BLOCKED_AFTER, stall_timeout)
 
     def components(
         self, redis: RedisStatus, groups: Sequence[GroupStatus], now: float
     ) -> list[ComponentStatus]:
         components = self._probe.components(redis, groups, now)
         blocked = now - self._beat()
-        if blocked <= LOOP_BLOCKED_AFTER:
+        if blocked <= self._limit:
             return components
-        reason = f"event loop blocked for {blocked:.0f}s (limit {LOOP_BLOCKED_AFTER:.0f}s)"
+        reason = f"event loop blocked for {blocked:.0f}s (limit {self._limit:.0f}s)"
         return [replace(c, state="NOT_SERVING", reasons=(reason, *c.reasons)) for c in components]
 
     def outboxes(self) -> list[OutboxStatus]:
@@ -152,6 +159,7 @@ class OpsPlane:
         self._thread = threading.Thread(
             target=self._run_loop, args=(ready,), name="conveyor-ops", daemon=True
         )
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._thread.start()
         self._loop = await asyncio.wrap_future(ready)
         self._beater = asyncio.create_task(self._beat(), name="ops-beat")
@@ -220,10 +228,9 @@ class OpsPlane:
         redis = redis_client.connect(self._redis_url)
         health = Health(liveness_limit=self.settings.stall_timeout, beat=lambda: self.beat)
         audit = AuditLog(pool)
-        checker = StatusChecker(
-            redis=redis, pool=pool, probe=_LoopWatch(self._probe, lambda: self.beat),
-            key_prefix=self._prefix, on_change=health.publish,
-        )  # fmt: skip
+        watch = _LoopWatch(self._probe, lambda: self.beat, self.settings.stall_timeout)
+        checker = StatusChecker(redis=redis, pool=pool, probe=watch, key_prefix=self._prefix,
+                                on_change=health.publish)  # fmt: skip
         own = self._schemas
         context = AdminContext(
             pool=pool, redis=redis, key_prefix=self._prefix, audit=audit,

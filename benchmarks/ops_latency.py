@@ -1,12 +1,15 @@
-"""Health and AdminService latency while the pipeline runs at about half its sustained rate.
+"""Health and AdminService latency while the pipeline runs at half its maximum sustained rate.
 
-    python benchmarks/ops_latency.py [--rate 5000] [--seconds 20] [--calls 2000]
+    python benchmarks/ops_latency.py [--seconds 20] [--calls 2000] [--rate N] [--load 0.5]
 
 Starts a real `conveyor relay` and a `conveyor consume` (the demo's mailer: one INSERT per event,
-exactly-once, which sustains about 10,000 events/s here, so 5,000/s is half), produces events at
-`--rate` through the outbox, and meanwhile times unary calls over gRPC: Health.Check("") and
-AdminService.GetStatus on the consumer, Health.Check on the relay. Prints p50/p99/max per call
-kind and the rate the pipeline actually applied. Never asserts.
+exactly-once). First it finds the pipeline's maximum sustained rate on this machine: it produces
+through the outbox as fast as it can for `--probe-seconds` and counts what the consumer applied
+(producer, relay, consumer, PostgreSQL and Redis all share the machine, as they do in the
+timed phase). After the backlog drains it produces at `--load` times that rate (or at `--rate`)
+and meanwhile times unary calls over gRPC, each caller in a process of its own:
+Health.Check("") and AdminService.GetStatus on the consumer, Health.Check on the relay. Prints
+p50/p99/max per call kind. Never asserts.
 """
 
 from __future__ import annotations
@@ -59,12 +62,40 @@ def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], 
     raise SystemExit(f"{args[0]} did not start")
 
 
-async def produce(rate: int, seconds: float, run: str) -> int:
+FLOOR_SERVER = """
+import asyncio
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+async def main():
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+"""The floor: a bare grpc.aio health server in a process that does nothing else. It shows what
+the machine itself allows a Python gRPC server under the same load."""
+
+
+def start_floor() -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+async def produce(rate: float, seconds: float, run: str) -> int:
+    """Events produced at `rate` per second (as fast as possible when infinite) for `seconds`."""
     conn = await asyncpg.connect(DB)
     sent, started, tick = 0, time.perf_counter(), 0.01
     try:
         while (elapsed := time.perf_counter() - started) < seconds:
-            due = int(rate * elapsed) - sent
+            due = int(rate * elapsed) - sent if rate != float("inf") else 500
             if due > 0:
                 batch = [
                     NewEvent(
@@ -80,7 +111,8 @@ async def produce(rate: int, seconds: float, run: str) -> int:
                 async with conn.transaction():
                     await enqueue_many(conn, batch, schema="identity")
                 sent += due
-            await asyncio.sleep(tick)
+            if rate != float("inf"):
+                await asyncio.sleep(tick)
     finally:
         await conn.close()
     return sent
@@ -103,6 +135,31 @@ def time_calls(port: int, calls: int, kind: str) -> list[float]:
     return out
 
 
+async def applied(conn: asyncpg.Connection, run: str) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM identity.demo_mail WHERE user_id LIKE $1", f"{run}-%"
+        )
+    )
+
+
+async def sustained_rate(seconds: float, run: str) -> float:
+    """Events/s the consumer applies while the producer writes the outbox flat out."""
+    conn = await asyncpg.connect(DB)
+    try:
+        producing = asyncio.create_task(produce(float("inf"), seconds, run))
+        await asyncio.sleep(min(3.0, seconds / 3))  # past the start-up
+        first, started = await applied(conn, run), time.perf_counter()
+        await producing
+        rate = (await applied(conn, run) - first) / (time.perf_counter() - started)
+        total = producing.result()
+        while await applied(conn, run) < total:  # the timed phase starts with no backlog
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+    return rate
+
+
 def show(name: str, samples: list[float]) -> None:
     samples = sorted(samples)
     p99 = samples[int(len(samples) * 0.99) - 1]
@@ -116,7 +173,9 @@ async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--rate", type=int, help="events/s to produce (default: --load x maximum)")
+    ap.add_argument("--load", type=float, default=0.5, help="fraction of the maximum rate")
+    ap.add_argument("--probe-seconds", type=float, default=15, help="length of the rate probe")
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--calls", type=int, default=2000)
     a = ap.parse_args()
@@ -151,26 +210,35 @@ async def main() -> None:
         ],
         env,
     )
+    floor, floor_port = start_floor()
     try:
         run = f"ops{os.getpid()}"
-        producing = asyncio.create_task(produce(a.rate, a.seconds, run))
+        rate = a.rate
+        if rate is None:
+            maximum = await sustained_rate(a.probe_seconds, run)
+            rate = int(maximum * a.load)
+            print(f"maximum sustained rate: {maximum:,.0f} events/s applied; "
+                  f"load: {a.load:.0%} = {rate:,}/s")  # fmt: skip
+        producing = asyncio.create_task(produce(rate, a.seconds, f"{run}-timed"))
         await asyncio.sleep(2)  # let the pipeline reach its pace
         # Each caller in a process of its own: threads would share a GIL with the producer and
         # time the benchmark rather than the servers.
         loop = asyncio.get_running_loop()
-        with ProcessPoolExecutor(3) as pool:
+        with ProcessPoolExecutor(4) as pool:
             results = await asyncio.gather(
                 loop.run_in_executor(pool, time_calls, port, a.calls, "health"),
                 loop.run_in_executor(pool, time_calls, port, a.calls, "status"),
                 loop.run_in_executor(pool, time_calls, relay_port, a.calls, "health"),
+                loop.run_in_executor(pool, time_calls, floor_port, a.calls, "health"),
             )
         sent = await producing
-        print(f"pipeline: {sent} events produced at a target of {a.rate}/s over {a.seconds:.0f} s")
+        print(f"pipeline: {sent} events produced at a target of {rate}/s over {a.seconds:.0f} s")
         show("consumer Health.Check", results[0])
         show("consumer AdminService.GetStatus", results[1])
         show("relay Health.Check", results[2])
+        show("floor: bare Health.Check", results[3])
     finally:
-        for proc in (consumer, relay):
+        for proc in (consumer, relay, floor):
             proc.terminate()
             proc.wait(30)
 

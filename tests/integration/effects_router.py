@@ -2,6 +2,7 @@
 
 TEST_EFFECTS_SCHEMA  schema holding the effects table (required)
 TEST_HANDLER_SLEEP   seconds each handler call sleeps inside its transaction (default 0)
+TEST_HANDLER_BLOCK   seconds each handler call blocks the event loop (time.sleep; default 0)
 TEST_REJECT_FILE     while this file exists, events of aggregate "agg0" are rejected
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 
 from consumers import EventContext, Reject, Router
@@ -17,6 +19,7 @@ from conveyor.identity.v1 import events_pb2
 router = Router()
 _SCHEMA = os.environ.get("TEST_EFFECTS_SCHEMA", "public")
 _SLEEP = float(os.environ.get("TEST_HANDLER_SLEEP", "0"))
+_BLOCK = float(os.environ.get("TEST_HANDLER_BLOCK", "0"))
 _REJECT_FILE = os.environ.get("TEST_REJECT_FILE")
 
 
@@ -35,3 +38,5 @@ async def on_registered(event: events_pb2.UserRegistered, ctx: EventContext) -> 
     )
     if _SLEEP:
         await asyncio.sleep(_SLEEP)
+    if _BLOCK:
+        time.sleep(_BLOCK)  # noqa: ASYNC251 - the bug simulated: blocking work in a handler

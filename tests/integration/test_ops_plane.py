@@ -247,6 +247,38 @@ async def test_a_consumer_stuck_in_a_handler_is_reported_stalled(case: Case) -> 
         stop(proc, signal.SIGKILL)
 
 
+async def test_a_blocked_event_loop_is_reported_while_health_keeps_answering(case: Case) -> None:
+    """A handler that blocks the pipeline's event loop: the ops plane, on its own thread, still
+    answers, names the problem, and takes liveness down once the stall timeout has passed."""
+    await create_effects(case.pg, case.schema)
+    env = case.env | {"TEST_EFFECTS_SCHEMA": case.schema, "TEST_HANDLER_BLOCK": "3600"}
+    args = ["consume", "--group", "g", "--router", "tests.integration.effects_router:router",
+            "--ledger-schema", case.schema, "--stall-timeout", "3s",
+            "--allow-unauthenticated"]  # fmt: skip
+    proc = start_conveyor(args, env)
+    try:
+        port = port_of(proc, [])
+        component = "conveyor.consumer.identity.g"
+
+        async def state(service: str, want: int) -> bool:
+            return await asyncio.to_thread(check, port, service) == want
+
+        await wait_until(lambda: state(component, SERVING), timeout=20, what="serving")
+        assert await asyncio.to_thread(check, port, "conveyor.liveness") == SERVING
+        await publish(case.redis, case.prefix, 1)  # the handler now blocks the loop for good
+        await wait_until(lambda: state(component, NOT_SERVING), timeout=20, what="block seen")
+        assert await asyncio.to_thread(check, port, "") == NOT_SERVING
+        ch, stub, _ = admin(port, None)
+        with ch:
+            status = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+        (mine,) = [c for c in status.components if c.name == component]
+        assert any(r.startswith("event loop blocked") for r in mine.reasons), mine.reasons
+        await wait_until(lambda: state("conveyor.liveness", NOT_SERVING), timeout=20,
+                         what="liveness down past the stall timeout")  # fmt: skip
+    finally:
+        stop(proc, signal.SIGKILL)
+
+
 def watch_statuses(port: int, service: str, count: int) -> list[int]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = health_pb2_grpc.HealthStub(ch)
