@@ -25,6 +25,7 @@ from admin.options import (
     GrpcAddr,
     KeyPrefix,
     LogLevel,
+    MtlsWriters,
     RedisUrl,
     Reflection,
     StallTimeout,
@@ -153,6 +154,7 @@ def consume(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_client_ca: TlsClientCa = None,
+    mtls_writer: MtlsWriters = None,
     stall_timeout: StallTimeout = "60s",
 ) -> None:
     """Consume topics as a member of a group, running the router's handlers until SIGTERM.
@@ -165,6 +167,7 @@ def consume(
             grpc_addr=grpc_addr or "127.0.0.1:50052", reflection=reflection,
             tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            mtls_writers=mtls_writer or (),
             stall_timeout=parse_duration(stall_timeout),
         )  # fmt: skip
         handlers = load_router(router)

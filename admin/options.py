@@ -92,6 +92,15 @@ TlsKey = Annotated[Path | None, typer.Option(envvar="CONVEYOR_TLS_KEY", help="Se
 TlsClientCa = Annotated[
     Path | None, typer.Option(envvar="CONVEYOR_TLS_CLIENT_CA", help="Require client certs (mTLS).")
 ]
+MtlsWriters = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mtls-writer",
+        envvar="CONVEYOR_MTLS_WRITERS",
+        help="Client-certificate common name with write scope (repeatable; the variable takes "
+        "names separated by spaces). Other verified certificates get read.",
+    ),
+]
 StallTimeout = Annotated[
     str,
     typer.Option(

@@ -27,6 +27,7 @@ from admin.options import (
     GrpcAddr,
     KeyPrefix,
     LogLevel,
+    MtlsWriters,
     RedisUrl,
     Reflection,
     StallTimeout,
@@ -93,6 +94,7 @@ def run(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_client_ca: TlsClientCa = None,
+    mtls_writer: MtlsWriters = None,
     stall_timeout: StallTimeout = "60s",
 ) -> None:
     """Run the relay: drain each schema's outbox into its topic streams until SIGTERM.
@@ -107,6 +109,7 @@ def run(
             grpc_addr=grpc_addr or "127.0.0.1:50051", reflection=reflection,
             tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            mtls_writers=mtls_writer or (),
             stall_timeout=parse_duration(stall_timeout),
         )  # fmt: skip
         settings = RelaySettings(

@@ -21,7 +21,7 @@ import asyncpg
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from admin.audit import AuditLog
-from admin.auth import AuthInterceptor, AuthSettings, TokenStore, install_sighup_reload
+from admin.auth import AuthInterceptor, AuthSettings, Scope, TokenStore, install_sighup_reload
 from admin.health import Health
 from admin.options import fail
 from admin.server import OpsServer, ServerSettings
@@ -279,12 +279,16 @@ def ops_settings(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     stall_timeout: float,
+    mtls_writers: Sequence[str] = (),
 ) -> OpsSettings:
     """OpsSettings from command-line values; ValueError (or InvalidInput) naming a bad one."""
+    if mtls_writers and tls_client_ca is None:
+        raise ValueError("--mtls-writer names client certificates: it needs --tls-client-ca")
     return OpsSettings(
         server=ServerSettings(grpc_addr=grpc_addr, reflection=reflection, tls_cert=tls_cert,
                               tls_key=tls_key, tls_client_ca=tls_client_ca),
-        auth=AuthSettings(tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated),
+        auth=AuthSettings(tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
+                          mtls_scopes=dict.fromkeys(mtls_writers, Scope.WRITE)),
         stall_timeout=stall_timeout,
     )  # fmt: skip
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +31,7 @@ from admin.auth import (
     token_digest,
 )
 from conveyor.v1 import admin_pb2, admin_pb2_grpc
+from tests.pki import make_pki
 
 GET_STATUS = "/conveyor.v1.AdminService/GetStatus"
 RESOLVE = "/conveyor.v1.AdminService/ResolveDeadLetters"
@@ -346,36 +345,9 @@ async def test_unauthenticated_mode_runs_every_call_as_anonymous_writer(
 # --- mTLS ----------------------------------------------------------------------------------------
 
 
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-
-def _certificate(directory: Path, name: str, cn: str, ca: Path | None, ext: str = "") -> None:
-    """`name.key` and `name.crt` for `cn`: self-signed when `ca` is None, else signed by it."""
-    key, crt = directory / f"{name}.key", directory / f"{name}.crt"
-    if ca is None:
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
-                 "-days", "1", "-subj", f"/CN={cn}")  # fmt: skip
-        return
-    csr, extfile = directory / f"{name}.csr", directory / f"{name}.ext"
-    extfile.write_text(ext)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-             "-subj", f"/CN={cn}")  # fmt: skip
-    _openssl("x509", "-req", "-in", csr, "-CA", ca.with_suffix(".crt"), "-CAkey",
-             ca.with_suffix(".key"), "-CAcreateserial", "-out", crt, "-days", "1",
-             "-extfile", extfile)  # fmt: skip
-
-
 @pytest.fixture
-def pki(tmp_path: Path) -> Iterator[Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make test certificates")
-    _certificate(tmp_path, "ca", "conveyor test CA", None)
-    ca = tmp_path / "ca"
-    _certificate(tmp_path, "server", "localhost", ca, "subjectAltName=DNS:localhost\n")
-    _certificate(tmp_path, "ops", "ops-console", ca)
-    _certificate(tmp_path, "grafana", "grafana", ca)
-    yield tmp_path
+def pki(tmp_path: Path) -> Path:
+    return make_pki(tmp_path)
 
 
 def _read(pki: Path, name: str) -> bytes:
