@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import re
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conveyor.v1 import admin_pb2, admin_pb2_grpc
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import create_effects, publish
-from tests.processes import start_conveyor, stop, wait_until
+from tests.processes import run_conveyor, start_conveyor, stop, wait_until
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -301,3 +302,14 @@ async def test_watch_sees_readiness_go_at_shutdown_and_unknown_services(case: Ca
 
 async def _serving(port: int) -> bool:
     return await asyncio.to_thread(check, port, "") == SERVING
+
+
+def test_a_taken_grpc_port_fails_the_start_with_a_clear_error(case: Case) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = run_conveyor(["relay", "--grpc-addr", address, "--allow-unauthenticated"],
+                            case.env, timeout=60)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"conveyor: error: cannot serve gRPC on {address}" in done.stderr
