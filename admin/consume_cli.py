@@ -22,6 +22,7 @@ from admin.options import (
     EXIT_USAGE,
     AllowUnauthenticated,
     DatabaseUrl,
+    DescriptorSets,
     GrpcAddr,
     KeyPrefix,
     LogLevel,
@@ -155,6 +156,7 @@ def consume(
     tls_key: TlsKey = None,
     tls_client_ca: TlsClientCa = None,
     mtls_writer: MtlsWriters = None,
+    descriptor_set: DescriptorSets = None,
     stall_timeout: StallTimeout = "60s",
 ) -> None:
     """Consume topics as a member of a group, running the router's handlers until SIGTERM.
@@ -168,6 +170,7 @@ def consume(
             tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             mtls_writers=mtls_writer or (),
+            descriptor_sets=descriptor_set or (),
             stall_timeout=parse_duration(stall_timeout),
         )  # fmt: skip
         handlers = load_router(router)

@@ -101,6 +101,15 @@ MtlsWriters = Annotated[
         "names separated by spaces). Other verified certificates get read.",
     ),
 ]
+DescriptorSets = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--descriptor-set",
+        envvar="CONVEYOR_DESCRIPTOR_SETS",
+        help="FileDescriptorSet from `buf build -o FILE` whose types dead-letter payloads are "
+        "shown as JSON with (repeatable; the variable takes paths separated by spaces).",
+    ),
+]
 StallTimeout = Annotated[
     str,
     typer.Option(

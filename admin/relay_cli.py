@@ -24,6 +24,7 @@ from admin.options import (
     EXIT_USAGE,
     AllowUnauthenticated,
     DatabaseUrl,
+    DescriptorSets,
     GrpcAddr,
     KeyPrefix,
     LogLevel,
@@ -95,6 +96,7 @@ def run(
     tls_key: TlsKey = None,
     tls_client_ca: TlsClientCa = None,
     mtls_writer: MtlsWriters = None,
+    descriptor_set: DescriptorSets = None,
     stall_timeout: StallTimeout = "60s",
 ) -> None:
     """Run the relay: drain each schema's outbox into its topic streams until SIGTERM.
@@ -110,6 +112,7 @@ def run(
             tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             mtls_writers=mtls_writer or (),
+            descriptor_sets=descriptor_set or (),
             stall_timeout=parse_duration(stall_timeout),
         )  # fmt: skip
         settings = RelaySettings(

@@ -24,6 +24,7 @@ from admin.audit import AuditLog
 from admin.auth import AuthInterceptor, AuthSettings, Scope, TokenStore, install_sighup_reload
 from admin.health import Health
 from admin.options import fail
+from admin.payloads import PayloadTypes
 from admin.server import OpsServer, ServerSettings
 from admin.servicer import AdminContext, AdminServicer
 from admin.status import (
@@ -48,6 +49,8 @@ class OpsSettings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     stall_timeout: float = 60.0
     """Work waiting and nothing done for this long makes a component NOT_SERVING."""
+    payload_types: PayloadTypes = field(default_factory=PayloadTypes)
+    """Message types known beyond the process's own, for showing dead-letter payloads as JSON."""
     page_token_key: bytes | None = None
     """Signs list page tokens; by default derived from the database URL, so every process of
     one deployment accepts the others' tokens (CONVEYOR_PAGE_TOKEN_KEY overrides)."""
@@ -236,6 +239,7 @@ class OpsPlane:
             pool=pool, redis=redis, key_prefix=self._prefix, audit=audit,
             token_key=page_token_key(self.settings, self._database_url),
             snapshot=lambda: checker.snapshot, metrics=self._metrics,
+            payload_types=self.settings.payload_types,
             schemas=lambda: registry_schemas(pool, own),
         )  # fmt: skip
         server = OpsServer(
@@ -280,6 +284,7 @@ def ops_settings(
     tls_client_ca: Path | None,
     stall_timeout: float,
     mtls_writers: Sequence[str] = (),
+    descriptor_sets: Sequence[Path] = (),
 ) -> OpsSettings:
     """OpsSettings from command-line values; ValueError (or InvalidInput) naming a bad one."""
     if mtls_writers and tls_client_ca is None:
@@ -290,6 +295,7 @@ def ops_settings(
         auth=AuthSettings(tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
                           mtls_scopes=dict.fromkeys(mtls_writers, Scope.WRITE)),
         stall_timeout=stall_timeout,
+        payload_types=PayloadTypes.load(descriptor_sets),
     )  # fmt: skip
 
 

@@ -6,12 +6,11 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
 import grpc
-from google.protobuf import json_format, symbol_database
 from google.protobuf.message import DecodeError
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.exceptions import RedisError
@@ -21,6 +20,7 @@ from admin.audit import AuditLog
 from admin.auth import current_principal
 from admin.catalog import DeadLetterQuery, DeadLetterRecord
 from admin.errors import AdminError, FailedPrecondition, InvalidInput, NotFound
+from admin.payloads import PayloadTypes
 from admin.status import Snapshot
 from conveyor import wire
 from conveyor.v1 import admin_pb2, admin_pb2_grpc, event_pb2
@@ -75,6 +75,8 @@ class AdminContext:
     metrics: InMemoryMetricReader | None
     schemas: Callable[[], Awaitable[Sequence[str]]]
     """Application schemas to look in for outbox rows and ledgers (TraceEvent)."""
+    payload_types: PayloadTypes = field(default_factory=PayloadTypes)
+    """Decodes payloads to JSON (GetDeadLetter)."""
 
 
 def _principal() -> str:
@@ -162,7 +164,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             response.payload = raw  # not an Event at all: the bytes as they came
             return
         response.payload, response.payload_type_url = event.data.value, event.data.type_url
-        response.payload_json = payload_json(event)
+        response.payload_json = self._c.payload_types.to_json(event)
 
     @rpc
     async def ResolveDeadLetters(self, request: Any, context: Any) -> Any:
@@ -249,13 +251,3 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             if token is None:
                 break
         return sorted(found, key=lambda r: r.id)
-
-
-def payload_json(event: event_pb2.Event) -> str:
-    """The payload as JSON when its message type is known in this process, else ""."""
-    try:
-        cls = symbol_database.Default().GetSymbol(event.type)
-        message = cls.FromString(event.data.value)
-    except (KeyError, DecodeError):
-        return ""
-    return json_format.MessageToJson(message, preserving_proto_field_name=True)

@@ -1,0 +1,97 @@
+"""Payload message types for showing dead letters as JSON: the process's own, and descriptor sets.
+
+A consumer knows its handlers' event types; a relay, or a consumer inspecting another group's dead
+letters, may not. `--descriptor-set` names FileDescriptorSets built with `buf build -o FILE`
+(binary, imports included, which is buf's default) so their types decode too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    json_format,
+    message_factory,
+    symbol_database,
+)
+from google.protobuf.message import DecodeError, Message
+
+from conveyor.v1 import event_pb2
+
+
+class PayloadTypes:
+    """Finds the message class of an event type: registered in this process, else in the
+    descriptor sets loaded at start."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool | None = None) -> None:
+        self._pool = pool
+
+    @classmethod
+    def load(cls, paths: Sequence[Path]) -> PayloadTypes:
+        """Read FileDescriptorSets; ValueError naming the file and the problem."""
+        if not paths:
+            return cls()
+        pool = descriptor_pool.DescriptorPool()
+        added: dict[str, bytes] = {}
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read descriptor set {str(path)!r}: {exc.strerror or exc}"
+                ) from None
+            try:
+                files = descriptor_pb2.FileDescriptorSet.FromString(data).file
+            except DecodeError:
+                files = None
+            if not files:
+                raise ValueError(
+                    f"{str(path)!r} is not a binary FileDescriptorSet: build one with "
+                    f"`buf build -o {path.name if path.suffix == '.binpb' else 'types.binpb'}`"
+                )
+            for file in files:
+                serialized = file.SerializeToString(deterministic=True)
+                if file.name in added:
+                    if added[file.name] != serialized:
+                        raise ValueError(
+                            f"descriptor set {str(path)!r} defines {file.name} differently "
+                            "from an earlier set: give each file once"
+                        )
+                    continue
+                try:
+                    pool.Add(file)
+                except TypeError as exc:  # a missing import or a conflicting symbol
+                    raise ValueError(
+                        f"descriptor set {str(path)!r}: {file.name}: {exc} (build it with its "
+                        "imports, which `buf build` includes by default)"
+                    ) from None
+                added[file.name] = serialized
+        return cls(pool)
+
+    def message_class(self, full_name: str) -> type[Message] | None:
+        """The class of message type `full_name`, or None when it is unknown here."""
+        try:
+            return symbol_database.Default().GetSymbol(full_name)
+        except KeyError:
+            pass
+        if self._pool is None:
+            return None
+        try:
+            descriptor = self._pool.FindMessageTypeByName(full_name)
+        except KeyError:
+            return None
+        return message_factory.GetMessageClass(descriptor)
+
+    def to_json(self, event: event_pb2.Event) -> str:
+        """The event's payload as JSON when its type is known and it parses, else ""."""
+        cls = self.message_class(event.type)
+        if cls is None:
+            return ""
+        try:
+            message = cls.FromString(event.data.value)
+        except DecodeError:
+            return ""
+        return json_format.MessageToJson(message, preserving_proto_field_name=True)

@@ -1,0 +1,63 @@
+"""Descriptor sets given with --descriptor-set: what loads, and what is refused with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import any_pb2, descriptor_pb2
+
+from admin.payloads import PayloadTypes
+from conveyor.v1 import event_pb2
+
+
+def _file(name: str, package: str, message: str, *, fields: int = 1,
+          deps: tuple[str, ...] = ()) -> descriptor_pb2.FileDescriptorProto:  # fmt: skip
+    proto = descriptor_pb2.FileDescriptorProto(name=name, package=package, syntax="proto3")
+    proto.dependency.extend(deps)
+    msg = proto.message_type.add(name=message)
+    for number in range(1, fields + 1):
+        msg.field.add(name=f"f{number}", number=number,
+                      type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                      label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)  # fmt: skip
+    return proto
+
+
+def _write(path: Path, *files: descriptor_pb2.FileDescriptorProto) -> Path:
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=files).SerializeToString())
+    return path
+
+
+def test_a_loaded_type_decodes_to_json(tmp_path: Path) -> None:
+    types = PayloadTypes.load([_write(tmp_path / "a.binpb", _file("x/a.proto", "x.v1", "Thing"))])
+    cls = types.message_class("x.v1.Thing")
+    assert cls is not None
+    event = event_pb2.Event(type="x.v1.Thing")
+    event.data.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/x.v1.Thing",
+                                    value=cls(f1="hello").SerializeToString()))  # fmt: skip
+    assert '"f1": "hello"' in types.to_json(event)
+    assert types.to_json(event_pb2.Event(type="x.v1.Unknown")) == ""
+
+
+def test_the_same_file_twice_is_fine_but_two_versions_are_refused(tmp_path: Path) -> None:
+    one = _write(tmp_path / "one.binpb", _file("x/a.proto", "x.v1", "Thing"))
+    same = _write(tmp_path / "same.binpb", _file("x/a.proto", "x.v1", "Thing"))
+    PayloadTypes.load([one, same])
+    other = _write(tmp_path / "other.binpb", _file("x/a.proto", "x.v1", "Thing", fields=2))
+    with pytest.raises(ValueError, match=r"defines x/a\.proto differently"):
+        PayloadTypes.load([one, other])
+
+
+def test_a_set_without_its_imports_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    lonely = _write(tmp_path / "b.binpb",
+                    _file("x/b.proto", "x.v1", "Other", deps=("x/missing.proto",)))  # fmt: skip
+    with pytest.raises(ValueError, match="with its imports"):
+        PayloadTypes.load([lonely])
+
+
+def test_an_empty_or_garbage_file_is_not_a_descriptor_set(tmp_path: Path) -> None:
+    for content in (b"", b"\xff\xfe not protobuf"):
+        path = tmp_path / "bad.binpb"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="not a binary FileDescriptorSet"):
+            PayloadTypes.load([path])
