@@ -31,10 +31,13 @@ log = logging.getLogger(__name__)
 _RETRY_STREAM_PERIOD = 0.2
 """Seconds between reads of the group's retry stream (reprocessed dead letters)."""
 _TOUCH_MARGIN = 0.5
+"""Seconds subtracted from our own idea of an entry's idle time when touching it."""
 _BATCHES_IN_FLIGHT = 2
 """Batches being applied at once: each lane applies its parts in order, so a batch's lanes
 start as soon as the previous batch's same lanes are done."""
-"""Seconds subtracted from our own idea of an entry's idle time when touching it."""
+_IN_FLIGHT_POLL = 0.02
+"""Seconds between reads of an empty stream while a batch is being applied (a blocking read
+would hold back due retries; reading without a pause would spin)."""
 
 
 class DeadLetterSink(Protocol):
@@ -154,8 +157,10 @@ class TopicWorker:
                     await applying.popleft()
                 if batch.deliveries or batch.settled:
                     applying.append(asyncio.create_task(self.finish(batch)))
+                elif applying:  # nothing new; the batch in flight marks progress when done
+                    await asyncio.wait([applying[0]], timeout=_IN_FLIGHT_POLL)
                 else:
-                    self._progressed()
+                    self._progressed()  # idle: nothing waiting, nothing in flight
         finally:
             while applying:
                 await applying.popleft()

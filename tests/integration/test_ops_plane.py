@@ -7,7 +7,8 @@ import hashlib
 import re
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -221,63 +222,58 @@ async def test_every_admin_rpc_is_implemented_and_bad_input_gets_its_code(
         )
 
 
-async def test_a_consumer_stuck_in_a_handler_is_reported_stalled(case: Case) -> None:
+COMPONENT = "conveyor.consumer.identity.g"
+
+
+@asynccontextmanager
+async def wedged_consumer(case: Case, handler: dict[str, str], stall: str) -> AsyncIterator[int]:
+    """A consumer whose handler misbehaves as `handler` (effects_router variables) says, serving
+    once idle, and then given one event; yields its gRPC port."""
     await create_effects(case.pg, case.schema)
-    env = case.env | {"TEST_EFFECTS_SCHEMA": case.schema, "TEST_HANDLER_SLEEP": "3600"}
     args = ["consume", "--group", "g", "--router", "tests.integration.effects_router:router",
-            "--ledger-schema", case.schema, "--stall-timeout", "2s",
+            "--ledger-schema", case.schema, "--stall-timeout", stall,
             "--allow-unauthenticated"]  # fmt: skip
-    proc = start_conveyor(args, env)
+    proc = start_conveyor(args, case.env | {"TEST_EFFECTS_SCHEMA": case.schema, **handler})
     try:
         port = port_of(proc, [])
-        component = "conveyor.consumer.identity.g"
-
-        async def state(want: int) -> bool:
-            return await asyncio.to_thread(check, port, component) == want
-
-        await wait_until(lambda: state(SERVING), timeout=20, what="serving while idle")
-        await publish(case.redis, case.prefix, 5)  # the handler now hangs on the first one
-        await wait_until(lambda: state(NOT_SERVING), timeout=20, what="the stall noticed")
-        assert await asyncio.to_thread(check, port, "conveyor.liveness") == SERVING
-        ch, stub, _ = admin(port, None)
-        with ch:
-            status = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
-        (mine,) = [c for c in status.components if c.name == component]
-        assert any(r.startswith("stalled") for r in mine.reasons), mine.reasons
+        await wait_until(lambda: _is(port, COMPONENT, SERVING), timeout=20, what="serving")
+        assert await _is(port, "conveyor.liveness", SERVING)
+        await publish(case.redis, case.prefix, 1)
+        yield port
     finally:
         stop(proc, signal.SIGKILL)
+
+
+async def _is(port: int, service: str, want: int) -> bool:
+    return await asyncio.to_thread(check, port, service) == want
+
+
+def _reasons(port: int) -> tuple[str, ...]:
+    ch, stub, _ = admin(port, None)
+    with ch:
+        status = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+    (mine,) = [c for c in status.components if c.name == COMPONENT]
+    return tuple(mine.reasons)
+
+
+async def test_a_consumer_stuck_in_a_handler_is_reported_stalled(case: Case) -> None:
+    async with wedged_consumer(case, {"TEST_HANDLER_SLEEP": "3600"}, "2s") as port:
+        await wait_until(lambda: _is(port, COMPONENT, NOT_SERVING), timeout=20,
+                         what="the stall noticed")  # fmt: skip
+        assert await _is(port, "conveyor.liveness", SERVING), "stalled, but the loop runs"
+        assert any(r.startswith("stalled") for r in _reasons(port)), _reasons(port)
 
 
 async def test_a_blocked_event_loop_is_reported_while_health_keeps_answering(case: Case) -> None:
     """A handler that blocks the pipeline's event loop: the ops plane, on its own thread, still
     answers, names the problem, and takes liveness down once the stall timeout has passed."""
-    await create_effects(case.pg, case.schema)
-    env = case.env | {"TEST_EFFECTS_SCHEMA": case.schema, "TEST_HANDLER_BLOCK": "3600"}
-    args = ["consume", "--group", "g", "--router", "tests.integration.effects_router:router",
-            "--ledger-schema", case.schema, "--stall-timeout", "3s",
-            "--allow-unauthenticated"]  # fmt: skip
-    proc = start_conveyor(args, env)
-    try:
-        port = port_of(proc, [])
-        component = "conveyor.consumer.identity.g"
-
-        async def state(service: str, want: int) -> bool:
-            return await asyncio.to_thread(check, port, service) == want
-
-        await wait_until(lambda: state(component, SERVING), timeout=20, what="serving")
-        assert await asyncio.to_thread(check, port, "conveyor.liveness") == SERVING
-        await publish(case.redis, case.prefix, 1)  # the handler now blocks the loop for good
-        await wait_until(lambda: state(component, NOT_SERVING), timeout=20, what="block seen")
-        assert await asyncio.to_thread(check, port, "") == NOT_SERVING
-        ch, stub, _ = admin(port, None)
-        with ch:
-            status = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
-        (mine,) = [c for c in status.components if c.name == component]
-        assert any(r.startswith("event loop blocked") for r in mine.reasons), mine.reasons
-        await wait_until(lambda: state("conveyor.liveness", NOT_SERVING), timeout=20,
+    async with wedged_consumer(case, {"TEST_HANDLER_BLOCK": "3600"}, "3s") as port:
+        await wait_until(lambda: _is(port, COMPONENT, NOT_SERVING), timeout=20,
+                         what="the blocked loop noticed")  # fmt: skip
+        assert await _is(port, "", NOT_SERVING)
+        assert any(r.startswith("event loop blocked") for r in _reasons(port)), _reasons(port)
+        await wait_until(lambda: _is(port, "conveyor.liveness", NOT_SERVING), timeout=20,
                          what="liveness down past the stall timeout")  # fmt: skip
-    finally:
-        stop(proc, signal.SIGKILL)
 
 
 def watch_statuses(port: int, service: str, count: int) -> list[int]:
