@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-import asyncpg
 import typer
-from redis.exceptions import RedisError
 
 from admin import consume_cli, dlq_cli, migrate_cli, ops_cli, options, relay_cli
-from admin import demo as demo_run
 from admin.errors import AdminError
 
 app = typer.Typer(
@@ -35,6 +32,11 @@ def demo(
 ) -> None:
     """Migrate schema `identity`, run a relay and a `mailer` consumer group on demo events (some
     fail), show progress, then the dead-letter report and how to reprocess."""
+    import asyncpg
+    from redis.exceptions import RedisError
+
+    from admin import demo as demo_run
+
     if not 1 <= events <= 100_000:
         options.fail(f"--events must be 1-100000, got {events}", options.EXIT_USAGE)
     options.setup_logging("warning")

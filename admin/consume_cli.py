@@ -7,12 +7,10 @@ import importlib
 import logging
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from admin import migrations, observability, runtime
 from admin.durations import parse_duration
 from admin.errors import AdminError
 from admin.options import (
@@ -38,10 +36,10 @@ from admin.options import (
     redact,
     setup_logging,
 )
-from admin.probes import ConsumerProbe
-from admin.process import tune_for_throughput
-from consumers import Consumer, ConsumerSettings, Router
-from consumers.settings import default_consumer_name
+
+if TYPE_CHECKING:  # the consumer's modules load when it runs, not for `conveyor dlq ...`
+    from admin import runtime
+    from consumers import ConsumerSettings, Router
 from conveyor import database, wire
 
 log = logging.getLogger(__name__)
@@ -49,6 +47,8 @@ log = logging.getLogger(__name__)
 
 def load_router(spec: str) -> Router:
     """The Router named by `module.path:attribute`; ValueError saying what is wrong."""
+    from consumers import Router
+
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(
@@ -163,6 +163,13 @@ def consume(
 
     Serves grpc.health.v1.Health and conveyor.v1.AdminService on --grpc-addr meanwhile.
     """
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from admin import observability, runtime
+    from admin.process import tune_for_throughput
+    from consumers import ConsumerSettings
+    from consumers.settings import default_consumer_name
+
     setup_logging(log_level)
     try:
         ops = runtime.ops_settings(
@@ -207,6 +214,8 @@ def consume(
 
 
 def _require_schemas(settings: ConsumerSettings) -> None:
+    from admin import migrations
+
     try:
         if settings.exactly_once:
             asyncio.run(migrations.ensure_at_head(settings.database_url, settings.ledger_schema))
@@ -219,6 +228,10 @@ def _require_schemas(settings: ConsumerSettings) -> None:
 async def _serve(
     router: Router, settings: ConsumerSettings, ops: runtime.OpsSettings, reader: Any
 ) -> None:
+    from admin import runtime
+    from admin.probes import ConsumerProbe
+    from consumers import Consumer
+
     async with Consumer(router, settings) as consumer:
         own = [settings.ledger_schema] if settings.exactly_once else []
         plane = runtime.OpsPlane(

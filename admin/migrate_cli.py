@@ -12,17 +12,18 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from admin import migrations
 from admin.errors import AdminError, InvalidInput
-from admin.migrations import SchemaState
 from admin.options import DEFAULT_DATABASE_URL, EXIT_FAILURE, EXIT_USAGE, DatabaseUrl, fail
 from conveyor.database import CATALOG_SCHEMA, DEFAULT_SCHEMA
+
+if TYPE_CHECKING:  # alembic and SQLAlchemy load only for the commands that need them
+    from admin.migrations import SchemaState
 
 app = typer.Typer(
     help="Create, upgrade, downgrade and inspect Conveyor's PostgreSQL tables. "
@@ -56,6 +57,8 @@ def up(
     verbose: VerboseOption = False,
 ) -> None:
     """Upgrade the catalog to head, then the application schema to REVISION (creating it)."""
+    from admin import migrations
+
     with _errors(), _alembic_log(verbose):
         if catalog:
             migrations.upgrade_catalog(database_url, revision)
@@ -79,6 +82,8 @@ def down(
     `base` drops every Conveyor table of the schema, and the schema itself if Conveyor created it
     and nothing else is left in it. Downgrading a schema never touches the catalog.
     """
+    from admin import migrations
+
     with _errors(), _alembic_log(verbose):
         if catalog:
             migrations.downgrade_catalog(database_url, revision)
@@ -103,6 +108,8 @@ def current(
 @app.command()
 def history(as_json: JsonOption = False) -> None:
     """List the migrations shipped with this version of Conveyor, oldest first."""
+    from admin import migrations
+
     revisions = migrations.history()
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in revisions], indent=2))
@@ -127,6 +134,8 @@ def check(
     as_json: JsonOption = False,
 ) -> None:
     """Exit 0 if the catalog and the application schema are at head, else 1 saying what to run."""
+    from admin import migrations
+
     with _errors():
         states = _states(database_url, schema, catalog)
         _print_states(states, as_json=as_json)
@@ -135,6 +144,8 @@ def check(
 
 
 def _states(database_url: str, schema: str, catalog_only: bool) -> list[SchemaState]:
+    from admin import migrations
+
     states = [migrations.check_catalog(database_url)]
     if not catalog_only:
         states.append(migrations.check(database_url, schema))

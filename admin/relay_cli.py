@@ -6,15 +6,12 @@ import asyncio
 import json
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import asyncpg
 import typer
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from admin import migrations, observability, runtime
 from admin.durations import parse_duration, parse_since
 from admin.errors import AdminError
 from admin.options import (
@@ -40,13 +37,12 @@ from admin.options import (
     redact,
     setup_logging,
 )
-from admin.probes import RelayProbe
-from admin.process import tune_for_throughput
-from conveyor import database, redis_client, wire
-from relay import Relay, RelaySettings
-from relay.publisher import StreamPublisher
-from relay.replay import ReplayResult, replay
-from relay.store import count_replayable
+from conveyor import database, wire
+
+if TYPE_CHECKING:  # the relay's modules load when a command runs, not for `conveyor dlq ...`
+    from admin import runtime
+    from relay import RelaySettings
+    from relay.replay import ReplayResult
 
 log = logging.getLogger(__name__)
 app = typer.Typer(help="Publish outbox events to Redis Streams.", no_args_is_help=False)
@@ -105,6 +101,12 @@ def run(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from admin import migrations, observability, runtime
+    from admin.process import tune_for_throughput
+    from relay import RelaySettings
+
     setup_logging(log_level)
     try:
         ops = runtime.ops_settings(
@@ -140,6 +142,10 @@ def run(
 
 
 async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any) -> None:
+    from admin import runtime
+    from admin.probes import RelayProbe
+    from relay import Relay
+
     async with Relay(settings) as relay:
         plane = runtime.OpsPlane(
             ops, database_url=settings.database_url, redis_url=settings.redis_url,
@@ -176,6 +182,8 @@ def replay_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Republish outbox rows kept after publishing (see --retention), e.g. after Redis lost data."""
+    from admin import migrations
+
     try:
         moment = parse_since(since)
         database.validate_schema(schema)
@@ -220,6 +228,13 @@ async def _replay(
     dry_run: bool,
     quiet: bool,
 ) -> ReplayResult:
+    import asyncpg
+
+    from conveyor import redis_client
+    from relay.publisher import StreamPublisher
+    from relay.replay import replay
+    from relay.store import count_replayable
+
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     client = redis_client.connect(redis_url)
     try:
