@@ -94,6 +94,9 @@ class DeadLetterQuery:
     """
 
     topic: str | None = None
+    prefix: str | None = None
+    """Only the dead letters of the deployment with this key prefix (None: every deployment
+    sharing the catalog)."""
     event_type: str | None = None
     reason: str | None = None
     group: str | None = None
@@ -105,6 +108,8 @@ class DeadLetterQuery:
     def __post_init__(self) -> None:
         if self.topic is not None:
             _checked("topic", self.topic, wire.validate_topic)
+        if self.prefix is not None:
+            _checked("prefix", self.prefix, wire.validate_prefix)
         if self.group is not None:
             _checked("group", self.group, lambda v: wire.validate_name("group", v))
         if self.event_type is not None:
@@ -198,6 +203,23 @@ def _entry_ids(entry_ids: Sequence[str]) -> list[str]:
 def _topic(topic: str) -> str:
     _checked("topic", topic, wire.validate_topic)
     return topic
+
+
+def scope(topic: str, prefix: str | None) -> tuple[str, str]:
+    """The column and value that select one topic's dead letters: its dead-letter stream under
+    `prefix` (one deployment), or, when `prefix` is None, the topic in every deployment sharing
+    the catalog. The column is one of two constants; the value is a query parameter."""
+    topic = _topic(topic)
+    if prefix is None:
+        return "topic", topic
+    _checked("prefix", prefix, wire.validate_prefix)
+    return "dlq_stream", wire.Keys(topic, prefix).dlq
+
+
+def _stream_start(prefix: str | None) -> str | None:
+    """How the dead-letter streams of the deployment with key prefix `prefix` begin (a prefix
+    has no braces, so `prefix:{` starts no other deployment's keys)."""
+    return None if prefix is None else f"{prefix}:{{"
 
 
 def _like_literal(text: str | None) -> str | None:
@@ -304,6 +326,7 @@ def _where(query: DeadLetterQuery, after_id: int | None) -> tuple[str, list[Any]
     """The WHERE clause and its parameters; the SQL text is built from constants only."""
     conditions: list[tuple[str, Any]] = [
         ("topic = ${}", query.topic),
+        ("starts_with(dlq_stream, ${})", _stream_start(query.prefix)),
         ("event_type = ${}", query.event_type),
         ("reason = ${}", query.reason),
         ("consumer_group = ${}", query.group),
@@ -350,40 +373,51 @@ async def list_dead_letters(
     return records, encode_page_token(token_key, query, records[-1].id) if more else None
 
 
-async def get_dead_letter(pool: asyncpg.Pool, topic: str, entry_id: str) -> DeadLetterRecord | None:
-    """The dead letter at `entry_id` of the topic's dead-letter stream, or None."""
+async def get_dead_letter(
+    pool: asyncpg.Pool, topic: str, entry_id: str, *, prefix: str | None = None
+) -> DeadLetterRecord | None:
+    """The dead letter at `entry_id` of the topic's dead-letter stream, or None (see `scope`)."""
     entry = parse_entry_id(entry_id)
-    # Two key prefixes sharing one catalog could both hold the id; the newest record wins.
+    column, value = scope(topic, prefix)
+    # Without a prefix, two deployments sharing the catalog could both hold the id: the newest
+    # record wins.
     row = await pool.fetchrow(
-        f"SELECT {_COLUMNS} FROM {_DEAD_LETTERS} WHERE topic = $1 AND dlq_entry_id = $2 "
+        f"SELECT {_COLUMNS} FROM {_DEAD_LETTERS} WHERE {column} = $1 AND dlq_entry_id = $2 "
         "ORDER BY id DESC LIMIT 1",
-        _topic(topic),
+        value,
         entry,
     )
     return None if row is None else _record(row)
 
 
 async def get_dead_letters(
-    pool: asyncpg.Pool, topic: str, entry_ids: Sequence[str]
+    pool: asyncpg.Pool, topic: str, entry_ids: Sequence[str], *, prefix: str | None = None
 ) -> list[DeadLetterRecord]:
-    """The dead letters of the topic with these entry ids, oldest first; unknown ids are absent."""
+    """The dead letters of the topic with these entry ids, oldest first; unknown ids are absent
+    (see `scope` for `prefix`)."""
     entries = _entry_ids(entry_ids)
-    topic = _topic(topic)
+    column, value = scope(topic, prefix)
     if not entries:
         return []
     rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM {_DEAD_LETTERS} WHERE topic = $1 AND dlq_entry_id = ANY($2) "
+        f"SELECT {_COLUMNS} FROM {_DEAD_LETTERS} WHERE {column} = $1 AND dlq_entry_id = ANY($2) "
         "ORDER BY id",
-        topic,
+        value,
         entries,
     )
     return [_record(r) for r in rows]
 
 
-async def dead_letters_for_event(pool: asyncpg.Pool, event_id: uuid.UUID) -> list[DeadLetterRecord]:
-    """Every dead letter of the event, in any topic or group, oldest first."""
+async def dead_letters_for_event(
+    pool: asyncpg.Pool, event_id: uuid.UUID, *, prefix: str | None = None
+) -> list[DeadLetterRecord]:
+    """Every dead letter of the event, in any topic or group, oldest first; only those of the
+    deployment with key prefix `prefix` when it is given."""
     rows = await pool.fetch(
-        f"SELECT {_COLUMNS} FROM {_DEAD_LETTERS} WHERE event_id = $1 ORDER BY id", event_id
+        f"SELECT {_COLUMNS} FROM {_DEAD_LETTERS} WHERE event_id = $1 "
+        "AND ($2::text IS NULL OR starts_with(dlq_stream, $2)) ORDER BY id",
+        event_id,
+        _stream_start(prefix),
     )
     return [_record(r) for r in rows]
 
@@ -395,6 +429,7 @@ async def resolve(
     *,
     reason: str,
     principal: str,
+    prefix: str | None = None,
 ) -> int:
     """Mark the topic's dead letters with these entry ids resolved; return how many changed.
 
@@ -406,13 +441,14 @@ async def resolve(
     _check_text("reason", reason, limit=MAX_TEXT)
     _check_text("principal", principal, limit=256)
     entries = _entry_ids(entry_ids)
-    topic = _topic(topic)
+    column, value = scope(topic, prefix)
     if not entries:
         return 0
     status = await conn.execute(
         f"UPDATE {_DEAD_LETTERS} SET state = 'resolved', resolution = $3, resolved_by = $4, "
-        "updated_at = now() WHERE topic = $1 AND dlq_entry_id = ANY($2) AND state <> 'resolved'",
-        topic,
+        f"updated_at = now() WHERE {column} = $1 AND dlq_entry_id = ANY($2) "
+        "AND state <> 'resolved'",
+        value,
         entries,
         reason,
         principal,

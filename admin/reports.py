@@ -28,7 +28,8 @@ REDIS_TIMEOUT: Final = 1.0
 """Seconds one Redis call may take before the trace reports Redis as unreachable."""
 
 _DEAD_LETTERS: Final = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE}"
-_IN_WINDOW: Final = "topic = $1 AND created_at >= $2 AND created_at <= $3"
+_IN_WINDOW: Final = "{scope} = $1 AND created_at >= $2 AND created_at <= $3"
+"""Completed with the column `catalog.scope` names (a constant, never user text)."""
 _SCAN_PAGE: Final = 1000
 
 # Applied in this order: quoted text first (it may hold anything), a UUID before the hex run its
@@ -175,6 +176,7 @@ async def dead_letter_report(
     *,
     now: datetime | None = None,
     processed: int | None = None,
+    prefix: str | None = None,
 ) -> DeadLetterReport:
     """Counts, error fingerprints and an hourly histogram of the topic's dead letters created in
     the `hours` hours up to `now` (default: the current time).
@@ -184,13 +186,13 @@ async def dead_letter_report(
     """
     _check_hours(hours)
     _check_processed(processed)
-    catalog.DeadLetterQuery(topic=topic)  # the topic check, with its InvalidInput
+    column, value = catalog.scope(topic, prefix)  # checks the topic, with its InvalidInput
     end = now or datetime.now(UTC)
     if end.utcoffset() is None:
         raise InvalidInput("now must carry a time zone", field="now", value=end.isoformat())
     start = end - timedelta(hours=hours)
     first_hour = _hour(end) - timedelta(hours=hours - 1)
-    window = (topic, start, end)
+    window = _Window(_IN_WINDOW.format(scope=column), (value, start, end))
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         # One snapshot, so the total, the breakdowns and the histogram add up.
         total, by_type, by_reason, by_group = await _counts(conn, window)
@@ -215,19 +217,27 @@ async def dead_letter_report(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """The report's rows: the WHERE clause (constants only) and its three parameters."""
+
+    where: str
+    params: tuple[str, datetime, datetime]
+
+
 # GROUPING() sets a bit per column left out of the grouping set: event_type is the high bit.
 _BY_EVENT_TYPE, _BY_REASON, _BY_GROUP, _ALL = 0b011, 0b101, 0b110, 0b111
 
 
 async def _counts(
-    conn: Any, window: tuple[str, datetime, datetime]
+    conn: Any, window: _Window
 ) -> tuple[int, tuple[CountByKey, ...], tuple[CountByKey, ...], tuple[CountByKey, ...]]:
     rows = await conn.fetch(
         "SELECT GROUPING(event_type, reason, consumer_group) AS g, "
         "coalesce(event_type, reason, consumer_group, '') AS key, count(*) AS n "
-        f"FROM {_DEAD_LETTERS} WHERE {_IN_WINDOW} "
+        f"FROM {_DEAD_LETTERS} WHERE {window.where} "
         "GROUP BY GROUPING SETS ((), (event_type), (reason), (consumer_group))",
-        *window,
+        *window.params,
     )
 
     def by(g: int) -> tuple[CountByKey, ...]:
@@ -247,16 +257,14 @@ def _normalised(column: str, first_param: int) -> str:
     return sql
 
 
-async def _fingerprints(
-    conn: Any, window: tuple[str, datetime, datetime]
-) -> tuple[ErrorFingerprint, ...]:
+async def _fingerprints(conn: Any, window: _Window) -> tuple[ErrorFingerprint, ...]:
     message = _normalised(f"left(coalesce(error_message, ''), {FINGERPRINT_CHARS})", 5)
     rows = await conn.fetch(
         f"SELECT coalesce(error_class, '') AS error_class, {message} AS message, count(*) AS n, "
         "min(created_at) AS first_seen, max(created_at) AS last_seen "
-        f"FROM {_DEAD_LETTERS} WHERE {_IN_WINDOW} GROUP BY 1, 2 "
+        f"FROM {_DEAD_LETTERS} WHERE {window.where} GROUP BY 1, 2 "
         "ORDER BY n DESC, last_seen DESC, 1, 2 LIMIT $4",
-        *window,
+        *window.params,
         TOP_FINGERPRINTS,
         *(pattern for pattern, _placeholder, _flags in _NORMALISERS),
     )
@@ -266,15 +274,13 @@ async def _fingerprints(
     )
 
 
-async def _per_hour(
-    conn: Any, window: tuple[str, datetime, datetime], first_hour: datetime
-) -> dict[datetime, int]:
+async def _per_hour(conn: Any, window: _Window, first_hour: datetime) -> dict[datetime, int]:
     # Clock hours in UTC (not the session's zone, which may be offset by half an hour); the
     # rolling window starts inside the hour before the first bucket, which that bucket absorbs.
     rows = await conn.fetch(
         "SELECT greatest(date_trunc('hour', created_at, 'UTC'), $4) AS hour, count(*) AS n "
-        f"FROM {_DEAD_LETTERS} WHERE {_IN_WINDOW} GROUP BY 1",
-        *window,
+        f"FROM {_DEAD_LETTERS} WHERE {window.where} GROUP BY 1",
+        *window.params,
         first_hour,
     )
     return {r["hour"]: r["n"] for r in rows}
@@ -328,7 +334,7 @@ async def trace_event(
     _check_config(schemas, key_prefix)
     unreachable: list[str] = []
     outbox, ledger = await _app_rows(pool, eid, schemas, unreachable)
-    dead = tuple(await catalog.dead_letters_for_event(pool, uuid.UUID(eid)))
+    dead = tuple(await catalog.dead_letters_for_event(pool, uuid.UUID(eid), prefix=key_prefix))
     actions = await catalog.audit_for(pool, [*(d.entry_id for d in dead), eid])
     entries: list[StreamRecord] = []
     if outbox is not None and outbox.published_at is not None:

@@ -91,10 +91,14 @@ def _topic(topic: str) -> str:
         raise InvalidInput(str(exc), field="topic", value=topic[:100]) from None
 
 
-def query_of(f: admin_pb2.DeadLetterFilter, topic: str | None = None) -> DeadLetterQuery:
-    """A catalog query from a request's filter."""
+def query_of(
+    f: admin_pb2.DeadLetterFilter, prefix: str, topic: str | None = None
+) -> DeadLetterQuery:
+    """A catalog query from a request's filter, over the dead letters of the deployment with key
+    prefix `prefix`."""
     return DeadLetterQuery(
         topic=topic if topic is not None else (f.topic or None),
+        prefix=prefix,
         event_type=f.event_type or None,
         reason=wire.reason_name(f.reason) if f.reason else None,
         group=f.group or None,
@@ -122,7 +126,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc
     async def ListDeadLetters(self, request: Any, context: Any) -> Any:
-        query = query_of(request.filter)
+        query = query_of(request.filter, self._c.key_prefix)
         records, token = await catalog.list_dead_letters(
             self._c.pool, query, page_size=request.page_size,
             page_token=request.page_token or None, token_key=self._c.token_key,
@@ -135,7 +139,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetDeadLetter(self, request: Any, context: Any) -> Any:
         topic = _topic(request.topic)
         entry_id = catalog.parse_entry_id(request.entry_id)
-        record = await catalog.get_dead_letter(self._c.pool, topic, entry_id)
+        record = await catalog.get_dead_letter(self._c.pool, topic, entry_id,
+                                               prefix=self._c.key_prefix)  # fmt: skip
         if record is None:
             raise NotFound(f"no dead letter {entry_id} on topic {topic}", kind="dead letter",
                            ids=[entry_id])  # fmt: skip
@@ -174,15 +179,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidInput("name at least one entry id", field="entry_ids", value="")
         if not request.reason.strip():
             raise InvalidInput("resolving needs a reason", field="reason", value="")
-        known = {r.entry_id for r in await catalog.get_dead_letters(self._c.pool, topic, ids)}
+        known = {r.entry_id for r in await self._get(topic, ids)}
         missing = [i for i in ids if i not in known]
         if missing:
             raise NotFound(f"no dead letters {', '.join(missing[:20])} on topic {topic}",
                            kind="dead letter", ids=missing)  # fmt: skip
         principal = _principal()
         async with self._c.pool.acquire() as conn, conn.transaction():
-            resolved = await catalog.resolve(conn, topic, ids, reason=request.reason,
-                                             principal=principal)  # fmt: skip
+            resolved = await catalog.resolve(
+                conn, topic, ids, reason=request.reason, principal=principal,
+                prefix=self._c.key_prefix,
+            )  # fmt: skip
             await self._c.audit.record(principal=principal, action="resolve", target_ids=ids,
                                        reason=request.reason, outcome=f"resolved {resolved}",
                                        conn=conn)  # fmt: skip
@@ -191,7 +198,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @rpc
     async def GetDeadLetterReport(self, request: Any, context: Any) -> Any:
         topic = _topic(request.topic)
-        report = await reports.dead_letter_report(self._c.pool, topic, request.hours or 24)
+        report = await reports.dead_letter_report(self._c.pool, topic, request.hours or 24,
+                                                  prefix=self._c.key_prefix)  # fmt: skip
         return convert.report_response(report)
 
     @rpc
@@ -207,7 +215,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReprocessDeadLetters(self, request: Any, context: Any) -> None:
         topic = _topic(request.topic)
         ids = [catalog.parse_entry_id(i) for i in request.entry_ids]
-        query = None if ids else query_of(request.filter, topic=topic)
+        query = None if ids else query_of(request.filter, self._c.key_prefix, topic=topic)
         records = await self._select(topic, ids, query)
         if ids:
             reprocess.check_reprocessable(records)
@@ -227,13 +235,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             rate_limit=request.rate_limit, on_progress=progress,
         )  # fmt: skip
 
+    async def _get(self, topic: str, ids: list[str]) -> list[DeadLetterRecord]:
+        return await catalog.get_dead_letters(self._c.pool, topic, ids, prefix=self._c.key_prefix)
+
     async def _select(
         self, topic: str, ids: list[str], query: DeadLetterQuery | None
     ) -> list[DeadLetterRecord]:
         """The dead letters a reprocess names: by id (all must exist), or every match of the
         filter, oldest first."""
         if ids:
-            records = await catalog.get_dead_letters(self._c.pool, topic, ids)
+            records = await self._get(topic, ids)
             missing = sorted(set(ids) - {r.entry_id for r in records})
             if missing:
                 raise NotFound(f"no dead letters {', '.join(missing[:20])} on topic {topic}",

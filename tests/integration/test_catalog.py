@@ -485,7 +485,8 @@ async def traced(
         "entry_id, processing_result) VALUES ($1, $2, 'conveyor.test.v1.Thing', $3, $4, $5)",
         [(g, event_id, stream, entry_id, r) for g, r in (("g1", "success"), ("g2", "failure"))],
     )
-    dead = await add(pool, topic, event_id=event_id, consumer_group="g2")
+    dead = await add(pool, topic, event_id=event_id, consumer_group="g2",
+                     dlq_stream=wire.Keys(topic, key_prefix).dlq)  # fmt: skip
     await add(pool, topic)  # another event's
     await pool.execute(
         "INSERT INTO conveyor.audit (principal, action, target_ids, outcome) "
@@ -552,3 +553,44 @@ async def test_trace_event_of_unknown_or_malformed_id(
             pool, redis_client, str(uuid.uuid4()), schemas=["x; DROP"], key_prefix=key_prefix
         )
     assert err.value.field == "schemas"
+
+
+async def test_deployments_sharing_the_catalog_see_only_their_own_dead_letters(
+    pool: asyncpg.Pool, topic: str
+) -> None:
+    """Two key prefixes (say staging and prod) on one database: the same topic and even the same
+    dead-letter entry id in both. Each deployment's ops plane passes its prefix; nothing of the
+    other one is listed, shown, resolved, reported or traced."""
+    entry, event = f"{_MS}-{next(_SEQ)}", uuid.uuid4()
+    mine, theirs = [
+        await add(pool, topic, dlq_stream=wire.Keys(topic, prefix).dlq, dlq_entry_id=entry,
+                  event_id=event, error_message=prefix)
+        for prefix in ("prod", "prod:eu")  # one prefix may start another one
+    ]  # fmt: skip
+    got = await catalog.get_dead_letter(pool, topic, entry, prefix="prod")
+    assert got is not None and got.id == mine["id"]
+    got = await catalog.get_dead_letter(pool, topic, entry, prefix="prod:eu")
+    assert got is not None and got.id == theirs["id"]
+    assert await catalog.get_dead_letter(pool, topic, entry, prefix="staging") is None
+    assert [r.id for r in await catalog.get_dead_letters(pool, topic, [entry], prefix="prod")] == [
+        mine["id"]
+    ]
+    assert await ids(pool, DeadLetterQuery(topic=topic, prefix="prod")) == [mine["id"]]
+    assert await ids(pool, DeadLetterQuery(prefix="prod:eu", error_contains="prod")) == [
+        theirs["id"]
+    ]
+    assert sorted(await ids(pool, DeadLetterQuery(topic=topic))) == sorted(
+        [mine["id"], theirs["id"]]
+    ), "without a prefix: every deployment"
+    async with pool.acquire() as conn, conn.transaction():
+        assert await catalog.resolve(conn, topic, [entry], reason="ok", principal=topic,
+                                     prefix="prod") == 1  # fmt: skip
+    states = {r.id: r.state for r in await catalog.get_dead_letters(pool, topic, [entry])}
+    assert states == {mine["id"]: "resolved", theirs["id"]: "open"}
+    report = await reports.dead_letter_report(pool, topic, 5, now=NOW, prefix="prod")
+    assert report.total == 1
+    traced = await catalog.dead_letters_for_event(pool, event, prefix="prod:eu")
+    assert [r.id for r in traced] == [theirs["id"]]
+    with pytest.raises(InvalidInput) as bad:
+        await catalog.get_dead_letter(pool, topic, entry, prefix="{bad}")
+    assert bad.value.field == "prefix"
