@@ -66,7 +66,10 @@ class AuditLog:
         denial_limit: int = 10,
         denial_window: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        key_prefix: str | None = None,
     ) -> None:
+        """`key_prefix` names the deployment writing the rows (in `detail.key_prefix`), so one
+        deployment's view of an entry id does not show another's actions on the same id."""
         if denial_limit < 1:
             raise ValueError(f"denial_limit must be >= 1, got {denial_limit!r}")
         if not denial_window > 0:
@@ -76,6 +79,7 @@ class AuditLog:
         self._window = denial_window
         self._clock = clock
         self._sources: dict[str, _Window] = {}
+        self._key_prefix = key_prefix
 
     async def record(
         self,
@@ -92,7 +96,10 @@ class AuditLog:
 
         Errors propagate: an action that cannot be audited must not happen.
         """
-        text = json.dumps(dict(detail or {}))
+        row_detail = dict(detail or {})
+        if self._key_prefix is not None:
+            row_detail["key_prefix"] = self._key_prefix
+        text = json.dumps(row_detail)
         args = (principal, action, list(target_ids), reason, outcome, text)
         if conn is not None:
             await conn.execute(_INSERT, *args)

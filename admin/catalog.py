@@ -478,15 +478,20 @@ async def set_state(
     return sorted(r["id"] for r in rows)
 
 
-async def audit_for(pool: asyncpg.Pool, target_ids: Sequence[str]) -> list[AuditEntry]:
-    """Audit rows naming any of `target_ids`, oldest first (the newest 1000 at most)."""
+async def audit_for(
+    pool: asyncpg.Pool, target_ids: Sequence[str], *, prefix: str | None = None
+) -> list[AuditEntry]:
+    """Audit rows naming any of `target_ids`, oldest first (the newest 1000 at most); with
+    `prefix`, only those the deployment with that key prefix wrote (and rows that name none)."""
     if not target_ids:
         return []
     rows = await pool.fetch(
         f"SELECT at, principal, action, target_ids, reason, outcome FROM {_AUDIT} "
-        "WHERE target_ids && $1::text[] ORDER BY id DESC LIMIT $2",
+        "WHERE target_ids && $1::text[] AND ($3::text IS NULL OR "
+        "coalesce(detail->>'key_prefix', $3) = $3) ORDER BY id DESC LIMIT $2",
         list(target_ids),
         _AUDIT_LIMIT,
+        prefix,
     )
     return [
         AuditEntry(

@@ -32,6 +32,7 @@ class Health:
         self._known: set[str] = set()
         self._liveness_limit = liveness_limit
         self._beat = beat
+        self._down = False
 
     async def start(self) -> None:
         """Not ready until the first snapshot; alive."""
@@ -40,6 +41,8 @@ class Health:
 
     async def publish(self, snapshot: Snapshot) -> None:
         """Set each component's status and the overall readiness from `snapshot`."""
+        if self._down:  # a refresh that finishes after shutdown began changes nothing
+            return
         for component in snapshot.components:
             serving = component.state != "NOT_SERVING"  # DEGRADED still does its work
             await self.servicer.set(component.name, _SERVING if serving else _NOT_SERVING)
@@ -51,5 +54,6 @@ class Health:
 
     async def shut_down(self) -> None:
         """Everything NOT_SERVING, first thing in a graceful shutdown."""
+        self._down = True
         for name in (*self._known, health.OVERALL_HEALTH, LIVENESS):
             await self.servicer.set(name, _NOT_SERVING)

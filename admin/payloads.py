@@ -86,12 +86,17 @@ class PayloadTypes:
         return message_factory.GetMessageClass(descriptor)
 
     def to_json(self, event: event_pb2.Event) -> str:
-        """The event's payload as JSON when its type is known and it parses, else ""."""
+        """The event's payload as JSON when its type is known and it converts, else "" (the
+        caller then shows the bytes): a dead letter's payload may be anything."""
         cls = self.message_class(event.type)
         if cls is None:
             return ""
+        # Any fields resolve among the types of the pool the payload's type came from.
+        pool = None if cls.DESCRIPTOR.file.pool is descriptor_pool.Default() else self._pool
         try:
             message = cls.FromString(event.data.value)
-        except DecodeError:
+            return json_format.MessageToJson(
+                message, preserving_proto_field_name=True, descriptor_pool=pool
+            )
+        except (DecodeError, json_format.Error, TypeError, ValueError):
             return ""
-        return json_format.MessageToJson(message, preserving_proto_field_name=True)

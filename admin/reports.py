@@ -335,7 +335,7 @@ async def trace_event(
     unreachable: list[str] = []
     outbox, ledger = await _app_rows(pool, eid, schemas, unreachable)
     dead = tuple(await catalog.dead_letters_for_event(pool, uuid.UUID(eid), prefix=key_prefix))
-    actions = await catalog.audit_for(pool, [*(d.entry_id for d in dead), eid])
+    actions = await catalog.audit_for(pool, [*(d.entry_id for d in dead), eid], prefix=key_prefix)
     entries: list[StreamRecord] = []
     if outbox is not None and outbox.published_at is not None:
         stream = wire.Keys(outbox.topic, key_prefix).events

@@ -107,11 +107,18 @@ def check_reprocessable(records: Sequence[DeadLetterRecord]) -> None:
         )
 
 
-def request_fingerprint(topic: str, entry_ids: Sequence[str], query: DeadLetterQuery | None) -> str:
+def request_fingerprint(
+    topic: str,
+    entry_ids: Sequence[str],
+    query: DeadLetterQuery | None,
+    prefix: str | None = None,
+) -> str:
     """A digest of what a reprocess request selects, to tell a repeated request from another
-    one under the same idempotency key (dry run and rate limit do not change what it selects)."""
+    one under the same idempotency key (dry run and rate limit do not change what it selects).
+    `prefix` is the deployment's: one key used by two deployments names two requests."""
     text = json.dumps(
         {
+            "prefix": prefix,
             "topic": topic,
             "entry_ids": sorted({catalog.parse_entry_id(e) for e in entry_ids}),
             "filter": None if query is None else query.fingerprint(),

@@ -80,8 +80,14 @@ SWITCH_INTERVAL = 0.0005
 """Seconds a thread may hold the GIL while another waits for it (CPython's default is 5 ms):
 the ops thread waits at most this long for the pipeline's thread to let it answer a call."""
 
-OPS_POOL_SIZE = 4
+OPS_POOL_SIZE = 6
 """PostgreSQL connections of the ops thread: status, catalog queries, audit, reprocessing."""
+
+SERVER_GRACE = 5.0
+"""Seconds calls in progress (a reprocess stream, say) get to finish when the process stops."""
+
+CLOSE_TIMEOUT = 15.0
+"""Seconds closing the ops plane may take before the process exits without it."""
 
 
 class _LoopWatch:
@@ -196,11 +202,16 @@ class OpsPlane:
             return
         try:
             await self.shutting_down()
-            await self._call(self._teardown())
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            await asyncio.to_thread(thread.join)
-            self._loop = None
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self._call(self._teardown())
+            except TimeoutError:
+                log.warning("the ops plane did not close within %.0fs; leaving it", CLOSE_TIMEOUT)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                await asyncio.to_thread(thread.join, CLOSE_TIMEOUT)
+                self._loop = None
 
     # -- on the pipeline's loop -----------------------------------------------------------------
 
@@ -228,9 +239,17 @@ class OpsPlane:
 
     async def _setup(self) -> int:
         pool = await asyncpg.create_pool(self._database_url, min_size=1, max_size=OPS_POOL_SIZE)
+        try:
+            return await self._serve(pool)
+        except BaseException:
+            if self._ops is None:  # _teardown closes it otherwise
+                await pool.close()
+            raise
+
+    async def _serve(self, pool: asyncpg.Pool) -> int:
         redis = redis_client.connect(self._redis_url)
         health = Health(liveness_limit=self.settings.stall_timeout, beat=lambda: self.beat)
-        audit = AuditLog(pool)
+        audit = AuditLog(pool, key_prefix=self._prefix)
         watch = _LoopWatch(self._probe, lambda: self.beat, self.settings.stall_timeout)
         checker = StatusChecker(redis=redis, pool=pool, probe=watch, key_prefix=self._prefix,
                                 on_change=health.publish)  # fmt: skip
@@ -258,8 +277,9 @@ class OpsPlane:
         if ops is None:
             return
         ops.stopping.set()
-        if ops.task is not None:
-            with suppress(asyncio.CancelledError):
+        if ops.task is not None:  # a refresh may be waiting on a dependency: do not wait for it
+            ops.task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
                 await ops.task
         await ops.health.shut_down()
 
@@ -267,10 +287,12 @@ class OpsPlane:
         ops = self._ops
         if ops is None:
             return
-        await ops.server.stop()
-        ops.audit.close()
-        await ops.redis.aclose()
-        await ops.pool.close()
+        try:
+            await ops.server.stop(SERVER_GRACE)  # cancels calls still running after the grace
+        finally:
+            ops.audit.close()
+            await ops.redis.aclose()
+            await ops.pool.close()
 
 
 def ops_settings(
@@ -320,6 +342,8 @@ async def serve(
         await plane.start()
     except (OSError, RuntimeError) as exc:
         fail(f"cannot serve gRPC on {plane.settings.server.grpc_addr}: {exc}")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        fail(f"the ops plane cannot connect to PostgreSQL: {type(exc).__name__}: {exc}")
 
     def on_signal() -> None:
         plane.begin_shutdown()

@@ -147,7 +147,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         response = admin_pb2.GetDeadLetterResponse(dead_letter=convert.dead_letter(record))
         await self._fill_entry(response, record)
         targets = [entry_id] + ([record.event_id] if record.event_id else [])
-        for action in await catalog.audit_for(self._c.pool, targets):
+        for action in await catalog.audit_for(self._c.pool, targets, prefix=self._c.key_prefix):
             response.actions.append(convert.audit_record(action))
         return response
 
@@ -231,7 +231,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             key_prefix=self._c.key_prefix, principal=_principal(), audit=self._c.audit,
             ledger_schemas=await reprocess.group_ledgers(self._c.pool),
             dry_run=request.dry_run, idempotency_key=request.idempotency_key or None,
-            request_hash=reprocess.request_fingerprint(topic, ids, query),
+            request_hash=reprocess.request_fingerprint(topic, ids, query, self._c.key_prefix),
             rate_limit=request.rate_limit, on_progress=progress,
         )  # fmt: skip
 

@@ -115,7 +115,10 @@ class StatusChecker:
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # a bug here must not freeze health at its last values
+                log.exception("status refresh failed; trying again next interval")
             try:
                 async with asyncio.timeout(self._interval):
                     await stopping.wait()
@@ -158,12 +161,13 @@ class StatusChecker:
 
     async def _groups(self) -> list[GroupStatus]:
         try:
-            registered = await self._pool.fetch(
-                "SELECT consumer_group, unnest(topics) AS topic, min(mode) AS mode, count(*) AS n "
-                f"FROM {database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE} "
-                "GROUP BY consumer_group, topic ORDER BY topic, consumer_group"
-            )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            async with asyncio.timeout(2):
+                registered = await self._pool.fetch(
+                    "SELECT consumer_group, unnest(topics) AS topic, min(mode) AS mode, "
+                    f"count(*) AS n FROM {database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE} "
+                    "GROUP BY consumer_group, topic ORDER BY topic, consumer_group"
+                )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot read the consumer registry: %r", exc)
             return []
         out = []
@@ -190,11 +194,15 @@ class StatusChecker:
             return None
         lag = info.get("lag")
         if lag is None:  # Redis cannot tell after deletions: count what is after last-delivered
-            lag = len(
-                await self._redis.xrange(
-                    key, min="(" + _text(info["last-delivered-id"]), max="+", count=10_000
-                )
-            )
+            try:
+                async with asyncio.timeout(2):
+                    after = await self._redis.xrange(
+                        key, min="(" + _text(info["last-delivered-id"]), max="+", count=10_000
+                    )
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("cannot count the lag of group %s of %s: %r", group, key, exc)
+                return None
+            lag = len(after)
         age = max(time.time() - oldest, 0.0) if oldest is not None else 0.0
         return GroupStatus(topic, group, int(lag), age, int(info["pending"]), members, mode)
 

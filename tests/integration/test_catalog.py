@@ -16,12 +16,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from admin import catalog, migrations, reports
+from admin.audit import AuditLog
 from admin.catalog import DeadLetterQuery
 from admin.errors import InvalidInput
 from conveyor import wire
+from tests.integration.catalog_support import NOW, add, new_entry_id
 
 KEY = b"k" * 32
-NOW = datetime(2030, 1, 1, 10, 30, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -44,39 +45,6 @@ async def topic(pool: asyncpg.Pool) -> AsyncIterator[str]:
     yield name
     await pool.execute("DELETE FROM conveyor.dead_letters WHERE topic = $1", name)
     await pool.execute("DELETE FROM conveyor.audit WHERE principal = $1", name)
-
-
-# Entry ids unique to this run, so audit rows of other runs never name them.
-_MS = 1_700_000_000_000 + uuid.uuid4().int % 10**11
-_SEQ = iter(range(1, 10**9))
-
-
-async def add(pool: asyncpg.Pool, topic: str, **values: Any) -> dict[str, Any]:
-    """Insert one dead letter of `topic` (defaults below, overridden by `values`); return it."""
-    row: dict[str, Any] = {
-        "topic": topic,
-        "dlq_stream": f"test:{{{topic}}}:dlq",
-        "dlq_entry_id": f"{_MS}-{next(_SEQ)}",
-        "source_stream": f"test:{{{topic}}}:events",
-        "source_entry_id": "1699999999999-0",
-        "consumer_group": "g",
-        "consumer_name": "c1",
-        "event_id": uuid.uuid4(),
-        "event_type": "conveyor.test.v1.Thing",
-        "reason": "max_attempts",
-        "error_class": "RuntimeError",
-        "error_message": "boom",
-        "attempts": 3,
-        "created_at": NOW,
-        "state": "open",
-    } | values
-    columns = ", ".join(row)
-    params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
-    row["id"] = await pool.fetchval(
-        f"INSERT INTO conveyor.dead_letters ({columns}) VALUES ({params}) RETURNING id",
-        *row.values(),
-    )
-    return row
 
 
 async def ids(pool: asyncpg.Pool, query: DeadLetterQuery, page_size: int = 1000) -> list[int]:
@@ -561,7 +529,7 @@ async def test_deployments_sharing_the_catalog_see_only_their_own_dead_letters(
     """Two key prefixes (say staging and prod) on one database: the same topic and even the same
     dead-letter entry id in both. Each deployment's ops plane passes its prefix; nothing of the
     other one is listed, shown, resolved, reported or traced."""
-    entry, event = f"{_MS}-{next(_SEQ)}", uuid.uuid4()
+    entry, event = new_entry_id(), uuid.uuid4()
     mine, theirs = [
         await add(pool, topic, dlq_stream=wire.Keys(topic, prefix).dlq, dlq_entry_id=entry,
                   event_id=event, error_message=prefix)
@@ -591,6 +559,12 @@ async def test_deployments_sharing_the_catalog_see_only_their_own_dead_letters(
     assert report.total == 1
     traced = await catalog.dead_letters_for_event(pool, event, prefix="prod:eu")
     assert [r.id for r in traced] == [theirs["id"]]
+    await AuditLog(pool, key_prefix="prod").record(
+        principal=topic, action="resolve", target_ids=[entry], reason="ok", outcome="resolved 1"
+    )
+    assert [a.action for a in await catalog.audit_for(pool, [entry], prefix="prod")] == ["resolve"]
+    assert await catalog.audit_for(pool, [entry], prefix="prod:eu") == []
+    assert len(await catalog.audit_for(pool, [entry])) == 1, "without a prefix: every row"
     with pytest.raises(InvalidInput) as bad:
         await catalog.get_dead_letter(pool, topic, entry, prefix="{bad}")
     assert bad.value.field == "prefix"

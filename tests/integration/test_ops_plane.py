@@ -9,13 +9,16 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conveyor import wire
 from conveyor.v1 import admin_pb2, admin_pb2_grpc
+from tests.integration.catalog_support import add, new_entry_id
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import create_effects, publish
 from tests.processes import run_conveyor, start_conveyor, stop, wait_until
@@ -309,3 +312,46 @@ def test_a_taken_grpc_port_fails_the_start_with_a_clear_error(case: Case) -> Non
                             case.env, timeout=60)  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert f"conveyor: error: cannot serve gRPC on {address}" in done.stderr
+
+
+async def test_admin_service_sees_only_its_own_deployments_dead_letters(case: Case) -> None:
+    """Another key prefix on the same database holds a dead letter with the same topic and entry
+    id: this process's AdminService never lists, shows, resolves, reports or traces it."""
+    entry, now = new_entry_id(), datetime.now(UTC)
+    mine, theirs = [
+        await add(case.pg, "identity", dlq_stream=wire.Keys("identity", prefix).dlq,
+                  dlq_entry_id=entry, created_at=now)
+        for prefix in (case.prefix, f"{case.prefix}-other")
+    ]  # fmt: skip
+    proc = start_conveyor(["relay", "--allow-unauthenticated"], case.env)
+    try:
+        ch, stub, _ = admin(port_of(proc, []), None)
+        with ch:
+            listed = stub.ListDeadLetters(admin_pb2.ListDeadLettersRequest(
+                filter=admin_pb2.DeadLetterFilter(topic="identity")), timeout=5)  # fmt: skip
+            assert [d.event_id for d in listed.dead_letters] == [str(mine["event_id"])]
+            shown = stub.GetDeadLetter(
+                admin_pb2.GetDeadLetterRequest(topic="identity", entry_id=entry), timeout=5
+            )
+            assert shown.dead_letter.event_id == str(mine["event_id"])
+            resolved = stub.ResolveDeadLetters(admin_pb2.ResolveDeadLettersRequest(
+                topic="identity", entry_ids=[entry], reason="checked"), timeout=5)  # fmt: skip
+            assert resolved.resolved == 1
+            report = stub.GetDeadLetterReport(
+                admin_pb2.GetDeadLetterReportRequest(topic="identity", hours=1), timeout=5
+            )
+            assert report.total == 1
+            traced = stub.TraceEvent(
+                admin_pb2.TraceEventRequest(event_id=str(theirs["event_id"])), timeout=5
+            )
+            assert not traced.dead_letters
+        states = await case.pg.fetch(
+            "SELECT dlq_stream, state FROM conveyor.dead_letters WHERE dlq_entry_id = $1", entry
+        )
+        assert {r["dlq_stream"]: r["state"] for r in states} == {
+            wire.Keys("identity", case.prefix).dlq: "resolved",
+            wire.Keys("identity", f"{case.prefix}-other").dlq: "open",
+        }
+    finally:
+        stop(proc)
+        await case.pg.execute("DELETE FROM conveyor.dead_letters WHERE dlq_entry_id = $1", entry)

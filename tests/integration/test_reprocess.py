@@ -278,6 +278,9 @@ async def test_a_used_key_refuses_a_different_request(f: Fixture) -> None:
     same = request_fingerprint(f.topic, [one.entry_id], None)
     with pytest.raises(InvalidInput, match="different reprocess request"):
         await f.run([one], idempotency_key=f.key("k"), request_hash=same, principal="mallory")
+    elsewhere = request_fingerprint(f.topic, [one.entry_id], None, "another-deployment")
+    with pytest.raises(InvalidInput, match="different reprocess request"):
+        await f.run([one], idempotency_key=f.key("k"), request_hash=elsewhere)
     assert len(await f.retries()) == 1
     assert (await f.states())[two.entry_id] == "open"
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from google.protobuf import any_pb2, descriptor_pb2
+from google.protobuf import any_pb2, descriptor_pb2, timestamp_pb2
 
 from admin.payloads import PayloadTypes
 from conveyor.v1 import event_pb2
@@ -61,3 +62,30 @@ def test_an_empty_or_garbage_file_is_not_a_descriptor_set(tmp_path: Path) -> Non
         path.write_bytes(content)
         with pytest.raises(ValueError, match="not a binary FileDescriptorSet"):
             PayloadTypes.load([path])
+
+
+def test_a_payload_that_cannot_become_json_is_shown_as_bytes_not_an_error(tmp_path: Path) -> None:
+    """A Timestamp out of JSON's range: the conversion fails, so no JSON (the caller shows the
+    payload as base64); the call itself must not fail."""
+    stamp = descriptor_pb2.FileDescriptorProto(
+        name="x/t.proto", package="x.v1", syntax="proto3",
+        dependency=["google/protobuf/timestamp.proto"],
+    )  # fmt: skip
+    msg = stamp.message_type.add(name="Stamped")
+    msg.field.add(name="at", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                  type_name=".google.protobuf.Timestamp",
+                  label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)  # fmt: skip
+    wkt = descriptor_pb2.FileDescriptorProto()
+    timestamp_pb2.DESCRIPTOR.CopyToProto(wkt)
+    types = PayloadTypes.load([_write(tmp_path / "t.binpb", wkt, stamp)])
+    cls = types.message_class("x.v1.Stamped")
+    assert cls is not None
+    bad = cls()
+    bad.at.seconds = 10**12  # far past year 9999
+    event = event_pb2.Event(type="x.v1.Stamped")
+    event.data.value = bad.SerializeToString()
+    assert types.to_json(event) == ""
+    good = cls()
+    good.at.seconds = 0
+    event.data.value = good.SerializeToString()
+    assert json.loads(types.to_json(event)) == {"at": "1970-01-01T00:00:00Z"}
