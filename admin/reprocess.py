@@ -80,8 +80,9 @@ class _Plan:
     retry_fields: dict[bytes, bytes] | None = None
 
 
-async def group_ledgers(pool: asyncpg.Pool) -> dict[str, str | None]:
-    """Each registered consumer group's ledger schema, None for at-least-once groups.
+async def group_ledgers(pool: asyncpg.Pool, prefix: str | None = None) -> dict[str, str | None]:
+    """Each registered consumer group's ledger schema, None for at-least-once groups; only the
+    groups of the deployment with key prefix `prefix` when it is given.
 
     A group whose members disagree (a mode change rolling out) counts as exactly-once, with the
     ledger of its most recently seen exactly-once member. Groups with no running consumer are
@@ -89,7 +90,9 @@ async def group_ledgers(pool: asyncpg.Pool) -> dict[str, str | None]:
     """
     rows = await pool.fetch(
         f"SELECT DISTINCT ON (consumer_group) consumer_group, ledger_schema FROM {_CONSUMERS} "
-        "ORDER BY consumer_group, ledger_schema IS NULL, heartbeat_at DESC"
+        "WHERE $1::text IS NULL OR key_prefix = $1 "
+        "ORDER BY consumer_group, ledger_schema IS NULL, heartbeat_at DESC",
+        prefix,
     )
     return {r["consumer_group"]: r["ledger_schema"] for r in rows}
 

@@ -259,7 +259,7 @@ class OpsPlane:
             token_key=page_token_key(self.settings, self._database_url),
             snapshot=lambda: checker.snapshot, metrics=self._metrics,
             payload_types=self.settings.payload_types,
-            schemas=lambda: registry_schemas(pool, own),
+            schemas=lambda: registry_schemas(pool, own, self._prefix),
         )  # fmt: skip
         server = OpsServer(
             self.settings.server, health_servicer=health.servicer,
@@ -321,11 +321,13 @@ def ops_settings(
     )  # fmt: skip
 
 
-async def registry_schemas(pool: asyncpg.Pool, own: Sequence[str]) -> list[str]:
-    """Schemas to look in for an event: `own` plus every registered consumer's ledger schema."""
+async def registry_schemas(pool: asyncpg.Pool, own: Sequence[str], prefix: str) -> list[str]:
+    """Schemas to look in for an event: `own` plus the ledger schema of every registered
+    consumer of the deployment with key prefix `prefix`."""
     rows = await pool.fetch(
         f"SELECT DISTINCT ledger_schema FROM {database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE} "
-        "WHERE ledger_schema IS NOT NULL"
+        "WHERE ledger_schema IS NOT NULL AND key_prefix = $1",
+        prefix,
     )
     return sorted({*own, *(r[0] for r in rows)})
 

@@ -229,7 +229,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         await reprocess.reprocess(
             self._c.pool, self._c.redis, topic=topic, records=records,
             key_prefix=self._c.key_prefix, principal=_principal(), audit=self._c.audit,
-            ledger_schemas=await reprocess.group_ledgers(self._c.pool),
+            ledger_schemas=await reprocess.group_ledgers(self._c.pool, self._c.key_prefix),
             dry_run=request.dry_run, idempotency_key=request.idempotency_key or None,
             request_hash=reprocess.request_fingerprint(topic, ids, query, self._c.key_prefix),
             rate_limit=request.rate_limit, on_progress=progress,

@@ -165,7 +165,9 @@ class StatusChecker:
                 registered = await self._pool.fetch(
                     "SELECT consumer_group, unnest(topics) AS topic, min(mode) AS mode, "
                     f"count(*) AS n FROM {database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE} "
-                    "GROUP BY consumer_group, topic ORDER BY topic, consumer_group"
+                    "WHERE key_prefix = $1 "
+                    "GROUP BY consumer_group, topic ORDER BY topic, consumer_group",
+                    self._prefix,
                 )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot read the consumer registry: %r", exc)

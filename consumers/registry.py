@@ -24,8 +24,9 @@ class Registry:
         s = self._s
         await self._pool.execute(
             f"INSERT INTO {_TABLE} (consumer_group, consumer_name, topics, mode, ledger_schema, "
-            "host, pid, grpc_addr) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-            "ON CONFLICT (consumer_group, consumer_name) DO UPDATE SET topics = EXCLUDED.topics, "
+            "host, pid, grpc_addr, key_prefix) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (key_prefix, consumer_group, consumer_name) "
+            "DO UPDATE SET topics = EXCLUDED.topics, "
             "mode = EXCLUDED.mode, ledger_schema = EXCLUDED.ledger_schema, host = EXCLUDED.host, "
             "pid = EXCLUDED.pid, grpc_addr = EXCLUDED.grpc_addr, started_at = now(), "
             "heartbeat_at = now()",
@@ -37,19 +38,23 @@ class Registry:
             socket.gethostname(),
             os.getpid(),
             grpc_addr,
+            s.key_prefix,
         )
 
     async def heartbeat(self) -> None:
         await self._pool.execute(
             f"UPDATE {_TABLE} SET heartbeat_at = now() "
-            "WHERE consumer_group = $1 AND consumer_name = $2",
+            "WHERE consumer_group = $1 AND consumer_name = $2 AND key_prefix = $3",
             self._s.group,
             self._s.consumer,
+            self._s.key_prefix,
         )
 
     async def unregister(self) -> None:
         await self._pool.execute(
-            f"DELETE FROM {_TABLE} WHERE consumer_group = $1 AND consumer_name = $2",
+            f"DELETE FROM {_TABLE} WHERE consumer_group = $1 AND consumer_name = $2 "
+            "AND key_prefix = $3",
             self._s.group,
             self._s.consumer,
+            self._s.key_prefix,
         )

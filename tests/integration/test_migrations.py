@@ -23,7 +23,7 @@ from conveyor.database import (
 from conveyor.wire import REASONS
 
 APP_HEAD = "app_0002"
-CATALOG_HEAD = "catalog_0002"
+CATALOG_HEAD = "catalog_0003"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
@@ -256,6 +256,35 @@ async def test_catalog_down_base_and_up(pg: asyncpg.Connection, scratch_database
             "reprocess_requests",
             "alembic_version",
         }
+    finally:
+        await scratch.close()
+
+
+async def test_consumer_registry_keeps_deployments_apart_and_downgrades_to_one_row(
+    scratch_database_url: str,
+) -> None:
+    """catalog_0003: two key prefixes may register the same group and member name; going back
+    to catalog_0002 keeps the most recently seen of them, and every row survives the way up."""
+    url = scratch_database_url
+    await asyncio.to_thread(migrations.upgrade_catalog, url, "catalog_0002")
+    scratch = await asyncpg.connect(url)
+    insert = ("INSERT INTO conveyor.consumers (consumer_group, consumer_name, topics, mode"
+              "{extra}) VALUES ('g', 'c', '{{t}}', 'exactly-once'{values})")  # fmt: skip
+    try:
+        await scratch.execute(insert.format(extra="", values=""))
+        await asyncio.to_thread(migrations.upgrade_catalog, url)
+        rows = await scratch.fetch("SELECT key_prefix FROM conveyor.consumers")
+        assert [r["key_prefix"] for r in rows] == ["conveyor"], "older rows get the default"
+        await scratch.execute(
+            insert.format(extra=", key_prefix, heartbeat_at", values=", 'staging', now() + '1s'")
+        )
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await scratch.execute(insert.format(extra=", key_prefix", values=", 'staging'"))
+        await asyncio.to_thread(migrations.downgrade_catalog, url, "catalog_0002")
+        rows = await scratch.fetch("SELECT * FROM conveyor.consumers")
+        assert len(rows) == 1 and "key_prefix" not in rows[0]
+        await asyncio.to_thread(migrations.upgrade_catalog, url)
+        assert await scratch.fetchval("SELECT count(*) FROM conveyor.consumers") == 1
     finally:
         await scratch.close()
 

@@ -388,14 +388,17 @@ async def test_group_ledgers_reads_the_consumer_registry(f: Fixture) -> None:
         (f"{tag}-mixed", "c2", "exactly-once", "new_schema", 0),
         (f"{tag}-mixed", "c3", "at-least-once", None, 0),
     ]
-    await f.pool.executemany(
+    insert = (
         "INSERT INTO conveyor.consumers (consumer_group, consumer_name, topics, mode, "
-        "ledger_schema, heartbeat_at) VALUES ($1, $2, '{t}', $3, $4, "
-        "now() - make_interval(secs => $5))",
-        rows,
+        "ledger_schema, heartbeat_at, key_prefix) VALUES ($1, $2, '{t}', $3, $4, "
+        "now() - make_interval(secs => $5), $6)"
     )
+    await f.pool.executemany(insert, [(*row, "conveyor") for row in rows])
+    # Another deployment on the same database: a same-named group with another ledger.
+    await f.pool.execute(insert, f"{tag}-eo", "c1", "exactly-once", "their_schema", 0, "theirs")
     try:
-        ledgers = await group_ledgers(f.pool)
+        ledgers = await group_ledgers(f.pool, "conveyor")
+        theirs = await group_ledgers(f.pool, "theirs")
     finally:
         await f.pool.execute(
             "DELETE FROM conveyor.consumers WHERE starts_with(consumer_group, $1)", tag
@@ -403,6 +406,7 @@ async def test_group_ledgers_reads_the_consumer_registry(f: Fixture) -> None:
     assert {g: s for g, s in ledgers.items() if g.startswith(tag)} == {
         f"{tag}-eo": "app_schema", f"{tag}-alo": None, f"{tag}-mixed": "new_schema",
     }  # fmt: skip
+    assert {g: s for g, s in theirs.items() if g.startswith(tag)} == {f"{tag}-eo": "their_schema"}
 
 
 async def test_reprocessed_dead_letter_is_applied_once_by_a_running_consumer(
