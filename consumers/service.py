@@ -105,17 +105,6 @@ class Consumer:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """The consumer's PostgreSQL pool (after `start()`)."""
-        assert self._pool is not None, "start() the consumer first"
-        return self._pool
-
-    @property
-    def redis(self) -> Any:
-        """The consumer's Redis client (after `start()`)."""
-        return self._redis
-
     async def run(self) -> None:
         side = [
             asyncio.create_task(self._heartbeat(), name="consumer-heartbeat"),

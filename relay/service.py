@@ -78,17 +78,6 @@ class Relay:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """The relay's PostgreSQL pool (after `start()`)."""
-        assert self._pool is not None, "start() the relay first"
-        return self._pool
-
-    @property
-    def redis(self) -> Any:
-        """The relay's Redis client (after `start()`)."""
-        return self._redis
-
     async def run(self) -> None:
         """Forward until `stop()`; housekeeping runs beside the forwarders."""
         side = [asyncio.create_task(self._monitor(), name="relay-monitor")]
