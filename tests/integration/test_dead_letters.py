@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import pytest
 
 from consumers import EventContext, Reject, Router
-from conveyor import wire
+from consumers.streams import TopicStreams
+from conveyor import redis_client, wire
 from conveyor.identity.v1 import events_pb2
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
@@ -249,3 +251,34 @@ async def test_the_same_event_twice_in_the_stream_is_applied_once(case: Case) ->
     counts = await effect_counts(case.pg, case.schema, "g")
     assert counts == dict.fromkeys(ids, 1)
     assert meters.total("events_duplicate") == 5
+
+
+async def test_reclaimed_entries_keep_their_delivery_counts_among_many_pending(
+    case: Case,
+) -> None:
+    """A member holding hundreds of pending entries (waiting retries, batches in flight) between
+    the ids it reclaims still gives each reclaimed entry its true delivery count as its attempt,
+    so the attempts cap catches an event that keeps crashing its consumers."""
+    r = redis_client.connect(case.redis_url)
+    try:
+        stream = keys(case).events
+        dead = TopicStreams(r, keys(case), "g", "dead")
+        live = TopicStreams(r, keys(case), "g", "live")
+        await dead.ensure_groups()
+        await publish(case.redis, case.prefix, 1)
+        await dead.read(stream, 1, None)  # the dead member holds the first entry...
+        await publish(case.redis, case.prefix, 300)
+        await live.read(stream, 300, None)  # ...the live one 300 after it...
+        await publish(case.redis, case.prefix, 1)
+        await dead.read(stream, 1, None)  # ...and the dead one the last entry too
+        ids = [e for e, _ in await r.xrange(stream)]
+        for entry in (ids[0], ids[-1]):
+            for _ in range(3):  # delivered 4 times each, by crashing members
+                await r.xclaim(stream, "g", "dead", 0, [entry])
+        await asyncio.sleep(0.3)
+        await r.xclaim(stream, "g", "live", 0, ids[1:-1], justid=True)  # the live ones: fresh
+        claimed, _, _ = await live.autoclaim(stream, 200, 100)
+        assert sorted(e.entry_id for e in claimed) == sorted(i.decode() for i in (ids[0], ids[-1]))
+        assert {e.attempt for e in claimed} == {5}  # 4 earlier deliveries + this one
+    finally:
+        await r.aclose()
