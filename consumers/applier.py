@@ -5,6 +5,9 @@ one transaction that inserts its ledger rows (`ON CONFLICT DO NOTHING RETURNING`
 handlers of the events it won, so their effects commit at most once per (group, event id).
 If a handler fails, the part is rolled back and run again with one savepoint per event (per
 batch-handler call, halved down to single events), so only the failing event is held back.
+
+Transactions and savepoints are asyncpg's own (`Connection.transaction()`), so a handler may open
+`ctx.db.transaction()` itself: it becomes a savepoint inside the event's transaction.
 """
 
 from __future__ import annotations
@@ -65,6 +68,18 @@ class SwallowedDatabaseError(Exception):
             "a handler caught a database error and returned normally; the transaction was "
             "aborted by that error (let it propagate, or wrap the statement in "
             "`async with ctx.db.transaction():` to contain it)"
+        )
+
+
+class TransactionEnded(Exception):
+    """A handler ended the transaction that holds the ledger rows (COMMIT or ROLLBACK sent as
+    SQL), so its effects no longer commit together with them."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a handler ended the event's transaction with COMMIT or ROLLBACK sent as SQL; "
+            "handlers must leave the transaction open (use `async with ctx.db.transaction():` "
+            "for a part that may fail on its own)"
         )
 
 
@@ -140,6 +155,10 @@ class Applier:
             "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' "
             "RETURNING event_id::text"
         )
+        self._unclaim_sql = (
+            f"DELETE FROM {table} WHERE consumer_group = $1 "
+            "AND event_id = ANY(string_to_array($2, ',')::uuid[])"
+        )
 
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
         """Apply `deliveries`. A lane whose database work fails (connection lost, deadlock,
@@ -208,12 +227,17 @@ class Applier:
             try:
                 return await self._optimistic(conn, part)
             except _Failed as failed:
+                bad = _known_bad(failed)
+            while True:
                 if _dead(conn):
-                    raise DatabaseDown(str(failed.error)) from failed.error
+                    raise DatabaseDown("connection lost")
                 try:
-                    return await self._isolated(conn, part, failed)
-                except _Failed as again:  # savepoints contain failures: this is the database
-                    raise DatabaseDown(str(again.error)) from again.error
+                    return await self._isolated(conn, part, bad)
+                except _Failed as again:
+                    if not isinstance(again.error, TransactionEnded):
+                        # Savepoints contain handler failures: this is the database.
+                        raise DatabaseDown(str(again.error)) from again.error
+                    bad |= _known_bad(again)  # run the rest again without that handler call
         except DatabaseDown:
             await self._drop(lane, conn)
             raise
@@ -258,30 +282,48 @@ class Applier:
         async with _transaction(conn, part):
             won = await self._claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
-            for route, group in plan(todo):
-                await self._run(conn, route, group)
+            steps = plan(todo)
+            try:
+                for route, group in steps:
+                    await self._run(conn, route, group)
+            except _Failed as failed:
+                if isinstance(failed.error, TransactionEnded):
+                    await self._unclaim(conn, [d for _, g in steps for d in g], failed)
+                raise
         return Outcomes.of(part, won)
 
-    async def _isolated(
-        self, conn: asyncpg.Connection, part: list[Delivery], failed: _Failed
-    ) -> Outcomes:
-        # The one event that raised failed on its own, unless what it raised is the symptom of
-        # an earlier handler having swallowed a database error: then everything runs again.
-        alone = len(failed.deliveries) == 1 and not isinstance(
-            failed.error, asyncpg.InFailedSQLTransactionError
+    async def _unclaim(
+        self, conn: asyncpg.Connection, run_order: Sequence[Delivery], failed: _Failed
+    ) -> None:
+        """After a handler ended the transaction by SQL: a COMMIT committed the ledger rows of
+        the events whose handlers had not run yet (or not finished) without their effects;
+        delete those rows, so these events are applied when they come again."""
+        log.error(
+            "a handler ended its transaction by SQL: group=%s events=%s",
+            self._group,
+            [d.event_id for d in failed.deliveries],
         )
-        known_bad = {id(failed.deliveries[0])} if alone else set()
+        if not self._exactly_once:
+            return
+        start = next(i for i, d in enumerate(run_order) if d is failed.deliveries[0])
+        ids = [d.event_id for d in run_order[start:]]
+        await conn.execute(self._unclaim_sql, self._group, ",".join(ids))
+
+    async def _isolated(
+        self, conn: asyncpg.Connection, part: list[Delivery], bad: dict[int, _Bad]
+    ) -> Outcomes:
+        """The part again, each event (each batch-handler call) in a savepoint of its own; the
+        deliveries in `bad` are not run again but reported failed."""
         outcomes = Outcomes()
         async with _transaction(conn, part):
             for route, group in plan(part):
+                outcomes.failed += [(b.delivery, b.error) for d in group if (b := bad.get(id(d)))]
+                todo = [d for d in group if id(d) not in bad]
                 if route is not None and not route.batch:
-                    for d in group:
-                        if id(d) in known_bad:
-                            outcomes.failed.append((d, failed.error))
-                        else:
-                            outcomes.add(await self._savepoint(conn, route, [d]))
-                else:
-                    outcomes.add(await self._halving(conn, route, group))
+                    for d in todo:
+                        outcomes.add(await self._savepoint(conn, route, [d]))
+                elif todo:
+                    outcomes.add(await self._halving(conn, route, todo))
         return outcomes
 
     async def _halving(
@@ -297,19 +339,24 @@ class Applier:
     async def _savepoint(
         self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
     ) -> Outcomes:
-        await conn.execute("SAVEPOINT conveyor_event")
+        savepoint = conn.transaction()
+        await savepoint.start()
         try:
             won = await self._claim(conn, group)
             todo = [d for d in group if d.event_id in won]
             if todo:
                 await self._run(conn, route, todo)
-            await conn.execute("RELEASE SAVEPOINT conveyor_event")
+                await _check_usable(conn, todo)
         except (_Failed, asyncpg.InFailedSQLTransactionError) as exc:
             if _dead(conn):
                 raise DatabaseDown(str(exc)) from exc
-            await conn.execute("ROLLBACK TO SAVEPOINT conveyor_event")
+            if isinstance(exc, _Failed) and isinstance(exc.error, TransactionEnded):
+                await self._unclaim(conn, exc.deliveries, exc)
+                raise
+            await savepoint.rollback()
             error = exc.error if isinstance(exc, _Failed) else SwallowedDatabaseError()
             return Outcomes(failed=[(d, error) for d in group])
+        await savepoint.commit()
         return Outcomes.of(group, won)
 
     async def _claim(self, conn: asyncpg.Connection, part: Sequence[Delivery]) -> set[str]:
@@ -341,6 +388,8 @@ class Applier:
                 await route.fn([(d.payload, d.ctx) for d in group], conn)
             except Exception as exc:
                 raise _Failed(group, exc) from exc
+            if not conn.is_in_transaction():
+                raise _Failed(group, TransactionEnded())
             return
         for d in group:
             try:
@@ -351,6 +400,26 @@ class Applier:
                     await route.fn(d.payload, d.ctx)
             except Exception as exc:
                 raise _Failed([d], exc) from exc
+            if not conn.is_in_transaction():
+                raise _Failed([d], TransactionEnded())
+
+
+@dataclass(frozen=True, slots=True)
+class _Bad:
+    delivery: Delivery
+    error: BaseException
+
+
+def _known_bad(failed: _Failed) -> dict[int, _Bad]:
+    """The deliveries not to run again after `failed`, by id(): the one event whose handler
+    failed on its own, or every event of a handler call that ended the transaction; none when
+    what was raised is the symptom of an earlier handler having swallowed a database error."""
+    if isinstance(failed.error, TransactionEnded) or (
+        len(failed.deliveries) == 1
+        and not isinstance(failed.error, asyncpg.InFailedSQLTransactionError)
+    ):
+        return {id(d): _Bad(d, failed.error) for d in failed.deliveries}
+    return {}
 
 
 def _event_id(d: Delivery) -> str:
@@ -368,19 +437,30 @@ def _dead(conn: asyncpg.Connection) -> bool:
 
 @asynccontextmanager
 async def _transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> AsyncIterator[None]:
-    """BEGIN ... COMMIT that notices a COMMIT turned ROLLBACK: PostgreSQL answers COMMIT of an
-    aborted transaction (a handler caught a database error and carried on) with ROLLBACK and
-    no error, and then nothing of the part was written."""
-    await conn.execute("BEGIN")
+    """The part's transaction, asyncpg's own so that handlers can nest theirs in it. Before the
+    COMMIT it checks that no handler caught a database error and carried on: PostgreSQL would
+    answer COMMIT of such an aborted transaction with a silent ROLLBACK, and then nothing of the
+    part was written."""
+    transaction = conn.transaction()
+    await transaction.start()
     try:
         yield
+        await _check_usable(conn, part)
     except BaseException:
         if not _dead(conn):
             with suppress(Exception):
-                await conn.execute("ROLLBACK")
+                await transaction.rollback()
         raise
-    if await conn.execute("COMMIT") == "ROLLBACK":
-        raise _Failed(part, SwallowedDatabaseError())
+    await transaction.commit()
+
+
+async def _check_usable(conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
+    """_Failed(SwallowedDatabaseError) when the transaction is aborted (a handler caught a
+    database error and returned normally); one round trip."""
+    try:
+        await conn.execute("SELECT")
+    except asyncpg.InFailedSQLTransactionError as exc:
+        raise _Failed(deliveries, SwallowedDatabaseError()) from exc
 
 
 def tracing_enabled() -> bool:

@@ -17,6 +17,10 @@ class EventContext:
     once. Writes anywhere else (HTTP calls, other databases) are at-least-once. In at-least-once
     mode `db` is a connection inside a transaction too, but no ledger row guards it.
 
+    Anything asyncpg allows inside a transaction works on `db`, `db.transaction()` included: it
+    opens a savepoint inside the event's transaction. Never end that transaction with COMMIT or
+    ROLLBACK sent as SQL: the event then fails with TransactionEnded.
+
     Envelope attributes are read from the decoded Event when asked for, so handlers that do not
     look at them pay nothing.
     """
