@@ -31,7 +31,8 @@ _AUDIT: Final = f"{database.CATALOG_SCHEMA}.{database.AUDIT_TABLE}"
 _COLUMNS: Final = (
     "id, topic, dlq_stream, dlq_entry_id, source_stream, source_entry_id, consumer_group, "
     "consumer_name, event_id, event_type, reason, error_class, error_message, attempts, "
-    "first_failed_at, last_failed_at, created_at, state, resolution, resolved_by, updated_at"
+    "first_failed_at, last_failed_at, created_at, state, resolution, resolved_by, updated_at, "
+    "retry_of, retried_as"
 )
 _U64_MAX: Final = 2**64 - 1
 # Twenty digits hold any unsigned 64-bit number; [0-9] rather than \d, which takes other scripts.
@@ -71,6 +72,10 @@ class DeadLetterRecord:
     updated_at: datetime
     dlq_stream: str
     """Key of the dead-letter stream holding the entry (it carries the deployment's key prefix)."""
+    retry_of: str | None = None
+    """Entry id of the dead letter whose reprocessing failed again and became this one."""
+    retried_as: str | None = None
+    """Entry id of the dead letter this one's reprocessing became when it failed again."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +260,8 @@ def _record(row: Any) -> DeadLetterRecord:
         resolved_by=row["resolved_by"],
         updated_at=row["updated_at"],
         dlq_stream=row["dlq_stream"],
+        retry_of=row["retry_of"],
+        retried_as=row["retried_as"],
     )
 
 

@@ -125,6 +125,7 @@ def dead_letter(r: DeadLetterRecord) -> admin_pb2.DeadLetter:
         last_failed_time=timestamp(r.last_failed_at), create_time=timestamp(r.created_at),
         state=_state_value(r.state),  # type: ignore[arg-type]  # enum ints are valid
         resolution=r.resolution or "", resolved_by=r.resolved_by or "",
+        retry_of_entry_id=r.retry_of or "", retried_as_entry_id=r.retried_as or "",
     )  # fmt: skip
 
 

@@ -165,7 +165,7 @@ def dead_letters_table(letters: Sequence[Any], *, with_topic: bool) -> Table:
             str(letter.attempts),
             _cut(_error_text(letter), ERROR_WIDTH),
             iso(letter.create_time),
-            state_name(letter.state),
+            _state_text(letter),
         ]
         add_row(table, *([letter.topic] if with_topic else []), *row)
     return table
@@ -221,6 +221,8 @@ def _metadata_table(letter: Any, traceparent: str) -> Table:
         "created (UTC)": iso(letter.create_time, millis=True),
         "resolution": letter.resolution,
         "resolved by": letter.resolved_by,
+        "reprocess of": letter.retry_of_entry_id,
+        "failed again as": letter.retried_as_entry_id,
         "traceparent": traceparent,
     }
     for name, value in rows.items():
@@ -580,6 +582,17 @@ def state_name(value: int) -> str:
         return admin_pb2.DeadLetterState.Name(value).removeprefix("DEAD_LETTER_STATE_").lower()
     except ValueError:
         return str(value)
+
+
+def _state_text(letter: Any) -> str:
+    """The state, with the reprocessing chain: `reprocessed -> 1700000000001-0` when the
+    reprocess failed again as that dead letter, `open (retry of 1700000000000-0)`."""
+    text = state_name(letter.state)
+    if letter.retried_as_entry_id:
+        text += f" -> {letter.retried_as_entry_id}"
+    if letter.retry_of_entry_id:
+        text += f" (retry of {letter.retry_of_entry_id})"
+    return text
 
 
 def _error_text(letter: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -15,7 +16,7 @@ import asyncpg
 from opentelemetry import propagate, trace
 
 from consumers.deliveries import Entry
-from conveyor import database, wire
+from conveyor import database, redis_client, wire
 from conveyor import telemetry as t
 
 log = logging.getLogger(__name__)
@@ -128,16 +129,32 @@ def catalog_row(
         int(_text(f, wire.DL_ATTEMPTS) or 0),
         _when(f, wire.DL_FIRST_FAILED),
         _when(f, wire.DL_LAST_FAILED),
+        _text(f, wire.RT_DEAD_LETTER),
     )
 
 
+_DEAD_LETTERS = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE}"
+_CURSORS = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTER_CURSORS_TABLE}"
 _INSERT = (
-    f"INSERT INTO {database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE} (topic, dlq_stream, "
+    f"INSERT INTO {_DEAD_LETTERS} (topic, dlq_stream, "
     "dlq_entry_id, source_stream, source_entry_id, consumer_group, consumer_name, event_id, "
-    "event_type, reason, error_class, error_message, attempts, first_failed_at, last_failed_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
+    "event_type, reason, error_class, error_message, attempts, first_failed_at, last_failed_at, "
+    "retry_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) "
     "ON CONFLICT (dlq_stream, dlq_entry_id) DO NOTHING"
 )
+# A reprocessed dead letter whose retry failed again is settled by the dead letter it became.
+_SETTLE = (
+    f"UPDATE {_DEAD_LETTERS} AS d SET retried_as = coalesce(d.retried_as, n.entry), "
+    "state = CASE WHEN d.state IN ('open', 'reprocessing') THEN 'reprocessed' ELSE d.state END, "
+    "updated_at = now() FROM unnest($2::text[], $3::text[]) AS n(entry, earlier) "
+    "WHERE d.dlq_stream = $1 AND d.dlq_entry_id = n.earlier "
+    "AND (d.retried_as IS NULL OR d.state IN ('open', 'reprocessing'))"
+)
+RECONCILE_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('conveyor.dlq:' || $1, 0))"
+"""Transaction lock on one dead-letter stream ($1): reconciling it and expiring its entries
+take it, so a reconcile never records an entry that retention is removing."""
+RECONCILE_PAGE = 500
+"""Dead-letter entries read and recorded per transaction."""
 
 
 class DeadLetterCatalog:
@@ -147,41 +164,68 @@ class DeadLetterCatalog:
         self._pool = pool
 
     async def record(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert rows; those already recorded are left as they are."""
+        """Insert rows; those already recorded are left as they are. A row that re-failed a
+        reprocessed dead letter settles that one as `reprocessed`, pointing at the new row."""
         if rows:
-            await self._pool.executemany(_INSERT, rows)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await _record(conn, rows)
 
     async def mark_reprocessed(self, dlq_stream: str, entry_ids: Sequence[str]) -> None:
         """Dead letters whose re-delivery was applied (or found applied) leave `reprocessing`."""
         if entry_ids:
             await self._pool.execute(
-                f"UPDATE {database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE} "
+                f"UPDATE {_DEAD_LETTERS} "
                 "SET state = 'reprocessed', updated_at = now() WHERE dlq_stream = $1 "
                 "AND dlq_entry_id = ANY($2::text[]) AND state IN ('open', 'reprocessing')",
                 dlq_stream,
                 list(entry_ids),
             )
 
-    async def reconcile(self, client: Any, keys: wire.Keys, *, window_ms: int = 600_000) -> int:
-        """Record every dead letter of the topic's stream newer than the last recorded one minus
-        `window_ms` (covering records lost to a crash between the stream write and the insert);
-        return how many entries were looked at."""
-        last = await self._pool.fetchval(
-            f"SELECT dlq_entry_id FROM {database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE} "
-            "WHERE dlq_stream = $1 ORDER BY id DESC LIMIT 1",
-            keys.dlq,
-        )
-        start = "-" if last is None else str(max(int(last.split("-")[0]) - window_ms, 0))
+    async def reconcile(self, client: Any, keys: wire.Keys) -> int:
+        """Record every entry of the topic's dead-letter stream after the stream's cursor (the
+        last entry reconciled, kept in the catalog) and move the cursor on; return how many
+        entries were looked at. Entry ids only grow, so nothing before the cursor is missing,
+        however long the catalog was unreachable."""
         seen = 0
         while True:
-            page = await client.xrange(keys.dlq, min=start, max="+", count=500)
-            if not page:
-                return seen
-            await self.record([catalog_row(keys.topic, keys.dlq, _id(i), f) for i, f in page])
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(RECONCILE_LOCK_SQL, keys.dlq)
+                last = await conn.fetchval(
+                    f"SELECT entry_id FROM {_CURSORS} WHERE dlq_stream = $1", keys.dlq
+                )
+                async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
+                    page = await client.xrange(
+                        keys.dlq,
+                        min="-" if last is None else f"({last}",
+                        max="+",
+                        count=RECONCILE_PAGE,
+                    )
+                if page:
+                    await _record(
+                        conn, [catalog_row(keys.topic, keys.dlq, _id(i), f) for i, f in page]
+                    )
+                    await conn.execute(
+                        f"INSERT INTO {_CURSORS} (dlq_stream, entry_id) VALUES ($1, $2) "
+                        "ON CONFLICT (dlq_stream) DO UPDATE SET entry_id = EXCLUDED.entry_id, "
+                        "updated_at = now()",
+                        keys.dlq,
+                        _id(page[-1][0]),
+                    )
             seen += len(page)
-            start = "(" + _id(page[-1][0])
-            if len(page) < 500:
+            if len(page) < RECONCILE_PAGE:
                 return seen
+
+
+async def _record(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await conn.executemany(_INSERT, rows)
+    by_stream: dict[str, tuple[list[str], list[str]]] = {}
+    for row in rows:
+        if row[15]:
+            entries, earlier = by_stream.setdefault(row[1], ([], []))
+            entries.append(row[2])
+            earlier.append(row[15])
+    for stream, (entries, earlier) in by_stream.items():
+        await conn.execute(_SETTLE, stream, entries, earlier)
 
 
 def _id(value: bytes | str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
+from consumers.dead_letters import RECONCILE_LOCK_SQL
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from conveyor import database, redis_client, wire
@@ -209,6 +210,9 @@ class Housekeeper:
         a row left behind by a crash is found and removed again next round."""
         while True:
             async with self._pool.acquire() as conn, conn.transaction():
+                # Not while the stream is being reconciled: a reconcile that has read an entry
+                # would record it again after it is gone, as a new `open` row pointing nowhere.
+                await conn.execute(RECONCILE_LOCK_SQL, keys.dlq)
                 rows = await conn.fetch(
                     _EXPIRED_DEAD_LETTERS,
                     keys.topic,

@@ -21,6 +21,8 @@ DEAD_LETTERS_TABLE = "dead_letters"
 """Catalog table of dead-letter state, one row per dead-letter stream entry."""
 AUDIT_TABLE = "audit"
 """Catalog table of audited admin actions and denials."""
+DEAD_LETTER_CURSORS_TABLE = "dead_letter_cursors"
+"""Catalog table of the last entry reconciled, per dead-letter stream."""
 
 CONSUMER_MODES = ("exactly-once", "at-least-once")
 """Allowed `consumers.mode` values."""

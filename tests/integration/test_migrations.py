@@ -23,7 +23,7 @@ from conveyor.database import (
 from conveyor.wire import REASONS
 
 APP_HEAD = "app_0002"
-CATALOG_HEAD = "catalog_0003"
+CATALOG_HEAD = "catalog_0004"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
@@ -254,6 +254,7 @@ async def test_catalog_down_base_and_up(pg: asyncpg.Connection, scratch_database
             "dead_letters",
             "audit",
             "reprocess_requests",
+            "dead_letter_cursors",
             "alembic_version",
         }
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from admin import catalog, migrations
+from admin import catalog, convert, migrations, reports
 from admin.audit import AuditLog
 from admin.catalog import DeadLetterRecord
 from admin.errors import FailedPrecondition, InvalidInput
@@ -22,7 +22,7 @@ from admin.reprocess import (
     reprocess,
     request_fingerprint,
 )
-from consumers import dead_letters
+from consumers import EventContext, Reject, Router, dead_letters
 from consumers.deliveries import Entry
 from conveyor import redis_client, wire
 from conveyor.identity.v1 import events_pb2
@@ -438,3 +438,46 @@ async def test_reprocessed_dead_letter_is_applied_once_by_a_running_consumer(
 
 async def _state_is(f: Fixture, record: DeadLetterRecord, state: str) -> bool:
     return (await f.states())[record.entry_id] == state
+
+
+async def test_reprocessed_dead_letter_that_fails_again_is_settled_and_chained(
+    f: Fixture, case: Case
+) -> None:
+    """The retry fails again: a new dead letter D2 records the failure, and D1 leaves
+    `reprocessing` (as `reprocessed`, pointing at D2), so it expires and the chain shows in the
+    catalog both ways. D2 can be reprocessed in turn."""
+    (d1,) = await f.dead_letters(1, group="g")
+    f.ledgers = {"g": case.schema}
+    await case.redis.xgroup_create(f.keys.events, "g", id="$")
+    router = Router()
+
+    @router.handler(events_pb2.UserRegistered, topic=f.topic)
+    async def still_broken(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+        raise Reject("still broken")
+
+    async with running_consumer(router, **consumer_settings(case, group="g")):
+        await f.run([d1])
+
+        async def settled() -> bool:
+            return len(await f.states()) == 2 and (await f.states())[d1.entry_id] != "reprocessing"
+
+        await wait_until(settled, what="the re-failed dead letter settled", timeout=10)
+    (d1_now,) = await f.records([d1.entry_id])
+    (d2_id,) = set(await f.states()) - {d1.entry_id}
+    (d2,) = await f.records([d2_id])
+    assert (d1_now.state, d1_now.retried_as, d1_now.retry_of) == ("reprocessed", d2_id, None)
+    assert (d2.state, d2.retry_of, d2.event_id) == ("open", d1.entry_id, d1.event_id)
+    assert d1.event_id is not None
+    trace = await reports.trace_event(
+        f.pool, case.redis, d1.event_id, schemas=[case.schema], key_prefix=case.prefix
+    )
+    shown = convert.trace_response(trace).dead_letters
+    assert [(d.entry_id, d.retry_of_entry_id, d.retried_as_entry_id) for d in shown] == [
+        (d1.entry_id, "", d2_id),
+        (d2_id, d1.entry_id, ""),
+    ]
+    # Reprocessing the chain's end requeues it; the settled one is skipped.
+    progress = await f.run([d1_now, d2])
+    assert (progress.requeued, progress.skipped) == (1, 1)
+    ((_retry_id, retry),) = await f.retries("g")
+    assert retry[wire.RT_DEAD_LETTER] == d2_id.encode()

@@ -172,7 +172,7 @@ class GroupStatus(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
-    __slots__ = ("id", "topic", "entry_id", "source_stream", "source_entry_id", "group", "consumer", "event_id", "event_type", "reason", "error_class", "error_message", "attempts", "first_failed_time", "last_failed_time", "create_time", "state", "resolution", "resolved_by")
+    __slots__ = ("id", "topic", "entry_id", "source_stream", "source_entry_id", "group", "consumer", "event_id", "event_type", "reason", "error_class", "error_message", "attempts", "first_failed_time", "last_failed_time", "create_time", "state", "resolution", "resolved_by", "retry_of_entry_id", "retried_as_entry_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,8 @@ class DeadLetter(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_BY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_OF_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_AS_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     topic: str
     entry_id: str
@@ -211,7 +213,9 @@ class DeadLetter(_message.Message):
     state: DeadLetterState
     resolution: str
     resolved_by: str
-    def __init__(self, id: _Optional[int] = ..., topic: _Optional[str] = ..., entry_id: _Optional[str] = ..., source_stream: _Optional[str] = ..., source_entry_id: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., reason: _Optional[_Union[_dead_letter_pb2.DeadLetterReason, str]] = ..., error_class: _Optional[str] = ..., error_message: _Optional[str] = ..., attempts: _Optional[int] = ..., first_failed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[DeadLetterState, str]] = ..., resolution: _Optional[str] = ..., resolved_by: _Optional[str] = ...) -> None: ...
+    retry_of_entry_id: str
+    retried_as_entry_id: str
+    def __init__(self, id: _Optional[int] = ..., topic: _Optional[str] = ..., entry_id: _Optional[str] = ..., source_stream: _Optional[str] = ..., source_entry_id: _Optional[str] = ..., group: _Optional[str] = ..., consumer: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., reason: _Optional[_Union[_dead_letter_pb2.DeadLetterReason, str]] = ..., error_class: _Optional[str] = ..., error_message: _Optional[str] = ..., attempts: _Optional[int] = ..., first_failed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[DeadLetterState, str]] = ..., resolution: _Optional[str] = ..., resolved_by: _Optional[str] = ..., retry_of_entry_id: _Optional[str] = ..., retried_as_entry_id: _Optional[str] = ...) -> None: ...
 
 class DeadLetterFilter(_message.Message):
     __slots__ = ("topic", "event_type", "reason", "group", "error_contains", "since", "until", "state")
