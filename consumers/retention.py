@@ -52,6 +52,12 @@ return -1
 """
 
 _MAX_SEQ = 2**64 - 1
+_ID_OK = "l.entry_id ~ '^[0-9]{1,20}-[0-9]{1,20}$'"
+_ENTRY_ID_AS_ROW = (
+    f"(CASE WHEN {_ID_OK} THEN split_part(l.entry_id, '-', 1)::numeric END, "
+    f"CASE WHEN {_ID_OK} THEN split_part(l.entry_id, '-', 2)::numeric END)"
+)
+"""A ledger row's entry id as (ms, seq) for comparison in SQL; NULL for one not of that form."""
 _FAILURES = (RedisError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -249,15 +255,23 @@ class Housekeeper:
                     )
 
     async def _expire_ledger(self, report: HousekeepingReport) -> None:
+        """Delete ledger rows past retention, except those whose entry is still in one of the
+        group's streams: such an entry may be delivered again (pending on a member that died
+        after COMMIT and before XACK, or the whole stream after a group loss), and without its
+        row it would be applied twice."""
         s, chunk = self._s, self._ledger_chunk
         table = f"{s.ledger_schema}.{database.LEDGER_TABLE}"
+        streams, ms, seq = await self._ledger_floors()
         statement = (
             f"DELETE FROM {table} WHERE consumer_group = $1 AND event_id IN (SELECT event_id "
-            f"FROM {table} WHERE consumer_group = $1 AND processed_at < now() - "
-            "make_interval(secs => $2) LIMIT $3)"
+            f"FROM {table} AS l WHERE consumer_group = $1 AND processed_at < now() - "
+            "make_interval(secs => $2) AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], "
+            "$5::numeric[], $6::numeric[]) AS f(stream, ms, seq) WHERE l.stream = f.stream AND "
+            f"{_ENTRY_ID_AS_ROW} >= (f.ms, f.seq)) LIMIT $3)"
         )
         while True:
-            status = await self._pool.execute(statement, s.group, s.ledger_retention, chunk)
+            status = await self._pool.execute(statement, s.group, s.ledger_retention, chunk,
+                                              streams, ms, seq)  # fmt: skip
             deleted = int(status.split()[-1])
             report.ledger_deleted += deleted
             if deleted < chunk:
@@ -269,3 +283,22 @@ class Housekeeper:
                 s.ledger_schema,
                 report.ledger_deleted,
             )
+
+    async def _ledger_floors(self) -> tuple[list[str], list[int], list[int]]:
+        """The first entry still in each of the group's streams (its topics' event streams and
+        retry streams), as parallel lists of stream, milliseconds and sequence; empty or missing
+        streams have none."""
+        keys = [wire.Keys(topic, self._s.key_prefix) for topic in self._s.topics]
+        streams = [name for k in keys for name in (k.events, k.retry(self._s.group))]
+        pipe = self._client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xrange(stream, "-", "+", count=1)
+        firsts = await self._redis(pipe.execute())
+        out: tuple[list[str], list[int], list[int]] = ([], [], [])
+        for stream, first in zip(streams, firsts, strict=True):
+            if first:
+                ms, seq = _parse_id(first[0][0])
+                out[0].append(stream)
+                out[1].append(ms)
+                out[2].append(seq)
+        return out

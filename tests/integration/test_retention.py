@@ -287,3 +287,55 @@ def test_retention_warning_when_ledger_expires_inside_redelivery_window() -> Non
     relaxed = ConsumerSettings(group="g", topics=(TOPIC,), ledger_retention=60.0,
                                mode="at-least-once")  # fmt: skip
     assert retention_warning(relaxed) is None, "no ledger, nothing to apply twice"
+
+
+async def test_ledger_rows_of_entries_still_pending_outlive_retention(
+    case: Case, pool: Any
+) -> None:
+    """Every member was down longer than the ledger retention: 10 events were applied and
+    acknowledged, 10 more applied (COMMIT) but never acknowledged. Retention deletes the rows
+    of the first 10, trimmed from the stream, and keeps those of the 10 still pending; a consumer
+    that then reclaims them acknowledges them without applying them a second time."""
+    keys = wire.Keys(TOPIC, case.prefix)
+    await case.pg.execute(
+        f"CREATE TABLE {case.schema}.effects (consumer_group text, event_id uuid, "
+        "aggregate_id text, attempt int, at timestamptz DEFAULT now())"
+    )
+    ids = await publish(case.redis, case.prefix, 20)
+    await case.redis.xgroup_create(keys.events, "g1", id="0")
+    entries = await read(case, keys.events, "g1", "dead", 20)
+    await case.redis.xack(keys.events, "g1", *entries[:10])
+    rows = [("g1", uuid.UUID(e), keys.events, entry) for e, entry in zip(ids, entries, strict=True)]
+    await case.pg.executemany(
+        f"INSERT INTO {case.schema}.{database.LEDGER_TABLE} (consumer_group, event_id, event_type,"
+        " stream, entry_id, processed_at) VALUES ($1, $2, 'conveyor.identity.v1.UserRegistered',"
+        " $3, $4, now() - interval '3 days')",
+        rows,
+    )
+    await case.pg.executemany(
+        f"INSERT INTO {case.schema}.effects (consumer_group, event_id, attempt) VALUES ($1, $2, 1)",
+        [(g, e) for g, e, _s, _x in rows],
+    )
+
+    report = await housekeeper(case, pool, ledger_retention=86400.0).run_once([TOPIC])
+    assert report.trimmed == {keys.events: 10}
+    assert report.ledger_deleted == 10
+    kept = await case.pg.fetch(
+        f"SELECT entry_id FROM {case.schema}.{database.LEDGER_TABLE} ORDER BY entry_id"
+    )
+    assert [r[0] for r in kept] == entries[10:]
+
+    conf = {"database_url": case.database_url, "redis_url": case.redis_url, "group": "g1",
+            "ledger_schema": case.schema, "key_prefix": case.prefix, "block": 0.05,
+            "claim_idle": 0.1}  # fmt: skip
+    async with running_consumer(effect_router(case.schema), **conf):
+
+        async def drained() -> bool:
+            info = await case.redis.xinfo_groups(keys.events)
+            return info[0]["pending"] == 0
+
+        await wait_until(drained, what="the pending entries reclaimed and acknowledged")
+    counts = await case.pg.fetch(
+        f"SELECT event_id::text, count(*) FROM {case.schema}.effects GROUP BY 1"
+    )
+    assert {r[0]: r[1] for r in counts} == dict.fromkeys(ids, 1)
