@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 import asyncpg
 from opentelemetry import propagate, trace
 
-from consumers.deliveries import Delivery
+from consumers.deliveries import DeadLetterMark, Delivery
 from consumers.router import Route
 from conveyor import database
 from conveyor import telemetry as t
@@ -69,6 +70,14 @@ class SwallowedDatabaseError(Exception):
             "aborted by that error (let it propagate, or wrap the statement in "
             "`async with ctx.db.transaction():` to contain it)"
         )
+
+
+MARK_LOCK_TIMEOUT = 5
+"""Seconds marking dead letters waits for a member still applying one of the events."""
+
+
+class MarksBusy(Exception):
+    """Another member is applying one of the events to be marked; try again later."""
 
 
 class TransactionEnded(Exception):
@@ -129,6 +138,7 @@ class Applier:
         stopping: asyncio.Event | None = None,
         on_trouble: Callable[[str], None] | None = None,
         backoff_max: float = 10.0,
+        retry_stream: str = "",
     ) -> None:
         self._pool = pool
         self._stopping = stopping or asyncio.Event()
@@ -141,10 +151,13 @@ class Applier:
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
         self._tracing = tracing_enabled()
+        self._retry_stream = retry_stream
         table = f"{database.validate_schema(ledger_schema)}.{database.LEDGER_TABLE}"
-        # A 'failure' row (never written by this runtime, but allowed) does not count as applied.
-        # Columns travel as one comma-joined text each (ids, type names and entry ids hold no
-        # commas): encoding a 1,000-element array costs asyncpg far more than one string.
+        # A 'failure' row (never written by this runtime, but allowed) does not count as applied;
+        # nor does a 'dead_letter' mark, which only the group's retry stream ($7, reprocessing)
+        # may apply over. Columns travel as one comma-joined text each (ids, type names and
+        # entry ids hold no commas): encoding a 1,000-element array costs asyncpg far more than
+        # one string.
         self._claim_sql = (
             f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
             "processing_result) SELECT $1, e::uuid, t, s, x, r FROM unnest("
@@ -152,7 +165,17 @@ class Applier:
             "string_to_array($5, ','), string_to_array($6, ',')) AS u(e, t, s, x, r) "
             "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
             "EXCLUDED.processing_result, processed_at = now(), stream = EXCLUDED.stream, "
-            "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' "
+            "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' OR "
+            "(l.processing_result = 'dead_letter' AND EXCLUDED.stream = $7) "
+            "RETURNING event_id::text"
+        )
+        self._mark_sql = (
+            f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
+            "processing_result) SELECT $1, e, t, s, x, 'dead_letter' FROM unnest($2::uuid[], "
+            "$3::text[], $4::text[], $5::text[]) AS u(e, t, s, x) "
+            "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
+            "'dead_letter', processed_at = now(), stream = EXCLUDED.stream, "
+            "entry_id = EXCLUDED.entry_id WHERE l.processing_result IN ('failure', 'dead_letter') "
             "RETURNING event_id::text"
         )
         self._unclaim_sql = (
@@ -270,6 +293,36 @@ class Applier:
                 conn.terminate()
                 await self._pool.release(conn, timeout=5)
 
+    @asynccontextmanager
+    async def marking_dead_letters(
+        self, marks: Sequence[DeadLetterMark]
+    ) -> AsyncIterator[set[str]]:
+        """Mark events in the ledger as dead-lettered by the group, in a transaction that
+        commits when the block ends (the caller moves them to the dead-letter stream inside
+        it), and yield the ids of those the group has applied already: those are neither
+        marked nor to be moved. A member still applying one of them is waited for, at most
+        MARK_LOCK_TIMEOUT (then MarksBusy); once the marks commit, a member still holding one
+        of the events cannot apply it (only the retry stream can, when it is reprocessed).
+        In at-least-once mode there is no ledger: nothing is marked or found applied."""
+        if not self._exactly_once or not marks:
+            yield set()
+            return
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{MARK_LOCK_TIMEOUT}s'")
+            try:
+                rows = await conn.fetch(
+                    self._mark_sql,
+                    self._group,
+                    [uuid.UUID(m.event_id) for m in marks],
+                    [m.event_type for m in marks],
+                    [m.stream for m in marks],
+                    [m.entry_id for m in marks],
+                )
+            except asyncpg.LockNotAvailableError as exc:
+                raise MarksBusy(str(exc)) from exc
+            marked = {r[0] for r in rows}
+            yield {m.event_id for m in marks} - marked
+
     async def close(self) -> None:
         """Give the lanes' connections back to the pool."""
         lanes, self._lanes = self._lanes, [None] * self._partitions
@@ -373,6 +426,7 @@ class Applier:
             ",".join([d.entry.stream for d in part]),
             ",".join([d.entry.entry_id for d in part]),
             ",".join(["skipped" if d.route is None else "success" for d in part]),
+            self._retry_stream,
         )
         return {r[0] for r in rows}
 

@@ -92,6 +92,17 @@ class Delivery:
     ctx: EventContext
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterMark:
+    """An event about to be dead-lettered, as its ledger row records it."""
+
+    event_id: str
+    """Lower-case UUID."""
+    event_type: str
+    stream: str
+    entry_id: str
+
+
 @dataclass(slots=True)
 class Poison:
     """An entry that can never be handled: it goes to the dead-letter stream at once."""
@@ -155,6 +166,17 @@ class Decoder:
         ctx = EventContext(event, self._topic, entry.stream, entry.entry_id, self._group,
                            entry.attempt)  # fmt: skip
         return Delivery(entry, event_id, event_type, event.aggregate_id, route, payload, ctx)
+
+
+def dead_letter_mark(entry: Entry) -> DeadLetterMark | None:
+    """The ledger mark for dead-lettering `entry` undecoded, from its id and type fields; None
+    when its id is not a UUID (then no member can apply it either)."""
+    raw_id = entry.fields.get(wire.F_EVENT_ID, b"")
+    text = raw_id.decode(errors="replace")
+    if not _UUID_RE.fullmatch(text):
+        return None
+    event_type = entry.fields.get(wire.F_EVENT_TYPE, b"").decode(errors="replace")
+    return DeadLetterMark(text.lower(), event_type, entry.stream, entry.entry_id)
 
 
 def _invalid(event: event_pb2.Event, raw_id: bytes) -> str:

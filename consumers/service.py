@@ -80,6 +80,7 @@ class Consumer:
                 partitions=s.partitions,
                 stopping=self._stopping,
                 backoff_max=s.db_backoff_max,
+                retry_stream=wire.Keys(topic, s.key_prefix).retry(s.group),
             )
             streams = TopicStreams(self._redis, wire.Keys(topic, s.key_prefix), s.group, s.consumer)
             self.workers[topic] = TopicWorker(

@@ -14,8 +14,22 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from consumers import dead_letters
-from consumers.applier import Applier, DatabaseDown, Outcomes, tracing_enabled
-from consumers.deliveries import Decoder, Delivery, Entry, Poison, describe
+from consumers.applier import (
+    Applier,
+    DatabaseDown,
+    MarksBusy,
+    Outcomes,
+    tracing_enabled,
+)
+from consumers.deliveries import (
+    DeadLetterMark,
+    Decoder,
+    Delivery,
+    Entry,
+    Poison,
+    dead_letter_mark,
+    describe,
+)
 from consumers.errors import GroupLost
 from consumers.metrics import ConsumerMetrics
 from consumers.retries import RetrySchedule, Waiting, backoff
@@ -211,19 +225,14 @@ class TopicWorker:
         batch = Batch()
         if entries:
             self._m.consumed.add(len(entries), self._attrs)
+        over: list[Entry] = []
         for entry in entries:
             if entry.deleted:
                 self._deleted([entry.entry_id], entry.stream)
                 batch.settled.append(entry)
                 continue
             if entry.attempt > self._s.max_attempts:
-                await self._dead_letter(
-                    entry,
-                    "max_attempts",
-                    "Redelivered",
-                    f"delivered {entry.attempt} times, over max_attempts={self._s.max_attempts}; "
-                    "the last deliveries ended without an outcome (consumer crash?)",
-                )
+                over.append(entry)
                 continue
             decoded = self._decoder.decode(entry)
             if isinstance(decoded, Poison):
@@ -232,7 +241,53 @@ class TopicWorker:
                 )
             else:
                 batch.deliveries.append(decoded)
+        if over:
+            await self._over_attempts(over, batch)
         return batch
+
+    async def _over_attempts(self, entries: list[Entry], batch: Batch) -> None:
+        """Entries delivered more often than max_attempts, whose last deliveries ended without
+        an outcome (their consumers crashed or stalled), go to the dead-letter stream. But a
+        stalled member may still hold one: the ledger is marked around the moves, so such a
+        member cannot apply one after it was moved, and one it applied meanwhile is
+        acknowledged instead of moved."""
+        marks: dict[str, tuple[Entry, DeadLetterMark]] = {}
+        again: list[Entry] = []
+        for entry in entries:
+            mark = dead_letter_mark(entry)
+            if mark is None:
+                await self._over_attempts_one(entry)  # not an event anyone could apply
+            elif mark.event_id in marks:
+                again.append(entry)  # the same event twice: one dead letter is enough
+            else:
+                marks[mark.event_id] = (entry, mark)
+        try:
+            async with self._applier.marking_dead_letters([m for _, m in marks.values()]) as done:
+                for event_id, (entry, _) in marks.items():
+                    if event_id in done:
+                        batch.settled.append(entry)
+                        self._m.duplicate.add(1, self._attrs)
+                    else:
+                        await self._over_attempts_one(entry)
+        except MarksBusy:
+            log.info(
+                "over max_attempts but still being applied elsewhere, left pending: "
+                "topic=%s group=%s entries=%s",
+                self.topic,
+                self._s.group,
+                ",".join(e.entry_id for e, _ in marks.values()),
+            )
+            return
+        batch.settled += again
+
+    async def _over_attempts_one(self, entry: Entry) -> None:
+        await self._dead_letter(
+            entry,
+            "max_attempts",
+            "Redelivered",
+            f"delivered {entry.attempt} times, over max_attempts={self._s.max_attempts}; "
+            "the last deliveries ended without an outcome (consumer crash?)",
+        )
 
     async def finish(self, batch: Batch) -> None:
         """Apply a decoded batch, schedule or dead-letter its failures, acknowledge the rest."""

@@ -31,8 +31,9 @@ DEAD_LETTER_STATES = ("open", "reprocessing", "reprocessed", "resolved")
 
 DEFAULT_SCHEMA = "public"
 
-LEDGER_RESULTS = ("success", "failure", "skipped")
-"""Allowed `event_ledger.processing_result` values; only success and skipped count as applied."""
+LEDGER_RESULTS = ("success", "failure", "skipped", "dead_letter")
+"""Allowed `event_ledger.processing_result` values; only success and skipped count as applied.
+`dead_letter` marks an event the group moved to its dead-letter stream unapplied."""
 
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 

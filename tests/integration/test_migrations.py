@@ -22,7 +22,7 @@ from conveyor.database import (
 )
 from conveyor.wire import REASONS
 
-APP_HEAD = "app_0002"
+APP_HEAD = "app_0003"
 CATALOG_HEAD = "catalog_0004"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
@@ -111,10 +111,34 @@ async def test_down_without_revision_goes_one_step(
 
     await asyncio.to_thread(migrations.downgrade, database_url, schema)
 
+    assert await asyncio.to_thread(migrations.current, database_url, schema) == "app_0002"
+    state = await asyncio.to_thread(migrations.check, database_url, schema)
+    assert state == migrations.SchemaState(schema, "app_0002", APP_HEAD, at_head=False)
+
+    await asyncio.to_thread(migrations.downgrade, database_url, schema)
     assert await asyncio.to_thread(migrations.current, database_url, schema) == "app_0001"
     assert await _tables(pg, schema) == {"outbox", "conveyor_alembic_version"}
-    state = await asyncio.to_thread(migrations.check, database_url, schema)
-    assert state == migrations.SchemaState(schema, "app_0001", APP_HEAD, at_head=False)
+
+
+async def test_ledger_dead_letter_marks_become_failures_on_the_way_down(
+    pg: asyncpg.Connection, database_url: str, schema: str
+) -> None:
+    """app_0003 adds the `dead_letter` result; going back to app_0002 keeps the rows as
+    `failure` (not applied, which any delivery may apply over), and up again accepts it."""
+    await asyncio.to_thread(migrations.upgrade, database_url, schema)
+    insert = (
+        f"INSERT INTO {schema}.event_ledger (consumer_group, event_id, event_type, stream, "
+        "entry_id, processing_result) VALUES ('g', $1, 'T', 's', '1-0', $2)"
+    )
+    await pg.execute(insert, uuid.uuid4(), "dead_letter")
+    await pg.execute(insert, uuid.uuid4(), "success")
+    await asyncio.to_thread(migrations.downgrade, database_url, schema, "app_0002")
+    results = await pg.fetch(f"SELECT processing_result FROM {schema}.event_ledger ORDER BY 1")
+    assert [r[0] for r in results] == ["failure", "success"]
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pg.execute(insert, uuid.uuid4(), "dead_letter")
+    await asyncio.to_thread(migrations.upgrade, database_url, schema)
+    await pg.execute(insert, uuid.uuid4(), "dead_letter")
 
 
 async def test_ledger_key_and_result_check(pg: asyncpg.Connection, migrated_schema: str) -> None:
@@ -236,7 +260,7 @@ async def test_ensure_at_head_names_the_command(database_url: str, schema: str) 
     await migrations.ensure_at_head(database_url, schema)
 
     await asyncio.to_thread(migrations.downgrade, database_url, schema)
-    with pytest.raises(SchemaNotReady, match="at revision 'app_0001', head is 'app_0002'"):
+    with pytest.raises(SchemaNotReady, match="at revision 'app_0002', head is 'app_0003'"):
         await migrations.ensure_at_head(database_url, schema)
 
 
