@@ -48,7 +48,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(
-        f'UPDATE "{_schema()}".{_TABLE} SET processing_result = \'failure\' '
+        f"UPDATE \"{_schema()}\".{_TABLE} SET processing_result = 'failure' "
         "WHERE processing_result = 'dead_letter'"
     )
     _allow(_BEFORE)
