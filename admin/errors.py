@@ -80,3 +80,7 @@ class FailedPrecondition(AdminError):
     def __init__(self, message: str, *, ids: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.ids = tuple(ids)
+
+
+class OpsPlaneUnavailable(AdminError):
+    """The ops plane of a process could not start (its gRPC port, or PostgreSQL)."""

@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 
 from admin import migrations
-from admin.process import tune_for_throughput
+from admin.ops.process import tune_for_throughput
 from consumers import Consumer, ConsumerSettings, EventContext, Router
 from conveyor import database, redis_client, wire
 from conveyor.identity.v1 import events_pb2

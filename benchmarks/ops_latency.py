@@ -229,7 +229,7 @@ async def main() -> None:
             "--group",
             "opsbench",
             "--router",
-            "admin.demo:router",
+            "admin.cli.demo:router",
             "--ledger-schema",
             "identity",
         ],

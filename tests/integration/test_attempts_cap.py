@@ -8,9 +8,9 @@ from typing import Any
 
 import asyncpg
 
-from admin import catalog
-from admin.audit import AuditLog
-from admin.reprocess import reprocess
+from admin.catalog import dead_letters as catalog
+from admin.catalog.audit import AuditLog
+from admin.catalog.reprocess import reprocess
 from consumers import EventContext
 from consumers.applier import Applier
 from consumers.deliveries import Decoder, Delivery

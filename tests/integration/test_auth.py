@@ -19,8 +19,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from admin import migrations
-from admin.audit import SUPPRESSED_ACTION, AuditLog
-from admin.auth import (
+from admin.catalog.audit import SUPPRESSED_ACTION, AuditLog
+from admin.ops.auth import (
     AuthInterceptor,
     AuthSettings,
     Principal,

@@ -15,9 +15,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from admin import catalog, migrations, reports
-from admin.audit import AuditLog
-from admin.catalog import DeadLetterQuery
+from admin import migrations
+from admin.catalog import dead_letters as catalog
+from admin.catalog import reports
+from admin.catalog.audit import AuditLog
+from admin.catalog.dead_letters import DeadLetterQuery
 from admin.errors import InvalidInput
 from conveyor import wire
 from tests.integration.catalog_support import NOW, add, new_entry_id

@@ -25,7 +25,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typer.testing import CliRunner, Result
 
-from admin import dlq_cli, ops_cli
+from admin.cli import dlq as dlq_cli
+from admin.cli import monitoring as ops_cli
 from conveyor.v1 import admin_pb2, admin_pb2_grpc, dead_letter_pb2
 
 TOKEN = "s3cret-token"

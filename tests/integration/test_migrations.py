@@ -12,8 +12,8 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from admin import migrations
+from admin.cli.migrate import app
 from admin.errors import SchemaNotReady
-from admin.migrate_cli import app
 from conveyor.database import (
     CONSUMER_MODES,
     DEAD_LETTER_STATES,

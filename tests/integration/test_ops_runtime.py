@@ -11,10 +11,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from admin import migrations
-from admin.auth import AuthSettings
-from admin.runtime import OPS_POOL_SIZE, OpsPlane, OpsSettings
-from admin.server import ServerSettings
-from admin.status import ComponentStatus, GroupStatus, OutboxStatus, RedisStatus
+from admin.ops.auth import AuthSettings
+from admin.ops.runtime import OPS_POOL_SIZE, OpsPlane, OpsSettings
+from admin.ops.server import ServerSettings
+from admin.ops.status import ComponentStatus, GroupStatus, OutboxStatus, RedisStatus
 from tests.processes import wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

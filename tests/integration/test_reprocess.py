@@ -11,17 +11,20 @@ from typing import Any
 import asyncpg
 import pytest
 
-from admin import catalog, convert, migrations, reports
-from admin.audit import AuditLog
-from admin.catalog import DeadLetterRecord
-from admin.errors import FailedPrecondition, InvalidInput
-from admin.reprocess import (
+from admin import migrations
+from admin.catalog import dead_letters as catalog
+from admin.catalog import reports
+from admin.catalog.audit import AuditLog
+from admin.catalog.dead_letters import DeadLetterRecord
+from admin.catalog.reprocess import (
     Progress,
     check_reprocessable,
     group_ledgers,
     reprocess,
     request_fingerprint,
 )
+from admin.errors import FailedPrecondition, InvalidInput
+from admin.ops import convert
 from consumers import EventContext, Reject, Router, dead_letters
 from consumers.deliveries import Entry
 from conveyor import redis_client, wire

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from admin.durations import parse_duration, parse_since
+from admin.cli.durations import parse_duration, parse_since
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import any_pb2, descriptor_pb2, timestamp_pb2
 
-from admin.payloads import PayloadTypes
+from admin.ops.payloads import PayloadTypes
 from conveyor.v1 import event_pb2
 
 

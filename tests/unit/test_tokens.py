@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from admin.auth import (
+from admin.errors import AdminError, InvalidInput
+from admin.ops.auth import (
     WRITE_METHODS,
     AuthSettings,
     Denial,
@@ -23,7 +24,6 @@ from admin.auth import (
     token_digest,
     token_from_env_or_file,
 )
-from admin.errors import AdminError, InvalidInput
 from conveyor.v1 import admin_pb2
 
 PATH = Path("/etc/conveyor/tokens")

@@ -12,9 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from admin.durations import parse_duration, parse_since
-from admin.errors import AdminError
-from admin.options import (
+from admin.cli.durations import parse_duration, parse_since
+from admin.cli.options import (
     DEFAULT_DATABASE_URL,
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
@@ -37,10 +36,11 @@ from admin.options import (
     redact,
     setup_logging,
 )
+from admin.errors import AdminError, OpsPlaneUnavailable
 from conveyor import database, wire
 
 if TYPE_CHECKING:  # the relay's modules load when a command runs, not for `conveyor dlq ...`
-    from admin import runtime
+    from admin.ops import runtime
     from relay import RelaySettings
     from relay.replay import ReplayResult
 
@@ -103,8 +103,9 @@ def run(
         return
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from admin import migrations, observability, runtime
-    from admin.process import tune_for_throughput
+    from admin import migrations
+    from admin.ops import observability, runtime
+    from admin.ops.process import tune_for_throughput
     from relay import RelaySettings
 
     setup_logging(log_level)
@@ -138,12 +139,15 @@ def run(
     reader = InMemoryMetricReader()
     observability.configure("conveyor-relay", readers=[reader])
     tune_for_throughput()
-    asyncio.run(_serve(settings, ops, reader))
+    try:
+        asyncio.run(_serve(settings, ops, reader))
+    except OpsPlaneUnavailable as exc:
+        fail(exc.message)
 
 
 async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any) -> None:
-    from admin import runtime
-    from admin.probes import RelayProbe
+    from admin.ops import runtime
+    from admin.ops.probes import RelayProbe
     from relay import Relay
 
     async with Relay(settings) as relay:

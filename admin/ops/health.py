@@ -8,7 +8,7 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
-from admin.status import Snapshot
+from admin.ops.status import Snapshot
 
 LIVENESS = "conveyor.liveness"
 """NOT_SERVING once shutdown has begun, or while the pipeline's event loop has been blocked for

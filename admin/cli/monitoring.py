@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from admin.client import (
+from admin.cli.client import (
     EXIT_CODES_HELP,
     EXIT_NOT_FOUND,
     EXIT_NOT_SERVING,
@@ -32,8 +32,8 @@ from admin.client import (
     print_json,
     with_connection,
 )
-from admin.dlq_cli import actions_table, add_row, dead_letters_table
-from admin.options import EXIT_OK, fail
+from admin.cli.dlq import actions_table, add_row, dead_letters_table
+from admin.cli.options import EXIT_OK, fail
 from conveyor.v1 import admin_pb2
 
 _STATE_STYLES = {"SERVING": "green", "DEGRADED": "yellow", "NOT_SERVING": "red"}

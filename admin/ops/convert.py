@@ -13,9 +13,9 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-from admin.catalog import AuditEntry, DeadLetterRecord
-from admin.reports import CountByKey, DeadLetterReport, EventTrace
-from admin.status import Snapshot
+from admin.catalog.dead_letters import AuditEntry, DeadLetterRecord
+from admin.catalog.reports import CountByKey, DeadLetterReport, EventTrace
+from admin.ops.status import Snapshot
 from conveyor import wire
 from conveyor.v1 import admin_pb2
 

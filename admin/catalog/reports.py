@@ -12,8 +12,8 @@ from typing import Any, Final
 import asyncpg
 from redis.exceptions import RedisError
 
-from admin import catalog
-from admin.catalog import AuditEntry, DeadLetterRecord
+from admin.catalog import dead_letters as catalog
+from admin.catalog.dead_letters import AuditEntry, DeadLetterRecord
 from admin.errors import InvalidInput
 from conveyor import database, wire
 

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from admin.cli.options import DEFAULT_DATABASE_URL, EXIT_FAILURE, EXIT_USAGE, DatabaseUrl, fail
 from admin.errors import AdminError, InvalidInput
-from admin.options import DEFAULT_DATABASE_URL, EXIT_FAILURE, EXIT_USAGE, DatabaseUrl, fail
 from conveyor.database import CATALOG_SCHEMA, DEFAULT_SCHEMA
 
 if TYPE_CHECKING:  # alembic and SQLAlchemy load only for the commands that need them

@@ -33,9 +33,9 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2_grpc
 
-from admin.auth import TOKEN_ENV, bearer_metadata, token_from_env_or_file
+from admin.cli.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
 from admin.errors import InvalidInput
-from admin.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
+from admin.ops.auth import TOKEN_ENV, bearer_metadata, token_from_env_or_file
 from conveyor.v1 import admin_pb2_grpc
 
 EXIT_NOT_FOUND = 3
@@ -134,7 +134,7 @@ class Connection:
         return self.root_certificates is not None or self.client_cert is not None
 
 
-def connection(  # noqa: PLR0917 - one parameter per connection option, in their order
+def connection(
     target: str,
     token_file: str | None,
     tls_ca: str | None,

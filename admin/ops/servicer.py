@@ -15,13 +15,15 @@ from google.protobuf.message import DecodeError
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.exceptions import RedisError
 
-from admin import catalog, convert, reports, reprocess
-from admin.audit import AuditLog
-from admin.auth import current_principal
-from admin.catalog import DeadLetterQuery, DeadLetterRecord
+from admin.catalog import dead_letters as catalog
+from admin.catalog import reports, reprocess
+from admin.catalog.audit import AuditLog
+from admin.catalog.dead_letters import DeadLetterQuery, DeadLetterRecord
 from admin.errors import AdminError, FailedPrecondition, InvalidInput, NotFound
-from admin.payloads import PayloadTypes
-from admin.status import Snapshot
+from admin.ops import convert
+from admin.ops.auth import current_principal
+from admin.ops.payloads import PayloadTypes
+from admin.ops.status import Snapshot
 from conveyor import wire
 from conveyor.v1 import admin_pb2, admin_pb2_grpc, event_pb2
 

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from admin.client import (
+from admin.cli.client import (
     EXIT_CODES_HELP,
     AsJson,
     Client,
@@ -38,8 +38,8 @@ from admin.client import (
     to_dict,
     with_connection,
 )
-from admin.durations import parse_since
-from admin.options import EXIT_FAILURE, EXIT_USAGE, fail
+from admin.cli.durations import parse_since
+from admin.cli.options import EXIT_FAILURE, EXIT_USAGE, fail
 from conveyor import wire
 from conveyor.v1 import admin_pb2
 

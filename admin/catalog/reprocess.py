@@ -25,9 +25,9 @@ from typing import Any, Final, TypeVar
 
 import asyncpg
 
-from admin import catalog
-from admin.audit import AuditLog
-from admin.catalog import DeadLetterQuery, DeadLetterRecord
+from admin.catalog import dead_letters as catalog
+from admin.catalog.audit import AuditLog
+from admin.catalog.dead_letters import DeadLetterQuery, DeadLetterRecord
 from admin.errors import FailedPrecondition, InvalidInput
 from conveyor import database, redis_client, wire
 

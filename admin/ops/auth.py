@@ -47,7 +47,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from admin.audit import AuditLog
+from admin.catalog.audit import AuditLog
 from admin.errors import AdminError, InvalidInput
 
 log = logging.getLogger(__name__)

@@ -173,7 +173,7 @@ async def _summary(pool: asyncpg.Pool, run_id: str, key_prefix: str) -> int:
     if entry:
         console.print(
             "\nTo reprocess a dead letter, run a consumer of the group and ask it:\n"
-            f"  conveyor consume --group {GROUP} --router admin.demo:router "
+            f"  conveyor consume --group {GROUP} --router admin.cli.demo:router "
             f"--ledger-schema {SCHEMA} --allow-unauthenticated &\n"
             f"  conveyor dlq reprocess --stream {TOPIC}.dlq --id {entry} "
             "--target 127.0.0.1:50052"

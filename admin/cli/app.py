@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from admin import consume_cli, dlq_cli, migrate_cli, ops_cli, options, relay_cli
+from admin.cli import consume, dlq, migrate, monitoring, options, relay
 from admin.errors import AdminError
 
 app = typer.Typer(
@@ -16,11 +16,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(migrate_cli.app, name="migrate", help="Create and upgrade Conveyor's tables.")
-app.add_typer(relay_cli.app, name="relay")
-app.command("consume")(consume_cli.consume)
-app.add_typer(dlq_cli.app, name="dlq")
-ops_cli.register(app)
+app.add_typer(migrate.app, name="migrate", help="Create and upgrade Conveyor's tables.")
+app.add_typer(relay.app, name="relay")
+app.command("consume")(consume.consume)
+app.add_typer(dlq.app, name="dlq")
+monitoring.register(app)
 
 
 @app.command("demo")
@@ -35,7 +35,7 @@ def demo(
     import asyncpg
     from redis.exceptions import RedisError
 
-    from admin import demo as demo_run
+    from admin.cli import demo as demo_run
 
     if not 1 <= events <= 100_000:
         options.fail(f"--events must be 1-100000, got {events}", options.EXIT_USAGE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from admin.status import ComponentStatus, GroupStatus, OutboxStatus, RedisStatus, State, stalled
+from admin.ops.status import ComponentStatus, GroupStatus, OutboxStatus, RedisStatus, State, stalled
 from consumers import Consumer
 from relay import Relay
 

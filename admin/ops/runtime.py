@@ -20,14 +20,14 @@ from typing import Any, TypeVar
 import asyncpg
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from admin.audit import AuditLog
-from admin.auth import AuthInterceptor, AuthSettings, Scope, TokenStore, install_sighup_reload
-from admin.health import Health
-from admin.options import fail
-from admin.payloads import PayloadTypes
-from admin.server import OpsServer, ServerSettings
-from admin.servicer import AdminContext, AdminServicer
-from admin.status import (
+from admin.catalog.audit import AuditLog
+from admin.errors import OpsPlaneUnavailable
+from admin.ops.auth import AuthInterceptor, AuthSettings, Scope, TokenStore, install_sighup_reload
+from admin.ops.health import Health
+from admin.ops.payloads import PayloadTypes
+from admin.ops.server import OpsServer, ServerSettings
+from admin.ops.servicer import AdminContext, AdminServicer
+from admin.ops.status import (
     ComponentStatus,
     GroupStatus,
     OutboxStatus,
@@ -335,7 +335,8 @@ async def registry_schemas(pool: asyncpg.Pool, own: Sequence[str], prefix: str) 
 async def serve(
     plane: OpsPlane, *, stop: Callable[[], None], run: Callable[[], Awaitable[None]]
 ) -> None:
-    """Start `plane`, run the pipeline until SIGTERM/SIGINT, then close the plane.
+    """Start `plane`, run the pipeline until SIGTERM/SIGINT, then close the plane;
+    OpsPlaneUnavailable when the plane cannot start.
 
     On a signal, health goes NOT_SERVING first (so probes and load balancers see it before the
     pipeline stops), then `stop()` lets the pipeline finish what is in flight.
@@ -343,9 +344,12 @@ async def serve(
     try:
         await plane.start()
     except (OSError, RuntimeError) as exc:
-        fail(f"cannot serve gRPC on {plane.settings.server.grpc_addr}: {exc}")
+        addr = plane.settings.server.grpc_addr
+        raise OpsPlaneUnavailable(f"cannot serve gRPC on {addr}: {exc}") from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        fail(f"the ops plane cannot connect to PostgreSQL: {type(exc).__name__}: {exc}")
+        raise OpsPlaneUnavailable(
+            f"the ops plane cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
+        ) from exc
 
     def on_signal() -> None:
         plane.begin_shutdown()

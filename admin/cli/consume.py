@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from admin.durations import parse_duration
-from admin.errors import AdminError
-from admin.options import (
+from admin.cli.durations import parse_duration
+from admin.cli.options import (
     DEFAULT_DATABASE_URL,
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
@@ -36,9 +35,10 @@ from admin.options import (
     redact,
     setup_logging,
 )
+from admin.errors import AdminError, OpsPlaneUnavailable
 
 if TYPE_CHECKING:  # the consumer's modules load when it runs, not for `conveyor dlq ...`
-    from admin import runtime
+    from admin.ops import runtime
     from consumers import ConsumerSettings, Router
 from conveyor import database, wire
 
@@ -165,8 +165,8 @@ def consume(
     """
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from admin import observability, runtime
-    from admin.process import tune_for_throughput
+    from admin.ops import observability, runtime
+    from admin.ops.process import tune_for_throughput
     from consumers import ConsumerSettings
     from consumers.settings import default_consumer_name
 
@@ -210,7 +210,10 @@ def consume(
     reader = InMemoryMetricReader()
     observability.configure(f"conveyor-consumer-{settings.group}", readers=[reader])
     tune_for_throughput()
-    asyncio.run(_serve(handlers, settings, ops, reader))
+    try:
+        asyncio.run(_serve(handlers, settings, ops, reader))
+    except OpsPlaneUnavailable as exc:
+        fail(exc.message)
 
 
 def _require_schemas(settings: ConsumerSettings) -> None:
@@ -228,8 +231,8 @@ def _require_schemas(settings: ConsumerSettings) -> None:
 async def _serve(
     router: Router, settings: ConsumerSettings, ops: runtime.OpsSettings, reader: Any
 ) -> None:
-    from admin import runtime
-    from admin.probes import ConsumerProbe
+    from admin.ops import runtime
+    from admin.ops.probes import ConsumerProbe
     from consumers import Consumer
 
     async with Consumer(router, settings) as consumer:

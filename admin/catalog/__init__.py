@@ -1,0 +1,1 @@
+"""The catalog: dead letters, reprocess requests, audit, consumer registry, reports."""

@@ -1,0 +1,1 @@
+"""The `conveyor` command line: commands, the AdminService client, output."""
