@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar, get_type_hints
 
 import grpc
 import typer
-from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2_grpc
 
 from admin.cli.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
@@ -299,26 +294,3 @@ class Client:
         if auth and self.conn.token is not None:
             return bearer_metadata(self.conn.token)
         return ()
-
-
-def to_dict(message: Message) -> dict[str, Any]:
-    """`message` as a JSON-ready dict: proto field names, every field present."""
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
-def print_json(data: Any) -> None:
-    """Write `data` as indented JSON to stdout (a message is converted with `to_dict`)."""
-    if isinstance(data, Message):
-        data = to_dict(data)
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def iso(ts: Timestamp, *, millis: bool = False) -> str:
-    """A timestamp in UTC ISO 8601 (`2026-11-29T05:00:00Z`); "" when unset."""
-    if ts.seconds == 0 and ts.nanos == 0:
-        return ""
-    moment = ts.ToDatetime(tzinfo=UTC)
-    text = moment.isoformat(timespec="milliseconds" if millis else "seconds")
-    return text.replace("+00:00", "Z")

@@ -28,12 +28,10 @@ from admin.cli.client import (
     AsJson,
     Client,
     Connection,
-    iso,
-    print_json,
     with_connection,
 )
-from admin.cli.dlq import actions_table, add_row, dead_letters_table
 from admin.cli.options import EXIT_OK, fail
+from admin.cli.output import actions_table, add_row, dead_letters_table, iso, print_json
 from conveyor.v1 import admin_pb2
 
 _STATE_STYLES = {"SERVING": "green", "DEGRADED": "yellow", "NOT_SERVING": "red"}

@@ -27,6 +27,7 @@ from typer.testing import CliRunner, Result
 
 from admin.cli import dlq as dlq_cli
 from admin.cli import monitoring as ops_cli
+from admin.cli import reprocessing
 from conveyor.v1 import admin_pb2, admin_pb2_grpc, dead_letter_pb2
 
 TOKEN = "s3cret-token"
@@ -338,7 +339,7 @@ def test_reprocess_by_filter_needs_yes_without_a_terminal(fake: FakeAdmin, run: 
 def test_reprocess_by_filter_on_a_terminal_asks_with_the_count(
     fake: FakeAdmin, run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dlq_cli, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(reprocessing, "_stdin_is_tty", lambda: True)
     fake.answers["ReprocessDeadLetters"] = _progress((4, 4, 4))
 
     declined = run("dlq", "reprocess", "--stream", "identity", "--group", "mailer", input="n\n")
