@@ -124,8 +124,12 @@ async def produce(
     return sent
 
 
-TARGETS = ("consumer Health.Check", "consumer AdminService.GetStatus", "relay Health.Check",
-           "floor: bare Health.Check")  # fmt: skip
+TARGETS = (
+    "consumer Health.Check",
+    "consumer AdminService.GetStatus",
+    "relay Health.Check",
+    "floor: bare Health.Check",
+)
 
 
 def time_calls(consumer: int, relay: int, floor: int, rounds: int) -> list[list[float]]:
@@ -242,8 +246,10 @@ async def main() -> None:
         if rate is None:
             maximum = await sustained_rate(a.probe_seconds, run)
             rate = int(maximum * a.load)
-            print(f"maximum sustained rate: {maximum:,.0f} events/s applied; "
-                  f"load: {a.load:.0%} = {rate:,}/s")  # fmt: skip
+            print(
+                f"maximum sustained rate: {maximum:,.0f} events/s applied; "
+                f"load: {a.load:.0%} = {rate:,}/s"
+            )
         stop = asyncio.Event()
         producing = asyncio.create_task(produce(rate, f"{run}-timed", stop=stop))
         started = time.perf_counter()

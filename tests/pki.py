@@ -17,16 +17,44 @@ def certificate(directory: Path, name: str, cn: str, ca: Path | None, ext: str =
     """`name.key` and `name.crt` for `cn`: self-signed when `ca` is None, else signed by it."""
     key, crt = directory / f"{name}.key", directory / f"{name}.crt"
     if ca is None:
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
-                 "-days", "1", "-subj", f"/CN={cn}")  # fmt: skip
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            crt,
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={cn}",
+        )
         return
     csr, extfile = directory / f"{name}.csr", directory / f"{name}.ext"
     extfile.write_text(ext)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-             "-subj", f"/CN={cn}")  # fmt: skip
-    _openssl("x509", "-req", "-in", csr, "-CA", ca.with_suffix(".crt"), "-CAkey",
-             ca.with_suffix(".key"), "-CAcreateserial", "-out", crt, "-days", "1",
-             "-extfile", extfile)  # fmt: skip
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={cn}"
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca.with_suffix(".crt"),
+        "-CAkey",
+        ca.with_suffix(".key"),
+        "-CAcreateserial",
+        "-out",
+        crt,
+        "-days",
+        "1",
+        "-extfile",
+        extfile,
+    )
 
 
 def make_pki(directory: Path) -> Path:

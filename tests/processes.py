@@ -41,9 +41,13 @@ def run_conveyor(
 ) -> subprocess.CompletedProcess[str]:
     """Run `conveyor ARGS` to completion."""
     return subprocess.run(
-        [CONVEYOR, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
-        timeout=timeout, check=False,
-    )  # fmt: skip
+        [CONVEYOR, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 async def wait_until(

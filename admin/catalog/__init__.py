@@ -1,1 +1,9 @@
-"""The catalog: dead letters, reprocess requests, audit, consumer registry, reports."""
+"""The catalog: dead letters, reprocess requests, audit, consumer registry, reports. The only code
+that speaks SQL to the catalog schema; `Catalog` is one deployment's view of it."""
+
+from __future__ import annotations
+
+from admin.catalog.deployment import Catalog
+from admin.catalog.records import AuditEntry, DeadLetterQuery, DeadLetterRecord, Progress
+
+__all__ = ["AuditEntry", "Catalog", "DeadLetterQuery", "DeadLetterRecord", "Progress"]

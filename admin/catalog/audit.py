@@ -26,6 +26,8 @@ from typing import Any
 
 import asyncpg
 
+from admin.catalog.records import AuditEntry
+from conveyor import wire
 from conveyor.database import AUDIT_TABLE, CATALOG_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,13 @@ SUPPRESSED_ACTION = "denials_suppressed"
 MAX_SOURCES = 10_000
 """Sources tracked at once; past it, sources whose window has ended are forgotten first."""
 
-_INSERT = f"""
-    INSERT INTO {CATALOG_SCHEMA}.{AUDIT_TABLE}
-        (principal, action, target_ids, reason, outcome, detail)
-    VALUES ($1, $2, $3::text[], $4, $5, $6::text::jsonb)
-"""
+_AUDIT = f"{CATALOG_SCHEMA}.{AUDIT_TABLE}"
+_INSERT = (
+    f"INSERT INTO {_AUDIT} (key_prefix, principal, action, target_ids, reason, outcome, detail) "
+    "VALUES ($1, $2, $3, $4::text[], $5, $6, $7::text::jsonb)"
+)
+_SHOWN_MAX = 1000
+"""Most audit rows shown for one set of targets (the newest)."""
 # `$6::text::jsonb`: the detail goes over as JSON text, whatever jsonb codec the pool has set.
 
 
@@ -57,19 +61,20 @@ class _Window:
 
 
 class AuditLog:
-    """Writes audit rows to the catalog through `pool` (or the caller's connection)."""
+    """Writes the audit rows of one deployment (key prefix) to the catalog, through `pool` or the
+    caller's connection."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
+        key_prefix: str,
         *,
         denial_limit: int = 10,
         denial_window: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
-        key_prefix: str | None = None,
     ) -> None:
-        """`key_prefix` names the deployment writing the rows (in `detail.key_prefix`), so one
-        deployment's view of an entry id does not show another's actions on the same id."""
+        """`key_prefix` names the deployment writing the rows, so one deployment's view of an
+        entry id does not show another's actions on the same id."""
         if denial_limit < 1:
             raise ValueError(f"denial_limit must be >= 1, got {denial_limit!r}")
         if not denial_window > 0:
@@ -79,7 +84,7 @@ class AuditLog:
         self._window = denial_window
         self._clock = clock
         self._sources: dict[str, _Window] = {}
-        self._key_prefix = key_prefix
+        self.key_prefix = wire.validate_prefix(key_prefix)
 
     async def record(
         self,
@@ -96,15 +101,16 @@ class AuditLog:
 
         Errors propagate: an action that cannot be audited must not happen.
         """
-        row_detail = dict(detail or {})
-        if self._key_prefix is not None:
-            row_detail["key_prefix"] = self._key_prefix
-        text = json.dumps(row_detail)
-        args = (principal, action, list(target_ids), reason, outcome, text)
+        text = json.dumps(dict(detail or {}))
+        args = (self.key_prefix, principal, action, list(target_ids), reason, outcome, text)
         if conn is not None:
             await conn.execute(_INSERT, *args)
         else:
             await self._pool.execute(_INSERT, *args)
+
+    async def entries_for(self, target_ids: Sequence[str]) -> list[AuditEntry]:
+        """This deployment's audit rows naming any of `target_ids` (see `audit_entries`)."""
+        return await audit_entries(self._pool, self.key_prefix, target_ids)
 
     async def record_denial(
         self,
@@ -130,8 +136,9 @@ class AuditLog:
             window = self._open_window(source, now)
         if window.written >= self._limit:
             if not window.suppressed:
-                log.warning("audit: suppressing further denials source=%s window=%ss",
-                            source, self._window)  # fmt: skip
+                log.warning(
+                    "audit: suppressing further denials source=%s window=%ss", source, self._window
+                )
             window.suppressed += 1
             window.last = {"principal": principal, "action": action, "detail": row_detail}
             return False
@@ -140,15 +147,29 @@ class AuditLog:
             async with asyncio.timeout(DENIAL_WRITE_TIMEOUT):
                 if summary is not None:
                     await self._record_summary(source, summary)
-                await self.record(principal=principal, action=action, reason=reason,
-                                  outcome=outcome, detail=row_detail)  # fmt: skip
+                await self.record(
+                    principal=principal,
+                    action=action,
+                    reason=reason,
+                    outcome=outcome,
+                    detail=row_detail,
+                )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            log.error("audit: could not record denial source=%s principal=%s action=%s: %r",
-                      source, principal, action, exc)  # fmt: skip
+            log.error(
+                "audit: could not record denial source=%s principal=%s action=%s: %r",
+                source,
+                principal,
+                action,
+                exc,
+            )
             return False
         except Exception:  # the denial is answered whatever its audit write ran into
-            log.exception("audit: could not record denial source=%s principal=%s action=%s",
-                          source, principal, action)  # fmt: skip
+            log.exception(
+                "audit: could not record denial source=%s principal=%s action=%s",
+                source,
+                principal,
+                action,
+            )
             return False
         return True
 
@@ -181,12 +202,45 @@ class AuditLog:
             action=SUPPRESSED_ACTION,
             reason=f"{window.suppressed} more denials suppressed",
             outcome="suppressed",
-            detail={**last["detail"], "source": source, "suppressed": window.suppressed,
-                    "window_seconds": self._window, "last_action": last["action"]},
-        )  # fmt: skip
+            detail={
+                **last["detail"],
+                "source": source,
+                "suppressed": window.suppressed,
+                "window_seconds": self._window,
+                "last_action": last["action"],
+            },
+        )
+
+
+async def audit_entries(
+    pool: asyncpg.Pool, prefix: str, target_ids: Sequence[str]
+) -> list[AuditEntry]:
+    """The audit rows of the deployment with key prefix `prefix` naming any of `target_ids`,
+    oldest first (the newest 1000 at most)."""
+    if not target_ids:
+        return []
+    rows = await pool.fetch(
+        f"SELECT at, principal, action, target_ids, reason, outcome FROM {_AUDIT} "
+        "WHERE key_prefix = $1 AND target_ids && $2::text[] ORDER BY id DESC LIMIT $3",
+        prefix,
+        list(target_ids),
+        _SHOWN_MAX,
+    )
+    return [
+        AuditEntry(
+            at=r["at"],
+            principal=r["principal"],
+            action=r["action"],
+            target_ids=tuple(r["target_ids"]),
+            reason=r["reason"],
+            outcome=r["outcome"],
+        )
+        for r in reversed(rows)
+    ]
 
 
 def _log_unwritten(source: str, window: _Window) -> None:
     if window.suppressed:
-        log.warning("audit: %d denials suppressed and not written source=%s",
-                    window.suppressed, source)  # fmt: skip
+        log.warning(
+            "audit: %d denials suppressed and not written source=%s", window.suppressed, source
+        )

@@ -13,59 +13,36 @@ between entries, so every entry is either requeued once and recorded, or untouch
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Final, TypeVar
 
 import asyncpg
 
-from admin.catalog import dead_letters as catalog
+from admin.catalog import requests
 from admin.catalog.audit import AuditLog
-from admin.catalog.dead_letters import DeadLetterQuery, DeadLetterRecord
+from admin.catalog.dead_letters import resolve, set_state
+from admin.catalog.records import DeadLetterRecord, Progress
+from admin.catalog.requests import shielded
 from admin.errors import FailedPrecondition, InvalidInput
 from conveyor import database, redis_client, wire
 
 log = logging.getLogger(__name__)
 
-REQUESTS_TABLE: Final = f"{database.CATALOG_SCHEMA}.reprocess_requests"
-"""Reprocess requests by idempotency key (catalog revision catalog_0002)."""
 MAX_KEY_CHARS: Final = 256
 ACTION: Final = "reprocess"
 """Audit action of every row this module writes."""
 
-_DEAD_LETTERS: Final = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE}"
-_CONSUMERS: Final = f"{database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE}"
 _APPLIED: Final = ["success", "skipped"]
 """Ledger results that count as applied (guarantee 3)."""
 _DL_PREFIX: Final = b"dl."
-_LOCK_CLASS: Final = "conveyor.reprocess"
 _SHOWN_IDS: Final = 20
-_COUNTS: Final = ("done", "total", "requeued", "duplicates", "skipped")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far a reprocess call has got; the last one reported has `finished` set."""
-
-    done: int = 0
-    """Dead letters looked at so far."""
-    total: int = 0
-    requeued: int = 0
-    """Sent to their group's retry stream (in a dry run: would be)."""
-    duplicates: int = 0
-    """Already applied by their exactly-once group: resolved as duplicates, not sent."""
-    skipped: int = 0
-    """Not open (resolved, reprocessing, reprocessed, or taken by a concurrent call), of another
-    deployment's streams, or gone from the dead-letter stream."""
-    finished: bool = False
 
 
 class _Action(Enum):
@@ -80,23 +57,6 @@ class _Plan:
     retry_fields: dict[bytes, bytes] | None = None
 
 
-async def group_ledgers(pool: asyncpg.Pool, prefix: str | None = None) -> dict[str, str | None]:
-    """Each registered consumer group's ledger schema, None for at-least-once groups; only the
-    groups of the deployment with key prefix `prefix` when it is given.
-
-    A group whose members disagree (a mode change rolling out) counts as exactly-once, with the
-    ledger of its most recently seen exactly-once member. Groups with no running consumer are
-    absent (consumers unregister on a clean stop).
-    """
-    rows = await pool.fetch(
-        f"SELECT DISTINCT ON (consumer_group) consumer_group, ledger_schema FROM {_CONSUMERS} "
-        "WHERE $1::text IS NULL OR key_prefix = $1 "
-        "ORDER BY consumer_group, ledger_schema IS NULL, heartbeat_at DESC",
-        prefix,
-    )
-    return {r["consumer_group"]: r["ledger_schema"] for r in rows}
-
-
 def check_reprocessable(records: Sequence[DeadLetterRecord]) -> None:
     """Raise FailedPrecondition naming the entry ids already resolved (asked for by id, they
     cannot be reprocessed); entries reprocessing or reprocessed are merely skipped later."""
@@ -108,27 +68,6 @@ def check_reprocessable(records: Sequence[DeadLetterRecord]) -> None:
             f"{', '.join(resolved[:_SHOWN_IDS])}{more}",
             ids=resolved,
         )
-
-
-def request_fingerprint(
-    topic: str,
-    entry_ids: Sequence[str],
-    query: DeadLetterQuery | None,
-    prefix: str | None = None,
-) -> str:
-    """A digest of what a reprocess request selects, to tell a repeated request from another
-    one under the same idempotency key (dry run and rate limit do not change what it selects).
-    `prefix` is the deployment's: one key used by two deployments names two requests."""
-    text = json.dumps(
-        {
-            "prefix": prefix,
-            "topic": topic,
-            "entry_ids": sorted({catalog.parse_entry_id(e) for e in entry_ids}),
-            "filter": None if query is None else query.fingerprint(),
-        },
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def retry_fields(dead_letter: Mapping[bytes, bytes], dead_letter_id: str) -> dict[bytes, bytes]:
@@ -171,13 +110,25 @@ async def reprocess(
         raise InvalidInput(str(exc), field="topic", value=topic[:64]) from None
     keys = wire.Keys(topic, key_prefix)
     async with pool.acquire() as conn:
-        run = _Run(conn, redis, keys, principal=principal, audit=audit,
-                   ledgers=ledger_schemas, idempotency_key=idempotency_key)  # fmt: skip
+        run = _Run(
+            conn,
+            redis,
+            keys,
+            principal=principal,
+            audit=audit,
+            ledgers=ledger_schemas,
+            idempotency_key=idempotency_key,
+        )
         if not idempotency_key or dry_run:
             final = await run.all(records, dry_run=dry_run, rate=rate_limit, report=on_progress)
         else:
-            final = await _once(run, records, key=idempotency_key, hash_=request_hash,
-                                rate=rate_limit, report=on_progress)  # fmt: skip
+            final = await requests.once(
+                conn,
+                key=idempotency_key,
+                principal=principal,
+                request_hash=request_hash,
+                work=lambda: run.all(records, dry_run=False, rate=rate_limit, report=on_progress),
+            )
     if on_progress is not None:
         await on_progress(final)
     return final
@@ -202,77 +153,6 @@ def _check_inputs(principal: str, key: str | None, rate_limit: float) -> None:
             field="rate_limit",
             value=str(rate_limit),
         )
-
-
-async def _once(
-    run: _Run,
-    records: Sequence[DeadLetterRecord],
-    *,
-    key: str,
-    hash_: str,
-    rate: float,
-    report: Callable[[Progress], Awaitable[None]] | None,
-) -> Progress:
-    """Run the request under its idempotency key: serialized with other calls using the key (a
-    session lock, released also when the connection goes back to the pool or dies), answered
-    from the stored outcome once one call has finished it. A call that crashed or was cancelled
-    stored nothing, so the next call with the key carries on from where it stopped."""
-    conn = run.conn
-    await conn.execute("SELECT pg_advisory_lock(hashtext($1), hashtext($2))", _LOCK_CLASS, key)
-    try:
-        stored = await _claim(conn, key, run.principal, hash_)
-        if stored is not None:
-            return stored
-        final = await run.all(records, dry_run=False, rate=rate, report=report)
-        outcome = json.dumps({k: getattr(final, k) for k in _COUNTS})
-        # Shielded: a call cancelled now has done all its work, and the next one should say so.
-        await _shielded(
-            conn.execute(
-                f"UPDATE {REQUESTS_TABLE} SET outcome = $2::text::jsonb, finished_at = now() "
-                "WHERE idempotency_key = $1 AND finished_at IS NULL",
-                key,
-                outcome,
-            )
-        )
-        return final
-    finally:
-        await _unlock(conn, key)
-
-
-async def _claim(conn: asyncpg.Connection, key: str, principal: str, hash_: str) -> Progress | None:
-    """Register the request under `key`; the stored outcome if a call with it already finished."""
-    await conn.execute(
-        f"INSERT INTO {REQUESTS_TABLE} (idempotency_key, principal, request_hash) "
-        "VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING",
-        key,
-        principal,
-        hash_,
-    )
-    row = await conn.fetchrow(
-        f"SELECT principal, request_hash, outcome::text AS outcome, finished_at "
-        f"FROM {REQUESTS_TABLE} WHERE idempotency_key = $1",
-        key,
-    )
-    if row["principal"] != principal or row["request_hash"] != hash_:
-        raise InvalidInput(
-            "this idempotency key was used for a different reprocess request; use a new key",
-            field="idempotency_key",
-            value=key[:64],
-        )
-    if row["finished_at"] is None:
-        return None
-    stored = json.loads(row["outcome"])
-    return Progress(**{k: int(stored.get(k, 0)) for k in _COUNTS}, finished=True)
-
-
-async def _unlock(conn: asyncpg.Connection, key: str) -> None:
-    try:
-        await conn.execute(
-            "SELECT pg_advisory_unlock(hashtext($1), hashtext($2))", _LOCK_CLASS, key
-        )
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-        # The pool's reset (or the connection's end) releases the lock anyway.
-        log.warning("reprocess: could not release the idempotency lock: %r", exc)
 
 
 class _Run:
@@ -311,14 +191,14 @@ class _Run:
         pace = _Pacer(rate)
         for record in records:
             _stop_if_cancelled()
-            # Reads and waits are cancellable; each entry's writes are not (see _shielded).
+            # Reads and waits are cancellable; each entry's writes are not (see shielded).
             plan = await self.plan(record)
             action = plan.action
             if not dry_run and action is _Action.REQUEUE:
                 await pace.wait()
-                action = await _shielded(self.requeue(record, plan.retry_fields or {}))
+                action = await shielded(self.requeue(record, plan.retry_fields or {}))
             elif not dry_run and action is _Action.DUPLICATE:
-                action = await _shielded(self.resolve_duplicate(record))
+                action = await shielded(self.resolve_duplicate(record))
             progress = _counted(progress, action)
             if report is not None:
                 await report(progress)
@@ -329,16 +209,23 @@ class _Run:
         if record.state != "open":
             return _Plan(_Action.SKIP)
         if record.dlq_stream != self.keys.dlq or not _valid_group(record.group):
-            log.warning("reprocess: skipped, not this deployment's dead letter stream=%s entry=%s "
-                        "group=%r", record.dlq_stream, record.entry_id, record.group)  # fmt: skip
+            log.warning(
+                "reprocess: skipped, not this deployment's dead letter stream=%s entry=%s group=%r",
+                record.dlq_stream,
+                record.entry_id,
+                record.group,
+            )
             return _Plan(_Action.SKIP)
         if await self.applied(record):
             return _Plan(_Action.DUPLICATE)
         async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
             found = await self.redis.xrange(self.keys.dlq, record.entry_id, record.entry_id)
         if not found:
-            log.warning("reprocess: skipped, gone from the dead-letter stream stream=%s entry=%s",
-                        self.keys.dlq, record.entry_id)  # fmt: skip
+            log.warning(
+                "reprocess: skipped, gone from the dead-letter stream stream=%s entry=%s",
+                self.keys.dlq,
+                record.entry_id,
+            )
             return _Plan(_Action.SKIP)
         return _Plan(_Action.REQUEUE, retry_fields(found[0][1], record.entry_id))
 
@@ -359,8 +246,12 @@ class _Run:
             )
         except (ValueError, asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError) as exc:
             # The consumer's own ledger check still applies the event at most once.
-            log.warning("reprocess: ledger unreadable, not checked group=%s schema=%r: %s",
-                        record.group, schema, exc)  # fmt: skip
+            log.warning(
+                "reprocess: ledger unreadable, not checked group=%s schema=%r: %s",
+                record.group,
+                schema,
+                exc,
+            )
             return False
         return found
 
@@ -373,45 +264,61 @@ class _Run:
         """
         stream = self.keys.retry(record.group)
         async with self.conn.transaction():
-            moved = await catalog.set_state(self.conn, [record.id], "reprocessing", expect=["open"])
+            moved = await set_state(self.conn, [record.id], "reprocessing", expect=["open"])
             if not moved:
                 return _Action.SKIP  # a concurrent call or a resolve got there first
             async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
                 retry_id = _text(await self.redis.xadd(stream, fields))
             try:
                 await self.audit.record(
-                    principal=self.principal, action=ACTION, target_ids=[record.entry_id],
-                    outcome=_Action.REQUEUE.value, conn=self.conn,
-                    detail={**self.detail, "group": record.group, "retry_stream": stream,
-                            "retry_entry_id": retry_id, "event_id": record.event_id},
-                )  # fmt: skip
+                    principal=self.principal,
+                    action=ACTION,
+                    target_ids=[record.entry_id],
+                    outcome=_Action.REQUEUE.value,
+                    conn=self.conn,
+                    detail={
+                        **self.detail,
+                        "group": record.group,
+                        "retry_stream": stream,
+                        "retry_entry_id": retry_id,
+                        "event_id": record.event_id,
+                    },
+                )
             except BaseException:
                 await self._withdraw(stream, retry_id)
                 raise
-        log.info("reprocess: requeued stream=%s entry=%s group=%s event_id=%s retry=%s",
-                 self.keys.dlq, record.entry_id, record.group, record.event_id,
-                 retry_id)  # fmt: skip
+        log.info(
+            "reprocess: requeued stream=%s entry=%s group=%s event_id=%s retry=%s",
+            self.keys.dlq,
+            record.entry_id,
+            record.group,
+            record.event_id,
+            retry_id,
+        )
         return _Action.REQUEUE
 
     async def resolve_duplicate(self, record: DeadLetterRecord) -> _Action:
         """Resolve a dead letter its group has applied since, with its audit row."""
         resolution = f"duplicate: already applied by {record.group}"
         async with self.conn.transaction():
-            changed = await self.conn.fetchval(
-                f"UPDATE {_DEAD_LETTERS} SET state = 'resolved', resolution = $2, "
-                "resolved_by = $3, updated_at = now() WHERE id = $1 AND state = 'open' "
-                "RETURNING id",
-                record.id,
-                resolution,
-                self.principal,
+            changed = await resolve(
+                self.conn,
+                [record.id],
+                reason=resolution,
+                principal=self.principal,
+                expect=("open",),
             )
-            if changed is None:
+            if not changed:
                 return _Action.SKIP
             await self.audit.record(
-                principal=self.principal, action=ACTION, target_ids=[record.entry_id],
-                reason=resolution, outcome=_Action.DUPLICATE.value, conn=self.conn,
+                principal=self.principal,
+                action=ACTION,
+                target_ids=[record.entry_id],
+                reason=resolution,
+                outcome=_Action.DUPLICATE.value,
+                conn=self.conn,
                 detail={**self.detail, "group": record.group, "event_id": record.event_id},
-            )  # fmt: skip
+            )
         return _Action.DUPLICATE
 
     async def _withdraw(self, stream: str, retry_id: str) -> None:
@@ -420,8 +327,12 @@ class _Run:
             async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
                 await self.redis.xdel(stream, retry_id)
         except Exception as exc:  # noqa: BLE001 - the original error is the one to report
-            log.error("reprocess: could not withdraw retry entry stream=%s entry=%s: %r",
-                      stream, retry_id, exc)  # fmt: skip
+            log.error(
+                "reprocess: could not withdraw retry entry stream=%s entry=%s: %r",
+                stream,
+                retry_id,
+                exc,
+            )
 
 
 class _Pacer:
@@ -439,19 +350,6 @@ class _Pacer:
             await asyncio.sleep(self._next - now)
             now = self._next
         self._next = now + self._interval
-
-
-async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to its end even if the caller is cancelled meanwhile; the cancellation then
-    goes on once it has finished, so a cancelled call stops between entries, never inside one."""
-    task = asyncio.ensure_future(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait({task})
-        if not task.cancelled() and task.exception() is not None:
-            log.error("reprocess: entry failed after the call was cancelled: %r", task.exception())
-        raise
 
 
 def _stop_if_cancelled() -> None:

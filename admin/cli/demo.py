@@ -59,15 +59,25 @@ def demo_events(run: str, n: int) -> list[NewEvent]:
         user = f"{run}-u{i}"
         if i % 3 == 0:
             email = f"user{i}.example.com" if i % 25 == 0 else f"user{i}@example.com"
-            out.append(NewEvent(events_pb2.UserRegistered(user_id=user, email=email), "user",
-                                user, topic=TOPIC))  # fmt: skip
+            out.append(
+                NewEvent(
+                    events_pb2.UserRegistered(user_id=user, email=email), "user", user, topic=TOPIC
+                )
+            )
         elif i % 3 == 1:
             target = f"{run}-ghost{i}" if i % 40 == 1 else f"{run}-u{i - 1}"
-            out.append(NewEvent(events_pb2.EmailVerified(user_id=target), "user", target,
-                                topic=TOPIC))  # fmt: skip
+            out.append(
+                NewEvent(events_pb2.EmailVerified(user_id=target), "user", target, topic=TOPIC)
+            )
         else:
-            out.append(NewEvent(events_pb2.UserDeleted(user_id=f"{run}-gone{i}"), "user",
-                                f"{run}-gone{i}", topic=TOPIC))  # fmt: skip
+            out.append(
+                NewEvent(
+                    events_pb2.UserDeleted(user_id=f"{run}-gone{i}"),
+                    "user",
+                    f"{run}-gone{i}",
+                    topic=TOPIC,
+                )
+            )
     return out
 
 
@@ -98,20 +108,34 @@ class _pipeline:
     """A relay and a `mailer` consumer group running in this process."""
 
     def __init__(self, database_url: str, redis_url: str, key_prefix: str) -> None:
-        common: dict[str, Any] = {"database_url": database_url, "redis_url": redis_url,
-                                  "key_prefix": key_prefix}  # fmt: skip
+        common: dict[str, Any] = {
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "key_prefix": key_prefix,
+        }
         self._relay = Relay(RelaySettings(schemas=(SCHEMA,), poll_interval=0.1, **common))
-        self._consumer = Consumer(router, ConsumerSettings(
-            group=GROUP, topics=(TOPIC,), ledger_schema=SCHEMA, max_attempts=3,
-            retry_backoff=0.2, retry_backoff_max=0.5, block=0.1, **common,
-        ))  # fmt: skip
+        self._consumer = Consumer(
+            router,
+            ConsumerSettings(
+                group=GROUP,
+                topics=(TOPIC,),
+                ledger_schema=SCHEMA,
+                max_attempts=3,
+                retry_backoff=0.2,
+                retry_backoff_max=0.5,
+                block=0.1,
+                **common,
+            ),
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> None:
         await self._relay.start()
         await self._consumer.start()
-        self._tasks = [asyncio.create_task(self._relay.run()),
-                       asyncio.create_task(self._consumer.run())]  # fmt: skip
+        self._tasks = [
+            asyncio.create_task(self._relay.run()),
+            asyncio.create_task(self._consumer.run()),
+        ]
 
     async def __aexit__(self, *exc: object) -> None:
         self._relay.stop()
@@ -124,13 +148,17 @@ class _pipeline:
 async def _settled(pool: asyncpg.Pool, run_id: str) -> int:
     applied = await pool.fetchval(
         f"SELECT count(*) FROM {SCHEMA}.event_ledger l JOIN {SCHEMA}.outbox o USING (event_id) "
-        "WHERE l.consumer_group = $1 AND o.aggregate_id LIKE $2", GROUP, f"{run_id}-%",
-    )  # fmt: skip
+        "WHERE l.consumer_group = $1 AND o.aggregate_id LIKE $2",
+        GROUP,
+        f"{run_id}-%",
+    )
     dead = await pool.fetchval(
         "SELECT count(*) FROM conveyor.dead_letters d JOIN "
         f"{SCHEMA}.outbox o USING (event_id) WHERE d.consumer_group = $1 "
-        "AND o.aggregate_id LIKE $2", GROUP, f"{run_id}-%",
-    )  # fmt: skip
+        "AND o.aggregate_id LIKE $2",
+        GROUP,
+        f"{run_id}-%",
+    )
     return int(applied) + int(dead)
 
 
@@ -152,23 +180,27 @@ async def _summary(pool: asyncpg.Pool, run_id: str, key_prefix: str) -> int:
         "min(d.dlq_entry_id) AS example FROM conveyor.dead_letters d JOIN "
         f"{SCHEMA}.outbox o USING (event_id) WHERE o.aggregate_id LIKE $1 AND d.dlq_stream = $2 "
         "GROUP BY 1, 2, 3 ORDER BY n DESC",
-        f"{run_id}-%", wire.Keys(TOPIC, key_prefix).dlq,
-    )  # fmt: skip
+        f"{run_id}-%",
+        wire.Keys(TOPIC, key_prefix).dlq,
+    )
     table = Table(title=f"dead letters of this run (topic {TOPIC}, group {GROUP})")
     for column in ("reason", "error", "count", "example entry"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["reason"], f"{r['error_class']}: {r['error_message']}", str(r["n"]),
-                      r["example"])  # fmt: skip
+        table.add_row(
+            r["reason"], f"{r['error_class']}: {r['error_message']}", str(r["n"]), r["example"]
+        )
     console.print(table)
-    console.print(f"full report: conveyor dlq report --stream {TOPIC}.dlq --hours 1 "
-                  "--target 127.0.0.1:50052")  # fmt: skip
+    console.print(
+        f"full report: conveyor dlq report --stream {TOPIC}.dlq --hours 1 --target 127.0.0.1:50052"
+    )
     entry = await pool.fetchval(
         "SELECT d.dlq_entry_id FROM conveyor.dead_letters d JOIN "
         f"{SCHEMA}.outbox o USING (event_id) WHERE o.aggregate_id LIKE $1 "
         "AND d.dlq_stream = $2 ORDER BY d.id LIMIT 1",
-        f"{run_id}-%", wire.Keys(TOPIC, key_prefix).dlq,
-    )  # fmt: skip
+        f"{run_id}-%",
+        wire.Keys(TOPIC, key_prefix).dlq,
+    )
     dead = sum(int(r["n"]) for r in rows)
     if entry:
         console.print(

@@ -60,8 +60,11 @@ def parse_topic(text: str) -> str:
     if "{" in text or "}" in text:
         match = _KEY_RE.fullmatch(text)
         if match is None:
-            fail(f"invalid --stream {text!r}: a dead-letter stream key looks like "
-                 "conveyor:{identity}:dlq", EXIT_USAGE)  # fmt: skip
+            fail(
+                f"invalid --stream {text!r}: a dead-letter stream key looks like "
+                "conveyor:{identity}:dlq",
+                EXIT_USAGE,
+            )
         text = match["topic"]
     else:
         text = text.removesuffix(".dlq")

@@ -41,8 +41,12 @@ _MIB = 1024 * 1024
 
 def register(app: typer.Typer) -> None:
     """Add `status`, `trace`, `health` and `metrics` to `app`, each with the exit codes."""
-    for name, command in (("status", status), ("trace", trace), ("health", health),
-                          ("metrics", metrics)):  # fmt: skip
+    for name, command in (
+        ("status", status),
+        ("trace", trace),
+        ("health", health),
+        ("metrics", metrics),
+    ):
         app.command(name, epilog=EXIT_CODES_HELP)(command)
 
 
@@ -68,8 +72,12 @@ def status(
         table.add_column(name, overflow="fold")
     for component in response.components:
         state = _state(component.state)
-        add_row(table, component.name, Text(state, style=_STATE_STYLES.get(state, "")),
-                      "; ".join(component.reasons))  # fmt: skip
+        add_row(
+            table,
+            component.name,
+            Text(state, style=_STATE_STYLES.get(state, "")),
+            "; ".join(component.reasons),
+        )
     console.print(table)
     if response.HasField("redis"):
         console.print(_redis_table(response.redis))
@@ -120,9 +128,15 @@ def _groups_table(groups: Iterable[Any]) -> Table:
         table.add_column(name, justify="left" if name in ("topic", "group", "mode") else "right")
     for group in groups:
         add_row(
-            table, group.topic, group.group, group.mode, str(group.consumers),
-            str(group.lag_entries), _seconds(group.lag_seconds), str(group.pending),
-        )  # fmt: skip
+            table,
+            group.topic,
+            group.group,
+            group.mode,
+            str(group.consumers),
+            str(group.lag_entries),
+            _seconds(group.lag_seconds),
+            str(group.pending),
+        )
     return table
 
 
@@ -178,8 +192,15 @@ def _print_trace(response: Any, event_id: str) -> None:
         for name in ("schema", "group", "result", "processed (UTC)", "stream", "entry id"):
             table.add_column(name)
         for row in response.ledger:
-            add_row(table, row.schema, row.group, row.result, iso(row.process_time), row.stream,
-                          row.entry_id)  # fmt: skip
+            add_row(
+                table,
+                row.schema,
+                row.group,
+                row.result,
+                iso(row.process_time),
+                row.stream,
+                row.entry_id,
+            )
         console.print(table)
     if response.dead_letters:
         console.print(dead_letters_table(response.dead_letters, with_topic=True))
@@ -251,9 +272,13 @@ def metrics(
         for index, point in enumerate(metric.points or [None]):
             first = index == 0
             add_row(
-                table, metric.name if first else "", kind if first else "",
-                metric.unit if first else "", _attributes(point), _point_value(metric.kind, point),
-            )  # fmt: skip
+                table,
+                metric.name if first else "",
+                kind if first else "",
+                metric.unit if first else "",
+                _attributes(point),
+                _point_value(metric.kind, point),
+            )
     Console().print(table)
 
 

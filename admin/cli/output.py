@@ -139,8 +139,9 @@ def actions_table(actions: Iterable[Any]) -> Table:
         "actions", "time (UTC)", "principal", "action", "targets", "reason", "outcome"
     )
     for a in actions:
-        add_row(table, iso(a.time), a.principal, a.action, ", ".join(a.target_ids), a.reason,
-                      a.outcome)  # fmt: skip
+        add_row(
+            table, iso(a.time), a.principal, a.action, ", ".join(a.target_ids), a.reason, a.outcome
+        )
     return table
 
 
@@ -156,8 +157,14 @@ def fingerprints_table(fingerprints: Iterable[Any]) -> Table:
     columns = ("count", "error class", "message", "first seen (UTC)", "last seen (UTC)")
     table = new_table("top errors", *columns, right=("count",))
     for fp in fingerprints:
-        add_row(table, str(fp.count), fp.error_class, fp.message, iso(fp.first_seen_time),
-                      iso(fp.last_seen_time))  # fmt: skip
+        add_row(
+            table,
+            str(fp.count),
+            fp.error_class,
+            fp.message,
+            iso(fp.first_seen_time),
+            iso(fp.last_seen_time),
+        )
     return table
 
 

@@ -95,8 +95,11 @@ def reprocess(
 def _confirm(client: Client, request: admin_pb2.ReprocessDeadLettersRequest) -> bool:
     """Ask before a filter-based reprocess; False when nothing matches."""
     if not _stdin_is_tty():
-        fail("reprocessing by filter needs --yes when stdin is not a terminal "
-             "(see what matches with --dry-run first)", EXIT_USAGE)  # fmt: skip
+        fail(
+            "reprocessing by filter needs --yes when stdin is not a terminal "
+            "(see what matches with --dry-run first)",
+            EXIT_USAGE,
+        )
     preview = admin_pb2.ReprocessDeadLettersRequest()
     preview.CopyFrom(request)
     preview.dry_run = True
@@ -130,36 +133,49 @@ def _run_reprocess(
         TextColumn("dry run" if request.dry_run else "reprocess"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("requeued {task.fields[requeued]}, duplicates {task.fields[duplicates]}, "
-                   "skipped {task.fields[skipped]}"),
+        TextColumn(
+            "requeued {task.fields[requeued]}, duplicates {task.fields[duplicates]}, "
+            "skipped {task.fields[skipped]}"
+        ),
         TimeElapsedColumn(),
         console=console,
         disable=quiet or not console.is_terminal,
         transient=True,  # the summary follows; an error line stays the last one
-    )  # fmt: skip
+    )
     idle = _idle(client, request.rate_limit)
     try:
         with progress:
             task = progress.add_task("reprocess", total=None, requeued=0, duplicates=0, skipped=0)
             for last in client.stream(client.admin.ReprocessDeadLetters, request, idle=idle):
                 progress.update(
-                    task, completed=last.done, total=last.total or None, requeued=last.requeued,
-                    duplicates=last.duplicates, skipped=last.skipped,
-                )  # fmt: skip
+                    task,
+                    completed=last.done,
+                    total=last.total or None,
+                    requeued=last.requeued,
+                    duplicates=last.duplicates,
+                    skipped=last.skipped,
+                )
     except KeyboardInterrupt:
-        fail(f"interrupted: repeat with --idempotency-key {request.idempotency_key} to finish "
-             "without requeuing anything twice")  # fmt: skip
+        fail(
+            f"interrupted: repeat with --idempotency-key {request.idempotency_key} to finish "
+            "without requeuing anything twice"
+        )
     if last is None or not last.finished:
-        fail(f"the server stopped before reporting the end: repeat with --idempotency-key "
-             f"{request.idempotency_key} to finish without requeuing anything twice")  # fmt: skip
+        fail(
+            f"the server stopped before reporting the end: repeat with --idempotency-key "
+            f"{request.idempotency_key} to finish without requeuing anything twice"
+        )
     return last
 
 
 def _print_counts(last: Any, request: admin_pb2.ReprocessDeadLettersRequest, as_json: bool) -> None:
     if as_json:
         counts = to_dict(last)
-        counts |= {"topic": request.topic, "dry_run": request.dry_run,
-                   "idempotency_key": request.idempotency_key}  # fmt: skip
+        counts |= {
+            "topic": request.topic,
+            "dry_run": request.dry_run,
+            "idempotency_key": request.idempotency_key,
+        }
         print_json(counts)
         return
     verb = "dry run: would requeue" if request.dry_run else "requeued"

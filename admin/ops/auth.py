@@ -43,12 +43,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from admin.catalog.audit import AuditLog
 from admin.errors import AdminError, InvalidInput
+
+if TYPE_CHECKING:  # the catalog (asyncpg, redis) loads with the server, not with the CLI
+    from admin.catalog.audit import AuditLog
 
 log = logging.getLogger(__name__)
 

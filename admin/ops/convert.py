@@ -13,8 +13,9 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-from admin.catalog.dead_letters import AuditEntry, DeadLetterRecord
-from admin.catalog.reports import CountByKey, DeadLetterReport, EventTrace
+from admin.catalog.records import AuditEntry, DeadLetterRecord
+from admin.catalog.reports import CountByKey, DeadLetterReport
+from admin.catalog.traces import EventTrace
 from admin.ops.status import Snapshot
 from conveyor import wire
 from conveyor.v1 import admin_pb2
@@ -50,23 +51,35 @@ def status_response(snapshot: Snapshot) -> admin_pb2.GetStatusResponse:
             for c in snapshot.components
         ],
         redis=admin_pb2.RedisStatus(
-            up=r.up, ping_latency_seconds=r.ping_latency, used_memory_bytes=r.used_memory,
-            maxmemory_bytes=r.maxmemory, aof_enabled=r.aof_enabled,
-            aof_last_rewrite_status=r.aof_last_rewrite_status, run_id=r.run_id, error=r.error,
+            up=r.up,
+            ping_latency_seconds=r.ping_latency,
+            used_memory_bytes=r.used_memory,
+            maxmemory_bytes=r.maxmemory,
+            aof_enabled=r.aof_enabled,
+            aof_last_rewrite_status=r.aof_last_rewrite_status,
+            run_id=r.run_id,
+            error=r.error,
         ),
         outboxes=[
-            admin_pb2.OutboxStatus(schema=o.schema, backlog=o.backlog,
-                                   oldest_age_seconds=o.oldest_age)
+            admin_pb2.OutboxStatus(
+                schema=o.schema, backlog=o.backlog, oldest_age_seconds=o.oldest_age
+            )
             for o in snapshot.outboxes
         ],
         groups=[
-            admin_pb2.GroupStatus(topic=g.topic, group=g.group, lag_entries=g.lag_entries,
-                                  lag_seconds=g.lag_seconds, pending=g.pending,
-                                  consumers=g.consumers, mode=g.mode)
+            admin_pb2.GroupStatus(
+                topic=g.topic,
+                group=g.group,
+                lag_entries=g.lag_entries,
+                lag_seconds=g.lag_seconds,
+                pending=g.pending,
+                consumers=g.consumers,
+                mode=g.mode,
+            )
             for g in snapshot.groups
         ],
         snapshot_time=timestamp(snapshot.taken_at),
-    )  # fmt: skip
+    )
 
 
 def metrics_response(data: MetricsData | None) -> admin_pb2.GetMetricsResponse:
@@ -80,23 +93,33 @@ def metrics_response(data: MetricsData | None) -> admin_pb2.GetMetricsResponse:
 
 
 def _metric(metric: Any) -> admin_pb2.Metric:
-    m = admin_pb2.Metric(name=metric.name, description=metric.description or "",
-                         unit=metric.unit or "")  # fmt: skip
+    m = admin_pb2.Metric(
+        name=metric.name, description=metric.description or "", unit=metric.unit or ""
+    )
     data = metric.data
     if isinstance(data, Histogram):
         m.kind = admin_pb2.METRIC_KIND_HISTOGRAM
         for p in data.data_points:
-            m.points.append(admin_pb2.MetricPoint(
-                attributes=_attrs(p.attributes), count=p.count, sum=p.sum,
-                explicit_bounds=list(p.explicit_bounds), bucket_counts=list(p.bucket_counts),
-            ))  # fmt: skip
+            m.points.append(
+                admin_pb2.MetricPoint(
+                    attributes=_attrs(p.attributes),
+                    count=p.count,
+                    sum=p.sum,
+                    explicit_bounds=list(p.explicit_bounds),
+                    bucket_counts=list(p.bucket_counts),
+                )
+            )
         return m
-    m.kind = (admin_pb2.METRIC_KIND_COUNTER if isinstance(data, Sum) and data.is_monotonic
-              else admin_pb2.METRIC_KIND_GAUGE)  # fmt: skip
+    m.kind = (
+        admin_pb2.METRIC_KIND_COUNTER
+        if isinstance(data, Sum) and data.is_monotonic
+        else admin_pb2.METRIC_KIND_GAUGE
+    )
     if isinstance(data, Sum | Gauge):
         for point in data.data_points:
-            m.points.append(admin_pb2.MetricPoint(attributes=_attrs(point.attributes),
-                                                  value=float(point.value)))  # fmt: skip
+            m.points.append(
+                admin_pb2.MetricPoint(attributes=_attrs(point.attributes), value=float(point.value))
+            )
     return m
 
 
@@ -115,25 +138,39 @@ def _state_value(name: str) -> int:
 
 def dead_letter(r: DeadLetterRecord) -> admin_pb2.DeadLetter:
     return admin_pb2.DeadLetter(
-        id=r.id, topic=r.topic, entry_id=r.entry_id, source_stream=r.source_stream,
-        source_entry_id=r.source_entry_id, group=r.group, consumer=r.consumer or "",
-        event_id=r.event_id or "", event_type=r.event_type or "",
+        id=r.id,
+        topic=r.topic,
+        entry_id=r.entry_id,
+        source_stream=r.source_stream,
+        source_entry_id=r.source_entry_id,
+        group=r.group,
+        consumer=r.consumer or "",
+        event_id=r.event_id or "",
+        event_type=r.event_type or "",
         reason=wire.reason_value(r.reason),  # type: ignore[arg-type]  # enum ints are valid
         error_class=r.error_class or "",
-        error_message=r.error_message or "", attempts=r.attempts,
+        error_message=r.error_message or "",
+        attempts=r.attempts,
         first_failed_time=timestamp(r.first_failed_at),
-        last_failed_time=timestamp(r.last_failed_at), create_time=timestamp(r.created_at),
+        last_failed_time=timestamp(r.last_failed_at),
+        create_time=timestamp(r.created_at),
         state=_state_value(r.state),  # type: ignore[arg-type]  # enum ints are valid
-        resolution=r.resolution or "", resolved_by=r.resolved_by or "",
-        retry_of_entry_id=r.retry_of or "", retried_as_entry_id=r.retried_as or "",
-    )  # fmt: skip
+        resolution=r.resolution or "",
+        resolved_by=r.resolved_by or "",
+        retry_of_entry_id=r.retry_of or "",
+        retried_as_entry_id=r.retried_as or "",
+    )
 
 
 def audit_record(a: AuditEntry) -> admin_pb2.AuditRecord:
     return admin_pb2.AuditRecord(
-        time=timestamp(a.at), principal=a.principal, action=a.action,
-        target_ids=list(a.target_ids), reason=a.reason or "", outcome=a.outcome,
-    )  # fmt: skip
+        time=timestamp(a.at),
+        principal=a.principal,
+        action=a.action,
+        target_ids=list(a.target_ids),
+        reason=a.reason or "",
+        outcome=a.outcome,
+    )
 
 
 def _counts(items: tuple[CountByKey, ...]) -> list[admin_pb2.CountByKey]:
@@ -142,38 +179,59 @@ def _counts(items: tuple[CountByKey, ...]) -> list[admin_pb2.CountByKey]:
 
 def report_response(r: DeadLetterReport) -> admin_pb2.GetDeadLetterReportResponse:
     return admin_pb2.GetDeadLetterReportResponse(
-        total=r.total, by_event_type=_counts(r.by_event_type), by_reason=_counts(r.by_reason),
+        total=r.total,
+        by_event_type=_counts(r.by_event_type),
+        by_reason=_counts(r.by_reason),
         by_group=_counts(r.by_group),
         fingerprints=[
-            admin_pb2.ErrorFingerprint(error_class=f.error_class, message=f.message,
-                                       count=f.count, first_seen_time=timestamp(f.first_seen),
-                                       last_seen_time=timestamp(f.last_seen))
+            admin_pb2.ErrorFingerprint(
+                error_class=f.error_class,
+                message=f.message,
+                count=f.count,
+                first_seen_time=timestamp(f.first_seen),
+                last_seen_time=timestamp(f.last_seen),
+            )
             for f in r.fingerprints
         ],
-        histogram=[admin_pb2.HourCount(hour_time=timestamp(h.hour), count=h.count)
-                   for h in r.histogram],
+        histogram=[
+            admin_pb2.HourCount(hour_time=timestamp(h.hour), count=h.count) for h in r.histogram
+        ],
         success_rate=r.success_rate if r.success_rate is not None else 0.0,
-        window_start_time=timestamp(r.window_start), window_end_time=timestamp(r.window_end),
-    )  # fmt: skip
+        window_start_time=timestamp(r.window_start),
+        window_end_time=timestamp(r.window_end),
+    )
 
 
 def trace_response(t: EventTrace) -> admin_pb2.TraceEventResponse:
     out = admin_pb2.TraceEventResponse(unreachable=list(t.unreachable))
     if t.outbox is not None:
         o = t.outbox
-        out.outbox.CopyFrom(admin_pb2.OutboxRecord(
-            schema=o.schema, id=o.id, topic=o.topic, event_type=o.event_type,
-            aggregate_type=o.aggregate_type, aggregate_id=o.aggregate_id,
-            create_time=timestamp(o.created_at), publish_time=timestamp(o.published_at),
-        ))  # fmt: skip
-    out.stream_entries.extend(admin_pb2.StreamRecord(stream=s.stream, entry_id=s.entry_id)
-                              for s in t.stream_entries)  # fmt: skip
+        out.outbox.CopyFrom(
+            admin_pb2.OutboxRecord(
+                schema=o.schema,
+                id=o.id,
+                topic=o.topic,
+                event_type=o.event_type,
+                aggregate_type=o.aggregate_type,
+                aggregate_id=o.aggregate_id,
+                create_time=timestamp(o.created_at),
+                publish_time=timestamp(o.published_at),
+            )
+        )
+    out.stream_entries.extend(
+        admin_pb2.StreamRecord(stream=s.stream, entry_id=s.entry_id) for s in t.stream_entries
+    )
     out.ledger.extend(
-        admin_pb2.LedgerRecord(schema=x.schema, group=x.group, result=x.result,
-                               process_time=timestamp(x.processed_at), stream=x.stream,
-                               entry_id=x.entry_id)
+        admin_pb2.LedgerRecord(
+            schema=x.schema,
+            group=x.group,
+            result=x.result,
+            process_time=timestamp(x.processed_at),
+            stream=x.stream,
+            entry_id=x.entry_id,
+        )
         for x in t.ledger
-    )  # fmt: skip
+    )
     out.dead_letters.extend(dead_letter(d) for d in t.dead_letters)
     out.actions.extend(audit_record(a) for a in t.actions)
     return out

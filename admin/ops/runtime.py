@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import asyncpg
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from admin.catalog import Catalog
 from admin.catalog.audit import AuditLog
 from admin.errors import OpsPlaneUnavailable
 from admin.ops.auth import AuthInterceptor, AuthSettings, Scope, TokenStore, install_sighup_reload
@@ -35,7 +36,7 @@ from admin.ops.status import (
     RedisStatus,
     StatusChecker,
 )
-from conveyor import database, redis_client
+from conveyor import redis_client
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -249,18 +250,19 @@ class OpsPlane:
     async def _serve(self, pool: asyncpg.Pool) -> int:
         redis = redis_client.connect(self._redis_url)
         health = Health(liveness_limit=self.settings.stall_timeout, beat=lambda: self.beat)
-        audit = AuditLog(pool, key_prefix=self._prefix)
+        catalog = Catalog(pool, self._prefix)
+        audit = catalog.audit
         watch = _LoopWatch(self._probe, lambda: self.beat, self.settings.stall_timeout)
-        checker = StatusChecker(redis=redis, pool=pool, probe=watch, key_prefix=self._prefix,
-                                on_change=health.publish)  # fmt: skip
-        own = self._schemas
+        checker = StatusChecker(redis=redis, catalog=catalog, probe=watch, on_change=health.publish)
         context = AdminContext(
-            pool=pool, redis=redis, key_prefix=self._prefix, audit=audit,
+            catalog=catalog,
+            redis=redis,
             token_key=page_token_key(self.settings, self._database_url),
-            snapshot=lambda: checker.snapshot, metrics=self._metrics,
+            snapshot=lambda: checker.snapshot,
+            metrics=self._metrics,
+            own_schemas=tuple(self._schemas),
             payload_types=self.settings.payload_types,
-            schemas=lambda: registry_schemas(pool, own, self._prefix),
-        )  # fmt: skip
+        )
         server = OpsServer(
             self.settings.server, health_servicer=health.servicer,
             admin_servicer=AdminServicer(context),
@@ -319,17 +321,6 @@ def ops_settings(
         stall_timeout=stall_timeout,
         payload_types=PayloadTypes.load(descriptor_sets),
     )  # fmt: skip
-
-
-async def registry_schemas(pool: asyncpg.Pool, own: Sequence[str], prefix: str) -> list[str]:
-    """Schemas to look in for an event: `own` plus the ledger schema of every registered
-    consumer of the deployment with key prefix `prefix`."""
-    rows = await pool.fetch(
-        f"SELECT DISTINCT ledger_schema FROM {database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE} "
-        "WHERE ledger_schema IS NOT NULL AND key_prefix = $1",
-        prefix,
-    )
-    return sorted({*own, *(r[0] for r in rows)})
 
 
 async def serve(

@@ -7,7 +7,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import grpc
@@ -15,10 +15,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.exceptions import RedisError
 
-from admin.catalog import dead_letters as catalog
-from admin.catalog import reports, reprocess
-from admin.catalog.audit import AuditLog
-from admin.catalog.dead_letters import DeadLetterQuery, DeadLetterRecord
+from admin.catalog import Catalog, DeadLetterQuery, DeadLetterRecord, Progress
+from admin.catalog.records import MAX_ENTRY_IDS, MAX_PAGE_SIZE, parse_entry_id
+from admin.catalog.reprocess import check_reprocessable
+from admin.catalog.requests import request_fingerprint
 from admin.errors import AdminError, FailedPrecondition, InvalidInput, NotFound
 from admin.ops import convert
 from admin.ops.auth import current_principal
@@ -43,15 +43,29 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 """The one place errors become status codes."""
 
 
-def rpc(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+class Context(Protocol):
+    """What the RPCs use of grpc.aio.ServicerContext (grpc ships no type hints)."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None: ...
+
+    async def write(self, message: admin_pb2.ReprocessDeadLettersResponse) -> None: ...
+
+
+def rpc(method: Callable[[Any, Any, Context], Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     """Map the ops plane's errors to gRPC status codes with a message naming the problem."""
 
     @functools.wraps(method)
-    async def call(self: Any, request: Any, context: Any) -> R:
+    async def call(self: Any, request: Any, context: Context) -> R:
         try:
             return await method(self, request, context)
-        except (AdminError, RedisError, OSError, TimeoutError, asyncpg.PostgresError,
-                asyncpg.InterfaceError) as exc:  # fmt: skip
+        except (
+            AdminError,
+            RedisError,
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
             code = next((c for kind, c in _CODES if isinstance(exc, kind)), None)
             if code is None:
                 code = grpc.StatusCode.INTERNAL
@@ -67,16 +81,15 @@ def rpc(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
 class AdminContext:
     """What the servicer works with."""
 
-    pool: asyncpg.Pool
+    catalog: Catalog
+    """The deployment's catalog: dead letters, audit, registry."""
     redis: Any
-    key_prefix: str
-    audit: AuditLog
     token_key: bytes
     """Signs list page tokens; the same on every process behind one address."""
     snapshot: Callable[[], Snapshot]
     metrics: InMemoryMetricReader | None
-    schemas: Callable[[], Awaitable[Sequence[str]]]
-    """Application schemas to look in for outbox rows and ledgers (TraceEvent)."""
+    own_schemas: Sequence[str] = ()
+    """This process's application schemas, where TraceEvent looks first for the outbox row."""
     payload_types: PayloadTypes = field(default_factory=PayloadTypes)
     """Decodes payloads to JSON (GetDeadLetter)."""
 
@@ -93,14 +106,10 @@ def _topic(topic: str) -> str:
         raise InvalidInput(str(exc), field="topic", value=topic[:100]) from None
 
 
-def query_of(
-    f: admin_pb2.DeadLetterFilter, prefix: str, topic: str | None = None
-) -> DeadLetterQuery:
-    """A catalog query from a request's filter, over the dead letters of the deployment with key
-    prefix `prefix`."""
+def query_of(f: admin_pb2.DeadLetterFilter, topic: str | None = None) -> DeadLetterQuery:
+    """A catalog query from a request's filter."""
     return DeadLetterQuery(
         topic=topic if topic is not None else (f.topic or None),
-        prefix=prefix,
         event_type=f.event_type or None,
         reason=wire.reason_name(f.reason) if f.reason else None,
         group=f.group or None,
@@ -116,47 +125,60 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def __init__(self, ctx: AdminContext) -> None:
         self._c = ctx
+        self._catalog = ctx.catalog
 
     @rpc
-    async def GetMetrics(self, request: Any, context: Any) -> admin_pb2.GetMetricsResponse:
+    async def GetMetrics(
+        self, request: admin_pb2.GetMetricsRequest, context: Context
+    ) -> admin_pb2.GetMetricsResponse:
         reader = self._c.metrics
         return convert.metrics_response(reader.get_metrics_data() if reader else None)
 
     @rpc
-    async def GetStatus(self, request: Any, context: Any) -> admin_pb2.GetStatusResponse:
+    async def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: Context
+    ) -> admin_pb2.GetStatusResponse:
         return convert.status_response(self._c.snapshot())
 
     @rpc
-    async def ListDeadLetters(self, request: Any, context: Any) -> Any:
-        query = query_of(request.filter, self._c.key_prefix)
-        records, token = await catalog.list_dead_letters(
-            self._c.pool, query, page_size=request.page_size,
-            page_token=request.page_token or None, token_key=self._c.token_key,
-        )  # fmt: skip
+    async def ListDeadLetters(
+        self, request: admin_pb2.ListDeadLettersRequest, context: Context
+    ) -> admin_pb2.ListDeadLettersResponse:
+        records, token = await self._catalog.list_dead_letters(
+            query_of(request.filter),
+            page_size=request.page_size,
+            page_token=request.page_token or None,
+            token_key=self._c.token_key,
+        )
         return admin_pb2.ListDeadLettersResponse(
             dead_letters=[convert.dead_letter(r) for r in records], next_page_token=token or ""
         )
 
     @rpc
-    async def GetDeadLetter(self, request: Any, context: Any) -> Any:
+    async def GetDeadLetter(
+        self, request: admin_pb2.GetDeadLetterRequest, context: Context
+    ) -> admin_pb2.GetDeadLetterResponse:
         topic = _topic(request.topic)
-        entry_id = catalog.parse_entry_id(request.entry_id)
-        record = await catalog.get_dead_letter(self._c.pool, topic, entry_id,
-                                               prefix=self._c.key_prefix)  # fmt: skip
+        entry_id = parse_entry_id(request.entry_id)
+        record = await self._catalog.dead_letter(topic, entry_id)
         if record is None:
-            raise NotFound(f"no dead letter {entry_id} on topic {topic}", kind="dead letter",
-                           ids=[entry_id])  # fmt: skip
+            raise NotFound(
+                f"no dead letter {entry_id} on topic {topic}", kind="dead letter", ids=[entry_id]
+            )
         response = admin_pb2.GetDeadLetterResponse(dead_letter=convert.dead_letter(record))
         await self._fill_entry(response, record)
         targets = [entry_id] + ([record.event_id] if record.event_id else [])
-        for action in await catalog.audit_for(self._c.pool, targets, prefix=self._c.key_prefix):
+        for action in await self._catalog.audit_entries(targets):
             response.actions.append(convert.audit_record(action))
         return response
 
-    async def _fill_entry(self, response: Any, record: DeadLetterRecord) -> None:
+    async def _fill_entry(
+        self, response: admin_pb2.GetDeadLetterResponse, record: DeadLetterRecord
+    ) -> None:
         async with asyncio.timeout(2):
-            entries = await self._c.redis.xrange(record.dlq_stream, record.entry_id,
-                                                 record.entry_id)  # fmt: skip
+            entries = await self._c.redis.xrange(
+                record.dlq_stream, record.entry_id, record.entry_id
+            )
         if not entries:
             return  # trimmed from the stream: the catalog record is all there is
         fields = entries[0][1]
@@ -174,92 +196,94 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         response.payload_json = self._c.payload_types.to_json(event)
 
     @rpc
-    async def ResolveDeadLetters(self, request: Any, context: Any) -> Any:
+    async def ResolveDeadLetters(
+        self, request: admin_pb2.ResolveDeadLettersRequest, context: Context
+    ) -> admin_pb2.ResolveDeadLettersResponse:
         topic = _topic(request.topic)
-        ids = [catalog.parse_entry_id(i) for i in request.entry_ids]
+        ids = [parse_entry_id(i) for i in request.entry_ids]
         if not ids:
             raise InvalidInput("name at least one entry id", field="entry_ids", value="")
         if not request.reason.strip():
             raise InvalidInput("resolving needs a reason", field="reason", value="")
-        known = {r.entry_id for r in await self._get(topic, ids)}
-        missing = [i for i in ids if i not in known]
-        if missing:
-            raise NotFound(f"no dead letters {', '.join(missing[:20])} on topic {topic}",
-                           kind="dead letter", ids=missing)  # fmt: skip
-        principal = _principal()
-        async with self._c.pool.acquire() as conn, conn.transaction():
-            resolved = await catalog.resolve(
-                conn, topic, ids, reason=request.reason, principal=principal,
-                prefix=self._c.key_prefix,
-            )  # fmt: skip
-            await self._c.audit.record(principal=principal, action="resolve", target_ids=ids,
-                                       reason=request.reason, outcome=f"resolved {resolved}",
-                                       conn=conn)  # fmt: skip
-        return admin_pb2.ResolveDeadLettersResponse(resolved=resolved)
+        records = await self._by_id(topic, ids)
+        resolved = await self._catalog.resolve(
+            records, reason=request.reason, principal=_principal()
+        )
+        return admin_pb2.ResolveDeadLettersResponse(resolved=len(resolved))
 
     @rpc
-    async def GetDeadLetterReport(self, request: Any, context: Any) -> Any:
-        topic = _topic(request.topic)
-        report = await reports.dead_letter_report(self._c.pool, topic, request.hours or 24,
-                                                  prefix=self._c.key_prefix)  # fmt: skip
+    async def GetDeadLetterReport(
+        self, request: admin_pb2.GetDeadLetterReportRequest, context: Context
+    ) -> admin_pb2.GetDeadLetterReportResponse:
+        report = await self._catalog.report(_topic(request.topic), request.hours or 24)
         return convert.report_response(report)
 
     @rpc
-    async def TraceEvent(self, request: Any, context: Any) -> Any:
-        schemas = await self._c.schemas()
-        trace = await reports.trace_event(
-            self._c.pool, self._c.redis, request.event_id, schemas=schemas,
-            key_prefix=self._c.key_prefix,
-        )  # fmt: skip
+    async def TraceEvent(
+        self, request: admin_pb2.TraceEventRequest, context: Context
+    ) -> admin_pb2.TraceEventResponse:
+        trace = await self._catalog.trace(
+            self._c.redis, request.event_id, own_schemas=self._c.own_schemas
+        )
         return convert.trace_response(trace)
 
     @rpc
-    async def ReprocessDeadLetters(self, request: Any, context: Any) -> None:
+    async def ReprocessDeadLetters(
+        self, request: admin_pb2.ReprocessDeadLettersRequest, context: Context
+    ) -> None:
         topic = _topic(request.topic)
-        ids = [catalog.parse_entry_id(i) for i in request.entry_ids]
-        query = None if ids else query_of(request.filter, self._c.key_prefix, topic=topic)
-        records = await self._select(topic, ids, query)
+        ids = [parse_entry_id(i) for i in request.entry_ids]
+        query = None if ids else query_of(request.filter, topic=topic)
+        records = await self._by_id(topic, ids) if ids else await self._matching(query)
         if ids:
-            reprocess.check_reprocessable(records)
+            check_reprocessable(records)
 
-        async def progress(p: reprocess.Progress) -> None:
-            await context.write(admin_pb2.ReprocessDeadLettersResponse(
-                done=p.done, total=p.total, requeued=p.requeued, duplicates=p.duplicates,
-                skipped=p.skipped, finished=p.finished,
-            ))  # fmt: skip
+        async def progress(p: Progress) -> None:
+            await context.write(
+                admin_pb2.ReprocessDeadLettersResponse(
+                    done=p.done,
+                    total=p.total,
+                    requeued=p.requeued,
+                    duplicates=p.duplicates,
+                    skipped=p.skipped,
+                    finished=p.finished,
+                )
+            )
 
-        await reprocess.reprocess(
-            self._c.pool, self._c.redis, topic=topic, records=records,
-            key_prefix=self._c.key_prefix, principal=_principal(), audit=self._c.audit,
-            ledger_schemas=await reprocess.group_ledgers(self._c.pool, self._c.key_prefix),
-            dry_run=request.dry_run, idempotency_key=request.idempotency_key or None,
-            request_hash=reprocess.request_fingerprint(topic, ids, query, self._c.key_prefix),
-            rate_limit=request.rate_limit, on_progress=progress,
-        )  # fmt: skip
+        await self._catalog.reprocess(
+            self._c.redis,
+            topic=topic,
+            records=records,
+            principal=_principal(),
+            ledger_schemas=await self._catalog.group_ledgers(),
+            dry_run=request.dry_run,
+            idempotency_key=request.idempotency_key or None,
+            request_hash=request_fingerprint(topic, ids, query, self._catalog.key_prefix),
+            rate_limit=request.rate_limit,
+            on_progress=progress,
+        )
 
-    async def _get(self, topic: str, ids: list[str]) -> list[DeadLetterRecord]:
-        return await catalog.get_dead_letters(self._c.pool, topic, ids, prefix=self._c.key_prefix)
+    async def _by_id(self, topic: str, ids: list[str]) -> list[DeadLetterRecord]:
+        """The dead letters with these entry ids; NotFound naming those that do not exist."""
+        records = await self._catalog.dead_letters(topic, ids)
+        missing = sorted(set(ids) - {r.entry_id for r in records})
+        if missing:
+            raise NotFound(
+                f"no dead letters {', '.join(missing[:20])} on topic {topic}",
+                kind="dead letter",
+                ids=missing,
+            )
+        return records
 
-    async def _select(
-        self, topic: str, ids: list[str], query: DeadLetterQuery | None
-    ) -> list[DeadLetterRecord]:
-        """The dead letters a reprocess names: by id (all must exist), or every match of the
-        filter, oldest first."""
-        if ids:
-            records = await self._get(topic, ids)
-            missing = sorted(set(ids) - {r.entry_id for r in records})
-            if missing:
-                raise NotFound(f"no dead letters {', '.join(missing[:20])} on topic {topic}",
-                               kind="dead letter", ids=missing)  # fmt: skip
-            return records
+    async def _matching(self, query: DeadLetterQuery | None) -> list[DeadLetterRecord]:
+        """Every dead letter matching the filter, oldest first."""
         assert query is not None
         found: list[DeadLetterRecord] = []
         token: str | None = None
-        while len(found) < catalog.MAX_ENTRY_IDS:
-            page, token = await catalog.list_dead_letters(
-                self._c.pool, query, page_size=catalog.MAX_PAGE_SIZE, page_token=token,
-                token_key=self._c.token_key,
-            )  # fmt: skip
+        while len(found) < MAX_ENTRY_IDS:
+            page, token = await self._catalog.list_dead_letters(
+                query, page_size=MAX_PAGE_SIZE, page_token=token, token_key=self._c.token_key
+            )
             found += page
             if token is None:
                 break

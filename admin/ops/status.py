@@ -13,7 +13,8 @@ from typing import Any, Literal, Protocol
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
-from conveyor import database, wire
+from admin.catalog import Catalog
+from conveyor import wire
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +100,15 @@ class StatusChecker:
         self,
         *,
         redis: Any,
-        pool: asyncpg.Pool,
+        catalog: Catalog,
         probe: Probe,
-        key_prefix: str,
         on_change: Callable[[Snapshot], Awaitable[None]] | None = None,
         interval: float = 1.0,
     ) -> None:
         self._redis = redis
-        self._pool = pool
+        self._catalog = catalog
         self._probe = probe
-        self._prefix = key_prefix
+        self._prefix = catalog.key_prefix
         self._on_change = on_change
         self._interval = interval
         self.snapshot = Snapshot()
@@ -162,19 +162,13 @@ class StatusChecker:
     async def _groups(self) -> list[GroupStatus]:
         try:
             async with asyncio.timeout(2):
-                registered = await self._pool.fetch(
-                    "SELECT consumer_group, unnest(topics) AS topic, min(mode) AS mode, "
-                    f"count(*) AS n FROM {database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE} "
-                    "WHERE key_prefix = $1 "
-                    "GROUP BY consumer_group, topic ORDER BY topic, consumer_group",
-                    self._prefix,
-                )
+                registered = await self._catalog.groups()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot read the consumer registry: %r", exc)
             return []
         out = []
-        for row in registered:
-            status = await self._group(row["topic"], row["consumer_group"], row["mode"], row["n"])
+        for g in registered:
+            status = await self._group(g.topic, g.group, g.mode, g.members)
             if status is not None:
                 out.append(status)
         return out

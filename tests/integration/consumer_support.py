@@ -25,9 +25,14 @@ def registered(i: int) -> events_pb2.UserRegistered:
 
 
 async def publish(
-    r: Any, prefix: str, n: int, *, topic: str = "identity", aggregates: int = 50,
+    r: Any,
+    prefix: str,
+    n: int,
+    *,
+    topic: str = "identity",
+    aggregates: int = 50,
     make: Callable[[int], Message] = registered,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """XADD `n` events (wire layout as the relay writes it); return their ids in order."""
     rows, ids = [], []
     for i in range(n):
@@ -35,9 +40,10 @@ async def publish(
         event = envelope.build(
             make(i), event_id=event_id, source="test", aggregate_type="user",
             aggregate_id=f"agg{i % aggregates}", occurred_at=None, headers={},
-        )  # fmt: skip  # fmt: skip
-        rows.append((i, event_id, topic, event.type, event.aggregate_id, None,
-                     event.SerializeToString()))  # fmt: skip
+        )  # fmt: skip
+        rows.append(
+            (i, event_id, topic, event.type, event.aggregate_id, None, event.SerializeToString())
+        )
         ids.append(str(event_id))
     publisher = StreamPublisher(r, prefix)
     for start in range(0, n, 1000):
@@ -54,8 +60,9 @@ async def create_effects(pg: asyncpg.Connection, schema: str) -> None:
     )
 
 
-def effect_router(schema: str, *, fail: Callable[[EventContext], None] | None = None,
-                  topic: str = "identity") -> Router:  # fmt: skip
+def effect_router(
+    schema: str, *, fail: Callable[[EventContext], None] | None = None, topic: str = "identity"
+) -> Router:
     """A router whose UserRegistered handler inserts one effects row through ctx.db."""
     router = Router()
 
@@ -66,8 +73,11 @@ def effect_router(schema: str, *, fail: Callable[[EventContext], None] | None = 
         await ctx.db.execute(
             f"INSERT INTO {schema}.effects (consumer_group, event_id, aggregate_id, attempt) "
             "VALUES ($1, $2, $3, $4)",
-            ctx.group, uuid.UUID(ctx.event_id), ctx.aggregate_id, ctx.attempt,
-        )  # fmt: skip
+            ctx.group,
+            uuid.UUID(ctx.event_id),
+            ctx.aggregate_id,
+            ctx.attempt,
+        )
 
     return router
 
@@ -75,8 +85,9 @@ def effect_router(schema: str, *, fail: Callable[[EventContext], None] | None = 
 async def effect_counts(pg: asyncpg.Connection, schema: str, group: str) -> dict[str, int]:
     rows = await pg.fetch(
         f"SELECT event_id::text, count(*) FROM {schema}.effects WHERE consumer_group = $1 "
-        "GROUP BY 1", group,
-    )  # fmt: skip
+        "GROUP BY 1",
+        group,
+    )
     return {r[0]: r[1] for r in rows}
 
 
@@ -124,7 +135,14 @@ class Meters:
 
 def consumer_settings(case: Any, group: str = "g", **overrides: Any) -> dict[str, Any]:
     """Consumer settings for a test case: fast polling, fast retries, its schema and prefix."""
-    base = {"database_url": case.database_url, "redis_url": case.redis_url, "group": group,
-            "ledger_schema": case.schema, "key_prefix": case.prefix, "block": 0.05,
-            "retry_backoff": 0.05, "retry_backoff_max": 0.2}  # fmt: skip
+    base = {
+        "database_url": case.database_url,
+        "redis_url": case.redis_url,
+        "group": group,
+        "ledger_schema": case.schema,
+        "key_prefix": case.prefix,
+        "block": 0.05,
+        "retry_backoff": 0.05,
+        "retry_backoff_max": 0.2,
+    }
     return base | overrides

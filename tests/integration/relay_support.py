@@ -15,8 +15,9 @@ from conveyor.identity.v1 import events_pb2
 from relay import NewEvent, Relay, RelaySettings, enqueue_many
 
 
-async def fill(conn: asyncpg.Connection, schema: str, n: int, topic: str = "identity",
-               chunk: int = 2000) -> list[uuid.UUID]:  # fmt: skip
+async def fill(
+    conn: asyncpg.Connection, schema: str, n: int, topic: str = "identity", chunk: int = 2000
+) -> list[uuid.UUID]:
     """Commit `n` UserRegistered events into `schema`'s outbox; return their ids."""
     ids: list[uuid.UUID] = []
     for start in range(0, n, chunk):
@@ -36,8 +37,9 @@ async def stream_ids(r: Any, prefix: str, topic: str = "identity") -> list[uuid.
 
 
 async def unpublished(conn: asyncpg.Connection, schema: str) -> int:
-    return int(await conn.fetchval(
-        f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL"))  # fmt: skip
+    return int(
+        await conn.fetchval(f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL")
+    )
 
 
 @asynccontextmanager

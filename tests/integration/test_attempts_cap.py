@@ -97,21 +97,36 @@ async def test_member_stalled_before_applying_cannot_apply_after_the_dead_letter
 
     pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
     try:
-        late = Applier(pool, group="g", ledger_schema=case.schema, exactly_once=True,
-                       partitions=1, retry_stream=keys.retry("g"))  # fmt: skip
+        late = Applier(
+            pool,
+            group="g",
+            ledger_schema=case.schema,
+            exactly_once=True,
+            partitions=1,
+            retry_stream=keys.retry("g"),
+        )
         outcomes = await late.apply([decoded])
         await late.close()
         assert (outcomes.applied, outcomes.duplicates) == (0, 1)
         assert await effect_counts(case.pg, case.schema, "g") == {}
 
         (record,) = await catalog.get_dead_letters(
-            pool, "identity", [i.decode() for i, _ in await case.redis.xrange(keys.dlq)]
+            pool,
+            case.prefix,
+            "identity",
+            [i.decode() for i, _ in await case.redis.xrange(keys.dlq)],
         )
         async with running_consumer(router, **conf):
             progress = await reprocess(
-                pool, case.redis, topic="identity", records=[record], key_prefix=case.prefix,
-                principal="op", audit=AuditLog(pool), ledger_schemas={"g": case.schema},
-            )  # fmt: skip
+                pool,
+                case.redis,
+                topic="identity",
+                records=[record],
+                key_prefix=case.prefix,
+                principal="op",
+                audit=AuditLog(pool, case.prefix),
+                ledger_schemas={"g": case.schema},
+            )
             assert progress.requeued == 1
             await wait_until(
                 lambda: applied_once(case, event_id), timeout=10, what="the reprocess applied"

@@ -151,9 +151,11 @@ async def serve(
     await server.start()
     try:
         yield Running(
-            admin, admin_pb2_grpc.AdminServiceStub(channel),
-            health_pb2_grpc.HealthStub(channel), channel,
-        )  # fmt: skip
+            admin,
+            admin_pb2_grpc.AdminServiceStub(channel),
+            health_pb2_grpc.HealthStub(channel),
+            channel,
+        )
     finally:
         await channel.close()
         await server.stop(None)
@@ -174,7 +176,9 @@ async def _denials(pool: asyncpg.Pool, marker: str) -> list[asyncpg.Record]:
 
 
 def _interceptor(pool: asyncpg.Pool, tokens: Tokens, **audit: Any) -> AuthInterceptor:
-    return AuthInterceptor(AuthSettings(tokens_file=tokens.path), AuditLog(pool, **audit))
+    return AuthInterceptor(
+        AuthSettings(tokens_file=tokens.path), AuditLog(pool, "conveyor", **audit)
+    )
 
 
 async def test_missing_malformed_unknown_and_expired_credentials_are_unauthenticated_and_audited(
@@ -271,8 +275,9 @@ async def test_denials_from_one_source_are_rate_limited_then_summarised(
     pool: asyncpg.Pool, tokens: Tokens, marker: str
 ) -> None:
     now = [1000.0]
-    interceptor = _interceptor(pool, tokens, denial_limit=5, denial_window=60.0,
-                               clock=lambda: now[0])  # fmt: skip
+    interceptor = _interceptor(
+        pool, tokens, denial_limit=5, denial_window=60.0, clock=lambda: now[0]
+    )
     unknown = bearer_metadata("unknown-token")
     async with serve(interceptor, marker) as running:
         for _ in range(30):
@@ -335,7 +340,7 @@ async def test_unauthenticated_mode_runs_every_call_as_anonymous_writer(
     pool: asyncpg.Pool, marker: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = AuthSettings(allow_unauthenticated=True)
-    interceptor = AuthInterceptor(settings, AuditLog(pool))
+    interceptor = AuthInterceptor(settings, AuditLog(pool, "conveyor"))
     assert "for local demos only" in caplog.text
     async with serve(interceptor, marker) as running:
         await running.stub.ResolveDeadLetters(admin_pb2.ResolveDeadLettersRequest())
@@ -363,7 +368,7 @@ async def test_a_verified_client_certificate_authenticates_by_common_name(
         require_client_auth=True,
     )
     settings = AuthSettings(mtls_scopes={"ops-console": Scope.WRITE})
-    interceptor = AuthInterceptor(settings, AuditLog(pool))
+    interceptor = AuthInterceptor(settings, AuditLog(pool, "conveyor"))
     for client, expected in (
         ("ops", Principal("cn:ops-console", Scope.WRITE)),
         ("grafana", Principal("cn:grafana", Scope.READ)),
@@ -371,8 +376,12 @@ async def test_a_verified_client_certificate_authenticates_by_common_name(
         channel_credentials = grpc.ssl_channel_credentials(
             _read(pki, "ca.crt"), _read(pki, f"{client}.key"), _read(pki, f"{client}.crt")
         )
-        async with serve(interceptor, marker, server_credentials=server_credentials,
-                         channel_credentials=channel_credentials) as running:  # fmt: skip
+        async with serve(
+            interceptor,
+            marker,
+            server_credentials=server_credentials,
+            channel_credentials=channel_credentials,
+        ) as running:
             await running.stub.GetStatus(admin_pb2.GetStatusRequest())
             resolve = running.stub.ResolveDeadLetters(admin_pb2.ResolveDeadLettersRequest())
             if expected.scope is Scope.WRITE:

@@ -16,15 +16,18 @@ import pytest
 import redis.asyncio as aioredis
 
 from admin import migrations
+from admin.catalog import Catalog, DeadLetterQuery, DeadLetterRecord, reports, traces
 from admin.catalog import dead_letters as catalog
-from admin.catalog import reports
-from admin.catalog.audit import AuditLog
-from admin.catalog.dead_letters import DeadLetterQuery
+from admin.catalog.audit import audit_entries
+from admin.catalog.pages import encode_page_token
+from admin.catalog.records import parse_entry_id
 from admin.errors import InvalidInput
 from conveyor import wire
 from tests.integration.catalog_support import NOW, add, new_entry_id
 
 KEY = b"k" * 32
+PREFIX = "test"
+"""The key prefix of the rows catalog_support.add writes (their streams are `test:{topic}:...`)."""
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +53,8 @@ async def topic(pool: asyncpg.Pool) -> AsyncIterator[str]:
 
 
 async def ids(pool: asyncpg.Pool, query: DeadLetterQuery, page_size: int = 1000) -> list[int]:
-    records, token = await catalog.list_dead_letters(
-        pool, query, page_size=page_size, page_token=None, token_key=KEY
+    records, token = await Catalog(pool, PREFIX).list_dead_letters(
+        query, page_size=page_size, page_token=None, token_key=KEY
     )
     assert token is None
     return [r.id for r in records]
@@ -95,7 +98,7 @@ async def test_paging_walks_every_row_exactly_once(pool: asyncpg.Pool, topic: st
     pages = 0
     while True:
         page, token = await catalog.list_dead_letters(
-            pool, query, page_size=5, page_token=token, token_key=KEY
+            pool, PREFIX, query, page_size=5, page_token=token, token_key=KEY
         )
         pages += 1
         seen += [r.id for r in page]
@@ -117,15 +120,15 @@ async def test_page_size_bounds(pool: asyncpg.Pool, topic: str) -> None:
     for bad in (-1, 1001):
         with pytest.raises(InvalidInput) as err:
             await catalog.list_dead_letters(
-                pool, query, page_size=bad, page_token=None, token_key=KEY
+                pool, PREFIX, query, page_size=bad, page_token=None, token_key=KEY
             )
         assert err.value.field == "page_size"
     page, token = await catalog.list_dead_letters(
-        pool, query, page_size=0, page_token=None, token_key=KEY
+        pool, PREFIX, query, page_size=0, page_token=None, token_key=KEY
     )
     assert len(page) == 50 and token is not None
     page, token = await catalog.list_dead_letters(
-        pool, query, page_size=0, page_token=token, token_key=KEY
+        pool, PREFIX, query, page_size=0, page_token=token, token_key=KEY
     )
     assert len(page) == 10 and token is None
 
@@ -135,7 +138,7 @@ async def test_bad_page_tokens_are_invalid_input(pool: asyncpg.Pool, topic: str)
         await add(pool, topic)
     query = DeadLetterQuery(topic=topic)
     _, token = await catalog.list_dead_letters(
-        pool, query, page_size=1, page_token=None, token_key=KEY
+        pool, PREFIX, query, page_size=1, page_token=None, token_key=KEY
     )
     assert token is not None
     body, mac = token.split(".")
@@ -145,8 +148,8 @@ async def test_bad_page_tokens_are_invalid_input(pool: asyncpg.Pool, topic: str)
         .rstrip(b"=")
         .decode()
     )
-    other_key = catalog.encode_page_token(b"x" * 32, query, payload["after"])
-    other_query = catalog.encode_page_token(KEY, DeadLetterQuery(topic=topic, state="open"), 99)
+    other_key = encode_page_token(b"x" * 32, query, PREFIX, payload["after"])
+    other_query = encode_page_token(KEY, DeadLetterQuery(topic=topic, state="open"), PREFIX, 99)
     bad_tokens = [
         "garbage",
         "%%%.***",
@@ -161,10 +164,12 @@ async def test_bad_page_tokens_are_invalid_input(pool: asyncpg.Pool, topic: str)
     ]
     for bad in bad_tokens:
         with pytest.raises(InvalidInput) as err:
-            await catalog.list_dead_letters(pool, query, page_size=1, page_token=bad, token_key=KEY)
+            await catalog.list_dead_letters(
+                pool, PREFIX, query, page_size=1, page_token=bad, token_key=KEY
+            )
         assert err.value.field == "page_token", bad
     page, _ = await catalog.list_dead_letters(
-        pool, query, page_size=1, page_token=token, token_key=KEY
+        pool, PREFIX, query, page_size=1, page_token=token, token_key=KEY
     )
     assert len(page) == 1, "the genuine token still works"
 
@@ -216,11 +221,11 @@ def test_query_is_checked_on_construction() -> None:
 
 
 def test_parse_entry_id() -> None:
-    assert catalog.parse_entry_id("1700000000000-0") == "1700000000000-0"
-    assert catalog.parse_entry_id("0-0") == "0-0"
-    assert catalog.parse_entry_id("007-01") == "7-1"
+    assert parse_entry_id("1700000000000-0") == "1700000000000-0"
+    assert parse_entry_id("0-0") == "0-0"
+    assert parse_entry_id("007-01") == "7-1"
     top = f"{2**64 - 1}-{2**64 - 1}"
-    assert catalog.parse_entry_id(top) == top
+    assert parse_entry_id(top) == top
     for bad in [
         "abc",
         "1-",
@@ -240,7 +245,7 @@ def test_parse_entry_id() -> None:
         "$",
     ]:
         with pytest.raises(InvalidInput) as err:
-            catalog.parse_entry_id(bad)
+            parse_entry_id(bad)
         assert err.value.field == "entry_id"
         assert len(err.value.message) < 200, "a long value is not echoed in full"
 
@@ -251,7 +256,7 @@ def test_parse_entry_id() -> None:
 async def test_get_dead_letter_and_dead_letters(pool: asyncpg.Pool, topic: str) -> None:
     a = await add(pool, topic, error_message="first")
     b = await add(pool, topic)
-    record = await catalog.get_dead_letter(pool, topic, a["dlq_entry_id"])
+    record = await catalog.get_dead_letter(pool, PREFIX, topic, a["dlq_entry_id"])
     assert record is not None
     assert (record.id, record.entry_id, record.error_message) == (
         a["id"],
@@ -259,14 +264,14 @@ async def test_get_dead_letter_and_dead_letters(pool: asyncpg.Pool, topic: str) 
         "first",
     )
     assert record.event_id == str(a["event_id"]) and record.state == "open"
-    assert await catalog.get_dead_letter(pool, topic, "1-999999") is None
-    assert await catalog.get_dead_letter(pool, f"{topic}-x", a["dlq_entry_id"]) is None
+    assert await catalog.get_dead_letter(pool, PREFIX, topic, "1-999999") is None
+    assert await catalog.get_dead_letter(pool, PREFIX, f"{topic}-x", a["dlq_entry_id"]) is None
     many = await catalog.get_dead_letters(
-        pool, topic, [b["dlq_entry_id"], "1-1", a["dlq_entry_id"]]
+        pool, PREFIX, topic, [b["dlq_entry_id"], "1-1", a["dlq_entry_id"]]
     )
     assert [r.id for r in many] == [a["id"], b["id"]]
     with pytest.raises(InvalidInput) as err:
-        await catalog.get_dead_letter(pool, topic, "1-")
+        await catalog.get_dead_letter(pool, PREFIX, topic, "1-")
     assert err.value.field == "entry_id"
 
 
@@ -274,37 +279,33 @@ async def test_resolve_changes_only_unresolved_rows(pool: asyncpg.Pool, topic: s
     open_ = await add(pool, topic)
     reprocessed = await add(pool, topic, state="reprocessed")
     done = await add(pool, topic, state="resolved", resolution="known issue", resolved_by="alice")
-    entries = [r["dlq_entry_id"] for r in (open_, reprocessed, done)]
+    rows = (open_, reprocessed, done)
+    entries = [r["dlq_entry_id"] for r in rows]
+    records = await catalog.get_dead_letters(pool, PREFIX, topic, entries)
     for reason in ("", "   \n"):
         with pytest.raises(InvalidInput) as err:
             async with pool.acquire() as conn:
-                await catalog.resolve(conn, topic, entries, reason=reason, principal=topic)
+                await catalog.resolve(conn, [r["id"] for r in rows], reason=reason, principal=topic)
         assert err.value.field == "reason"
-    async with pool.acquire() as conn, conn.transaction():
-        changed = await catalog.resolve(conn, topic, entries, reason="fixed", principal=topic)
-        await conn.execute(
-            "INSERT INTO conveyor.audit (principal, action, target_ids, reason, outcome) "
-            "VALUES ($1, 'resolve', $2, 'fixed', 'ok')",
-            topic,
-            entries,
-        )
-    assert changed == 2
-    after = {r.id: r for r in await catalog.get_dead_letters(pool, topic, entries)}
+    changed = await Catalog(pool, PREFIX).resolve(records, reason="fixed", principal=topic)
+    assert changed == sorted([open_["id"], reprocessed["id"]])
+    after = {r.id: r for r in await catalog.get_dead_letters(pool, PREFIX, topic, entries)}
     assert {r.state for r in after.values()} == {"resolved"}
     assert (after[open_["id"]].resolution, after[open_["id"]].resolved_by) == ("fixed", topic)
     assert after[open_["id"]].updated_at > datetime.now(UTC) - timedelta(minutes=1)
     assert (after[done["id"]].resolution, after[done["id"]].resolved_by) == ("known issue", "alice")
     async with pool.acquire() as conn:
-        assert await catalog.resolve(conn, topic, entries, reason="again", principal=topic) == 0
-    (audit,) = await catalog.audit_for(pool, [open_["dlq_entry_id"], "nobody"])
+        ids_ = [r["id"] for r in rows]
+        assert await catalog.resolve(conn, ids_, reason="again", principal=topic) == []
+    (audit,) = await audit_entries(pool, PREFIX, [open_["dlq_entry_id"], "nobody"])
     assert (audit.principal, audit.action, audit.reason, audit.outcome) == (
         topic,
         "resolve",
         "fixed",
-        "ok",
+        "resolved 2",
     )
-    assert audit.target_ids == tuple(entries)
-    assert await catalog.audit_for(pool, [f"{topic}-none"]) == []
+    assert sorted(audit.target_ids) == sorted(entries)
+    assert await audit_entries(pool, PREFIX, [f"{topic}-none"]) == []
 
 
 async def test_set_state_is_compare_and_set(pool: asyncpg.Pool, topic: str) -> None:
@@ -326,9 +327,9 @@ async def test_set_state_is_compare_and_set(pool: asyncpg.Pool, topic: str) -> N
     assert states == {a["id"]: "reprocessed", b["id"]: "reprocessing", done["id"]: "resolved"}
 
 
-async def records(pool: asyncpg.Pool, topic: str) -> list[catalog.DeadLetterRecord]:
+async def records(pool: asyncpg.Pool, topic: str) -> list[DeadLetterRecord]:
     records, _ = await catalog.list_dead_letters(
-        pool, DeadLetterQuery(topic=topic), page_size=1000, page_token=None, token_key=KEY
+        pool, PREFIX, DeadLetterQuery(topic=topic), page_size=1000, page_token=None, token_key=KEY
     )
     return records
 
@@ -370,7 +371,7 @@ REPORT_ROWS: list[dict[str, Any]] = [
 async def test_report_counts_and_fingerprints(pool: asyncpg.Pool, topic: str) -> None:
     for values in REPORT_ROWS:
         await add(pool, topic, **values)
-    report = await reports.dead_letter_report(pool, topic, 5, now=NOW, processed=60)
+    report = await reports.dead_letter_report(pool, PREFIX, topic, 5, now=NOW, processed=60)
     assert report.total == 6
     assert (report.window_start, report.window_end) == (NOW - timedelta(hours=5), NOW)
     assert [(c.key, c.count) for c in report.by_group] == [("g", 4), ("billing", 2)]
@@ -393,7 +394,7 @@ async def test_report_counts_and_fingerprints(pool: asyncpg.Pool, topic: str) ->
 async def test_report_histogram_is_zero_filled(pool: asyncpg.Pool, topic: str) -> None:
     for values in REPORT_ROWS:
         await add(pool, topic, **values)
-    report = await reports.dead_letter_report(pool, topic, 5, now=NOW)
+    report = await reports.dead_letter_report(pool, PREFIX, topic, 5, now=NOW)
     assert [(h.hour, h.count) for h in report.histogram] == [
         (datetime(2030, 1, 1, 6, tzinfo=UTC), 1),  # 05:31: the window's partial first hour
         (datetime(2030, 1, 1, 7, tzinfo=UTC), 1),
@@ -402,12 +403,12 @@ async def test_report_histogram_is_zero_filled(pool: asyncpg.Pool, topic: str) -
         (datetime(2030, 1, 1, 10, tzinfo=UTC), 2),
     ]
     assert report.success_rate is None, "no processed count given"
-    quiet = await reports.dead_letter_report(pool, topic, 720, now=NOW - timedelta(days=60))
+    quiet = await reports.dead_letter_report(pool, PREFIX, topic, 720, now=NOW - timedelta(days=60))
     assert quiet.total == 0 and quiet.fingerprints == () and quiet.by_group == ()
     assert len(quiet.histogram) == 720 and {h.count for h in quiet.histogram} == {0}
     for bad in (0, 721, -1):
         with pytest.raises(InvalidInput) as err:
-            await reports.dead_letter_report(pool, topic, bad, now=NOW)
+            await reports.dead_letter_report(pool, PREFIX, topic, bad, now=NOW)
         assert err.value.field == "hours"
 
 
@@ -455,12 +456,18 @@ async def traced(
         "entry_id, processing_result) VALUES ($1, $2, 'conveyor.test.v1.Thing', $3, $4, $5)",
         [(g, event_id, stream, entry_id, r) for g, r in (("g1", "success"), ("g2", "failure"))],
     )
-    dead = await add(pool, topic, event_id=event_id, consumer_group="g2",
-                     dlq_stream=wire.Keys(topic, key_prefix).dlq)  # fmt: skip
+    dead = await add(
+        pool,
+        topic,
+        event_id=event_id,
+        consumer_group="g2",
+        dlq_stream=wire.Keys(topic, key_prefix).dlq,
+    )
     await add(pool, topic)  # another event's
     await pool.execute(
-        "INSERT INTO conveyor.audit (principal, action, target_ids, outcome) "
-        "VALUES ($1, 'reprocess', $2, 'ok')",
+        "INSERT INTO conveyor.audit (key_prefix, principal, action, target_ids, outcome) "
+        "VALUES ($1, $2, 'reprocess', $3, 'ok')",
+        key_prefix,
         topic,
         [dead["dlq_entry_id"]],
     )
@@ -470,7 +477,7 @@ async def traced(
 async def test_trace_event_finds_every_trace_of_an_event(
     pool: asyncpg.Pool, traced: Traced, key_prefix: str, redis_client: aioredis.Redis
 ) -> None:
-    trace = await reports.trace_event(
+    trace = await traces.trace_event(
         pool,
         redis_client,
         str(traced.event_id),
@@ -479,7 +486,7 @@ async def test_trace_event_finds_every_trace_of_an_event(
     )
     assert trace.outbox is not None
     assert (trace.outbox.schema, trace.outbox.id) == (traced.schema, traced.outbox_id)
-    assert trace.stream_entries == (reports.StreamRecord(traced.stream, traced.entry_id),)
+    assert trace.stream_entries == (traces.StreamRecord(traced.stream, traced.entry_id),)
     assert [(r.group, r.result, r.entry_id) for r in trace.ledger] == [
         ("g1", "success", traced.entry_id),
         ("g2", "failure", traced.entry_id),
@@ -497,7 +504,7 @@ async def test_trace_event_without_redis_reports_it_unreachable(
 ) -> None:
     down = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     try:
-        trace = await reports.trace_event(
+        trace = await traces.trace_event(
             pool, down, str(traced.event_id), schemas=[traced.schema], key_prefix=key_prefix
         )
     finally:
@@ -510,16 +517,16 @@ async def test_trace_event_without_redis_reports_it_unreachable(
 async def test_trace_event_of_unknown_or_malformed_id(
     pool: asyncpg.Pool, redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
-    trace = await reports.trace_event(
+    trace = await traces.trace_event(
         pool, redis_client, str(uuid.uuid4()), schemas=[], key_prefix=key_prefix
     )
     assert trace.outbox is None and trace.dead_letters == () and trace.unreachable == ()
     for bad in ("abc", "", "1" * 10_000, "' OR 1=1 --"):
         with pytest.raises(InvalidInput) as err:
-            await reports.trace_event(pool, redis_client, bad, schemas=[], key_prefix=key_prefix)
+            await traces.trace_event(pool, redis_client, bad, schemas=[], key_prefix=key_prefix)
         assert err.value.field == "event_id"
     with pytest.raises(InvalidInput) as err:
-        await reports.trace_event(
+        await traces.trace_event(
             pool, redis_client, str(uuid.uuid4()), schemas=["x; DROP"], key_prefix=key_prefix
         )
     assert err.value.field == "schemas"
@@ -533,40 +540,39 @@ async def test_deployments_sharing_the_catalog_see_only_their_own_dead_letters(
     other one is listed, shown, resolved, reported or traced."""
     entry, event = new_entry_id(), uuid.uuid4()
     mine, theirs = [
-        await add(pool, topic, dlq_stream=wire.Keys(topic, prefix).dlq, dlq_entry_id=entry,
-                  event_id=event, error_message=prefix)
+        await add(
+            pool,
+            topic,
+            dlq_stream=wire.Keys(topic, prefix).dlq,
+            dlq_entry_id=entry,
+            event_id=event,
+            error_message=prefix,
+        )
         for prefix in ("prod", "prod:eu")  # one prefix may start another one
-    ]  # fmt: skip
-    got = await catalog.get_dead_letter(pool, topic, entry, prefix="prod")
+    ]
+    prod, eu, staging = (Catalog(pool, p) for p in ("prod", "prod:eu", "staging"))
+    got = await prod.dead_letter(topic, entry)
     assert got is not None and got.id == mine["id"]
-    got = await catalog.get_dead_letter(pool, topic, entry, prefix="prod:eu")
+    got = await eu.dead_letter(topic, entry)
     assert got is not None and got.id == theirs["id"]
-    assert await catalog.get_dead_letter(pool, topic, entry, prefix="staging") is None
-    assert [r.id for r in await catalog.get_dead_letters(pool, topic, [entry], prefix="prod")] == [
-        mine["id"]
-    ]
-    assert await ids(pool, DeadLetterQuery(topic=topic, prefix="prod")) == [mine["id"]]
-    assert await ids(pool, DeadLetterQuery(prefix="prod:eu", error_contains="prod")) == [
-        theirs["id"]
-    ]
-    assert sorted(await ids(pool, DeadLetterQuery(topic=topic))) == sorted(
-        [mine["id"], theirs["id"]]
-    ), "without a prefix: every deployment"
-    async with pool.acquire() as conn, conn.transaction():
-        assert await catalog.resolve(conn, topic, [entry], reason="ok", principal=topic,
-                                     prefix="prod") == 1  # fmt: skip
-    states = {r.id: r.state for r in await catalog.get_dead_letters(pool, topic, [entry])}
-    assert states == {mine["id"]: "resolved", theirs["id"]: "open"}
-    report = await reports.dead_letter_report(pool, topic, 5, now=NOW, prefix="prod")
-    assert report.total == 1
-    traced = await catalog.dead_letters_for_event(pool, event, prefix="prod:eu")
-    assert [r.id for r in traced] == [theirs["id"]]
-    await AuditLog(pool, key_prefix="prod").record(
-        principal=topic, action="resolve", target_ids=[entry], reason="ok", outcome="resolved 1"
+    assert await staging.dead_letter(topic, entry) is None
+    assert [r.id for r in await prod.dead_letters(topic, [entry])] == [mine["id"]]
+    page, _ = await prod.list_dead_letters(
+        DeadLetterQuery(topic=topic), page_size=10, page_token=None, token_key=KEY
     )
-    assert [a.action for a in await catalog.audit_for(pool, [entry], prefix="prod")] == ["resolve"]
-    assert await catalog.audit_for(pool, [entry], prefix="prod:eu") == []
-    assert len(await catalog.audit_for(pool, [entry])) == 1, "without a prefix: every row"
-    with pytest.raises(InvalidInput) as bad:
-        await catalog.get_dead_letter(pool, topic, entry, prefix="{bad}")
-    assert bad.value.field == "prefix"
+    assert [r.id for r in page] == [mine["id"]]
+    page, _ = await eu.list_dead_letters(
+        DeadLetterQuery(error_contains="prod"), page_size=10, page_token=None, token_key=KEY
+    )
+    assert [r.id for r in page] == [theirs["id"]]
+    (record,) = await prod.dead_letters(topic, [entry])
+    assert await prod.resolve([record], reason="ok", principal=topic) == [mine["id"]]
+    both = [*await prod.dead_letters(topic, [entry]), *await eu.dead_letters(topic, [entry])]
+    states = {r.id: r.state for r in both}
+    assert states == {mine["id"]: "resolved", theirs["id"]: "open"}
+    assert (await reports.dead_letter_report(pool, "prod", topic, 5, now=NOW)).total == 1
+    assert [r.id for r in await eu.dead_letters_for_event(event)] == [theirs["id"]]
+    assert [a.action for a in await prod.audit_entries([entry])] == ["resolve"]
+    assert await eu.audit_entries([entry]) == []
+    with pytest.raises(ValueError, match="invalid key prefix"):
+        Catalog(pool, "{bad}")

@@ -114,9 +114,12 @@ def run(served: Served) -> Callable[..., Result]:
 
     def invoke(*args: str, input: str | None = None, **env: str | None) -> Result:
         environment: dict[str, str | None] = {
-            "CONVEYOR_TARGET": served.target, "CONVEYOR_ADMIN_TOKEN": TOKEN,
-            "CONVEYOR_ADMIN_TOKEN_FILE": None, "CONVEYOR_ADMIN_TIMEOUT": None, "COLUMNS": "220",
-        }  # fmt: skip
+            "CONVEYOR_TARGET": served.target,
+            "CONVEYOR_ADMIN_TOKEN": TOKEN,
+            "CONVEYOR_ADMIN_TOKEN_FILE": None,
+            "CONVEYOR_ADMIN_TIMEOUT": None,
+            "COLUMNS": "220",
+        }
         return CliRunner().invoke(root, list(args), input=input, env=environment | env)
 
     return invoke
@@ -130,20 +133,28 @@ def _ts(text: str) -> Timestamp:
 
 def _letter(entry_id: str = ENTRY, **fields: Any) -> admin_pb2.DeadLetter:
     values: dict[str, Any] = {
-        "id": 7, "topic": "identity", "entry_id": entry_id, "group": "mailer",
-        "consumer": "host-1", "event_id": "0b8f6c1e-53a4-4b9e-9a57-1d1b0c7f3a11",
+        "id": 7,
+        "topic": "identity",
+        "entry_id": entry_id,
+        "group": "mailer",
+        "consumer": "host-1",
+        "event_id": "0b8f6c1e-53a4-4b9e-9a57-1d1b0c7f3a11",
         "event_type": "identity.user_registered",
-        "reason": dead_letter_pb2.DEAD_LETTER_REASON_MAX_ATTEMPTS, "error_class": "SMTPError",
-        "error_message": "mail server said 451 [/] try later\nsecond line", "attempts": 5,
-        "create_time": _ts("2026-11-29T05:00:00"), "state": admin_pb2.DEAD_LETTER_STATE_OPEN,
-    }  # fmt: skip
+        "reason": dead_letter_pb2.DEAD_LETTER_REASON_MAX_ATTEMPTS,
+        "error_class": "SMTPError",
+        "error_message": "mail server said 451 [/] try later\nsecond line",
+        "attempts": 5,
+        "create_time": _ts("2026-11-29T05:00:00"),
+        "state": admin_pb2.DEAD_LETTER_STATE_OPEN,
+    }
     return admin_pb2.DeadLetter(**(values | fields))
 
 
 def _progress(*counts: tuple[int, int, int], finish: bool = True) -> list[Any]:
     """Stream messages (done, total, requeued); the last one finished unless `finish` is False."""
-    messages = [admin_pb2.ReprocessDeadLettersResponse(done=d, total=t, requeued=r)
-                for d, t, r in counts]  # fmt: skip
+    messages = [
+        admin_pb2.ReprocessDeadLettersResponse(done=d, total=t, requeued=r) for d, t, r in counts
+    ]
     messages[-1].finished = finish
     return messages
 
@@ -164,14 +175,27 @@ def test_seed_list_form_sends_topic_identity_and_the_token(fake: FakeAdmin, run:
     assert request.filter.topic == "identity"
     assert request.page_size == 20
     assert fake.calls[0].metadata["authorization"] == f"Bearer {TOKEN}"
-    for shown in (ENTRY, "identity.user_registered", "mailer", "max_attempts", "open",
-                  "SMTPError: mail server said 451 [/] try", "2026-11-29T05:00:00Z"):  # fmt: skip
+    for shown in (
+        ENTRY,
+        "identity.user_registered",
+        "mailer",
+        "max_attempts",
+        "open",
+        "SMTPError: mail server said 451 [/] try",
+        "2026-11-29T05:00:00Z",
+    ):
         assert shown in result.stdout
     assert "second line" not in result.stdout  # the error is cut to its first line
 
 
-@pytest.mark.parametrize("flags", [["--stream", "conveyor:{identity}:dlq"], ["--topic", "identity"],
-                                   ["--stream", "tenant7:{identity}:dlq"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--stream", "conveyor:{identity}:dlq"],
+        ["--topic", "identity"],
+        ["--stream", "tenant7:{identity}:dlq"],
+    ],
+)
 def test_stream_keys_and_topic_name_the_topic(fake: FakeAdmin, run: Any, flags: list[str]) -> None:
     fake.answers["ListDeadLetters"] = admin_pb2.ListDeadLettersResponse()
 
@@ -212,23 +236,45 @@ def test_list_json_holds_the_fields_and_sends_every_filter(fake: FakeAdmin, run:
     )
 
     result = run(
-        "dlq", "list", "--stream", "identity.dlq", "--json", "--event-type", "identity.x",
-        "--reason", "max_attempts", "--group", "mailer", "--error", "451", "--since", "2h",
-        "--until", "2026-11-29T06:00:00Z", "--state", "open",
-    )  # fmt: skip
+        "dlq",
+        "list",
+        "--stream",
+        "identity.dlq",
+        "--json",
+        "--event-type",
+        "identity.x",
+        "--reason",
+        "max_attempts",
+        "--group",
+        "mailer",
+        "--error",
+        "451",
+        "--since",
+        "2h",
+        "--until",
+        "2026-11-29T06:00:00Z",
+        "--state",
+        "open",
+    )
 
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["next_page_token"] == "p2"
     (letter,) = data["dead_letters"]
     assert {k: letter[k] for k in ("entry_id", "reason", "create_time")} == {
-        "entry_id": ENTRY, "reason": "DEAD_LETTER_REASON_MAX_ATTEMPTS",
+        "entry_id": ENTRY,
+        "reason": "DEAD_LETTER_REASON_MAX_ATTEMPTS",
         "create_time": "2026-11-29T05:00:00Z",
-    }  # fmt: skip
+    }
     f = fake.requests("ListDeadLetters")[0].filter
     assert (f.topic, f.event_type, f.group, f.error_contains, f.reason, f.state) == (
-        "identity", "identity.x", "mailer", "451", dead_letter_pb2.DEAD_LETTER_REASON_MAX_ATTEMPTS,
-        admin_pb2.DEAD_LETTER_STATE_OPEN)  # fmt: skip
+        "identity",
+        "identity.x",
+        "mailer",
+        "451",
+        dead_letter_pb2.DEAD_LETTER_REASON_MAX_ATTEMPTS,
+        admin_pb2.DEAD_LETTER_STATE_OPEN,
+    )
     assert f.HasField("since")
     assert f.until.ToDatetime(tzinfo=UTC) == datetime(2026, 11, 29, 6, tzinfo=UTC)
 
@@ -260,9 +306,16 @@ def _inspected(payload_json: str) -> admin_pb2.GetDeadLetterResponse:
         payload=b"\x0a\x03abc",
         payload_type_url="type.googleapis.com/conveyor.identity.v1.UserRegistered",
         traceback='Traceback (most recent call last):\n  File "mailer.py", line 9\nSMTPError',
-        actions=[admin_pb2.AuditRecord(time=_ts("2026-11-29T05:10:00"), principal="alice",
-                                       action="reprocess", target_ids=[ENTRY], outcome="ok")],
-    )  # fmt: skip
+        actions=[
+            admin_pb2.AuditRecord(
+                time=_ts("2026-11-29T05:10:00"),
+                principal="alice",
+                action="reprocess",
+                target_ids=[ENTRY],
+                outcome="ok",
+            )
+        ],
+    )
 
 
 def test_seed_inspect_form_shows_payload_traceback_and_actions(fake: FakeAdmin, run: Any) -> None:
@@ -273,8 +326,14 @@ def test_seed_inspect_form_shows_payload_traceback_and_actions(fake: FakeAdmin, 
     assert result.exit_code == 0, result.output
     (request,) = fake.requests("GetDeadLetter")
     assert (request.topic, request.entry_id) == ("identity", ENTRY)
-    for shown in ('"user_id": "u-42"', 'File "mailer.py", line 9', "alice", "host-1",
-                  "0b8f6c1e-53a4-4b9e-9a57-1d1b0c7f3a11", "2026-11-29T05:00:00.000Z"):  # fmt: skip
+    for shown in (
+        '"user_id": "u-42"',
+        'File "mailer.py", line 9',
+        "alice",
+        "host-1",
+        "0b8f6c1e-53a4-4b9e-9a57-1d1b0c7f3a11",
+        "2026-11-29T05:00:00.000Z",
+    ):
         assert shown in result.stdout
 
     fake.answers["GetDeadLetter"] = _inspected("")  # a payload of a type the server does not know
@@ -307,9 +366,21 @@ def test_reprocess_json_prints_final_counts_with_the_given_key(fake: FakeAdmin, 
     fake.answers["ReprocessDeadLetters"] = _progress((1, 2, 1), (2, 2, 1))
 
     result = run(
-        "dlq", "reprocess", "--stream", "identity", "--id", ENTRY, "--id", "1700000000001-0",
-        "--idempotency-key", "k-1", "--rate-limit", "50", "--dry-run", "--json",
-    )  # fmt: skip
+        "dlq",
+        "reprocess",
+        "--stream",
+        "identity",
+        "--id",
+        ENTRY,
+        "--id",
+        "1700000000001-0",
+        "--idempotency-key",
+        "k-1",
+        "--rate-limit",
+        "50",
+        "--dry-run",
+        "--json",
+    )
 
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -358,8 +429,9 @@ def test_reprocess_by_filter_on_a_terminal_asks_with_the_count(
 def test_reprocess_cut_short_or_stalled_exits_1(fake: FakeAdmin, run: Any) -> None:
     fake.answers["ReprocessDeadLetters"] = _progress((1, 5, 1), finish=False)
 
-    result = run("dlq", "reprocess", "--stream", "identity", "--id", ENTRY,
-                 "--idempotency-key", "k-9")  # fmt: skip
+    result = run(
+        "dlq", "reprocess", "--stream", "identity", "--id", ENTRY, "--idempotency-key", "k-9"
+    )
 
     assert result.exit_code == 1
     assert "--idempotency-key k-9" in result.stderr.splitlines()[-1]
@@ -383,8 +455,18 @@ def test_resolve_needs_a_reason_before_any_call(fake: FakeAdmin, run: Any) -> No
     assert "--reason is required" in _stderr_line(missing)
     assert fake.calls == []
 
-    done = run("dlq", "resolve", "--stream", "identity.dlq", "--id", ENTRY,
-               "--id", "1700000000001-0", "--reason", "fixed by hand")  # fmt: skip
+    done = run(
+        "dlq",
+        "resolve",
+        "--stream",
+        "identity.dlq",
+        "--id",
+        ENTRY,
+        "--id",
+        "1700000000001-0",
+        "--reason",
+        "fixed by hand",
+    )
     assert done.exit_code == 0, done.output
     assert "resolved 2 of 2" in done.stdout
     (request,) = fake.requests("ResolveDeadLetters")
@@ -395,25 +477,38 @@ def test_seed_report_form_shows_tables_and_a_histogram(fake: FakeAdmin, run: Any
     fake.answers["GetDeadLetterReport"] = admin_pb2.GetDeadLetterReportResponse(
         total=12,
         by_event_type=[admin_pb2.CountByKey(key="identity.user_registered", count=12)],
-        by_reason=[admin_pb2.CountByKey(key="max_attempts", count=9),
-                   admin_pb2.CountByKey(key="decode_error", count=3)],
+        by_reason=[
+            admin_pb2.CountByKey(key="max_attempts", count=9),
+            admin_pb2.CountByKey(key="decode_error", count=3),
+        ],
         by_group=[admin_pb2.CountByKey(key="mailer", count=12)],
-        fingerprints=[admin_pb2.ErrorFingerprint(error_class="SMTPError",
-                                                 message="mail server said <n>", count=9)],
-        histogram=[admin_pb2.HourCount(hour_time=_ts("2026-11-29T04:00:00"), count=3),
-                   admin_pb2.HourCount(hour_time=_ts("2026-11-29T05:00:00"), count=9)],
+        fingerprints=[
+            admin_pb2.ErrorFingerprint(
+                error_class="SMTPError", message="mail server said <n>", count=9
+            )
+        ],
+        histogram=[
+            admin_pb2.HourCount(hour_time=_ts("2026-11-29T04:00:00"), count=3),
+            admin_pb2.HourCount(hour_time=_ts("2026-11-29T05:00:00"), count=9),
+        ],
         success_rate=0.975,
         window_start_time=_ts("2026-11-28T06:00:00"),
         window_end_time=_ts("2026-11-29T06:00:00"),
-    )  # fmt: skip
+    )
 
     result = run("dlq", "report", "--stream", "identity.dlq", "--hours", "24")
     as_json = run("dlq", "report", "--stream", "identity.dlq", "--json")
 
     assert result.exit_code == 0, result.output
     assert {(r.topic, r.hours) for r in fake.requests("GetDeadLetterReport")} == {("identity", 24)}
-    for shown in ("12 dead letters in topic identity", "success rate: 97.50 %", "75.0 %",
-                  "mail server said <n>", "2026-11-29T05:00Z", "█" * 40):  # fmt: skip
+    for shown in (
+        "12 dead letters in topic identity",
+        "success rate: 97.50 %",
+        "75.0 %",
+        "mail server said <n>",
+        "2026-11-29T05:00Z",
+        "█" * 40,
+    ):
         assert shown in result.stdout
     assert "█" * 14 in result.stdout.split("2026-11-29T04:00Z")[1].splitlines()[0]
     assert json.loads(as_json.stdout)["by_reason"][1] == {"key": "decode_error", "count": "3"}
@@ -422,10 +517,17 @@ def test_seed_report_form_shows_tables_and_a_histogram(fake: FakeAdmin, run: Any
 _S = grpc.StatusCode
 
 
-@pytest.mark.parametrize(("code", "exit_code"), [
-    (_S.INVALID_ARGUMENT, 2), (_S.NOT_FOUND, 3), (_S.UNAUTHENTICATED, 5),
-    (_S.PERMISSION_DENIED, 5), (_S.FAILED_PRECONDITION, 6), (_S.INTERNAL, 1),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [
+        (_S.INVALID_ARGUMENT, 2),
+        (_S.NOT_FOUND, 3),
+        (_S.UNAUTHENTICATED, 5),
+        (_S.PERMISSION_DENIED, 5),
+        (_S.FAILED_PRECONDITION, 6),
+        (_S.INTERNAL, 1),
+    ],
+)
 def test_server_errors_print_one_line_and_map_to_exit_codes(
     fake: FakeAdmin, run: Any, code: grpc.StatusCode, exit_code: int
 ) -> None:
@@ -523,26 +625,52 @@ def test_health_watch_prints_each_change_until_the_server_goes(run: Any) -> None
 def test_status_shows_components_redis_backlog_and_lag(fake: FakeAdmin, run: Any) -> None:
     fake.answers["GetStatus"] = admin_pb2.GetStatusResponse(
         overall=admin_pb2.COMPONENT_STATE_DEGRADED,
-        components=[admin_pb2.ComponentStatus(name="conveyor.consumer.identity.mailer",
-                                              state=admin_pb2.COMPONENT_STATE_DEGRADED,
-                                              reasons=["lag 75 s > 60 s"])],
-        redis=admin_pb2.RedisStatus(up=True, ping_latency_seconds=0.0004,
-                                    used_memory_bytes=3 * 1024 * 1024, aof_enabled=True,
-                                    aof_last_rewrite_status="ok", run_id="abc123"),
+        components=[
+            admin_pb2.ComponentStatus(
+                name="conveyor.consumer.identity.mailer",
+                state=admin_pb2.COMPONENT_STATE_DEGRADED,
+                reasons=["lag 75 s > 60 s"],
+            )
+        ],
+        redis=admin_pb2.RedisStatus(
+            up=True,
+            ping_latency_seconds=0.0004,
+            used_memory_bytes=3 * 1024 * 1024,
+            aof_enabled=True,
+            aof_last_rewrite_status="ok",
+            run_id="abc123",
+        ),
         outboxes=[admin_pb2.OutboxStatus(schema="public", backlog=140, oldest_age_seconds=2.5)],
-        groups=[admin_pb2.GroupStatus(topic="identity", group="mailer", lag_entries=900,
-                                      lag_seconds=75, pending=12, consumers=2,
-                                      mode="exactly-once")],
+        groups=[
+            admin_pb2.GroupStatus(
+                topic="identity",
+                group="mailer",
+                lag_entries=900,
+                lag_seconds=75,
+                pending=12,
+                consumers=2,
+                mode="exactly-once",
+            )
+        ],
         snapshot_time=_ts("2026-11-29T05:00:00"),
-    )  # fmt: skip
+    )
 
     shown = run("status")
     as_json = run("status", "--json")
 
     assert shown.exit_code == 0, shown.output
-    for text in ("overall: DEGRADED", "conveyor.consumer.identity.mailer", "lag 75 s > 60 s",
-                 "0.40 ms", "3.0 MiB", "abc123", "140", "exactly-once", "900",
-                 "75.0 s"):  # fmt: skip
+    for text in (
+        "overall: DEGRADED",
+        "conveyor.consumer.identity.mailer",
+        "lag 75 s > 60 s",
+        "0.40 ms",
+        "3.0 MiB",
+        "abc123",
+        "140",
+        "exactly-once",
+        "900",
+        "75.0 s",
+    ):
         assert text in shown.stdout
     data = json.loads(as_json.stdout)
     assert data["groups"][0]["pending"] == "12"
@@ -553,26 +681,32 @@ def test_trace_shows_what_is_known_and_exits_3_when_nothing_is(fake: FakeAdmin, 
     event_id = "0b8f6c1e-53a4-4b9e-9a57-1d1b0c7f3a11"
     fake.answers["TraceEvent"] = lambda request: (
         admin_pb2.TraceEventResponse(
-            outbox=admin_pb2.OutboxRecord(schema="public", id=41, topic="identity",
-                                          event_type="identity.user_registered",
-                                          create_time=_ts("2026-11-29T05:00:00")),
-            stream_entries=[admin_pb2.StreamRecord(stream="conveyor:{identity}:events",
-                                                   entry_id="1700000000000-5")],
+            outbox=admin_pb2.OutboxRecord(
+                schema="public",
+                id=41,
+                topic="identity",
+                event_type="identity.user_registered",
+                create_time=_ts("2026-11-29T05:00:00"),
+            ),
+            stream_entries=[
+                admin_pb2.StreamRecord(
+                    stream="conveyor:{identity}:events", entry_id="1700000000000-5"
+                )
+            ],
             ledger=[admin_pb2.LedgerRecord(schema="public", group="mailer", result="success")],
             dead_letters=[_letter()],
             unreachable=["redis: timed out"],
         )
         if request.event_id == event_id
         else admin_pb2.TraceEventResponse()
-    )  # fmt: skip
+    )
 
     found = run("trace", event_id)
     as_json = run("trace", event_id, "--json")
     nothing = run("trace", "6f1d0a34-0000-4000-8000-000000000000")
 
     assert found.exit_code == 0, found.output
-    for text in ("schema public row 41", "1700000000000-5", "success", ENTRY,
-                 "redis: timed out"):  # fmt: skip
+    for text in ("schema public row 41", "1700000000000-5", "success", ENTRY, "redis: timed out"):
         assert text in found.stdout
     assert json.loads(as_json.stdout)["outbox"]["id"] == "41"
     assert nothing.exit_code == 3
@@ -582,21 +716,34 @@ def test_trace_shows_what_is_known_and_exits_3_when_nothing_is(fake: FakeAdmin, 
 def test_metrics_lists_instruments_and_points(fake: FakeAdmin, run: Any) -> None:
     fake.answers["GetMetrics"] = admin_pb2.GetMetricsResponse(
         metrics=[
-            admin_pb2.Metric(name="events_processed", kind=admin_pb2.METRIC_KIND_COUNTER,
-                             points=[admin_pb2.MetricPoint(attributes={"stream": "identity",
-                                                                       "result": "success"},
-                                                           value=1234)]),
-            admin_pb2.Metric(name="event_processing_duration", unit="s",
-                             kind=admin_pb2.METRIC_KIND_HISTOGRAM,
-                             points=[admin_pb2.MetricPoint(count=4, sum=0.02)]),
+            admin_pb2.Metric(
+                name="events_processed",
+                kind=admin_pb2.METRIC_KIND_COUNTER,
+                points=[
+                    admin_pb2.MetricPoint(
+                        attributes={"stream": "identity", "result": "success"}, value=1234
+                    )
+                ],
+            ),
+            admin_pb2.Metric(
+                name="event_processing_duration",
+                unit="s",
+                kind=admin_pb2.METRIC_KIND_HISTOGRAM,
+                points=[admin_pb2.MetricPoint(count=4, sum=0.02)],
+            ),
         ]
-    )  # fmt: skip
+    )
 
     shown = run("metrics")
     as_json = run("metrics", "--json")
 
     assert shown.exit_code == 0, shown.output
-    for text in ("events_processed", "result=success, stream=identity", "1234", "histogram",
-                 "count 4, sum 0.02, mean 0.005"):  # fmt: skip
+    for text in (
+        "events_processed",
+        "result=success, stream=identity",
+        "1234",
+        "histogram",
+        "count 4, sum 0.02, mean 0.005",
+    ):
         assert text in shown.stdout
     assert json.loads(as_json.stdout)["metrics"][0]["points"][0]["value"] == 1234

@@ -52,8 +52,10 @@ async def test_consumer_registers_heartbeats_and_leaves_the_catalog(case: Case) 
         first = await row()
         assert first is not None
         assert (first["topics"], first["mode"], first["ledger_schema"]) == (
-            ["identity"], "exactly-once", case.schema,
-        )  # fmt: skip
+            ["identity"],
+            "exactly-once",
+            case.schema,
+        )
 
         async def beat() -> bool:
             later = await row()

@@ -25,8 +25,18 @@ pytestmark = pytest.mark.slow
 
 
 def consume_args(case: Case, *extra: str) -> list[str]:
-    return ["consume", "--group", "g", "--router", "tests.integration.effects_router:router",
-            "--ledger-schema", case.schema, "--claim-idle", "1s", *extra]  # fmt: skip
+    return [
+        "consume",
+        "--group",
+        "g",
+        "--router",
+        "tests.integration.effects_router:router",
+        "--ledger-schema",
+        case.schema,
+        "--claim-idle",
+        "1s",
+        *extra,
+    ]
 
 
 def consume_env(case: Case, sleep: float = 0.0) -> dict[str, str]:
@@ -108,8 +118,9 @@ async def test_consumer_killed_mid_handler_applies_once_after_reclaim(
 async def test_consumer_paused_past_idle_then_resumed_applies_once(case: Case) -> None:
     await create_effects(case.pg, case.schema)
     ids = await publish(case.redis, case.prefix, 200)
-    paused = start_conveyor(consume_args(case, "--batch-size", "100"),
-                            consume_env(case, sleep=0.01))  # fmt: skip
+    paused = start_conveyor(
+        consume_args(case, "--batch-size", "100"), consume_env(case, sleep=0.01)
+    )
     await wait_until(lambda: some_applied(case), timeout=30, what="a first batch committed")
     paused.send_signal(signal.SIGSTOP)  # mid-batch: its transaction holds uncommitted ledger rows
     other = start_conveyor(consume_args(case), consume_env(case))

@@ -41,9 +41,15 @@ async def test_postgres_restart_under_a_consumer(redis_url: str, key_prefix: str
         await asyncio.to_thread(migrations.upgrade, server.url, schema)
         pg = await asyncpg.connect(server.url)
         await create_effects(pg, schema)
-        settings = {"database_url": server.url, "redis_url": redis_url, "group": "g",
-                    "ledger_schema": schema, "key_prefix": key_prefix, "block": 0.05,
-                    "db_backoff_max": 0.5}  # fmt: skip
+        settings = {
+            "database_url": server.url,
+            "redis_url": redis_url,
+            "group": "g",
+            "ledger_schema": schema,
+            "key_prefix": key_prefix,
+            "block": 0.05,
+            "db_backoff_max": 0.5,
+        }
         try:
             async with running_consumer(effect_router(schema), **settings):
                 before = await publish(r, key_prefix, 100)
@@ -52,8 +58,9 @@ async def test_postgres_restart_under_a_consumer(redis_url: str, key_prefix: str
                 await asyncio.to_thread(server.restart, "immediate")
                 after = await publish(r, key_prefix, 100)
                 pg = await asyncpg.connect(server.url)
-                await wait_until(lambda: count_is(pg, schema, 200), timeout=60,
-                                 what="applied after the restart")  # fmt: skip
+                await wait_until(
+                    lambda: count_is(pg, schema, 200), timeout=60, what="applied after the restart"
+                )
             counts = await effect_counts(pg, schema, "g")
         finally:
             await pg.close()
@@ -64,8 +71,9 @@ async def test_postgres_restart_under_a_consumer(redis_url: str, key_prefix: str
 
 async def test_consumer_connections_killed_by_the_server_are_replaced(case: Case) -> None:
     await create_effects(case.pg, case.schema)
-    async with running_consumer(effect_router(case.schema),
-                                **consumer_settings(case, db_backoff_max=0.5)):  # fmt: skip
+    async with running_consumer(
+        effect_router(case.schema), **consumer_settings(case, db_backoff_max=0.5)
+    ):
         first = await publish(case.redis, case.prefix, 50)
         await wait_until(lambda: count_is(case.pg, case.schema, 50), what="first part applied")
         killed = await case.pg.fetchval(
@@ -142,8 +150,9 @@ async def test_redis_restarted_empty_under_an_at_least_once_consumer(
     meters = Meters()
     settings = consumer_settings(case, mode="at-least-once", redis_url=lossy_redis.url)
     try:
-        async with running_consumer(effect_router(case.schema), meters.metrics,
-                                    **settings) as consumer:  # fmt: skip
+        async with running_consumer(
+            effect_router(case.schema), meters.metrics, **settings
+        ) as consumer:
             await publish(r, case.prefix, 20)
             await wait_until(lambda: count_is(case.pg, case.schema, 20), what="applied")
             await asyncio.to_thread(lossy_redis.restart)

@@ -135,8 +135,12 @@ async def test_poison_entries_go_to_the_dead_letter_stream_at_once(case: Case) -
     good = await publish(case.redis, case.prefix, 1)
     await case.redis.xadd(events, _entry(str(uuid.uuid4()), b"\xff\xfe not protobuf"))
     await publish(case.redis, case.prefix, 1, make=lambda i: events_pb2.EmailVerified(user_id="x"))
-    await publish(case.redis, case.prefix, 1,
-                  make=lambda i: events_pb2.UserRegistered(display_name="x" * 5000))  # fmt: skip
+    await publish(
+        case.redis,
+        case.prefix,
+        1,
+        make=lambda i: events_pb2.UserRegistered(display_name="x" * 5000),
+    )
     await case.redis.xadd(events, {wire.F_EVENT_ID: str(uuid.uuid4()).encode(), b"other": b"1"})
     await publish(
         case.redis, case.prefix, 1, make=lambda i: events_pb2.UserRegistered(user_id="no")

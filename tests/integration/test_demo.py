@@ -10,8 +10,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_to_completion(database_url: str, redis_url: str, key_prefix: str) -> None:
-    env = {"CONVEYOR_DATABASE_URL": database_url, "CONVEYOR_REDIS_URL": redis_url,
-           "CONVEYOR_KEY_PREFIX": key_prefix, "COLUMNS": "200"}  # fmt: skip
+    env = {
+        "CONVEYOR_DATABASE_URL": database_url,
+        "CONVEYOR_REDIS_URL": redis_url,
+        "CONVEYOR_KEY_PREFIX": key_prefix,
+        "COLUMNS": "200",
+    }
     result = run_conveyor(["demo", "--events", "150"], env, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "produced 150 events" in result.stderr

@@ -43,8 +43,9 @@ async def test_stream_deleted_under_an_exactly_once_consumer(
     meters = Meters()
     before = await publish(case.redis, case.prefix, 100)
     with caplog.at_level(logging.WARNING):
-        async with running_consumer(effect_router(case.schema), meters.metrics,
-                                    **consumer_settings(case)) as consumer:  # fmt: skip
+        async with running_consumer(
+            effect_router(case.schema), meters.metrics, **consumer_settings(case)
+        ) as consumer:
 
             async def applied(n: int) -> bool:
                 return len(await effect_counts(case.pg, case.schema, "g")) == n

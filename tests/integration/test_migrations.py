@@ -23,7 +23,7 @@ from conveyor.database import (
 from conveyor.wire import REASONS
 
 APP_HEAD = "app_0003"
-CATALOG_HEAD = "catalog_0004"
+CATALOG_HEAD = "catalog_0005"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
@@ -293,8 +293,10 @@ async def test_consumer_registry_keeps_deployments_apart_and_downgrades_to_one_r
     url = scratch_database_url
     await asyncio.to_thread(migrations.upgrade_catalog, url, "catalog_0002")
     scratch = await asyncpg.connect(url)
-    insert = ("INSERT INTO conveyor.consumers (consumer_group, consumer_name, topics, mode"
-              "{extra}) VALUES ('g', 'c', '{{t}}', 'exactly-once'{values})")  # fmt: skip
+    insert = (
+        "INSERT INTO conveyor.consumers (consumer_group, consumer_name, topics, mode"
+        "{extra}) VALUES ('g', 'c', '{{t}}', 'exactly-once'{values})"
+    )
     try:
         await scratch.execute(insert.format(extra="", values=""))
         await asyncio.to_thread(migrations.upgrade_catalog, url)

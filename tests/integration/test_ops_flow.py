@@ -30,9 +30,19 @@ async def test_dead_letter_reprocessed_to_its_group_applies_once(
     refuse.touch()
     await create_effects(case.pg, case.schema)
     env = case.env | {"TEST_EFFECTS_SCHEMA": case.schema, "TEST_REJECT_FILE": str(refuse)}
-    args = ["consume", "--group", "g", "--router", "tests.integration.effects_router:router",
-            "--ledger-schema", case.schema, "--grpc-addr", "127.0.0.1:0",
-            "--tokens-file", str(tokens)]  # fmt: skip
+    args = [
+        "consume",
+        "--group",
+        "g",
+        "--router",
+        "tests.integration.effects_router:router",
+        "--ledger-schema",
+        case.schema,
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--tokens-file",
+        str(tokens),
+    ]
     proc = start_conveyor(args, env)
     port = port_of(proc, [])
     try:
@@ -45,24 +55,36 @@ async def test_dead_letter_reprocessed_to_its_group_applies_once(
         client = {"CONVEYOR_TARGET": f"127.0.0.1:{port}", "CONVEYOR_ADMIN_TOKEN": WRITE_TOKEN}
         listed = run_conveyor(["dlq", "list", "--stream", "identity.dlq", "--json"], client)
         assert listed.returncode == 0, listed.stderr
-        (dead,) = [d for d in json.loads(listed.stdout)["dead_letters"]
-                   if d["event_id"] == ids[0]]  # fmt: skip
+        (dead,) = [d for d in json.loads(listed.stdout)["dead_letters"] if d["event_id"] == ids[0]]
         assert dead["reason"] == "DEAD_LETTER_REASON_REJECTED"
-        shown = run_conveyor(["dlq", "inspect", "--stream", "identity.dlq", "--id",
-                              dead["entry_id"], "--json"], client)  # fmt: skip
+        shown = run_conveyor(
+            ["dlq", "inspect", "--stream", "identity.dlq", "--id", dead["entry_id"], "--json"],
+            client,
+        )
         assert shown.returncode == 0, shown.stderr
         inspected = json.loads(shown.stdout)
         assert json.loads(inspected["payload_json"])["user_id"] == "u0"
         assert "Reject: agg0 is refused for now" in inspected["traceback"]
 
         read_only = client | {"CONVEYOR_ADMIN_TOKEN": READ_TOKEN}
-        denied = run_conveyor(["dlq", "resolve", "--stream", "identity", "--id",
-                               dead["entry_id"], "--reason", "x"], read_only)  # fmt: skip
+        denied = run_conveyor(
+            ["dlq", "resolve", "--stream", "identity", "--id", dead["entry_id"], "--reason", "x"],
+            read_only,
+        )
         assert denied.returncode == 5, denied.stderr
 
         refuse.unlink()  # the cause is fixed
-        again = ["dlq", "reprocess", "--stream", "identity.dlq", "--id", dead["entry_id"],
-                 "--idempotency-key", f"fix-{case.prefix}", "--json"]  # fmt: skip
+        again = [
+            "dlq",
+            "reprocess",
+            "--stream",
+            "identity.dlq",
+            "--id",
+            dead["entry_id"],
+            "--idempotency-key",
+            f"fix-{case.prefix}",
+            "--json",
+        ]
         first = run_conveyor(again, client)
         second = run_conveyor(again, client)  # a double click
         assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
@@ -77,8 +99,10 @@ async def test_dead_letter_reprocessed_to_its_group_applies_once(
         async def reprocessed() -> bool:
             state = await case.pg.fetchval(
                 "SELECT state FROM conveyor.dead_letters WHERE dlq_stream = $1 "
-                "AND dlq_entry_id = $2", wire.Keys("identity", case.prefix).dlq, dead["entry_id"],
-            )  # fmt: skip
+                "AND dlq_entry_id = $2",
+                wire.Keys("identity", case.prefix).dlq,
+                dead["entry_id"],
+            )
             return state == "reprocessed"
 
         await wait_until(reprocessed, what="the catalog to say reprocessed")

@@ -233,9 +233,18 @@ async def wedged_consumer(case: Case, handler: dict[str, str], stall: str) -> As
     """A consumer whose handler misbehaves as `handler` (effects_router variables) says, serving
     once idle, and then given one event; yields its gRPC port."""
     await create_effects(case.pg, case.schema)
-    args = ["consume", "--group", "g", "--router", "tests.integration.effects_router:router",
-            "--ledger-schema", case.schema, "--stall-timeout", stall,
-            "--allow-unauthenticated"]  # fmt: skip
+    args = [
+        "consume",
+        "--group",
+        "g",
+        "--router",
+        "tests.integration.effects_router:router",
+        "--ledger-schema",
+        case.schema,
+        "--stall-timeout",
+        stall,
+        "--allow-unauthenticated",
+    ]
     proc = start_conveyor(args, case.env | {"TEST_EFFECTS_SCHEMA": case.schema, **handler})
     try:
         port = port_of(proc, [])
@@ -261,8 +270,9 @@ def _reasons(port: int) -> tuple[str, ...]:
 
 async def test_a_consumer_stuck_in_a_handler_is_reported_stalled(case: Case) -> None:
     async with wedged_consumer(case, {"TEST_HANDLER_SLEEP": "3600"}, "2s") as port:
-        await wait_until(lambda: _is(port, COMPONENT, NOT_SERVING), timeout=20,
-                         what="the stall noticed")  # fmt: skip
+        await wait_until(
+            lambda: _is(port, COMPONENT, NOT_SERVING), timeout=20, what="the stall noticed"
+        )
         assert await _is(port, "conveyor.liveness", SERVING), "stalled, but the loop runs"
         assert any(r.startswith("stalled") for r in _reasons(port)), _reasons(port)
 
@@ -271,12 +281,16 @@ async def test_a_blocked_event_loop_is_reported_while_health_keeps_answering(cas
     """A handler that blocks the pipeline's event loop: the ops plane, on its own thread, still
     answers, names the problem, and takes liveness down once the stall timeout has passed."""
     async with wedged_consumer(case, {"TEST_HANDLER_BLOCK": "3600"}, "3s") as port:
-        await wait_until(lambda: _is(port, COMPONENT, NOT_SERVING), timeout=20,
-                         what="the blocked loop noticed")  # fmt: skip
+        await wait_until(
+            lambda: _is(port, COMPONENT, NOT_SERVING), timeout=20, what="the blocked loop noticed"
+        )
         assert await _is(port, "", NOT_SERVING)
         assert any(r.startswith("event loop blocked") for r in _reasons(port)), _reasons(port)
-        await wait_until(lambda: _is(port, "conveyor.liveness", NOT_SERVING), timeout=20,
-                         what="liveness down past the stall timeout")  # fmt: skip
+        await wait_until(
+            lambda: _is(port, "conveyor.liveness", NOT_SERVING),
+            timeout=20,
+            what="liveness down past the stall timeout",
+        )
 
 
 def watch_statuses(port: int, service: str, count: int) -> list[int]:
@@ -308,8 +322,9 @@ def test_a_taken_grpc_port_fails_the_start_with_a_clear_error(case: Case) -> Non
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        done = run_conveyor(["relay", "--grpc-addr", address, "--allow-unauthenticated"],
-                            case.env, timeout=60)  # fmt: skip
+        done = run_conveyor(
+            ["relay", "--grpc-addr", address, "--allow-unauthenticated"], case.env, timeout=60
+        )
     assert done.returncode == 1, done.stderr
     assert f"conveyor: error: cannot serve gRPC on {address}" in done.stderr
 
@@ -319,23 +334,36 @@ async def test_admin_service_sees_only_its_own_deployments_dead_letters(case: Ca
     id: this process's AdminService never lists, shows, resolves, reports or traces it."""
     entry, now = new_entry_id(), datetime.now(UTC)
     mine, theirs = [
-        await add(case.pg, "identity", dlq_stream=wire.Keys("identity", prefix).dlq,
-                  dlq_entry_id=entry, created_at=now)
+        await add(
+            case.pg,
+            "identity",
+            dlq_stream=wire.Keys("identity", prefix).dlq,
+            dlq_entry_id=entry,
+            created_at=now,
+        )
         for prefix in (case.prefix, f"{case.prefix}-other")
-    ]  # fmt: skip
+    ]
     proc = start_conveyor(["relay", "--allow-unauthenticated"], case.env)
     try:
         ch, stub, _ = admin(port_of(proc, []), None)
         with ch:
-            listed = stub.ListDeadLetters(admin_pb2.ListDeadLettersRequest(
-                filter=admin_pb2.DeadLetterFilter(topic="identity")), timeout=5)  # fmt: skip
+            listed = stub.ListDeadLetters(
+                admin_pb2.ListDeadLettersRequest(
+                    filter=admin_pb2.DeadLetterFilter(topic="identity")
+                ),
+                timeout=5,
+            )
             assert [d.event_id for d in listed.dead_letters] == [str(mine["event_id"])]
             shown = stub.GetDeadLetter(
                 admin_pb2.GetDeadLetterRequest(topic="identity", entry_id=entry), timeout=5
             )
             assert shown.dead_letter.event_id == str(mine["event_id"])
-            resolved = stub.ResolveDeadLetters(admin_pb2.ResolveDeadLettersRequest(
-                topic="identity", entry_ids=[entry], reason="checked"), timeout=5)  # fmt: skip
+            resolved = stub.ResolveDeadLetters(
+                admin_pb2.ResolveDeadLettersRequest(
+                    topic="identity", entry_ids=[entry], reason="checked"
+                ),
+                timeout=5,
+            )
             assert resolved.resolved == 1
             report = stub.GetDeadLetterReport(
                 admin_pb2.GetDeadLetterReportRequest(topic="identity", hours=1), timeout=5

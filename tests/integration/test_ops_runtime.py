@@ -48,8 +48,9 @@ async def running_plane(
         server=ServerSettings(grpc_addr="127.0.0.1:0"),
         auth=AuthSettings(allow_unauthenticated=True),
     )
-    plane = OpsPlane(settings, database_url=database_url, redis_url=redis_url,
-                     key_prefix=key_prefix, probe=probe)  # fmt: skip
+    plane = OpsPlane(
+        settings, database_url=database_url, redis_url=redis_url, key_prefix=key_prefix, probe=probe
+    )
     port = await plane.start()
     try:
         yield plane, port

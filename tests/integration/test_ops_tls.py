@@ -49,10 +49,19 @@ async def ready(env: dict[str, str]) -> None:
 def mtls_relay(case: Case, pki: Path) -> Iterator[int]:
     """A relay requiring client certificates; CN ops-console may write, others only read."""
     proc = start_conveyor(
-        ["relay", "--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
-         "--tls-client-ca", str(pki / "ca.crt"), "--mtls-writer", "ops-console"],
+        [
+            "relay",
+            "--tls-cert",
+            str(pki / "server.crt"),
+            "--tls-key",
+            str(pki / "server.key"),
+            "--tls-client-ca",
+            str(pki / "ca.crt"),
+            "--mtls-writer",
+            "ops-console",
+        ],
         case.env,
-    )  # fmt: skip
+    )
     try:
         yield port_of(proc, [])
     finally:
@@ -68,8 +77,10 @@ async def test_mtls_certificates_authenticate_and_scope_cli_calls(
 
     status = run_conveyor(["status", "--json"], grafana)
     assert status.returncode == 0, status.stderr
-    assert any(c["name"] == f"conveyor.relay.{case.schema}"
-               for c in json.loads(status.stdout)["components"])  # fmt: skip
+    assert any(
+        c["name"] == f"conveyor.relay.{case.schema}"
+        for c in json.loads(status.stdout)["components"]
+    )
 
     resolve = ["dlq", "resolve", "--stream", "identity", "--id", "1-1", "--reason", "checked"]
     denied = run_conveyor(resolve, grafana)
@@ -97,10 +108,17 @@ async def test_server_tls_with_a_bearer_token(case: Case, pki: Path, tmp_path: P
     tokens = tmp_path / "tokens"
     tokens.write_text(f"reader read {hashlib.sha256(READ_TOKEN.encode()).hexdigest()}\n")
     proc = start_conveyor(
-        ["relay", "--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
-         "--tokens-file", str(tokens)],
+        [
+            "relay",
+            "--tls-cert",
+            str(pki / "server.crt"),
+            "--tls-key",
+            str(pki / "server.key"),
+            "--tokens-file",
+            str(tokens),
+        ],
         case.env,
-    )  # fmt: skip
+    )
     try:
         port = port_of(proc, [])
         env = client_env(port, pki, None) | {"CONVEYOR_ADMIN_TOKEN": READ_TOKEN}
@@ -119,9 +137,11 @@ def test_tls_settings_that_cannot_work_refuse_to_start(case: Case, pki: Path) ->
     cases = [
         (["--mtls-writer", "ops-console"], "needs --tls-client-ca"),
         (["--tls-cert", str(pki / "server.crt")], "needs both a certificate"),
-        (["--tls-cert", str(pki / "nope.crt"), "--tls-key", str(pki / "server.key")],
-         "does not exist"),
-    ]  # fmt: skip
+        (
+            ["--tls-cert", str(pki / "nope.crt"), "--tls-key", str(pki / "server.key")],
+            "does not exist",
+        ),
+    ]
     for args, message in cases:
         done = run_conveyor(["relay", *args], case.env, timeout=30)
         assert done.returncode == EXIT_USAGE, (args, done.stdout, done.stderr)

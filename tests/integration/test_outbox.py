@@ -32,8 +32,9 @@ async def test_committed_transaction_writes_business_row_and_event(
     await make_business_table(pg, s)
     async with pg.transaction():
         await pg.execute(f"INSERT INTO {s}.users VALUES ('u1')")
-        event_id = await enqueue(pg, registered(1), aggregate_type="user", aggregate_id="u1",
-                                 schema=s)  # fmt: skip
+        event_id = await enqueue(
+            pg, registered(1), aggregate_type="user", aggregate_id="u1", schema=s
+        )
     assert await outbox_ids(pg, s) == [event_id]
     row = await pg.fetchrow(f"SELECT * FROM {s}.outbox")
     event = event_pb2.Event.FromString(row["payload"])
@@ -64,8 +65,9 @@ async def test_enqueue_outside_a_transaction_raises_before_writing(
     pg: asyncpg.Connection, migrated_schema: str
 ) -> None:
     with pytest.raises(NotInTransaction, match=r"conn.transaction\(\)"):
-        await enqueue(pg, registered(), aggregate_type="user", aggregate_id="u1",
-                      schema=migrated_schema)  # fmt: skip
+        await enqueue(
+            pg, registered(), aggregate_type="user", aggregate_id="u1", schema=migrated_schema
+        )
     assert await outbox_ids(pg, migrated_schema) == []
 
 
@@ -78,8 +80,9 @@ async def test_oversized_event_fails_the_business_transaction_before_commit(
     with pytest.raises(EventTooLarge, match="over the 1000-byte cap") as info:
         async with pg.transaction():
             await pg.execute(f"INSERT INTO {s}.users VALUES ('u1')")
-            await enqueue(pg, big, aggregate_type="user", aggregate_id="u1", schema=s,
-                          max_event_bytes=1000)  # fmt: skip
+            await enqueue(
+                pg, big, aggregate_type="user", aggregate_id="u1", schema=s, max_event_bytes=1000
+            )
     assert info.value.size > 1000
     assert await outbox_ids(pg, s) == []
     assert await pg.fetchval(f"SELECT count(*) FROM {s}.users") == 0
@@ -89,8 +92,7 @@ async def test_default_cap_is_one_mebibyte(pg: asyncpg.Connection, migrated_sche
     big = events_pb2.UserRegistered(user_id="u1", display_name="x" * (1024 * 1024))
     with pytest.raises(EventTooLarge, match="1048576-byte cap"):
         async with pg.transaction():
-            await enqueue(pg, big, aggregate_type="user", aggregate_id="u1",
-                          schema=migrated_schema)  # fmt: skip
+            await enqueue(pg, big, aggregate_type="user", aggregate_id="u1", schema=migrated_schema)
 
 
 @pytest.mark.parametrize("value", [{"user_id": "u1"}, b"bytes", "text", None])
@@ -99,8 +101,13 @@ async def test_non_message_payload_is_a_type_error_naming_it(
 ) -> None:
     with pytest.raises(TypeError, match=f"got builtins.{type(value).__name__}"):
         async with pg.transaction():
-            await enqueue(pg, value, aggregate_type="user", aggregate_id="u1",  # type: ignore[arg-type]
-                          schema=migrated_schema)  # fmt: skip
+            await enqueue(
+                pg,
+                value,
+                aggregate_type="user",
+                aggregate_id="u1",  # type: ignore[arg-type]
+                schema=migrated_schema,
+            )
     assert issubclass(NotAMessage, TypeError)
     assert await outbox_ids(pg, migrated_schema) == []
 
@@ -110,12 +117,19 @@ async def test_duplicate_event_id_fails_the_transaction(
 ) -> None:
     s, event_id = migrated_schema, uuid.uuid4()
     async with pg.transaction():
-        await enqueue(pg, registered(), aggregate_type="user", aggregate_id="u1", schema=s,
-                      event_id=event_id)  # fmt: skip
+        await enqueue(
+            pg, registered(), aggregate_type="user", aggregate_id="u1", schema=s, event_id=event_id
+        )
     with pytest.raises(asyncpg.UniqueViolationError):
         async with pg.transaction():
-            await enqueue(pg, registered(), aggregate_type="user", aggregate_id="u1", schema=s,
-                          event_id=event_id)  # fmt: skip
+            await enqueue(
+                pg,
+                registered(),
+                aggregate_type="user",
+                aggregate_id="u1",
+                schema=s,
+                event_id=event_id,
+            )
     assert await outbox_ids(pg, s) == [event_id]
 
 
@@ -143,10 +157,11 @@ async def test_enqueue_many_writes_all_in_order_with_topics_and_headers(
 ) -> None:
     s = migrated_schema
     batch = [
-        NewEvent(registered(i), "user", f"u{i}", topic="identity",
-                 headers={"correlation_id": f"c{i}"})
+        NewEvent(
+            registered(i), "user", f"u{i}", topic="identity", headers={"correlation_id": f"c{i}"}
+        )
         for i in range(50)
-    ]  # fmt: skip
+    ]
     async with pg.transaction():
         ids = await enqueue_many(pg, batch, schema=s)
     assert await outbox_ids(pg, s) == ids
@@ -165,8 +180,9 @@ async def test_insert_notifies_the_schema_channel(
     await listener.add_listener(notify_channel(migrated_schema), lambda *a: got.append(a[2]))
     try:
         async with pg.transaction():
-            await enqueue(pg, registered(), aggregate_type="user", aggregate_id="u1",
-                          schema=migrated_schema)  # fmt: skip
+            await enqueue(
+                pg, registered(), aggregate_type="user", aggregate_id="u1", schema=migrated_schema
+            )
         for _ in range(100):
             if got:
                 break

@@ -67,11 +67,20 @@ async def test_a_descriptor_set_decodes_payloads_the_process_has_no_code_for(
     await create_effects(case.pg, case.schema)
     env = case.env | {"TEST_EFFECTS_SCHEMA": case.schema}
     consumer = start_conveyor(
-        ["consume", "--group", "g", "--router", "tests.integration.effects_router:router",
-         "--ledger-schema", case.schema, "--allow-unauthenticated",
-         "--descriptor-set", str(invoice_types)],
+        [
+            "consume",
+            "--group",
+            "g",
+            "--router",
+            "tests.integration.effects_router:router",
+            "--ledger-schema",
+            case.schema,
+            "--allow-unauthenticated",
+            "--descriptor-set",
+            str(invoice_types),
+        ],
         env,
-    )  # fmt: skip
+    )
     relay = start_conveyor(["relay", "--allow-unauthenticated"], env)  # no descriptor set
     try:
         with_set, without_set = port_of(consumer, []), port_of(relay, [])
@@ -85,8 +94,20 @@ async def test_a_descriptor_set_decodes_payloads_the_process_has_no_code_for(
         entry_id = (await case.redis.xrange(dlq))[0][0].decode()
 
         def inspect(port: int) -> dict[str, str]:
-            done = run_conveyor(["dlq", "inspect", "--stream", "identity", "--id", entry_id,
-                                 "--json", "--target", f"127.0.0.1:{port}"], env)  # fmt: skip
+            done = run_conveyor(
+                [
+                    "dlq",
+                    "inspect",
+                    "--stream",
+                    "identity",
+                    "--id",
+                    entry_id,
+                    "--json",
+                    "--target",
+                    f"127.0.0.1:{port}",
+                ],
+                env,
+            )
             assert done.returncode == 0, done.stderr
             return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -107,9 +128,14 @@ async def test_a_descriptor_set_decodes_payloads_the_process_has_no_code_for(
 def test_a_bad_descriptor_set_refuses_to_start(case: Case, tmp_path: Path) -> None:
     not_a_set = tmp_path / "types.binpb"
     not_a_set.write_text("syntax = 'proto3';\n")
-    for path, message in ((not_a_set, "is not a binary FileDescriptorSet"),
-                          (tmp_path / "missing.binpb", "cannot read descriptor set")):  # fmt: skip
-        done = run_conveyor(["relay", "--allow-unauthenticated", "--descriptor-set", str(path)],
-                            case.env, timeout=60)  # fmt: skip
+    for path, message in (
+        (not_a_set, "is not a binary FileDescriptorSet"),
+        (tmp_path / "missing.binpb", "cannot read descriptor set"),
+    ):
+        done = run_conveyor(
+            ["relay", "--allow-unauthenticated", "--descriptor-set", str(path)],
+            case.env,
+            timeout=60,
+        )
         assert done.returncode == 2, (path, done.stderr)
         assert message in done.stderr, done.stderr

@@ -38,8 +38,12 @@ async def pool(case: Case) -> AsyncIterator[asyncpg.Pool]:
 
 
 def dead_letter_fields(reason: bytes = b"rejected") -> dict[bytes, bytes]:
-    return {wire.F_EVENT_ID: str(uuid.uuid4()).encode(), wire.F_EVENT: b"x",
-            wire.DL_GROUP: b"g", wire.DL_REASON: reason}  # fmt: skip
+    return {
+        wire.F_EVENT_ID: str(uuid.uuid4()).encode(),
+        wire.F_EVENT: b"x",
+        wire.DL_GROUP: b"g",
+        wire.DL_REASON: reason,
+    }
 
 
 async def recorded(case: Case, keys: wire.Keys) -> list[str]:
@@ -116,9 +120,14 @@ async def test_reconcile_and_retention_racing_leave_no_row_pointing_at_nothing(
         keys.dlq,
     )
     settings = ConsumerSettings(
-        group="g", topics=(TOPIC,), database_url=case.database_url, redis_url=case.redis_url,
-        key_prefix=case.prefix, ledger_schema=case.schema, dead_letter_retention=86400.0,
-    )  # fmt: skip
+        group="g",
+        topics=(TOPIC,),
+        database_url=case.database_url,
+        redis_url=case.redis_url,
+        key_prefix=case.prefix,
+        ledger_schema=case.schema,
+        dead_letter_retention=86400.0,
+    )
     keeper = Housekeeper(pool, case.redis, settings, ConsumerMetrics())
     expiring: list[asyncio.Task[Any]] = []
 

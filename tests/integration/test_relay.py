@@ -50,12 +50,23 @@ async def test_rows_committing_out_of_id_order_are_still_published(case: Case) -
     try:
         tx_a = slow.transaction()
         await tx_a.start()
-        id_a = await enqueue(slow, events_pb2.UserRegistered(user_id="a"), aggregate_type="user",
-                             aggregate_id="a", topic="identity", schema=case.schema)  # fmt: skip
+        id_a = await enqueue(
+            slow,
+            events_pb2.UserRegistered(user_id="a"),
+            aggregate_type="user",
+            aggregate_id="a",
+            topic="identity",
+            schema=case.schema,
+        )
         async with case.pg.transaction():
-            id_b = await enqueue(case.pg, events_pb2.UserRegistered(user_id="b"),
-                                 aggregate_type="user", aggregate_id="b", topic="identity",
-                                 schema=case.schema)  # fmt: skip
+            id_b = await enqueue(
+                case.pg,
+                events_pb2.UserRegistered(user_id="b"),
+                aggregate_type="user",
+                aggregate_id="b",
+                topic="identity",
+                schema=case.schema,
+            )
         async with running_relay(**case.relay_settings(poll_interval=0.05)):
             await wait_until(lambda: has(case, {id_b}), what="B published while A is open")
             assert not await has(case, {id_a})

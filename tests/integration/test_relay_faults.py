@@ -30,8 +30,14 @@ async def test_redis_with_fsync_always_down_for_10s_loses_nothing(
     pg: asyncpg.Connection, database_url: str, migrated_schema: str, aof_redis: RedisServer
 ) -> None:
     s, prefix = migrated_schema, "faults"
-    settings = {"database_url": database_url, "redis_url": aof_redis.url, "schemas": (s,),
-                "key_prefix": prefix, "poll_interval": 0.05, **FAST_RETRY}  # fmt: skip
+    settings = {
+        "database_url": database_url,
+        "redis_url": aof_redis.url,
+        "schemas": (s,),
+        "key_prefix": prefix,
+        "poll_interval": 0.05,
+        **FAST_RETRY,
+    }
     r = redis_client.connect(aof_redis.url)
     try:
         async with running_relay(**settings) as relay:
@@ -54,13 +60,20 @@ async def test_redis_with_fsync_always_down_for_10s_loses_nothing(
 
 
 async def test_a_redis_restart_that_lost_streams_is_reported_loudly(
-    pg: asyncpg.Connection, database_url: str, migrated_schema: str,
+    pg: asyncpg.Connection,
+    database_url: str,
+    migrated_schema: str,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     s = migrated_schema
     with RedisServer() as server:
-        settings = {"database_url": database_url, "redis_url": server.url, "schemas": (s,),
-                    "key_prefix": "lossy", **FAST_RETRY}  # fmt: skip
+        settings = {
+            "database_url": database_url,
+            "redis_url": server.url,
+            "schemas": (s,),
+            "key_prefix": "lossy",
+            **FAST_RETRY,
+        }
         async with running_relay(**settings) as relay:
             await fill(pg, s, 100)
             await wait_until(lambda: drained(pg, s), what="published")
@@ -82,8 +95,14 @@ async def test_postgres_restart_under_a_running_relay(redis_url: str) -> None:
     r = redis_client.connect(redis_url)
     with PostgresServer() as server:
         await asyncio.to_thread(migrations.upgrade, server.url, schema)
-        settings = {"database_url": server.url, "redis_url": redis_url, "schemas": (schema,),
-                    "key_prefix": prefix, "poll_interval": 3600, **FAST_RETRY}  # fmt: skip
+        settings = {
+            "database_url": server.url,
+            "redis_url": redis_url,
+            "schemas": (schema,),
+            "key_prefix": prefix,
+            "poll_interval": 3600,
+            **FAST_RETRY,
+        }
         try:
             async with running_relay(**settings):
                 conn = await asyncpg.connect(server.url)
@@ -109,8 +128,14 @@ async def test_redis_loss_is_reported_while_events_keep_flowing(
 ) -> None:
     s = migrated_schema
     with RedisServer() as server:
-        settings = {"database_url": database_url, "redis_url": server.url, "schemas": (s,),
-                    "key_prefix": "flowing", "poll_interval": 0.05, **FAST_RETRY}  # fmt: skip
+        settings = {
+            "database_url": database_url,
+            "redis_url": server.url,
+            "schemas": (s,),
+            "key_prefix": "flowing",
+            "poll_interval": 0.05,
+            **FAST_RETRY,
+        }
         async with running_relay(**settings) as relay:
             await fill(pg, s, 500)
             await wait_until(lambda: drained(pg, s), what="published")

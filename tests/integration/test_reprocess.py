@@ -12,17 +12,12 @@ import asyncpg
 import pytest
 
 from admin import migrations
+from admin.catalog import DeadLetterRecord, Progress, traces
 from admin.catalog import dead_letters as catalog
-from admin.catalog import reports
 from admin.catalog.audit import AuditLog
-from admin.catalog.dead_letters import DeadLetterRecord
-from admin.catalog.reprocess import (
-    Progress,
-    check_reprocessable,
-    group_ledgers,
-    reprocess,
-    request_fingerprint,
-)
+from admin.catalog.registry import group_ledgers
+from admin.catalog.reprocess import check_reprocessable, reprocess
+from admin.catalog.requests import request_fingerprint
 from admin.errors import FailedPrecondition, InvalidInput
 from admin.ops import convert
 from consumers import EventContext, Reject, Router, dead_letters
@@ -91,7 +86,7 @@ class Fixture:
         self.topic = topic
         self.keys = wire.Keys(topic, case.prefix)
         self.principal = principal_of(topic)
-        self.audit = AuditLog(pool)
+        self.audit = AuditLog(pool, case.prefix)
         self.ledgers: dict[str, str | None] = {"billing": case.schema, "mailer": None}
 
     async def dead_letters(self, n: int, group: str = "billing") -> list[DeadLetterRecord]:
@@ -108,8 +103,10 @@ class Fixture:
         for dead in entries:
             pipe.xadd(self.keys.dlq, dead)
         dl_ids = [i.decode() for i in await pipe.execute()]
-        rows = [dead_letters.catalog_row(self.topic, self.keys.dlq, i, dead)
-                for i, dead in zip(dl_ids, entries, strict=True)]  # fmt: skip
+        rows = [
+            dead_letters.catalog_row(self.topic, self.keys.dlq, i, dead)
+            for i, dead in zip(dl_ids, entries, strict=True)
+        ]
         await dead_letters.DeadLetterCatalog(self.pool).record(rows)
         return await self.records(dl_ids)
 
@@ -117,9 +114,14 @@ class Fixture:
         event_id = envelope.uuid7()
         message = events_pb2.UserRegistered(user_id=f"u{i}", email=f"u{i}@example.com")
         event = envelope.build(
-            message, event_id=event_id, source="test", aggregate_type="user",
-            aggregate_id=f"agg{i}", occurred_at=None, headers={},
-        )  # fmt: skip
+            message,
+            event_id=event_id,
+            source="test",
+            aggregate_type="user",
+            aggregate_id=f"agg{i}",
+            occurred_at=None,
+            headers={},
+        )
         return {
             wire.F_VERSION: wire.LAYOUT_VERSION,
             wire.F_EVENT_ID: str(event_id).encode(),
@@ -130,14 +132,20 @@ class Fixture:
         }
 
     async def records(self, entry_ids: list[str]) -> list[DeadLetterRecord]:
-        return await catalog.get_dead_letters(self.pool, self.topic, entry_ids)
+        return await catalog.get_dead_letters(self.pool, self.case.prefix, self.topic, entry_ids)
 
     async def run(self, records: list[DeadLetterRecord], **options: Any) -> Progress:
         return await reprocess(
-            self.pool, self.client, topic=self.topic, records=records,
-            key_prefix=self.case.prefix, principal=options.pop("principal", self.principal),
-            audit=self.audit, ledger_schemas=self.ledgers, **options,
-        )  # fmt: skip
+            self.pool,
+            self.client,
+            topic=self.topic,
+            records=records,
+            key_prefix=self.case.prefix,
+            principal=options.pop("principal", self.principal),
+            audit=self.audit,
+            ledger_schemas=self.ledgers,
+            **options,
+        )
 
     def key(self, name: str) -> str:
         return f"{self.topic}:{name}"
@@ -163,17 +171,25 @@ class Fixture:
         await self.pool.execute(
             f"INSERT INTO {self.case.schema}.event_ledger (consumer_group, event_id, event_type, "
             "stream, entry_id, processing_result) VALUES ($1, $2, $3, $4, $5, $6)",
-            record.group, uuid.UUID(record.event_id), record.event_type, record.source_stream,
-            record.source_entry_id, result,
-        )  # fmt: skip
+            record.group,
+            uuid.UUID(record.event_id),
+            record.event_type,
+            record.source_stream,
+            record.source_entry_id,
+            result,
+        )
 
 
 def _dead_letter_fields(entry: Entry, group: str) -> dict[bytes, bytes | str]:
     """What a consumer of `group` writes to the dead-letter stream after three failures."""
     return dead_letters.fields(
-        entry, reason="max_attempts", group=group, consumer="c1", error_class="RuntimeError",
+        entry,
+        reason="max_attempts",
+        group=group,
+        consumer="c1",
+        error_class="RuntimeError",
         error="boom",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -222,8 +238,10 @@ async def test_event_already_applied_by_its_group_is_resolved_as_duplicate(f: Fi
     assert sent == {failed.entry_id, fresh.entry_id}
     (after,) = await f.records([applied.entry_id])
     assert (after.state, after.resolution, after.resolved_by) == (
-        "resolved", "duplicate: already applied by billing", f.principal,
-    )  # fmt: skip
+        "resolved",
+        "duplicate: already applied by billing",
+        f.principal,
+    )
     outcomes = {r["target_ids"][0]: r["outcome"] for r in await f.audit_rows()}
     assert outcomes[applied.entry_id] == "duplicate"
 
@@ -232,7 +250,7 @@ async def test_dry_run_counts_and_changes_nothing(f: Fixture) -> None:
     fresh, applied, resolved, busy = await f.dead_letters(4)
     await f.mark_applied(applied)
     async with f.pool.acquire() as conn:
-        await catalog.resolve(conn, f.topic, [resolved.entry_id], reason="x", principal="p")
+        await catalog.resolve(conn, [resolved.id], reason="x", principal="p")
         await catalog.set_state(conn, [busy.id], "reprocessing", expect=["open"])
     records = await f.records([r.entry_id for r in (fresh, applied, resolved, busy)])
     before = await f.states()
@@ -243,16 +261,20 @@ async def test_dry_run_counts_and_changes_nothing(f: Fixture) -> None:
     assert await f.states() == before
     assert await f.retries() == []
     assert await f.audit_rows() == []
-    assert await f.pool.fetchval(
-        "SELECT count(*) FROM conveyor.reprocess_requests WHERE idempotency_key = $1", f.key("dry")
-    ) == 0  # fmt: skip
+    assert (
+        await f.pool.fetchval(
+            "SELECT count(*) FROM conveyor.reprocess_requests WHERE idempotency_key = $1",
+            f.key("dry"),
+        )
+        == 0
+    )
 
 
 async def test_same_idempotency_key_twice_gives_the_same_answer_and_one_requeue(
     f: Fixture,
 ) -> None:
     records = await f.dead_letters(3)
-    digest = request_fingerprint(f.topic, [r.entry_id for r in records], None)
+    digest = request_fingerprint(f.topic, [r.entry_id for r in records], None, f.case.prefix)
 
     first = await f.run(records, idempotency_key=f.key("k"), request_hash=digest)
     second = await f.run(records, idempotency_key=f.key("k"), request_hash=digest)
@@ -271,14 +293,17 @@ async def test_same_idempotency_key_twice_gives_the_same_answer_and_one_requeue(
 
 async def test_a_used_key_refuses_a_different_request(f: Fixture) -> None:
     one, two = await f.dead_letters(2)
-    await f.run([one], idempotency_key=f.key("k"),
-                request_hash=request_fingerprint(f.topic, [one.entry_id], None))  # fmt: skip
+    await f.run(
+        [one],
+        idempotency_key=f.key("k"),
+        request_hash=request_fingerprint(f.topic, [one.entry_id], None, f.case.prefix),
+    )
 
-    other = request_fingerprint(f.topic, [two.entry_id], None)
+    other = request_fingerprint(f.topic, [two.entry_id], None, f.case.prefix)
     with pytest.raises(InvalidInput) as caught:
         await f.run([two], idempotency_key=f.key("k"), request_hash=other)
     assert caught.value.field == "idempotency_key"
-    same = request_fingerprint(f.topic, [one.entry_id], None)
+    same = request_fingerprint(f.topic, [one.entry_id], None, f.case.prefix)
     with pytest.raises(InvalidInput, match="different reprocess request"):
         await f.run([one], idempotency_key=f.key("k"), request_hash=same, principal="mallory")
     elsewhere = request_fingerprint(f.topic, [one.entry_id], None, "another-deployment")
@@ -309,7 +334,7 @@ async def test_concurrent_calls_requeue_each_dead_letter_once(f: Fixture, keyed:
 async def test_check_reprocessable_names_resolved_entries(f: Fixture) -> None:
     open_, resolved, busy, done = await f.dead_letters(4)
     async with f.pool.acquire() as conn:
-        await catalog.resolve(conn, f.topic, [resolved.entry_id], reason="x", principal="p")
+        await catalog.resolve(conn, [resolved.id], reason="x", principal="p")
         await catalog.set_state(conn, [busy.id], "reprocessing", expect=["open"])
         await catalog.set_state(conn, [done.id], "reprocessed", expect=["open"])
     records = await f.records([r.entry_id for r in (open_, resolved, busy, done)])
@@ -407,8 +432,10 @@ async def test_group_ledgers_reads_the_consumer_registry(f: Fixture) -> None:
             "DELETE FROM conveyor.consumers WHERE starts_with(consumer_group, $1)", tag
         )
     assert {g: s for g, s in ledgers.items() if g.startswith(tag)} == {
-        f"{tag}-eo": "app_schema", f"{tag}-alo": None, f"{tag}-mixed": "new_schema",
-    }  # fmt: skip
+        f"{tag}-eo": "app_schema",
+        f"{tag}-alo": None,
+        f"{tag}-mixed": "new_schema",
+    }
     assert {g: s for g, s in theirs.items() if g.startswith(tag)} == {f"{tag}-eo": "their_schema"}
 
 
@@ -429,8 +456,11 @@ async def test_reprocessed_dead_letter_is_applied_once_by_a_running_consumer(
             return bool(await effect_counts(case.pg, case.schema, "g"))
 
         await wait_until(applied, what="the reprocessed event applied", timeout=10)
-        await wait_until(lambda: _state_is(f, record, "reprocessed"), timeout=10,
-                         what="the dead letter marked reprocessed")  # fmt: skip
+        await wait_until(
+            lambda: _state_is(f, record, "reprocessed"),
+            timeout=10,
+            what="the dead letter marked reprocessed",
+        )
         assert await f.retries("g") == [], "the retry entry is acknowledged and deleted"
     assert await effect_counts(case.pg, case.schema, "g") == {record.event_id: 1}
 
@@ -471,7 +501,7 @@ async def test_reprocessed_dead_letter_that_fails_again_is_settled_and_chained(
     assert (d1_now.state, d1_now.retried_as, d1_now.retry_of) == ("reprocessed", d2_id, None)
     assert (d2.state, d2.retry_of, d2.event_id) == ("open", d1.entry_id, d1.event_id)
     assert d1.event_id is not None
-    trace = await reports.trace_event(
+    trace = await traces.trace_event(
         f.pool, case.redis, d1.event_id, schemas=[case.schema], key_prefix=case.prefix
     )
     shown = convert.trace_response(trace).dead_letters

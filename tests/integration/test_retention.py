@@ -29,9 +29,14 @@ _DEAD_LETTERS = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE}"
 
 def settings(case: Case, **overrides: Any) -> ConsumerSettings:
     base: dict[str, Any] = {
-        "group": "g1", "topics": (TOPIC,), "consumer": "me", "database_url": case.database_url,
-        "redis_url": case.redis_url, "key_prefix": case.prefix, "ledger_schema": case.schema,
-    }  # fmt: skip
+        "group": "g1",
+        "topics": (TOPIC,),
+        "consumer": "me",
+        "database_url": case.database_url,
+        "redis_url": case.redis_url,
+        "key_prefix": case.prefix,
+        "ledger_schema": case.schema,
+    }
     return ConsumerSettings(**(base | overrides))
 
 
@@ -159,21 +164,33 @@ async def test_trim_skips_a_stream_another_process_is_trimming(case: Case, pool:
 
 async def test_expired_dead_letters_leave_stream_and_catalog(case: Case, pool: Any) -> None:
     keys = wire.Keys(TOPIC, case.prefix)
-    states = {"old-resolved": ("resolved", 3), "old-reprocessed": ("reprocessed", 3),
-              "old-open": ("open", 3), "old-reprocessing": ("reprocessing", 3),
-              "new-resolved": ("resolved", 0)}  # fmt: skip
+    states = {
+        "old-resolved": ("resolved", 3),
+        "old-reprocessed": ("reprocessed", 3),
+        "old-open": ("open", 3),
+        "old-reprocessing": ("reprocessing", 3),
+        "new-resolved": ("resolved", 0),
+    }
     entry_of: dict[str, str] = {}
     for label in states:
-        fields = {wire.F_EVENT_ID: str(uuid.uuid4()).encode(), wire.DL_REASON: b"rejected",
-                  wire.DL_GROUP: b"g1", b"label": label.encode()}  # fmt: skip
+        fields = {
+            wire.F_EVENT_ID: str(uuid.uuid4()).encode(),
+            wire.DL_REASON: b"rejected",
+            wire.DL_GROUP: b"g1",
+            b"label": label.encode(),
+        }
         entry_of[label] = (await case.redis.xadd(keys.dlq, fields)).decode()
         row = dead_letters.catalog_row(TOPIC, keys.dlq, entry_of[label], fields)
         await dead_letters.DeadLetterCatalog(pool).record([row])
     for label, (state, days) in states.items():
         await case.pg.execute(
             f"UPDATE {_DEAD_LETTERS} SET state = $1, updated_at = now() - make_interval(days => $2)"
-            " WHERE dlq_stream = $3 AND dlq_entry_id = $4", state, days, keys.dlq, entry_of[label],
-        )  # fmt: skip
+            " WHERE dlq_stream = $3 AND dlq_entry_id = $4",
+            state,
+            days,
+            keys.dlq,
+            entry_of[label],
+        )
     keeper = housekeeper(case, pool, dead_letter_retention=86400.0)
     keeper._dead_letter_batch = 1  # exercise several batches
 
@@ -193,8 +210,12 @@ async def test_idle_members_without_pending_entries_are_removed(case: Case, pool
     await add(case, keys.events, 3)
     for stream, group in ((keys.events, "g1"), (retry, "g1"), (keys.events, "g2")):
         await case.redis.xgroup_create(stream, group, id="0", mkstream=True)
-    for stream, group, name in ((keys.events, "g1", "idle"), (keys.events, "g1", "me"),
-                                (retry, "g1", "idle"), (keys.events, "g2", "other")):  # fmt: skip
+    for stream, group, name in (
+        (keys.events, "g1", "idle"),
+        (keys.events, "g1", "me"),
+        (retry, "g1", "idle"),
+        (keys.events, "g2", "other"),
+    ):
         await case.redis.xgroup_createconsumer(stream, group, name)
     busy = await read(case, keys.events, "g1", "busy", 2)
     await asyncio.sleep(0.3)
@@ -250,8 +271,9 @@ async def test_ledger_rows_past_retention_are_deleted(case: Case, pool: Any) -> 
     await insert_ledger(case, "g2", 3, days_ago=3)
     at_least_once = housekeeper(case, pool, mode="at-least-once", ledger_retention=86400.0)
     assert (await at_least_once.run_once([TOPIC])).ledger_deleted == 0
-    keeper = Housekeeper(pool, case.redis, settings(case, ledger_retention=86400),
-                         ConsumerMetrics(), ledger_chunk=2)  # fmt: skip
+    keeper = Housekeeper(
+        pool, case.redis, settings(case, ledger_retention=86400), ConsumerMetrics(), ledger_chunk=2
+    )
 
     report = await keeper.run_once([TOPIC])
     assert report.ledger_deleted == 5
@@ -265,8 +287,14 @@ async def test_consumed_stream_is_trimmed_behind_a_real_consumer(case: Case, poo
         "aggregate_id text, attempt int, at timestamptz DEFAULT now())"
     )
     await publish(case.redis, case.prefix, 50)
-    conf = {"database_url": case.database_url, "redis_url": case.redis_url, "group": "g1",
-            "ledger_schema": case.schema, "key_prefix": case.prefix, "block": 0.05}  # fmt: skip
+    conf = {
+        "database_url": case.database_url,
+        "redis_url": case.redis_url,
+        "group": "g1",
+        "ledger_schema": case.schema,
+        "key_prefix": case.prefix,
+        "block": 0.05,
+    }
     async with running_consumer(effect_router(case.schema), **conf):
 
         async def acked() -> bool:
@@ -284,8 +312,9 @@ def test_retention_warning_when_ledger_expires_inside_redelivery_window() -> Non
     message = retention_warning(short)
     assert message is not None and "ledger_retention=60s" in message
     assert retention_warning(ConsumerSettings(group="g", topics=(TOPIC,))) is None
-    relaxed = ConsumerSettings(group="g", topics=(TOPIC,), ledger_retention=60.0,
-                               mode="at-least-once")  # fmt: skip
+    relaxed = ConsumerSettings(
+        group="g", topics=(TOPIC,), ledger_retention=60.0, mode="at-least-once"
+    )
     assert retention_warning(relaxed) is None, "no ledger, nothing to apply twice"
 
 
@@ -325,9 +354,15 @@ async def test_ledger_rows_of_entries_still_pending_outlive_retention(
     )
     assert [r[0] for r in kept] == entries[10:]
 
-    conf = {"database_url": case.database_url, "redis_url": case.redis_url, "group": "g1",
-            "ledger_schema": case.schema, "key_prefix": case.prefix, "block": 0.05,
-            "claim_idle": 0.1}  # fmt: skip
+    conf = {
+        "database_url": case.database_url,
+        "redis_url": case.redis_url,
+        "group": "g1",
+        "ledger_schema": case.schema,
+        "key_prefix": case.prefix,
+        "block": 0.05,
+        "claim_idle": 0.1,
+    }
     async with running_consumer(effect_router(case.schema), **conf):
 
         async def drained() -> bool:

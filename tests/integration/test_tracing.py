@@ -55,9 +55,14 @@ async def test_one_trace_from_the_producer_to_the_handler_and_the_dead_letter(
     with tracer.start_as_current_span("http request") as request:
         async with case.pg.transaction():
             for user in ("u1", "u2"):
-                await enqueue(case.pg, events_pb2.UserRegistered(user_id=user),
-                              aggregate_type="user", aggregate_id=user, topic="identity",
-                              schema=case.schema)  # fmt: skip
+                await enqueue(
+                    case.pg,
+                    events_pb2.UserRegistered(user_id=user),
+                    aggregate_type="user",
+                    aggregate_id=user,
+                    topic="identity",
+                    schema=case.schema,
+                )
     trace_id = request.get_span_context().trace_id
     router = effect_router(case.schema, fail=reject_second)
     async with (

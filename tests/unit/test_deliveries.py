@@ -26,12 +26,21 @@ def router() -> Router:
 def entry(message: object = None, **override: bytes) -> Entry:
     event_id = envelope.uuid7()
     event = envelope.build(
-        message or events_pb2.UserRegistered(user_id="u1"), event_id=event_id, source="t",
-        aggregate_type="user", aggregate_id="u1", occurred_at=None, headers={},
-    )  # fmt: skip
-    fields = {wire.F_VERSION: b"1", wire.F_EVENT_ID: str(event_id).encode(),
-              wire.F_EVENT_TYPE: event.type.encode(), wire.F_AGGREGATE_ID: b"u1",
-              wire.F_EVENT: event.SerializeToString()}  # fmt: skip
+        message or events_pb2.UserRegistered(user_id="u1"),
+        event_id=event_id,
+        source="t",
+        aggregate_type="user",
+        aggregate_id="u1",
+        occurred_at=None,
+        headers={},
+    )
+    fields = {
+        wire.F_VERSION: b"1",
+        wire.F_EVENT_ID: str(event_id).encode(),
+        wire.F_EVENT_TYPE: event.type.encode(),
+        wire.F_AGGREGATE_ID: b"u1",
+        wire.F_EVENT: event.SerializeToString(),
+    }
     flat = [x for kv in (fields | {k.encode(): v for k, v in override.items()}).items() for x in kv]
     return Entry("s", "1-0", flat)
 

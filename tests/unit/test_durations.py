@@ -11,9 +11,17 @@ from admin.cli.durations import parse_duration, parse_since
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("0", 0), ("90", 90), ("1.5", 1.5), ("30m", 1800), ("24h", 86400), ("1d12h", 129600),
-     ("2w", 1209600), (" 5S ", 5)],
-)  # fmt: skip
+    [
+        ("0", 0),
+        ("90", 90),
+        ("1.5", 1.5),
+        ("30m", 1800),
+        ("24h", 86400),
+        ("1d12h", 129600),
+        ("2w", 1209600),
+        (" 5S ", 5),
+    ],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

@@ -12,15 +12,19 @@ from admin.ops.payloads import PayloadTypes
 from conveyor.v1 import event_pb2
 
 
-def _file(name: str, package: str, message: str, *, fields: int = 1,
-          deps: tuple[str, ...] = ()) -> descriptor_pb2.FileDescriptorProto:  # fmt: skip
+def _file(
+    name: str, package: str, message: str, *, fields: int = 1, deps: tuple[str, ...] = ()
+) -> descriptor_pb2.FileDescriptorProto:
     proto = descriptor_pb2.FileDescriptorProto(name=name, package=package, syntax="proto3")
     proto.dependency.extend(deps)
     msg = proto.message_type.add(name=message)
     for number in range(1, fields + 1):
-        msg.field.add(name=f"f{number}", number=number,
-                      type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-                      label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)  # fmt: skip
+        msg.field.add(
+            name=f"f{number}",
+            number=number,
+            type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+        )
     return proto
 
 
@@ -34,8 +38,11 @@ def test_a_loaded_type_decodes_to_json(tmp_path: Path) -> None:
     cls = types.message_class("x.v1.Thing")
     assert cls is not None
     event = event_pb2.Event(type="x.v1.Thing")
-    event.data.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/x.v1.Thing",
-                                    value=cls(f1="hello").SerializeToString()))  # fmt: skip
+    event.data.CopyFrom(
+        any_pb2.Any(
+            type_url="type.googleapis.com/x.v1.Thing", value=cls(f1="hello").SerializeToString()
+        )
+    )
     assert '"f1": "hello"' in types.to_json(event)
     assert types.to_json(event_pb2.Event(type="x.v1.Unknown")) == ""
 
@@ -50,8 +57,9 @@ def test_the_same_file_twice_is_fine_but_two_versions_are_refused(tmp_path: Path
 
 
 def test_a_set_without_its_imports_is_refused_naming_the_fix(tmp_path: Path) -> None:
-    lonely = _write(tmp_path / "b.binpb",
-                    _file("x/b.proto", "x.v1", "Other", deps=("x/missing.proto",)))  # fmt: skip
+    lonely = _write(
+        tmp_path / "b.binpb", _file("x/b.proto", "x.v1", "Other", deps=("x/missing.proto",))
+    )
     with pytest.raises(ValueError, match="with its imports"):
         PayloadTypes.load([lonely])
 
@@ -68,13 +76,19 @@ def test_a_payload_that_cannot_become_json_is_shown_as_bytes_not_an_error(tmp_pa
     """A Timestamp out of JSON's range: the conversion fails, so no JSON (the caller shows the
     payload as base64); the call itself must not fail."""
     stamp = descriptor_pb2.FileDescriptorProto(
-        name="x/t.proto", package="x.v1", syntax="proto3",
+        name="x/t.proto",
+        package="x.v1",
+        syntax="proto3",
         dependency=["google/protobuf/timestamp.proto"],
-    )  # fmt: skip
+    )
     msg = stamp.message_type.add(name="Stamped")
-    msg.field.add(name="at", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
-                  type_name=".google.protobuf.Timestamp",
-                  label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)  # fmt: skip
+    msg.field.add(
+        name="at",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=".google.protobuf.Timestamp",
+        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+    )
     wkt = descriptor_pb2.FileDescriptorProto()
     timestamp_pb2.DESCRIPTOR.CopyToProto(wkt)
     types = PayloadTypes.load([_write(tmp_path / "t.binpb", wkt, stamp)])

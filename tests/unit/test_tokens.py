@@ -48,14 +48,16 @@ def _invalid(text: str) -> TokensFileInvalid:
 
 
 def test_a_good_file_yields_one_entry_per_token_line() -> None:
-    text = "\n".join([
-        "# principal scope digest [expires]",
-        "",
-        _line("alice", "write", "t-alice"),
-        "   ",
-        _line("dashboards", "read", "t-dash", "2027-01-31") + "   # rotated yearly",
-        "\t" + _line("ci@build.example", "read", "t-ci", "2027-01-31T12:00:00+02:00"),
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "# principal scope digest [expires]",
+            "",
+            _line("alice", "write", "t-alice"),
+            "   ",
+            _line("dashboards", "read", "t-dash", "2027-01-31") + "   # rotated yearly",
+            "\t" + _line("ci@build.example", "read", "t-ci", "2027-01-31T12:00:00+02:00"),
+        ]
+    )
     entries = parse_tokens(text, path=PATH)
     assert [(e.principal, e.scope, e.line) for e in entries] == [
         ("alice", Scope.WRITE, 3),

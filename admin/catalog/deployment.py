@@ -1,0 +1,127 @@
+"""The catalog as one deployment (one key prefix) sees it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from admin.catalog import dead_letters, registry, reports, reprocess, traces
+from admin.catalog.audit import AuditLog, audit_entries
+from admin.catalog.records import AuditEntry, DeadLetterQuery, DeadLetterRecord, Progress
+from admin.catalog.registry import RegisteredGroup
+from conveyor import wire
+
+
+class Catalog:
+    """Every query the ops plane makes on the catalog schema, scoped to one deployment: the rows
+    of other key prefixes sharing the catalog are never read or changed. There is no way to ask
+    for "every deployment"."""
+
+    def __init__(self, pool: asyncpg.Pool, key_prefix: str) -> None:
+        self.pool = pool
+        self.key_prefix = wire.validate_prefix(key_prefix)
+        self.audit = AuditLog(pool, key_prefix)
+        """Writes this deployment's audit rows (mutating calls, denials)."""
+
+    async def list_dead_letters(
+        self, query: DeadLetterQuery, *, page_size: int, page_token: str | None, token_key: bytes
+    ) -> tuple[list[DeadLetterRecord], str | None]:
+        """One page of dead letters matching `query`, newest first, and the next page's token."""
+        return await dead_letters.list_dead_letters(
+            self.pool,
+            self.key_prefix,
+            query,
+            page_size=page_size,
+            page_token=page_token,
+            token_key=token_key,
+        )
+
+    async def dead_letter(self, topic: str, entry_id: str) -> DeadLetterRecord | None:
+        """The dead letter at `entry_id` of the topic's dead-letter stream, or None."""
+        return await dead_letters.get_dead_letter(self.pool, self.key_prefix, topic, entry_id)
+
+    async def dead_letters(self, topic: str, entry_ids: Sequence[str]) -> list[DeadLetterRecord]:
+        """The topic's dead letters with these entry ids, oldest first; unknown ids are absent."""
+        return await dead_letters.get_dead_letters(self.pool, self.key_prefix, topic, entry_ids)
+
+    async def resolve(
+        self, records: Sequence[DeadLetterRecord], *, reason: str, principal: str
+    ) -> list[int]:
+        """Resolve these dead letters (not already resolved ones) and audit it, in one
+        transaction; return the catalog ids that changed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            changed = await dead_letters.resolve(
+                conn, [r.id for r in records], reason=reason, principal=principal
+            )
+            await self.audit.record(
+                principal=principal,
+                action="resolve",
+                target_ids=[r.entry_id for r in records],
+                reason=reason,
+                outcome=f"resolved {len(changed)}",
+                conn=conn,
+            )
+        return changed
+
+    async def audit_entries(self, target_ids: Sequence[str]) -> list[AuditEntry]:
+        """Audit rows naming any of `target_ids`, oldest first."""
+        return await audit_entries(self.pool, self.key_prefix, target_ids)
+
+    async def report(self, topic: str, hours: int) -> reports.DeadLetterReport:
+        """The topic's dead-letter report over the last `hours` hours."""
+        return await reports.dead_letter_report(self.pool, self.key_prefix, topic, hours)
+
+    async def trace(
+        self, redis: Any, event_id: str, *, own_schemas: Sequence[str]
+    ) -> traces.EventTrace:
+        """Where one event has been, looked for in `own_schemas` and every registered ledger."""
+        schemas = await registry.registry_schemas(self.pool, self.key_prefix, own_schemas)
+        return await traces.trace_event(
+            self.pool, redis, event_id, schemas=schemas, key_prefix=self.key_prefix
+        )
+
+    async def dead_letters_for_event(self, event_id: uuid.UUID) -> list[DeadLetterRecord]:
+        """Every dead letter of the event, oldest first."""
+        return await dead_letters.dead_letters_for_event(self.pool, self.key_prefix, event_id)
+
+    async def groups(self) -> list[RegisteredGroup]:
+        """Every (topic, group) with a registered member."""
+        return await registry.registered_groups(self.pool, self.key_prefix)
+
+    async def group_ledgers(self) -> dict[str, str | None]:
+        """Each registered group's ledger schema (None: at-least-once)."""
+        return await registry.group_ledgers(self.pool, self.key_prefix)
+
+    async def reprocess(
+        self,
+        redis: Any,
+        *,
+        topic: str,
+        records: Sequence[DeadLetterRecord],
+        principal: str,
+        ledger_schemas: Mapping[str, str | None],
+        dry_run: bool = False,
+        idempotency_key: str | None = None,
+        request_hash: str = "",
+        rate_limit: float = 0.0,
+        on_progress: Callable[[Progress], Awaitable[None]] | None = None,
+    ) -> Progress:
+        """Requeue `records` to their failing groups (see `admin.catalog.reprocess`)."""
+        return await reprocess.reprocess(
+            self.pool,
+            redis,
+            topic=topic,
+            records=records,
+            key_prefix=self.key_prefix,
+            principal=principal,
+            audit=self.audit,
+            ledger_schemas=ledger_schemas,
+            dry_run=dry_run,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            rate_limit=rate_limit,
+            on_progress=on_progress,
+        )

@@ -1,0 +1,61 @@
+"""The consumer registry as the ops plane reads it: groups, their modes, topics and ledgers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from conveyor import database
+
+_CONSUMERS = f"{database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE}"
+
+
+async def group_ledgers(pool: asyncpg.Pool, prefix: str) -> dict[str, str | None]:
+    """Each registered consumer group of the deployment with key prefix `prefix`, with its
+    ledger schema (None for at-least-once groups).
+
+    A group whose members disagree (a mode change rolling out) counts as exactly-once, with the
+    ledger of its most recently seen exactly-once member. Groups with no running consumer are
+    absent (consumers unregister on a clean stop).
+    """
+    rows = await pool.fetch(
+        f"SELECT DISTINCT ON (consumer_group) consumer_group, ledger_schema FROM {_CONSUMERS} "
+        "WHERE key_prefix = $1 "
+        "ORDER BY consumer_group, ledger_schema IS NULL, heartbeat_at DESC",
+        prefix,
+    )
+    return {r["consumer_group"]: r["ledger_schema"] for r in rows}
+
+
+async def registry_schemas(pool: asyncpg.Pool, prefix: str, own: Sequence[str]) -> list[str]:
+    """Schemas to look in for an event: `own` plus the ledger schema of every registered
+    consumer of the deployment with key prefix `prefix`."""
+    rows = await pool.fetch(
+        f"SELECT DISTINCT ledger_schema FROM {_CONSUMERS} "
+        "WHERE ledger_schema IS NOT NULL AND key_prefix = $1",
+        prefix,
+    )
+    return sorted({*own, *(r[0] for r in rows)})
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredGroup:
+    """A consumer group with a member registered on a topic."""
+
+    topic: str
+    group: str
+    mode: str
+    members: int
+
+
+async def registered_groups(pool: asyncpg.Pool, prefix: str) -> list[RegisteredGroup]:
+    """Every (topic, group) of the deployment with a registered member, by topic and group."""
+    rows = await pool.fetch(
+        "SELECT consumer_group, unnest(topics) AS topic, min(mode) AS mode, count(*) AS n "
+        f"FROM {_CONSUMERS} WHERE key_prefix = $1 "
+        "GROUP BY consumer_group, topic ORDER BY topic, consumer_group",
+        prefix,
+    )
+    return [RegisteredGroup(r["topic"], r["consumer_group"], r["mode"], r["n"]) for r in rows]
