@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from admin.cli.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
 from admin.errors import InvalidInput
-from admin.ops.auth import TOKEN_ENV, bearer_metadata, token_from_env_or_file
+from admin.ops.bearer import TOKEN_ENV, bearer_metadata, token_from_env_or_file
 from conveyor.v1 import admin_pb2_grpc
 
 EXIT_NOT_FOUND = 3

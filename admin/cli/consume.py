@@ -24,6 +24,7 @@ from admin.cli.options import (
     KeyPrefix,
     LogLevel,
     MtlsWriters,
+    PageTokenKey,
     RedisUrl,
     Reflection,
     StallTimeout,
@@ -38,7 +39,7 @@ from admin.cli.options import (
 from admin.errors import AdminError, OpsPlaneUnavailable
 
 if TYPE_CHECKING:  # the consumer's modules load when it runs, not for `conveyor dlq ...`
-    from admin.ops import runtime
+    from admin.ops.settings import OpsSettings
     from consumers import ConsumerSettings, Router
 from conveyor import database, wire
 
@@ -158,6 +159,7 @@ def consume(
     mtls_writer: MtlsWriters = None,
     descriptor_set: DescriptorSets = None,
     stall_timeout: StallTimeout = "60s",
+    page_token_key: PageTokenKey = None,
 ) -> None:
     """Consume topics as a member of a group, running the router's handlers until SIGTERM.
 
@@ -165,20 +167,21 @@ def consume(
     """
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from admin.ops import observability, runtime
+    from admin.ops import observability
     from admin.ops.process import tune_for_throughput
+    from admin.ops.settings import ops_settings
     from consumers import ConsumerSettings
     from consumers.settings import default_consumer_name
 
     setup_logging(log_level)
     try:
-        ops = runtime.ops_settings(
+        ops = ops_settings(
             grpc_addr=grpc_addr or "127.0.0.1:50052", reflection=reflection,
             tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             mtls_writers=mtls_writer or (),
             descriptor_sets=descriptor_set or (),
-            stall_timeout=parse_duration(stall_timeout),
+            stall_timeout=parse_duration(stall_timeout), page_token_key=page_token_key,
         )  # fmt: skip
         handlers = load_router(router)
         settings = ConsumerSettings(
@@ -229,7 +232,7 @@ def _require_schemas(settings: ConsumerSettings) -> None:
 
 
 async def _serve(
-    router: Router, settings: ConsumerSettings, ops: runtime.OpsSettings, reader: Any
+    router: Router, settings: ConsumerSettings, ops: OpsSettings, reader: Any
 ) -> None:
     from admin.ops import runtime
     from admin.ops.probes import ConsumerProbe

@@ -117,3 +117,10 @@ StallTimeout = Annotated[
         help="Work waiting and none done this long: NOT_SERVING.",
     ),
 ]
+PageTokenKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="CONVEYOR_PAGE_TOKEN_KEY",
+        help="Key signing ListDeadLetters page tokens. Default: derived from the database URL.",
+    ),
+]

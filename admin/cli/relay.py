@@ -25,6 +25,7 @@ from admin.cli.options import (
     KeyPrefix,
     LogLevel,
     MtlsWriters,
+    PageTokenKey,
     RedisUrl,
     Reflection,
     StallTimeout,
@@ -40,7 +41,7 @@ from admin.errors import AdminError, OpsPlaneUnavailable
 from conveyor import database, wire
 
 if TYPE_CHECKING:  # the relay's modules load when a command runs, not for `conveyor dlq ...`
-    from admin.ops import runtime
+    from admin.ops.settings import OpsSettings
     from relay import RelaySettings
     from relay.replay import ReplayResult
 
@@ -94,6 +95,7 @@ def run(
     mtls_writer: MtlsWriters = None,
     descriptor_set: DescriptorSets = None,
     stall_timeout: StallTimeout = "60s",
+    page_token_key: PageTokenKey = None,
 ) -> None:
     """Run the relay: drain each schema's outbox into its topic streams until SIGTERM.
 
@@ -104,19 +106,20 @@ def run(
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     from admin import migrations
-    from admin.ops import observability, runtime
+    from admin.ops import observability
     from admin.ops.process import tune_for_throughput
+    from admin.ops.settings import ops_settings
     from relay import RelaySettings
 
     setup_logging(log_level)
     try:
-        ops = runtime.ops_settings(
+        ops = ops_settings(
             grpc_addr=grpc_addr or "127.0.0.1:50051", reflection=reflection,
             tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             mtls_writers=mtls_writer or (),
             descriptor_sets=descriptor_set or (),
-            stall_timeout=parse_duration(stall_timeout),
+            stall_timeout=parse_duration(stall_timeout), page_token_key=page_token_key,
         )  # fmt: skip
         settings = RelaySettings(
             database_url=database_url,
@@ -145,7 +148,7 @@ def run(
         fail(exc.message)
 
 
-async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any) -> None:
+async def _serve(settings: RelaySettings, ops: OpsSettings, reader: Any) -> None:
     from admin.ops import runtime
     from admin.ops.probes import RelayProbe
     from relay import Relay
