@@ -327,8 +327,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.store = store
         self._audit = audit
         if settings.allow_unauthenticated:
-            log.warning("AdminService accepts unauthenticated calls, all with write scope: "
-                        "for local demos only")  # fmt: skip
+            log.warning(
+                "AdminService accepts unauthenticated calls, all with write scope: "
+                "for local demos only"
+            )
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
@@ -350,13 +352,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             mtls_scopes=self.settings.mtls_scopes,
         )
         if isinstance(outcome, Rejected):
-            await self._deny(context, method, grpc.StatusCode.UNAUTHENTICATED, outcome,
-                             _MESSAGES[outcome.reason])  # fmt: skip
+            await self._deny(
+                context, method, grpc.StatusCode.UNAUTHENTICATED, outcome, _MESSAGES[outcome.reason]
+            )
         required = Scope.WRITE if method in WRITE_METHODS else Scope.READ
         if not outcome.scope.includes(required):
             message = f"principal {outcome.name!r} has {outcome.scope} scope; {method} needs write"
-            await self._deny(context, method, grpc.StatusCode.PERMISSION_DENIED,
-                             Rejected(Denial.SCOPE, outcome.name), message)  # fmt: skip
+            await self._deny(
+                context,
+                method,
+                grpc.StatusCode.PERMISSION_DENIED,
+                Rejected(Denial.SCOPE, outcome.name),
+                message,
+            )
         return outcome
 
     async def _deny(
@@ -367,8 +375,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         agent = _metadata_value(context.invocation_metadata() or (), "user-agent")
         if agent:
             detail["user_agent"] = agent[:_USER_AGENT_MAX]
-        log.info("AdminService denied method=%s peer=%s reason=%s principal=%s",
-                 method, peer, rejected.reason, rejected.principal)  # fmt: skip
+        log.info(
+            "AdminService denied method=%s peer=%s reason=%s principal=%s",
+            method,
+            peer,
+            rejected.reason,
+            rejected.principal,
+        )
         await self._audit.record_denial(
             source=peer_host(peer),
             principal=rejected.principal or "unauthenticated",

@@ -119,9 +119,16 @@ class OpsPlane:
     """
 
     def __init__(
-        self, settings: OpsSettings, *, database_url: str, redis_url: str, key_prefix: str,
-        probe: Probe, schemas: Sequence[str] = (), metrics: InMemoryMetricReader | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        settings: OpsSettings,
+        *,
+        database_url: str,
+        redis_url: str,
+        key_prefix: str,
+        probe: Probe,
+        schemas: Sequence[str] = (),
+        metrics: InMemoryMetricReader | None = None,
+    ) -> None:
         self.settings = settings
         self._database_url = database_url
         self._redis_url = redis_url
@@ -229,21 +236,27 @@ class OpsPlane:
         health = Health(liveness_limit=self.settings.stall_timeout, beat=lambda: self.beat)
         audit = AuditLog(pool, key_prefix=self._prefix)
         watch = _LoopWatch(self._probe, lambda: self.beat, self.settings.stall_timeout)
-        checker = StatusChecker(redis=redis, pool=pool, probe=watch, key_prefix=self._prefix,
-                                on_change=health.publish)  # fmt: skip
+        checker = StatusChecker(
+            redis=redis, pool=pool, probe=watch, key_prefix=self._prefix, on_change=health.publish
+        )
         own = self._schemas
         context = AdminContext(
-            pool=pool, redis=redis, key_prefix=self._prefix, audit=audit,
+            pool=pool,
+            redis=redis,
+            key_prefix=self._prefix,
+            audit=audit,
             token_key=page_token_key(self.settings, self._database_url),
-            snapshot=lambda: checker.snapshot, metrics=self._metrics,
+            snapshot=lambda: checker.snapshot,
+            metrics=self._metrics,
             payload_types=self.settings.payload_types,
             schemas=lambda: registry_schemas(pool, own, self._prefix),
-        )  # fmt: skip
+        )
         server = OpsServer(
-            self.settings.server, health_servicer=health.servicer,
+            self.settings.server,
+            health_servicer=health.servicer,
             admin_servicer=AdminServicer(context),
             interceptors=[AuthInterceptor(self.settings.auth, audit, self._store)],
-        )  # fmt: skip
+        )
         ops = self._ops = _OpsState(pool, redis, health, audit, checker, server)
         await health.start()
         port = await server.start()

@@ -23,9 +23,13 @@ class OpsServer:
     """A grpc.aio server with the health servicer, AdminService and (optionally) reflection."""
 
     def __init__(
-        self, settings: ServerSettings, *, health_servicer: Any, admin_servicer: Any,
+        self,
+        settings: ServerSettings,
+        *,
+        health_servicer: Any,
+        admin_servicer: Any,
         interceptors: Sequence[Any] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.settings = settings
         self.port = 0
         self._server = grpc.aio.server(
@@ -60,8 +64,12 @@ class OpsServer:
             self.port = self._server.add_insecure_port(s.grpc_addr)
         await self._server.start()
         host = s.grpc_addr.rpartition(":")[0]
-        log.info("gRPC listening on %s:%d (health, AdminService%s)", host, self.port,
-                 ", reflection" if s.reflection else "")  # fmt: skip
+        log.info(
+            "gRPC listening on %s:%d (health, AdminService%s)",
+            host,
+            self.port,
+            ", reflection" if s.reflection else "",
+        )
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
