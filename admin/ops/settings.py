@@ -2,7 +2,8 @@
 
 Each field's docstring is its user-facing meaning: the `conveyor relay` and `conveyor consume`
 options are derived from these declarations (admin/cli/setting_options.py). This module loads
-no grpc, asyncpg, Redis or OpenTelemetry SDK, so the command line can read it at start-up.
+no grpc, protobuf, asyncpg, Redis or OpenTelemetry SDK, so the command line can read it at
+start-up.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from admin.errors import InvalidInput
-from admin.ops.payloads import PayloadTypes
+
+if TYPE_CHECKING:  # protobuf's descriptor pool loads when a process builds its ops plane
+    from admin.ops.payloads import PayloadTypes
 
 RELAY_GRPC_ADDR = "127.0.0.1:50051"
 """Where `conveyor relay` listens by default."""
@@ -114,7 +118,7 @@ class OpsSettings:
     """Who may call AdminService."""
     stall_timeout: float = 60.0
     """Work waiting and none done for this long makes a component NOT_SERVING."""
-    payload_types: PayloadTypes = field(default_factory=PayloadTypes)
+    payload_types: PayloadTypes = field(default_factory=lambda: _payload_types(()))
     """Message types known beyond the process's own, for showing dead-letter payloads as JSON."""
     page_token_key: bytes | None = None
     """Key signing ListDeadLetters page tokens; by default derived from the database URL, so every
@@ -159,6 +163,12 @@ def ops_settings(
         server=server,
         auth=auth,
         stall_timeout=stall_timeout,
-        payload_types=PayloadTypes.load(descriptor_sets),
+        payload_types=_payload_types(descriptor_sets),
         page_token_key=page_token_key.encode() if page_token_key else None,
     )
+
+
+def _payload_types(descriptor_sets: Sequence[Path]) -> PayloadTypes:
+    from admin.ops.payloads import PayloadTypes  # noqa: PLC0415 - see the TYPE_CHECKING import
+
+    return PayloadTypes.load(descriptor_sets)
