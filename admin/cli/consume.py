@@ -75,8 +75,8 @@ def consume(
     router: str = typer.Option(
         ...,
         envvar="CONVEYOR_ROUTER",
-        help="Handlers, as `module.path:attribute` naming a "
-        "`consumers.Router` (the current directory is importable).",
+        help="Handlers, as `module.path:attribute` naming a `consumers.Router` (the current "
+        "directory is importable).",
     ),
     topic: list[str] | None = CONSUMER.option("topics", default=None),
     consumer: str | None = CONSUMER.option("consumer", default=None),
