@@ -1,13 +1,33 @@
-"""Conveyor's consumer runtime: handlers applied exactly once in effect, retries, dead letters."""
+"""Conveyor's consumer runtime: handlers applied exactly once in effect, retries, dead letters.
+
+The names below load on first use (PEP 562), so `consumers.settings` can be read, e.g. by the
+`conveyor` command line for its options, without loading the engine and its Redis client.
+"""
 
 from __future__ import annotations
 
-from consumers.context import EventContext
-from consumers.errors import ConsumerError, GroupLost, RouterError
-from consumers.router import Router
-from consumers.service import Consumer
-from consumers.settings import ConsumerSettings
-from consumers.signals import Reject, Retry
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from consumers.context import EventContext
+    from consumers.errors import ConsumerError, GroupLost, RouterError
+    from consumers.router import Router
+    from consumers.service import Consumer
+    from consumers.settings import ConsumerSettings
+    from consumers.signals import Reject, Retry
+
+_HOMES = {
+    "Consumer": "consumers.service",
+    "ConsumerError": "consumers.errors",
+    "ConsumerSettings": "consumers.settings",
+    "EventContext": "consumers.context",
+    "GroupLost": "consumers.errors",
+    "Reject": "consumers.signals",
+    "Retry": "consumers.signals",
+    "Router": "consumers.router",
+    "RouterError": "consumers.errors",
+}
 
 __all__ = [
     "Consumer",
@@ -20,3 +40,12 @@ __all__ = [
     "Router",
     "RouterError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

@@ -23,43 +23,59 @@ class ConsumerSettings:
     """How one consumer process runs; validated on construction."""
 
     group: str
-    """Consumer group; every group gets every event, consumers in a group share them."""
+    """Consumer group (`[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}`); every group gets every event, the
+    members of a group share them."""
     topics: tuple[str, ...]
-    """Topics to consume (by default the topics the router's handlers declare)."""
+    """Topics to consume; by default the topics the router's handlers declare."""
     database_url: str = database.DEFAULT_DATABASE_URL
+    """PostgreSQL holding the ledger, the handlers' tables and the catalog."""
     redis_url: str = wire.DEFAULT_REDIS_URL
+    """Redis holding the streams."""
     consumer: str = field(default_factory=default_consumer_name)
+    """Member name, unique within the group; by default `host-pid`."""
     ledger_schema: str = database.DEFAULT_SCHEMA
-    """Schema whose event_ledger guards exactly-once effects (handlers' tables live anywhere)."""
+    """Schema whose `event_ledger` guards exactly-once effects (handlers' tables live anywhere);
+    must be at head."""
     mode: Mode = "exactly-once"
+    """`exactly-once`, or `at-least-once` (no ledger)."""
     key_prefix: str = wire.DEFAULT_PREFIX
+    """First part of every Redis key, so tenants and tests can share one Redis."""
     batch_size: int = 1000
-    """Entries read per XREADGROUP and applied per round."""
+    """Entries read per XREADGROUP and applied per round (1-100000)."""
     partitions: int = 2
-    """Database connections a batch is spread over, split by aggregate id."""
+    """Database lanes (connections) per topic, a batch split over them by aggregate id (1-64)."""
     block: float = 1.0
-    """Seconds an XREADGROUP waits for new entries."""
+    """How long an XREADGROUP waits for new entries."""
     max_attempts: int = 5
+    """Deliveries of an event before it becomes a dead letter (`max_attempts`), 1-1000."""
     retry_backoff: float = 1.0
-    """Seconds before the second attempt; doubles per attempt, with jitter."""
+    """Delay before the second attempt; doubles per attempt, with jitter."""
     retry_backoff_max: float = 300.0
+    """Longest delay between attempts."""
     claim_idle: float = 30.0
-    """Seconds an entry may sit unacknowledged on another consumer before this one claims it."""
+    """Reclaim entries left unacknowledged this long on another member."""
     max_event_bytes: int = wire.MAX_EVENT_BYTES
+    """Larger events are dead letters (`oversized`)."""
     recreate_lost_group: bool = False
-    """At-least-once only: carry on from 0 when the group vanished (exactly-once groups always do,
-    their ledger absorbs the re-deliveries)."""
+    """At-least-once only: carry on from `0` when the group vanishes while running (exactly-once
+    groups always do, their ledger absorbs the re-deliveries)."""
     ledger_retention: float = 30 * 86400.0
+    """Ledger rows older than this are deleted (a warning at start if shorter than the redelivery
+    window)."""
     dead_letter_retention: float = 30 * 86400.0
-    """Resolved dead letters older than this leave the dead-letter stream."""
+    """Resolved dead letters older than this leave the dead-letter stream and the catalog."""
     max_stream_length: int | None = None
-    """Hard cap on a topic stream's length; trims beyond it are counted as events_trimmed."""
+    """Hard cap on a topic stream's length; entries trimmed beyond it are counted as
+    `events_trimmed`."""
     housekeeping_interval: float = 60.0
-    """Seconds between trims, ledger clean-ups and idle-consumer removals."""
+    """How often trims, ledger clean-ups, idle-member removals and the dead-letter reconciler
+    run."""
     idle_consumer_timeout: float = 3600.0
-    """A group member idle this long with nothing pending is removed from the group."""
+    """Members idle this long with nothing pending are removed from the group."""
     heartbeat_interval: float = 10.0
+    """How often the member refreshes its entry in the catalog's consumer registry."""
     db_backoff_max: float = 10.0
+    """Longest wait between attempts to reach PostgreSQL or Redis while one is away."""
 
     def __post_init__(self) -> None:
         wire.validate_name("group", self.group)

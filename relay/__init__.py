@@ -1,11 +1,31 @@
-"""Conveyor's producer API (`enqueue`) and relay engine (outbox -> Redis Streams)."""
+"""Conveyor's producer API (`enqueue`) and relay engine (outbox -> Redis Streams).
+
+The names below load on first use (PEP 562), so `relay.settings` can be read, e.g. by the
+`conveyor` command line for its options, without loading the engine and its Redis client.
+"""
 
 from __future__ import annotations
 
-from relay.errors import EventTooLarge, NotAMessage, NotInTransaction, RelayError
-from relay.outbox import NewEvent, enqueue, enqueue_many
-from relay.service import Relay
-from relay.settings import RelaySettings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.errors import EventTooLarge, NotAMessage, NotInTransaction, RelayError
+    from relay.outbox import NewEvent, enqueue, enqueue_many
+    from relay.service import Relay
+    from relay.settings import RelaySettings
+
+_HOMES = {
+    "EventTooLarge": "relay.errors",
+    "NewEvent": "relay.outbox",
+    "NotAMessage": "relay.errors",
+    "NotInTransaction": "relay.errors",
+    "Relay": "relay.service",
+    "RelayError": "relay.errors",
+    "RelaySettings": "relay.settings",
+    "enqueue": "relay.outbox",
+    "enqueue_many": "relay.outbox",
+}
 
 __all__ = [
     "EventTooLarge",
@@ -18,3 +38,12 @@ __all__ = [
     "enqueue",
     "enqueue_many",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

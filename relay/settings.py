@@ -17,32 +17,34 @@ class RelaySettings:
     """How one relay process runs; validated on construction."""
 
     database_url: str = database.DEFAULT_DATABASE_URL
-    """PostgreSQL holding the outbox tables (CONVEYOR_DATABASE_URL)."""
+    """PostgreSQL holding the outbox tables."""
     redis_url: str = wire.DEFAULT_REDIS_URL
-    """Redis receiving the streams (CONVEYOR_REDIS_URL)."""
+    """Redis receiving the streams."""
     schemas: tuple[str, ...] = (database.DEFAULT_SCHEMA,)
     """Application schemas whose outbox this relay drains."""
     key_prefix: str = wire.DEFAULT_PREFIX
     """First part of every Redis key, so tenants and tests can share one Redis."""
     batch_size: int = 1000
-    """Rows claimed, published and marked per transaction."""
+    """Rows claimed, published and marked per transaction (1-100000)."""
     concurrency: int = 2
-    """Batches in flight per schema; their XADDs still go out in claim order."""
+    """Batches in flight per schema (1-16); their XADDs still go out in claim order."""
     poll_interval: float = 1.0
-    """Seconds between claims when no NOTIFY arrives (the fallback that also covers outages)."""
+    """Claim this often when no NOTIFY arrives (the fallback that also covers outages)."""
     listen: bool = True
     """Wake on the outbox trigger's NOTIFY; off, the relay only polls."""
     retention: float = 86_400.0
-    """Seconds a published row is kept for `conveyor relay replay`; 0 deletes it on publish."""
+    """Keep published rows this long for `conveyor relay replay`; 0 deletes each row as it is
+    published."""
     cleanup_interval: float = 60.0
-    """Seconds between sweeps deleting rows older than the retention."""
+    """How often rows older than the retention are deleted."""
     cleanup_batch: int = 10_000
     """Rows deleted per cleanup statement."""
     backoff_initial: float = 0.1
-    """First wait, in seconds, after a failed batch; doubles up to `backoff_max`, with jitter."""
+    """First wait after a failed batch; doubles up to `backoff_max`, with jitter."""
     backoff_max: float = 10.0
+    """Longest wait between attempts after failed batches."""
     monitor_interval: float = 1.0
-    """Seconds between Redis reset checks; the backlog is measured every fifth round."""
+    """How often Redis is checked for a reset; the backlog is measured every fifth round."""
 
     def __post_init__(self) -> None:
         if not self.schemas:

@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from admin.cli.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
 from admin.errors import InvalidInput
-from admin.ops.auth import TOKEN_ENV, bearer_metadata, token_from_env_or_file
+from admin.ops.bearer import TOKEN_ENV, bearer_metadata, token_from_env_or_file
 from conveyor.v1 import admin_pb2_grpc
 
 EXIT_NOT_FOUND = 3
@@ -68,45 +68,63 @@ _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 Target = Annotated[
     str,
     typer.Option(
-        "--target", envvar="CONVEYOR_TARGET", rich_help_panel=_PANEL,
+        "--target",
+        envvar="CONVEYOR_TARGET",
+        rich_help_panel=_PANEL,
         help="host:port of any relay or consumer process's gRPC server.",
     ),
-]  # fmt: skip
+]
 TokenFile = Annotated[
     str | None,
     typer.Option(
-        "--token-file", envvar="CONVEYOR_ADMIN_TOKEN_FILE", rich_help_panel=_PANEL,
+        "--token-file",
+        envvar="CONVEYOR_ADMIN_TOKEN_FILE",
+        rich_help_panel=_PANEL,
         help=f"File holding the bearer token. Default: ${TOKEN_ENV}.",
     ),
-]  # fmt: skip
+]
 TlsCa = Annotated[
     str | None,
     typer.Option(
-        "--tls-ca", envvar="CONVEYOR_ADMIN_TLS_CA", rich_help_panel=_PANEL,
+        "--tls-ca",
+        envvar="CONVEYOR_ADMIN_TLS_CA",
+        rich_help_panel=_PANEL,
         help="PEM of the CA that signed the server's certificate; connects over TLS.",
     ),
-]  # fmt: skip
+]
 TlsCert = Annotated[
     str | None,
     typer.Option(
-        "--tls-cert", envvar="CONVEYOR_ADMIN_TLS_CERT", rich_help_panel=_PANEL,
+        "--tls-cert",
+        envvar="CONVEYOR_ADMIN_TLS_CERT",
+        rich_help_panel=_PANEL,
         help="Client certificate (PEM) for mTLS; needs --tls-key.",
     ),
-]  # fmt: skip
+]
 TlsKey = Annotated[
     str | None,
     typer.Option(
-        "--tls-key", envvar="CONVEYOR_ADMIN_TLS_KEY", rich_help_panel=_PANEL,
+        "--tls-key",
+        envvar="CONVEYOR_ADMIN_TLS_KEY",
+        rich_help_panel=_PANEL,
         help="Private key (PEM) of --tls-cert.",
     ),
-]  # fmt: skip
+]
 Timeout = Annotated[
     float,
     typer.Option(
-        "--timeout", envvar="CONVEYOR_ADMIN_TIMEOUT", rich_help_panel=_PANEL,
+        "--timeout",
+        envvar="CONVEYOR_ADMIN_TIMEOUT",
+        rich_help_panel=_PANEL,
         help="Seconds a call may take (streams: seconds without progress).",
     ),
-]  # fmt: skip
+]
+ENVIRONMENT_ONLY = {
+    TOKEN_ENV: "Bearer token sent with every AdminService call when --token-file is not given; "
+    "read only from the environment, so the secret stays out of shell history and `ps`.",
+}
+"""Settings of the client commands that have no flag, each with its meaning."""
+
 AsJson = Annotated[
     bool, typer.Option("--json", help="Print the server's answer as JSON (proto field names).")
 ]
@@ -247,9 +265,13 @@ class Client:
             self.fail(exc)
 
     def stream(
-        self, method: Callable[..., Any], request: Message, *, idle: float | None,
+        self,
+        method: Callable[..., Any],
+        request: Message,
+        *,
+        idle: float | None,
         auth: bool = True,
-    ) -> Iterator[Any]:  # fmt: skip
+    ) -> Iterator[Any]:
         """The responses of a server-streaming call; cancelled after `idle` s without one."""
         call = method(request, metadata=self._metadata(auth))
         stalled = threading.Event()

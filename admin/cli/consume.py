@@ -7,40 +7,31 @@ import importlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from admin.cli.durations import parse_duration
 from admin.cli.options import (
-    DEFAULT_DATABASE_URL,
-    DEFAULT_PREFIX,
-    DEFAULT_REDIS_URL,
+    AUTH,
+    DEFAULT_LOG_LEVEL,
     EXIT_USAGE,
-    AllowUnauthenticated,
-    DatabaseUrl,
-    DescriptorSets,
-    GrpcAddr,
-    KeyPrefix,
+    OPS,
+    SERVER,
     LogLevel,
-    MtlsWriters,
-    RedisUrl,
-    Reflection,
-    StallTimeout,
-    TlsCert,
-    TlsClientCa,
-    TlsKey,
-    TokensFile,
     fail,
     redact,
     setup_logging,
 )
+from admin.cli.setting_options import SettingOptions, Shown
 from admin.errors import AdminError, OpsPlaneUnavailable
+from admin.ops.settings import CONSUMER_GRPC_ADDR, ops_settings
+from consumers.settings import ConsumerSettings
 
-if TYPE_CHECKING:  # the consumer's modules load when it runs, not for `conveyor dlq ...`
-    from admin.ops import runtime
-    from consumers import ConsumerSettings, Router
-from conveyor import database, wire
+if TYPE_CHECKING:  # the consumer's engine loads when it runs, not for `conveyor dlq ...`
+    from admin.ops.settings import OpsSettings
+    from consumers import Router
 
 log = logging.getLogger(__name__)
 
@@ -71,93 +62,54 @@ def load_router(spec: str) -> Router:
     return router
 
 
+CONSUMER = SettingOptions(
+    ConsumerSettings,
+    shown={"topics": Shown(flag="--topic", envvar="CONVEYOR_TOPIC")},
+    programmatic=("block", "heartbeat_interval", "db_backoff_max"),
+)
+"""The options of `conveyor consume`, one per field of ConsumerSettings but those listed."""
+
+
 def consume(
-    group: Annotated[str, typer.Option(envvar="CONVEYOR_GROUP", help="Consumer group.")],
-    router: Annotated[
-        str, typer.Option(envvar="CONVEYOR_ROUTER", help="Handlers: module.path:attribute.")
-    ],
-    topic: Annotated[
-        list[str] | None,
-        typer.Option(
-            envvar="CONVEYOR_TOPIC", help="Topic to consume; repeatable. Default: the router's."
-        ),
-    ] = None,
-    consumer: Annotated[
-        str | None, typer.Option(envvar="CONVEYOR_CONSUMER", help="Member name. Default: host-pid.")
-    ] = None,
-    ledger_schema: Annotated[
-        str, typer.Option(envvar="CONVEYOR_LEDGER_SCHEMA", help="Schema of the event ledger.")
-    ] = database.DEFAULT_SCHEMA,
-    mode: Annotated[
-        str, typer.Option(envvar="CONVEYOR_MODE", help="exactly-once or at-least-once.")
-    ] = "exactly-once",
-    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
-    redis_url: RedisUrl = DEFAULT_REDIS_URL,
-    key_prefix: KeyPrefix = DEFAULT_PREFIX,
-    batch_size: Annotated[
-        int, typer.Option(envvar="CONVEYOR_BATCH_SIZE", help="Entries per read.")
-    ] = 1000,
-    partitions: Annotated[
-        int, typer.Option(envvar="CONVEYOR_PARTITIONS", help="Database connections per topic.")
-    ] = 2,
-    max_attempts: Annotated[
-        int, typer.Option(envvar="CONVEYOR_MAX_ATTEMPTS", help="Attempts before a dead letter.")
-    ] = 5,
-    retry_backoff: Annotated[
-        str, typer.Option(envvar="CONVEYOR_RETRY_BACKOFF", help="First retry delay.")
-    ] = "1s",
-    retry_backoff_max: Annotated[
-        str, typer.Option(envvar="CONVEYOR_RETRY_BACKOFF_MAX", help="Longest retry delay.")
-    ] = "5m",
-    claim_idle: Annotated[
-        str,
-        typer.Option(
-            envvar="CONVEYOR_CLAIM_IDLE", help="Reclaim entries idle this long on others."
-        ),
-    ] = "30s",
-    recreate_lost_group: Annotated[
-        bool,
-        typer.Option(
-            envvar="CONVEYOR_RECREATE_LOST_GROUP", help="At-least-once: recreate a lost group at 0."
-        ),
-    ] = False,
-    max_stream_length: Annotated[
-        int | None,
-        typer.Option(
-            envvar="CONVEYOR_MAX_STREAM_LENGTH", help="Hard cap per stream (trims counted)."
-        ),
-    ] = None,
-    ledger_retention: Annotated[
-        str, typer.Option(envvar="CONVEYOR_LEDGER_RETENTION", help="Ledger rows kept.")
-    ] = "30d",
-    dead_letter_retention: Annotated[
-        str,
-        typer.Option(envvar="CONVEYOR_DEAD_LETTER_RETENTION", help="Resolved dead letters kept."),
-    ] = "30d",
-    max_event_bytes: Annotated[
-        int, typer.Option(envvar="CONVEYOR_MAX_EVENT_BYTES", help="Larger events are dead letters.")
-    ] = wire.MAX_EVENT_BYTES,
-    housekeeping_interval: Annotated[
-        str, typer.Option(envvar="CONVEYOR_HOUSEKEEPING_INTERVAL", help="Trims and clean-ups.")
-    ] = "60s",
-    idle_consumer_timeout: Annotated[
-        str,
-        typer.Option(
-            envvar="CONVEYOR_IDLE_CONSUMER_TIMEOUT",
-            help="Remove members idle this long (none pending).",
-        ),
-    ] = "1h",
-    log_level: LogLevel = "info",
-    grpc_addr: GrpcAddr = None,
-    reflection: Reflection = True,
-    tokens_file: TokensFile = None,
-    allow_unauthenticated: AllowUnauthenticated = False,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    tls_client_ca: TlsClientCa = None,
-    mtls_writer: MtlsWriters = None,
-    descriptor_set: DescriptorSets = None,
-    stall_timeout: StallTimeout = "60s",
+    group: str = CONSUMER.option("group"),
+    router: str = typer.Option(
+        ...,
+        envvar="CONVEYOR_ROUTER",
+        help="Handlers, as `module.path:attribute` naming a `consumers.Router` (the current "
+        "directory is importable).",
+    ),
+    topic: list[str] | None = CONSUMER.option("topics", default=None),
+    consumer: str | None = CONSUMER.option("consumer", default=None),
+    ledger_schema: str = CONSUMER.option("ledger_schema"),
+    mode: str = CONSUMER.option("mode"),
+    database_url: str = CONSUMER.option("database_url"),
+    redis_url: str = CONSUMER.option("redis_url"),
+    key_prefix: str = CONSUMER.option("key_prefix"),
+    batch_size: int = CONSUMER.option("batch_size"),
+    partitions: int = CONSUMER.option("partitions"),
+    max_attempts: int = CONSUMER.option("max_attempts"),
+    retry_backoff: str = CONSUMER.option("retry_backoff"),
+    retry_backoff_max: str = CONSUMER.option("retry_backoff_max"),
+    claim_idle: str = CONSUMER.option("claim_idle"),
+    recreate_lost_group: bool = CONSUMER.option("recreate_lost_group"),
+    max_stream_length: int | None = CONSUMER.option("max_stream_length"),
+    ledger_retention: str = CONSUMER.option("ledger_retention"),
+    dead_letter_retention: str = CONSUMER.option("dead_letter_retention"),
+    max_event_bytes: int = CONSUMER.option("max_event_bytes"),
+    housekeeping_interval: str = CONSUMER.option("housekeeping_interval"),
+    idle_consumer_timeout: str = CONSUMER.option("idle_consumer_timeout"),
+    log_level: LogLevel = DEFAULT_LOG_LEVEL,
+    grpc_addr: str = SERVER.option("grpc_addr", default=CONSUMER_GRPC_ADDR),
+    reflection: bool = SERVER.option("reflection"),
+    tokens_file: Path | None = AUTH.option("tokens_file"),
+    allow_unauthenticated: bool = AUTH.option("allow_unauthenticated"),
+    tls_cert: Path | None = SERVER.option("tls_cert"),
+    tls_key: Path | None = SERVER.option("tls_key"),
+    tls_client_ca: Path | None = SERVER.option("tls_client_ca"),
+    mtls_writer: list[str] | None = AUTH.option("mtls_scopes", default=None),
+    descriptor_set: list[Path] | None = OPS.option("payload_types", default=None),
+    stall_timeout: str = OPS.option("stall_timeout"),
+    page_token_key: str | None = OPS.option("page_token_key"),
 ) -> None:
     """Consume topics as a member of a group, running the router's handlers until SIGTERM.
 
@@ -165,21 +117,25 @@ def consume(
     """
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from admin.ops import observability, runtime
+    from admin.ops import observability
     from admin.ops.process import tune_for_throughput
-    from consumers import ConsumerSettings
     from consumers.settings import default_consumer_name
 
     setup_logging(log_level)
     try:
-        ops = runtime.ops_settings(
-            grpc_addr=grpc_addr or "127.0.0.1:50052", reflection=reflection,
-            tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
-            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+        ops = ops_settings(
+            grpc_addr=grpc_addr or CONSUMER_GRPC_ADDR,
+            reflection=reflection,
+            tokens_file=tokens_file,
+            allow_unauthenticated=allow_unauthenticated,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
             mtls_writers=mtls_writer or (),
             descriptor_sets=descriptor_set or (),
             stall_timeout=parse_duration(stall_timeout),
-        )  # fmt: skip
+            page_token_key=page_token_key,
+        )
         handlers = load_router(router)
         settings = ConsumerSettings(
             group=group,
@@ -228,9 +184,7 @@ def _require_schemas(settings: ConsumerSettings) -> None:
         fail(exc.message)
 
 
-async def _serve(
-    router: Router, settings: ConsumerSettings, ops: runtime.OpsSettings, reader: Any
-) -> None:
+async def _serve(router: Router, settings: ConsumerSettings, ops: OpsSettings, reader: Any) -> None:
     from admin.ops import runtime
     from admin.ops.probes import ConsumerProbe
     from consumers import Consumer
@@ -238,16 +192,28 @@ async def _serve(
     async with Consumer(router, settings) as consumer:
         own = [settings.ledger_schema] if settings.exactly_once else []
         plane = runtime.OpsPlane(
-            ops, database_url=settings.database_url, redis_url=settings.redis_url,
-            key_prefix=settings.key_prefix, probe=ConsumerProbe(consumer, ops.stall_timeout),
-            schemas=own, metrics=reader,
-        )  # fmt: skip
+            ops,
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            key_prefix=settings.key_prefix,
+            probe=ConsumerProbe(consumer, ops.stall_timeout),
+            schemas=own,
+            metrics=reader,
+        )
         log.info(
             "consumer started: group=%s consumer=%s topics=%s mode=%s ledger_schema=%s "
             "database=%s redis=%s",
-            settings.group, settings.consumer, ",".join(settings.topics), settings.mode,
-            settings.ledger_schema, redact(settings.database_url), redact(settings.redis_url),
-        )  # fmt: skip
+            settings.group,
+            settings.consumer,
+            ",".join(settings.topics),
+            settings.mode,
+            settings.ledger_schema,
+            redact(settings.database_url),
+            redact(settings.redis_url),
+        )
         await runtime.serve(plane, stop=consumer.stop, run=consumer.run)
-        log.info("consumer stopped after the batch in flight: group=%s consumer=%s",
-                 settings.group, settings.consumer)  # fmt: skip
+        log.info(
+            "consumer stopped after the batch in flight: group=%s consumer=%s",
+            settings.group,
+            settings.consumer,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 _DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)([smhdw]))+?")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -25,6 +26,23 @@ def parse_duration(text: str) -> float:
     if not 0 <= value < float("inf"):  # negative, infinite or NaN
         raise ValueError(f"invalid duration {text!r}: must be zero or more")
     return value
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` as people write it, for defaults in help and docs; `parse_duration` reads it back.
+
+    Whole days from two days on (`30d`), whole hours (`1h`, `24h`), whole minutes from two minutes
+    on (`5m`), else seconds (`60s`, `1.5s`): one day and one minute read better as `24h` and `60s`.
+    """
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"invalid duration {seconds!r}: must be zero or more")
+    for unit, least in (("d", 2), ("h", 1), ("m", 2)):
+        count = seconds / _UNITS[unit]
+        if count >= least and count.is_integer():
+            return f"{int(count)}{unit}"
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{Decimal(repr(seconds)):f}s"  # shortest exact digits, never an exponent
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:

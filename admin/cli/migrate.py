@@ -18,7 +18,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from admin.cli.options import DEFAULT_DATABASE_URL, EXIT_FAILURE, EXIT_USAGE, DatabaseUrl, fail
+from admin.cli.options import (
+    DEFAULT_DATABASE_URL,
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    DatabaseUrl,
+    Schema,
+    fail,
+)
 from admin.errors import AdminError, InvalidInput
 from conveyor.database import CATALOG_SCHEMA, DEFAULT_SCHEMA
 
@@ -33,12 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-SchemaOption = Annotated[
-    str,
-    typer.Option(
-        "--schema", envvar="CONVEYOR_SCHEMA", help="Application schema holding outbox and ledger."
-    ),
-]
+SchemaOption = Schema
 CatalogOption = Annotated[
     bool, typer.Option("--catalog", help="Target only the catalog schema `conveyor`.")
 ]

@@ -1,40 +1,72 @@
-"""Command-line options shared by several `conveyor` commands, each with its environment default."""
+"""Command-line options shared by several `conveyor` commands, each with its environment default:
+the connection options, and those of the ops plane every relay and consumer serves (derived from
+admin/ops/settings.py)."""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 
+from admin.cli.setting_options import SettingOptions, Shown
+from admin.ops.settings import AuthSettings, OpsSettings, ServerSettings
 from conveyor import database, wire
 
 DatabaseUrl = Annotated[
     str,
     typer.Option(
-        "--database-url", envvar="CONVEYOR_DATABASE_URL", help="PostgreSQL URL.", show_default=True
+        "--database-url",
+        envvar="CONVEYOR_DATABASE_URL",
+        help="PostgreSQL holding the outbox, ledger and catalog.",
     ),
 ]
 RedisUrl = Annotated[
-    str, typer.Option("--redis-url", envvar="CONVEYOR_REDIS_URL", help="Redis URL.")
+    str,
+    typer.Option(
+        "--redis-url",
+        envvar="CONVEYOR_REDIS_URL",
+        help="Redis holding the streams (`redis://`, `rediss://`, `unix://`).",
+    ),
 ]
 KeyPrefix = Annotated[
     str,
     typer.Option(
-        "--key-prefix", envvar="CONVEYOR_KEY_PREFIX", help="First part of every Redis key."
+        "--key-prefix",
+        envvar="CONVEYOR_KEY_PREFIX",
+        help="First part of every Redis key, so tenants and tests can share one Redis; it also "
+        "names the deployment in the shared catalog (a process's AdminService sees only the dead "
+        "letters of its own prefix).",
+    ),
+]
+Schema = Annotated[
+    str,
+    typer.Option(
+        "--schema",
+        envvar="CONVEYOR_SCHEMA",
+        help=escape(
+            "Application schema with the outbox and ledger (`[a-z_][a-z0-9_]{0,62}`; "
+            "`conveyor` and `pg_*` are reserved)."
+        ),
     ),
 ]
 LogLevel = Annotated[
     str,
-    typer.Option("--log-level", envvar="CONVEYOR_LOG_LEVEL", help="debug, info, warning or error."),
+    typer.Option(
+        "--log-level",
+        envvar="CONVEYOR_LOG_LEVEL",
+        help="debug, info, warning or error; logs go to stderr.",
+    ),
 ]
 
 DEFAULT_DATABASE_URL = database.DEFAULT_DATABASE_URL
 DEFAULT_REDIS_URL = wire.DEFAULT_REDIS_URL
 DEFAULT_PREFIX = wire.DEFAULT_PREFIX
+DEFAULT_SCHEMA = database.DEFAULT_SCHEMA
+DEFAULT_LOG_LEVEL = "info"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -64,56 +96,42 @@ def setup_logging(level: str) -> None:
     )
 
 
-GrpcAddr = Annotated[
-    str | None,
-    typer.Option(
-        "--grpc-addr",
-        envvar="CONVEYOR_GRPC_ADDR",
-        help="host:port for health and AdminService (port 0 picks one). Default: relay "
-        "127.0.0.1:50051, consumer 127.0.0.1:50052.",
-    ),
-]
-Reflection = Annotated[
-    bool, typer.Option(envvar="CONVEYOR_GRPC_REFLECTION", help="Serve gRPC server reflection.")
-]
-TokensFile = Annotated[
-    Path | None,
-    typer.Option(envvar="CONVEYOR_TOKENS_FILE", help="AdminService tokens (reloaded on SIGHUP)."),
-]
-AllowUnauthenticated = Annotated[
-    bool,
-    typer.Option(
-        envvar="CONVEYOR_ALLOW_UNAUTHENTICATED",
-        help="AdminService without credentials, everyone with write scope (local demos only).",
-    ),
-]
-TlsCert = Annotated[Path | None, typer.Option(envvar="CONVEYOR_TLS_CERT", help="Server cert.")]
-TlsKey = Annotated[Path | None, typer.Option(envvar="CONVEYOR_TLS_KEY", help="Server key.")]
-TlsClientCa = Annotated[
-    Path | None, typer.Option(envvar="CONVEYOR_TLS_CLIENT_CA", help="Require client certs (mTLS).")
-]
-MtlsWriters = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--mtls-writer",
-        envvar="CONVEYOR_MTLS_WRITERS",
-        help="Client-certificate common name with write scope (repeatable; the variable takes "
-        "names separated by spaces). Other verified certificates get read.",
-    ),
-]
-DescriptorSets = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--descriptor-set",
-        envvar="CONVEYOR_DESCRIPTOR_SETS",
-        help="FileDescriptorSet from `buf build -o FILE` whose types dead-letter payloads are "
-        "shown as JSON with (repeatable; the variable takes paths separated by spaces).",
-    ),
-]
-StallTimeout = Annotated[
-    str,
-    typer.Option(
-        envvar="CONVEYOR_STALL_TIMEOUT",
-        help="Work waiting and none done this long: NOT_SERVING.",
-    ),
-]
+_GRPC_PANEL = "gRPC and AdminService"
+
+SERVER = SettingOptions(
+    ServerSettings,
+    shown={"reflection": Shown(envvar="CONVEYOR_GRPC_REFLECTION")},
+    panel=_GRPC_PANEL,
+)
+"""`--grpc-addr` (each command gives its own default), `--reflection`, `--tls-*`."""
+AUTH = SettingOptions(
+    AuthSettings,
+    shown={
+        "mtls_scopes": Shown(
+            flag="--mtls-writer",
+            envvar="CONVEYOR_MTLS_WRITERS",
+            help="Client-certificate common name given write scope; needs --tls-client-ca. Other "
+            "verified certificates get read. Repeatable; the variable takes names separated by "
+            "spaces.",
+        )
+    },
+    panel=_GRPC_PANEL,
+)
+"""`--tokens-file`, `--allow-unauthenticated`, `--mtls-writer` (names given write scope)."""
+OPS = SettingOptions(
+    OpsSettings,
+    shown={
+        "payload_types": Shown(
+            flag="--descriptor-set",
+            envvar="CONVEYOR_DESCRIPTOR_SETS",
+            help="FileDescriptorSet built with `buf build -o types.binpb` (imports included, "
+            "buf's default): dead-letter payloads of its types are shown as JSON, beside the "
+            "types the process registers itself; other payloads come as base64 with their type "
+            "URL. A set that does not parse, or lacks its imports, stops the start. Repeatable; "
+            "the variable takes paths separated by spaces.",
+        )
+    },
+    nested=("server", "auth"),
+    panel=_GRPC_PANEL,
+)
+"""`--stall-timeout`, `--descriptor-set` (paths that become `payload_types`), `--page-token-key`."""

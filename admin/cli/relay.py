@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -14,86 +15,81 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from admin.cli.durations import parse_duration, parse_since
 from admin.cli.options import (
+    AUTH,
     DEFAULT_DATABASE_URL,
+    DEFAULT_LOG_LEVEL,
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
+    DEFAULT_SCHEMA,
     EXIT_USAGE,
-    AllowUnauthenticated,
+    OPS,
+    SERVER,
     DatabaseUrl,
-    DescriptorSets,
-    GrpcAddr,
     KeyPrefix,
     LogLevel,
-    MtlsWriters,
     RedisUrl,
-    Reflection,
-    StallTimeout,
-    TlsCert,
-    TlsClientCa,
-    TlsKey,
-    TokensFile,
+    Schema,
     fail,
     redact,
     setup_logging,
 )
+from admin.cli.setting_options import SettingOptions, Shown
 from admin.errors import AdminError, OpsPlaneUnavailable
+from admin.ops.settings import RELAY_GRPC_ADDR, ops_settings
 from conveyor import database, wire
+from relay.settings import RelaySettings
 
-if TYPE_CHECKING:  # the relay's modules load when a command runs, not for `conveyor dlq ...`
-    from admin.ops import runtime
-    from relay import RelaySettings
+if TYPE_CHECKING:  # the relay's engine loads when a command runs, not for `conveyor dlq ...`
+    from admin.ops.settings import OpsSettings
     from relay.replay import ReplayResult
 
 log = logging.getLogger(__name__)
 app = typer.Typer(help="Publish outbox events to Redis Streams.", no_args_is_help=False)
 
-Schemas = Annotated[
-    list[str],
-    typer.Option(
-        "--schema",
-        envvar="CONVEYOR_SCHEMA",
-        help="Application schema whose outbox to drain; repeat for several.",
+RELAY = SettingOptions(
+    RelaySettings,
+    envvar_prefix="CONVEYOR_RELAY_",
+    shown={
+        "database_url": Shown(envvar="CONVEYOR_DATABASE_URL"),
+        "redis_url": Shown(envvar="CONVEYOR_REDIS_URL"),
+        "key_prefix": Shown(envvar="CONVEYOR_KEY_PREFIX"),
+        "schemas": Shown(flag="--schema", envvar="CONVEYOR_SCHEMA"),
+    },
+    programmatic=(
+        "cleanup_interval",
+        "cleanup_batch",
+        "backoff_initial",
+        "backoff_max",
+        "monitor_interval",
     ),
-]
+)
+"""The options of `conveyor relay`, one per field of RelaySettings but those listed."""
 
 
 @app.callback(invoke_without_command=True)
 def run(
     ctx: typer.Context,
-    schema: Schemas = [database.DEFAULT_SCHEMA],  # noqa: B006 - typer needs a list default
-    database_url: DatabaseUrl = DEFAULT_DATABASE_URL,
-    redis_url: RedisUrl = DEFAULT_REDIS_URL,
-    key_prefix: KeyPrefix = DEFAULT_PREFIX,
-    batch_size: Annotated[
-        int, typer.Option(envvar="CONVEYOR_RELAY_BATCH_SIZE", help="Rows per transaction.")
-    ] = 1000,
-    concurrency: Annotated[
-        int, typer.Option(envvar="CONVEYOR_RELAY_CONCURRENCY", help="Batches in flight per schema.")
-    ] = 2,
-    poll_interval: Annotated[
-        str, typer.Option(envvar="CONVEYOR_RELAY_POLL_INTERVAL", help="Polling fallback period.")
-    ] = "1s",
-    listen: Annotated[
-        bool, typer.Option(envvar="CONVEYOR_RELAY_LISTEN", help="Wake on the outbox NOTIFY.")
-    ] = True,
-    retention: Annotated[
-        str,
-        typer.Option(
-            envvar="CONVEYOR_RELAY_RETENTION",
-            help="Keep published rows this long for `relay replay` (0: delete at once).",
-        ),
-    ] = "24h",
-    log_level: LogLevel = "info",
-    grpc_addr: GrpcAddr = None,
-    reflection: Reflection = True,
-    tokens_file: TokensFile = None,
-    allow_unauthenticated: AllowUnauthenticated = False,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    tls_client_ca: TlsClientCa = None,
-    mtls_writer: MtlsWriters = None,
-    descriptor_set: DescriptorSets = None,
-    stall_timeout: StallTimeout = "60s",
+    schema: list[str] = RELAY.option("schemas"),
+    database_url: str = RELAY.option("database_url"),
+    redis_url: str = RELAY.option("redis_url"),
+    key_prefix: str = RELAY.option("key_prefix"),
+    batch_size: int = RELAY.option("batch_size"),
+    concurrency: int = RELAY.option("concurrency"),
+    poll_interval: str = RELAY.option("poll_interval"),
+    listen: bool = RELAY.option("listen"),
+    retention: str = RELAY.option("retention"),
+    log_level: LogLevel = DEFAULT_LOG_LEVEL,
+    grpc_addr: str = SERVER.option("grpc_addr", default=RELAY_GRPC_ADDR),
+    reflection: bool = SERVER.option("reflection"),
+    tokens_file: Path | None = AUTH.option("tokens_file"),
+    allow_unauthenticated: bool = AUTH.option("allow_unauthenticated"),
+    tls_cert: Path | None = SERVER.option("tls_cert"),
+    tls_key: Path | None = SERVER.option("tls_key"),
+    tls_client_ca: Path | None = SERVER.option("tls_client_ca"),
+    mtls_writer: list[str] | None = AUTH.option("mtls_scopes", default=None),
+    descriptor_set: list[Path] | None = OPS.option("payload_types", default=None),
+    stall_timeout: str = OPS.option("stall_timeout"),
+    page_token_key: str | None = OPS.option("page_token_key"),
 ) -> None:
     """Run the relay: drain each schema's outbox into its topic streams until SIGTERM.
 
@@ -104,20 +100,24 @@ def run(
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     from admin import migrations
-    from admin.ops import observability, runtime
+    from admin.ops import observability
     from admin.ops.process import tune_for_throughput
-    from relay import RelaySettings
 
     setup_logging(log_level)
     try:
-        ops = runtime.ops_settings(
-            grpc_addr=grpc_addr or "127.0.0.1:50051", reflection=reflection,
-            tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
-            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+        ops = ops_settings(
+            grpc_addr=grpc_addr or RELAY_GRPC_ADDR,
+            reflection=reflection,
+            tokens_file=tokens_file,
+            allow_unauthenticated=allow_unauthenticated,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
             mtls_writers=mtls_writer or (),
             descriptor_sets=descriptor_set or (),
             stall_timeout=parse_duration(stall_timeout),
-        )  # fmt: skip
+            page_token_key=page_token_key,
+        )
         settings = RelaySettings(
             database_url=database_url,
             redis_url=redis_url,
@@ -145,17 +145,21 @@ def run(
         fail(exc.message)
 
 
-async def _serve(settings: RelaySettings, ops: runtime.OpsSettings, reader: Any) -> None:
+async def _serve(settings: RelaySettings, ops: OpsSettings, reader: Any) -> None:
     from admin.ops import runtime
     from admin.ops.probes import RelayProbe
     from relay import Relay
 
     async with Relay(settings) as relay:
         plane = runtime.OpsPlane(
-            ops, database_url=settings.database_url, redis_url=settings.redis_url,
-            key_prefix=settings.key_prefix, probe=RelayProbe(relay, ops.stall_timeout),
-            schemas=settings.schemas, metrics=reader,
-        )  # fmt: skip
+            ops,
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            key_prefix=settings.key_prefix,
+            probe=RelayProbe(relay, ops.stall_timeout),
+            schemas=settings.schemas,
+            metrics=reader,
+        )
         log.info(
             "relay started: schemas=%s database=%s redis=%s batch_size=%d concurrency=%d",
             ",".join(settings.schemas),
@@ -175,9 +179,7 @@ def replay_command(
         str,
         typer.Option(help="Republish rows published at or after this time (ISO 8601 or e.g. 2h)."),
     ],
-    schema: Annotated[
-        str, typer.Option(envvar="CONVEYOR_SCHEMA", help="Application schema.")
-    ] = database.DEFAULT_SCHEMA,
+    schema: Schema = DEFAULT_SCHEMA,
     topic: Annotated[str | None, typer.Option(help="Only this topic.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Count what would be republished.")] = False,
     database_url: DatabaseUrl = DEFAULT_DATABASE_URL,

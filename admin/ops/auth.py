@@ -20,10 +20,10 @@ Tokens file (`AuthSettings.tokens_file`), UTF-8, one token per line:
 A malformed line is a `TokensFileInvalid` naming the file and line number: fatal at start; on a
 reload (SIGHUP) it is logged and the previous set stays in force.
 
-Clients send `authorization: Bearer <token>` metadata (see `token_from_env_or_file` and
-`bearer_metadata`). Without that header, a peer certificate verified by the server's client CA
-authenticates as `cn:<common name>`, with the scope `AuthSettings.mtls_scopes` gives it (read when
-not listed). Health and reflection are open.
+Clients send `authorization: Bearer <token>` metadata (see admin/ops/bearer.py). Without that
+header, a peer certificate verified by the server's client CA authenticates as
+`cn:<common name>`, with the scope `AuthSettings.mtls_scopes` gives it (read when not listed).
+Health and reflection are open.
 """
 
 from __future__ import annotations
@@ -35,19 +35,21 @@ import hashlib
 import hmac
 import inspect
 import logging
-import os
 import re
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from admin.errors import AdminError, InvalidInput
+from admin.errors import AdminError
+from admin.ops.bearer import TOKEN_ENV as TOKEN_ENV  # noqa: PLC0414 - re-exported for clients
+from admin.ops.bearer import bearer_metadata as bearer_metadata  # noqa: PLC0414 - as above
+from admin.ops.bearer import token_from_env_or_file as token_from_env_or_file  # noqa: PLC0414
+from admin.ops.settings import AuthSettings, Scope
 
 if TYPE_CHECKING:  # the catalog (asyncpg, redis) loads with the server, not with the CLI
     from admin.catalog.audit import AuditLog
@@ -60,23 +62,10 @@ WRITE_METHODS = frozenset(
     f"/{SERVICE}/{name}" for name in ("ReprocessDeadLetters", "ResolveDeadLetters")
 )
 """Methods that need write scope; every other AdminService method needs read."""
-TOKEN_ENV = "CONVEYOR_ADMIN_TOKEN"
-"""Environment variable a client reads its bearer token from."""
 
 _PRINCIPAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _DIGEST_RE = re.compile(r"[0-9a-fA-F]{64}")
 _USER_AGENT_MAX = 256
-
-
-class Scope(enum.StrEnum):
-    """What a principal may do: `write` includes everything `read` allows."""
-
-    READ = "read"
-    WRITE = "write"
-
-    def includes(self, required: Scope) -> bool:
-        """Whether this scope allows a call that needs `required`."""
-        return self is Scope.WRITE or required is Scope.READ
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,65 +251,6 @@ def install_sighup_reload(loop: asyncio.AbstractEventLoop, store: TokenStore) ->
     loop.add_signal_handler(signal.SIGHUP, store.reload)
 
 
-def token_from_env_or_file(token_file: str | None) -> str | None:
-    """A client's bearer token: `token_file`'s contents when given, else $CONVEYOR_ADMIN_TOKEN.
-
-    Surrounding whitespace is stripped; None when the variable is unset or empty. An unreadable or
-    empty `token_file` is an InvalidInput, since it was asked for explicitly.
-    """
-    if token_file is None:
-        return os.environ.get(TOKEN_ENV, "").strip() or None
-    try:
-        token = Path(token_file).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(
-            f"cannot read token file {token_file!r}: {exc}", field="token_file", value=token_file
-        ) from exc
-    if not token:
-        raise InvalidInput(
-            f"token file {token_file!r} is empty", field="token_file", value=token_file
-        )
-    return token
-
-
-def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying `token`, for a stub call's `metadata=`."""
-    return (("authorization", f"Bearer {token}"),)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    """How AdminService calls are authenticated; validated on construction."""
-
-    tokens_file: Path | None = None
-    """The tokens file (format in this module's docstring); None accepts no bearer token."""
-    allow_unauthenticated: bool = False
-    """Run every call as `anonymous` with write scope. Local demos only; logged as a WARNING."""
-    mtls_scopes: Mapping[str, Scope] = field(default_factory=dict)
-    """Scope of each client-certificate common name; a CN not listed gets read."""
-
-    def __post_init__(self) -> None:
-        scopes: dict[str, Scope] = {}
-        for cn, scope in self.mtls_scopes.items():
-            if not cn or cn != cn.strip():
-                raise InvalidInput(
-                    f"mTLS common name {cn!r} must be non-empty without surrounding spaces",
-                    field="mtls_scopes", value=cn,
-                )  # fmt: skip
-            if scope not in (Scope.READ, Scope.WRITE):
-                raise InvalidInput(
-                    f"mTLS scope {scope!r} for {cn!r} must be read or write",
-                    field="mtls_scopes", value=str(scope),
-                )  # fmt: skip
-            scopes[cn] = Scope(scope)
-        object.__setattr__(self, "mtls_scopes", MappingProxyType(scopes))
-        if self.allow_unauthenticated and self.tokens_file is not None:
-            raise InvalidInput(
-                "allow_unauthenticated would ignore the tokens file: set only one of them",
-                field="allow_unauthenticated", value="true",
-            )  # fmt: skip
-
-
 def identify(
     metadata: Sequence[tuple[str, str | bytes]],
     auth_context: Mapping[str, Sequence[bytes]],
@@ -399,8 +329,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.store = store
         self._audit = audit
         if settings.allow_unauthenticated:
-            log.warning("AdminService accepts unauthenticated calls, all with write scope: "
-                        "for local demos only")  # fmt: skip
+            log.warning(
+                "AdminService accepts unauthenticated calls, all with write scope: "
+                "for local demos only"
+            )
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
@@ -422,13 +354,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             mtls_scopes=self.settings.mtls_scopes,
         )
         if isinstance(outcome, Rejected):
-            await self._deny(context, method, grpc.StatusCode.UNAUTHENTICATED, outcome,
-                             _MESSAGES[outcome.reason])  # fmt: skip
+            await self._deny(
+                context, method, grpc.StatusCode.UNAUTHENTICATED, outcome, _MESSAGES[outcome.reason]
+            )
         required = Scope.WRITE if method in WRITE_METHODS else Scope.READ
         if not outcome.scope.includes(required):
             message = f"principal {outcome.name!r} has {outcome.scope} scope; {method} needs write"
-            await self._deny(context, method, grpc.StatusCode.PERMISSION_DENIED,
-                             Rejected(Denial.SCOPE, outcome.name), message)  # fmt: skip
+            await self._deny(
+                context,
+                method,
+                grpc.StatusCode.PERMISSION_DENIED,
+                Rejected(Denial.SCOPE, outcome.name),
+                message,
+            )
         return outcome
 
     async def _deny(
@@ -439,8 +377,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         agent = _metadata_value(context.invocation_metadata() or (), "user-agent")
         if agent:
             detail["user_agent"] = agent[:_USER_AGENT_MAX]
-        log.info("AdminService denied method=%s peer=%s reason=%s principal=%s",
-                 method, peer, rejected.reason, rejected.principal)  # fmt: skip
+        log.info(
+            "AdminService denied method=%s peer=%s reason=%s principal=%s",
+            method,
+            peer,
+            rejected.reason,
+            rejected.principal,
+        )
         await self._audit.record_denial(
             source=peer_host(peer),
             principal=rejected.principal or "unauthenticated",

@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -14,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -23,11 +21,11 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from admin.catalog import Catalog
 from admin.catalog.audit import AuditLog
 from admin.errors import OpsPlaneUnavailable
-from admin.ops.auth import AuthInterceptor, AuthSettings, Scope, TokenStore, install_sighup_reload
+from admin.ops.auth import AuthInterceptor, TokenStore, install_sighup_reload
 from admin.ops.health import Health
-from admin.ops.payloads import PayloadTypes
-from admin.ops.server import OpsServer, ServerSettings
+from admin.ops.server import OpsServer
 from admin.ops.servicer import AdminContext, AdminServicer
+from admin.ops.settings import OpsSettings
 from admin.ops.status import (
     ComponentStatus,
     GroupStatus,
@@ -42,31 +40,11 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
-@dataclass(frozen=True)
-class OpsSettings:
-    """How the ops plane of a process runs."""
-
-    server: ServerSettings
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    stall_timeout: float = 60.0
-    """Work waiting and nothing done for this long makes a component NOT_SERVING."""
-    payload_types: PayloadTypes = field(default_factory=PayloadTypes)
-    """Message types known beyond the process's own, for showing dead-letter payloads as JSON."""
-    page_token_key: bytes | None = None
-    """Signs list page tokens; by default derived from the database URL, so every process of
-    one deployment accepts the others' tokens (CONVEYOR_PAGE_TOKEN_KEY overrides)."""
-
-    def __post_init__(self) -> None:
-        if not self.stall_timeout > 0:
-            raise ValueError(f"stall_timeout must be > 0 seconds, got {self.stall_timeout!r}")
-
-
 def page_token_key(settings: OpsSettings, database_url: str) -> bytes:
-    configured = os.environ.get("CONVEYOR_PAGE_TOKEN_KEY")
+    """The key signing list page tokens: the configured one, else one derived from the database
+    URL, so every process of one deployment accepts the others' tokens."""
     if settings.page_token_key:
         return settings.page_token_key
-    if configured:
-        return configured.encode()
     return hashlib.sha256(b"conveyor page tokens\0" + database_url.encode()).digest()
 
 
@@ -142,9 +120,16 @@ class OpsPlane:
     """
 
     def __init__(
-        self, settings: OpsSettings, *, database_url: str, redis_url: str, key_prefix: str,
-        probe: Probe, schemas: Sequence[str] = (), metrics: InMemoryMetricReader | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        settings: OpsSettings,
+        *,
+        database_url: str,
+        redis_url: str,
+        key_prefix: str,
+        probe: Probe,
+        schemas: Sequence[str] = (),
+        metrics: InMemoryMetricReader | None = None,
+    ) -> None:
         self.settings = settings
         self._database_url = database_url
         self._redis_url = redis_url
@@ -264,10 +249,11 @@ class OpsPlane:
             payload_types=self.settings.payload_types,
         )
         server = OpsServer(
-            self.settings.server, health_servicer=health.servicer,
+            self.settings.server,
+            health_servicer=health.servicer,
             admin_servicer=AdminServicer(context),
             interceptors=[AuthInterceptor(self.settings.auth, audit, self._store)],
-        )  # fmt: skip
+        )
         ops = self._ops = _OpsState(pool, redis, health, audit, checker, server)
         await health.start()
         port = await server.start()
@@ -295,32 +281,6 @@ class OpsPlane:
             ops.audit.close()
             await ops.redis.aclose()
             await ops.pool.close()
-
-
-def ops_settings(
-    *,
-    grpc_addr: str,
-    reflection: bool,
-    tokens_file: Path | None,
-    allow_unauthenticated: bool,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_client_ca: Path | None,
-    stall_timeout: float,
-    mtls_writers: Sequence[str] = (),
-    descriptor_sets: Sequence[Path] = (),
-) -> OpsSettings:
-    """OpsSettings from command-line values; ValueError (or InvalidInput) naming a bad one."""
-    if mtls_writers and tls_client_ca is None:
-        raise ValueError("--mtls-writer names client certificates: it needs --tls-client-ca")
-    return OpsSettings(
-        server=ServerSettings(grpc_addr=grpc_addr, reflection=reflection, tls_cert=tls_cert,
-                              tls_key=tls_key, tls_client_ca=tls_client_ca),
-        auth=AuthSettings(tokens_file=tokens_file, allow_unauthenticated=allow_unauthenticated,
-                          mtls_scopes=dict.fromkeys(mtls_writers, Scope.WRITE)),
-        stall_timeout=stall_timeout,
-        payload_types=PayloadTypes.load(descriptor_sets),
-    )  # fmt: skip
 
 
 async def serve(

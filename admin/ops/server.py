@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from admin.ops.settings import ServerSettings
 from conveyor.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -20,41 +19,17 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest request accepted; bigger ones get RESOURCE_EXHAUSTED from grpc itself."""
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    """How the process serves gRPC; validated on construction."""
-
-    grpc_addr: str
-    """host:port to listen on; port 0 picks a free port (logged)."""
-    reflection: bool = True
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    """With it, clients must present a certificate signed by this CA (mTLS)."""
-
-    def __post_init__(self) -> None:
-        host, sep, port = self.grpc_addr.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(
-                f"invalid gRPC address {self.grpc_addr!r}: use host:port, e.g. 127.0.0.1:50051 "
-                "(port 0 picks a free one)"
-            )
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
-        if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("mTLS (--tls-client-ca) needs a server certificate and key too")
-        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {str(path)!r} does not exist")
-
-
 class OpsServer:
     """A grpc.aio server with the health servicer, AdminService and (optionally) reflection."""
 
     def __init__(
-        self, settings: ServerSettings, *, health_servicer: Any, admin_servicer: Any,
+        self,
+        settings: ServerSettings,
+        *,
+        health_servicer: Any,
+        admin_servicer: Any,
         interceptors: Sequence[Any] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.settings = settings
         self.port = 0
         self._server = grpc.aio.server(
@@ -89,8 +64,12 @@ class OpsServer:
             self.port = self._server.add_insecure_port(s.grpc_addr)
         await self._server.start()
         host = s.grpc_addr.rpartition(":")[0]
-        log.info("gRPC listening on %s:%d (health, AdminService%s)", host, self.port,
-                 ", reflection" if s.reflection else "")  # fmt: skip
+        log.info(
+            "gRPC listening on %s:%d (health, AdminService%s)",
+            host,
+            self.port,
+            ", reflection" if s.reflection else "",
+        )
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:

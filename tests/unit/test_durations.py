@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from admin.cli.durations import parse_duration, parse_since
+from admin.cli.durations import format_duration, parse_duration, parse_since
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,37 @@ def test_since_accepts_iso_and_ago() -> None:
 def test_since_rejects_nonsense_and_the_future(text: str) -> None:
     with pytest.raises(ValueError, match="invalid time"):
         parse_since(text, datetime(2026, 11, 29, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (1, "1s"),
+        (1.5, "1.5s"),
+        (0.1, "0.1s"),
+        (30, "30s"),
+        (60, "60s"),
+        (90, "90s"),
+        (300, "5m"),
+        (3600, "1h"),
+        (5400, "90m"),
+        (86400, "24h"),
+        (172800, "2d"),
+        (2592000, "30d"),
+    ],
+)
+def test_durations_format_as_people_write_them_and_read_back(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("seconds", [0.001, 1 / 3, 59.75, 1e-9, 123456.789])
+def test_any_duration_reads_back_exactly(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("inf"), float("nan")])
+def test_impossible_durations_do_not_format(seconds: float) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        format_duration(seconds)
