@@ -8,15 +8,18 @@ from consumers.router import Router
 from consumers.service import Consumer
 from consumers.settings import ConsumerSettings
 from consumers.signals import Reject, Retry
+from consumers.status import ConsumerStatus, WorkerStatus
 
 __all__ = [
     "Consumer",
     "ConsumerError",
     "ConsumerSettings",
+    "ConsumerStatus",
     "EventContext",
     "GroupLost",
     "Reject",
     "Retry",
     "Router",
     "RouterError",
+    "WorkerStatus",
 ]

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ from consumers.deliveries import DeadLetterMark, Delivery
 from consumers.router import Route
 from conveyor import database
 from conveyor import telemetry as t
+from conveyor.retry import RetryPolicy, pause
 
 
 @dataclass(slots=True)
@@ -100,6 +102,8 @@ class _Failed(Exception):
 
 
 Step = tuple[Route | None, list[Delivery]]
+_BACKOFF = RetryPolicy(timedelta(seconds=0.2), timedelta(seconds=10))
+"""Backoff of a lane whose database work failed, when none is given (the settings' default)."""
 _tracer = trace.get_tracer(t.TRACER)
 log = logging.getLogger(__name__)
 
@@ -137,14 +141,14 @@ class Applier:
         partitions: int,
         stopping: asyncio.Event | None = None,
         on_trouble: Callable[[str], None] | None = None,
-        backoff_max: float = 10.0,
+        backoff: RetryPolicy = _BACKOFF,
         retry_stream: str = "",
     ) -> None:
         self._pool = pool
         self._stopping = stopping or asyncio.Event()
-        self.on_trouble = on_trouble
+        self._on_trouble = on_trouble
         """Told why, whenever a lane's database work fails and is retried."""
-        self._backoff_max = backoff_max
+        self._backoff = backoff
         self._group = group
         self._exactly_once = exactly_once
         self._partitions = partitions
@@ -225,23 +229,18 @@ class Applier:
                 return await self._apply_part(lane, part)
             except DatabaseDown as exc:
                 failures += 1
-                if self.on_trouble is not None:
-                    self.on_trouble(f"database unavailable: {exc}")
-                log.warning("lane %d: batch part not applied, retrying it: events=%d error=%s",
-                            lane, len(part), exc)  # fmt: skip
-                if self._stopping.is_set() or await self._pause(
-                    min(self._backoff_max, 0.1 * 2**failures)
+                if self._on_trouble is not None:
+                    self._on_trouble(f"database unavailable: {exc}")
+                log.warning(
+                    "lane %d: batch part not applied, retrying it: events=%d error=%s",
+                    lane,
+                    len(part),
+                    exc,
+                )
+                if self._stopping.is_set() or await pause(
+                    self._stopping, self._backoff.delay(failures)
                 ):
                     raise
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep unless stopping; True when the stop came."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
 
     async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
         conn: asyncpg.Connection | None = None
