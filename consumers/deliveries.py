@@ -163,8 +163,9 @@ class Decoder:
         elif not self._skip_unknown:
             problem = f"no handler for {event_type} on topic {self._topic!r}"
             return Poison(entry, "unknown_type", problem, event_id, event_type)
-        ctx = EventContext(event, self._topic, entry.stream, entry.entry_id, self._group,
-                           entry.attempt)  # fmt: skip
+        ctx = EventContext(
+            event, self._topic, entry.stream, entry.entry_id, self._group, entry.attempt
+        )
         return Delivery(entry, event_id, event_type, event.aggregate_id, route, payload, ctx)
 
 

@@ -9,8 +9,9 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from consumers import dead_letters
-from consumers.applier import MarksBusy, tracing_enabled
+from consumers.applier import tracing_enabled
 from consumers.deliveries import DeadLetterMark, Entry, dead_letter_mark, describe
+from consumers.ledger import MarksBusy
 from consumers.metrics import ConsumerMetrics, topic_attributes
 from consumers.settings import ConsumerSettings
 from consumers.streams import TopicStreams

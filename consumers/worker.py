@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from consumers.applier import Applier, DatabaseDown, Outcomes
+from consumers.applier import Applier, Outcomes
 from consumers.deliveries import Decoder, Delivery, Entry, Poison
 from consumers.errors import GroupLost
 from consumers.health import Health
@@ -23,6 +23,7 @@ from consumers.router import Router
 from consumers.settings import ConsumerSettings
 from consumers.signals import Reject
 from consumers.streams import TopicStreams
+from consumers.transactions import DatabaseDown
 from conveyor import telemetry as t
 from conveyor.retry import pause
 
