@@ -115,14 +115,12 @@ class TopicWorker:
         other, so one aggregate's events keep stream order. A batch already read when the stop
         comes is still applied and acknowledged."""
         applying: deque[asyncio.Task[None]] = deque()
-        reader = self._reader
+        reader, claim_due = self._reader, self._retrier.claim_due
         try:
             while True:
                 stopping = self._stopping.is_set()
-                entries: list[Entry] = []
-                if not stopping:  # due retries, entries idle on dead members, reprocessing
-                    entries = await self._retrier.claim_due()
-                    entries += await reader.side_entries()
+                # Due retries first, then entries idle on dead members and reprocess requests.
+                entries = [] if stopping else (await claim_due()) + (await reader.side_entries())
                 if reader.reading_ahead:
                     entries += await reader.take_ahead()
                 elif not stopping:
