@@ -72,6 +72,7 @@ class SwallowedDatabaseError(Exception):
         )
 
 
+_OTHER_ENTRY = "(l.stream, l.entry_id) IS DISTINCT FROM (EXCLUDED.stream, EXCLUDED.entry_id)"
 MARK_LOCK_TIMEOUT = 5
 """Seconds marking dead letters waits for a member still applying one of the events."""
 
@@ -138,7 +139,6 @@ class Applier:
         stopping: asyncio.Event | None = None,
         on_trouble: Callable[[str], None] | None = None,
         backoff_max: float = 10.0,
-        retry_stream: str = "",
     ) -> None:
         self._pool = pool
         self._stopping = stopping or asyncio.Event()
@@ -151,36 +151,41 @@ class Applier:
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
         self._tracing = tracing_enabled()
-        self._retry_stream = retry_stream
-        table = f"{database.validate_schema(ledger_schema)}.{database.LEDGER_TABLE}"
+        schema = database.validate_schema(ledger_schema)
+        table = f"{schema}.{database.LEDGER_TABLE}"
+        # The claim also touches this connection's row of the commit guard, whose deferred
+        # trigger fails any COMMIT but the one `_transaction` sends (see app_0003).
+        guard = (
+            f"WITH guard AS (INSERT INTO {schema}.{database.COMMIT_GUARD_TABLE} AS g (pid) "
+            "VALUES (pg_backend_pid()) ON CONFLICT (pid) DO UPDATE SET claims = g.claims + 1) "
+        )
         # A 'failure' row (never written by this runtime, but allowed) does not count as applied;
-        # nor does a 'dead_letter' mark, which only the group's retry stream ($7, reprocessing)
-        # may apply over. Columns travel as one comma-joined text each (ids, type names and
-        # entry ids hold no commas): encoding a 1,000-element array costs asyncpg far more than
-        # one string.
+        # nor does a 'dead_letter' mark, which stops only the very entry it was written for (a
+        # member still holding it); a reprocess, a replay or a duplicate entry applies over it.
+        # Columns travel as one comma-joined text each (ids, type names and entry ids hold no
+        # commas): encoding a 1,000-element array costs asyncpg far more than one string.
         self._claim_sql = (
-            f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
-            "processing_result) SELECT $1, e::uuid, t, s, x, r FROM unnest("
+            f"{guard}INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, "
+            "entry_id, processing_result) SELECT $1, e::uuid, t, s, x, r FROM unnest("
             "string_to_array($2, ','), string_to_array($3, ','), string_to_array($4, ','), "
             "string_to_array($5, ','), string_to_array($6, ',')) AS u(e, t, s, x, r) "
             "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
             "EXCLUDED.processing_result, processed_at = now(), stream = EXCLUDED.stream, "
             "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' OR "
-            "(l.processing_result = 'dead_letter' AND EXCLUDED.stream = $7) "
+            f"(l.processing_result = 'dead_letter' AND {_OTHER_ENTRY}) "
             "RETURNING event_id::text"
         )
+        # Marks an event over its attempts; a mark of this same entry means it was moved
+        # already (marks commit after the move), so it is not marked or moved again.
         self._mark_sql = (
             f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
             "processing_result) SELECT $1, e, t, s, x, 'dead_letter' FROM unnest($2::uuid[], "
             "$3::text[], $4::text[], $5::text[]) AS u(e, t, s, x) "
             "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
             "'dead_letter', processed_at = now(), stream = EXCLUDED.stream, "
-            "entry_id = EXCLUDED.entry_id WHERE l.processing_result IN ('failure', 'dead_letter') "
+            "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' OR "
+            f"(l.processing_result = 'dead_letter' AND {_OTHER_ENTRY}) "
             "RETURNING event_id::text"
-        )
-        self._unclaim_sql = (
-            f"DELETE FROM {table} WHERE consumer_group = $1 "
-            "AND event_id = ANY(string_to_array($2, ',')::uuid[])"
         )
 
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
@@ -307,21 +312,29 @@ class Applier:
         if not self._exactly_once or not marks:
             yield set()
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{MARK_LOCK_TIMEOUT}s'")
-            try:
-                rows = await conn.fetch(
-                    self._mark_sql,
-                    self._group,
-                    [uuid.UUID(m.event_id) for m in marks],
-                    [m.event_type for m in marks],
-                    [m.stream for m in marks],
-                    [m.entry_id for m in marks],
-                )
-            except asyncpg.LockNotAvailableError as exc:
+        # Event-id order, as the lanes' claims: two transactions take the rows' locks in one
+        # order and cannot deadlock.
+        marks = sorted(marks, key=_mark_order)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{MARK_LOCK_TIMEOUT}s'")
+                try:
+                    rows = await conn.fetch(
+                        self._mark_sql,
+                        self._group,
+                        [uuid.UUID(m.event_id) for m in marks],
+                        [m.event_type for m in marks],
+                        [m.stream for m in marks],
+                        [m.entry_id for m in marks],
+                    )
+                except asyncpg.LockNotAvailableError as exc:
+                    raise MarksBusy(str(exc)) from exc
+                marked = {r[0] for r in rows}
+                yield {m.event_id for m in marks} - marked
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            if isinstance(exc, asyncpg.LockNotAvailableError):
                 raise MarksBusy(str(exc)) from exc
-            marked = {r[0] for r in rows}
-            yield {m.event_id for m in marks} - marked
+            raise DatabaseDown(f"marking dead letters: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         """Give the lanes' connections back to the pool."""
@@ -335,32 +348,9 @@ class Applier:
         async with _transaction(conn, part):
             won = await self._claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
-            steps = plan(todo)
-            try:
-                for route, group in steps:
-                    await self._run(conn, route, group)
-            except _Failed as failed:
-                if isinstance(failed.error, TransactionEnded):
-                    await self._unclaim(conn, [d for _, g in steps for d in g], failed)
-                raise
+            for route, group in plan(todo):
+                await self._run(conn, route, group)
         return Outcomes.of(part, won)
-
-    async def _unclaim(
-        self, conn: asyncpg.Connection, run_order: Sequence[Delivery], failed: _Failed
-    ) -> None:
-        """After a handler ended the transaction by SQL: a COMMIT committed the ledger rows of
-        the events whose handlers had not run yet (or not finished) without their effects;
-        delete those rows, so these events are applied when they come again."""
-        log.error(
-            "a handler ended its transaction by SQL: group=%s events=%s",
-            self._group,
-            [d.event_id for d in failed.deliveries],
-        )
-        if not self._exactly_once:
-            return
-        start = next(i for i, d in enumerate(run_order) if d is failed.deliveries[0])
-        ids = [d.event_id for d in run_order[start:]]
-        await conn.execute(self._unclaim_sql, self._group, ",".join(ids))
 
     async def _isolated(
         self, conn: asyncpg.Connection, part: list[Delivery], bad: dict[int, _Bad]
@@ -404,8 +394,7 @@ class Applier:
             if _dead(conn):
                 raise DatabaseDown(str(exc)) from exc
             if isinstance(exc, _Failed) and isinstance(exc.error, TransactionEnded):
-                await self._unclaim(conn, exc.deliveries, exc)
-                raise
+                raise  # the whole transaction is gone: isolation starts over without them
             await savepoint.rollback()
             error = exc.error if isinstance(exc, _Failed) else SwallowedDatabaseError()
             return Outcomes(failed=[(d, error) for d in group])
@@ -426,7 +415,6 @@ class Applier:
             ",".join([d.entry.stream for d in part]),
             ",".join([d.entry.entry_id for d in part]),
             ",".join(["skipped" if d.route is None else "success" for d in part]),
-            self._retry_stream,
         )
         return {r[0] for r in rows}
 
@@ -441,7 +429,7 @@ class Applier:
             try:
                 await route.fn([(d.payload, d.ctx) for d in group], conn)
             except Exception as exc:
-                raise _Failed(group, exc) from exc
+                raise _failed(conn, group, exc) from exc
             if not conn.is_in_transaction():
                 raise _Failed(group, TransactionEnded())
             return
@@ -453,7 +441,7 @@ class Applier:
                 else:
                     await route.fn(d.payload, d.ctx)
             except Exception as exc:
-                raise _Failed([d], exc) from exc
+                raise _failed(conn, [d], exc) from exc
             if not conn.is_in_transaction():
                 raise _Failed([d], TransactionEnded())
 
@@ -462,6 +450,14 @@ class Applier:
 class _Bad:
     delivery: Delivery
     error: BaseException
+
+
+def _failed(conn: asyncpg.Connection, deliveries: list[Delivery], exc: Exception) -> _Failed:
+    """A handler call raised `exc`: its failure, or TransactionEnded when the transaction is gone
+    too (a COMMIT sent as SQL, which the commit guard failed, or a ROLLBACK)."""
+    if not _dead(conn) and not conn.is_in_transaction():
+        return _Failed(deliveries, TransactionEnded())
+    return _Failed(deliveries, exc)
 
 
 def _known_bad(failed: _Failed) -> dict[int, _Bad]:
@@ -474,6 +470,10 @@ def _known_bad(failed: _Failed) -> dict[int, _Bad]:
     ):
         return {id(d): _Bad(d, failed.error) for d in failed.deliveries}
     return {}
+
+
+def _mark_order(m: DeadLetterMark) -> str:
+    return m.event_id
 
 
 def _event_id(d: Delivery) -> str:
@@ -491,15 +491,15 @@ def _dead(conn: asyncpg.Connection) -> bool:
 
 @asynccontextmanager
 async def _transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> AsyncIterator[None]:
-    """The part's transaction, asyncpg's own so that handlers can nest theirs in it. Before the
-    COMMIT it checks that no handler caught a database error and carried on: PostgreSQL would
-    answer COMMIT of such an aborted transaction with a silent ROLLBACK, and then nothing of the
-    part was written."""
+    """The part's transaction, asyncpg's own so that handlers can nest theirs in it. Just before
+    the COMMIT one statement both lets the commit guard pass and checks that no handler caught a
+    database error and carried on: PostgreSQL would answer COMMIT of such an aborted transaction
+    with a silent ROLLBACK, and then nothing of the part was written."""
     transaction = conn.transaction()
     await transaction.start()
     try:
         yield
-        await _check_usable(conn, part)
+        await _check_usable(conn, part, commit=True)
     except BaseException:
         if not _dead(conn):
             with suppress(Exception):
@@ -508,13 +508,18 @@ async def _transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> As
     await transaction.commit()
 
 
-async def _check_usable(conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
+async def _check_usable(
+    conn: asyncpg.Connection, deliveries: Sequence[Delivery], *, commit: bool = False
+) -> None:
     """_Failed(SwallowedDatabaseError) when the transaction is aborted (a handler caught a
-    database error and returned normally); one round trip."""
+    database error and returned normally); with `commit`, also let the commit guard pass."""
     try:
-        await conn.execute("SELECT")
+        await conn.execute(_COMMIT_OK if commit else "SELECT")
     except asyncpg.InFailedSQLTransactionError as exc:
         raise _Failed(deliveries, SwallowedDatabaseError()) from exc
+
+
+_COMMIT_OK = "SELECT set_config('conveyor.ledger_commit', 'on', true)"
 
 
 def tracing_enabled() -> bool:

@@ -63,10 +63,11 @@ class Consumer:
         warning = retention_warning(s)
         if warning:
             log.warning("%s", warning)
-        # Lanes of every topic, the trim lock and a transaction beside it, the heartbeat, and
-        # the dead-letter catalog (the ops plane has a pool of its own).
+        # Lanes of every topic and a connection per topic for dead-letter marks, the trim lock
+        # and a transaction beside it, the heartbeat, and the dead-letter catalog (the ops plane
+        # has a pool of its own).
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 5
+            s.database_url, min_size=1, max_size=(s.partitions + 1) * len(s.topics) + 5
         )
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = DeadLetterCatalog(self._pool)
@@ -80,7 +81,6 @@ class Consumer:
                 partitions=s.partitions,
                 stopping=self._stopping,
                 backoff_max=s.db_backoff_max,
-                retry_stream=wire.Keys(topic, s.key_prefix).retry(s.group),
             )
             streams = TopicStreams(self._redis, wire.Keys(topic, s.key_prefix), s.group, s.consumer)
             self.workers[topic] = TopicWorker(

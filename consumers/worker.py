@@ -249,8 +249,9 @@ class TopicWorker:
         """Entries delivered more often than max_attempts, whose last deliveries ended without
         an outcome (their consumers crashed or stalled), go to the dead-letter stream. But a
         stalled member may still hold one: the ledger is marked around the moves, so such a
-        member cannot apply one after it was moved, and one it applied meanwhile is
-        acknowledged instead of moved."""
+        member cannot apply one after it was moved, and one it applied meanwhile (or one moved
+        already) is acknowledged instead of moved. A database failure leaves them all pending
+        (DatabaseDown: the worker backs off); they are reclaimed later."""
         marks: dict[str, tuple[Entry, DeadLetterMark]] = {}
         again: list[Entry] = []
         for entry in entries:
@@ -261,6 +262,7 @@ class TopicWorker:
                 again.append(entry)  # the same event twice: one dead letter is enough
             else:
                 marks[mark.event_id] = (entry, mark)
+        rows: list[tuple[object, ...]] = []
         try:
             async with self._applier.marking_dead_letters([m for _, m in marks.values()]) as done:
                 for event_id, (entry, _) in marks.items():
@@ -268,7 +270,7 @@ class TopicWorker:
                         batch.settled.append(entry)
                         self._m.duplicate.add(1, self._attrs)
                     else:
-                        await self._over_attempts_one(entry)
+                        rows.append(await self._over_attempts_one(entry, record=False))
         except MarksBusy:
             log.info(
                 "over max_attempts but still being applied elsewhere, left pending: "
@@ -278,15 +280,19 @@ class TopicWorker:
                 ",".join(e.entry_id for e, _ in marks.values()),
             )
             return
+        # Recorded once the marks have committed and given their connection back: the worker
+        # never holds two of the pool's connections at once.
+        await self._record(rows)
         batch.settled += again
 
-    async def _over_attempts_one(self, entry: Entry) -> None:
-        await self._dead_letter(
+    async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> tuple[object, ...]:
+        return await self._dead_letter(
             entry,
             "max_attempts",
             "Redelivered",
             f"delivered {entry.attempt} times, over max_attempts={self._s.max_attempts}; "
             "the last deliveries ended without an outcome (consumer crash?)",
+            record=record,
         )
 
     async def finish(self, batch: Batch) -> None:
@@ -381,7 +387,11 @@ class TopicWorker:
         error_class: str,
         error: str,
         exc: BaseException | None = None,
-    ) -> None:
+        *,
+        record: bool = True,
+    ) -> tuple[object, ...]:
+        """Move `entry` to the dead-letter stream; its catalog row is recorded now, or returned
+        for the caller to record (`record=False`)."""
         with dead_letters.span(entry, reason, enabled=self._tracing) as traceparent:
             fields = dead_letters.fields(
                 entry,
@@ -407,13 +417,20 @@ class TopicWorker:
             describe(f"{error_class}: {error}"),
         )
         row = dead_letters.catalog_row(self.topic, self.streams.keys.dlq, dlq_id, fields)
+        if record:
+            await self._record([row])
+        return row
+
+    async def _record(self, rows: Sequence[tuple[object, ...]]) -> None:
+        if not rows:
+            return
         try:
-            await self._catalog.record([row])
-        except Exception as record_error:  # noqa: BLE001 - the reconciler records it later
+            await self._catalog.record(rows)
+        except Exception as record_error:  # noqa: BLE001 - the reconciler records them later
             log.warning(
-                "dead letter not yet in the catalog, the reconciler will add it: "
-                "dlq_entry=%s error=%r",
-                dlq_id,
+                "dead letters not yet in the catalog, the reconciler will add them: "
+                "dlq_entries=%s error=%r",
+                ",".join(str(r[2]) for r in rows),
                 record_error,
             )
 
