@@ -32,6 +32,7 @@ from consumers.transactions import (
     SwallowedDatabaseError,
     TransactionEnded,
     check_usable,
+    handler_failed,
     is_dead,
     transaction,
 )
@@ -107,7 +108,6 @@ class Applier:
         stopping: asyncio.Event | None = None,
         on_trouble: Callable[[str], None] | None = None,
         backoff: RetryPolicy = _BACKOFF,
-        retry_stream: str = "",
     ) -> None:
         self._pool = pool
         self._stopping = stopping or asyncio.Event()
@@ -123,7 +123,6 @@ class Applier:
             group=group,
             ledger_schema=ledger_schema,
             exactly_once=exactly_once,
-            retry_stream=retry_stream,
         )
 
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
@@ -249,16 +248,8 @@ class Applier:
         async with transaction(conn, part):
             won = await self._ledger.claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
-            steps = plan(todo)
-            try:
-                for route, group in steps:
-                    await self._run(conn, route, group)
-            except HandlerFailed as failed:
-                if isinstance(failed.error, TransactionEnded):
-                    await self._ledger.unclaim(
-                        conn, [d for _, g in steps for d in g], failed.deliveries
-                    )
-                raise
+            for route, group in plan(todo):
+                await self._run(conn, route, group)
         return Outcomes.of(part, won)
 
     async def _isolated(
@@ -303,8 +294,7 @@ class Applier:
             if is_dead(conn):
                 raise DatabaseDown(str(exc)) from exc
             if isinstance(exc, HandlerFailed) and isinstance(exc.error, TransactionEnded):
-                await self._ledger.unclaim(conn, exc.deliveries, exc.deliveries)
-                raise
+                raise  # the whole transaction is gone: isolation starts over without them
             await savepoint.rollback()
             error = exc.error if isinstance(exc, HandlerFailed) else SwallowedDatabaseError()
             return Outcomes(failed=[(d, error) for d in group])
@@ -322,7 +312,7 @@ class Applier:
             try:
                 await route.fn([(d.payload, d.ctx) for d in group], conn)
             except Exception as exc:
-                raise HandlerFailed(group, exc) from exc
+                raise handler_failed(conn, group, exc) from exc
             if not conn.is_in_transaction():
                 raise HandlerFailed(group, TransactionEnded())
             return
@@ -334,7 +324,7 @@ class Applier:
                 else:
                     await route.fn(d.payload, d.ctx)
             except Exception as exc:
-                raise HandlerFailed([d], exc) from exc
+                raise handler_failed(conn, [d], exc) from exc
             if not conn.is_in_transaction():
                 raise HandlerFailed([d], TransactionEnded())
 

@@ -1,5 +1,5 @@
-"""The event ledger of one group: claiming events before their handlers run, undoing claims a
-handler's own COMMIT took along, and marking events dead-lettered."""
+"""The event ledger of one group: claiming events before their handlers run, and marking events
+dead-lettered."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from consumers.deliveries import DeadLetterMark, Delivery
+from consumers.transactions import DatabaseDown
 from conveyor import database
 
 log = logging.getLogger(__name__)
 
+_OTHER_ENTRY = "(l.stream, l.entry_id) IS DISTINCT FROM (EXCLUDED.stream, EXCLUDED.entry_id)"
 MARK_LOCK_TIMEOUT = 5
 """Seconds marking dead letters waits for a member still applying one of the events."""
 
@@ -34,41 +36,45 @@ class Ledger:
         group: str,
         ledger_schema: str,
         exactly_once: bool,
-        retry_stream: str,
     ) -> None:
         self._pool = pool
         self._group = group
         self._exactly_once = exactly_once
-        self._retry_stream = retry_stream
-        table = f"{database.validate_schema(ledger_schema)}.{database.LEDGER_TABLE}"
+        schema = database.validate_schema(ledger_schema)
+        table = f"{schema}.{database.LEDGER_TABLE}"
+        # The claim also touches this connection's row of the commit guard, whose deferred
+        # trigger fails any COMMIT but the one `transactions.transaction` sends (app_0004).
+        guard = (
+            f"WITH guard AS (INSERT INTO {schema}.{database.COMMIT_GUARD_TABLE} AS g (pid) "
+            "VALUES (pg_backend_pid()) ON CONFLICT (pid) DO UPDATE SET claims = g.claims + 1) "
+        )
         # A 'failure' row (never written by this runtime, but allowed) does not count as applied;
-        # nor does a 'dead_letter' mark, which only the group's retry stream ($7, reprocessing)
-        # may apply over. Columns travel as one comma-joined text each (ids, type names and
-        # entry ids hold no commas): encoding a 1,000-element array costs asyncpg far more than
-        # one string.
+        # nor does a 'dead_letter' mark, which stops only the very entry it was written for (a
+        # member still holding it); a reprocess, a replay or a duplicate entry applies over it.
+        # Columns travel as one comma-joined text each (ids, type names and entry ids hold no
+        # commas): encoding a 1,000-element array costs asyncpg far more than one string.
         self._claim_sql = (
-            f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
-            "processing_result) SELECT $1, e::uuid, t, s, x, r FROM unnest("
+            f"{guard}INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, "
+            "entry_id, processing_result) SELECT $1, e::uuid, t, s, x, r FROM unnest("
             "string_to_array($2, ','), string_to_array($3, ','), string_to_array($4, ','), "
             "string_to_array($5, ','), string_to_array($6, ',')) AS u(e, t, s, x, r) "
             "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
             "EXCLUDED.processing_result, processed_at = now(), stream = EXCLUDED.stream, "
             "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' OR "
-            "(l.processing_result = 'dead_letter' AND EXCLUDED.stream = $7) "
+            f"(l.processing_result = 'dead_letter' AND {_OTHER_ENTRY}) "
             "RETURNING event_id::text"
         )
+        # Marks an event over its attempts; a mark of this same entry means it was moved
+        # already (marks commit after the move), so it is not marked or moved again.
         self._mark_sql = (
             f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
             "processing_result) SELECT $1, e, t, s, x, 'dead_letter' FROM unnest($2::uuid[], "
             "$3::text[], $4::text[], $5::text[]) AS u(e, t, s, x) "
             "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
             "'dead_letter', processed_at = now(), stream = EXCLUDED.stream, "
-            "entry_id = EXCLUDED.entry_id WHERE l.processing_result IN ('failure', 'dead_letter') "
+            "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' OR "
+            f"(l.processing_result = 'dead_letter' AND {_OTHER_ENTRY}) "
             "RETURNING event_id::text"
-        )
-        self._unclaim_sql = (
-            f"DELETE FROM {table} WHERE consumer_group = $1 "
-            "AND event_id = ANY(string_to_array($2, ',')::uuid[])"
         )
 
     async def claim(self, conn: asyncpg.Connection, part: Sequence[Delivery]) -> set[str]:
@@ -87,27 +93,8 @@ class Ledger:
             ",".join([d.entry.stream for d in part]),
             ",".join([d.entry.entry_id for d in part]),
             ",".join(["skipped" if d.route is None else "success" for d in part]),
-            self._retry_stream,
         )
         return {r[0] for r in rows}
-
-    async def unclaim(
-        self, conn: asyncpg.Connection, run_order: Sequence[Delivery], failed: Sequence[Delivery]
-    ) -> None:
-        """After a handler ended the transaction by SQL: a COMMIT committed the ledger rows of
-        the events whose handlers had not run yet (or not finished) without their effects;
-        delete those rows (from the `failed` handler call on), so these events are applied
-        when they come again."""
-        log.error(
-            "a handler ended its transaction by SQL: group=%s events=%s",
-            self._group,
-            [d.event_id for d in failed],
-        )
-        if not self._exactly_once:
-            return
-        start = next(i for i, d in enumerate(run_order) if d is failed[0])
-        ids = [d.event_id for d in run_order[start:]]
-        await conn.execute(self._unclaim_sql, self._group, ",".join(ids))
 
     @asynccontextmanager
     async def marking(self, marks: Sequence[DeadLetterMark]) -> AsyncIterator[set[str]]:
@@ -116,26 +103,38 @@ class Ledger:
         it), and yield the ids of those the group has applied already: those are neither
         marked nor to be moved. A member still applying one of them is waited for, at most
         MARK_LOCK_TIMEOUT (then MarksBusy); once the marks commit, a member still holding one
-        of the events cannot apply it (only the retry stream can, when it is reprocessed).
+        of these entries cannot apply it. A database failure is DatabaseDown.
         In at-least-once mode there is no ledger: nothing is marked or found applied."""
         if not self._exactly_once or not marks:
             yield set()
             return
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{MARK_LOCK_TIMEOUT}s'")
-            try:
-                rows = await conn.fetch(
-                    self._mark_sql,
-                    self._group,
-                    [uuid.UUID(m.event_id) for m in marks],
-                    [m.event_type for m in marks],
-                    [m.stream for m in marks],
-                    [m.entry_id for m in marks],
-                )
-            except asyncpg.LockNotAvailableError as exc:
+        # Event-id order, as the lanes' claims: two transactions take the rows' locks in one
+        # order and cannot deadlock.
+        marks = sorted(marks, key=_mark_order)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{MARK_LOCK_TIMEOUT}s'")
+                try:
+                    rows = await conn.fetch(
+                        self._mark_sql,
+                        self._group,
+                        [uuid.UUID(m.event_id) for m in marks],
+                        [m.event_type for m in marks],
+                        [m.stream for m in marks],
+                        [m.entry_id for m in marks],
+                    )
+                except asyncpg.LockNotAvailableError as exc:
+                    raise MarksBusy(str(exc)) from exc
+                marked = {r[0] for r in rows}
+                yield {m.event_id for m in marks} - marked
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            if isinstance(exc, asyncpg.LockNotAvailableError):
                 raise MarksBusy(str(exc)) from exc
-            marked = {r[0] for r in rows}
-            yield {m.event_id for m in marks} - marked
+            raise DatabaseDown(f"marking dead letters: {type(exc).__name__}: {exc}") from exc
+
+
+def _mark_order(m: DeadLetterMark) -> str:
+    return m.event_id
 
 
 def _event_id(d: Delivery) -> str:

@@ -61,8 +61,11 @@ class PoisonQueue:
         error_class: str,
         error: str,
         exc: BaseException | None = None,
-    ) -> None:
-        """Move `entry` to the dead-letter stream for `reason` (a wire reason name)."""
+        *,
+        record: bool = True,
+    ) -> tuple[Any, ...]:
+        """Move `entry` to the dead-letter stream for `reason` (a wire reason name); its catalog
+        row is recorded now, or returned for the caller to record (`record=False`)."""
         with dead_letters.span(entry, reason, enabled=self._tracing) as traceparent:
             fields = dead_letters.fields(
                 entry,
@@ -87,18 +90,22 @@ class PoisonQueue:
             dlq_id,
             describe(f"{error_class}: {error}"),
         )
-        await self._record(dlq_id, fields)
-
-    async def _record(self, dlq_id: str, fields: dict[bytes, Any]) -> None:
         keys = self._streams.keys
         row = dead_letters.catalog_row(keys.topic, keys.dlq, dlq_id, fields)
+        if record:
+            await self._record([row])
+        return row
+
+    async def _record(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
         try:
-            await self._catalog.record([row])
-        except Exception as record_error:  # noqa: BLE001 - the reconciler records it later
+            await self._catalog.record(rows)
+        except Exception as record_error:  # noqa: BLE001 - the reconciler records them later
             log.warning(
-                "dead letter not yet in the catalog, the reconciler will add it: "
-                "dlq_entry=%s error=%r",
-                dlq_id,
+                "dead letters not yet in the catalog, the reconciler will add them: "
+                "dlq_entries=%s error=%r",
+                ",".join(str(r[2]) for r in rows),
                 record_error,
             )
 
@@ -106,8 +113,10 @@ class PoisonQueue:
         """Entries delivered more often than max_attempts, whose last deliveries ended without
         an outcome (their consumers crashed or stalled), go to the dead-letter stream. But a
         stalled member may still hold one: the ledger is marked around the moves, so such a
-        member cannot apply one after it was moved, and one it applied meanwhile is
-        acknowledged instead of moved. Returns the entries to acknowledge."""
+        member cannot apply one after it was moved, and one it applied meanwhile (or one moved
+        already) is acknowledged instead of moved. A database failure leaves them all pending
+        (DatabaseDown: the worker backs off); they are reclaimed later. Returns the entries to
+        acknowledge."""
         marks: dict[str, tuple[Entry, DeadLetterMark]] = {}
         again: list[Entry] = []
         for entry in entries:
@@ -119,6 +128,7 @@ class PoisonQueue:
             else:
                 marks[mark.event_id] = (entry, mark)
         settled: list[Entry] = []
+        rows: list[tuple[Any, ...]] = []
         try:
             async with self._marking([m for _, m in marks.values()]) as done:
                 for event_id, (entry, _) in marks.items():
@@ -126,7 +136,7 @@ class PoisonQueue:
                         settled.append(entry)
                         self._m.duplicate.add(1, self._attrs)
                     else:
-                        await self._over_attempts_one(entry)
+                        rows.append(await self._over_attempts_one(entry, record=False))
         except MarksBusy:
             log.info(
                 "over max_attempts but still being applied elsewhere, left pending: "
@@ -135,16 +145,20 @@ class PoisonQueue:
                 self._s.group,
                 ",".join(e.entry_id for e, _ in marks.values()),
             )
-            return settled
+            return []
+        # Recorded once the marks have committed and given their connection back: the worker
+        # never holds two of the pool's connections at once.
+        await self._record(rows)
         return settled + again
 
-    async def _over_attempts_one(self, entry: Entry) -> None:
-        await self.move(
+    async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> tuple[Any, ...]:
+        return await self.move(
             entry,
             "max_attempts",
             "Redelivered",
             f"delivered {entry.attempt} times, over max_attempts={self._s.max_attempts}; "
             "the last deliveries ended without an outcome (consumer crash?)",
+            record=record,
         )
 
     async def mark_reprocessed(self, settled: list[Entry]) -> None:

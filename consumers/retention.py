@@ -274,16 +274,26 @@ class Housekeeper:
             )
 
     async def _ledger_floors(self) -> tuple[list[str], list[int], list[int]]:
-        """The first entry still in each of the group's streams (its topics' event streams and
-        retry streams), as parallel lists of stream, milliseconds and sequence; empty or missing
-        streams have none."""
-        keys = [wire.Keys(topic, self._s.key_prefix) for topic in self._s.topics]
-        streams = [name for k in keys for name in (k.events, k.retry(self._s.group))]
+        """The first entry still in each stream that rows past retention came from (those of
+        the group's topics that another member consumes included), as parallel lists of stream,
+        milliseconds and sequence; streams now empty or gone have none."""
+        s = self._s
+        streams = [
+            r[0]
+            for r in await self._pool.fetch(
+                f"SELECT DISTINCT stream FROM {s.ledger_schema}.{database.LEDGER_TABLE} "
+                "WHERE consumer_group = $1 AND processed_at < now() - make_interval(secs => $2)",
+                s.group,
+                s.ledger_retention,
+            )
+        ]
+        out: tuple[list[str], list[int], list[int]] = ([], [], [])
+        if not streams:
+            return out
         pipe = self._client.pipeline(transaction=False)
         for stream in streams:
             pipe.xrange(stream, "-", "+", count=1)
         firsts = await self._redis(pipe.execute())
-        out: tuple[list[str], list[int], list[int]] = ([], [], [])
         for stream, first in zip(streams, firsts, strict=True):
             if first:
                 ms, seq = EntryId.parse(first[0][0])

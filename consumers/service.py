@@ -69,10 +69,11 @@ class Consumer:
         warning = retention_warning(s)
         if warning:
             log.warning("%s", warning)
-        # Lanes of every topic, the trim lock and a transaction beside it, the heartbeat, and
-        # the dead-letter catalog (the ops plane has a pool of its own).
+        # Lanes of every topic and a connection per topic for dead-letter marks, the trim lock
+        # and a transaction beside it, the heartbeat, and the dead-letter catalog (the ops plane
+        # has a pool of its own).
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 5
+            s.database_url, min_size=1, max_size=(s.partitions + 1) * len(s.topics) + 5
         )
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = DeadLetterCatalog(self._pool)
@@ -101,7 +102,6 @@ class Consumer:
             stopping=self._stopping,
             on_trouble=health.unhealthy,
             backoff=s.outage_policy,
-            retry_stream=keys.retry(s.group),
         )
         schedule = RetrySchedule()
         reader = Reader(streams, schedule, s, self.metrics)

@@ -58,15 +58,15 @@ def is_dead(conn: asyncpg.Connection) -> bool:
 
 @asynccontextmanager
 async def transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> AsyncIterator[None]:
-    """The part's transaction, asyncpg's own so that handlers can nest theirs in it. Before the
-    COMMIT it checks that no handler caught a database error and carried on: PostgreSQL would
-    answer COMMIT of such an aborted transaction with a silent ROLLBACK, and then nothing of the
-    part was written."""
+    """The part's transaction, asyncpg's own so that handlers can nest theirs in it. Just before
+    the COMMIT one statement both lets the commit guard pass (app_0004) and checks that no
+    handler caught a database error and carried on: PostgreSQL would answer COMMIT of such an
+    aborted transaction with a silent ROLLBACK, and then nothing of the part was written."""
     started = conn.transaction()
     await started.start()
     try:
         yield
-        await check_usable(conn, part)
+        await check_usable(conn, part, commit=True)
     except BaseException:
         if not is_dead(conn):
             with suppress(Exception):
@@ -75,10 +75,25 @@ async def transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> Asy
     await started.commit()
 
 
-async def check_usable(conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
+async def check_usable(
+    conn: asyncpg.Connection, deliveries: Sequence[Delivery], *, commit: bool = False
+) -> None:
     """HandlerFailed(SwallowedDatabaseError) when the transaction is aborted (a handler caught
-    a database error and returned normally); one round trip."""
+    a database error and returned normally); with `commit`, also let the commit guard pass."""
     try:
-        await conn.execute("SELECT")
+        await conn.execute(_COMMIT_OK if commit else "SELECT")
     except asyncpg.InFailedSQLTransactionError as exc:
         raise HandlerFailed(deliveries, SwallowedDatabaseError()) from exc
+
+
+def handler_failed(
+    conn: asyncpg.Connection, deliveries: Sequence[Delivery], exc: Exception
+) -> HandlerFailed:
+    """A handler call raised `exc`: its failure, or TransactionEnded when the transaction is gone
+    too (a COMMIT sent as SQL, which the commit guard failed, or a ROLLBACK)."""
+    if not is_dead(conn) and not conn.is_in_transaction():
+        return HandlerFailed(deliveries, TransactionEnded())
+    return HandlerFailed(deliveries, exc)
+
+
+_COMMIT_OK = "SELECT set_config('conveyor.ledger_commit', 'on', true)"

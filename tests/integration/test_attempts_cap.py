@@ -98,7 +98,7 @@ async def test_member_stalled_before_applying_cannot_apply_after_the_dead_letter
     pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
     try:
         late = Applier(pool, group="g", ledger_schema=case.schema, exactly_once=True,
-                       partitions=1, retry_stream=keys.retry("g"))  # fmt: skip
+                       partitions=1)  # fmt: skip
         outcomes = await late.apply([decoded])
         await late.close()
         assert (outcomes.applied, outcomes.duplicates) == (0, 1)
