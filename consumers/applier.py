@@ -3,10 +3,11 @@
 Exactly-once mode: the batch is split by aggregate id over a few connections; each part runs in
 one transaction that inserts its ledger rows (`ON CONFLICT DO NOTHING RETURNING`) and runs the
 handlers of the events it won, so their effects commit at most once per (group, event id).
-If a handler fails, the part is rolled back and run again with one savepoint per event (per
-batch-handler call, halved down to single events), so only the failing event is held back.
+If a handler fails, the part is rolled back and split: the events before the failing one and
+those after it run again, each piece in a transaction of its own (halved instead when the failure
+cannot be pinned on one event), so only failing events are held back.
 
-Transactions and savepoints are asyncpg's own (`Connection.transaction()`), so a handler may open
+Transactions are asyncpg's own (`Connection.transaction()`), so a handler may open
 `ctx.db.transaction()` itself: it becomes a savepoint inside the event's transaction.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
@@ -31,7 +33,6 @@ from consumers.transactions import (
     HandlerFailed,
     SwallowedDatabaseError,
     TransactionEnded,
-    check_usable,
     handler_failed,
     is_dead,
     transaction,
@@ -184,32 +185,49 @@ class Applier:
         conn: asyncpg.Connection | None = None
         try:
             conn = await self._connection(lane)
-            try:
-                return await self._optimistic(conn, part)
-            except HandlerFailed as failed:
-                bad = _known_bad(failed)
-            while True:
-                if is_dead(conn):
-                    raise DatabaseDown("connection lost")
-                try:
-                    return await self._isolated(conn, part, bad)
-                except HandlerFailed as again:
-                    if not isinstance(again.error, TransactionEnded):
-                        # Savepoints contain handler failures: this is the database.
-                        raise DatabaseDown(str(again.error)) from again.error
-                    bad |= _known_bad(again)  # run the rest again without that handler call
+            return await self._in_pieces(conn, part)
         except DatabaseDown:
             await self._drop(lane, conn)
             raise
         except Exception as exc:
             # Any failure outside a handler (lost connection, deadlock, statement cancelled,
-            # failover to a read-only node, a connection left mid-protocol): the part committed
-            # nothing; retry it on a fresh connection.
+            # failover to a read-only node, a connection left mid-protocol): the piece being
+            # applied committed nothing; retry the part on a fresh connection (what committed
+            # before is found in the ledger).
             await self._drop(lane, conn)
             raise DatabaseDown(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             await self._drop(lane, conn)  # cancelled mid-query: never reuse that connection
             raise
+
+    async def _in_pieces(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
+        """Apply `part` in one transaction; when a handler fails, split it around the failing
+        event (or in halves, when the failure cannot be pinned on one event: a batch handler,
+        a swallowed error's symptom, a deferred constraint at COMMIT) and apply each piece in a
+        transaction of its own, until only failing events are left out. Pieces keep stream
+        order, so each aggregate's events still apply in order."""
+        outcomes = Outcomes()
+        pieces: deque[list[Delivery]] = deque([part])
+        while pieces:
+            piece = pieces.popleft()
+            if not piece:
+                continue
+            if is_dead(conn):
+                raise DatabaseDown("connection lost")
+            try:
+                outcomes.add(await self._optimistic(conn, piece))
+            except HandlerFailed as failed:
+                culprit = _culprit(failed)
+                if culprit is None and len(piece) == 1:
+                    culprit = piece[0]
+                if culprit is not None:
+                    outcomes.failed.append((culprit, failed.error))
+                    at = next(i for i, d in enumerate(piece) if d is culprit)
+                    pieces.extendleft([piece[at + 1 :], piece[:at]])
+                else:
+                    mid = len(piece) // 2
+                    pieces.extendleft([piece[mid:], piece[:mid]])
+        return outcomes
 
     async def _connection(self, lane: int) -> asyncpg.Connection:
         """The lane's own connection, kept across batches (a pool round trip and the pool's
@@ -230,11 +248,9 @@ class Applier:
                 conn.terminate()
                 await self._pool.release(conn, timeout=5)
 
-    def marking_dead_letters(
-        self, marks: Sequence[DeadLetterMark]
-    ) -> AbstractAsyncContextManager[set[str]]:
+    def marking_dead_letter(self, mark: DeadLetterMark) -> AbstractAsyncContextManager[bool]:
         """The ledger's `marking`: see `Ledger.marking`."""
-        return self._ledger.marking(marks)
+        return self._ledger.marking(mark)
 
     async def close(self) -> None:
         """Give the lanes' connections back to the pool."""
@@ -251,55 +267,6 @@ class Applier:
             for route, group in plan(todo):
                 await self._run(conn, route, group)
         return Outcomes.of(part, won)
-
-    async def _isolated(
-        self, conn: asyncpg.Connection, part: list[Delivery], bad: dict[int, _Bad]
-    ) -> Outcomes:
-        """The part again, each event (each batch-handler call) in a savepoint of its own; the
-        deliveries in `bad` are not run again but reported failed."""
-        outcomes = Outcomes()
-        async with transaction(conn, part):
-            for route, group in plan(part):
-                outcomes.failed += [(b.delivery, b.error) for d in group if (b := bad.get(id(d)))]
-                todo = [d for d in group if id(d) not in bad]
-                if route is not None and not route.batch:
-                    for d in todo:
-                        outcomes.add(await self._savepoint(conn, route, [d]))
-                elif todo:
-                    outcomes.add(await self._halving(conn, route, todo))
-        return outcomes
-
-    async def _halving(
-        self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
-    ) -> Outcomes:
-        outcomes = await self._savepoint(conn, route, group)
-        if len(group) == 1 or not outcomes.failed:
-            return outcomes
-        mid = len(group) // 2
-        first = await self._halving(conn, route, group[:mid])
-        return first.add(await self._halving(conn, route, group[mid:]))
-
-    async def _savepoint(
-        self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
-    ) -> Outcomes:
-        savepoint = conn.transaction()
-        await savepoint.start()
-        try:
-            won = await self._ledger.claim(conn, group)
-            todo = [d for d in group if d.event_id in won]
-            if todo:
-                await self._run(conn, route, todo)
-                await check_usable(conn, todo)
-        except (HandlerFailed, asyncpg.InFailedSQLTransactionError) as exc:
-            if is_dead(conn):
-                raise DatabaseDown(str(exc)) from exc
-            if isinstance(exc, HandlerFailed) and isinstance(exc.error, TransactionEnded):
-                raise  # the whole transaction is gone: isolation starts over without them
-            await savepoint.rollback()
-            error = exc.error if isinstance(exc, HandlerFailed) else SwallowedDatabaseError()
-            return Outcomes(failed=[(d, error) for d in group])
-        await savepoint.commit()
-        return Outcomes.of(group, won)
 
     async def _run(
         self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
@@ -329,22 +296,15 @@ class Applier:
                 raise HandlerFailed([d], TransactionEnded())
 
 
-@dataclass(frozen=True, slots=True)
-class _Bad:
-    delivery: Delivery
-    error: BaseException
-
-
-def _known_bad(failed: HandlerFailed) -> dict[int, _Bad]:
-    """The deliveries not to run again after `failed`, by id(): the one event whose handler
-    failed on its own, or every event of a handler call that ended the transaction; none when
-    what was raised is the symptom of an earlier handler having swallowed a database error."""
-    if isinstance(failed.error, TransactionEnded) or (
-        len(failed.deliveries) == 1
-        and not isinstance(failed.error, asyncpg.InFailedSQLTransactionError)
+def _culprit(failed: HandlerFailed) -> Delivery | None:
+    """The one event a failure is pinned on: a per-event handler that raised or ended the
+    transaction. None when it cannot be told: a batch handler's call, what a later handler
+    raised because an earlier one swallowed a database error, a deferred constraint at COMMIT."""
+    if len(failed.deliveries) != 1 or isinstance(
+        failed.error, (asyncpg.InFailedSQLTransactionError, SwallowedDatabaseError)
     ):
-        return {id(d): _Bad(d, failed.error) for d in failed.deliveries}
-    return {}
+        return None
+    return failed.deliveries[0]
 
 
 def tracing_enabled() -> bool:

@@ -97,44 +97,36 @@ class Ledger:
         return {r[0] for r in rows}
 
     @asynccontextmanager
-    async def marking(self, marks: Sequence[DeadLetterMark]) -> AsyncIterator[set[str]]:
-        """Mark events in the ledger as dead-lettered by the group, in a transaction that
-        commits when the block ends (the caller moves them to the dead-letter stream inside
-        it), and yield the ids of those the group has applied already: those are neither
-        marked nor to be moved. A member still applying one of them is waited for, at most
-        MARK_LOCK_TIMEOUT (then MarksBusy); once the marks commit, a member still holding one
-        of these entries cannot apply it. A database failure is DatabaseDown.
-        In at-least-once mode there is no ledger: nothing is marked or found applied."""
-        if not self._exactly_once or not marks:
-            yield set()
+    async def marking(self, mark: DeadLetterMark) -> AsyncIterator[bool]:
+        """Mark one event in the ledger as dead-lettered by the group, in a transaction that
+        commits when the block ends (the caller moves its entry to the dead-letter stream inside
+        it), and yield whether it needs no move: the group applied the event already, or this
+        very entry was moved already (marks commit after their move). A member still applying
+        the event is waited for, at most MARK_LOCK_TIMEOUT (then MarksBusy); once the mark
+        commits, a member still holding this entry cannot apply it. A database failure is
+        DatabaseDown. In at-least-once mode there is no ledger: nothing is marked."""
+        if not self._exactly_once:
+            yield False
             return
-        # Event-id order, as the lanes' claims: two transactions take the rows' locks in one
-        # order and cannot deadlock.
-        marks = sorted(marks, key=_mark_order)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = '{MARK_LOCK_TIMEOUT}s'")
                 try:
-                    rows = await conn.fetch(
+                    marked = await conn.fetchval(
                         self._mark_sql,
                         self._group,
-                        [uuid.UUID(m.event_id) for m in marks],
-                        [m.event_type for m in marks],
-                        [m.stream for m in marks],
-                        [m.entry_id for m in marks],
+                        [uuid.UUID(mark.event_id)],
+                        [mark.event_type],
+                        [mark.stream],
+                        [mark.entry_id],
                     )
                 except asyncpg.LockNotAvailableError as exc:
                     raise MarksBusy(str(exc)) from exc
-                marked = {r[0] for r in rows}
-                yield {m.event_id for m in marks} - marked
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                yield marked is None
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if isinstance(exc, asyncpg.LockNotAvailableError):
                 raise MarksBusy(str(exc)) from exc
-            raise DatabaseDown(f"marking dead letters: {type(exc).__name__}: {exc}") from exc
-
-
-def _mark_order(m: DeadLetterMark) -> str:
-    return m.event_id
+            raise DatabaseDown(f"marking a dead letter: {type(exc).__name__}: {exc}") from exc
 
 
 def _event_id(d: Delivery) -> str:

@@ -20,9 +20,9 @@ from conveyor import wire
 
 log = logging.getLogger(__name__)
 
-Marking = Callable[[Sequence[DeadLetterMark]], AbstractAsyncContextManager[set[str]]]
-"""Marks events dead-lettered in the ledger around a block, yielding the ids found applied
-(`Applier.marking_dead_letters`)."""
+Marking = Callable[[DeadLetterMark], AbstractAsyncContextManager[bool]]
+"""Marks one event dead-lettered in the ledger around a block, yielding whether it needs no move
+(`Applier.marking_dead_letter`)."""
 
 
 class DeadLetterSink(Protocol):
@@ -130,9 +130,12 @@ class PoisonQueue:
         settled: list[Entry] = []
         rows: list[tuple[Any, ...]] = []
         try:
-            async with self._marking([m for _, m in marks.values()]) as done:
-                for event_id, (entry, _) in marks.items():
-                    if event_id in done:
+            # One transaction per event, so a move that fails leaves the marks of the entries
+            # moved before it committed; in event-id order, as the lanes' claims take theirs.
+            for event_id in sorted(marks):
+                entry, mark = marks[event_id]
+                async with self._marking(mark) as done:
+                    if done:
                         settled.append(entry)
                         self._m.duplicate.add(1, self._attrs)
                     else:
@@ -145,7 +148,8 @@ class PoisonQueue:
                 self._s.group,
                 ",".join(e.entry_id for e, _ in marks.values()),
             )
-            return []
+            await self._record(rows)
+            return settled
         # Recorded once the marks have committed and given their connection back: the worker
         # never holds two of the pool's connections at once.
         await self._record(rows)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -249,18 +250,21 @@ class Housekeeper:
         row it would be applied twice."""
         s, chunk = self._s, self._ledger_chunk
         table = f"{s.ledger_schema}.{database.LEDGER_TABLE}"
-        streams, ms, seq = await self._ledger_floors()
+        # One cutoff for the whole round: the floors are taken for the streams of the rows
+        # older than it, and only those rows are deleted, however long the chunks take.
+        cutoff = await self._pool.fetchval(
+            "SELECT now() - make_interval(secs => $1)", s.ledger_retention
+        )
+        streams, ms, seq = await self._ledger_floors(cutoff)
         statement = (
             f"DELETE FROM {table} WHERE consumer_group = $1 AND event_id IN (SELECT event_id "
-            f"FROM {table} AS l WHERE consumer_group = $1 AND processed_at < now() - "
-            "make_interval(secs => $2) AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], "
+            f"FROM {table} AS l WHERE consumer_group = $1 AND processed_at < $2 "
+            "AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], "
             "$5::numeric[], $6::numeric[]) AS f(stream, ms, seq) WHERE l.stream = f.stream AND "
             f"{_ENTRY_ID_AS_ROW} >= (f.ms, f.seq)) LIMIT $3)"
         )
         while True:
-            status = await self._pool.execute(
-                statement, s.group, s.ledger_retention, chunk, streams, ms, seq
-            )
+            status = await self._pool.execute(statement, s.group, cutoff, chunk, streams, ms, seq)
             deleted = int(status.split()[-1])
             report.ledger_deleted += deleted
             if deleted < chunk:
@@ -273,7 +277,7 @@ class Housekeeper:
                 report.ledger_deleted,
             )
 
-    async def _ledger_floors(self) -> tuple[list[str], list[int], list[int]]:
+    async def _ledger_floors(self, cutoff: datetime) -> tuple[list[str], list[int], list[int]]:
         """The first entry still in each stream that rows past retention came from (those of
         the group's topics that another member consumes included), as parallel lists of stream,
         milliseconds and sequence; streams now empty or gone have none."""
@@ -282,9 +286,9 @@ class Housekeeper:
             r[0]
             for r in await self._pool.fetch(
                 f"SELECT DISTINCT stream FROM {s.ledger_schema}.{database.LEDGER_TABLE} "
-                "WHERE consumer_group = $1 AND processed_at < now() - make_interval(secs => $2)",
+                "WHERE consumer_group = $1 AND processed_at < $2",
                 s.group,
-                s.ledger_retention,
+                cutoff,
             )
         ]
         out: tuple[list[str], list[int], list[int]] = ([], [], [])

@@ -109,7 +109,7 @@ class Consumer:
         poison = PoisonQueue(
             streams=streams,
             catalog=catalog,
-            marking=applier.marking_dead_letters,
+            marking=applier.marking_dead_letter,
             settings=s,
             metrics=self.metrics,
         )

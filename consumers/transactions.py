@@ -1,4 +1,4 @@
-"""A lane's transactions and savepoints, and the failures the applier tells apart in them."""
+"""A lane's transactions, and the failures the applier tells apart in them."""
 
 from __future__ import annotations
 
@@ -72,7 +72,12 @@ async def transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> Asy
             with suppress(Exception):
                 await started.rollback()
         raise
-    await started.commit()
+    try:
+        await started.commit()
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # A deferred constraint of a handler's tables failed at COMMIT: a handler failure,
+        # though not yet pinned on one of the part's events.
+        raise HandlerFailed(part, exc) from exc
 
 
 async def check_usable(

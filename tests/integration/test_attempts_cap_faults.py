@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from consumers import Consumer, ConsumerSettings, EventContext, Router
 from consumers.applier import Applier
@@ -376,3 +377,66 @@ async def test_marks_of_five_topics_at_once_leave_the_pool_room_to_record_the_de
             await asyncio.wait_for(task, 10)
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(consumer.close(), 10)
+
+
+async def _results(case: Case) -> dict[str, str]:
+    rows = await case.pg.fetch(
+        f"SELECT event_id::text, processing_result FROM {case.schema}.event_ledger"
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def test_an_entry_moved_before_a_later_move_failed_keeps_its_mark(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two events are over the cap, held by member x, which stalled before its transaction.
+    Member b reclaims both and moves them one by one, each with its own mark; Redis fails on
+    the second move. The first entry's mark committed with its move, so when x wakes it does
+    not apply the event that sits in the dead-letter stream; the second stays pending."""
+    await create_effects(case.pg, case.schema)
+    router = effect_router(case.schema)
+    keys = wire.Keys("identity", case.prefix)
+    ids = await publish(case.redis, case.prefix, 2, aggregates=2)
+    stalled = TopicStreams(case.redis, keys, "g", "x")
+    await stalled.ensure_groups()
+    entries = await stalled.read(keys.events, 2, None)
+    for _ in range(2):  # delivered 3 times: over max_attempts=2
+        await case.redis.xclaim(keys.events, "g", "x", 0, [e.entry_id for e in entries])
+    for e in entries:
+        e.attempt = 3
+    decoder = Decoder(topic="identity", group="g", router=router, max_bytes=1 << 20)
+    first = decoder.decode(entries[0])
+    assert isinstance(first, Delivery)
+
+    original = TopicStreams.dead_letter
+    calls = {"n": 0}
+
+    async def flaky(self: TopicStreams, entry: Any, fields: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RedisConnectionError("injected: Redis connection lost on the second move")
+        return await original(self, entry, fields)
+
+    monkeypatch.setattr(TopicStreams, "dead_letter", flaky)
+    conf = consumer_settings(case, max_attempts=2, claim_idle=0.2, consumer="b",
+                             db_backoff_max=0.2)  # fmt: skip
+    async with running_consumer(router, **conf):
+
+        async def both_moved() -> bool:
+            return await case.redis.xlen(keys.dlq) == 2
+
+        await wait_until(both_moved, timeout=20, what="both entries dead-lettered")
+    marks = await _results(case)
+
+    pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
+    try:
+        late = Applier(pool, group="g", ledger_schema=case.schema, exactly_once=True, partitions=1)
+        outcomes = await late.apply([first])
+        await late.close()
+    finally:
+        await pool.close()
+    counts = await effect_counts(case.pg, case.schema, "g")
+    assert (marks.get(ids[0]), outcomes.applied, counts) == ("dead_letter", 0, {}), (
+        f"the first entry was moved to the dead-letter stream with its mark rolled back "
+        f"(ledger {marks}); the stalled member then applied it: effects {counts}"
+    )

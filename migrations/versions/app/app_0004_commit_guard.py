@@ -7,6 +7,9 @@ handler that sends COMMIT as SQL cannot commit the ledger rows of events whose h
 run yet: its COMMIT fails and the whole transaction rolls back. The table is unlogged (its rows
 mean nothing after a crash) and holds one row per consumer connection ever seen.
 
+The trigger is a deferrable constraint, so a handler's `SET CONSTRAINTS ALL IMMEDIATE` would fire
+it early: that fails with a message asking to name the constraints to check instead.
+
 Revision ID: app_0004
 Revises: app_0003
 Create Date: 2026-12-02
@@ -40,6 +43,10 @@ def upgrade() -> None:
     op.execute(
         f'CREATE FUNCTION "{schema}".{_CHECK}() RETURNS trigger LANGUAGE plpgsql AS $$ '
         "BEGIN IF current_setting('conveyor.ledger_commit', true) IS DISTINCT FROM 'on' THEN "
+        "IF current_query() ~* '^\\s*set\\s+constraints' THEN "
+        "RAISE EXCEPTION USING ERRCODE = 'invalid_transaction_termination', MESSAGE = "
+        "'SET CONSTRAINTS ALL would check Conveyor''s commit guard before the consumer''s "
+        "COMMIT: name the constraints to check (SET CONSTRAINTS my_fkey IMMEDIATE)'; END IF; "
         "RAISE EXCEPTION USING ERRCODE = 'invalid_transaction_termination', MESSAGE = "
         "'a transaction holding Conveyor ledger rows can only be committed by the consumer: "
         "a handler sent COMMIT as SQL (use ctx.db.transaction() instead)'; "
