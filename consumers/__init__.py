@@ -16,8 +16,11 @@ if TYPE_CHECKING:
     from consumers.service import Consumer
     from consumers.settings import ConsumerSettings
     from consumers.signals import Reject, Retry
+    from consumers.status import ConsumerStatus, WorkerStatus
 
 _HOMES = {
+    "ConsumerStatus": "consumers.status",
+    "WorkerStatus": "consumers.status",
     "Consumer": "consumers.service",
     "ConsumerError": "consumers.errors",
     "ConsumerSettings": "consumers.settings",
@@ -33,12 +36,14 @@ __all__ = [
     "Consumer",
     "ConsumerError",
     "ConsumerSettings",
+    "ConsumerStatus",
     "EventContext",
     "GroupLost",
     "Reject",
     "Retry",
     "Router",
     "RouterError",
+    "WorkerStatus",
 ]
 
 

@@ -3,10 +3,11 @@
 Exactly-once mode: the batch is split by aggregate id over a few connections; each part runs in
 one transaction that inserts its ledger rows (`ON CONFLICT DO NOTHING RETURNING`) and runs the
 handlers of the events it won, so their effects commit at most once per (group, event id).
-If a handler fails, the part is rolled back and run again with one savepoint per event (per
-batch-handler call, halved down to single events), so only the failing event is held back.
+If a handler fails, the part is rolled back and split: the events before the failing one and
+those after it run again, each piece in a transaction of its own (halved instead when the failure
+cannot be pinned on one event), so only failing events are held back.
 
-Transactions and savepoints are asyncpg's own (`Connection.transaction()`), so a handler may open
+Transactions are asyncpg's own (`Connection.transaction()`), so a handler may open
 `ctx.db.transaction()` itself: it becomes a savepoint inside the event's transaction.
 """
 
@@ -14,19 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 from opentelemetry import propagate, trace
 
 from consumers.deliveries import DeadLetterMark, Delivery
+from consumers.ledger import Ledger
 from consumers.router import Route
-from conveyor import database
+from consumers.transactions import (
+    DatabaseDown,
+    HandlerFailed,
+    SwallowedDatabaseError,
+    TransactionEnded,
+    handler_failed,
+    is_dead,
+    transaction,
+)
 from conveyor import telemetry as t
+from conveyor.retry import RetryPolicy, pause
 
 
 @dataclass(slots=True)
@@ -56,50 +68,9 @@ class Outcomes:
         return cls(list(deliveries), len(won) - skipped, skipped, len(deliveries) - len(won))
 
 
-class DatabaseDown(Exception):
-    """The database connection failed mid-batch; nothing of the part was committed."""
-
-
-class SwallowedDatabaseError(Exception):
-    """A handler caught a database error and carried on: its transaction was already aborted,
-    so nothing it or its neighbours wrote could commit."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "a handler caught a database error and returned normally; the transaction was "
-            "aborted by that error (let it propagate, or wrap the statement in "
-            "`async with ctx.db.transaction():` to contain it)"
-        )
-
-
-MARK_LOCK_TIMEOUT = 5
-"""Seconds marking dead letters waits for a member still applying one of the events."""
-
-
-class MarksBusy(Exception):
-    """Another member is applying one of the events to be marked; try again later."""
-
-
-class TransactionEnded(Exception):
-    """A handler ended the transaction that holds the ledger rows (COMMIT or ROLLBACK sent as
-    SQL), so its effects no longer commit together with them."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "a handler ended the event's transaction with COMMIT or ROLLBACK sent as SQL; "
-            "handlers must leave the transaction open (use `async with ctx.db.transaction():` "
-            "for a part that may fail on its own)"
-        )
-
-
-class _Failed(Exception):
-    def __init__(self, deliveries: Sequence[Delivery], error: BaseException) -> None:
-        super().__init__(str(error))
-        self.deliveries = deliveries
-        self.error = error
-
-
 Step = tuple[Route | None, list[Delivery]]
+_BACKOFF = RetryPolicy(timedelta(seconds=0.2), timedelta(seconds=10))
+"""Backoff of a lane whose database work failed, when none is given (the settings' default)."""
 _tracer = trace.get_tracer(t.TRACER)
 log = logging.getLogger(__name__)
 
@@ -137,50 +108,22 @@ class Applier:
         partitions: int,
         stopping: asyncio.Event | None = None,
         on_trouble: Callable[[str], None] | None = None,
-        backoff_max: float = 10.0,
-        retry_stream: str = "",
+        backoff: RetryPolicy = _BACKOFF,
     ) -> None:
         self._pool = pool
         self._stopping = stopping or asyncio.Event()
-        self.on_trouble = on_trouble
+        self._on_trouble = on_trouble
         """Told why, whenever a lane's database work fails and is retried."""
-        self._backoff_max = backoff_max
-        self._group = group
-        self._exactly_once = exactly_once
+        self._backoff = backoff
         self._partitions = partitions
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
         self._tracing = tracing_enabled()
-        self._retry_stream = retry_stream
-        table = f"{database.validate_schema(ledger_schema)}.{database.LEDGER_TABLE}"
-        # A 'failure' row (never written by this runtime, but allowed) does not count as applied;
-        # nor does a 'dead_letter' mark, which only the group's retry stream ($7, reprocessing)
-        # may apply over. Columns travel as one comma-joined text each (ids, type names and
-        # entry ids hold no commas): encoding a 1,000-element array costs asyncpg far more than
-        # one string.
-        self._claim_sql = (
-            f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
-            "processing_result) SELECT $1, e::uuid, t, s, x, r FROM unnest("
-            "string_to_array($2, ','), string_to_array($3, ','), string_to_array($4, ','), "
-            "string_to_array($5, ','), string_to_array($6, ',')) AS u(e, t, s, x, r) "
-            "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
-            "EXCLUDED.processing_result, processed_at = now(), stream = EXCLUDED.stream, "
-            "entry_id = EXCLUDED.entry_id WHERE l.processing_result = 'failure' OR "
-            "(l.processing_result = 'dead_letter' AND EXCLUDED.stream = $7) "
-            "RETURNING event_id::text"
-        )
-        self._mark_sql = (
-            f"INSERT INTO {table} AS l (consumer_group, event_id, event_type, stream, entry_id, "
-            "processing_result) SELECT $1, e, t, s, x, 'dead_letter' FROM unnest($2::uuid[], "
-            "$3::text[], $4::text[], $5::text[]) AS u(e, t, s, x) "
-            "ON CONFLICT (consumer_group, event_id) DO UPDATE SET processing_result = "
-            "'dead_letter', processed_at = now(), stream = EXCLUDED.stream, "
-            "entry_id = EXCLUDED.entry_id WHERE l.processing_result IN ('failure', 'dead_letter') "
-            "RETURNING event_id::text"
-        )
-        self._unclaim_sql = (
-            f"DELETE FROM {table} WHERE consumer_group = $1 "
-            "AND event_id = ANY(string_to_array($2, ',')::uuid[])"
+        self._ledger = Ledger(
+            pool,
+            group=group,
+            ledger_schema=ledger_schema,
+            exactly_once=exactly_once,
         )
 
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
@@ -225,60 +168,72 @@ class Applier:
                 return await self._apply_part(lane, part)
             except DatabaseDown as exc:
                 failures += 1
-                if self.on_trouble is not None:
-                    self.on_trouble(f"database unavailable: {exc}")
-                log.warning("lane %d: batch part not applied, retrying it: events=%d error=%s",
-                            lane, len(part), exc)  # fmt: skip
-                if self._stopping.is_set() or await self._pause(
-                    min(self._backoff_max, 0.1 * 2**failures)
+                if self._on_trouble is not None:
+                    self._on_trouble(f"database unavailable: {exc}")
+                log.warning(
+                    "lane %d: batch part not applied, retrying it: events=%d error=%s",
+                    lane,
+                    len(part),
+                    exc,
+                )
+                if self._stopping.is_set() or await pause(
+                    self._stopping, self._backoff.delay(failures)
                 ):
                     raise
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep unless stopping; True when the stop came."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
 
     async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
         conn: asyncpg.Connection | None = None
         try:
             conn = await self._connection(lane)
-            try:
-                return await self._optimistic(conn, part)
-            except _Failed as failed:
-                bad = _known_bad(failed)
-            while True:
-                if _dead(conn):
-                    raise DatabaseDown("connection lost")
-                try:
-                    return await self._isolated(conn, part, bad)
-                except _Failed as again:
-                    if not isinstance(again.error, TransactionEnded):
-                        # Savepoints contain handler failures: this is the database.
-                        raise DatabaseDown(str(again.error)) from again.error
-                    bad |= _known_bad(again)  # run the rest again without that handler call
+            return await self._in_pieces(conn, part)
         except DatabaseDown:
             await self._drop(lane, conn)
             raise
         except Exception as exc:
             # Any failure outside a handler (lost connection, deadlock, statement cancelled,
-            # failover to a read-only node, a connection left mid-protocol): the part committed
-            # nothing; retry it on a fresh connection.
+            # failover to a read-only node, a connection left mid-protocol): the piece being
+            # applied committed nothing; retry the part on a fresh connection (what committed
+            # before is found in the ledger).
             await self._drop(lane, conn)
             raise DatabaseDown(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             await self._drop(lane, conn)  # cancelled mid-query: never reuse that connection
             raise
 
+    async def _in_pieces(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
+        """Apply `part` in one transaction; when a handler fails, split it around the failing
+        event (or in halves, when the failure cannot be pinned on one event: a batch handler,
+        a swallowed error's symptom, a deferred constraint at COMMIT) and apply each piece in a
+        transaction of its own, until only failing events are left out. Pieces keep stream
+        order, so each aggregate's events still apply in order."""
+        outcomes = Outcomes()
+        pieces: deque[list[Delivery]] = deque([part])
+        while pieces:
+            piece = pieces.popleft()
+            if not piece:
+                continue
+            if is_dead(conn):
+                raise DatabaseDown("connection lost")
+            try:
+                outcomes.add(await self._optimistic(conn, piece))
+            except HandlerFailed as failed:
+                culprit = _culprit(failed)
+                if culprit is None and len(piece) == 1:
+                    culprit = piece[0]
+                if culprit is not None:
+                    outcomes.failed.append((culprit, failed.error))
+                    at = next(i for i, d in enumerate(piece) if d is culprit)
+                    pieces.extendleft([piece[at + 1 :], piece[:at]])
+                else:
+                    mid = len(piece) // 2
+                    pieces.extendleft([piece[mid:], piece[:mid]])
+        return outcomes
+
     async def _connection(self, lane: int) -> asyncpg.Connection:
         """The lane's own connection, kept across batches (a pool round trip and the pool's
         reset query per batch would cost more than a small batch's work); replaced when broken."""
         conn = self._lanes[lane]
-        if conn is not None and not _dead(conn):
+        if conn is not None and not is_dead(conn):
             return conn
         await self._drop(lane, conn)
         conn = self._lanes[lane] = await self._pool.acquire()
@@ -293,35 +248,9 @@ class Applier:
                 conn.terminate()
                 await self._pool.release(conn, timeout=5)
 
-    @asynccontextmanager
-    async def marking_dead_letters(
-        self, marks: Sequence[DeadLetterMark]
-    ) -> AsyncIterator[set[str]]:
-        """Mark events in the ledger as dead-lettered by the group, in a transaction that
-        commits when the block ends (the caller moves them to the dead-letter stream inside
-        it), and yield the ids of those the group has applied already: those are neither
-        marked nor to be moved. A member still applying one of them is waited for, at most
-        MARK_LOCK_TIMEOUT (then MarksBusy); once the marks commit, a member still holding one
-        of the events cannot apply it (only the retry stream can, when it is reprocessed).
-        In at-least-once mode there is no ledger: nothing is marked or found applied."""
-        if not self._exactly_once or not marks:
-            yield set()
-            return
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = '{MARK_LOCK_TIMEOUT}s'")
-            try:
-                rows = await conn.fetch(
-                    self._mark_sql,
-                    self._group,
-                    [uuid.UUID(m.event_id) for m in marks],
-                    [m.event_type for m in marks],
-                    [m.stream for m in marks],
-                    [m.entry_id for m in marks],
-                )
-            except asyncpg.LockNotAvailableError as exc:
-                raise MarksBusy(str(exc)) from exc
-            marked = {r[0] for r in rows}
-            yield {m.event_id for m in marks} - marked
+    def marking_dead_letter(self, mark: DeadLetterMark) -> AbstractAsyncContextManager[bool]:
+        """The ledger's `marking`: see `Ledger.marking`."""
+        return self._ledger.marking(mark)
 
     async def close(self) -> None:
         """Give the lanes' connections back to the pool."""
@@ -332,103 +261,12 @@ class Applier:
                     await self._pool.release(conn, timeout=5)
 
     async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
-        async with _transaction(conn, part):
-            won = await self._claim(conn, part)
+        async with transaction(conn, part):
+            won = await self._ledger.claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
-            steps = plan(todo)
-            try:
-                for route, group in steps:
-                    await self._run(conn, route, group)
-            except _Failed as failed:
-                if isinstance(failed.error, TransactionEnded):
-                    await self._unclaim(conn, [d for _, g in steps for d in g], failed)
-                raise
+            for route, group in plan(todo):
+                await self._run(conn, route, group)
         return Outcomes.of(part, won)
-
-    async def _unclaim(
-        self, conn: asyncpg.Connection, run_order: Sequence[Delivery], failed: _Failed
-    ) -> None:
-        """After a handler ended the transaction by SQL: a COMMIT committed the ledger rows of
-        the events whose handlers had not run yet (or not finished) without their effects;
-        delete those rows, so these events are applied when they come again."""
-        log.error(
-            "a handler ended its transaction by SQL: group=%s events=%s",
-            self._group,
-            [d.event_id for d in failed.deliveries],
-        )
-        if not self._exactly_once:
-            return
-        start = next(i for i, d in enumerate(run_order) if d is failed.deliveries[0])
-        ids = [d.event_id for d in run_order[start:]]
-        await conn.execute(self._unclaim_sql, self._group, ",".join(ids))
-
-    async def _isolated(
-        self, conn: asyncpg.Connection, part: list[Delivery], bad: dict[int, _Bad]
-    ) -> Outcomes:
-        """The part again, each event (each batch-handler call) in a savepoint of its own; the
-        deliveries in `bad` are not run again but reported failed."""
-        outcomes = Outcomes()
-        async with _transaction(conn, part):
-            for route, group in plan(part):
-                outcomes.failed += [(b.delivery, b.error) for d in group if (b := bad.get(id(d)))]
-                todo = [d for d in group if id(d) not in bad]
-                if route is not None and not route.batch:
-                    for d in todo:
-                        outcomes.add(await self._savepoint(conn, route, [d]))
-                elif todo:
-                    outcomes.add(await self._halving(conn, route, todo))
-        return outcomes
-
-    async def _halving(
-        self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
-    ) -> Outcomes:
-        outcomes = await self._savepoint(conn, route, group)
-        if len(group) == 1 or not outcomes.failed:
-            return outcomes
-        mid = len(group) // 2
-        first = await self._halving(conn, route, group[:mid])
-        return first.add(await self._halving(conn, route, group[mid:]))
-
-    async def _savepoint(
-        self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
-    ) -> Outcomes:
-        savepoint = conn.transaction()
-        await savepoint.start()
-        try:
-            won = await self._claim(conn, group)
-            todo = [d for d in group if d.event_id in won]
-            if todo:
-                await self._run(conn, route, todo)
-                await _check_usable(conn, todo)
-        except (_Failed, asyncpg.InFailedSQLTransactionError) as exc:
-            if _dead(conn):
-                raise DatabaseDown(str(exc)) from exc
-            if isinstance(exc, _Failed) and isinstance(exc.error, TransactionEnded):
-                await self._unclaim(conn, exc.deliveries, exc)
-                raise
-            await savepoint.rollback()
-            error = exc.error if isinstance(exc, _Failed) else SwallowedDatabaseError()
-            return Outcomes(failed=[(d, error) for d in group])
-        await savepoint.commit()
-        return Outcomes.of(group, won)
-
-    async def _claim(self, conn: asyncpg.Connection, part: Sequence[Delivery]) -> set[str]:
-        if not self._exactly_once:
-            return {d.event_id for d in part}
-        # Rows go in in event-id order (sorted here rather than by the server), so two members
-        # claiming overlapping events take their row locks in the same order.
-        part = sorted(part, key=_event_id)
-        rows = await conn.fetch(
-            self._claim_sql,
-            self._group,
-            ",".join([d.event_id for d in part]),
-            ",".join([d.event_type for d in part]),
-            ",".join([d.entry.stream for d in part]),
-            ",".join([d.entry.entry_id for d in part]),
-            ",".join(["skipped" if d.route is None else "success" for d in part]),
-            self._retry_stream,
-        )
-        return {r[0] for r in rows}
 
     async def _run(
         self, conn: asyncpg.Connection, route: Route | None, group: list[Delivery]
@@ -441,9 +279,9 @@ class Applier:
             try:
                 await route.fn([(d.payload, d.ctx) for d in group], conn)
             except Exception as exc:
-                raise _Failed(group, exc) from exc
+                raise handler_failed(conn, group, exc) from exc
             if not conn.is_in_transaction():
-                raise _Failed(group, TransactionEnded())
+                raise HandlerFailed(group, TransactionEnded())
             return
         for d in group:
             try:
@@ -453,68 +291,20 @@ class Applier:
                 else:
                     await route.fn(d.payload, d.ctx)
             except Exception as exc:
-                raise _Failed([d], exc) from exc
+                raise handler_failed(conn, [d], exc) from exc
             if not conn.is_in_transaction():
-                raise _Failed([d], TransactionEnded())
+                raise HandlerFailed([d], TransactionEnded())
 
 
-@dataclass(frozen=True, slots=True)
-class _Bad:
-    delivery: Delivery
-    error: BaseException
-
-
-def _known_bad(failed: _Failed) -> dict[int, _Bad]:
-    """The deliveries not to run again after `failed`, by id(): the one event whose handler
-    failed on its own, or every event of a handler call that ended the transaction; none when
-    what was raised is the symptom of an earlier handler having swallowed a database error."""
-    if isinstance(failed.error, TransactionEnded) or (
-        len(failed.deliveries) == 1
-        and not isinstance(failed.error, asyncpg.InFailedSQLTransactionError)
+def _culprit(failed: HandlerFailed) -> Delivery | None:
+    """The one event a failure is pinned on: a per-event handler that raised or ended the
+    transaction. None when it cannot be told: a batch handler's call, what a later handler
+    raised because an earlier one swallowed a database error, a deferred constraint at COMMIT."""
+    if len(failed.deliveries) != 1 or isinstance(
+        failed.error, (asyncpg.InFailedSQLTransactionError, SwallowedDatabaseError)
     ):
-        return {id(d): _Bad(d, failed.error) for d in failed.deliveries}
-    return {}
-
-
-def _event_id(d: Delivery) -> str:
-    return d.event_id
-
-
-def _dead(conn: asyncpg.Connection) -> bool:
-    """True when the connection is closed, or was already handed back to the pool (asyncpg
-    does that itself when a pooled connection breaks)."""
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:
-        return True
-
-
-@asynccontextmanager
-async def _transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> AsyncIterator[None]:
-    """The part's transaction, asyncpg's own so that handlers can nest theirs in it. Before the
-    COMMIT it checks that no handler caught a database error and carried on: PostgreSQL would
-    answer COMMIT of such an aborted transaction with a silent ROLLBACK, and then nothing of the
-    part was written."""
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        yield
-        await _check_usable(conn, part)
-    except BaseException:
-        if not _dead(conn):
-            with suppress(Exception):
-                await transaction.rollback()
-        raise
-    await transaction.commit()
-
-
-async def _check_usable(conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
-    """_Failed(SwallowedDatabaseError) when the transaction is aborted (a handler caught a
-    database error and returned normally); one round trip."""
-    try:
-        await conn.execute("SELECT")
-    except asyncpg.InFailedSQLTransactionError as exc:
-        raise _Failed(deliveries, SwallowedDatabaseError()) from exc
+        return None
+    return failed.deliveries[0]
 
 
 def tracing_enabled() -> bool:

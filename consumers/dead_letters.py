@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 import traceback
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from opentelemetry import propagate, trace
 from consumers.deliveries import Entry
 from conveyor import database, redis_client, wire
 from conveyor import telemetry as t
+from conveyor.replies import text, uuid_or_none
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(t.TRACER)
@@ -83,27 +83,20 @@ def span(entry: Entry, reason: str, *, enabled: bool) -> Iterator[str | None]:
         yield out.get(t.HEADER_TRACEPARENT)
 
 
-def _text(fields: dict[bytes, Any], key: bytes) -> str | None:
+def _field(fields: dict[bytes, Any], key: bytes) -> str | None:
     """A field as text for the catalog: PostgreSQL text cannot hold NUL, so it is escaped
     (the dead-letter stream keeps the bytes verbatim)."""
     value = fields.get(key)
     if value is None:
         return None
-    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    return text.replace("\x00", "\\x00")
+    decoded = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return decoded.replace("\x00", "\\x00")
 
 
 def _when(fields: dict[bytes, Any], key: bytes) -> datetime | None:
-    value = _text(fields, key)
+    value = _field(fields, key)
     try:
         return datetime.fromtimestamp(int(value) / 1000, UTC) if value else None
-    except ValueError:
-        return None
-
-
-def _uuid(value: str | None) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value) if value else None
     except ValueError:
         return None
 
@@ -112,24 +105,24 @@ def catalog_row(
     topic: str, dlq_stream: str, dlq_entry_id: str, f: dict[bytes, Any]
 ) -> tuple[Any, ...]:
     """The conveyor.dead_letters row describing one dead-letter entry."""
-    reason = _text(f, wire.DL_REASON) or "validation"
+    reason = _field(f, wire.DL_REASON) or "validation"
     return (
         topic,
         dlq_stream,
         dlq_entry_id,
-        _text(f, wire.DL_SOURCE_STREAM) or "",
-        _text(f, wire.DL_SOURCE_ENTRY) or "",
-        _text(f, wire.DL_GROUP) or "",
-        _text(f, wire.DL_CONSUMER),
-        _uuid(_text(f, wire.F_EVENT_ID)),
-        _text(f, wire.F_EVENT_TYPE),
+        _field(f, wire.DL_SOURCE_STREAM) or "",
+        _field(f, wire.DL_SOURCE_ENTRY) or "",
+        _field(f, wire.DL_GROUP) or "",
+        _field(f, wire.DL_CONSUMER),
+        uuid_or_none(_field(f, wire.F_EVENT_ID)),
+        _field(f, wire.F_EVENT_TYPE),
         reason if reason in wire.REASONS else "validation",
-        _text(f, wire.DL_ERROR_CLASS),
-        _text(f, wire.DL_ERROR),
-        int(_text(f, wire.DL_ATTEMPTS) or 0),
+        _field(f, wire.DL_ERROR_CLASS),
+        _field(f, wire.DL_ERROR),
+        int(_field(f, wire.DL_ATTEMPTS) or 0),
         _when(f, wire.DL_FIRST_FAILED),
         _when(f, wire.DL_LAST_FAILED),
-        _text(f, wire.RT_DEAD_LETTER),
+        _field(f, wire.RT_DEAD_LETTER),
     )
 
 
@@ -202,14 +195,14 @@ class DeadLetterCatalog:
                     )
                 if page:
                     await _record(
-                        conn, [catalog_row(keys.topic, keys.dlq, _id(i), f) for i, f in page]
+                        conn, [catalog_row(keys.topic, keys.dlq, text(i), f) for i, f in page]
                     )
                     await conn.execute(
                         f"INSERT INTO {_CURSORS} (dlq_stream, entry_id) VALUES ($1, $2) "
                         "ON CONFLICT (dlq_stream) DO UPDATE SET entry_id = EXCLUDED.entry_id, "
                         "updated_at = now()",
                         keys.dlq,
-                        _id(page[-1][0]),
+                        text(page[-1][0]),
                     )
             seen += len(page)
             if len(page) < RECONCILE_PAGE:
@@ -226,7 +219,3 @@ async def _record(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> 
             earlier.append(row[15])
     for stream, (entries, earlier) in by_stream.items():
         await conn.execute(_SETTLE, stream, entries, earlier)
-
-
-def _id(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

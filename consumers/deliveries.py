@@ -163,8 +163,9 @@ class Decoder:
         elif not self._skip_unknown:
             problem = f"no handler for {event_type} on topic {self._topic!r}"
             return Poison(entry, "unknown_type", problem, event_id, event_type)
-        ctx = EventContext(event, self._topic, entry.stream, entry.entry_id, self._group,
-                           entry.attempt)  # fmt: skip
+        ctx = EventContext(
+            event, self._topic, entry.stream, entry.entry_id, self._group, entry.attempt
+        )
         return Delivery(entry, event_id, event_type, event.aggregate_id, route, payload, ctx)
 
 
@@ -175,7 +176,9 @@ def dead_letter_mark(entry: Entry) -> DeadLetterMark | None:
     text = raw_id.decode(errors="replace")
     if not _UUID_RE.fullmatch(text):
         return None
-    event_type = entry.fields.get(wire.F_EVENT_TYPE, b"").decode(errors="replace")
+    # PostgreSQL text cannot hold NUL: a type field that has one is kept escaped in the mark.
+    raw_type = entry.fields.get(wire.F_EVENT_TYPE, b"")
+    event_type = raw_type.decode(errors="replace").replace("\x00", "\\x00")
     return DeadLetterMark(text.lower(), event_type, entry.stream, entry.entry_id)
 
 

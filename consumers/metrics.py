@@ -39,3 +39,8 @@ class ConsumerMetrics:
         self.end_to_end = meter.create_histogram(
             t.EVENT_END_TO_END_LATENCY, unit="s", description="Event time to applied"
         )
+
+
+def topic_attributes(stream: str, group: str) -> dict[str, str]:
+    """The attributes every count of one topic's worker carries."""
+    return {t.ATTR_STREAM: stream, t.ATTR_GROUP: group}

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,8 @@ from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from conveyor import database, redis_client, wire
 from conveyor import telemetry as t
+from conveyor.entry_ids import EntryId
+from conveyor.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,6 @@ end
 return -1
 """
 
-_MAX_SEQ = 2**64 - 1
 _ID_OK = "l.entry_id ~ '^[0-9]{1,20}-[0-9]{1,20}$'"
 _ENTRY_ID_AS_ROW = (
     f"(CASE WHEN {_ID_OK} THEN split_part(l.entry_id, '-', 1)::numeric END, "
@@ -90,20 +92,6 @@ def retention_warning(settings: ConsumerSettings) -> str | None:
         f"of {window:g}s (backoffs plus max_attempts x claim_idle): an event re-delivered after "
         f"its ledger row was deleted would be applied twice; set ledger_retention >= {window:g}s"
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = _text(entry_id).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _id_after(entry_id: bytes | str) -> tuple[int, int]:
-    ms, seq = _parse_id(entry_id)
-    return (ms + 1, 0) if seq == _MAX_SEQ else (ms, seq + 1)
 
 
 class Housekeeper:
@@ -175,8 +163,9 @@ class Housekeeper:
     async def _trim_locked(self, stream: str, report: HousekeepingReport) -> None:
         cut = await self._oldest_needed(stream)
         if cut is not None:
-            minid = f"{cut[0]}-{cut[1]}"
-            removed = await self._redis(self._client.xtrim(stream, minid=minid, approximate=False))
+            removed = await self._redis(
+                self._client.xtrim(stream, minid=str(cut), approximate=False)
+            )
             report.trimmed[stream] = removed
             if removed:
                 log.info("trimmed acknowledged entries: stream=%s count=%d", stream, removed)
@@ -196,18 +185,18 @@ class Housekeeper:
                 cap,
             )
 
-    async def _oldest_needed(self, stream: str) -> tuple[int, int] | None:
+    async def _oldest_needed(self, stream: str) -> EntryId | None:
         """The oldest entry id some group of `stream` has not acknowledged or not yet been
         delivered; None when the stream has no groups (one may still be created at 0)."""
-        cut: tuple[int, int] | None = None
+        cut: EntryId | None = None
         for group in await self._info(self._client.xinfo_groups(stream)):
             # Later reads only add pending entries newer than last-delivered-id, so a snapshot
             # taken before them errs on the side of keeping entries.
-            needed = _id_after(group["last-delivered-id"])
+            needed = EntryId.parse(group["last-delivered-id"]).after()
             if group["pending"]:
                 summary = await self._redis(self._client.xpending(stream, group["name"]))
                 if summary["min"] is not None:
-                    needed = min(needed, _parse_id(summary["min"]))
+                    needed = min(needed, EntryId.parse(summary["min"]))
             cut = needed if cut is None else min(cut, needed)
         return cut
 
@@ -241,7 +230,7 @@ class Housekeeper:
         idle_ms = int(s.idle_consumer_timeout * 1000)
         for stream in (keys.events, keys.retry(s.group)):
             for member in await self._info(self._client.xinfo_consumers(stream, s.group)):
-                name = _text(member["name"])
+                name = text(member["name"])
                 if name == s.consumer or member["pending"] or member["idle"] <= idle_ms:
                     continue
                 script = self._delete_idle(keys=[stream], args=[s.group, name, idle_ms])
@@ -261,17 +250,21 @@ class Housekeeper:
         row it would be applied twice."""
         s, chunk = self._s, self._ledger_chunk
         table = f"{s.ledger_schema}.{database.LEDGER_TABLE}"
-        streams, ms, seq = await self._ledger_floors()
+        # One cutoff for the whole round: the floors are taken for the streams of the rows
+        # older than it, and only those rows are deleted, however long the chunks take.
+        cutoff = await self._pool.fetchval(
+            "SELECT now() - make_interval(secs => $1)", s.ledger_retention
+        )
+        streams, ms, seq = await self._ledger_floors(cutoff)
         statement = (
             f"DELETE FROM {table} WHERE consumer_group = $1 AND event_id IN (SELECT event_id "
-            f"FROM {table} AS l WHERE consumer_group = $1 AND processed_at < now() - "
-            "make_interval(secs => $2) AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], "
+            f"FROM {table} AS l WHERE consumer_group = $1 AND processed_at < $2 "
+            "AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], "
             "$5::numeric[], $6::numeric[]) AS f(stream, ms, seq) WHERE l.stream = f.stream AND "
             f"{_ENTRY_ID_AS_ROW} >= (f.ms, f.seq)) LIMIT $3)"
         )
         while True:
-            status = await self._pool.execute(statement, s.group, s.ledger_retention, chunk,
-                                              streams, ms, seq)  # fmt: skip
+            status = await self._pool.execute(statement, s.group, cutoff, chunk, streams, ms, seq)
             deleted = int(status.split()[-1])
             report.ledger_deleted += deleted
             if deleted < chunk:
@@ -284,20 +277,30 @@ class Housekeeper:
                 report.ledger_deleted,
             )
 
-    async def _ledger_floors(self) -> tuple[list[str], list[int], list[int]]:
-        """The first entry still in each of the group's streams (its topics' event streams and
-        retry streams), as parallel lists of stream, milliseconds and sequence; empty or missing
-        streams have none."""
-        keys = [wire.Keys(topic, self._s.key_prefix) for topic in self._s.topics]
-        streams = [name for k in keys for name in (k.events, k.retry(self._s.group))]
+    async def _ledger_floors(self, cutoff: datetime) -> tuple[list[str], list[int], list[int]]:
+        """The first entry still in each stream that rows past retention came from (those of
+        the group's topics that another member consumes included), as parallel lists of stream,
+        milliseconds and sequence; streams now empty or gone have none."""
+        s = self._s
+        streams = [
+            r[0]
+            for r in await self._pool.fetch(
+                f"SELECT DISTINCT stream FROM {s.ledger_schema}.{database.LEDGER_TABLE} "
+                "WHERE consumer_group = $1 AND processed_at < $2",
+                s.group,
+                cutoff,
+            )
+        ]
+        out: tuple[list[str], list[int], list[int]] = ([], [], [])
+        if not streams:
+            return out
         pipe = self._client.pipeline(transaction=False)
         for stream in streams:
             pipe.xrange(stream, "-", "+", count=1)
         firsts = await self._redis(pipe.execute())
-        out: tuple[list[str], list[int], list[int]] = ([], [], [])
         for stream, first in zip(streams, firsts, strict=True):
             if first:
-                ms, seq = _parse_id(first[0][0])
+                ms, seq = EntryId.parse(first[0][0])
                 out[0].append(stream)
                 out[1].append(ms)
                 out[2].append(seq)

@@ -12,14 +12,20 @@ import asyncpg
 
 from consumers.applier import Applier
 from consumers.dead_letters import DeadLetterCatalog
+from consumers.health import Health
 from consumers.metrics import ConsumerMetrics
+from consumers.poison_queue import PoisonQueue
+from consumers.reader import Reader
 from consumers.registry import Registry
 from consumers.retention import Housekeeper, retention_warning
+from consumers.retries import Retrier, RetrySchedule
 from consumers.router import Router
 from consumers.settings import ConsumerSettings
+from consumers.status import ConsumerStatus
 from consumers.streams import TopicStreams
 from consumers.worker import TopicWorker
 from conveyor import redis_client, wire
+from conveyor.retry import pause
 
 log = logging.getLogger(__name__)
 
@@ -63,40 +69,63 @@ class Consumer:
         warning = retention_warning(s)
         if warning:
             log.warning("%s", warning)
-        # Lanes of every topic, the trim lock and a transaction beside it, the heartbeat, and
-        # the dead-letter catalog (the ops plane has a pool of its own).
+        # Lanes of every topic and a connection per topic for dead-letter marks, the trim lock
+        # and a transaction beside it, the heartbeat, and the dead-letter catalog (the ops plane
+        # has a pool of its own).
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=s.partitions * len(s.topics) + 5
+            s.database_url, min_size=1, max_size=(s.partitions + 1) * len(s.topics) + 5
         )
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = DeadLetterCatalog(self._pool)
         self._housekeeper = Housekeeper(self._pool, self._redis, s, self.metrics)
         for topic in s.topics:
-            applier = Applier(
-                self._pool,
-                group=s.group,
-                ledger_schema=s.ledger_schema,
-                exactly_once=s.exactly_once,
-                partitions=s.partitions,
-                stopping=self._stopping,
-                backoff_max=s.db_backoff_max,
-                retry_stream=wire.Keys(topic, s.key_prefix).retry(s.group),
-            )
-            streams = TopicStreams(self._redis, wire.Keys(topic, s.key_prefix), s.group, s.consumer)
-            self.workers[topic] = TopicWorker(
-                topic,
-                streams=streams,
-                applier=applier,
-                catalog=self._catalog,
-                router=self.router,
-                settings=s,
-                metrics=self.metrics,
-                stopping=self._stopping,
-            )
+            self.workers[topic] = self._topic_worker(topic, self._pool, self._catalog)
         for worker in self.workers.values():
             await worker.streams.ensure_groups()
         self._registry = Registry(self._pool, s)
         await self._registry.register(grpc_addr)
+
+    def _topic_worker(
+        self, topic: str, pool: asyncpg.Pool, catalog: DeadLetterCatalog
+    ) -> TopicWorker:
+        """A topic's worker and the parts it is made of."""
+        s = self.settings
+        keys = wire.Keys(topic, s.key_prefix)
+        health = Health(topic, s.group)
+        streams = TopicStreams(self._redis, keys, s.group, s.consumer)
+        applier = Applier(
+            pool,
+            group=s.group,
+            ledger_schema=s.ledger_schema,
+            exactly_once=s.exactly_once,
+            partitions=s.partitions,
+            stopping=self._stopping,
+            on_trouble=health.unhealthy,
+            backoff=s.outage_policy,
+        )
+        schedule = RetrySchedule()
+        reader = Reader(streams, schedule, s, self.metrics)
+        retrier = Retrier(streams, schedule, s, self.metrics, on_deleted=reader.deleted)
+        poison = PoisonQueue(
+            streams=streams,
+            catalog=catalog,
+            marking=applier.marking_dead_letter,
+            settings=s,
+            metrics=self.metrics,
+        )
+        return TopicWorker(
+            topic,
+            streams=streams,
+            applier=applier,
+            reader=reader,
+            retrier=retrier,
+            poison=poison,
+            health=health,
+            router=self.router,
+            settings=s,
+            metrics=self.metrics,
+            stopping=self._stopping,
+        )
 
     def stop(self) -> None:
         """Begin a graceful stop."""
@@ -105,6 +134,11 @@ class Consumer:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    def status(self) -> ConsumerStatus:
+        """What the ops plane needs for health: a snapshot per topic worker."""
+        workers = tuple(w.health.status() for w in self.workers.values())
+        return ConsumerStatus(self.settings.group, self._stopping.is_set(), workers)
 
     async def run(self) -> None:
         side = [
@@ -135,7 +169,7 @@ class Consumer:
     async def _heartbeat(self) -> None:
         assert self._registry is not None
         while not self._stopping.is_set():
-            await self._pause(self.settings.heartbeat_interval)
+            await pause(self._stopping, self.settings.heartbeat_interval)
             try:
                 await self._registry.heartbeat()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -161,9 +195,4 @@ class Consumer:
                 except Exception:  # a bug here must not end housekeeping for good
                     log.exception("housekeeping round failed; trying again next interval")
             first = False
-            await self._pause(self.settings.housekeeping_interval)
-
-    async def _pause(self, seconds: float) -> None:
-        with suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+            await pause(self._stopping, self.settings.housekeeping_interval)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal
 
 from conveyor import database, wire
+from conveyor.retry import RetryPolicy
 
 Mode = Literal["exactly-once", "at-least-once"]
+
+_OUTAGE_BACKOFF = 0.2
+"""Seconds waited after the first failure of Redis or the database."""
 
 
 def default_consumer_name() -> str:
@@ -119,10 +124,26 @@ class ConsumerSettings:
         return self.mode == "exactly-once"
 
     @property
+    def retry_policy(self) -> RetryPolicy:
+        """Backoff of a failed handler: `retry_backoff` doubling to `retry_backoff_max`, with
+        equal jitter, so a retry never comes much earlier than planned."""
+        return RetryPolicy(
+            timedelta(seconds=self.retry_backoff),
+            timedelta(seconds=self.retry_backoff_max),
+            jitter="equal",
+        )
+
+    @property
+    def outage_policy(self) -> RetryPolicy:
+        """Backoff while Redis or the database fails: 0.2 s doubling to `db_backoff_max`."""
+        return RetryPolicy(
+            timedelta(seconds=min(_OUTAGE_BACKOFF, self.db_backoff_max)),
+            timedelta(seconds=self.db_backoff_max),
+        )
+
+    @property
     def redelivery_window(self) -> float:
         """Longest time an event can take from first delivery to its last attempt."""
-        waits = sum(
-            min(self.retry_backoff_max, self.retry_backoff * 2.0**n)
-            for n in range(self.max_attempts - 1)
-        )
+        policy = self.retry_policy
+        waits = sum(policy.ceiling(n) for n in range(1, self.max_attempts))
         return waits + self.max_attempts * self.claim_idle

@@ -12,10 +12,7 @@ from redis.exceptions import ResponseError
 from consumers.deliveries import Entry, Fields
 from consumers.errors import GroupLost
 from conveyor import redis_client, wire
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+from conveyor.replies import text
 
 
 class TopicStreams:
@@ -77,15 +74,15 @@ class TopicStreams:
             )
         )
         claimed: Sequence[tuple[bytes, Fields | None]] = reply[1]
-        deleted = [_text(i) for i in (reply[2] if len(reply) > 2 else [])]
-        entries = [Entry(stream, _text(eid), fields) for eid, fields in claimed]
+        deleted = [text(i) for i in (reply[2] if len(reply) > 2 else [])]
+        entries = [Entry(stream, text(eid), fields) for eid, fields in claimed]
         if entries:
             counts = await self._delivery_counts(stream, [e.entry_id for e in entries])
             # An id no longer pending was acknowledged by its previous owner meanwhile: done.
             entries = [e for e in entries if e.entry_id in counts]
             for e in entries:
                 e.attempt = counts[e.entry_id]
-        return entries, deleted, _text(reply[0])
+        return entries, deleted, text(reply[0])
 
     async def _delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
         """Times each of `ids` has been delivered, exactly: one XPENDING per id, pipelined into
@@ -96,7 +93,7 @@ class TopicStreams:
         for entry_id in ids:
             pipe.xpending_range(stream, self.group, entry_id, entry_id, 1)
         replies = await self._call(pipe.execute())
-        return {_text(r["message_id"]): int(r["times_delivered"]) for rows in replies for r in rows}
+        return {text(r["message_id"]): int(r["times_delivered"]) for rows in replies for r in rows}
 
     async def claim(self, stream: str, entry_id: str, min_idle_ms: int) -> Entry | None:
         """Take `entry_id` back for another attempt unless someone else touched it since; None
@@ -105,7 +102,7 @@ class TopicStreams:
             self._client.xclaim(stream, self.group, self.consumer, min_idle_ms, [entry_id])
         )
         for eid, fields in reply or ():
-            return Entry(stream, _text(eid), fields)
+            return Entry(stream, text(eid), fields)
         return None
 
     async def touch(self, stream: str, ids: list[str], min_idle_ms: int) -> set[str]:
@@ -114,7 +111,7 @@ class TopicStreams:
         reply = await self._call(
             self._client.xclaim(stream, self.group, self.consumer, min_idle_ms, ids, justid=True)
         )
-        return {_text(i) for i in reply or ()}
+        return {text(i) for i in reply or ()}
 
     async def exists(self, stream: str, entry_id: str) -> bool:
         """Whether the entry is still in the stream."""
@@ -142,7 +139,7 @@ class TopicStreams:
         if entry.stream == self.retry:
             pipe.xdel(entry.stream, entry.entry_id)
         replies = await self._call(pipe.execute())
-        return _text(replies[0])
+        return text(replies[0])
 
 
 _RAW = "conveyor_raw"

@@ -14,8 +14,12 @@ if TYPE_CHECKING:
     from relay.outbox import NewEvent, enqueue, enqueue_many
     from relay.service import Relay
     from relay.settings import RelaySettings
+    from relay.status import Backlog, ForwarderStatus, RelayStatus
 
 _HOMES = {
+    "Backlog": "relay.status",
+    "ForwarderStatus": "relay.status",
+    "RelayStatus": "relay.status",
     "EventTooLarge": "relay.errors",
     "NewEvent": "relay.outbox",
     "NotAMessage": "relay.errors",
@@ -28,13 +32,16 @@ _HOMES = {
 }
 
 __all__ = [
+    "Backlog",
     "EventTooLarge",
+    "ForwarderStatus",
     "NewEvent",
     "NotAMessage",
     "NotInTransaction",
     "Relay",
     "RelayError",
     "RelaySettings",
+    "RelayStatus",
     "enqueue",
     "enqueue_many",
 ]

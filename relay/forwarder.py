@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 from opentelemetry import trace
-from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
+from tenacity import AsyncRetrying, RetryCallState
 
 from conveyor import telemetry as t
+from conveyor.retry import pause
 from relay.metrics import RelayMetrics
 from relay.publisher import Publisher
 from relay.settings import RelaySettings
@@ -43,6 +44,7 @@ class Forwarder:
         self.store = store
         self._publisher = publisher
         self._settings = settings
+        self._policy = settings.retry_policy
         self._metrics = metrics
         self._stopping = stopping
         self._wakeup = asyncio.Event()
@@ -66,17 +68,11 @@ class Forwarder:
         while not self._stopping.is_set():
             n = await self._forward_retrying()
             if n < self._settings.batch_size and not self._stopping.is_set():
-                try:
-                    async with asyncio.timeout(self._settings.poll_interval):
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    pass
+                await pause(self._wakeup, self._settings.poll_interval)
 
     async def _forward_retrying(self) -> int:
         retrying = AsyncRetrying(
-            wait=wait_random_exponential(
-                multiplier=self._settings.backoff_initial, max=self._settings.backoff_max
-            ),
+            wait=lambda state: self._policy.delay(state.attempt_number),
             stop=lambda _state: self._stopping.is_set(),
             sleep=self._sleep,
             before_sleep=self._log_failure,
@@ -124,11 +120,7 @@ class Forwarder:
         return len(rows)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            pass
+        await pause(self._stopping, seconds)
 
     def _log_failure(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

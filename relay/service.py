@@ -12,10 +12,12 @@ from typing import Any
 import asyncpg
 
 from conveyor import redis_client
+from conveyor.retry import pause
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
 from relay.publisher import StreamPublisher
 from relay.settings import RelaySettings
+from relay.status import Backlog, ForwarderStatus, RelayStatus
 from relay.store import NotifyListener, OutboxStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class Relay:
         self.started_at = time.time()
         self.redis_reset: str | None = None
         """Last Redis reset noticed that lost streams, as a message; None when none was."""
+        self._postgres_up: bool | None = None
         self._stopping = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._redis: Any = None
@@ -78,6 +81,14 @@ class Relay:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def status(self) -> RelayStatus:
+        """What the ops plane needs for health: the relay's state and a snapshot per forwarder."""
+        forwarders = tuple(
+            ForwarderStatus(schema, f.last_error, f.last_progress, self._backlog(schema))
+            for schema, f in self.forwarders.items()
+        )
+        return RelayStatus(self._stopping.is_set(), self._postgres_up, self.redis_reset, forwarders)
+
     async def run(self) -> None:
         """Forward until `stop()`; housekeeping runs beside the forwarders."""
         side = [asyncio.create_task(self._monitor(), name="relay-monitor")]
@@ -91,6 +102,10 @@ class Relay:
             for task in side:
                 with suppress(asyncio.CancelledError):
                     await task
+
+    def _backlog(self, schema: str) -> Backlog | None:
+        measured = self.metrics.backlog.get(schema)
+        return None if measured is None else Backlog(*measured)
 
     async def close(self) -> None:
         self.stop()
@@ -117,7 +132,7 @@ class Relay:
                 rounds += 1
             except Exception:  # a bug here must not end monitoring for good
                 log.exception("relay monitor round failed; trying again next interval")
-            await self._pause(self.settings.monitor_interval)
+            await pause(self._stopping, self.settings.monitor_interval)
 
     async def _check_listener(self) -> None:
         if self._listener is None or self._listener.connected:
@@ -162,10 +177,10 @@ class Relay:
             try:
                 self.metrics.backlog[schema] = await forwarder.store.backlog()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self.metrics.dependency_up["postgres"] = False
+                self._postgres_up = self.metrics.dependency_up["postgres"] = False
                 log.warning("postgres unreachable: %r", exc)
                 return
-        self.metrics.dependency_up["postgres"] = True
+        self._postgres_up = self.metrics.dependency_up["postgres"] = True
 
     async def _clean(self) -> None:
         s = self.settings
@@ -181,9 +196,4 @@ class Relay:
                     log.warning(
                         "outbox cleanup failed, will retry: schema=%s error=%r", schema, exc
                     )
-            await self._pause(s.cleanup_interval)
-
-    async def _pause(self, seconds: float) -> None:
-        with suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+            await pause(self._stopping, s.cleanup_interval)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from conveyor import database, wire
+from conveyor.retry import RetryPolicy
 
 
 def _positive(name: str, value: float, allowed: str = "a number > 0") -> None:
@@ -68,3 +70,13 @@ class RelaySettings:
                 f"backoff_max ({self.backoff_max}) must be >= backoff_initial "
                 f"({self.backoff_initial})"
             )
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """Backoff of a failed batch: `backoff_initial` doubling to `backoff_max`, with full
+        jitter, so relays that failed together do not retry together."""
+        return RetryPolicy(
+            timedelta(seconds=self.backoff_initial),
+            timedelta(seconds=self.backoff_max),
+            jitter="full",
+        )

@@ -24,35 +24,37 @@ class RelayProbe:
     def components(
         self, redis: RedisStatus, groups: Sequence[GroupStatus], now: float
     ) -> list[ComponentStatus]:
-        relay = self._relay
+        status = self._relay.status()
         out = []
-        for schema, forwarder in relay.forwarders.items():
+        for forwarder in status.forwarders:
             hard, soft = [], []
-            if relay.stopping:
+            if status.stopping:
                 hard.append("shutting down")
             if not redis.up:
                 hard.append(f"redis unreachable: {redis.error}")
-            if relay.metrics.dependency_up.get("postgres") is False:
+            if status.postgres_up is False:
                 hard.append("postgres unreachable")
-            if forwarder.last_error:
-                hard.append(f"publishing fails: {forwarder.last_error}")
-            backlog = relay.metrics.backlog.get(schema, (0, 0.0))[0]
+            if forwarder.error:
+                hard.append(f"publishing fails: {forwarder.error}")
             reason = stalled(
-                waiting=backlog > 0,
+                waiting=forwarder.backlog is not None and forwarder.backlog.rows > 0,
                 last_progress=forwarder.last_progress,
                 now=now,
                 timeout=self._stall,
             )
             if reason:
                 hard.append(reason)
-            if relay.redis_reset:
-                soft.append(relay.redis_reset)
-            out.append(_status(f"conveyor.relay.{schema}", hard, soft))
+            if status.redis_reset:
+                soft.append(status.redis_reset)
+            out.append(_status(f"conveyor.relay.{forwarder.schema}", hard, soft))
         return out
 
     def outboxes(self) -> list[OutboxStatus]:
-        backlog = sorted(self._relay.metrics.backlog.items())
-        return [OutboxStatus(schema, count, age) for schema, (count, age) in backlog]
+        return [
+            OutboxStatus(f.schema, f.backlog.rows, f.backlog.oldest_age)
+            for f in sorted(self._relay.status().forwarders, key=lambda f: f.schema)
+            if f.backlog is not None
+        ]
 
 
 class ConsumerProbe:
@@ -65,29 +67,28 @@ class ConsumerProbe:
     def components(
         self, redis: RedisStatus, groups: Sequence[GroupStatus], now: float
     ) -> list[ComponentStatus]:
-        consumer = self._consumer
-        group = consumer.settings.group
-        by_topic = {g.topic: g for g in groups if g.group == group}
+        status = self._consumer.status()
+        by_topic = {g.topic: g for g in groups if g.group == status.group}
         out = []
-        for topic, worker in consumer.workers.items():
+        for worker in status.workers:
             hard: list[str] = []
-            if consumer.stopping:
+            if status.stopping:
                 hard.append("shutting down")
             if not redis.up:
                 hard.append(f"redis unreachable: {redis.error}")
-            if worker.health.stopped or not worker.health.serving:
-                hard.append(worker.health.reason or "not serving")
-            stats = by_topic.get(topic)
+            if worker.stopped or not worker.serving:
+                hard.append(worker.reason or "not serving")
+            stats = by_topic.get(worker.topic)
             waiting = stats is not None and (stats.lag_entries > 0 or stats.pending > 0)
             reason = stalled(
                 waiting=waiting,
-                last_progress=worker.health.last_progress,
+                last_progress=worker.last_progress,
                 now=now,
                 timeout=self._stall,
             )
             if reason:
                 hard.append(reason)
-            out.append(_status(f"conveyor.consumer.{topic}.{group}", hard, []))
+            out.append(_status(f"conveyor.consumer.{worker.topic}.{status.group}", hard, []))
         return out
 
     def outboxes(self) -> list[OutboxStatus]:

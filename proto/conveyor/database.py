@@ -9,6 +9,9 @@ CATALOG_SCHEMA = "conveyor"
 
 OUTBOX_TABLE = "outbox"
 LEDGER_TABLE = "event_ledger"
+COMMIT_GUARD_TABLE = "conveyor_commit_guard"
+"""Per-connection row a consumer's ledger claim touches; its deferred trigger lets only the
+consumer's own COMMIT (after `set_config('conveyor.ledger_commit', 'on', true)`) through."""
 VERSION_TABLE = "conveyor_alembic_version"
 """Alembic version table kept inside each application schema, apart from the app's own."""
 

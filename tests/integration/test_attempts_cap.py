@@ -103,7 +103,6 @@ async def test_member_stalled_before_applying_cannot_apply_after_the_dead_letter
             ledger_schema=case.schema,
             exactly_once=True,
             partitions=1,
-            retry_stream=keys.retry("g"),
         )
         outcomes = await late.apply([decoded])
         await late.close()

@@ -22,7 +22,8 @@ from conveyor.database import (
 )
 from conveyor.wire import REASONS
 
-APP_HEAD = "app_0003"
+APP_HEAD = "app_0004"
+APP_TABLES = {"outbox", "event_ledger", "conveyor_commit_guard", "conveyor_alembic_version"}
 CATALOG_HEAD = "catalog_0005"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
@@ -73,7 +74,7 @@ async def test_upgrade_down_base_and_upgrade_again(
 ) -> None:
     await asyncio.to_thread(migrations.upgrade, database_url, schema)
 
-    assert await _tables(pg, schema) == {"outbox", "event_ledger", "conveyor_alembic_version"}
+    assert await _tables(pg, schema) == APP_TABLES
     assert {"consumers", "dead_letters", "audit"} <= await _tables(pg, "conveyor")
     indexes = await _indexes(pg, schema)
     assert "WHERE (published_at IS NULL)" in indexes["ix_outbox_unpublished"]
@@ -100,7 +101,7 @@ async def test_upgrade_down_base_and_upgrade_again(
     assert await asyncio.to_thread(migrations.current_catalog, database_url) == CATALOG_HEAD
 
     await asyncio.to_thread(migrations.upgrade, database_url, schema)
-    assert await _tables(pg, schema) == {"outbox", "event_ledger", "conveyor_alembic_version"}
+    assert await _tables(pg, schema) == APP_TABLES
     await _insert_outbox(pg, schema)
 
 
@@ -111,11 +112,13 @@ async def test_down_without_revision_goes_one_step(
 
     await asyncio.to_thread(migrations.downgrade, database_url, schema)
 
-    assert await asyncio.to_thread(migrations.current, database_url, schema) == "app_0002"
+    assert await asyncio.to_thread(migrations.current, database_url, schema) == "app_0003"
+    assert "conveyor_commit_guard" not in await _tables(pg, schema)
     state = await asyncio.to_thread(migrations.check, database_url, schema)
-    assert state == migrations.SchemaState(schema, "app_0002", APP_HEAD, at_head=False)
+    assert state == migrations.SchemaState(schema, "app_0003", APP_HEAD, at_head=False)
 
-    await asyncio.to_thread(migrations.downgrade, database_url, schema)
+    for _ in range(2):
+        await asyncio.to_thread(migrations.downgrade, database_url, schema)
     assert await asyncio.to_thread(migrations.current, database_url, schema) == "app_0001"
     assert await _tables(pg, schema) == {"outbox", "conveyor_alembic_version"}
 
@@ -242,7 +245,7 @@ async def test_two_schemas_side_by_side(
 
     assert await _tables(pg, schema) == {"alembic_version"}
     assert await pg.fetchval(f"SELECT version_num FROM {schema}.alembic_version") == "apps_own_rev"
-    assert await _tables(pg, other_schema) == {"outbox", "event_ledger", "conveyor_alembic_version"}
+    assert await _tables(pg, other_schema) == APP_TABLES
     assert await asyncio.to_thread(migrations.current, database_url, other_schema) == APP_HEAD
     assert await asyncio.to_thread(migrations.current_catalog, database_url) == CATALOG_HEAD
     await _insert_outbox(pg, other_schema)
@@ -260,7 +263,7 @@ async def test_ensure_at_head_names_the_command(database_url: str, schema: str) 
     await migrations.ensure_at_head(database_url, schema)
 
     await asyncio.to_thread(migrations.downgrade, database_url, schema)
-    with pytest.raises(SchemaNotReady, match="at revision 'app_0002', head is 'app_0003'"):
+    with pytest.raises(SchemaNotReady, match="at revision 'app_0003', head is 'app_0004'"):
         await migrations.ensure_at_head(database_url, schema)
 
 

@@ -1,0 +1,180 @@
+"""Moving entries that will not be applied to the dead-letter stream, and into the catalog:
+poison, rejected events, and those over the attempts cap."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from consumers import dead_letters
+from consumers.applier import tracing_enabled
+from consumers.deliveries import DeadLetterMark, Entry, dead_letter_mark, describe
+from consumers.ledger import MarksBusy
+from consumers.metrics import ConsumerMetrics, topic_attributes
+from consumers.settings import ConsumerSettings
+from consumers.streams import TopicStreams
+from conveyor import telemetry as t
+from conveyor import wire
+
+log = logging.getLogger(__name__)
+
+Marking = Callable[[DeadLetterMark], AbstractAsyncContextManager[bool]]
+"""Marks one event dead-lettered in the ledger around a block, yielding whether it needs no move
+(`Applier.marking_dead_letter`)."""
+
+
+class DeadLetterSink(Protocol):
+    """The catalog's record of dead letters (`DeadLetterCatalog`)."""
+
+    async def record(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
+
+    async def mark_reprocessed(self, dlq_stream: str, entry_ids: Sequence[str]) -> None: ...
+
+
+class PoisonQueue:
+    """Dead-letters entries of one topic for one group: the entry goes to the dead-letter stream
+    and is acknowledged in one step, then is recorded in the catalog (or by the reconciler)."""
+
+    def __init__(
+        self,
+        *,
+        streams: TopicStreams,
+        catalog: DeadLetterSink,
+        marking: Marking,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics,
+    ) -> None:
+        self._streams = streams
+        self._catalog = catalog
+        self._marking = marking
+        self._s = settings
+        self._m = metrics
+        self._attrs = topic_attributes(streams.keys.events, settings.group)
+        self._tracing = tracing_enabled()
+
+    async def move(
+        self,
+        entry: Entry,
+        reason: str,
+        error_class: str,
+        error: str,
+        exc: BaseException | None = None,
+        *,
+        record: bool = True,
+    ) -> tuple[Any, ...]:
+        """Move `entry` to the dead-letter stream for `reason` (a wire reason name); its catalog
+        row is recorded now, or returned for the caller to record (`record=False`)."""
+        with dead_letters.span(entry, reason, enabled=self._tracing) as traceparent:
+            fields = dead_letters.fields(
+                entry,
+                reason=reason,
+                group=self._s.group,
+                consumer=self._s.consumer,
+                error_class=error_class,
+                error=error,
+                exc=exc,
+                traceparent=traceparent,
+            )
+            dlq_id = await self._streams.dead_letter(entry, fields)
+        self._m.dead_lettered.add(1, {**self._attrs, t.ATTR_REASON: reason})
+        self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "dead_letter"})
+        log.error(
+            "dead letter: topic=%s group=%s entry=%s reason=%s attempts=%d dlq_entry=%s error=%s",
+            self._streams.keys.topic,
+            self._s.group,
+            entry.entry_id,
+            reason,
+            entry.attempt,
+            dlq_id,
+            describe(f"{error_class}: {error}"),
+        )
+        keys = self._streams.keys
+        row = dead_letters.catalog_row(keys.topic, keys.dlq, dlq_id, fields)
+        if record:
+            await self._record([row])
+        return row
+
+    async def _record(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        try:
+            await self._catalog.record(rows)
+        except Exception as record_error:  # noqa: BLE001 - the reconciler records them later
+            log.warning(
+                "dead letters not yet in the catalog, the reconciler will add them: "
+                "dlq_entries=%s error=%r",
+                ",".join(str(r[2]) for r in rows),
+                record_error,
+            )
+
+    async def over_attempts(self, entries: list[Entry]) -> list[Entry]:
+        """Entries delivered more often than max_attempts, whose last deliveries ended without
+        an outcome (their consumers crashed or stalled), go to the dead-letter stream. But a
+        stalled member may still hold one: the ledger is marked around the moves, so such a
+        member cannot apply one after it was moved, and one it applied meanwhile (or one moved
+        already) is acknowledged instead of moved. A database failure leaves them all pending
+        (DatabaseDown: the worker backs off); they are reclaimed later. Returns the entries to
+        acknowledge."""
+        marks: dict[str, tuple[Entry, DeadLetterMark]] = {}
+        again: list[Entry] = []
+        for entry in entries:
+            mark = dead_letter_mark(entry)
+            if mark is None:
+                await self._over_attempts_one(entry)  # not an event anyone could apply
+            elif mark.event_id in marks:
+                again.append(entry)  # the same event twice: one dead letter is enough
+            else:
+                marks[mark.event_id] = (entry, mark)
+        settled: list[Entry] = []
+        rows: list[tuple[Any, ...]] = []
+        try:
+            # One transaction per event, so a move that fails leaves the marks of the entries
+            # moved before it committed; in event-id order, as the lanes' claims take theirs.
+            for event_id in sorted(marks):
+                entry, mark = marks[event_id]
+                async with self._marking(mark) as done:
+                    if done:
+                        settled.append(entry)
+                        self._m.duplicate.add(1, self._attrs)
+                    else:
+                        rows.append(await self._over_attempts_one(entry, record=False))
+        except MarksBusy:
+            log.info(
+                "over max_attempts but still being applied elsewhere, left pending: "
+                "topic=%s group=%s entries=%s",
+                self._streams.keys.topic,
+                self._s.group,
+                ",".join(e.entry_id for e, _ in marks.values()),
+            )
+            await self._record(rows)
+            return settled
+        # Recorded once the marks have committed and given their connection back: the worker
+        # never holds two of the pool's connections at once.
+        await self._record(rows)
+        return settled + again
+
+    async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> tuple[Any, ...]:
+        return await self.move(
+            entry,
+            "max_attempts",
+            "Redelivered",
+            f"delivered {entry.attempt} times, over max_attempts={self._s.max_attempts}; "
+            "the last deliveries ended without an outcome (consumer crash?)",
+            record=record,
+        )
+
+    async def mark_reprocessed(self, settled: list[Entry]) -> None:
+        """Settled entries of the retry stream that re-delivered a dead letter: record it."""
+        retry = self._streams.retry
+        ids = [
+            e.fields[wire.RT_DEAD_LETTER].decode()
+            for e in settled
+            if e.stream == retry and wire.RT_DEAD_LETTER in e.fields
+        ]
+        if ids:
+            try:
+                await self._catalog.mark_reprocessed(self._streams.keys.dlq, ids)
+            except Exception as exc:  # noqa: BLE001 - the catalog is informative here
+                log.warning("cannot mark dead letters reprocessed: ids=%s error=%r", ids, exc)

@@ -1,0 +1,52 @@
+"""A topic worker's health and the snapshot the ops plane reads of it."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from consumers import WorkerStatus
+from consumers.health import Health
+
+
+def test_a_worker_starts_not_serving_until_its_first_round() -> None:
+    status = Health("identity", "billing").status()
+    assert (status.topic, status.serving, status.reason, status.stopped) == (
+        "identity",
+        False,
+        "starting",
+        False,
+    )
+
+
+def test_progress_makes_it_serving_and_moves_last_progress() -> None:
+    health = Health("identity", "billing")
+    before = health.last_progress
+    time.sleep(0.001)
+    health.progressed()
+    status = health.status()
+    assert (status.serving, status.reason) == (True, "")
+    assert status.last_progress > before
+
+
+def test_trouble_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    health = Health("identity", "billing")
+    health.progressed()
+    with caplog.at_level(logging.WARNING, logger="consumers.health"):
+        health.unhealthy("ConnectionError: gone")
+        health.unhealthy("ConnectionError: gone")
+        health.unhealthy("database unavailable: x")
+    assert [r.getMessage().count("reason=") for r in caplog.records] == [1, 1]
+    assert "topic=identity group=billing" in caplog.records[0].getMessage()
+    assert health.status() == WorkerStatus(
+        "identity", False, "database unavailable: x", health.last_progress, False
+    )
+
+
+def test_the_snapshot_does_not_change_with_the_worker() -> None:
+    health = Health("identity", "billing")
+    snapshot = health.status()
+    health.progressed()
+    assert not snapshot.serving
