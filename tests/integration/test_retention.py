@@ -349,10 +349,8 @@ async def test_ledger_rows_of_entries_still_pending_outlive_retention(
     report = await housekeeper(case, pool, ledger_retention=86400.0).run_once([TOPIC])
     assert report.trimmed == {keys.events: 10}
     assert report.ledger_deleted == 10
-    kept = await case.pg.fetch(
-        f"SELECT entry_id FROM {case.schema}.{database.LEDGER_TABLE} ORDER BY entry_id"
-    )
-    assert [r[0] for r in kept] == entries[10:]
+    kept = await case.pg.fetch(f"SELECT entry_id FROM {case.schema}.{database.LEDGER_TABLE}")
+    assert {r[0] for r in kept} == set(entries[10:])
 
     conf = {
         "database_url": case.database_url,
