@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 
 from admin import migrations
+from admin.catalog import ConsumerCatalog
 from admin.ops.process import tune_for_throughput
 from consumers import Consumer, ConsumerSettings, EventContext, Router
 from conveyor import database, redis_client, wire
@@ -129,7 +130,7 @@ async def conveyor_round(kind: str, n: int, batch: int) -> float:
             batch_size=batch,
             mode="at-least-once" if kind == "at-least-once" else "exactly-once",
         )
-        consumer = Consumer(router_for(kind, schema), settings)
+        consumer = Consumer(router_for(kind, schema), settings, catalog=ConsumerCatalog)
         await consumer.start()
         t0 = time.perf_counter()
         task = asyncio.create_task(consumer.run())

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
 
 from consumers import dead_letters
 from consumers.applier import tracing_enabled
+from consumers.catalog import Catalog, DeadLetterRow
 from consumers.deliveries import DeadLetterMark, Entry, dead_letter_mark, describe
 from consumers.ledger import MarksBusy
 from consumers.metrics import ConsumerMetrics, topic_attributes
@@ -25,14 +25,6 @@ Marking = Callable[[DeadLetterMark], AbstractAsyncContextManager[bool]]
 (`Applier.marking_dead_letter`)."""
 
 
-class DeadLetterSink(Protocol):
-    """The catalog's record of dead letters (`DeadLetterCatalog`)."""
-
-    async def record(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
-
-    async def mark_reprocessed(self, dlq_stream: str, entry_ids: Sequence[str]) -> None: ...
-
-
 class PoisonQueue:
     """Dead-letters entries of one topic for one group: the entry goes to the dead-letter stream
     and is acknowledged in one step, then is recorded in the catalog (or by the reconciler)."""
@@ -41,7 +33,7 @@ class PoisonQueue:
         self,
         *,
         streams: TopicStreams,
-        catalog: DeadLetterSink,
+        catalog: Catalog,
         marking: Marking,
         settings: ConsumerSettings,
         metrics: ConsumerMetrics,
@@ -63,7 +55,7 @@ class PoisonQueue:
         exc: BaseException | None = None,
         *,
         record: bool = True,
-    ) -> tuple[Any, ...]:
+    ) -> DeadLetterRow:
         """Move `entry` to the dead-letter stream for `reason` (a wire reason name); its catalog
         row is recorded now, or returned for the caller to record (`record=False`)."""
         with dead_letters.span(entry, reason, enabled=self._tracing) as traceparent:
@@ -96,16 +88,16 @@ class PoisonQueue:
             await self._record([row])
         return row
 
-    async def _record(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def _record(self, rows: Sequence[DeadLetterRow]) -> None:
         if not rows:
             return
         try:
-            await self._catalog.record(rows)
+            await self._catalog.record_dead_letters(rows)
         except Exception as record_error:  # noqa: BLE001 - the reconciler records them later
             log.warning(
                 "dead letters not yet in the catalog, the reconciler will add them: "
                 "dlq_entries=%s error=%r",
-                ",".join(str(r[2]) for r in rows),
+                ",".join(r.dlq_entry_id for r in rows),
                 record_error,
             )
 
@@ -128,7 +120,7 @@ class PoisonQueue:
             else:
                 marks[mark.event_id] = (entry, mark)
         settled: list[Entry] = []
-        rows: list[tuple[Any, ...]] = []
+        rows: list[DeadLetterRow] = []
         try:
             # One transaction per event, so a move that fails leaves the marks of the entries
             # moved before it committed; in event-id order, as the lanes' claims take theirs.
@@ -155,7 +147,7 @@ class PoisonQueue:
         await self._record(rows)
         return settled + again
 
-    async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> tuple[Any, ...]:
+    async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> DeadLetterRow:
         return await self.move(
             entry,
             "max_attempts",

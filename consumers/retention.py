@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
-from consumers.dead_letters import RECONCILE_LOCK_SQL
+from consumers.catalog import Catalog
 from consumers.metrics import ConsumerMetrics
 from consumers.settings import ConsumerSettings
 from conveyor import database, redis_client, wire
@@ -31,15 +31,6 @@ _LOCK_KEY = "hashtextextended('conveyor.trim:' || $1::text, 0)"
 TRY_LOCK_SQL = f"SELECT pg_try_advisory_lock({_LOCK_KEY})"
 """Session lock that lets one process at a time trim the stream named by $1."""
 UNLOCK_SQL = f"SELECT pg_advisory_unlock({_LOCK_KEY})"
-
-_DEAD_LETTERS = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE}"
-# SKIP LOCKED: housekeepers of other groups on the same topic take other batches, not turns.
-_EXPIRED_DEAD_LETTERS = (
-    f"SELECT id, dlq_entry_id FROM {_DEAD_LETTERS} WHERE topic = $1 AND dlq_stream = $2 "
-    "AND state IN ('resolved', 'reprocessed') AND updated_at < now() - make_interval(secs => $3) "
-    "ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED"
-)
-_DELETE_DEAD_LETTERS = f"DELETE FROM {_DEAD_LETTERS} WHERE id = ANY($1::bigint[])"
 
 # Checking and deleting in one script: a member that reads between a separate XINFO and
 # DELCONSUMER would take its new pending entries out of the pending list for good.
@@ -105,10 +96,12 @@ class Housekeeper:
         settings: ConsumerSettings,
         metrics: ConsumerMetrics,
         *,
+        catalog: Catalog,
         ledger_chunk: int = LEDGER_CHUNK,
         dead_letter_batch: int = DEAD_LETTER_BATCH,
     ) -> None:
         self._pool = pool
+        self._catalog = catalog
         self._client = client
         self._s = settings
         self._metrics = metrics
@@ -201,28 +194,14 @@ class Housekeeper:
         return cut
 
     async def _expire(self, keys: wire.Keys, report: HousekeepingReport) -> None:
-        """Remove resolved and reprocessed dead letters past retention, stream entry first:
-        a row left behind by a crash is found and removed again next round."""
-        while True:
-            async with self._pool.acquire() as conn, conn.transaction():
-                # Not while the stream is being reconciled: a reconcile that has read an entry
-                # would record it again after it is gone, as a new `open` row pointing nowhere.
-                await conn.execute(RECONCILE_LOCK_SQL, keys.dlq)
-                rows = await conn.fetch(
-                    _EXPIRED_DEAD_LETTERS,
-                    keys.topic,
-                    keys.dlq,
-                    self._s.dead_letter_retention,
-                    self._dead_letter_batch,
-                )
-                if rows:
-                    ids = [r["dlq_entry_id"] for r in rows]
-                    await self._redis(self._client.xdel(keys.dlq, *ids))
-                    await conn.execute(_DELETE_DEAD_LETTERS, [r["id"] for r in rows])
-                    log.info("removed old dead letters: stream=%s count=%d", keys.dlq, len(rows))
-            report.dead_letters_removed += len(rows)
-            if len(rows) < self._dead_letter_batch:
-                return
+        """Remove resolved and reprocessed dead letters past retention (stream and catalog)."""
+
+        async def delete(ids: list[str]) -> None:
+            await self._redis(self._client.xdel(keys.dlq, *ids))
+
+        report.dead_letters_removed += await self._catalog.expire_dead_letters(
+            keys, self._s.dead_letter_retention, self._dead_letter_batch, delete
+        )
 
     async def _remove_idle(self, keys: wire.Keys, report: HousekeepingReport) -> None:
         """Remove members of this group idle past the timeout with nothing pending."""

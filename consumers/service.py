@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
 import asyncpg
 
+from consumers import dead_letters
 from consumers.applier import Applier
-from consumers.dead_letters import DeadLetterCatalog
+from consumers.catalog import Catalog, CatalogFactory, Member
 from consumers.health import Health
 from consumers.metrics import ConsumerMetrics
 from consumers.poison_queue import PoisonQueue
 from consumers.reader import Reader
-from consumers.registry import Registry
 from consumers.retention import Housekeeper, retention_warning
 from consumers.retries import Retrier, RetrySchedule
 from consumers.router import Router
@@ -33,12 +35,19 @@ log = logging.getLogger(__name__)
 class Consumer:
     """Consumes the settings' topics for one group until `stop()`.
 
-    `async with Consumer(router, settings) as consumer: await consumer.run()`; `stop()` (e.g. on
-    SIGTERM) stops reading, lets the batch in flight finish and acknowledge, then `run()` returns.
+    `async with Consumer(router, settings, catalog=ConsumerCatalog) as consumer: await
+    consumer.run()`; `stop()` (e.g. on SIGTERM) stops reading, lets the batch in flight finish and
+    acknowledge, then `run()` returns. `catalog` builds the catalog on the consumer's pool
+    (`admin.catalog.ConsumerCatalog`): dead letters are recorded there and the member registered.
     """
 
     def __init__(
-        self, router: Router, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None
+        self,
+        router: Router,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics | None = None,
+        *,
+        catalog: CatalogFactory,
     ) -> None:
         self.router = router
         self.settings = settings
@@ -47,8 +56,9 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._redis: Any = None
-        self._registry: Registry | None = None
-        self._catalog: DeadLetterCatalog | None = None
+        self._make_catalog = catalog
+        self._member: Member | None = None
+        self._catalog: Catalog | None = None
         self._housekeeper: Housekeeper | None = None
 
     async def __aenter__(self) -> Consumer:
@@ -76,18 +86,28 @@ class Consumer:
             s.database_url, min_size=1, max_size=(s.partitions + 1) * len(s.topics) + 5
         )
         self._redis = redis_client.connect(s.redis_url)
-        self._catalog = DeadLetterCatalog(self._pool)
-        self._housekeeper = Housekeeper(self._pool, self._redis, s, self.metrics)
+        self._catalog = self._make_catalog(self._pool)
+        self._housekeeper = Housekeeper(
+            self._pool, self._redis, s, self.metrics, catalog=self._catalog
+        )
         for topic in s.topics:
             self.workers[topic] = self._topic_worker(topic, self._pool, self._catalog)
         for worker in self.workers.values():
             await worker.streams.ensure_groups()
-        self._registry = Registry(self._pool, s)
-        await self._registry.register(grpc_addr)
+        self._member = Member(
+            key_prefix=s.key_prefix,
+            group=s.group,
+            name=s.consumer,
+            topics=s.topics,
+            mode=s.mode,
+            ledger_schema=s.ledger_schema if s.exactly_once else None,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            grpc_addr=grpc_addr,
+        )
+        await self._catalog.register(self._member)
 
-    def _topic_worker(
-        self, topic: str, pool: asyncpg.Pool, catalog: DeadLetterCatalog
-    ) -> TopicWorker:
+    def _topic_worker(self, topic: str, pool: asyncpg.Pool, catalog: Catalog) -> TopicWorker:
         """A topic's worker and the parts it is made of."""
         s = self.settings
         keys = wire.Keys(topic, s.key_prefix)
@@ -156,9 +176,9 @@ class Consumer:
 
     async def close(self) -> None:
         self.stop()
-        if self._registry is not None:
+        if self._catalog is not None and self._member is not None:
             with suppress(Exception):
-                await self._registry.unregister()
+                await self._catalog.unregister(self._member)
         for worker in self.workers.values():
             await worker.close()
         if self._redis is not None:
@@ -167,11 +187,11 @@ class Consumer:
             await self._pool.close()
 
     async def _heartbeat(self) -> None:
-        assert self._registry is not None
+        assert self._catalog is not None and self._member is not None
         while not self._stopping.is_set():
             await pause(self._stopping, self.settings.heartbeat_interval)
             try:
-                await self._registry.heartbeat()
+                await self._catalog.heartbeat(self._member)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("consumer heartbeat failed: %r", exc)
 
@@ -184,7 +204,9 @@ class Consumer:
         while not self._stopping.is_set():
             for worker in self.workers.values():
                 try:
-                    await self._catalog.reconcile(self._redis, worker.streams.keys)
+                    await self._catalog.reconcile(
+                        worker.streams.keys, dead_letters.reader(worker.streams)
+                    )
                 except Exception as exc:  # noqa: BLE001 - retried next round
                     log.warning(
                         "dead-letter reconcile failed: topic=%s error=%r", worker.topic, exc

@@ -131,6 +131,20 @@ class TopicStreams:
             else:
                 await self._call(self._client.xack(stream, self.group, *ids))
 
+    async def dead_letters_after(self, after: str | None, count: int) -> list[tuple[str, Fields]]:
+        """Up to `count` entries of the dead-letter stream after entry id `after` (from the
+        start when None), in order."""
+        page = await self._call(
+            self._client.xrange(
+                self.keys.dlq, min="-" if after is None else f"({after}", max="+", count=count
+            )
+        )
+        return [(text(i), f) for i, f in page]
+
+    async def delete_dead_letters(self, ids: list[str]) -> None:
+        """Remove entries from the dead-letter stream."""
+        await self._call(self._client.xdel(self.keys.dlq, *ids))
+
     async def dead_letter(self, entry: Entry, fields: dict[bytes, bytes | str]) -> str:
         """Append `fields` to the dead-letter stream and acknowledge `entry`, atomically."""
         pipe = self._client.pipeline(transaction=True)

@@ -4,6 +4,14 @@ that speaks SQL to the catalog schema; `Catalog` is one deployment's view of it.
 from __future__ import annotations
 
 from admin.catalog.deployment import Catalog
+from admin.catalog.recording import ConsumerCatalog
 from admin.catalog.records import AuditEntry, DeadLetterQuery, DeadLetterRecord, Progress
 
-__all__ = ["AuditEntry", "Catalog", "DeadLetterQuery", "DeadLetterRecord", "Progress"]
+__all__ = [
+    "AuditEntry",
+    "Catalog",
+    "ConsumerCatalog",
+    "DeadLetterQuery",
+    "DeadLetterRecord",
+    "Progress",
+]

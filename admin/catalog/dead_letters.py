@@ -166,6 +166,19 @@ async def dead_letters_for_event(
     return [_record(r) for r in rows]
 
 
+async def dead_letters_of_events(
+    pool: asyncpg.Pool, prefix: str, event_ids: Sequence[uuid.UUID]
+) -> list[DeadLetterRecord]:
+    """The dead letters of any of these events, oldest first."""
+    rows = await pool.fetch(
+        f"SELECT {_COLUMNS} FROM {_DEAD_LETTERS} WHERE key_prefix = $1 "
+        "AND event_id = ANY($2::uuid[]) ORDER BY id",
+        prefix,
+        list(event_ids),
+    )
+    return [_record(r) for r in rows]
+
+
 async def resolve(
     conn: asyncpg.Connection,
     ids: Sequence[int],

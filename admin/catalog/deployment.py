@@ -87,6 +87,12 @@ class Catalog:
         """Every dead letter of the event, oldest first."""
         return await dead_letters.dead_letters_for_event(self.pool, self.key_prefix, event_id)
 
+    async def dead_letters_of_events(
+        self, event_ids: Sequence[uuid.UUID]
+    ) -> list[DeadLetterRecord]:
+        """The dead letters of any of these events, oldest first."""
+        return await dead_letters.dead_letters_of_events(self.pool, self.key_prefix, event_ids)
+
     async def groups(self) -> list[RegisteredGroup]:
         """Every (topic, group) with a registered member."""
         return await registry.registered_groups(self.pool, self.key_prefix)

@@ -1,4 +1,5 @@
-"""The consumer registry as the ops plane reads it: groups, their modes, topics and ledgers."""
+"""The consumer registry: members register, heartbeat and leave; the ops plane reads groups,
+their modes, topics and ledgers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from consumers.catalog import Member
 from conveyor import database
 
 _CONSUMERS = f"{database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE}"
@@ -59,3 +61,47 @@ async def registered_groups(pool: asyncpg.Pool, prefix: str) -> list[RegisteredG
         prefix,
     )
     return [RegisteredGroup(r["topic"], r["consumer_group"], r["mode"], r["n"]) for r in rows]
+
+
+async def register(pool: asyncpg.Pool, member: Member) -> None:
+    """Insert or refresh the member's row."""
+    await pool.execute(
+        f"INSERT INTO {_CONSUMERS} (consumer_group, consumer_name, topics, mode, ledger_schema, "
+        "host, pid, grpc_addr, key_prefix) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "ON CONFLICT (key_prefix, consumer_group, consumer_name) "
+        "DO UPDATE SET topics = EXCLUDED.topics, "
+        "mode = EXCLUDED.mode, ledger_schema = EXCLUDED.ledger_schema, host = EXCLUDED.host, "
+        "pid = EXCLUDED.pid, grpc_addr = EXCLUDED.grpc_addr, started_at = now(), "
+        "heartbeat_at = now()",
+        member.group,
+        member.name,
+        list(member.topics),
+        member.mode,
+        member.ledger_schema,
+        member.host,
+        member.pid,
+        member.grpc_addr,
+        member.key_prefix,
+    )
+
+
+async def heartbeat(pool: asyncpg.Pool, member: Member) -> None:
+    """Refresh the member's heartbeat."""
+    await pool.execute(
+        f"UPDATE {_CONSUMERS} SET heartbeat_at = now() "
+        "WHERE consumer_group = $1 AND consumer_name = $2 AND key_prefix = $3",
+        member.group,
+        member.name,
+        member.key_prefix,
+    )
+
+
+async def unregister(pool: asyncpg.Pool, member: Member) -> None:
+    """Remove the member's row."""
+    await pool.execute(
+        f"DELETE FROM {_CONSUMERS} WHERE consumer_group = $1 AND consumer_name = $2 "
+        "AND key_prefix = $3",
+        member.group,
+        member.name,
+        member.key_prefix,
+    )

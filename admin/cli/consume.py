@@ -185,11 +185,12 @@ def _require_schemas(settings: ConsumerSettings) -> None:
 
 
 async def _serve(router: Router, settings: ConsumerSettings, ops: OpsSettings, reader: Any) -> None:
+    from admin.catalog import ConsumerCatalog
     from admin.ops import runtime
     from admin.ops.probes import ConsumerProbe
     from consumers import Consumer
 
-    async with Consumer(router, settings) as consumer:
+    async with Consumer(router, settings, catalog=ConsumerCatalog) as consumer:
         own = [settings.ledger_schema] if settings.exactly_once else []
         plane = runtime.OpsPlane(
             ops,

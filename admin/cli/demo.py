@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from admin import migrations
+from admin.catalog import Catalog, ConsumerCatalog, DeadLetterRecord
 from consumers import Consumer, ConsumerSettings, EventContext, Reject, Retry, Router
-from conveyor import wire
 from conveyor.identity.v1 import events_pb2
 from relay import NewEvent, Relay, RelaySettings, enqueue_many
 
@@ -98,8 +98,10 @@ async def run(database_url: str, redis_url: str, *, events: int, key_prefix: str
             async with pool.acquire() as conn, conn.transaction():
                 await enqueue_many(conn, batch, schema=SCHEMA)
             console.print(f"produced {len(batch)} events (run {run_id}) in one transaction")
-            await _watch(pool, run_id, len(batch), console)
-        return await _summary(pool, run_id, key_prefix)
+            catalog = Catalog(pool, key_prefix)
+            event_ids = await _run_events(pool, run_id)
+            await _watch(pool, catalog, event_ids, console)
+        return await _summary(catalog, event_ids)
     finally:
         await pool.close()
 
@@ -126,6 +128,7 @@ class _pipeline:
                 block=0.1,
                 **common,
             ),
+            catalog=ConsumerCatalog,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -145,69 +148,58 @@ class _pipeline:
         await self._relay.close()
 
 
-async def _settled(pool: asyncpg.Pool, run_id: str) -> int:
+async def _run_events(pool: asyncpg.Pool, run_id: str) -> list[uuid.UUID]:
+    rows = await pool.fetch(
+        f"SELECT event_id FROM {SCHEMA}.outbox WHERE aggregate_id LIKE $1", f"{run_id}-%"
+    )
+    return [r[0] for r in rows]
+
+
+async def _settled(pool: asyncpg.Pool, catalog: Catalog, event_ids: list[uuid.UUID]) -> int:
     applied = await pool.fetchval(
-        f"SELECT count(*) FROM {SCHEMA}.event_ledger l JOIN {SCHEMA}.outbox o USING (event_id) "
-        "WHERE l.consumer_group = $1 AND o.aggregate_id LIKE $2",
+        f"SELECT count(*) FROM {SCHEMA}.event_ledger WHERE consumer_group = $1 "
+        "AND event_id = ANY($2::uuid[]) AND processing_result IN ('success', 'skipped')",
         GROUP,
-        f"{run_id}-%",
+        event_ids,
     )
-    dead = await pool.fetchval(
-        "SELECT count(*) FROM conveyor.dead_letters d JOIN "
-        f"{SCHEMA}.outbox o USING (event_id) WHERE d.consumer_group = $1 "
-        "AND o.aggregate_id LIKE $2",
-        GROUP,
-        f"{run_id}-%",
-    )
-    return int(applied) + int(dead)
+    dead = await catalog.dead_letters_of_events(event_ids)
+    return int(applied) + len({d.event_id for d in dead if d.group == GROUP})
 
 
-async def _watch(pool: asyncpg.Pool, run_id: str, total: int, console: Console) -> None:
+async def _watch(
+    pool: asyncpg.Pool, catalog: Catalog, event_ids: list[uuid.UUID], console: Console
+) -> None:
     columns = (TextColumn("relay → consumer"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("settled", total=total)
+        task = progress.add_task("settled", total=len(event_ids))
         async with asyncio.timeout(120):
-            while (done := await _settled(pool, run_id)) < total:
+            while (done := await _settled(pool, catalog, event_ids)) < len(event_ids):
                 progress.update(task, completed=done)
                 await asyncio.sleep(0.2)
-        progress.update(task, completed=total)
+        progress.update(task, completed=len(event_ids))
 
 
-async def _summary(pool: asyncpg.Pool, run_id: str, key_prefix: str) -> int:
+async def _summary(catalog: Catalog, event_ids: list[uuid.UUID]) -> int:
     console = Console()
-    rows = await pool.fetch(
-        "SELECT d.reason, d.error_class, d.error_message, count(*) AS n, "
-        "min(d.dlq_entry_id) AS example FROM conveyor.dead_letters d JOIN "
-        f"{SCHEMA}.outbox o USING (event_id) WHERE o.aggregate_id LIKE $1 AND d.dlq_stream = $2 "
-        "GROUP BY 1, 2, 3 ORDER BY n DESC",
-        f"{run_id}-%",
-        wire.Keys(TOPIC, key_prefix).dlq,
-    )
+    dead = [d for d in await catalog.dead_letters_of_events(event_ids) if d.topic == TOPIC]
+    kinds: dict[tuple[str, str], list[DeadLetterRecord]] = {}
+    for d in dead:
+        kinds.setdefault((d.reason, f"{d.error_class}: {d.error_message}"), []).append(d)
     table = Table(title=f"dead letters of this run (topic {TOPIC}, group {GROUP})")
     for column in ("reason", "error", "count", "example entry"):
         table.add_column(column)
-    for r in rows:
-        table.add_row(
-            r["reason"], f"{r['error_class']}: {r['error_message']}", str(r["n"]), r["example"]
-        )
+    for (reason, error), letters in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        table.add_row(reason, error, str(len(letters)), min(d.entry_id for d in letters))
     console.print(table)
     console.print(
         f"full report: conveyor dlq report --stream {TOPIC}.dlq --hours 1 --target 127.0.0.1:50052"
     )
-    entry = await pool.fetchval(
-        "SELECT d.dlq_entry_id FROM conveyor.dead_letters d JOIN "
-        f"{SCHEMA}.outbox o USING (event_id) WHERE o.aggregate_id LIKE $1 "
-        "AND d.dlq_stream = $2 ORDER BY d.id LIMIT 1",
-        f"{run_id}-%",
-        wire.Keys(TOPIC, key_prefix).dlq,
-    )
-    dead = sum(int(r["n"]) for r in rows)
-    if entry:
+    if dead:
         console.print(
             "\nTo reprocess a dead letter, run a consumer of the group and ask it:\n"
             f"  conveyor consume --group {GROUP} --router admin.cli.demo:router "
             f"--ledger-schema {SCHEMA} --allow-unauthenticated &\n"
-            f"  conveyor dlq reprocess --stream {TOPIC}.dlq --id {entry} "
+            f"  conveyor dlq reprocess --stream {TOPIC}.dlq --id {dead[0].entry_id} "
             "--target 127.0.0.1:50052"
         )
-    return dead
+    return len(dead)

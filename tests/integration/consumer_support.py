@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from admin.catalog import ConsumerCatalog
 from consumers import Consumer, ConsumerSettings, EventContext, Router
 from consumers.metrics import ConsumerMetrics
 from conveyor.identity.v1 import events_pb2
@@ -97,7 +98,7 @@ async def running_consumer(
 ) -> AsyncIterator[Consumer]:
     """A Consumer running in this event loop until the block ends (then stopped gracefully)."""
     settings.setdefault("topics", router.topics)
-    consumer = Consumer(router, ConsumerSettings(**settings), metrics)
+    consumer = Consumer(router, ConsumerSettings(**settings), metrics, catalog=ConsumerCatalog)
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     try:

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from admin.catalog import ConsumerCatalog
 from consumers import Consumer, ConsumerSettings, EventContext, Router
 from consumers.applier import Applier
 from consumers.deliveries import Decoder, Delivery
@@ -137,7 +138,11 @@ async def test_a_database_error_while_marking_over_the_cap_leaves_the_entry_pend
             event_id,
         )
     conf = consumer_settings(case, max_attempts=2, claim_idle=0.2, consumer="b")
-    consumer = Consumer(effect_router(case.schema), ConsumerSettings(**conf, topics=("identity",)))
+    consumer = Consumer(
+        effect_router(case.schema),
+        ConsumerSettings(**conf, topics=("identity",)),
+        catalog=ConsumerCatalog,
+    )
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     try:
@@ -203,7 +208,11 @@ async def test_marks_and_claims_take_ledger_rows_in_one_order_and_never_deadlock
     )
     await lane.execute(insert, low)
     conf = consumer_settings(case, max_attempts=2, claim_idle=0.2, consumer="b")
-    consumer = Consumer(effect_router(case.schema), ConsumerSettings(**conf, topics=("identity",)))
+    consumer = Consumer(
+        effect_router(case.schema),
+        ConsumerSettings(**conf, topics=("identity",)),
+        catalog=ConsumerCatalog,
+    )
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     try:
@@ -328,7 +337,7 @@ async def test_marks_of_five_topics_at_once_leave_the_pool_room_to_record_the_de
         heartbeat_interval=3600,
         housekeeping_interval=3600,
     )
-    consumer = Consumer(router, ConsumerSettings(**conf, topics=TOPICS))
+    consumer = Consumer(router, ConsumerSettings(**conf, topics=TOPICS), catalog=ConsumerCatalog)
     await consumer.start()
     task = asyncio.create_task(consumer.run())
     try:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from admin.catalog import ConsumerCatalog
 from consumers import ConsumerSettings
 from consumers.metrics import ConsumerMetrics
 from consumers.retention import Housekeeper
@@ -69,7 +70,14 @@ async def test_a_row_passing_the_retention_line_during_a_round_keeps_its_pending
         ledger_schema=case.schema,
         ledger_retention=RETENTION,
     )
-    keeper = Housekeeper(pool, case.redis, settings, ConsumerMetrics(), ledger_chunk=50)
+    keeper = Housekeeper(
+        pool,
+        case.redis,
+        settings,
+        ConsumerMetrics(),
+        catalog=ConsumerCatalog(pool),
+        ledger_chunk=50,
+    )
     started = time.monotonic()
     report = await keeper.run_once([])
     took = time.monotonic() - started

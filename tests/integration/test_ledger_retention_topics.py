@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from admin.catalog import ConsumerCatalog
 from consumers import ConsumerSettings
 from consumers.metrics import ConsumerMetrics
 from consumers.retention import Housekeeper
@@ -69,9 +70,9 @@ async def test_rows_of_pending_entries_of_another_topic_of_the_group_outlive_ret
         ledger_schema=case.schema,
         ledger_retention=86400.0,
     )
-    report = await Housekeeper(pool, case.redis, identity_member, ConsumerMetrics()).run_once(
-        ["identity"]
-    )
+    report = await Housekeeper(
+        pool, case.redis, identity_member, ConsumerMetrics(), catalog=ConsumerCatalog(pool)
+    ).run_once(["identity"])
     conf = {
         "database_url": case.database_url,
         "redis_url": case.redis_url,

@@ -13,10 +13,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from admin.catalog import ConsumerCatalog
+from admin.catalog.recording import RECONCILE_PAGE
 from consumers import ConsumerSettings
-from consumers.dead_letters import RECONCILE_PAGE, DeadLetterCatalog, catalog_row
+from consumers.dead_letters import catalog_row, reader
 from consumers.metrics import ConsumerMetrics
 from consumers.retention import Housekeeper
+from consumers.streams import TopicStreams
 from conveyor import database, wire
 from tests.integration.conftest import Case
 
@@ -35,6 +38,11 @@ async def pool(case: Case) -> AsyncIterator[asyncpg.Pool]:
         for table, column in ((_DEAD_LETTERS, "dlq_stream"), (_CURSORS, "dlq_stream")):
             await p.execute(f"DELETE FROM {table} WHERE {column} LIKE $1", case.prefix + ":%")
         await p.close()
+
+
+def dead_letters(client: Any, keys: wire.Keys) -> Any:
+    """The reconciler's view of the topic's dead-letter stream, read through `client`."""
+    return reader(TopicStreams(client, keys, "g", "c"))
 
 
 def dead_letter_fields(reason: bytes = b"rejected") -> dict[bytes, bytes]:
@@ -59,13 +67,13 @@ async def test_a_dead_letter_missed_long_ago_is_recorded_after_a_newer_one(
     """X reached the stream 15 minutes ago while PostgreSQL was down; when it came back, Y was
     recorded directly before any reconcile round. One round records X."""
     keys = wire.Keys(TOPIC, case.prefix)
-    catalog = DeadLetterCatalog(pool)
+    catalog = ConsumerCatalog(pool)
     old = int(time.time() * 1000) - 15 * 60_000
     fields = dead_letter_fields()
     x = (await case.redis.xadd(keys.dlq, fields, id=f"{old}-0")).decode()
     y = (await case.redis.xadd(keys.dlq, fields)).decode()
-    await catalog.record([catalog_row(TOPIC, keys.dlq, y, fields)])
-    await catalog.reconcile(case.redis, keys)
+    await catalog.record_dead_letters([catalog_row(TOPIC, keys.dlq, y, fields)])
+    await catalog.reconcile(keys, dead_letters(case.redis, keys))
     assert sorted(await recorded(case, keys)) == sorted([x, y])
 
 
@@ -73,16 +81,18 @@ async def test_every_entry_is_recorded_once_in_one_round_and_the_next_reads_only
     case: Case, pool: asyncpg.Pool
 ) -> None:
     keys = wire.Keys(TOPIC, case.prefix)
-    catalog = DeadLetterCatalog(pool)
+    catalog = ConsumerCatalog(pool)
     pipe = case.redis.pipeline(transaction=False)
     for _ in range(RECONCILE_PAGE * 2 + 7):
         pipe.xadd(keys.dlq, dead_letter_fields())
     ids = [i.decode() for i in await pipe.execute()]
-    assert await catalog.reconcile(case.redis, keys) == len(ids)
+    assert await catalog.reconcile(keys, dead_letters(case.redis, keys)) == len(ids)
     assert await recorded(case, keys) == ids
-    assert await catalog.reconcile(case.redis, keys) == 0, "the cursor starts after the last one"
+    assert await catalog.reconcile(keys, dead_letters(case.redis, keys)) == 0, (
+        "the cursor starts after the last one"
+    )
     newer = (await case.redis.xadd(keys.dlq, dead_letter_fields())).decode()
-    assert await catalog.reconcile(case.redis, keys) == 1
+    assert await catalog.reconcile(keys, dead_letters(case.redis, keys)) == 1
     assert (await recorded(case, keys))[-1] == newer
 
 
@@ -110,10 +120,10 @@ async def test_reconcile_and_retention_racing_leave_no_row_pointing_at_nothing(
     after an upgrade reads the whole stream). Retention runs while a reconcile holds the entry
     it read: it must wait, so the reconcile cannot insert the entry after it is gone."""
     keys = wire.Keys(TOPIC, case.prefix)
-    catalog = DeadLetterCatalog(pool)
+    catalog = ConsumerCatalog(pool)
     fields = dead_letter_fields()
     old = (await case.redis.xadd(keys.dlq, fields)).decode()
-    await catalog.record([catalog_row(TOPIC, keys.dlq, old, fields)])
+    await catalog.record_dead_letters([catalog_row(TOPIC, keys.dlq, old, fields)])
     await case.pg.execute(
         f"UPDATE {_DEAD_LETTERS} SET state = 'resolved', updated_at = now() - interval '3 days' "
         "WHERE dlq_stream = $1",
@@ -128,7 +138,7 @@ async def test_reconcile_and_retention_racing_leave_no_row_pointing_at_nothing(
         ledger_schema=case.schema,
         dead_letter_retention=86400.0,
     )
-    keeper = Housekeeper(pool, case.redis, settings, ConsumerMetrics())
+    keeper = Housekeeper(pool, case.redis, settings, ConsumerMetrics(), catalog=catalog)
     expiring: list[asyncio.Task[Any]] = []
 
     async def retention_meanwhile() -> None:
@@ -136,7 +146,9 @@ async def test_reconcile_and_retention_racing_leave_no_row_pointing_at_nothing(
         expiring.append(task)
         await asyncio.wait([task], timeout=1.0)  # it finishes here only if nothing stops it
 
-    await catalog.reconcile(_PausingRedis(case.redis, retention_meanwhile), keys)
+    await catalog.reconcile(
+        keys, dead_letters(_PausingRedis(case.redis, retention_meanwhile), keys)
+    )
     report = await expiring[0]
     assert report.errors == []
     in_stream = {i.decode() for i, _ in await case.redis.xrange(keys.dlq)}

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from admin import migrations
-from admin.catalog import DeadLetterRecord, Progress, traces
+from admin.catalog import ConsumerCatalog, DeadLetterRecord, Progress, traces
 from admin.catalog import dead_letters as catalog
 from admin.catalog.audit import AuditLog
 from admin.catalog.registry import group_ledgers
@@ -107,7 +107,7 @@ class Fixture:
             dead_letters.catalog_row(self.topic, self.keys.dlq, i, dead)
             for i, dead in zip(dl_ids, entries, strict=True)
         ]
-        await dead_letters.DeadLetterCatalog(self.pool).record(rows)
+        await ConsumerCatalog(self.pool).record_dead_letters(rows)
         return await self.records(dl_ids)
 
     def _original(self, i: int) -> dict[bytes, bytes]:

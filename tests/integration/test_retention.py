@@ -14,6 +14,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from admin.catalog import ConsumerCatalog
 from consumers import ConsumerSettings, dead_letters
 from consumers.metrics import ConsumerMetrics
 from consumers.retention import TRY_LOCK_SQL, UNLOCK_SQL, Housekeeper, retention_warning
@@ -52,7 +53,13 @@ async def pool(case: Case) -> AsyncIterator[asyncpg.Pool]:
 
 
 def housekeeper(case: Case, pool: asyncpg.Pool, meter: Any = None, **overrides: Any) -> Housekeeper:
-    return Housekeeper(pool, case.redis, settings(case, **overrides), ConsumerMetrics(meter=meter))
+    return Housekeeper(
+        pool,
+        case.redis,
+        settings(case, **overrides),
+        ConsumerMetrics(meter=meter),
+        catalog=ConsumerCatalog(pool),
+    )
 
 
 async def add(case: Case, stream: str, n: int) -> list[str]:
@@ -181,7 +188,7 @@ async def test_expired_dead_letters_leave_stream_and_catalog(case: Case, pool: A
         }
         entry_of[label] = (await case.redis.xadd(keys.dlq, fields)).decode()
         row = dead_letters.catalog_row(TOPIC, keys.dlq, entry_of[label], fields)
-        await dead_letters.DeadLetterCatalog(pool).record([row])
+        await ConsumerCatalog(pool).record_dead_letters([row])
     for label, (state, days) in states.items():
         await case.pg.execute(
             f"UPDATE {_DEAD_LETTERS} SET state = $1, updated_at = now() - make_interval(days => $2)"
@@ -272,7 +279,12 @@ async def test_ledger_rows_past_retention_are_deleted(case: Case, pool: Any) -> 
     at_least_once = housekeeper(case, pool, mode="at-least-once", ledger_retention=86400.0)
     assert (await at_least_once.run_once([TOPIC])).ledger_deleted == 0
     keeper = Housekeeper(
-        pool, case.redis, settings(case, ledger_retention=86400), ConsumerMetrics(), ledger_chunk=2
+        pool,
+        case.redis,
+        settings(case, ledger_retention=86400),
+        ConsumerMetrics(),
+        catalog=ConsumerCatalog(pool),
+        ledger_chunk=2,
     )
 
     report = await keeper.run_once([TOPIC])
