@@ -1,5 +1,5 @@
-"""Redis stream entry ids (`<milliseconds>-<sequence>`): parsed, checked, compared, and the id
-after one."""
+"""Redis stream entry ids (`<milliseconds>-<sequence>`): parsed, checked, compared, their time,
+and the id after one."""
 
 from __future__ import annotations
 
@@ -44,6 +44,11 @@ class EntryId(NamedTuple):
                 f"invalid entry id {shown!r}: use <milliseconds>-<sequence>, e.g. {EXAMPLE}"
             )
         return cls(int(match[1]), int(match[2]))
+
+    @property
+    def time(self) -> float:
+        """Unix time in seconds the entry was added at (its millisecond part)."""
+        return self.ms / 1000
 
     def after(self) -> EntryId:
         """The smallest id greater than this one."""

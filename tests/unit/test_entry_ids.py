@@ -35,6 +35,10 @@ def test_the_id_after_one_is_the_next_sequence_or_the_next_millisecond() -> None
     assert EntryId(7, MAX_SEQUENCE) < EntryId(7, MAX_SEQUENCE).after()
 
 
+def test_an_id_tells_the_unix_time_its_entry_was_added_at() -> None:
+    assert EntryId.parse(b"1700000000250-7").time == 1_700_000_000.25
+
+
 def test_an_id_prints_as_redis_spells_it() -> None:
     assert str(EntryId(1700000000000, 12)) == "1700000000000-12"
 
