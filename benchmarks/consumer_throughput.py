@@ -19,33 +19,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+import yardstick
 from admin import migrations
 from admin.catalog import ConsumerCatalog
 from admin.ops.process import tune_for_throughput
 from consumers import Consumer, ConsumerSettings, EventContext, Router
-from conveyor import database, redis_client, wire
+from conveyor import redis_client, wire
 from conveyor.identity.v1 import events_pb2
 from relay import envelope
 from relay.publisher import StreamPublisher
+from yardstick import DB, REDIS
 
-ROOT = Path(__file__).resolve().parents[1]
-YARDSTICK = Path(
-    os.environ.get("CONVEYOR_YARDSTICK", ROOT.parent / "shared/bench/ideal_pipeline.py")
-)
-DB = os.environ.get("CONVEYOR_DATABASE_URL", database.DEFAULT_DATABASE_URL)
-REDIS = os.environ.get("CONVEYOR_REDIS_URL", wire.DEFAULT_REDIS_URL)
 TOPIC = "bench"
 KINDS = {
     "per-event": ["--handler-insert", "--conns", "2"],
@@ -157,17 +148,8 @@ async def conveyor_round(kind: str, n: int, batch: int) -> float:
 
 
 def yardstick_round(kind: str, n: int, batch: int) -> float:
-    out = subprocess.run(
-        [sys.executable, str(YARDSTICK), "--events", str(n), "--batch", str(batch), *KINDS[kind]],
-        env={**os.environ, "PG_DSN": DB, "REDIS_URL": REDIS},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    m = re.search(r"consumer_eps\[[^\]]+\] (\d+)", out)
-    assert m, out
-    print(f"yardstick {out.splitlines()[1]}")
-    return float(m.group(1))
+    args = ["--events", str(n), "--batch", str(batch), *KINDS[kind]]
+    return yardstick.events_per_second(args, r"consumer_eps\[[^\]]+\]")
 
 
 def main() -> None:
@@ -179,6 +161,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", default=",".join(KINDS))
     a = ap.parse_args()
+    yardstick.require()
     tune_for_throughput()  # as `conveyor consume` does
     summary = []
     for kind in a.only.split(","):

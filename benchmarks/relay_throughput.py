@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -26,17 +25,12 @@ from pathlib import Path
 import asyncpg
 import redis.asyncio as aioredis
 
+import yardstick
 from admin import migrations
-from conveyor import database, wire
+from conveyor import wire
 from conveyor.identity.v1 import events_pb2
 from relay import NewEvent, enqueue_many
-
-ROOT = Path(__file__).resolve().parents[1]
-YARDSTICK = Path(
-    os.environ.get("CONVEYOR_YARDSTICK", ROOT.parent / "shared/bench/ideal_pipeline.py")
-)
-DB = os.environ.get("CONVEYOR_DATABASE_URL", database.DEFAULT_DATABASE_URL)
-REDIS = os.environ.get("CONVEYOR_REDIS_URL", wire.DEFAULT_REDIS_URL)
+from yardstick import DB, REDIS
 
 
 async def prefill(schema: str, n: int) -> None:
@@ -124,26 +118,8 @@ async def conveyor_round(n: int, batch: int) -> float:
 
 
 def yardstick_round(n: int, batch: int) -> float:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(YARDSTICK),
-            "--events",
-            str(n),
-            "--batch",
-            str(batch),
-            "--mode",
-            "update",
-        ],
-        env={**os.environ, "PG_DSN": DB, "REDIS_URL": REDIS},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    m = re.search(r"relay_eps\[update\] (\d+)", out)
-    assert m, out
-    print(f"yardstick {out.splitlines()[0]}")
-    return float(m.group(1))
+    args = ["--events", str(n), "--batch", str(batch), "--mode", "update"]
+    return yardstick.events_per_second(args, r"relay_eps\[update\]")
 
 
 def main() -> None:
@@ -154,8 +130,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
-    if not YARDSTICK.exists():
-        sys.exit(f"yardstick not found at {YARDSTICK}; set CONVEYOR_YARDSTICK")
+    yardstick.require()
     ours, theirs = [], []
     for _ in range(a.rounds):
         theirs.append(yardstick_round(a.events, a.batch))

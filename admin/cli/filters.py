@@ -12,14 +12,10 @@ import typer
 
 from admin.cli.durations import parse_since
 from admin.cli.options import EXIT_USAGE, fail
-from conveyor import wire
+from conveyor import entry_ids, wire
 from conveyor.v1 import admin_pb2
 
-ENTRY_ID_EXAMPLE = "1700000000000-0"
-
 _KEY_RE = re.compile(r".+:\{(?P<topic>[^{}]+)\}:dlq")
-
-_ENTRY_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 class State(enum.StrEnum):
@@ -75,14 +71,18 @@ def parse_topic(text: str) -> str:
 
 
 def check_entry_ids(ids: Sequence[str]) -> list[str]:
-    """`ids` stripped, each a stream entry id; exits 2 naming the first that is not."""
-    cleaned = [entry_id.strip() for entry_id in ids]
-    for entry_id in cleaned:
-        if not _ENTRY_ID_RE.fullmatch(entry_id):
+    """`ids` stripped, each a stream entry id in normal form; exits 2 naming the first that is
+    not one by the rule of `conveyor.entry_ids.EntryId.parse_strict`."""
+    checked = []
+    for given in ids:
+        try:
+            checked.append(str(entry_ids.EntryId.parse_strict(given.strip())))
+        except ValueError:
             fail(
-                f"invalid --id {entry_id!r}: an entry id looks like {ENTRY_ID_EXAMPLE}", EXIT_USAGE
+                f"invalid --id {given.strip()!r}: an entry id looks like {entry_ids.EXAMPLE}",
+                EXIT_USAGE,
             )
-    return cleaned
+    return checked
 
 
 def build_filter(

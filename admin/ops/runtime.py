@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from admin.catalog import Catalog
 from admin.catalog.audit import AuditLog
 from admin.errors import OpsPlaneUnavailable
-from admin.ops.auth import AuthInterceptor, TokenStore, install_sighup_reload
+from admin.ops.auth import AuthInterceptor
 from admin.ops.health import Health
 from admin.ops.server import OpsServer
 from admin.ops.servicer import AdminContext, AdminServicer
@@ -34,6 +34,7 @@ from admin.ops.status import (
     RedisStatus,
     StatusChecker,
 )
+from admin.ops.tokens import TokenStore, install_sighup_reload
 from conveyor import redis_client
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from admin.catalog import Catalog
 from conveyor import wire
+from conveyor.entry_ids import EntryId
+from conveyor.replies import text
+from conveyor.retry import pause
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +90,6 @@ class Probe(Protocol):
     def outboxes(self) -> list[OutboxStatus]: ...
 
 
-def entry_time(entry_id: bytes | str) -> float:
-    """Unix time an entry id was generated at."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0]) / 1000
-
-
 class StatusChecker:
     """Refreshes the snapshot every `interval` seconds and tells `on_change` about it."""
 
@@ -119,11 +116,7 @@ class StatusChecker:
                 await self.refresh()
             except Exception:  # a bug here must not freeze health at its last values
                 log.exception("status refresh failed; trying again next interval")
-            try:
-                async with asyncio.timeout(self._interval):
-                    await stopping.wait()
-            except TimeoutError:
-                pass
+            await pause(stopping, self._interval)
 
     async def refresh(self) -> Snapshot:
         """Take a new snapshot (never raises: failures become reasons)."""
@@ -178,7 +171,7 @@ class StatusChecker:
         try:
             async with asyncio.timeout(2):
                 info = next(
-                    (g for g in await self._redis.xinfo_groups(key) if _text(g["name"]) == group),
+                    (g for g in await self._redis.xinfo_groups(key) if text(g["name"]) == group),
                     None,
                 )
                 if info is None:
@@ -193,7 +186,7 @@ class StatusChecker:
             try:
                 async with asyncio.timeout(2):
                     after = await self._redis.xrange(
-                        key, min="(" + _text(info["last-delivered-id"]), max="+", count=10_000
+                        key, min="(" + text(info["last-delivered-id"]), max="+", count=10_000
                     )
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("cannot count the lag of group %s of %s: %r", group, key, exc)
@@ -206,17 +199,13 @@ class StatusChecker:
         times = []
         if info["pending"]:
             summary = await self._redis.xpending(key, group)
-            times.append(entry_time(summary["min"]))
+            times.append(EntryId.parse(summary["min"]).time)
         after = await self._redis.xrange(
-            key, min="(" + _text(info["last-delivered-id"]), max="+", count=1
+            key, min="(" + text(info["last-delivered-id"]), max="+", count=1
         )
         if after:
-            times.append(entry_time(after[0][0]))
+            times.append(EntryId.parse(after[0][0]).time)
         return min(times) if times else None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def stalled(*, waiting: bool, last_progress: float, now: float, timeout: float) -> str | None:

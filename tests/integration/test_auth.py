@@ -20,16 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from admin import migrations
 from admin.catalog.audit import SUPPRESSED_ACTION, AuditLog
-from admin.ops.auth import (
-    AuthInterceptor,
-    AuthSettings,
-    Principal,
-    Scope,
-    bearer_metadata,
-    current_principal,
-    install_sighup_reload,
-    token_digest,
-)
+from admin.ops.auth import AuthInterceptor, current_principal
+from admin.ops.bearer import bearer_metadata
+from admin.ops.settings import AuthSettings, Scope
+from admin.ops.tokens import Principal, install_sighup_reload, token_digest
 from conveyor.v1 import admin_pb2, admin_pb2_grpc
 from tests.pki import make_pki
 

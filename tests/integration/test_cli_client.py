@@ -214,6 +214,9 @@ def test_stream_keys_and_topic_name_the_topic(fake: FakeAdmin, run: Any, flags: 
         (["list", "--reason", "tired"], "unknown dead-letter reason 'tired'"),
         (["list", "--since", "yesterday"], "invalid --since"),
         (["inspect", "--stream", "identity", "--id", "abc"], "invalid --id 'abc'"),
+        # Arabic-Indic digits: \d takes them, Redis and the catalog do not.
+        (["inspect", "--stream", "identity", "--id", "\u0661\u0662-\u0663"], "invalid --id"),
+        (["reprocess", "--stream", "identity", "--id", f"{2**64}-0"], "invalid --id"),
         (["reprocess", "--stream", "identity", "--id", ENTRY, "--group", "g"], "not both"),
         (["reprocess", "--stream", "identity", "--id", ENTRY, "--idempotency-key", " "], "blank"),
         (["report", "--stream", "identity", "--target", " "], "--target"),

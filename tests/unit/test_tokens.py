@@ -8,21 +8,17 @@ from pathlib import Path
 import pytest
 
 from admin.errors import AdminError, InvalidInput
-from admin.ops.auth import (
-    WRITE_METHODS,
-    AuthSettings,
+from admin.ops.auth import WRITE_METHODS, identify, peer_host
+from admin.ops.bearer import bearer_metadata, token_from_env_or_file
+from admin.ops.settings import AuthSettings, Scope
+from admin.ops.tokens import (
     Denial,
     Principal,
     Rejected,
-    Scope,
     TokensFileInvalid,
     TokenStore,
-    bearer_metadata,
-    identify,
     parse_tokens,
-    peer_host,
     token_digest,
-    token_from_env_or_file,
 )
 from conveyor.v1 import admin_pb2
 
