@@ -6,8 +6,9 @@ The names below load on first use (PEP 562), so `relay.settings` can be read, e.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from conveyor import lazy
 
 if TYPE_CHECKING:
     from relay.errors import EventTooLarge, NotAMessage, NotInTransaction, RelayError
@@ -47,10 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy.exports(__name__, _HOMES)

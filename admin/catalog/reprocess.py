@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -30,6 +29,7 @@ from admin.catalog.records import DeadLetterRecord, Progress
 from admin.catalog.requests import shielded
 from admin.errors import FailedPrecondition, InvalidInput
 from conveyor import database, redis_client, wire
+from conveyor.replies import text, uuid_or_none
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class _Run:
     async def applied(self, record: DeadLetterRecord) -> bool:
         """Whether the group's ledger records the event as applied (exactly-once groups only)."""
         schema = self.ledgers.get(record.group)
-        event_id = _uuid(record.event_id)
+        event_id = uuid_or_none(record.event_id)
         if schema is None or event_id is None:
             return False
         try:
@@ -268,7 +268,7 @@ class _Run:
             if not moved:
                 return _Action.SKIP  # a concurrent call or a resolve got there first
             async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
-                retry_id = _text(await self.redis.xadd(stream, fields))
+                retry_id = text(await self.redis.xadd(stream, fields))
             try:
                 await self.audit.record(
                     principal=self.principal,
@@ -376,14 +376,3 @@ def _valid_group(group: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _uuid(value: str | None) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value) if value else None
-    except ValueError:
-        return None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -39,9 +39,14 @@ async def publish(
     for i in range(n):
         event_id = envelope.uuid7()
         event = envelope.build(
-            make(i), event_id=event_id, source="test", aggregate_type="user",
-            aggregate_id=f"agg{i % aggregates}", occurred_at=None, headers={},
-        )  # fmt: skip
+            make(i),
+            event_id=event_id,
+            source="test",
+            aggregate_type="user",
+            aggregate_id=f"agg{i % aggregates}",
+            occurred_at=None,
+            headers={},
+        )
         rows.append(
             (i, event_id, topic, event.type, event.aggregate_id, None, event.SerializeToString())
         )

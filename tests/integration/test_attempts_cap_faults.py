@@ -427,8 +427,7 @@ async def test_an_entry_moved_before_a_later_move_failed_keeps_its_mark(
         return await original(self, entry, fields)
 
     monkeypatch.setattr(TopicStreams, "dead_letter", flaky)
-    conf = consumer_settings(case, max_attempts=2, claim_idle=0.2, consumer="b",
-                             db_backoff_max=0.2)  # fmt: skip
+    conf = consumer_settings(case, max_attempts=2, claim_idle=0.2, consumer="b", db_backoff_max=0.2)
     async with running_consumer(router, **conf):
 
         async def both_moved() -> bool:
