@@ -152,3 +152,32 @@ def consumer_settings(case: Any, group: str = "g", **overrides: Any) -> dict[str
         "retry_backoff_max": 0.2,
     }
     return base | overrides
+
+
+def router_of(handler: Any, topic: str = "identity") -> Router:
+    """A router with `handler` for UserRegistered on `topic`."""
+    router = Router()
+    router.handler(events_pb2.UserRegistered, topic=topic)(handler)
+    return router
+
+
+async def insert_effect(ctx: EventContext, schema: str, attempt: int | None = None) -> None:
+    """One effects row for the event, through ctx.db (attempt: the delivery's, unless given)."""
+    await ctx.db.execute(
+        f"INSERT INTO {schema}.effects (consumer_group, event_id, aggregate_id, attempt) "
+        "VALUES ($1, $2, $3, $4)",
+        ctx.group,
+        uuid.UUID(ctx.event_id),
+        ctx.aggregate_id,
+        ctx.attempt if attempt is None else attempt,
+    )
+
+
+async def ledger_results(case: Any, group: str | None = None) -> dict[str, str]:
+    """Event id -> processing_result of the test schema's ledger (of `group` when given)."""
+    rows = await case.pg.fetch(
+        f"SELECT event_id::text, processing_result FROM {case.schema}.event_ledger "
+        "WHERE $1::text IS NULL OR consumer_group = $1",
+        group,
+    )
+    return {r[0]: r[1] for r in rows}

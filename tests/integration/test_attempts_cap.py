@@ -23,18 +23,12 @@ from tests.integration.consumer_support import (
     create_effects,
     effect_counts,
     effect_router,
+    ledger_results,
     publish,
     running_consumer,
 )
 from tests.integration.test_dead_letters import dead_letters, settled
 from tests.processes import wait_until
-
-
-async def ledger_results(case: Case) -> dict[str, str]:
-    rows = await case.pg.fetch(
-        f"SELECT event_id::text, processing_result FROM {case.schema}.event_ledger"
-    )
-    return {r[0]: r[1] for r in rows}
 
 
 async def test_slow_member_commits_while_another_reclaims_past_the_cap(case: Case) -> None:

@@ -26,19 +26,13 @@ from tests.integration.consumer_support import (
     create_effects,
     effect_counts,
     effect_router,
+    ledger_results,
     publish,
     running_consumer,
 )
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.usefixtures("catalog_cleanup")
-
-
-async def ledger_results(case: Case) -> dict[str, str]:
-    rows = await case.pg.fetch(
-        f"SELECT event_id::text, processing_result FROM {case.schema}.event_ledger"
-    )
-    return {r[0]: r[1] for r in rows}
 
 
 async def retry_entry(case: Case, keys: wire.Keys) -> tuple[str, dict[bytes, bytes]]:
@@ -388,13 +382,6 @@ async def test_marks_of_five_topics_at_once_leave_the_pool_room_to_record_the_de
             await asyncio.wait_for(consumer.close(), 10)
 
 
-async def _results(case: Case) -> dict[str, str]:
-    rows = await case.pg.fetch(
-        f"SELECT event_id::text, processing_result FROM {case.schema}.event_ledger"
-    )
-    return {r[0]: r[1] for r in rows}
-
-
 async def test_an_entry_moved_before_a_later_move_failed_keeps_its_mark(
     case: Case, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -434,7 +421,7 @@ async def test_an_entry_moved_before_a_later_move_failed_keeps_its_mark(
             return await case.redis.xlen(keys.dlq) == 2
 
         await wait_until(both_moved, timeout=20, what="both entries dead-lettered")
-    marks = await _results(case)
+    marks = await ledger_results(case)
 
     pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
     try:

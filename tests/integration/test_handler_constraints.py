@@ -4,11 +4,9 @@ deferred constraint trigger itself, so `SET CONSTRAINTS ALL` is refused with a c
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
-from consumers import EventContext, Router
+from consumers import EventContext
 from conveyor import wire
 from conveyor.identity.v1 import events_pb2
 from tests.integration.conftest import Case
@@ -16,30 +14,15 @@ from tests.integration.consumer_support import (
     consumer_settings,
     create_effects,
     effect_counts,
+    insert_effect,
     publish,
+    router_of,
     running_consumer,
 )
 from tests.integration.test_dead_letters import dead_letters, settled
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.usefixtures("catalog_cleanup")
-
-
-async def insert_effect(ctx: EventContext, schema: str) -> None:
-    await ctx.db.execute(
-        f"INSERT INTO {schema}.effects (consumer_group, event_id, aggregate_id, attempt) "
-        "VALUES ($1, $2, $3, $4)",
-        ctx.group,
-        uuid.UUID(ctx.event_id),
-        ctx.aggregate_id,
-        ctx.attempt,
-    )
-
-
-def router_of(handler: object) -> Router:
-    router = Router()
-    router.handler(events_pb2.UserRegistered, topic="identity")(handler)  # type: ignore[arg-type]
-    return router
 
 
 async def test_a_handler_checking_a_named_deferred_constraint_early_is_applied(

@@ -21,32 +21,16 @@ from tests.integration.consumer_support import (
     consumer_settings,
     create_effects,
     effect_counts,
+    insert_effect,
+    ledger_results,
     publish,
+    router_of,
     running_consumer,
 )
 from tests.integration.test_dead_letters import dead_letters, settled
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.usefixtures("catalog_cleanup")
-
-
-async def insert_effect(ctx: EventContext, schema: str) -> None:
-    await ctx.db.execute(
-        f"INSERT INTO {schema}.effects (consumer_group, event_id, aggregate_id, attempt) "
-        "VALUES ($1, $2, $3, $4)",
-        ctx.group,
-        uuid.UUID(ctx.event_id),
-        ctx.aggregate_id,
-        ctx.attempt,
-    )
-
-
-async def ledger(case: Case) -> dict[str, str]:
-    rows = await case.pg.fetch(
-        f"SELECT event_id::text, processing_result FROM {case.schema}.event_ledger "
-        "WHERE consumer_group = 'g'"
-    )
-    return {r[0]: r[1] for r in rows}
 
 
 @pytest.mark.parametrize(
@@ -73,7 +57,7 @@ async def test_a_commit_by_sql_in_any_shape_loses_no_event(case: Case, style: st
                 await ctx.db.execute("COMMIT")
                 await ctx.db.execute("BEGIN")
             if style == "commit_then_conn_lost" and ctx.attempt == 1:
-                # The crash point between the handler's COMMIT and _unclaim: the connection
+                # A crash point right after the handler's COMMIT: the connection
                 # (or the process) is lost right after the COMMIT - a failover, a kill.
                 await ctx.db.execute("COMMIT")
                 await ctx.db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
@@ -92,7 +76,7 @@ async def test_a_commit_by_sql_in_any_shape_loses_no_event(case: Case, style: st
     missing = [i for i in fine if counts.get(i) != 1]
     assert missing == [], (
         f"{len(missing)} events acknowledged but not applied once (ledger says "
-        f"{sorted({(await ledger(case)).get(i) for i in missing}, key=str)})"
+        f"{sorted({(await ledger_results(case, 'g')).get(i) for i in missing}, key=str)})"
     )
     # Its own COMMIT never commits: applied only by the attempt that did not send it.
     assert counts.get(ids[3], 0) == (1 if style == "commit_then_conn_lost" else 0)
@@ -118,12 +102,6 @@ async def test_a_handler_that_commits_by_sql_commits_nothing_on_any_attempt(case
     assert dead[wire.DL_ERROR_CLASS] == b"TransactionEnded"
     assert ids[3] not in counts, f"event 3's writes committed {counts[ids[3]]} times"
     assert counts == dict.fromkeys(set(ids) - {ids[3]}, 1)
-
-
-def router_of(handler: object) -> Router:
-    router = Router()
-    router.handler(events_pb2.UserRegistered, topic="identity")(handler)  # type: ignore[arg-type]
-    return router
 
 
 async def test_a_rollback_by_sql_never_touches_rows_another_member_committed(

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import asyncpg
 import pytest
 
-from consumers import EventContext, Router
+from consumers import EventContext
 from conveyor import wire
 from conveyor.identity.v1 import events_pb2
 from tests.integration.conftest import Case
@@ -17,38 +17,16 @@ from tests.integration.consumer_support import (
     consumer_settings,
     create_effects,
     effect_counts,
+    insert_effect,
+    ledger_results,
     publish,
+    router_of,
     running_consumer,
 )
 from tests.integration.test_dead_letters import dead_letters, settled
 from tests.processes import wait_until
 
 Handler = Callable[[events_pb2.UserRegistered, EventContext], object]
-
-
-def router_of(handler: Handler) -> Router:
-    router = Router()
-    router.handler(events_pb2.UserRegistered, topic="identity")(handler)
-    return router
-
-
-async def insert_effect(ctx: EventContext, schema: str, attempt: int | None = None) -> None:
-    await ctx.db.execute(
-        f"INSERT INTO {schema}.effects (consumer_group, event_id, aggregate_id, attempt) "
-        "VALUES ($1, $2, $3, $4)",
-        ctx.group,
-        uuid.UUID(ctx.event_id),
-        ctx.aggregate_id,
-        ctx.attempt if attempt is None else attempt,
-    )
-
-
-async def ledger(case: Case) -> dict[str, str]:
-    rows = await case.pg.fetch(
-        f"SELECT event_id::text, processing_result FROM {case.schema}.event_ledger "
-        "WHERE consumer_group = 'g'"
-    )
-    return {r[0]: r[1] for r in rows}
 
 
 async def test_handler_transactions_nest_as_savepoints_and_commit_with_the_ledger(
@@ -87,7 +65,7 @@ async def test_handler_transactions_nest_as_savepoints_and_commit_with_the_ledge
     assert (
         await case.pg.fetchval(f"SELECT count(*) FROM {case.schema}.effects WHERE attempt < 0") == 0
     )
-    assert await ledger(case) == dict.fromkeys(ids, "success")
+    assert await ledger_results(case, "g") == dict.fromkeys(ids, "success")
     assert await dead_letters(case) == []
 
 
@@ -138,4 +116,4 @@ async def test_handler_ending_the_transaction_by_sql_is_a_failure_and_loses_noth
     fine = set(ids) - {ids[i] for i in ending}
     counts = await effect_counts(case.pg, case.schema, "g")
     assert counts == dict.fromkeys(fine, 1), "the others once each; the COMMIT committed nothing"
-    assert set(await ledger(case)) == fine
+    assert set(await ledger_results(case, "g")) == fine
