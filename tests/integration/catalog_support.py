@@ -1,14 +1,21 @@
-"""Dead-letter catalog rows for tests, inserted straight into `conveyor.dead_letters`."""
+"""Dead-letter catalog rows for tests, inserted straight into `conveyor.dead_letters`, and the
+fixtures of the catalog test modules (a migrated catalog, a pool, a topic of one test)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pytest
+
+from admin import migrations
 
 NOW = datetime(2030, 1, 1, 10, 30, tzinfo=UTC)
+PREFIX = "test"
+"""The key prefix of the rows `add` writes (their streams are `test:{topic}:...`)."""
 
 # Entry ids unique to this run, so audit rows of other runs never name them.
 _MS = 1_700_000_000_000 + uuid.uuid4().int % 10**11
@@ -46,3 +53,25 @@ async def add(pool: asyncpg.Pool, topic: str, **values: Any) -> dict[str, Any]:
         *row.values(),
     )
     return row
+
+
+@pytest.fixture(name="catalog_url", scope="module")
+def fixture_catalog_url(services: tuple[str, str]) -> str:
+    """The database URL with the catalog migrated (once per module; it is shared anyway)."""
+    migrations.upgrade_catalog(services[0])
+    return services[0]
+
+
+@pytest.fixture(name="pool")
+async def fixture_pool(catalog_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(catalog_url, min_size=1, max_size=4) as p:
+        yield p
+
+
+@pytest.fixture(name="topic")
+async def fixture_topic(pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """A topic of this test alone; its dead letters and audit rows are deleted afterwards."""
+    name = f"cat-{uuid.uuid4().hex[:12]}"
+    yield name
+    await pool.execute("DELETE FROM conveyor.dead_letters WHERE topic = $1", name)
+    await pool.execute("DELETE FROM conveyor.audit WHERE principal = $1", name)

@@ -1,6 +1,6 @@
-"""Faults around an event reclaimed past its attempts: a stalled member holding a reprocessed
-entry, database errors and deadlocks while marking, a Redis reset with a replay, many topics at
-once. The event is dead-lettered once and applied at most once; the consumer keeps running."""
+"""Faults around an event reclaimed past its attempts: database errors and deadlocks while
+marking, a Redis reset with a replay, many topics at once. The event is dead-lettered once and
+applied at most once; the consumer keeps running."""
 
 from __future__ import annotations
 
@@ -33,60 +33,6 @@ from tests.integration.consumer_support import (
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.usefixtures("catalog_cleanup")
-
-
-async def retry_entry(case: Case, keys: wire.Keys) -> tuple[str, dict[bytes, bytes]]:
-    """A reprocessed dead letter waiting in group g's retry stream (as admin.reprocess writes
-    it: the original fields plus rt.dead_letter); the topic stream is left empty."""
-    (event_id,) = await publish(case.redis, case.prefix, 1)
-    ((_, fields),) = await case.redis.xrange(keys.events)
-    await case.redis.delete(keys.events)
-    fields = dict(fields) | {wire.RT_DEAD_LETTER: b"1-0"}
-    await case.redis.xadd(keys.retry("g"), fields)
-    return event_id, fields
-
-
-async def test_a_stalled_member_cannot_apply_a_reprocessed_entry_dead_lettered_over_the_cap(
-    case: Case,
-) -> None:
-    """Member A holds the last attempt of a reprocessed dead letter (an entry of the group's
-    retry stream) and stalls before its transaction; B reclaims it past the cap, marks the
-    ledger and moves it to the dead-letter stream. A wakes: the mark of that very entry stops
-    it, so the event is not applied while it sits in the dead-letter stream."""
-    await create_effects(case.pg, case.schema)
-    router = effect_router(case.schema)
-    keys = wire.Keys("identity", case.prefix)
-    event_id, _ = await retry_entry(case, keys)
-    stalled = TopicStreams(case.redis, keys, "g", "a")
-    await stalled.ensure_groups()
-    (entry,) = await stalled.read(keys.retry("g"), 1, None)
-    await case.redis.xclaim(keys.retry("g"), "g", "a", 0, [entry.entry_id])  # delivered twice
-    entry.attempt = 2
-    decoded = Decoder(topic="identity", group="g", router=router, max_bytes=1 << 20).decode(entry)
-    assert isinstance(decoded, Delivery)
-
-    conf = consumer_settings(case, max_attempts=2, claim_idle=0.2, consumer="b")
-    async with running_consumer(router, **conf):
-
-        async def moved() -> bool:
-            return await case.redis.xlen(keys.dlq) == 1
-
-        await wait_until(moved, timeout=20, what="B dead-letters the retry entry")
-        await asyncio.sleep(0.3)
-    assert await ledger_results(case) == {event_id: "dead_letter"}
-
-    pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
-    try:
-        late = Applier(pool, group="g", ledger_schema=case.schema, exactly_once=True, partitions=1)
-        outcomes = await late.apply([decoded])
-        await late.close()
-    finally:
-        await pool.close()
-    counts: dict[str, Any] = await effect_counts(case.pg, case.schema, "g")
-    assert await case.redis.xlen(keys.dlq) == 1
-    assert (outcomes.applied, counts) == (0, {}), (
-        "the event was dead-lettered over the cap and then applied by the stalled member"
-    )
 
 
 async def _over_cap_entry(case: Case, keys: wire.Keys, *, type_field: bytes | None) -> str:

@@ -4,197 +4,24 @@ between entries, idempotent under a key; against the real PostgreSQL and Redis."
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
-from typing import Any
 
-import asyncpg
 import pytest
 
-from admin import migrations
-from admin.catalog import ConsumerCatalog, DeadLetterRecord, Progress, traces
+from admin.catalog import Progress
 from admin.catalog import dead_letters as catalog
-from admin.catalog.audit import AuditLog
 from admin.catalog.registry import group_ledgers
-from admin.catalog.reprocess import check_reprocessable, reprocess
+from admin.catalog.reprocess import check_reprocessable
 from admin.catalog.requests import request_fingerprint
 from admin.errors import FailedPrecondition, InvalidInput
-from admin.ops import convert
-from consumers import EventContext, Reject, Router, dead_letters
-from consumers.deliveries import Entry
-from conveyor import redis_client, wire
-from conveyor.identity.v1 import events_pb2
-from relay import envelope
-from tests.integration.conftest import Case
-from tests.integration.consumer_support import (
-    consumer_settings,
-    create_effects,
-    effect_counts,
-    effect_router,
-    running_consumer,
+from conveyor import wire
+from tests.integration.reprocess_support import (
+    Fixture,
+    fixture_catalog_at_head,  # noqa: F401 - a pytest fixture
+    fixture_conveyor_redis,  # noqa: F401 - a pytest fixture
+    fixture_f,  # noqa: F401 - a pytest fixture
+    fixture_pool,  # noqa: F401 - a pytest fixture
+    fixture_topic,  # noqa: F401 - a pytest fixture
 )
-from tests.processes import wait_until
-
-
-@pytest.fixture(scope="session")
-def catalog_at_head(services: tuple[str, str]) -> str:
-    """The catalog migrated to head (with reprocess_requests), once per session."""
-    migrations.upgrade_catalog(services[0])
-    return services[0]
-
-
-@pytest.fixture
-async def pool(catalog_at_head: str, case: Case) -> AsyncIterator[asyncpg.Pool]:
-    async with asyncpg.create_pool(case.database_url, min_size=1, max_size=6) as p:
-        yield p
-
-
-@pytest.fixture
-async def conveyor_redis(case: Case) -> AsyncIterator[Any]:
-    """A Redis client made as the processes make theirs (no per-command socket timeout)."""
-    client = redis_client.connect(case.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def topic(pool: asyncpg.Pool) -> AsyncIterator[str]:
-    """A topic of this test alone; its catalog rows are deleted afterwards."""
-    name = f"rp-{uuid.uuid4().hex[:12]}"
-    yield name
-    await pool.execute("DELETE FROM conveyor.dead_letters WHERE topic = $1", name)
-    await pool.execute("DELETE FROM conveyor.audit WHERE principal = $1", principal_of(name))
-    await pool.execute(
-        "DELETE FROM conveyor.reprocess_requests WHERE starts_with(idempotency_key, $1)", name
-    )
-
-
-def principal_of(topic: str) -> str:
-    return f"op-{topic}"
-
-
-class Fixture:
-    """Makes dead letters the way a consumer does, and reprocesses them as the servicer would."""
-
-    def __init__(self, case: Case, pool: asyncpg.Pool, topic: str, client: Any) -> None:
-        self.case = case
-        self.client = client
-        """The client reprocess calls use."""
-        self.pool = pool
-        self.topic = topic
-        self.keys = wire.Keys(topic, case.prefix)
-        self.principal = principal_of(topic)
-        self.audit = AuditLog(pool, case.prefix)
-        self.ledgers: dict[str, str | None] = {"billing": case.schema, "mailer": None}
-
-    async def dead_letters(self, n: int, group: str = "billing") -> list[DeadLetterRecord]:
-        """`n` events published to the topic, each dead-lettered by `group` and recorded."""
-        pipe = self.case.redis.pipeline(transaction=False)
-        originals = [self._original(i) for i in range(n)]
-        for fields in originals:
-            pipe.xadd(self.keys.events, fields)
-        source_ids = await pipe.execute()
-        entries = [
-            _dead_letter_fields(Entry(self.keys.events, i.decode(), fields, attempt=3), group)
-            for i, fields in zip(source_ids, originals, strict=True)
-        ]
-        for dead in entries:
-            pipe.xadd(self.keys.dlq, dead)
-        dl_ids = [i.decode() for i in await pipe.execute()]
-        rows = [
-            dead_letters.catalog_row(self.topic, self.keys.dlq, i, dead)
-            for i, dead in zip(dl_ids, entries, strict=True)
-        ]
-        await ConsumerCatalog(self.pool).record_dead_letters(rows)
-        return await self.records(dl_ids)
-
-    def _original(self, i: int) -> dict[bytes, bytes]:
-        event_id = envelope.uuid7()
-        message = events_pb2.UserRegistered(user_id=f"u{i}", email=f"u{i}@example.com")
-        event = envelope.build(
-            message,
-            event_id=event_id,
-            source="test",
-            aggregate_type="user",
-            aggregate_id=f"agg{i}",
-            occurred_at=None,
-            headers={},
-        )
-        return {
-            wire.F_VERSION: wire.LAYOUT_VERSION,
-            wire.F_EVENT_ID: str(event_id).encode(),
-            wire.F_EVENT_TYPE: event.type.encode(),
-            wire.F_AGGREGATE_ID: event.aggregate_id.encode(),
-            wire.F_TRACEPARENT: b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            wire.F_EVENT: event.SerializeToString(),
-        }
-
-    async def records(self, entry_ids: list[str]) -> list[DeadLetterRecord]:
-        return await catalog.get_dead_letters(self.pool, self.case.prefix, self.topic, entry_ids)
-
-    async def run(self, records: list[DeadLetterRecord], **options: Any) -> Progress:
-        return await reprocess(
-            self.pool,
-            self.client,
-            topic=self.topic,
-            records=records,
-            key_prefix=self.case.prefix,
-            principal=options.pop("principal", self.principal),
-            audit=self.audit,
-            ledger_schemas=self.ledgers,
-            **options,
-        )
-
-    def key(self, name: str) -> str:
-        return f"{self.topic}:{name}"
-
-    async def retries(self, group: str = "billing") -> list[tuple[str, dict[bytes, bytes]]]:
-        return [(i.decode(), f) for i, f in await self.case.redis.xrange(self.keys.retry(group))]
-
-    async def states(self) -> dict[str, str]:
-        rows = await self.pool.fetch(
-            "SELECT dlq_entry_id, state FROM conveyor.dead_letters WHERE topic = $1", self.topic
-        )
-        return {r["dlq_entry_id"]: r["state"] for r in rows}
-
-    async def audit_rows(self) -> list[Any]:
-        rows: list[Any] = await self.pool.fetch(
-            "SELECT action, target_ids, outcome, reason, detail::text FROM conveyor.audit "
-            "WHERE principal = $1 ORDER BY id",
-            self.principal,
-        )
-        return rows
-
-    async def mark_applied(self, record: DeadLetterRecord, result: str = "success") -> None:
-        await self.pool.execute(
-            f"INSERT INTO {self.case.schema}.event_ledger (consumer_group, event_id, event_type, "
-            "stream, entry_id, processing_result) VALUES ($1, $2, $3, $4, $5, $6)",
-            record.group,
-            uuid.UUID(record.event_id),
-            record.event_type,
-            record.source_stream,
-            record.source_entry_id,
-            result,
-        )
-
-
-def _dead_letter_fields(entry: Entry, group: str) -> dict[bytes, bytes | str]:
-    """What a consumer of `group` writes to the dead-letter stream after three failures."""
-    return dead_letters.fields(
-        entry,
-        reason="max_attempts",
-        group=group,
-        consumer="c1",
-        error_class="RuntimeError",
-        error="boom",
-    )
-
-
-@pytest.fixture
-def f(case: Case, pool: asyncpg.Pool, topic: str, conveyor_redis: Any) -> Fixture:
-    return Fixture(case, pool, topic, conveyor_redis)
 
 
 async def test_requeue_goes_to_the_failing_groups_retry_stream_only(f: Fixture) -> None:
@@ -437,80 +264,3 @@ async def test_group_ledgers_reads_the_consumer_registry(f: Fixture) -> None:
         f"{tag}-mixed": "new_schema",
     }
     assert {g: s for g, s in theirs.items() if g.startswith(tag)} == {f"{tag}-eo": "their_schema"}
-
-
-async def test_reprocessed_dead_letter_is_applied_once_by_a_running_consumer(
-    f: Fixture, case: Case
-) -> None:
-    await create_effects(case.pg, case.schema)
-    (record,) = await f.dead_letters(1, group="g")
-    f.ledgers = {"g": case.schema}
-    # The group had read past the original long ago: only the retry stream can bring it back.
-    await case.redis.xgroup_create(f.keys.events, "g", id="$")
-    router = effect_router(case.schema, topic=f.topic)
-    async with running_consumer(router, **consumer_settings(case, group="g")):
-        # A double click: two calls at once, no key.
-        await asyncio.gather(f.run([record]), f.run([record]))
-
-        async def applied() -> bool:
-            return bool(await effect_counts(case.pg, case.schema, "g"))
-
-        await wait_until(applied, what="the reprocessed event applied", timeout=10)
-        await wait_until(
-            lambda: _state_is(f, record, "reprocessed"),
-            timeout=10,
-            what="the dead letter marked reprocessed",
-        )
-        assert await f.retries("g") == [], "the retry entry is acknowledged and deleted"
-    assert await effect_counts(case.pg, case.schema, "g") == {record.event_id: 1}
-
-    # Reprocessing it again finds it reprocessed: nothing is sent.
-    (again,) = await f.records([record.entry_id])
-    assert await f.run([again]) == Progress(done=1, total=1, skipped=1, finished=True)
-
-
-async def _state_is(f: Fixture, record: DeadLetterRecord, state: str) -> bool:
-    return (await f.states())[record.entry_id] == state
-
-
-async def test_reprocessed_dead_letter_that_fails_again_is_settled_and_chained(
-    f: Fixture, case: Case
-) -> None:
-    """The retry fails again: a new dead letter D2 records the failure, and D1 leaves
-    `reprocessing` (as `reprocessed`, pointing at D2), so it expires and the chain shows in the
-    catalog both ways. D2 can be reprocessed in turn."""
-    (d1,) = await f.dead_letters(1, group="g")
-    f.ledgers = {"g": case.schema}
-    await case.redis.xgroup_create(f.keys.events, "g", id="$")
-    router = Router()
-
-    @router.handler(events_pb2.UserRegistered, topic=f.topic)
-    async def still_broken(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
-        raise Reject("still broken")
-
-    async with running_consumer(router, **consumer_settings(case, group="g")):
-        await f.run([d1])
-
-        async def settled() -> bool:
-            return len(await f.states()) == 2 and (await f.states())[d1.entry_id] != "reprocessing"
-
-        await wait_until(settled, what="the re-failed dead letter settled", timeout=10)
-    (d1_now,) = await f.records([d1.entry_id])
-    (d2_id,) = set(await f.states()) - {d1.entry_id}
-    (d2,) = await f.records([d2_id])
-    assert (d1_now.state, d1_now.retried_as, d1_now.retry_of) == ("reprocessed", d2_id, None)
-    assert (d2.state, d2.retry_of, d2.event_id) == ("open", d1.entry_id, d1.event_id)
-    assert d1.event_id is not None
-    trace = await traces.trace_event(
-        f.pool, case.redis, d1.event_id, schemas=[case.schema], key_prefix=case.prefix
-    )
-    shown = convert.trace_response(trace).dead_letters
-    assert [(d.entry_id, d.retry_of_entry_id, d.retried_as_entry_id) for d in shown] == [
-        (d1.entry_id, "", d2_id),
-        (d2_id, d1.entry_id, ""),
-    ]
-    # Reprocessing the chain's end requeues it; the settled one is skipped.
-    progress = await f.run([d1_now, d2])
-    assert (progress.requeued, progress.skipped) == (1, 1)
-    ((_retry_id, retry),) = await f.retries("g")
-    assert retry[wire.RT_DEAD_LETTER] == d2_id.encode()
