@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Literal
 
 from conveyor import database, wire
@@ -127,18 +126,13 @@ class ConsumerSettings:
     def retry_policy(self) -> RetryPolicy:
         """Backoff of a failed handler: `retry_backoff` doubling to `retry_backoff_max`, with
         equal jitter, so a retry never comes much earlier than planned."""
-        return RetryPolicy(
-            timedelta(seconds=self.retry_backoff),
-            timedelta(seconds=self.retry_backoff_max),
-            jitter="equal",
-        )
+        return RetryPolicy.of_seconds(self.retry_backoff, self.retry_backoff_max, jitter="equal")
 
     @property
     def outage_policy(self) -> RetryPolicy:
         """Backoff while Redis or the database fails: 0.2 s doubling to `db_backoff_max`."""
-        return RetryPolicy(
-            timedelta(seconds=min(_OUTAGE_BACKOFF, self.db_backoff_max)),
-            timedelta(seconds=self.db_backoff_max),
+        return RetryPolicy.of_seconds(
+            min(_OUTAGE_BACKOFF, self.db_backoff_max), self.db_backoff_max
         )
 
     @property

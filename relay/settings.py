@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
 from conveyor import database, wire
 from conveyor.retry import RetryPolicy
@@ -75,8 +74,4 @@ class RelaySettings:
     def retry_policy(self) -> RetryPolicy:
         """Backoff of a failed batch: `backoff_initial` doubling to `backoff_max`, with full
         jitter, so relays that failed together do not retry together."""
-        return RetryPolicy(
-            timedelta(seconds=self.backoff_initial),
-            timedelta(seconds=self.backoff_max),
-            jitter="full",
-        )
+        return RetryPolicy.of_seconds(self.backoff_initial, self.backoff_max, jitter="full")

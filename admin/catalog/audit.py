@@ -41,9 +41,12 @@ MAX_SOURCES = 10_000
 
 _AUDIT = f"{CATALOG_SCHEMA}.{AUDIT_TABLE}"
 _INSERT = (
-    f"INSERT INTO {_AUDIT} (key_prefix, principal, action, target_ids, reason, outcome, detail) "
-    "VALUES ($1, $2, $3, $4::text[], $5, $6, $7::text::jsonb)"
+    f"INSERT INTO {_AUDIT} (principal, action, target_ids, reason, outcome, detail) "
+    "VALUES ($1, $2, $3::text[], $4, $5, $6::text::jsonb)"
 )
+# The deployment goes in `detail.key_prefix`, as every version has written it; the `key_prefix`
+# column is generated from it (catalog_0005), so older processes running beside this one during a
+# rollout still write and read rows of the right deployment.
 _SHOWN_MAX = 1000
 """Most audit rows shown for one set of targets (the newest)."""
 # `$6::text::jsonb`: the detail goes over as JSON text, whatever jsonb codec the pool has set.
@@ -73,8 +76,8 @@ class AuditLog:
         denial_window: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`key_prefix` names the deployment writing the rows, so one deployment's view of an
-        entry id does not show another's actions on the same id."""
+        """`key_prefix` names the deployment writing the rows (in `detail.key_prefix`), so one
+        deployment's view of an entry id does not show another's actions on the same id."""
         if denial_limit < 1:
             raise ValueError(f"denial_limit must be >= 1, got {denial_limit!r}")
         if not denial_window > 0:
@@ -101,8 +104,8 @@ class AuditLog:
 
         Errors propagate: an action that cannot be audited must not happen.
         """
-        text = json.dumps(dict(detail or {}))
-        args = (self.key_prefix, principal, action, list(target_ids), reason, outcome, text)
+        text = json.dumps({**(detail or {}), "key_prefix": self.key_prefix})
+        args = (principal, action, list(target_ids), reason, outcome, text)
         if conn is not None:
             await conn.execute(_INSERT, *args)
         else:
@@ -216,12 +219,13 @@ async def audit_entries(
     pool: asyncpg.Pool, prefix: str, target_ids: Sequence[str]
 ) -> list[AuditEntry]:
     """The audit rows of the deployment with key prefix `prefix` naming any of `target_ids`,
-    oldest first (the newest 1000 at most)."""
+    oldest first (the newest 1000 at most). Rows written before the deployment was recorded
+    (`key_prefix` '') belong to no one deployment and are shown to every one."""
     if not target_ids:
         return []
     rows = await pool.fetch(
         f"SELECT at, principal, action, target_ids, reason, outcome FROM {_AUDIT} "
-        "WHERE key_prefix = $1 AND target_ids && $2::text[] ORDER BY id DESC LIMIT $3",
+        "WHERE key_prefix IN ($1, '') AND target_ids && $2::text[] ORDER BY id DESC LIMIT $3",
         prefix,
         list(target_ids),
         _SHOWN_MAX,

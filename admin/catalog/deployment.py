@@ -48,10 +48,16 @@ class Catalog:
         return await dead_letters.get_dead_letters(self.pool, self.key_prefix, topic, entry_ids)
 
     async def resolve(
-        self, records: Sequence[DeadLetterRecord], *, reason: str, principal: str
+        self,
+        records: Sequence[DeadLetterRecord],
+        *,
+        reason: str,
+        principal: str,
+        requested: Sequence[str] | None = None,
     ) -> list[int]:
         """Resolve these dead letters (not already resolved ones) and audit it, in one
-        transaction; return the catalog ids that changed."""
+        transaction; return the catalog ids that changed. The audit row names `requested`, the
+        entry ids as the caller asked for them (default: the records' own, in their order)."""
         async with self.pool.acquire() as conn, conn.transaction():
             changed = await dead_letters.resolve(
                 conn, [r.id for r in records], reason=reason, principal=principal
@@ -59,7 +65,7 @@ class Catalog:
             await self.audit.record(
                 principal=principal,
                 action="resolve",
-                target_ids=[r.entry_id for r in records],
+                target_ids=list(requested or [r.entry_id for r in records]),
                 reason=reason,
                 outcome=f"resolved {len(changed)}",
                 conn=conn,

@@ -205,9 +205,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise InvalidInput("name at least one entry id", field="entry_ids", value="")
         if not request.reason.strip():
             raise InvalidInput("resolving needs a reason", field="reason", value="")
-        records = await self._by_id(topic, ids)
+        records = await self._by_id(topic, ids, request_order=True)
         resolved = await self._catalog.resolve(
-            records, reason=request.reason, principal=_principal()
+            records, reason=request.reason, principal=_principal(), requested=ids
         )
         return admin_pb2.ResolveDeadLettersResponse(resolved=len(resolved))
 
@@ -263,10 +263,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             on_progress=progress,
         )
 
-    async def _by_id(self, topic: str, ids: list[str]) -> list[DeadLetterRecord]:
-        """The dead letters with these entry ids; NotFound naming those that do not exist."""
+    async def _by_id(
+        self, topic: str, ids: list[str], *, request_order: bool = False
+    ) -> list[DeadLetterRecord]:
+        """The dead letters with these entry ids; NotFound naming those that do not exist, in
+        the order of `ids` with `request_order`, else sorted."""
         records = await self._catalog.dead_letters(topic, ids)
-        missing = sorted(set(ids) - {r.entry_id for r in records})
+        known = {r.entry_id for r in records}
+        if request_order:
+            missing = [i for i in dict.fromkeys(ids) if i not in known]
+        else:
+            missing = sorted(set(ids) - known)
         if missing:
             raise NotFound(
                 f"no dead letters {', '.join(missing[:20])} on topic {topic}",

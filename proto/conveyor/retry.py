@@ -43,6 +43,19 @@ class RetryPolicy:
         object.__setattr__(self, "_initial", self.initial.total_seconds())
         object.__setattr__(self, "_maximum", self.maximum.total_seconds())
 
+    @classmethod
+    def of_seconds(
+        cls, initial: float, maximum: float, *, multiplier: float = 2.0, jitter: Jitter = "none"
+    ) -> RetryPolicy:
+        """The policy for waits given in seconds, as settings hold them. A positive wait shorter
+        than a timedelta's resolution (1 µs) is raised to 1 µs rather than rounded to zero."""
+        return cls(
+            _at_least_a_microsecond(initial),
+            _at_least_a_microsecond(maximum),
+            multiplier=multiplier,
+            jitter=jitter,
+        )
+
     def ceiling(self, attempt: int) -> float:
         """Seconds the wait after failed attempt `attempt` (1 for the first) is drawn below."""
         try:
@@ -59,6 +72,16 @@ class RetryPolicy:
         if self.jitter == "equal":
             return ceiling / 2 + random.uniform(0, ceiling / 2)
         return ceiling
+
+
+def _at_least_a_microsecond(seconds: float) -> timedelta:
+    wait = timedelta(seconds=seconds)
+    if seconds > 0 and wait < _MICROSECOND:
+        return _MICROSECOND
+    return wait
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 async def pause(stopping: asyncio.Event, seconds: float) -> bool:

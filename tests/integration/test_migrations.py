@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from admin import migrations
@@ -56,17 +54,6 @@ async def _insert_outbox(conn: asyncpg.Connection, schema: str, rows: int = 1) -
         "FROM unnest($1::uuid[]) e",
         [([uuid.uuid4() for _ in range(rows)],)],
     )
-
-
-@pytest.fixture
-async def scratch_database_url(pg: asyncpg.Connection, database_url: str) -> AsyncIterator[str]:
-    """A throwaway database, so the catalog can be downgraded without disturbing other tests."""
-    name = f"conveyor_t_{uuid.uuid4().hex[:12]}"
-    await pg.execute(f"CREATE DATABASE {name}")
-    try:
-        yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await pg.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 async def test_upgrade_down_base_and_upgrade_again(

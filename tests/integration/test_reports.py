@@ -156,8 +156,8 @@ async def traced(
     )
     await add(pool, topic)  # another event's
     await pool.execute(
-        "INSERT INTO conveyor.audit (key_prefix, principal, action, target_ids, outcome) "
-        "VALUES ($1, $2, 'reprocess', $3, 'ok')",
+        "INSERT INTO conveyor.audit (detail, principal, action, target_ids, outcome) "
+        "VALUES (jsonb_build_object('key_prefix', $1::text), $2, 'reprocess', $3, 'ok')",
         key_prefix,
         topic,
         [dead["dlq_entry_id"]],

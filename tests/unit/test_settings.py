@@ -1,4 +1,5 @@
-"""Relay settings refuse bad values with a message naming the value and what is allowed."""
+"""Relay and consumer settings: bad values refused with a message naming the value and what is
+allowed, and the policies built from good ones."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from consumers.settings import ConsumerSettings
 from relay import RelaySettings
 
 
@@ -32,3 +34,16 @@ def test_defaults_are_valid() -> None:
     s = RelaySettings()
     assert s.schemas == ("public",)
     assert s.retention == 86400.0
+
+
+def test_a_sub_microsecond_handler_backoff_gives_a_policy_of_a_microsecond() -> None:
+    """Settings accept any backoff > 0; one below a timedelta's resolution must not round to a
+    zero wait that RetryPolicy refuses (the consumer would fail at start on valid settings)."""
+    settings = ConsumerSettings(group="g", topics=("t",), retry_backoff=1e-7)
+    assert settings.retry_policy.ceiling(1) == pytest.approx(1e-6)
+    assert settings.redelivery_window > 0
+
+
+def test_a_sub_microsecond_relay_backoff_gives_a_policy_of_a_microsecond() -> None:
+    settings = RelaySettings(backoff_initial=1e-7)
+    assert settings.retry_policy.ceiling(1) == pytest.approx(1e-6)

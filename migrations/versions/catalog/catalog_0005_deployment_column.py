@@ -1,9 +1,12 @@
 """Catalog: the deployment (key prefix) as a column of every table that is read per deployment.
 
 `dead_letters.key_prefix` is generated from the dead-letter stream's key (`<prefix>:{topic}:dlq`),
-so no writer can leave it out or get it wrong; `audit.key_prefix` takes what was kept in
-`detail.key_prefix` (rows without one belong to the default deployment, `conveyor`). Queries of
-one deployment then filter on a plain, indexed column instead of a key match or a JSON field.
+so no writer can leave it out or get it wrong. `audit.key_prefix` is generated from
+`detail.key_prefix`, where every version writes the deployment: processes of the previous version,
+still running while the new one rolls out, go on inserting and reading audit rows unchanged. Rows
+written before the deployment was recorded have `''`, and are shown to every deployment, as they
+were before. Queries of one deployment then filter on a plain, indexed column instead of a key
+match or a JSON field; the downgrade drops the columns and leaves every row as it was.
 
 Revision ID: catalog_0005
 Revises: catalog_0004
@@ -23,7 +26,6 @@ depends_on: str | None = None
 # Frozen here, not imported: a migration must create the same thing forever.
 _DEAD_LETTERS = "dead_letters"
 _AUDIT = "audit"
-_DEFAULT_PREFIX = "conveyor"
 
 
 def _schema() -> str:
@@ -46,20 +48,20 @@ def upgrade() -> None:
     op.create_index(
         "ix_dead_letters_prefix_topic", _DEAD_LETTERS, ["key_prefix", "topic", "id"], schema=schema
     )
-    op.add_column(_AUDIT, sa.Column("key_prefix", sa.Text, nullable=True), schema=schema)
-    op.execute(
-        f'UPDATE "{schema}".{_AUDIT} SET key_prefix = '
-        f"coalesce(detail->>'key_prefix', '{_DEFAULT_PREFIX}')"
+    op.add_column(
+        _AUDIT,
+        sa.Column(
+            "key_prefix",
+            sa.Text,
+            sa.Computed("coalesce(detail->>'key_prefix', '')", persisted=True),
+            nullable=False,
+        ),
+        schema=schema,
     )
-    op.alter_column(_AUDIT, "key_prefix", nullable=False, schema=schema)
 
 
 def downgrade() -> None:
     schema = _schema()
-    op.execute(
-        f'UPDATE "{schema}".{_AUDIT} SET detail = detail || '
-        "jsonb_build_object('key_prefix', key_prefix)"
-    )
     op.drop_column(_AUDIT, "key_prefix", schema=schema)
     op.drop_index("ix_dead_letters_prefix_topic", _DEAD_LETTERS, schema=schema)
     op.drop_column(_DEAD_LETTERS, "key_prefix", schema=schema)
