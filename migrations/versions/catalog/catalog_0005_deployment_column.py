@@ -5,8 +5,9 @@ so no writer can leave it out or get it wrong. `audit.key_prefix` is generated f
 `detail.key_prefix`, where every version writes the deployment: processes of the previous version,
 still running while the new one rolls out, go on inserting and reading audit rows unchanged. Rows
 written before the deployment was recorded have `''`, and are shown to every deployment, as they
-were before. Queries of one deployment then filter on a plain, indexed column instead of a key
-match or a JSON field; the downgrade drops the columns and leaves every row as it was.
+were before. Queries of one deployment then filter on a plain column (indexed for dead letters)
+instead of a key match or a JSON field; the downgrade drops the columns and leaves every row as
+it was.
 
 Revision ID: catalog_0005
 Revises: catalog_0004
