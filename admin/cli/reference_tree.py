@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,7 @@ def exit_codes(folder: Path = CLI_DIR) -> list[ExitCode]:
         for code in _declared(path, folder.parent.parent):
             found.setdefault((code.value, code.name), code)
     codes = sorted(found.values(), key=lambda c: (c.value, c.name))
-    for one, other in zip(codes, codes[1:], strict=False):
+    for one, other in itertools.pairwise(codes):
         if one.value == other.value:
             raise ValueError(
                 f"exit code {one.value} has two names: {one.name} ({one.module}) and "
@@ -164,13 +165,13 @@ def _declared(path: Path, root: Path) -> Iterator[ExitCode]:
             continue
         if not (isinstance(value, ast.Constant) and type(value.value) is int):
             continue
-        doc = after.value.value if isinstance(after, ast.Expr) else None
-        if not isinstance(doc, str) or not doc.strip():
+        doc = after.value if isinstance(after, ast.Expr) else None
+        if not (isinstance(doc, ast.Constant) and isinstance(doc.value, str) and doc.value.strip()):
             raise ValueError(
                 f"{module}:{node.lineno}: {target.id} has no docstring: write what exit code "
                 f"{value.value} means in a string on the line below it"
             )
-        yield ExitCode(value.value, target.id, " ".join(doc.split()), module)
+        yield ExitCode(value.value, target.id, " ".join(doc.value.split()), module)
 
 
 def exit_code_table(codes: Iterable[ExitCode]) -> str:
