@@ -104,20 +104,23 @@ _COMMENT = re.compile(r"(?:^|\s)#\s.*$")
 
 
 def snippets(text: str) -> Iterator[tuple[int, str, bool]]:
-    """(line number, text, is a shell line) of every line of a shell code block (comments cut
-    off), and every inline code span outside code blocks and in shell comments. Other code blocks
-    (output, SQL, Python) are skipped."""
+    """(line number, text, is a shell line) of every command of a shell code block (comments cut
+    off, `\\`-continued lines joined), and every inline code span outside code blocks and in
+    shell comments. Other code blocks (output, SQL, Python) are skipped."""
     block: str | None = None
+    start, joined = 0, ""
     for number, line in enumerate(text.splitlines(), 1):
         if fence := _FENCE.match(line):
             block = fence.group(1) if block is None else None
             continue
-        prose = line
-        if block is not None:
-            comment = _COMMENT.search(line) if block in _SHELLS else None
-            prose = comment.group(0) if comment else ""
-            if block in _SHELLS:
-                yield number, line[: comment.start()] if comment else line, True
+        comment = _COMMENT.search(line) if block in _SHELLS else None
+        prose = line if block is None else comment.group(0) if comment else ""
+        if block in _SHELLS:
+            code = line[: comment.start()] if comment else line
+            start, joined = (start or number), joined + code.rstrip().removesuffix("\\") + " "
+            if not code.rstrip().endswith("\\"):
+                yield start, joined.strip(), True
+                start, joined = 0, ""
         for span in _INLINE.finditer(prose):
             yield number, span.group(1), False
 
@@ -136,8 +139,8 @@ def _pieces(code: str) -> list[list[str]]:
 def command_problems(text: str, path: str, have: Known) -> list[Problem]:
     """Every `conveyor ...` line naming a command or a flag that does not exist."""
     problems = []
-    for number, code, in_block in snippets(text):
-        if not in_block and (not code.startswith("conveyor ") or code in have.not_commands):
+    for number, code, _in_block in snippets(text):
+        if code in have.not_commands:
             continue
         for words in _pieces(code):
             if words and (words[0] == "conveyor" or words[0].endswith("/conveyor")):
@@ -145,15 +148,19 @@ def command_problems(text: str, path: str, have: Known) -> list[Problem]:
     return problems
 
 
+_PLACEHOLDER = re.compile(r"<[^>]*>|[A-Z][A-Z_]*|\.\.\.|…")
+"""A word standing for any command: `<command>`, `COMMAND`, `...`."""
+
+
 def _check(words: Sequence[str], path: tuple[str, ...], have: Known) -> list[str]:
     cmd = have.commands[path]
     shown = f"`{reference_tree.name(path)}`"
     for at, word in enumerate(words):
-        if word.startswith("-") or word in ("...", "…"):
+        if word.startswith("-") or _PLACEHOLDER.fullmatch(word):
             break
         if not hasattr(cmd, "commands"):
             break  # an argument
-        names = re.split(r"[|/]", word)
+        names = re.split(r"[|/]", word.replace("\\", ""))
         unknown = [n for n in names if n not in cmd.commands]
         if unknown:
             return [

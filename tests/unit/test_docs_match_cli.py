@@ -77,7 +77,12 @@ The span `conveyor process` is not a command, and `conveyor dlq ...` is a group.
 ```bash
 CONVEYOR_ADMIN_TOKEN=x conveyor status --json --wide   # then `conveyor nosuch`
 conveyor migrate up --schema S && conveyor relay replay --since 2h -y | head
+$ .venv/bin/conveyor consume --group g \\
+    --router m:r --bogus
+conveyor dlq COMMAND --help
 ```
+
+| `conveyor dlq list\\|inspect` | `--listen/--no-listen` |
 
 ```
 conveyor relay_eps 31046   (benchmark output, not a command)
@@ -102,13 +107,14 @@ def test_the_checks_find_every_unknown_thing_with_its_line() -> None:
         "docs/bad.md:7: `conveyor status` has no flag --wide",
         "docs/bad.md:7: `conveyor` has no command 'nosuch'",
         "docs/bad.md:8: `conveyor relay replay` has no flag -y",
-        "docs/bad.md:15: no command has the flag --no-such-flag",
-        "docs/bad.md:15: unknown variable CONVEYOR_NOPE",
-        "docs/bad.md:15: unknown variable CONVEYOR_ZZZ_*",
-        "docs/bad.md:16: exit code 9: no command exits with it",
-        "docs/bad.md:16: exit code 12: no command exits with it",
-        "docs/bad.md:18: unknown metric outbox_oldest_age_seconds",
-        "docs/bad.md:18: unknown metric events_lost",
-        "docs/bad.md:19: speaks of 'Step 3'",
-        "docs/bad.md:19: speaks of 'steps 1'",
+        "docs/bad.md:9: `conveyor consume` has no flag --bogus",
+        "docs/bad.md:20: no command has the flag --no-such-flag",
+        "docs/bad.md:20: unknown variable CONVEYOR_NOPE",
+        "docs/bad.md:20: unknown variable CONVEYOR_ZZZ_*",
+        "docs/bad.md:21: exit code 9: no command exits with it",
+        "docs/bad.md:21: exit code 12: no command exits with it",
+        "docs/bad.md:23: unknown metric outbox_oldest_age_seconds",
+        "docs/bad.md:23: unknown metric events_lost",
+        "docs/bad.md:24: speaks of 'Step 3'",
+        "docs/bad.md:24: speaks of 'steps 1'",
     ]
