@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,17 @@ def test_two_names_for_one_exit_code_stop_generation_naming_both(tmp_path: Path)
     )
     with pytest.raises(ValueError, match="exit code 7 has two names: EXIT_DEPENDENCY"):
         reference_tree.exit_codes(folder)
+
+
+def test_every_variable_the_code_names_is_in_the_reference() -> None:
+    """Also those read only from the environment, like the admin token."""
+    root = DOCS.parents[1]
+    text = DOCS.read_text(encoding="utf-8")
+    named = {
+        f"{path.relative_to(root)}: {name}"
+        for folder in ("admin", "relay", "consumers", "proto/conveyor")
+        for path in (root / folder).rglob("*.py")
+        for name in re.findall(r"[\"'](CONVEYOR_[A-Z0-9_]*[A-Z0-9])[\"']", path.read_text("utf-8"))
+        if f"`{name}`" not in text
+    }
+    assert not named, f"not in {DOCS.name}: {sorted(named)}"
