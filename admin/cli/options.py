@@ -69,6 +69,7 @@ DEFAULT_SCHEMA = database.DEFAULT_SCHEMA
 DEFAULT_LOG_LEVEL = "info"
 
 EXIT_OK = 0
+"""Success; for `relay` and `consume`, a graceful stop after SIGTERM or SIGINT."""
 EXIT_FAILURE = 1
 """A dependency is unreachable, a schema is not at head, or the work failed."""
 EXIT_USAGE = 2

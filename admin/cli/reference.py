@@ -1,5 +1,6 @@
-"""The option tables of docs/configuration.md, generated from the `conveyor` command tree and the
-settings dataclasses, so the reference says what the command line does.
+"""The generated blocks of docs/configuration.md, built from the `conveyor` command tree, the
+settings dataclasses and the `EXIT_*` constants, so the reference says what the command line does:
+every command, every option with its variable and default, and every exit code.
 
     python -m admin.cli.reference docs/configuration.md           rewrite the generated blocks
     python -m admin.cli.reference --check docs/configuration.md   exit 1 when they are stale
@@ -11,24 +12,41 @@ is written by hand.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from admin.cli import app as cli
 from admin.cli import client, consume, options, relay
+from admin.cli.reference_tree import (
+    argument_params,
+    argument_row,
+    command,
+    exit_code_table,
+    exit_codes,
+    option_params,
+    row,
+    summary,
+    table,
+    usage,
+    walk,
+)
 from admin.cli.setting_options import SettingOptions, field_docs, is_duration
 
 REGENERATE = "python -m admin.cli.reference docs/configuration.md"
 """The command that rewrites the reference; the test that finds it stale names it."""
 
+CONNECTION_PANEL = "Connection"
+"""The `--help` panel of the options every client command takes (admin/cli/client.py)."""
+
+OWN_SECTIONS = (("migrate",), ("relay",), ("relay", "replay"), ("consume",))
+"""Commands with a section of their own (with the commands below them); the `commands` block
+holds every other one."""
+
 _BLOCK_RE = re.compile(r"(<!-- generated: ([a-z-]+) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
-_HEADER = "| flag | environment | default | meaning |\n|---|---|---|---|\n"
 
 
 def _shared(
@@ -39,61 +57,6 @@ def _shared(
     log_level: options.LogLevel = options.DEFAULT_LOG_LEVEL,
 ) -> None:
     """The options several commands declare alike (admin/cli/options.py)."""
-
-
-@functools.cache
-def _tree() -> Any:
-    return typer.main.get_command(cli.app)
-
-
-def command(*path: str) -> Any:
-    """The click command `conveyor PATH...` (`command()` is the whole tree)."""
-    found = _tree()
-    for name in path:
-        found = found.commands[name]
-    return found
-
-
-def option_params(cmd: Any) -> list[Any]:
-    """The options of `cmd` (not its arguments, nor --help)."""
-    return [p for p in cmd.params if p.opts[0].startswith("-") and p.name != "help"]
-
-
-def row(param: Any) -> tuple[str, str, str, str]:
-    """flag, environment, default and meaning of a click option, as Markdown cells."""
-    flag = ", ".join(f"`{o}`" for o in param.opts)
-    if param.secondary_opts:
-        flag = f"`{param.opts[0]}/{param.secondary_opts[0]}`"
-    if param.multiple:
-        flag += " (repeatable)"
-    if param.required:
-        flag += " (required)"
-    env = f"`{param.envvar}`" if param.envvar else "—"
-    if param.envvar and param.multiple:
-        env += " (space-separated)"
-    return flag, env, _default(param), _meaning(param.help)
-
-
-def _default(param: Any) -> str:
-    value = param.default
-    if param.required:
-        return "—"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value is None or value == []:
-        return "none"
-    if isinstance(value, list):
-        return " ".join(f"`{v}`" for v in value)
-    return f"`{value}`"
-
-
-def _meaning(help_text: str | None) -> str:
-    return (help_text or "").replace("\\[", "[").replace("|", "\\|")
-
-
-def table(rows: Iterable[Sequence[str]], header: str = _HEADER) -> str:
-    """A Markdown table of `rows` under `header`."""
-    return header + "".join("| " + " | ".join(r) + " |\n" for r in rows)
 
 
 def shared_rows() -> list[tuple[str, str, str, str]]:
@@ -154,25 +117,59 @@ def grpc_block() -> str:
 
 def client_block() -> str:
     """The connection options of every client command, and what only the environment sets."""
-    rows = [row(p) for p in option_params(command("status")) if p.rich_help_panel == "Connection"]
+    takers = [
+        f"`{usage(path, cmd)}`"
+        for path, cmd in walk()
+        if any(p.rich_help_panel == CONNECTION_PANEL for p in option_params(cmd))
+    ]
+    rows = [
+        row(p) for p in option_params(command("status")) if p.rich_help_panel == CONNECTION_PANEL
+    ]
     rows += [("—", f"`{env}`", "none", meaning) for env, meaning in client.ENVIRONMENT_ONLY.items()]
-    return table(rows)
+    return f"Taken by {', '.join(takers)}.\n\n" + table(rows)
 
 
 def migrate_block() -> str:
     """The `conveyor migrate` commands with their flags, then the flags not shared."""
-    group = command("migrate")
     commands, flags = [], {}
-    for name, cmd in group.commands.items():
-        args = " ".join(f"[{p.name.upper()}]" for p in cmd.params if p not in option_params(cmd))
+    for path, cmd in walk(command("migrate"), ("migrate",)):
+        if path == ("migrate",):
+            continue
         names = ", ".join(f"`{p.opts[0]}`" for p in option_params(cmd))
-        does = (cmd.help or "").split("\n\n")[0].replace("\n", " ")
-        commands.append((f"`{f'{name} {args}'.strip()}`", names, does))
+        commands.append((f"`{usage(path, cmd)}`", names, summary(cmd)))
         flags.update({p.opts[0]: p for p in option_params(cmd)})
     header = "| command | flags | does |\n|---|---|---|\n"
     shared = shared_rows()
     own = [row(p) for p in flags.values() if row(p) not in shared]
     return table(commands, header) + "\n" + table(own)
+
+
+def _own_section(path: tuple[str, ...]) -> bool:
+    return any(path[: len(own)] == own for own in OWN_SECTIONS)
+
+
+def commands_block() -> str:
+    """Every command without a section of its own: usage, what it does, its arguments and
+    options (the connection options and the shared ones named, not repeated)."""
+    shared = shared_rows()
+    parts = []
+    for path, cmd in walk():
+        params = option_params(cmd)
+        if _own_section(path) or not (params or argument_params(cmd)):
+            continue
+        text = f"### `{usage(path, cmd)}`\n\n"
+        if does := summary(cmd):
+            text += f"{does}\n\n"
+        rows = [argument_row(p) for p in argument_params(cmd)]
+        rows += [row(p) for p in params if p.rich_help_panel != CONNECTION_PANEL]
+        if own := [r for r in rows if r not in shared]:
+            text += table(own) + "\n"
+        if also := [r[0] for r in rows if r in shared]:
+            text += f"plus the shared {', '.join(also)}.\n\n"
+        if any(p.rich_help_panel == CONNECTION_PANEL for p in params):
+            text += "plus the connection options.\n\n"
+        parts.append(text)
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts)
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
@@ -183,6 +180,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "consume": lambda: command_block(command("consume"), consume.CONSUMER),
     "grpc": grpc_block,
     "client": client_block,
+    "commands": commands_block,
+    "exit-codes": lambda: exit_code_table(exit_codes()),
 }
 """What each generated block of the reference holds."""
 
