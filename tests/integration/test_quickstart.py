@@ -322,3 +322,13 @@ def test_the_quickstart_runs_as_written(
         raise AssertionError(f"{exc}\n\n--- transcript ---\n{transcript}") from None
     finally:
         shell.close()
+
+
+def test_the_your_events_page_shows_the_example_files() -> None:
+    """docs/your-events.md's proto, buf configuration and handler lines are the example's."""
+    page = (ROOT / "docs" / "your-events.md").read_text()
+    blocks = re.findall(r"^```(proto|yaml|python)\n(.*?)^```$", page, flags=re.DOTALL | re.M)
+    assert {lang for lang, _ in blocks} == {"proto", "yaml", "python"}
+    sources = [p.read_text() for p in EXAMPLE.rglob("*") if p.suffix in (".proto", ".yaml", ".py")]
+    for _, block in blocks:
+        assert any(block in source for source in sources), f"not in examples/signup:\n{block}"
