@@ -1,10 +1,12 @@
-"""The README's Quick start, followed as written in a clean virtualenv made from a built wheel.
+"""The README's Install and Quick start sections, followed as written, from a built wheel.
 
-Its `bash` blocks run, command by command, in one bash process (so `eval`, `cd` and `&` jobs
-behave as in a terminal), with the virtualenv's bin first on PATH, from a temporary directory
-holding a copy of examples/ as `conveyor/examples`. Each command must match one of the steps
-below, which say what a user sees after it; a command no step knows fails the test, so the README
-and this test cannot drift apart. Its `python` blocks must be verbatim parts of the example files.
+Their `bash` blocks run, command by command, in one bash process (so `source`, `eval`, `cd` and
+`&` jobs behave as in a terminal) started in an empty temporary directory that holds a copy of
+examples/ as `conveyor/examples`: the Install block makes a clean virtualenv `.venv-app` there and
+activates it, installing the freshly built wheel (pinned by .ci/constraints.txt) where it says
+`./conveyor`. Each command must match one of the steps below, which say what a user sees after
+it; a command no step knows fails the test, so the README and this test cannot drift apart. The
+Quick start's `python` blocks must be verbatim parts of the example files.
 
 Substitutions, so runs never meet each other or a user's processes: CONVEYOR_DATABASE_URL names
 a throwaway database (dropped after), CONVEYOR_KEY_PREFIX a fresh key prefix (its keys deleted
@@ -42,10 +44,10 @@ WAIT = 60.0
 """Seconds any one command, or the repeating of a query, may take."""
 
 
-def quickstart_blocks() -> list[tuple[str, str]]:
-    """(language, text) of every fenced block of the README's Quick start, in order."""
+def quickstart_blocks(heading: str = "Quick start") -> list[tuple[str, str]]:
+    """(language, text) of every fenced block of the README's section `heading`, in order."""
     text = README.read_text()
-    section = text.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"^```(\w+)\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
 
 
@@ -69,6 +71,7 @@ class Shell:
     """One bash process fed commands on stdin; each answers with its output and status."""
 
     def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.cwd = cwd
         self.proc = subprocess.Popen(
             ["bash", "--noprofile", "--norc"],
             cwd=cwd,
@@ -223,11 +226,13 @@ STEPS: list[tuple[str, Callable[[Walk, str], None]]] = [
 ]
 
 
-def _step(command: str) -> Callable[[Walk, str], None]:
-    for pattern, check in STEPS:
+def _step(
+    command: str, steps: list[tuple[str, Callable[[Walk, str], None]]]
+) -> Callable[[Walk, str], None]:
+    for pattern, check in steps:
         if re.fullmatch(pattern, command):
             return check
-    raise AssertionError(f"README Quick start command this test does not know: {command!r}")
+    raise AssertionError(f"README command this test does not know: {command!r}")
 
 
 def _free_port() -> int:
@@ -242,16 +247,12 @@ def _run(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def app_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clean virtualenv with Conveyor installed from a freshly built wheel."""
-    work = tmp_path_factory.mktemp("wheel")
-    _run(sys.executable, "-m", "build", "--wheel", "--outdir", str(work / "dist"), str(ROOT))
-    venv = work / "venv"
-    _run(sys.executable, "-m", "venv", str(venv))
-    wheels = [str(p) for p in (work / "dist").glob("*.whl")]
-    constraints = ("--disable-pip-version-check", "-c", str(ROOT / ".ci/constraints.txt"))
-    _run(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *constraints, *wheels)
-    return venv
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Conveyor's wheel, freshly built from this checkout."""
+    dist = tmp_path_factory.mktemp("dist")
+    _run(sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT))
+    (found,) = dist.glob("*.whl")
+    return found
 
 
 @pytest.fixture
@@ -286,18 +287,38 @@ def scratch(database_url: str, redis_url: str) -> Iterator[tuple[str, str]]:
         asyncio.run(forget_keys())
 
 
+def _install_steps(wheel: Path) -> list[tuple[str, Callable[[Walk, str], None]]]:
+    """The README's Install block, with the wheel in place of the clone (the constraints pin the
+    dependencies to CI's versions)."""
+    pinned = f"-q --disable-pip-version-check -c {ROOT / '.ci/constraints.txt'} {wheel}"
+
+    def pip(walk: Walk, command: str) -> None:
+        code, out = walk.shell.run(command.replace("./conveyor", pinned), timeout=600)
+        assert code == 0, out
+
+    def activate(walk: Walk, command: str) -> None:
+        walk.ok(command)
+        assert walk.ok("command -v conveyor") == str(walk.shell.cwd / ".venv-app/bin/conveyor")
+
+    return [
+        (r"python3 -m venv \.venv-app", _expect()),
+        (r"\.venv-app/bin/pip install \./conveyor", pip),
+        (r"source \.venv-app/bin/activate", activate),
+        (r"conveyor --help", _expect("Usage: conveyor", "token")),
+    ]
+
+
 @pytest.mark.slow
 def test_the_quickstart_runs_as_written(
-    app_venv: Path, scratch: tuple[str, str], redis_url: str, tmp_path: Path
+    wheel: Path, scratch: tuple[str, str], redis_url: str, tmp_path: Path
 ) -> None:
     database_url, prefix = scratch
     shutil.copytree(
         EXAMPLE, tmp_path / "conveyor/examples/signup", ignore=shutil.ignore_patterns("__pycache__")
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PYTHON"))}
+    env.pop("VIRTUAL_ENV", None)
     env.update(
-        PATH=f"{app_venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        VIRTUAL_ENV=str(app_venv),
         CONVEYOR_DATABASE_URL=database_url,
         CONVEYOR_REDIS_URL=redis_url,
         CONVEYOR_KEY_PREFIX=prefix,
@@ -305,17 +326,17 @@ def test_the_quickstart_runs_as_written(
     )
     shell = Shell(tmp_path, env)
     walk = Walk(shell, relay_port=_free_port(), consumer_port=_free_port())
+    ran: list[str] = []
     try:
-        assert walk.ok("command -v conveyor") == str(app_venv / "bin" / "conveyor")
-        assert "Usage: conveyor" in walk.ok("conveyor --help")
-        ran = []
-        for lang, block in quickstart_blocks():
-            if lang != "bash":
-                continue
-            for command in commands(block):
-                bare = command.split("  #", 1)[0].strip()  # without its comment
-                _step(bare)(walk, walk.fill(command))
-                ran.append(bare)
+        for heading, steps in (("Install", _install_steps(wheel)), ("Quick start", STEPS)):
+            for lang, block in quickstart_blocks(heading):
+                if lang != "bash":
+                    continue
+                for command in commands(block):
+                    bare = command.split("  #", 1)[0].strip()  # without its comment
+                    _step(bare, steps)(walk, walk.fill(command))
+                    ran.append(bare)
+        assert ran[0] == "python3 -m venv .venv-app", "the Install section starts a virtualenv"
         assert ran[-1] == "kill %1 %2", "the Quick start ends by stopping what it started"
     except AssertionError as exc:
         transcript = "\n".join(shell.transcript)
