@@ -40,16 +40,17 @@ async def verify(conn: asyncpg.Connection, email: str) -> str:
 
 async def mail(conn: asyncpg.Connection, address: str, kind: str | None, wait: float) -> str:
     """The mail queued for `address` (of `kind`), waiting up to `wait` seconds for some."""
-    query = "SELECT kind, queued_at FROM mailer.mail WHERE address = $1 AND kind = $2"
-    if kind is None:
-        query = "SELECT kind, queued_at FROM mailer.mail WHERE address = $1 AND $2::text IS NULL"
+    query = (
+        "SELECT kind, queued_at FROM mailer.mail"
+        " WHERE address = $1 AND ($2::text IS NULL OR kind = $2) ORDER BY id"
+    )
     deadline = asyncio.get_running_loop().time() + wait
-    while not (rows := await conn.fetch(query + " ORDER BY id", address, kind)):
+    while not (rows := await conn.fetch(query, address, kind)):
         if asyncio.get_running_loop().time() >= deadline:
             what = f"{kind} mail" if kind else "mail"
             raise LookupError(
-                f"no {what} for {address} after {wait:g} s: is `conveyor consume` running "
-                "(see consume.log), and did `conveyor dlq list` get the event?"
+                f"no {what} for {address} after {wait:g} s: is `conveyor consume` running (see "
+                "consume.log)? A rejected or failed event is in `conveyor dlq list` instead"
             )
         await asyncio.sleep(0.2)
     return "\n".join(
@@ -90,14 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(asyncio.run(_run(args)))
     except asyncpg.UndefinedTableError as exc:
         print(
-            f"signup: {exc}: run `conveyor migrate up` and `python -m signup migrate`",
+            f"signup: {exc}: run `conveyor migrate up --schema signup`, `conveyor migrate up "
+            "--schema mailer` and `python -m signup migrate` first",
             file=sys.stderr,
         )
         return 1
     except asyncpg.UniqueViolationError:
         print(f"signup: {args.email} has signed up already", file=sys.stderr)
         return 1
-    except (LookupError, OSError, asyncpg.PostgresError) as exc:
+    except OSError as exc:
+        print(f"signup: cannot reach PostgreSQL (CONVEYOR_DATABASE_URL): {exc}", file=sys.stderr)
+        return 1
+    except (LookupError, asyncpg.PostgresError) as exc:
         print(f"signup: {exc}", file=sys.stderr)
         return 1
     return 0
