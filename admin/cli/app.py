@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from admin.cli import consume, dlq, migrate, monitoring, options, relay
+from admin.cli import consume, dlq, migrate, monitoring, options, relay, token
 from admin.errors import AdminError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(relay.app, name="relay")
 app.command("consume")(consume.consume)
 app.add_typer(dlq.app, name="dlq")
 monitoring.register(app)
+app.add_typer(token.app, name="token")
 
 
 @app.command("demo")

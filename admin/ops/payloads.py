@@ -1,6 +1,8 @@
-"""Payload message types for showing dead letters as JSON: the process's own, and descriptor sets.
+"""Payload message types for showing dead letters as JSON: the bundled ones, the process's own,
+and descriptor sets.
 
-A consumer knows its handlers' event types; a relay, or a consumer inspecting another group's dead
+Every process knows the event types bundled with Conveyor (`conveyor.identity.v1`). A consumer
+knows its handlers' event types too; a relay, or a consumer inspecting another group's dead
 letters, may not. `--descriptor-set` names FileDescriptorSets built with `buf build -o FILE`
 (binary, imports included, which is buf's default) so their types decode too.
 """
@@ -19,12 +21,17 @@ from google.protobuf import (
 )
 from google.protobuf.message import DecodeError, Message
 
+from conveyor.identity.v1 import events_pb2 as identity_events
 from conveyor.v1 import event_pb2
+
+BUNDLED = (identity_events.DESCRIPTOR,)
+"""The files of event types shipped with Conveyor: importing them registers their messages in
+protobuf's default pool, where `PayloadTypes.message_class` looks first, in every process."""
 
 
 class PayloadTypes:
-    """Finds the message class of an event type: registered in this process, else in the
-    descriptor sets loaded at start."""
+    """Finds the message class of an event type: bundled or registered in this process, else in
+    the descriptor sets loaded at start."""
 
     def __init__(self, pool: descriptor_pool.DescriptorPool | None = None) -> None:
         self._pool = pool

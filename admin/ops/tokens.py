@@ -127,11 +127,9 @@ def _parse_line(line: str, *, path: Path, number: int) -> TokenEntry | None:
     if len(fields) not in (3, 4):
         raise bad(f"expected 'principal scope sha256-hex [expires]', got {len(fields)} fields")
     name, scope, digest, *rest = fields
-    if not _PRINCIPAL_RE.fullmatch(name):
-        raise bad(
-            f"principal {name[:40]!r} must be 1-128 letters, digits or . _ @ + -, "
-            "starting with a letter or digit"
-        )
+    problem = principal_problem(name)
+    if problem is not None:
+        raise bad(problem)
     if scope not in (Scope.READ, Scope.WRITE):
         raise bad(f"scope {scope[:40]!r} must be read or write")
     if not _DIGEST_RE.fullmatch(digest):
@@ -146,15 +144,34 @@ def _parse_line(line: str, *, path: Path, number: int) -> TokenEntry | None:
     )
 
 
-def _parse_expiry(text: str, bad: Callable[[str], TokensFileInvalid]) -> datetime:
+def principal_problem(name: str) -> str | None:
+    """Why `name` cannot be a token's principal, or None when it can."""
+    if _PRINCIPAL_RE.fullmatch(name):
+        return None
+    return (
+        f"principal {name[:40]!r} must be 1-128 letters, digits or . _ @ + -, "
+        "starting with a letter or digit"
+    )
+
+
+def parse_expiry(text: str) -> datetime:
+    """An expiry as the tokens file reads it (UTC when no zone is given); ValueError saying why
+    `text` is not one."""
     try:
         expires = datetime.fromisoformat(text)
     except ValueError:
-        raise bad(
+        raise ValueError(
             f"expiry {text[:40]!r} is not an ISO 8601 date or date-time, "
             "e.g. 2027-01-31 or 2027-01-31T12:00:00Z"
         ) from None
     return expires if expires.tzinfo is not None else expires.replace(tzinfo=UTC)
+
+
+def _parse_expiry(text: str, bad: Callable[[str], TokensFileInvalid]) -> datetime:
+    try:
+        return parse_expiry(text)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
 
 
 class TokenStore:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,21 @@ def test_a_payload_that_cannot_become_json_is_shown_as_bytes_not_an_error(tmp_pa
     good.at.seconds = 0
     event.data.value = good.SerializeToString()
     assert json.loads(types.to_json(event)) == {"at": "1970-01-01T00:00:00Z"}
+
+
+def test_a_process_that_imports_no_event_module_shows_bundled_payloads_as_json() -> None:
+    """A relay imports no handler module: the bundled `conveyor.identity.v1` types still become
+    JSON, in a fresh interpreter where nothing else registered them."""
+    from conveyor.identity.v1 import events_pb2  # noqa: PLC0415 - only this test needs it
+
+    data = events_pb2.UserRegistered(user_id="u1", email="a@example.com").SerializeToString()
+    probe = (
+        "import sys\n"
+        "from conveyor.v1 import event_pb2\n"
+        "from admin.ops.payloads import PayloadTypes\n"
+        "event = event_pb2.Event(type='conveyor.identity.v1.UserRegistered')\n"
+        f"event.data.value = bytes.fromhex({data.hex()!r})\n"
+        "print(PayloadTypes.load([]).to_json(event))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == {"user_id": "u1", "email": "a@example.com"}

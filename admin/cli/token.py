@@ -1,0 +1,130 @@
+"""`conveyor token create`: mint an AdminService bearer token and the tokens-file line for it.
+
+The token goes to stdout once, as `export CONVEYOR_ADMIN_TOKEN=...` (so
+`eval "$(conveyor token create ...)"` sets it in the shell); everything else goes to stderr. Only
+the token's SHA-256 is written anywhere, so the tokens file holds no secret.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from admin.cli.options import EXIT_FAILURE, EXIT_USAGE, fail
+from admin.ops.bearer import TOKEN_ENV
+from admin.ops.settings import Scope
+from admin.ops.tokens import (
+    TokensFileInvalid,
+    parse_expiry,
+    parse_tokens,
+    principal_problem,
+    token_digest,
+)
+
+app = typer.Typer(help="AdminService bearer tokens for --tokens-file.", no_args_is_help=True)
+
+_HEADER = "# principal  scope  sha256-hex-of-token  [expires]   (`conveyor token create --help`)"
+
+
+@app.command("create")
+def create(
+    principal: Annotated[
+        str,
+        typer.Option(
+            help="Who holds the token, as audited: 1-128 letters, digits or . _ @ + -, starting "
+            "with a letter or digit."
+        ),
+    ],
+    scope: Annotated[
+        str,
+        typer.Option(help="read (every read call) or write (also dlq reprocess and resolve)."),
+    ],
+    expires: Annotated[
+        str | None,
+        typer.Option(
+            help="When the token stops working: ISO 8601 date or date-time (UTC without a "
+            "zone), e.g. 2027-01-31. Default: never."
+        ),
+    ] = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--tokens-file",
+            help="Append the line to this file (created with mode 0600 when missing); a "
+            "principal already in it is refused. Default: only print the line.",
+        ),
+    ] = None,
+) -> None:
+    """Mint a random token: print its tokens-file line (or append it to --tokens-file) on
+    stderr, and `export CONVEYOR_ADMIN_TOKEN=<token>` on stdout, the only time it is shown."""
+    problem = principal_problem(principal)
+    if problem is not None:
+        fail(f"--principal: {problem}", EXIT_USAGE)
+    if scope not in (Scope.READ, Scope.WRITE):
+        fail(f"--scope {scope[:40]!r} must be read or write", EXIT_USAGE)
+    until = _expiry(expires) if expires is not None else None
+    existing = _existing(tokens_file, principal) if tokens_file is not None else ""
+    token = secrets.token_urlsafe(32)
+    line = "  ".join(f for f in (principal, scope, token_digest(token), until) if f)
+    if tokens_file is None:
+        _say("add this line to the tokens file (--tokens-file) of every relay and consumer:")
+        _say(line)
+    else:
+        _append(tokens_file, existing, line)
+        _say(f"added to {tokens_file}: {line}")
+        _say("processes read it at start, and again on SIGHUP")
+    print(f"export {TOKEN_ENV}={token}")
+    _say(f"the token is on stdout in the {TOKEN_ENV} line, this once; files keep its SHA-256")
+
+
+def _expiry(text: str) -> str:
+    """`text` as the tokens file's expiry field; exits 2 when the parser would refuse it or it
+    has passed."""
+    try:
+        moment = parse_expiry(text.strip())
+    except ValueError as exc:
+        fail(f"--expires: {exc}", EXIT_USAGE)
+    if moment <= datetime.now(UTC):
+        fail(f"--expires {text!r} has passed: the token would never work", EXIT_USAGE)
+    return moment.isoformat()  # no space inside, unlike some forms fromisoformat accepts
+
+
+def _existing(path: Path, principal: str) -> str:
+    """The current text of the tokens file ("" when missing); exits when it cannot take
+    `principal`."""
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read tokens file {str(path)!r}: {exc}", EXIT_FAILURE)
+    try:
+        entries = parse_tokens(text, path=path)
+    except TokensFileInvalid as exc:
+        fail(f"{exc.message}; fix it before adding a token", EXIT_USAGE)
+    for entry in entries:
+        if entry.principal == principal:
+            fail(
+                f"{path}:{entry.line} already has principal {principal!r}: choose another "
+                "--principal, or delete that line first to replace its token",
+                EXIT_USAGE,
+            )
+    return text
+
+
+def _append(path: Path, existing: str, line: str) -> None:
+    lead = _HEADER + "\n" if not existing else ("" if existing.endswith("\n") else "\n")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            out.write(f"{lead}{line}\n")
+    except OSError as exc:
+        fail(f"cannot write tokens file {str(path)!r}: {exc.strerror or exc}", EXIT_FAILURE)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
