@@ -23,20 +23,12 @@ CHECKS: dict[str, Check] = {
     "steps": docs.step_problems,
 }
 
-README_REWRITE = pytest.mark.xfail(strict=False, reason="README rewritten by the quick start")
-README_FAILS: set[str] = set()
-"""Checks the README does not pass yet; each of its cases is an expected failure meanwhile."""
-
-
 def _cases() -> list[object]:
-    cases = []
-    for name in CHECKS:
-        for doc in docs.DOCS:
-            marks = [README_REWRITE] if doc.name == "README.md" and name in README_FAILS else []
-            cases.append(
-                pytest.param(name, doc, marks=marks, id=f"{name}-{doc.relative_to(docs.ROOT)}")
-            )
-    return cases
+    return [
+        pytest.param(name, doc, id=f"{name}-{doc.relative_to(docs.ROOT)}")
+        for name in CHECKS
+        for doc in docs.DOCS
+    ]
 
 
 @pytest.mark.parametrize(("check", "doc"), _cases())
