@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import grpc
 import typer
 from grpc_health.v1 import health_pb2
 from rich.console import Console
@@ -221,9 +222,18 @@ def health(
 ) -> None:
     """grpc.health.v1 status of a service: exit 0 SERVING, 4 NOT_SERVING, 3 unknown service."""
     request = health_pb2.HealthCheckRequest(service=service)
+    unknown = (
+        f"unknown health service {service!r} at {conn.target}; Conveyor processes serve '' "
+        "(overall readiness), conveyor.liveness and one per component (see `conveyor status`)"
+    )
     with Client(conn) as client:
         if not watch:
-            response = client.call(client.health.Check, request, auth=False)
+            response = client.call(
+                client.health.Check,
+                request,
+                auth=False,
+                unexplained={grpc.StatusCode.NOT_FOUND: unknown},
+            )
             _print_health(service, response.status, as_json)
             raise typer.Exit(_health_exit(response.status))
         last = _STATUS.UNKNOWN
