@@ -23,7 +23,7 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def unknown_service_message(service: str, served: list[str]) -> str:
     """What Check says about a service this process does not serve: which ones it does."""
-    shown = ", ".join("'' (overall readiness)" if not name else name for name in served)
+    shown = ", ".join(name or "'' (overall readiness)" for name in served)
     return f"unknown health service {service!r}; this process serves: {shown}"
 
 
