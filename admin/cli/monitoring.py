@@ -32,7 +32,8 @@ from admin.cli.client import (
     with_connection,
 )
 from admin.cli.options import EXIT_OK, fail
-from admin.cli.output import actions_table, add_row, dead_letters_table, iso, print_json
+from admin.cli.output import actions_table, dead_letters_view, iso, print_json
+from admin.cli.tables import add_column, add_row, fitted, list_table
 from conveyor.v1 import admin_pb2
 
 _STATE_STYLES = {"SERVING": "green", "DEGRADED": "yellow", "NOT_SERVING": "red"}
@@ -68,9 +69,10 @@ def status(
         f"overall: [{_STATE_STYLES.get(overall, 'bold')}]{overall}[/]"
         f"  (snapshot {iso(response.snapshot_time) or 'not taken yet'})"
     )
-    table = Table(title="components", title_justify="left")
-    for name in ("component", "state", "reasons"):
-        table.add_column(name, overflow="fold")
+    table = list_table("components")
+    add_column(table, "component")
+    add_column(table, "state")
+    add_column(table, "reasons", wrap=True)
     for component in response.components:
         state = _state(component.state)
         add_row(
@@ -79,11 +81,11 @@ def status(
             Text(state, style=_STATE_STYLES.get(state, "")),
             "; ".join(component.reasons),
         )
-    console.print(table)
+    console.print(fitted(table, console.width))
     if response.HasField("redis"):
         console.print(_redis_table(response.redis))
-    console.print(_outbox_table(response.outboxes))
-    console.print(_groups_table(response.groups))
+    console.print(fitted(_outbox_table(response.outboxes), console.width))
+    console.print(fitted(_groups_table(response.groups), console.width))
 
 
 def _state(value: int) -> str:
@@ -114,19 +116,19 @@ def _redis_table(redis: Any) -> Table:
 
 
 def _outbox_table(outboxes: Iterable[Any]) -> Table:
-    table = Table(title="outbox backlog", title_justify="left")
-    table.add_column("schema")
-    table.add_column("backlog", justify="right")
-    table.add_column("oldest age", justify="right")
+    table = list_table("outbox backlog")
+    add_column(table, "schema")
+    add_column(table, "backlog", right=True)
+    add_column(table, "oldest age", right=True)
     for outbox in outboxes:
         add_row(table, outbox.schema, str(outbox.backlog), _seconds(outbox.oldest_age_seconds))
     return table
 
 
 def _groups_table(groups: Iterable[Any]) -> Table:
-    table = Table(title="consumer groups", title_justify="left")
-    for name in ("topic", "group", "mode", "consumers", "lag entries", "lag", "pending"):
-        table.add_column(name, justify="left" if name in ("topic", "group", "mode") else "right")
+    table = list_table("consumer groups")
+    for name in ("topic", "group", "mode", "members", "lag entries", "lag", "pending"):
+        add_column(table, name, right=name not in ("topic", "group", "mode"))
     for group in groups:
         add_row(
             table,
@@ -182,16 +184,16 @@ def _print_trace(response: Any, event_id: str) -> None:
     else:
         console.print("outbox: no row (not written here, or deleted after publishing)")
     if response.stream_entries:
-        table = Table(title="stream entries", title_justify="left")
-        table.add_column("stream")
-        table.add_column("entry id")
+        table = list_table("stream entries")
+        add_column(table, "stream")
+        add_column(table, "entry id")
         for entry in response.stream_entries:
             add_row(table, entry.stream, entry.entry_id)
-        console.print(table)
+        console.print(fitted(table, console.width))
     if response.ledger:
-        table = Table(title="ledger", title_justify="left")
+        table = list_table("ledger")
         for name in ("schema", "group", "result", "processed (UTC)", "stream", "entry id"):
-            table.add_column(name)
+            add_column(table, name)
         for row in response.ledger:
             add_row(
                 table,
@@ -202,11 +204,12 @@ def _print_trace(response: Any, event_id: str) -> None:
                 row.stream,
                 row.entry_id,
             )
-        console.print(table)
+        console.print(fitted(table, console.width))
     if response.dead_letters:
-        console.print(dead_letters_table(response.dead_letters, with_topic=True))
+        now = datetime.now(UTC)
+        console.print(dead_letters_view(response.dead_letters, width=console.width, now=now))
     if response.actions:
-        console.print(actions_table(response.actions))
+        console.print(actions_table(response.actions, console.width))
     for part in response.unreachable:
         console.print(Text.assemble(("not looked at: ", "yellow"), part))
 
@@ -274,22 +277,25 @@ def metrics(
     if as_json:
         print_json(response)
         return
-    table = Table(title=f"{len(response.metrics)} instruments", title_justify="left")
-    for name in ("instrument", "kind", "unit", "attributes", "value"):
-        table.add_column(name, justify="right" if name == "value" else "left", overflow="fold")
-    for metric in response.metrics:
+    console = Console()
+    console.print(_metrics_table(response.metrics))
+
+
+def _metrics_table(metrics: Iterable[Any]) -> Table:
+    """An instrument per heading row (`name  kind, unit`), its data points indented under it:
+    attributes wrap, values stay whole."""
+    metrics = list(metrics)
+    table = list_table(f"{len(metrics)} instruments")
+    add_column(table, "instrument / attributes", wrap=True)
+    add_column(table, "value", right=True)
+    for metric in metrics:
         kind = admin_pb2.MetricKind.Name(metric.kind).removeprefix("METRIC_KIND_").lower()
-        for index, point in enumerate(metric.points or [None]):
-            first = index == 0
-            add_row(
-                table,
-                metric.name if first else "",
-                kind if first else "",
-                metric.unit if first else "",
-                _attributes(point),
-                _point_value(metric.kind, point),
-            )
-    Console().print(table)
+        about = f"{kind}, {metric.unit}" if metric.unit else kind
+        add_row(table, Text.assemble((metric.name, "bold"), f"  {about}"), "")
+        for point in metric.points or [None]:
+            attributes = _attributes(point) or "(no attributes)"
+            add_row(table, Text(f"  {attributes}"), _point_value(metric.kind, point))
+    return table
 
 
 def _attributes(point: Any) -> str:
