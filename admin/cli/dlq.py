@@ -114,7 +114,7 @@ def list_dead_letters(
         console.print(dead_letters_view(letters, width=console.width, now=now, wide=wide))
     if next_token:
         hint = f"more: --page-token {next_token}  (or --all for every page)"
-        console.print(hint, style="dim", markup=False)
+        console.print(hint, style="dim", markup=False, soft_wrap=True)  # the token stays whole
 
 
 def _fetch_pages(

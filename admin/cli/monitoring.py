@@ -180,6 +180,7 @@ def _print_trace(response: Any, event_id: str) -> None:
             f"published {iso(o.publish_time) or 'not yet'}",
             highlight=False,
             markup=False,
+            soft_wrap=True,
         )
     else:
         console.print("outbox: no row (not written here, or deleted after publishing)")

@@ -87,7 +87,7 @@ def reprocess(
             return
         if idempotency_key is None:
             note = f"idempotency key: {key}  (repeat with --idempotency-key {key} to retry safely)"
-            Console(stderr=True).print(note, highlight=False)
+            Console(stderr=True).print(note, highlight=False, soft_wrap=True)
         last = _run_reprocess(client, request, quiet=as_json)
     _print_counts(last, request, as_json)
 
@@ -179,7 +179,7 @@ def _print_counts(last: Any, request: admin_pb2.ReprocessDeadLettersRequest, as_
         print_json(counts)
         return
     verb = "dry run: would requeue" if request.dry_run else "requeued"
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # a line per entry, whole when piped
     console.print(
         f"{verb} {last.requeued}, duplicates {last.duplicates}, skipped {last.skipped} "
         f"({last.done} of {last.total} dead letters of topic {request.topic})",
