@@ -113,8 +113,9 @@ def list_dead_letters(
         now = datetime.now(UTC)
         console.print(dead_letters_view(letters, width=console.width, now=now, wide=wide))
     if next_token:
-        hint = f"more: --page-token {next_token}  (or --all for every page)"
-        console.print(hint, style="dim", markup=False, soft_wrap=True)  # the token stays whole
+        console.print("more: the next page with the option below, or --all for every page")
+        # On a line of its own and never wrapped, so it copies whole whatever the width.
+        console.print(f"--page-token {next_token}", style="dim", markup=False, soft_wrap=True)
 
 
 def _fetch_pages(

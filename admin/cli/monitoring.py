@@ -18,7 +18,8 @@ from typing import Annotated, Any
 import grpc
 import typer
 from grpc_health.v1 import health_pb2
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -180,7 +181,6 @@ def _print_trace(response: Any, event_id: str) -> None:
             f"published {iso(o.publish_time) or 'not yet'}",
             highlight=False,
             markup=False,
-            soft_wrap=True,
         )
     else:
         console.print("outbox: no row (not written here, or deleted after publishing)")
@@ -282,21 +282,24 @@ def metrics(
     console.print(_metrics_table(response.metrics))
 
 
-def _metrics_table(metrics: Iterable[Any]) -> Table:
-    """An instrument per heading row (`name  kind, unit`), its data points indented under it:
+def _metrics_table(metrics: Iterable[Any]) -> RenderableType:
+    """An instrument per heading (`name  kind, unit`), its data points indented under it:
     attributes wrap, values stay whole."""
     metrics = list(metrics)
-    table = list_table(f"{len(metrics)} instruments")
-    add_column(table, "instrument / attributes", wrap=True)
-    add_column(table, "value", right=True)
+    parts: list[RenderableType] = [Text(f"{len(metrics)} instruments", style="bold")]
     for metric in metrics:
         kind = admin_pb2.MetricKind.Name(metric.kind).removeprefix("METRIC_KIND_").lower()
         about = f"{kind}, {metric.unit}" if metric.unit else kind
-        add_row(table, Text.assemble((metric.name, "bold"), f"  {about}"), "")
+        parts.append(Text.assemble((metric.name, "bold"), f"  {about}"))
+        points = Table.grid(padding=(0, 2))
+        points.add_column(overflow="fold")
+        points.add_column(justify="right", no_wrap=True)
         for point in metric.points or [None]:
-            attributes = _attributes(point) or "(no attributes)"
-            add_row(table, Text(f"  {attributes}"), _point_value(metric.kind, point))
-    return table
+            points.add_row(
+                Text(_attributes(point) or "(no attributes)"), _point_value(metric.kind, point)
+            )
+        parts.append(Padding(points, (0, 0, 0, 2)))
+    return Group(*parts)
 
 
 def _attributes(point: Any) -> str:

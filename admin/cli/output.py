@@ -226,19 +226,19 @@ def fingerprints_table(fingerprints: Iterable[Any]) -> Table:
     """A row per conveyor.v1.ErrorFingerprint: the error wraps, counts and times stay whole."""
     table = list_table("top errors")
     add_column(table, "count", right=True)
-    add_column(table, "error", wrap=True)
     add_column(table, "first (UTC)")
     add_column(table, "last (UTC)")
+    add_column(table, "error", wrap=True)
     for fp in fingerprints:
         error = f"{fp.error_class}: {fp.message}" if fp.error_class else fp.message
         first, last = _minute(fp.first_seen_time), _minute(fp.last_seen_time)
-        add_row(table, str(fp.count), error, first, last)
+        add_row(table, str(fp.count), first, last, error)
     return table
 
 
 def _minute(ts: Timestamp) -> str:
-    """`2026-11-29 05:00`: a report's times to the minute, in UTC."""
-    return iso(ts)[:16].replace("T", " ")
+    """`11-29 05:00`: a report's times to the minute, in UTC (the window gives the year)."""
+    return iso(ts)[5:16].replace("T", " ")
 
 
 def histogram(hours: Sequence[Any]) -> Table:

@@ -52,10 +52,25 @@ def natural_width(renderable: RenderableType) -> int:
     return Measurement.get(console, console.options, renderable).maximum
 
 
+def least_width(table: Table) -> int:
+    """Columns a `list_table` needs with every one-line value whole and free text wrapped at
+    its longest word."""
+    widths = []
+    for column in table.columns:
+        texts = [str(column.header), *(_plain(cell) for cell in column.cells)]
+        pieces = (t.split("\n") if column.no_wrap else t.split() for t in texts)
+        widths.append(max((len(piece) for group in pieces for piece in group), default=0))
+    return sum(widths) + 2 * max(len(widths) - 1, 0)
+
+
+def _plain(cell: RenderableType) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
 def fitted(table: Table, width: int) -> RenderableType:
-    """`table` when it fits in `width` columns with every one-line value whole, else the same
-    rows shown vertically."""
-    if natural_width(table) <= width:
+    """`table` when it fits in `width` columns with every one-line value whole (free text may
+    wrap), else the same rows shown vertically."""
+    if least_width(table) <= width:
         return table
     return vertical(table)
 
