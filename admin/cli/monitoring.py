@@ -174,14 +174,16 @@ def _print_trace(response: Any, event_id: str) -> None:
     console.print(Text(f"event {event_id}", style="bold"))
     if response.HasField("outbox"):
         o = response.outbox
-        aggregate = f", aggregate {o.aggregate_type}/{o.aggregate_id}" if o.aggregate_id else ""
-        console.print(
-            f"outbox: schema {o.schema} row {o.id}, topic {o.topic}, type {o.event_type}"
-            f"{aggregate}, created {iso(o.create_time)}, "
-            f"published {iso(o.publish_time) or 'not yet'}",
-            highlight=False,
-            markup=False,
-        )
+        parts = {
+            "schema": f"{o.schema} row {o.id}",
+            "topic": o.topic,
+            "type": o.event_type,
+            "aggregate": f"{o.aggregate_type}/{o.aggregate_id}" if o.aggregate_id else "",
+            "created": iso(o.create_time),
+            "published": iso(o.publish_time) or "not yet",
+        }
+        shown = ", ".join(f"{name} {value}" for name, value in parts.items() if value)
+        console.print(f"outbox: {shown}", highlight=False, markup=False)
     else:
         console.print("outbox: no row (not written here, or deleted after publishing)")
     if response.stream_entries:
@@ -243,6 +245,8 @@ def health(
         last = _STATUS.UNKNOWN
         try:
             for response in client.stream(client.health.Watch, request, idle=None, auth=False):
+                if response.status == _STATUS.SERVICE_UNKNOWN != last:
+                    print(f"conveyor: {unknown}; watching until it appears", file=sys.stderr)
                 last = response.status
                 _print_health(service, last, as_json, stamp=True)
         except KeyboardInterrupt:
