@@ -186,6 +186,18 @@ def checked_topic(topic: str) -> str:
 
 
 @dataclass(frozen=True)
+class Skip:
+    """A dead letter a reprocess left as it was, and why."""
+
+    entry_id: str
+    reason: str
+    """One of admin.catalog.skips.REASONS: `reprocessing`, `reprocessed`, `resolved`,
+    `other_deployment`, `gone`, `changed`."""
+    detail: str
+    """The reason in words, naming who got there first when the catalog knows."""
+
+
+@dataclass(frozen=True)
 class Progress:
     """How far a reprocess call has got; the last one reported has `finished` set."""
 
@@ -200,3 +212,11 @@ class Progress:
     """Not open (resolved, reprocessing, reprocessed, or taken by a concurrent call), of another
     deployment's streams, or gone from the dead-letter stream."""
     finished: bool = False
+    skips: tuple[Skip, ...] = ()
+    """Why each skipped dead letter was skipped, in order (the first MAX_SKIPS_SHOWN)."""
+    replayed: bool = False
+    """The outcome of an earlier call with the same idempotency key: this call changed nothing."""
+
+
+MAX_SKIPS_SHOWN: Final = 1000
+"""Most skipped dead letters a reprocess explains one by one; `skipped` counts them all."""

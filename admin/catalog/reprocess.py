@@ -22,10 +22,10 @@ from typing import Any, Final, TypeVar
 
 import asyncpg
 
-from admin.catalog import requests
+from admin.catalog import requests, skips
 from admin.catalog.audit import AuditLog
 from admin.catalog.dead_letters import resolve, set_state
-from admin.catalog.records import DeadLetterRecord, Progress
+from admin.catalog.records import MAX_SKIPS_SHOWN, DeadLetterRecord, Progress, Skip
 from admin.catalog.requests import shielded
 from admin.errors import FailedPrecondition, InvalidInput
 from conveyor import database, redis_client, wire
@@ -55,6 +55,7 @@ class _Action(Enum):
 class _Plan:
     action: _Action
     retry_fields: dict[bytes, bytes] | None = None
+    skip: Skip | None = None
 
 
 def check_reprocessable(records: Sequence[DeadLetterRecord]) -> None:
@@ -199,15 +200,17 @@ class _Run:
                 action = await shielded(self.requeue(record, plan.retry_fields or {}))
             elif not dry_run and action is _Action.DUPLICATE:
                 action = await shielded(self.resolve_duplicate(record))
-            progress = _counted(progress, action)
+            progress = _counted(progress, action, plan.skip or skips.changed(record))
             if report is not None:
                 await report(progress)
-        return replace(progress, finished=True)
+        prefix, topic = self.audit.key_prefix, self.keys.topic
+        explained = await skips.explain(self.conn, prefix, topic, progress.skips)
+        return replace(progress, finished=True, skips=explained)
 
     async def plan(self, record: DeadLetterRecord) -> _Plan:
         """What to do with one dead letter, from reads only."""
         if record.state != "open":
-            return _Plan(_Action.SKIP)
+            return _Plan(_Action.SKIP, skip=skips.not_open(record))
         if record.dlq_stream != self.keys.dlq or not _valid_group(record.group):
             log.warning(
                 "reprocess: skipped, not this deployment's dead letter stream=%s entry=%s group=%r",
@@ -215,7 +218,7 @@ class _Run:
                 record.entry_id,
                 record.group,
             )
-            return _Plan(_Action.SKIP)
+            return _Plan(_Action.SKIP, skip=skips.other_deployment(record))
         if await self.applied(record):
             return _Plan(_Action.DUPLICATE)
         async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
@@ -226,7 +229,7 @@ class _Run:
                 self.keys.dlq,
                 record.entry_id,
             )
-            return _Plan(_Action.SKIP)
+            return _Plan(_Action.SKIP, skip=skips.gone(record, self.keys.dlq))
         return _Plan(_Action.REQUEUE, retry_fields(found[0][1], record.entry_id))
 
     async def applied(self, record: DeadLetterRecord) -> bool:
@@ -361,13 +364,15 @@ def _stop_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _counted(progress: Progress, action: _Action) -> Progress:
+def _counted(progress: Progress, action: _Action, skip: Skip) -> Progress:
+    """`progress` with one more entry done; `skip` says why when `action` is a skip."""
     done = progress.done + 1
     if action is _Action.REQUEUE:
         return replace(progress, done=done, requeued=progress.requeued + 1)
     if action is _Action.DUPLICATE:
         return replace(progress, done=done, duplicates=progress.duplicates + 1)
-    return replace(progress, done=done, skipped=progress.skipped + 1)
+    shown = (*progress.skips, skip) if len(progress.skips) < MAX_SKIPS_SHOWN else progress.skips
+    return replace(progress, done=done, skipped=progress.skipped + 1, skips=shown)
 
 
 def _valid_group(group: str) -> bool:

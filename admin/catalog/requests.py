@@ -7,11 +7,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import asdict
 from typing import Any, Final, TypeVar
 
 import asyncpg
 
-from admin.catalog.records import DeadLetterQuery, Progress, parse_entry_id
+from admin.catalog.records import DeadLetterQuery, Progress, Skip, parse_entry_id
 from admin.errors import InvalidInput
 from conveyor import database
 
@@ -66,7 +67,9 @@ async def once(
         if stored is not None:
             return stored
         final = await work()
-        outcome = json.dumps({k: getattr(final, k) for k in _COUNTS})
+        outcome = json.dumps(
+            {k: getattr(final, k) for k in _COUNTS} | {"skips": [asdict(s) for s in final.skips]}
+        )
         # Shielded: a call cancelled now has done all its work, and the next one should say so.
         await shielded(
             conn.execute(
@@ -117,7 +120,12 @@ async def _claim(conn: asyncpg.Connection, key: str, principal: str, hash_: str)
     if row["finished_at"] is None:
         return None
     stored = json.loads(row["outcome"])
-    return Progress(**{k: int(stored.get(k, 0)) for k in _COUNTS}, finished=True)
+    return Progress(
+        **{k: int(stored.get(k, 0)) for k in _COUNTS},
+        finished=True,
+        skips=tuple(Skip(**s) for s in stored.get("skips", [])),  # absent in older outcomes
+        replayed=True,
+    )
 
 
 async def _unlock(conn: asyncpg.Connection, key: str) -> None:

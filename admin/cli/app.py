@@ -7,8 +7,10 @@ from typing import Annotated
 
 import typer
 
-from admin.cli import consume, dlq, migrate, monitoring, options, relay, token
+from admin.cli import consume, dlq, help_layout, migrate, monitoring, options, relay, token
 from admin.errors import AdminError
+
+help_layout.install()  # `--help` keeps every option and variable name whole at 80 columns
 
 app = typer.Typer(
     name="conveyor",

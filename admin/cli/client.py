@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar, get_type_hints
@@ -257,12 +257,20 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self._channel.close()
 
-    def call(self, method: Callable[..., Any], request: Message, *, auth: bool = True) -> Any:
-        """The response of a unary call, within `--timeout`."""
+    def call(
+        self,
+        method: Callable[..., Any],
+        request: Message,
+        *,
+        auth: bool = True,
+        unexplained: Mapping[Any, str] | None = None,
+    ) -> Any:
+        """The response of a unary call, within `--timeout`. `unexplained` maps a status code to
+        the message shown when the server sends that code without one."""
         try:
             return method(request, timeout=self.conn.timeout, metadata=self._metadata(auth))
         except grpc.RpcError as exc:
-            self.fail(exc)
+            self.fail(exc, unexplained)
 
     def stream(
         self,
@@ -301,10 +309,13 @@ class Client:
         finally:
             call.cancel()  # no-op once finished; stops the server's work on an early exit
 
-    def fail(self, exc: Any) -> NoReturn:
-        """Print `exc` (a grpc.RpcError) as the one-line error and exit with its code."""
+    def fail(self, exc: Any, unexplained: Mapping[Any, str] | None = None) -> NoReturn:
+        """Print `exc` (a grpc.RpcError) as the one-line error and exit with its code; a status
+        without a message gets one from `unexplained`, else one saying what the code means."""
         code = exc.code()
-        message = " ".join(str(exc.details() or "").split()) or "(no message)"
+        message = " ".join(str(exc.details() or "").split())
+        if not message:
+            message = (unexplained or {}).get(code) or _meaning(code, self.conn.target)
         if code in _UNREACHABLE:
             message += f" (target {self.conn.target})"
         elif code == grpc.StatusCode.UNAUTHENTICATED and self.conn.token is None:
@@ -316,3 +327,16 @@ class Client:
         if auth and self.conn.token is not None:
             return bearer_metadata(self.conn.token)
         return ()
+
+
+def _meaning(code: Any, target: str) -> str:
+    """What a status code that came without a message means here."""
+    meanings = {
+        grpc.StatusCode.NOT_FOUND: "the server has no such item (it sent no message)",
+        grpc.StatusCode.UNIMPLEMENTED: f"{target} does not serve this call: is it a Conveyor "
+        "relay or consumer of this version?",
+        grpc.StatusCode.CANCELLED: "the call was cancelled",
+        grpc.StatusCode.INTERNAL: "the server failed without saying why; see its log",
+        grpc.StatusCode.UNKNOWN: "the server failed without saying why; see its log",
+    }
+    return meanings.get(code, "the server sent no message")

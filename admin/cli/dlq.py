@@ -11,6 +11,7 @@ or INVALID_ARGUMENT from the server; 3 NOT_FOUND; 5 UNAUTHENTICATED or PERMISSIO
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -44,7 +45,7 @@ from admin.cli.options import EXIT_USAGE, fail
 from admin.cli.output import (
     actions_table,
     counts_table,
-    dead_letters_table,
+    dead_letters_view,
     fingerprints_table,
     histogram,
     iso,
@@ -79,9 +80,21 @@ def list_dead_letters(
         str | None, typer.Option(help="Page to show (printed after one).")
     ] = None,
     all_pages: Annotated[bool, typer.Option("--all", help="Follow every page.")] = False,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Every field (catalog id, full event type, consumer, error, creation time, "
+            "reprocessing chain); one block per dead letter when they do not fit the terminal.",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Dead letters, newest first, a page at a time (all topics without --stream)."""
+    """Dead letters, newest first, a page at a time (all topics without --stream).
+
+    The table shows what picks an entry: entry id, event type (its last part), group, reason,
+    attempts, age and state, and the error when the terminal has room; --wide shows every field.
+    """
     topic = parse_topic(stream) if stream is not None else ""
     request = admin_pb2.ListDeadLettersRequest(
         filter=build_filter(topic, event_type, reason, group, error, since, until, state),
@@ -97,10 +110,12 @@ def list_dead_letters(
     if not letters:
         console.print("no dead letters match")
     else:
-        console.print(dead_letters_table(letters, with_topic=not topic))
+        now = datetime.now(UTC)
+        console.print(dead_letters_view(letters, width=console.width, now=now, wide=wide))
     if next_token:
-        hint = f"more: --page-token {next_token}  (or --all for every page)"
-        console.print(hint, style="dim", markup=False)
+        console.print("more: the next page with the option below, or --all for every page")
+        # On a line of its own and never wrapped, so it copies whole whatever the width.
+        console.print(f"--page-token {next_token}", style="dim", markup=False, soft_wrap=True)
 
 
 def _fetch_pages(
@@ -143,7 +158,7 @@ def inspect(
     if response.traceback:
         console.print(Panel(Text(response.traceback), title="traceback", title_align="left"))
     if response.actions:
-        console.print(actions_table(response.actions))
+        console.print(actions_table(response.actions, console.width))
 
 
 app.command("reprocess", epilog=EXIT_CODES_HELP)(reprocessing.reprocess)

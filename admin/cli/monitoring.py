@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import grpc
 import typer
 from grpc_health.v1 import health_pb2
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -31,7 +33,8 @@ from admin.cli.client import (
     with_connection,
 )
 from admin.cli.options import EXIT_OK, fail
-from admin.cli.output import actions_table, add_row, dead_letters_table, iso, print_json
+from admin.cli.output import actions_table, dead_letters_view, iso, print_json
+from admin.cli.tables import add_column, add_row, fitted, list_table
 from conveyor.v1 import admin_pb2
 
 _STATE_STYLES = {"SERVING": "green", "DEGRADED": "yellow", "NOT_SERVING": "red"}
@@ -67,9 +70,10 @@ def status(
         f"overall: [{_STATE_STYLES.get(overall, 'bold')}]{overall}[/]"
         f"  (snapshot {iso(response.snapshot_time) or 'not taken yet'})"
     )
-    table = Table(title="components", title_justify="left")
-    for name in ("component", "state", "reasons"):
-        table.add_column(name, overflow="fold")
+    table = list_table("components")
+    add_column(table, "component")
+    add_column(table, "state")
+    add_column(table, "reasons", wrap=True)
     for component in response.components:
         state = _state(component.state)
         add_row(
@@ -78,11 +82,11 @@ def status(
             Text(state, style=_STATE_STYLES.get(state, "")),
             "; ".join(component.reasons),
         )
-    console.print(table)
+    console.print(fitted(table, console.width))
     if response.HasField("redis"):
         console.print(_redis_table(response.redis))
-    console.print(_outbox_table(response.outboxes))
-    console.print(_groups_table(response.groups))
+    console.print(fitted(_outbox_table(response.outboxes), console.width))
+    console.print(fitted(_groups_table(response.groups), console.width))
 
 
 def _state(value: int) -> str:
@@ -113,19 +117,19 @@ def _redis_table(redis: Any) -> Table:
 
 
 def _outbox_table(outboxes: Iterable[Any]) -> Table:
-    table = Table(title="outbox backlog", title_justify="left")
-    table.add_column("schema")
-    table.add_column("backlog", justify="right")
-    table.add_column("oldest age", justify="right")
+    table = list_table("outbox backlog")
+    add_column(table, "schema")
+    add_column(table, "backlog", right=True)
+    add_column(table, "oldest age", right=True)
     for outbox in outboxes:
         add_row(table, outbox.schema, str(outbox.backlog), _seconds(outbox.oldest_age_seconds))
     return table
 
 
 def _groups_table(groups: Iterable[Any]) -> Table:
-    table = Table(title="consumer groups", title_justify="left")
-    for name in ("topic", "group", "mode", "consumers", "lag entries", "lag", "pending"):
-        table.add_column(name, justify="left" if name in ("topic", "group", "mode") else "right")
+    table = list_table("consumer groups")
+    for name in ("topic", "group", "mode", "members", "lag entries", "lag", "pending"):
+        add_column(table, name, right=name not in ("topic", "group", "mode"))
     for group in groups:
         add_row(
             table,
@@ -170,27 +174,29 @@ def _print_trace(response: Any, event_id: str) -> None:
     console.print(Text(f"event {event_id}", style="bold"))
     if response.HasField("outbox"):
         o = response.outbox
-        aggregate = f", aggregate {o.aggregate_type}/{o.aggregate_id}" if o.aggregate_id else ""
-        console.print(
-            f"outbox: schema {o.schema} row {o.id}, topic {o.topic}, type {o.event_type}"
-            f"{aggregate}, created {iso(o.create_time)}, "
-            f"published {iso(o.publish_time) or 'not yet'}",
-            highlight=False,
-            markup=False,
-        )
+        parts = {
+            "schema": f"{o.schema} row {o.id}",
+            "topic": o.topic,
+            "type": o.event_type,
+            "aggregate": f"{o.aggregate_type}/{o.aggregate_id}" if o.aggregate_id else "",
+            "created": iso(o.create_time),
+            "published": iso(o.publish_time) or "not yet",
+        }
+        shown = ", ".join(f"{name} {value}" for name, value in parts.items() if value)
+        console.print(f"outbox: {shown}", highlight=False, markup=False)
     else:
         console.print("outbox: no row (not written here, or deleted after publishing)")
     if response.stream_entries:
-        table = Table(title="stream entries", title_justify="left")
-        table.add_column("stream")
-        table.add_column("entry id")
+        table = list_table("stream entries")
+        add_column(table, "stream")
+        add_column(table, "entry id")
         for entry in response.stream_entries:
             add_row(table, entry.stream, entry.entry_id)
-        console.print(table)
+        console.print(fitted(table, console.width))
     if response.ledger:
-        table = Table(title="ledger", title_justify="left")
+        table = list_table("ledger")
         for name in ("schema", "group", "result", "processed (UTC)", "stream", "entry id"):
-            table.add_column(name)
+            add_column(table, name)
         for row in response.ledger:
             add_row(
                 table,
@@ -201,11 +207,12 @@ def _print_trace(response: Any, event_id: str) -> None:
                 row.stream,
                 row.entry_id,
             )
-        console.print(table)
+        console.print(fitted(table, console.width))
     if response.dead_letters:
-        console.print(dead_letters_table(response.dead_letters, with_topic=True))
+        now = datetime.now(UTC)
+        console.print(dead_letters_view(response.dead_letters, width=console.width, now=now))
     if response.actions:
-        console.print(actions_table(response.actions))
+        console.print(actions_table(response.actions, console.width))
     for part in response.unreachable:
         console.print(Text.assemble(("not looked at: ", "yellow"), part))
 
@@ -221,14 +228,25 @@ def health(
 ) -> None:
     """grpc.health.v1 status of a service: exit 0 SERVING, 4 NOT_SERVING, 3 unknown service."""
     request = health_pb2.HealthCheckRequest(service=service)
+    unknown = (
+        f"unknown health service {service!r} at {conn.target}; Conveyor processes serve '' "
+        "(overall readiness), conveyor.liveness and one per component (see `conveyor status`)"
+    )
     with Client(conn) as client:
         if not watch:
-            response = client.call(client.health.Check, request, auth=False)
+            response = client.call(
+                client.health.Check,
+                request,
+                auth=False,
+                unexplained={grpc.StatusCode.NOT_FOUND: unknown},
+            )
             _print_health(service, response.status, as_json)
             raise typer.Exit(_health_exit(response.status))
         last = _STATUS.UNKNOWN
         try:
             for response in client.stream(client.health.Watch, request, idle=None, auth=False):
+                if response.status == _STATUS.SERVICE_UNKNOWN != last:
+                    print(f"conveyor: {unknown}; watching until it appears", file=sys.stderr)
                 last = response.status
                 _print_health(service, last, as_json, stamp=True)
         except KeyboardInterrupt:
@@ -264,22 +282,28 @@ def metrics(
     if as_json:
         print_json(response)
         return
-    table = Table(title=f"{len(response.metrics)} instruments", title_justify="left")
-    for name in ("instrument", "kind", "unit", "attributes", "value"):
-        table.add_column(name, justify="right" if name == "value" else "left", overflow="fold")
-    for metric in response.metrics:
+    console = Console()
+    console.print(_metrics_table(response.metrics))
+
+
+def _metrics_table(metrics: Iterable[Any]) -> RenderableType:
+    """An instrument per heading (`name  kind, unit`), its data points indented under it:
+    attributes wrap, values stay whole."""
+    metrics = list(metrics)
+    parts: list[RenderableType] = [Text(f"{len(metrics)} instruments", style="bold")]
+    for metric in metrics:
         kind = admin_pb2.MetricKind.Name(metric.kind).removeprefix("METRIC_KIND_").lower()
-        for index, point in enumerate(metric.points or [None]):
-            first = index == 0
-            add_row(
-                table,
-                metric.name if first else "",
-                kind if first else "",
-                metric.unit if first else "",
-                _attributes(point),
-                _point_value(metric.kind, point),
+        about = f"{kind}, {metric.unit}" if metric.unit else kind
+        parts.append(Text.assemble((metric.name, "bold"), f"  {about}"))
+        points = Table.grid(padding=(0, 2))
+        points.add_column(overflow="fold")
+        points.add_column(justify="right", no_wrap=True)
+        for point in metric.points or [None]:
+            points.add_row(
+                Text(_attributes(point) or "(no attributes)"), _point_value(metric.kind, point)
             )
-    Console().print(table)
+        parts.append(Padding(points, (0, 0, 0, 2)))
+    return Group(*parts)
 
 
 def _attributes(point: Any) -> str:

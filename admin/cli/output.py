@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from admin.cli.tables import add_column, add_row, fitted, lines, list_table, natural_width
 from conveyor import wire
 from conveyor.v1 import admin_pb2
 
@@ -49,6 +50,9 @@ def iso(ts: Timestamp, *, millis: bool = False) -> str:
 ERROR_WIDTH = 60
 """Characters of an error shown in `dlq list`."""
 
+ERROR_MIN_WIDTH = 16
+"""Narrowest error column `dlq list` adds when the terminal has room beside the default ones."""
+
 HISTOGRAM_WIDTH = 40
 """Characters of the longest bar in `dlq report`."""
 
@@ -56,33 +60,96 @@ HOURLY_ROWS_MAX = 48
 """Longer report windows show the histogram by day."""
 
 
-def dead_letters_table(letters: Sequence[Any], *, with_topic: bool) -> Table:
-    """A row per conveyor.v1.DeadLetter, its error cut to ERROR_WIDTH."""
-    table = Table(title=f"{len(letters)} dead letters", title_justify="left")
-    columns = ["id", "entry id", "event type", "group", "reason", "attempts", "error"]
-    columns = (["topic"] if with_topic else []) + [*columns, "created (UTC)", "state"]
-    for name in columns:
-        # On a narrow terminal text wraps, but entry ids and times stay whole.
-        table.add_column(
-            name,
-            justify="right" if name in ("id", "attempts") else "left",
-            no_wrap=name in ("entry id", "created (UTC)"),
-            overflow="fold",
-        )
-    for letter in letters:
-        row = [
-            str(letter.id),
-            letter.entry_id,
-            letter.event_type,
-            letter.group,
-            reason_name(letter.reason),
-            str(letter.attempts),
-            _cut(_error_text(letter), ERROR_WIDTH),
-            iso(letter.create_time),
-            _state_text(letter),
-        ]
-        add_row(table, *([letter.topic] if with_topic else []), *row)
+def dead_letters_view(
+    letters: Sequence[Any], *, width: int, now: datetime, wide: bool = False
+) -> RenderableType:
+    """conveyor.v1.DeadLetter rows in `width` columns, every value on one line: what picks an
+    entry (entry id, short type, group, reason, attempts, age, state, and the error when there
+    is room). A topic, group or reason all rows share goes to the title; attempts, then age, are
+    left out when the rest would not fit, and the rows are shown vertically when even that does
+    not fit. With `wide` every field, vertically when too wide."""
+    title = f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'}"
+    if wide:
+        return fitted(_letters_table(title, _wide_rows(letters), set()), width)
+    shared = {
+        "topic": {x.topic for x in letters},
+        "group": {x.group for x in letters},
+        "reason": {reason_name(x.reason) for x in letters},
+    }
+    left_out = {name for name, values in shared.items() if len(values) == 1}
+    if left_out:
+        title += ": " + ", ".join(f"{n} {shared[n].pop()}" for n in shared if n in left_out)
+    rows = _default_rows(letters, now)
+    for drop in (set(), {"tries"}, {"tries", "age"}):
+        table = _letters_table(title, rows, left_out | drop)
+        spare = width - natural_width(table)
+        if spare >= 0:
+            break
+    room = min(spare - 2, ERROR_WIDTH)  # the error column comes after a two-space gap
+    if room < ERROR_MIN_WIDTH:
+        return fitted(table, width)
+    for row, letter in zip(rows, letters, strict=True):
+        row["error"] = _cut(_error_text(letter), room)
+    return _letters_table(title, rows, left_out | drop)
+
+
+_RIGHT = ("id", "tries", "attempts", "age")
+
+
+def _letters_table(title: str, rows: Sequence[dict[str, str]], left_out: set[str]) -> Table:
+    table = list_table(title)
+    names = [name for name in (rows[0] if rows else ()) if name not in left_out]
+    for name in names:
+        add_column(table, name, right=name in _RIGHT)
+    for row in rows:
+        add_row(table, *(row[name] for name in names))
     return table
+
+
+def _default_rows(letters: Sequence[Any], now: datetime) -> list[dict[str, str]]:
+    return [
+        {
+            "topic": letter.topic,
+            "entry id": letter.entry_id,
+            "type": letter.event_type.rsplit(".", 1)[-1],
+            "group": letter.group,
+            "reason": reason_name(letter.reason),
+            "tries": str(letter.attempts),
+            "age": age(letter.create_time, now),
+            "state": state_name(letter.state),
+        }
+        for letter in letters
+    ]
+
+
+def _wide_rows(letters: Sequence[Any]) -> list[dict[str, str]]:
+    return [
+        {
+            "id": str(letter.id),
+            "topic": letter.topic,
+            "entry id": letter.entry_id,
+            "event type": letter.event_type,
+            "group": letter.group,
+            "consumer": letter.consumer,
+            "reason": reason_name(letter.reason),
+            "attempts": str(letter.attempts),
+            "error": _cut(_error_text(letter), ERROR_WIDTH),
+            "created (UTC)": iso(letter.create_time),
+            "state": _state_text(letter),
+        }
+        for letter in letters
+    ]
+
+
+def age(ts: Timestamp, now: datetime) -> str:
+    """How long before `now` `ts` was: `45s`, `12m`, `5h`, `3d`; "" when unset."""
+    if ts.seconds == 0 and ts.nanos == 0:
+        return ""
+    seconds = max(0, int((now - ts.ToDatetime(tzinfo=UTC)).total_seconds()))
+    for unit, size, limit in (("s", 1, 120), ("m", 60, 120 * 60), ("h", 3600, 48 * 3600)):
+        if seconds < limit:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // 86400}d"
 
 
 def metadata_table(letter: Any, traceparent: str) -> Table:
@@ -133,20 +200,22 @@ def payload_panel(response: Any) -> Panel:
     return Panel(body, title=f"payload ({type_url})", title_align="left")
 
 
-def actions_table(actions: Iterable[Any]) -> Table:
-    """A row per conveyor.v1.AuditRecord."""
-    table = new_table(
-        "actions", "time (UTC)", "principal", "action", "targets", "reason", "outcome"
-    )
+def actions_table(actions: Iterable[Any], width: int) -> RenderableType:
+    """A row per conveyor.v1.AuditRecord, each target entry id on a line of its own; shown
+    vertically when it cannot fit `width`."""
+    table = list_table("actions")
+    for name in ("time (UTC)", "principal", "action", "targets", "outcome", "reason"):
+        add_column(table, name, wrap=name == "reason")
     for a in actions:
-        add_row(
-            table, iso(a.time), a.principal, a.action, ", ".join(a.target_ids), a.reason, a.outcome
-        )
-    return table
+        add_row(table, iso(a.time), a.principal, a.action, lines(a.target_ids), a.outcome, a.reason)
+    return fitted(table, width)
 
 
 def counts_table(title: str, counts: Iterable[Any], total: int) -> Table:
-    table = new_table(title, title.removeprefix("by "), "count", "share", right=("count", "share"))
+    table = list_table(title)
+    add_column(table, title.removeprefix("by "), wrap=True)
+    add_column(table, "count", right=True)
+    add_column(table, "share", right=True)
     for item in counts:
         share = f"{item.count / total * 100:.1f} %" if total else ""
         add_row(table, item.key or "(unknown)", str(item.count), share)
@@ -154,18 +223,22 @@ def counts_table(title: str, counts: Iterable[Any], total: int) -> Table:
 
 
 def fingerprints_table(fingerprints: Iterable[Any]) -> Table:
-    columns = ("count", "error class", "message", "first seen (UTC)", "last seen (UTC)")
-    table = new_table("top errors", *columns, right=("count",))
+    """A row per conveyor.v1.ErrorFingerprint: the error wraps, counts and times stay whole."""
+    table = list_table("top errors")
+    add_column(table, "count", right=True)
+    add_column(table, "first (UTC)")
+    add_column(table, "last (UTC)")
+    add_column(table, "error", wrap=True)
     for fp in fingerprints:
-        add_row(
-            table,
-            str(fp.count),
-            fp.error_class,
-            fp.message,
-            iso(fp.first_seen_time),
-            iso(fp.last_seen_time),
-        )
+        error = f"{fp.error_class}: {fp.message}" if fp.error_class else fp.message
+        first, last = _minute(fp.first_seen_time), _minute(fp.last_seen_time)
+        add_row(table, str(fp.count), first, last, error)
     return table
+
+
+def _minute(ts: Timestamp) -> str:
+    """`11-29 05:00`: a report's times to the minute, in UTC (the window gives the year)."""
+    return iso(ts)[5:16].replace("T", " ")
 
 
 def histogram(hours: Sequence[Any]) -> Table:
@@ -184,20 +257,6 @@ def histogram(hours: Sequence[Any]) -> Table:
     for label, count in buckets.items():
         width = math.ceil(count / peak * HISTOGRAM_WIDTH) if peak else 0
         add_row(table, label, str(count), Text("█" * width, style="red"))
-    return table
-
-
-def add_row(table: Table, *values: str | Text) -> None:
-    """Add a row of plain text: what the server sent is never read as rich markup."""
-    table.add_row(*(value if isinstance(value, Text) else Text(value) for value in values))
-
-
-def new_table(title: str, *columns: str, right: Iterable[str] = ()) -> Table:
-    """A table titled `title` with `columns`; those in `right` are right-aligned."""
-    table = Table(title=title, title_justify="left")
-    aligned = set(right)
-    for name in columns:
-        table.add_column(name, justify="right" if name in aligned else "left", overflow="fold")
     return table
 
 

@@ -87,7 +87,7 @@ def reprocess(
             return
         if idempotency_key is None:
             note = f"idempotency key: {key}  (repeat with --idempotency-key {key} to retry safely)"
-            Console(stderr=True).print(note, highlight=False)
+            Console(stderr=True).print(note, highlight=False, soft_wrap=True)
         last = _run_reprocess(client, request, quiet=as_json)
     _print_counts(last, request, as_json)
 
@@ -179,8 +179,29 @@ def _print_counts(last: Any, request: admin_pb2.ReprocessDeadLettersRequest, as_
         print_json(counts)
         return
     verb = "dry run: would requeue" if request.dry_run else "requeued"
-    Console().print(
+    console = Console(highlight=False, soft_wrap=True)  # a line per entry, whole when piped
+    console.print(
         f"{verb} {last.requeued}, duplicates {last.duplicates}, skipped {last.skipped} "
         f"({last.done} of {last.total} dead letters of topic {request.topic})",
-        highlight=False,
+        markup=False,
     )
+    if last.replayed:
+        console.print(
+            f"(the outcome of the first call with idempotency key {request.idempotency_key}: "
+            "this one requeued nothing)",
+            markup=False,
+        )
+    for skip in last.skips:
+        console.print(f"  skipped {skip.entry_id}: {_skip_text(skip)}", markup=False)
+    if last.skipped > len(last.skips):
+        console.print(f"  and {last.skipped - len(last.skips)} more skipped", markup=False)
+
+
+def _skip_text(skip: Any) -> str:
+    """Why a dead letter was skipped: the server's words, else its reason's name."""
+    if skip.detail:
+        return str(skip.detail)
+    try:
+        return admin_pb2.SkipReason.Name(skip.reason).removeprefix("SKIP_REASON_").lower()
+    except ValueError:
+        return f"reason {skip.reason}"

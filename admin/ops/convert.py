@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-from admin.catalog.records import AuditEntry, DeadLetterRecord
+from admin.catalog.records import AuditEntry, DeadLetterRecord, Progress
 from admin.catalog.reports import CountByKey, DeadLetterReport
 from admin.catalog.traces import EventTrace
 from admin.ops.status import Snapshot
@@ -235,3 +235,38 @@ def trace_response(t: EventTrace) -> admin_pb2.TraceEventResponse:
     out.dead_letters.extend(dead_letter(d) for d in t.dead_letters)
     out.actions.extend(audit_record(a) for a in t.actions)
     return out
+
+
+def reprocess_response(p: Progress) -> admin_pb2.ReprocessDeadLettersResponse:
+    """One progress message of ReprocessDeadLetters; the finished one says why each dead letter
+    was skipped."""
+    response = admin_pb2.ReprocessDeadLettersResponse(
+        done=p.done,
+        total=p.total,
+        requeued=p.requeued,
+        duplicates=p.duplicates,
+        skipped=p.skipped,
+        finished=p.finished,
+        replayed=p.replayed,
+    )
+    if p.finished:
+        response.skips.extend(
+            admin_pb2.SkippedDeadLetter(
+                entry_id=s.entry_id,
+                reason=_SKIP_REASONS.get(s.reason, admin_pb2.SKIP_REASON_UNSPECIFIED),
+                detail=s.detail,
+            )
+            for s in p.skips
+        )
+    return response
+
+
+_SKIP_REASONS = {
+    "reprocessing": admin_pb2.SKIP_REASON_REPROCESSING,
+    "reprocessed": admin_pb2.SKIP_REASON_REPROCESSED,
+    "resolved": admin_pb2.SKIP_REASON_RESOLVED,
+    "other_deployment": admin_pb2.SKIP_REASON_OTHER_DEPLOYMENT,
+    "gone": admin_pb2.SKIP_REASON_GONE,
+    "changed": admin_pb2.SKIP_REASON_CHANGED,
+}
+"""Every admin.catalog.skips.REASONS value as conveyor.v1.SkipReason."""

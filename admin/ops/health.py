@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from admin.ops.status import Snapshot
@@ -20,6 +21,29 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def unknown_service_message(service: str, served: list[str]) -> str:
+    """What Check says about a service this process does not serve: which ones it does."""
+    shown = ", ".join(name or "'' (overall readiness)" for name in served)
+    return f"unknown health service {service!r}; this process serves: {shown}"
+
+
+class _Servicer(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpc's health servicer, with a NOT_FOUND that names the services this process serves
+    (the library's has no message at all)."""
+
+    def __init__(self, served: Callable[[], list[str]]) -> None:
+        super().__init__()
+        self._served = served
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        served = self._served()
+        if request.service not in served:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, unknown_service_message(request.service, served)
+            )
+        return await super().Check(request, context)
+
+
 class Health:
     """The health servicer and the statuses it reports."""
 
@@ -28,11 +52,16 @@ class Health:
     ) -> None:
         """`beat()` is when the pipeline's event loop last ran; liveness goes NOT_SERVING once
         that is more than `liveness_limit` seconds ago."""
-        self.servicer: Any = health.aio.HealthServicer()
         self._known: set[str] = set()
+        self.servicer: Any = _Servicer(self.served)
         self._liveness_limit = liveness_limit
         self._beat = beat
         self._down = False
+
+    def served(self) -> list[str]:
+        """The service names Check answers for: overall readiness (""), liveness, then each
+        component of the status snapshot once one has been published."""
+        return [health.OVERALL_HEALTH, LIVENESS, *sorted(self._known)]
 
     async def start(self) -> None:
         """Not ready until the first snapshot; alive."""

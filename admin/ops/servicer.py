@@ -239,16 +239,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             check_reprocessable(records)
 
         async def progress(p: Progress) -> None:
-            await context.write(
-                admin_pb2.ReprocessDeadLettersResponse(
-                    done=p.done,
-                    total=p.total,
-                    requeued=p.requeued,
-                    duplicates=p.duplicates,
-                    skipped=p.skipped,
-                    finished=p.finished,
-                )
-            )
+            await context.write(convert.reprocess_response(p))
 
         await self._catalog.reprocess(
             self._c.redis,
@@ -275,8 +266,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         else:
             missing = sorted(set(ids) - known)
         if missing:
+            more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
             raise NotFound(
-                f"no dead letters {', '.join(missing[:20])} on topic {topic}",
+                f"no dead letters {', '.join(missing[:20])}{more} on topic {topic} of this "
+                f"deployment (key prefix {self._catalog.key_prefix})",
                 kind="dead letter",
                 ids=missing,
             )

@@ -46,15 +46,20 @@ def test_seed_list_form_sends_topic_identity_and_the_token(fake: FakeAdmin, run:
     assert fake.calls[0].metadata["authorization"] == f"Bearer {TOKEN}"
     for shown in (
         ENTRY,
-        "identity.user_registered",
+        "user_registered",
         "mailer",
         "max_attempts",
         "open",
         "SMTPError: mail server said 451 [/] try",
-        "2026-11-29T05:00:00Z",
     ):
         assert shown in result.stdout
     assert "second line" not in result.stdout  # the error is cut to its first line
+
+    wide = run("dlq", "list", "--stream", "identity", "--wide")
+
+    assert wide.exit_code == 0, wide.output
+    for shown in ("identity.user_registered", "host-1", "2026-11-29T05:00:00Z", "SMTPError"):
+        assert shown in wide.stdout
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ between entries, idempotent under a key; against the real PostgreSQL and Redis."
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -84,7 +85,13 @@ async def test_dry_run_counts_and_changes_nothing(f: Fixture) -> None:
 
     result = await f.run(records, dry_run=True, idempotency_key=f.key("dry"))
 
-    assert result == Progress(done=4, total=4, requeued=1, duplicates=1, skipped=2, finished=True)
+    assert replace(result, skips=()) == Progress(
+        done=4, total=4, requeued=1, duplicates=1, skipped=2, finished=True
+    )
+    assert [(s.entry_id, s.reason, s.detail) for s in result.skips] == [
+        (resolved.entry_id, "resolved", "resolved by p: x"),
+        (busy.entry_id, "reprocessing", "already requeued; group billing has not applied it yet"),
+    ]
     assert await f.states() == before
     assert await f.retries() == []
     assert await f.audit_rows() == []
@@ -106,7 +113,8 @@ async def test_same_idempotency_key_twice_gives_the_same_answer_and_one_requeue(
     first = await f.run(records, idempotency_key=f.key("k"), request_hash=digest)
     second = await f.run(records, idempotency_key=f.key("k"), request_hash=digest)
 
-    assert first == second == Progress(done=3, total=3, requeued=3, finished=True)
+    assert first == Progress(done=3, total=3, requeued=3, finished=True)
+    assert second == replace(first, replayed=True), "the first answer, marked as a replay"
     assert len(await f.retries()) == 3
     assert len(await f.audit_rows()) == 3
     row = await f.pool.fetchrow(
@@ -150,7 +158,12 @@ async def test_concurrent_calls_requeue_each_dead_letter_once(f: Fixture, keyed:
     sent = [fields[wire.RT_DEAD_LETTER].decode() for _i, fields in await f.retries()]
     assert sorted(sent) == sorted(r.entry_id for r in records), "each once"
     if keyed:  # the calls wait for each other: the later ones get the first one's answer
-        assert results == [Progress(done=30, total=30, requeued=30, finished=True)] * 3
+        first = Progress(done=30, total=30, requeued=30, finished=True)
+        assert sorted(results, key=lambda r: r.replayed) == [
+            first,
+            replace(first, replayed=True),
+            replace(first, replayed=True),
+        ]
     else:  # the calls interleave: each entry goes to whichever call moves it first
         assert sum(r.requeued for r in results) == 30
         assert all(r.requeued + r.skipped == 30 for r in results)
@@ -173,7 +186,13 @@ async def test_check_reprocessable_names_resolved_entries(f: Fixture) -> None:
     check_reprocessable([r for r in records if r.state != "resolved"])
 
     result = await f.run([r for r in records if r.state != "resolved"])
-    assert result == Progress(done=3, total=3, requeued=1, skipped=2, finished=True)
+    assert replace(result, skips=()) == Progress(
+        done=3, total=3, requeued=1, skipped=2, finished=True
+    )
+    assert [(s.entry_id, s.reason) for s in result.skips] == [
+        (busy.entry_id, "reprocessing"),
+        (done.entry_id, "reprocessed"),
+    ]
 
 
 async def _assert_each_requeued_or_untouched(f: Fixture) -> set[str]:

@@ -4,6 +4,7 @@ again, settled and chained to the new dead letter; against the real PostgreSQL a
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from admin.catalog import DeadLetterRecord, Progress, traces
 from admin.ops import convert
@@ -54,9 +55,15 @@ async def test_reprocessed_dead_letter_is_applied_once_by_a_running_consumer(
         assert await f.retries("g") == [], "the retry entry is acknowledged and deleted"
     assert await effect_counts(case.pg, case.schema, "g") == {record.event_id: 1}
 
-    # Reprocessing it again finds it reprocessed: nothing is sent.
+    # Reprocessing it again finds it reprocessed: nothing is sent, and the answer says why.
     (again,) = await f.records([record.entry_id])
-    assert await f.run([again]) == Progress(done=1, total=1, skipped=1, finished=True)
+    result = await f.run([again])
+    assert replace(result, skips=()) == Progress(done=1, total=1, skipped=1, finished=True)
+    (skip,) = result.skips
+    assert (skip.entry_id, skip.reason) == (record.entry_id, "reprocessed")
+    assert skip.detail.startswith(
+        f"already reprocessed: group g applied it; requeued by {f.principal}"
+    )
 
 
 async def _state_is(f: Fixture, record: DeadLetterRecord, state: str) -> bool:

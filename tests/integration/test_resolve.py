@@ -104,7 +104,10 @@ async def test_resolving_unknown_ids_names_them_in_request_order_and_changes_not
     with pytest.raises(_Aborted) as aborted:
         await servicer.ResolveDeadLetters(request, _Context())
     assert aborted.value.code == grpc.StatusCode.NOT_FOUND
-    assert aborted.value.details == f"no dead letters {late}, {early} on topic {TOPIC}"
+    assert aborted.value.details == (
+        f"no dead letters {late}, {early} on topic {TOPIC} of this deployment "
+        f"(key prefix {key_prefix})"
+    )
     state = await pool.fetchval(
         "SELECT state FROM conveyor.dead_letters WHERE dlq_stream = $1 AND dlq_entry_id = $2",
         wire.Keys(TOPIC, key_prefix).dlq,

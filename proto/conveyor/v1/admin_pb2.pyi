@@ -32,6 +32,16 @@ class MetricKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METRIC_KIND_COUNTER: _ClassVar[MetricKind]
     METRIC_KIND_GAUGE: _ClassVar[MetricKind]
     METRIC_KIND_HISTOGRAM: _ClassVar[MetricKind]
+
+class SkipReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SKIP_REASON_UNSPECIFIED: _ClassVar[SkipReason]
+    SKIP_REASON_REPROCESSING: _ClassVar[SkipReason]
+    SKIP_REASON_REPROCESSED: _ClassVar[SkipReason]
+    SKIP_REASON_RESOLVED: _ClassVar[SkipReason]
+    SKIP_REASON_OTHER_DEPLOYMENT: _ClassVar[SkipReason]
+    SKIP_REASON_GONE: _ClassVar[SkipReason]
+    SKIP_REASON_CHANGED: _ClassVar[SkipReason]
 COMPONENT_STATE_UNSPECIFIED: ComponentState
 COMPONENT_STATE_SERVING: ComponentState
 COMPONENT_STATE_DEGRADED: ComponentState
@@ -45,6 +55,13 @@ METRIC_KIND_UNSPECIFIED: MetricKind
 METRIC_KIND_COUNTER: MetricKind
 METRIC_KIND_GAUGE: MetricKind
 METRIC_KIND_HISTOGRAM: MetricKind
+SKIP_REASON_UNSPECIFIED: SkipReason
+SKIP_REASON_REPROCESSING: SkipReason
+SKIP_REASON_REPROCESSED: SkipReason
+SKIP_REASON_RESOLVED: SkipReason
+SKIP_REASON_OTHER_DEPLOYMENT: SkipReason
+SKIP_REASON_GONE: SkipReason
+SKIP_REASON_CHANGED: SkipReason
 
 class GetMetricsRequest(_message.Message):
     __slots__ = ()
@@ -298,20 +315,34 @@ class ReprocessDeadLettersRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., entry_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[DeadLetterFilter, _Mapping]] = ..., dry_run: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., rate_limit: _Optional[float] = ...) -> None: ...
 
 class ReprocessDeadLettersResponse(_message.Message):
-    __slots__ = ("done", "total", "requeued", "duplicates", "skipped", "finished")
+    __slots__ = ("done", "total", "requeued", "duplicates", "skipped", "finished", "skips", "replayed")
     DONE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     REQUEUED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SKIPS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     done: int
     total: int
     requeued: int
     duplicates: int
     skipped: int
     finished: bool
-    def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., requeued: _Optional[int] = ..., duplicates: _Optional[int] = ..., skipped: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+    skips: _containers.RepeatedCompositeFieldContainer[SkippedDeadLetter]
+    replayed: bool
+    def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., requeued: _Optional[int] = ..., duplicates: _Optional[int] = ..., skipped: _Optional[int] = ..., finished: _Optional[bool] = ..., skips: _Optional[_Iterable[_Union[SkippedDeadLetter, _Mapping]]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class SkippedDeadLetter(_message.Message):
+    __slots__ = ("entry_id", "reason", "detail")
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    reason: SkipReason
+    detail: str
+    def __init__(self, entry_id: _Optional[str] = ..., reason: _Optional[_Union[SkipReason, str]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ResolveDeadLettersRequest(_message.Message):
     __slots__ = ("topic", "entry_ids", "reason")
