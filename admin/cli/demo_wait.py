@@ -149,7 +149,7 @@ class Watch:
         message = (
             f"only {len(settled)} of {len(self.event_ids)} demo events settled within "
             f"{time_limit:g} s; {len(pending)} still pending, e.g. {examples}. "
-            + await self._cause(unpublished, len(pending))
+            + await self._cause(unpublished, len(pending), time_limit)
         )
         return DemoStuck(
             message,
@@ -158,21 +158,20 @@ class Watch:
             pending=[str(i) for i in pending],
         )
 
-    async def _cause(self, unpublished: int, pending: int) -> str:
+    async def _cause(self, unpublished: int, pending: int, time_limit: float) -> str:
         names = self.pipeline.names
         if unpublished:
             return (
                 f"{unpublished} of them are still in the outbox of schema {names.schema}: is the "
                 f"demo's relay stuck, or Redis at {redact(names.redis_url)} unreachable?"
             )
-        others = await self._other_consumers()
+        others = await self._other_consumers(time_limit + START_LIMIT)
         if others:
-            held = ", ".join(f"{name} ({n} pending)" for name, n in others)
+            held = ", ".join(f"{name} (holding {n})" if n else name for name, n in others)
             return (
                 f"Another consumer of group {self.pipeline.group} reads topic "
-                f"{self.pipeline.topic} "
-                f"under key prefix {names.key_prefix} and took them: {held}. Stop it, or run the "
-                "demo with a --key-prefix of its own."
+                f"{self.pipeline.topic} under key prefix {names.key_prefix} and may have taken "
+                f"them: {held}. Stop it, or run the demo with a --key-prefix of its own."
             )
         return (
             f"All {pending} were published. Another relay may have drained schema {names.schema} "
@@ -180,8 +179,9 @@ class Watch:
             "wait longer."
         )
 
-    async def _other_consumers(self) -> list[tuple[str, int]]:
-        """Members of the demo's group, other than the demo's own consumer, holding entries."""
+    async def _other_consumers(self, since: float) -> list[tuple[str, int]]:
+        """Members of the demo's group, other than the demo's own consumer, that hold entries
+        or read within the last `since` seconds, with how many entries each holds."""
         stream = wire.Keys(self.pipeline.topic, self.pipeline.names.key_prefix).events
         client = redis_client.connect(self.pipeline.names.redis_url, socket_timeout=5.0)
         try:
@@ -189,8 +189,9 @@ class Watch:
         finally:
             await client.aclose()
         own = self.pipeline.settings.consumer
-        return [
-            (m["name"].decode() if isinstance(m["name"], bytes) else m["name"], int(m["pending"]))
-            for m in members
-            if m["pending"] and m["name"] not in (own, own.encode())
-        ]
+        found = []
+        for m in members:
+            name = m["name"].decode() if isinstance(m["name"], bytes) else str(m["name"])
+            if name != own and (m["pending"] or m["idle"] < since * 1000):
+                found.append((name, int(m["pending"])))
+        return found
