@@ -125,15 +125,18 @@ async def user(
 
 
 async def _forget_user(r: Any, database_url: str, found: User) -> None:
-    """Remove the user's group, its retry stream and registry rows; the topic's stream too when
-    nothing else is left in it."""
+    """Remove the user's group, its retry stream, its events' entries and its registry rows;
+    the topic's stream too when nothing else is left in it."""
     keys = wire.Keys("identity", found.prefix)
     await r.xgroup_destroy(keys.events, found.group)
     await r.delete(keys.retry(found.group))
-    if not await r.xlen(keys.events) and not await r.xinfo_groups(keys.events):
-        await r.delete(keys.events)
     conn = await asyncpg.connect(database_url)
     try:
+        ours = await conn.fetch(f"SELECT entry_id FROM {found.schema}.event_ledger")
+        if ours:
+            await r.xdel(keys.events, *(row[0] for row in ours))
+        if not await r.xlen(keys.events) and not await r.xinfo_groups(keys.events):
+            await r.delete(keys.events)
         await conn.execute(
             "DELETE FROM conveyor.consumers WHERE key_prefix = $1 AND consumer_group = $2",
             found.prefix,
@@ -177,7 +180,7 @@ def user_processes(user: User, database_url: str, redis_url: str) -> Iterator[No
 
 
 async def test_demo_beside_a_users_relay_and_consumer_leaves_both_alone(
-    demo_run: DemoRun, user: User, user_processes: None, pg: asyncpg.Connection, redis_client: Any
+    demo_run: DemoRun, user: User, user_processes: None, pg: asyncpg.Connection
 ) -> None:
     await create_effects(pg, user.schema)
     proc = await asyncio.create_subprocess_exec(
@@ -204,8 +207,6 @@ async def test_demo_beside_a_users_relay_and_consumer_leaves_both_alone(
         return [r[0] for r in rows] == [mine]
 
     await wait_until(applied, what="the user's own event applied by the user's consumer")
-    entry = await pg.fetchval(f"SELECT entry_id FROM {user.schema}.event_ledger")
-    await redis_client.xdel(wire.Keys("identity", user.prefix).events, entry)  # ours alone
     assert Counter((await demo_dead_letters(demo_run, pg)).values()) == expected_dead_letters()
     demo_ids = await demo_event_ids(pg, demo_run.schema)
     assert len(demo_ids) == EVENTS
