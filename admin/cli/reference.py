@@ -183,6 +183,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "consume": lambda: command_block(command("consume"), consume.CONSUMER),
     "grpc": grpc_block,
     "client": client_block,
+    "demo": lambda: command_block(command("demo")),
 }
 """What each generated block of the reference holds."""
 
