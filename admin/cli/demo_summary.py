@@ -23,7 +23,7 @@ from admin.cli.options import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, redact
 if TYPE_CHECKING:
     from admin.cli.demo import Names
 
-SHOWN_IDS: Final = 5
+SHOWN_IDS: Final = 15
 """Entry ids a printed command names; beyond that it selects by filter or says how many more."""
 
 # The dead-letter report's normalisers (admin/catalog/reports.py), in Python's regex dialect:
@@ -41,10 +41,10 @@ _RETRYABLE: Final = {"max_attempts"}
 outage is over when the summary is shown). Every other reason fails again as it is."""
 
 _WHY_NOT: Final = {
-    "rejected": "the handler raised Reject, so a retry fails again: fix the data, or resolve them",
-    "unknown_type": "no handler takes this type: add one and reprocess, or resolve them",
+    "rejected": "the handler raised Reject, so a retry fails again. Fix the data, or resolve them",
+    "unknown_type": "no handler takes this type. Add one and reprocess, or resolve them",
 }
-_WHY_NOT_DEFAULT: Final = "the event itself is unusable, so a retry fails again: resolve them"
+_WHY_NOT_DEFAULT: Final = "the event itself is unusable, so a retry fails again. Resolve them"
 
 
 def pattern(message: str | None) -> str:
@@ -129,13 +129,13 @@ def commands(found: Sequence[Kind], names: Names, topic: str, group: str, addr: 
 def _reprocess(reason: str, ids: list[str], topic: str, target: str) -> list[str]:
     head = (
         f"{reason} ({len(ids)}): retried until their attempts ran out while the demo's "
-        "mailboxes were down; they are back, so a reprocess succeeds:"
+        "mailboxes were down; they are back, so a reprocess succeeds"
     )
     if len(ids) <= SHOWN_IDS:
         chosen = " ".join(f"--id {i}" for i in ids)
-        return [head, f"  conveyor dlq reprocess --stream {topic} {chosen} {target}"]
+        return [head + ":", f"  conveyor dlq reprocess --stream {topic} {chosen} {target}"]
     return [
-        head + f" (every open {reason} letter of topic {topic}, earlier demo runs' included)",
+        head + f" (every open {reason} letter of topic {topic}, earlier demo runs' included):",
         f"  conveyor dlq reprocess --stream {topic} --reason {reason} --yes {target}",
     ]
 
