@@ -69,7 +69,10 @@ class Pipeline:
             async with asyncio.timeout(START_LIMIT):
                 await self.relay.start()
                 await self.consumer.start()
-        except TimeoutError:
+        except BaseException as exc:
+            await self._close()
+            if not isinstance(exc, TimeoutError):
+                raise
             raise AdminError(
                 f"the demo's relay and consumer did not start within {START_LIMIT:g} s: are "
                 f"PostgreSQL at {redact(self.names.database_url)} and Redis at "
@@ -88,6 +91,9 @@ class Pipeline:
         for task in pending:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._close()
+
+    async def _close(self) -> None:
         await self.consumer.close()
         await self.relay.close()
 
