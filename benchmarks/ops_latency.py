@@ -36,6 +36,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from admin import migrations
+from admin.cli import demo
 from conveyor import database, redis_client, wire
 from conveyor.identity.v1 import events_pb2
 from conveyor.v1 import admin_pb2, admin_pb2_grpc
@@ -110,7 +111,8 @@ async def produce(
                         ),
                         "user",
                         f"{run}-{sent + i}",
-                        topic="identity",
+                        topic=demo.TOPIC,
+                        headers={demo.SCHEMA_HEADER: "identity"},  # where its mails go
                     )
                     for i in range(due)
                 ]

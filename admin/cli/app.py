@@ -30,21 +30,62 @@ app.add_typer(token.app, name="token")
 def demo(
     database_url: options.DatabaseUrl = options.DEFAULT_DATABASE_URL,
     redis_url: options.RedisUrl = options.DEFAULT_REDIS_URL,
-    key_prefix: options.KeyPrefix = options.DEFAULT_PREFIX,
+    key_prefix: Annotated[
+        str,
+        typer.Option(
+            "--key-prefix",
+            envvar="CONVEYOR_DEMO_KEY_PREFIX",
+            help="The demo's Redis key prefix, which also names its deployment in the catalog: "
+            "never an application's (CONVEYOR_KEY_PREFIX is not read).",
+        ),
+    ] = "conveyor-demo",
+    schema: Annotated[
+        str,
+        typer.Option(
+            "--schema",
+            envvar="CONVEYOR_DEMO_SCHEMA",
+            help="The demo's schema: outbox, ledger and its mail tables (CONVEYOR_SCHEMA is not "
+            "read).",
+        ),
+    ] = "conveyor_demo",
     events: Annotated[int, typer.Option(help="Events to produce (1-100000).")] = 300,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds to wait for the events to settle before failing with what is missing. "
+            "Default: 60, plus 1 per 20 events."
+        ),
+    ] = None,
 ) -> None:
-    """Migrate schema `identity`, run a relay and a `mailer` consumer group on demo events (some
-    fail), show progress, then the dead-letter report and how to reprocess."""
+    """Run a relay and a consumer group on demo events (some fail) under names of the demo's
+    own (schema conveyor_demo, topic demo, group demo-mailer, key prefix conveyor-demo), show
+    progress, then its dead letters and the commands that handle them.
+
+    Exits 1 when the events do not settle within --time-limit, naming what did not arrive.
+    """
     import asyncpg
     from redis.exceptions import RedisError
 
     from admin.cli import demo as demo_run
+    from conveyor import database, wire
 
     if not 1 <= events <= 100_000:
         options.fail(f"--events must be 1-100000, got {events}", options.EXIT_USAGE)
-    options.setup_logging("warning")
+    if time_limit is not None and time_limit <= 0:
+        options.fail(f"--time-limit must be positive, got {time_limit:g}", options.EXIT_USAGE)
     try:
-        asyncio.run(demo_run.run(database_url, redis_url, events=events, key_prefix=key_prefix))
+        names = demo_run.Names(
+            database_url,
+            redis_url,
+            schema=database.validate_schema(schema),
+            key_prefix=wire.validate_prefix(key_prefix),
+        )
+    except ValueError as exc:
+        options.fail(str(exc), options.EXIT_USAGE)
+    options.setup_logging("warning")
+    limit = time_limit if time_limit is not None else 60 + events / 20
+    try:
+        asyncio.run(demo_run.run(names, events=events, time_limit=limit))
     except AdminError as exc:
         options.fail(exc.message)
     except (OSError, asyncpg.PostgresError, RedisError) as exc:

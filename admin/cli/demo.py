@@ -1,28 +1,46 @@
-"""`conveyor demo`: the pipeline end to end on the local services, with failures to look at."""
+"""`conveyor demo`: the pipeline end to end on the local services, with failures to look at.
+
+The demo keeps to names of its own, which an application following the README never uses:
+schema `conveyor_demo`, topic `demo`, group `demo-mailer`, key prefix `conveyor-demo` (which also
+names its deployment in the shared catalog). Its relay drains only its schema and its consumer
+reads only its topic, so a user's relay, consumer and `dlq` commands never see its events.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from dataclasses import dataclass
 
 import asyncpg
+from google.protobuf.message import Message
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from admin import migrations
-from admin.catalog import Catalog, ConsumerCatalog, DeadLetterRecord
-from consumers import Consumer, ConsumerSettings, EventContext, Reject, Retry, Router
+from admin.catalog import Catalog
+from admin.cli import demo_summary, demo_wait
+from consumers import EventContext, Reject, Retry, Router
+from conveyor import database
 from conveyor.identity.v1 import events_pb2
-from relay import NewEvent, Relay, RelaySettings, enqueue_many
+from relay import NewEvent, enqueue_many
 
-SCHEMA = "identity"
-TOPIC = "identity"
-GROUP = "mailer"
+SCHEMA = "conveyor_demo"
+TOPIC = "demo"
+GROUP = "demo-mailer"
+KEY_PREFIX = "conveyor-demo"
+GRPC_ADDR = "127.0.0.1:50062"
+"""Where the consumer the summary suggests serves AdminService: not the default 50051/50052 of
+a user's relay and consumer."""
+SCHEMA_HEADER = "demo-schema"
+"""Event header naming the schema of the demo's tables, so `--router admin.cli.demo:router`
+works for a demo run with any --schema."""
 
 router = Router()
 """The demo's handlers: a mailer that welcomes users and confirms verified addresses."""
+
+
+def _tables(ctx: EventContext) -> str:
+    return database.validate_schema(ctx.headers.get(SCHEMA_HEADER, SCHEMA))
 
 
 @router.handler(events_pb2.UserRegistered, topic=TOPIC)
@@ -30,176 +48,124 @@ async def welcome(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
     if "@" not in event.email:
         raise Reject(f"cannot mail {event.email!r}: not an email address")
     await ctx.db.execute(
-        f"INSERT INTO {SCHEMA}.demo_mail (user_id, kind) VALUES ($1, 'welcome')", event.user_id
+        f"INSERT INTO {_tables(ctx)}.demo_mail (user_id, kind) VALUES ($1, 'welcome')",
+        event.user_id,
     )
 
 
 @router.handler(events_pb2.EmailVerified, topic=TOPIC)
 async def confirm(event: events_pb2.EmailVerified, ctx: EventContext) -> None:
+    schema = _tables(ctx)
+    down = await ctx.db.fetchval(
+        f"SELECT 1 FROM {schema}.demo_outage WHERE user_id = $1", event.user_id
+    )
+    if down:
+        raise Retry(f"mailbox of user {event.user_id} unreachable", delay=0.2)
     known = await ctx.db.fetchval(
-        f"SELECT 1 FROM {SCHEMA}.demo_mail WHERE user_id = $1 AND kind = 'welcome'", event.user_id
+        f"SELECT 1 FROM {schema}.demo_mail WHERE user_id = $1 AND kind = 'welcome'", event.user_id
     )
     if not known:
         raise Retry(f"user {event.user_id} not welcomed yet", delay=0.2)
     await ctx.db.execute(
-        f"INSERT INTO {SCHEMA}.demo_mail (user_id, kind) VALUES ($1, 'confirmed')", event.user_id
+        f"INSERT INTO {schema}.demo_mail (user_id, kind) VALUES ($1, 'confirmed')", event.user_id
     )
 
 
 @router.handler(events_pb2.UserDeleted, topic=TOPIC)
 async def forget(event: events_pb2.UserDeleted, ctx: EventContext) -> None:
-    await ctx.db.execute(f"DELETE FROM {SCHEMA}.demo_mail WHERE user_id = $1", event.user_id)
+    await ctx.db.execute(f"DELETE FROM {_tables(ctx)}.demo_mail WHERE user_id = $1", event.user_id)
 
 
-def demo_events(run: str, n: int) -> list[NewEvent]:
-    """`n` events of one run: every 25th user has a broken address (rejected), every 40th
-    verification names a user who never registered (retried, then a dead letter)."""
+@dataclass(frozen=True)
+class Names:
+    """Where one demo run works: its schema, key prefix and connections."""
+
+    database_url: str
+    redis_url: str
+    schema: str = SCHEMA
+    key_prefix: str = KEY_PREFIX
+
+
+def broken(k: int) -> bool:
+    """User k registers with an address that is not one: rejected, a dead letter at once."""
+    return k % 8 == 0
+
+
+def unreachable(k: int) -> bool:
+    """User k's mailbox is down while the demo runs: its verification is retried until its
+    attempts run out, and succeeds when reprocessed afterwards."""
+    return k % 13 == 5 and not broken(k)
+
+
+def demo_events(run: str, n: int, schema: str = SCHEMA) -> list[NewEvent]:
+    """`n` events of one run, three per user k: registered (a broken address when `broken(k)`),
+    verified (deleted instead for a broken address), and a deletion of another account."""
+    headers = {SCHEMA_HEADER: schema}
     out: list[NewEvent] = []
     for i in range(n):
-        user = f"{run}-u{i}"
-        if i % 3 == 0:
-            email = f"user{i}.example.com" if i % 25 == 0 else f"user{i}@example.com"
-            out.append(
-                NewEvent(
-                    events_pb2.UserRegistered(user_id=user, email=email), "user", user, topic=TOPIC
-                )
-            )
-        elif i % 3 == 1:
-            target = f"{run}-ghost{i}" if i % 40 == 1 else f"{run}-u{i - 1}"
-            out.append(
-                NewEvent(events_pb2.EmailVerified(user_id=target), "user", target, topic=TOPIC)
-            )
+        k, step = divmod(i, 3)
+        user = f"{run}-u{k}"
+        if step == 0:
+            email = f"user{k}.example.com" if broken(k) else f"user{k}@example.com"
+            message: Message = events_pb2.UserRegistered(user_id=user, email=email)
+        elif step == 1 and not broken(k):
+            message = events_pb2.EmailVerified(user_id=user)
         else:
-            out.append(
-                NewEvent(
-                    events_pb2.UserDeleted(user_id=f"{run}-gone{i}"),
-                    "user",
-                    f"{run}-gone{i}",
-                    topic=TOPIC,
-                )
-            )
+            user = f"{run}-u{k}" if step == 1 else f"{run}-gone{k}"
+            message = events_pb2.UserDeleted(user_id=user)
+        out.append(NewEvent(message, "user", user, topic=TOPIC, headers=headers))
     return out
 
 
-async def run(database_url: str, redis_url: str, *, events: int, key_prefix: str) -> int:
-    """Run the demo; returns how many dead letters it produced."""
+def unreachable_users(run: str, n: int) -> list[str]:
+    """The users of a run of `n` events whose verification meets the mailbox outage."""
+    return [f"{run}-u{k}" for k in range((n + 1) // 3) if 3 * k + 1 < n and unreachable(k)]
+
+
+async def run(names: Names, *, events: int, time_limit: float) -> int:
+    """Run the demo; returns how many dead letters it produced. Raises DemoStuck when the events
+    do not settle within `time_limit` seconds."""
     console = Console(stderr=True)
-    console.print(f"[bold]Conveyor demo[/]: migrating schema {SCHEMA} ...")
-    await asyncio.to_thread(migrations.upgrade, database_url, SCHEMA)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    console.print(f"[bold]Conveyor demo[/]: migrating schema {names.schema} ...")
+    await asyncio.to_thread(migrations.upgrade, names.database_url, names.schema)
+    pool = await asyncpg.create_pool(names.database_url, min_size=1, max_size=4, command_timeout=10)
     try:
-        await pool.execute(
-            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.demo_mail (user_id text NOT NULL, "
-            "kind text NOT NULL, sent_at timestamptz NOT NULL DEFAULT now())"
-        )
+        await _create_tables(pool, names.schema)
         run_id = uuid.uuid4().hex[:6]
-        batch = demo_events(run_id, events)
-        async with _pipeline(database_url, redis_url, key_prefix):
-            async with pool.acquire() as conn, conn.transaction():
-                await enqueue_many(conn, batch, schema=SCHEMA)
-            console.print(f"produced {len(batch)} events (run {run_id}) in one transaction")
-            catalog = Catalog(pool, key_prefix)
-            event_ids = await _run_events(pool, run_id)
-            await _watch(pool, catalog, event_ids, console)
-        return await _summary(catalog, event_ids)
+        outage = unreachable_users(run_id, events)
+        catalog = Catalog(pool, names.key_prefix)
+        async with demo_wait.Pipeline(names, router, TOPIC, GROUP) as pipeline:
+            await pool.execute(
+                f"INSERT INTO {names.schema}.demo_outage SELECT unnest($1::text[])", outage
+            )
+            batch = demo_events(run_id, events, names.schema)
+            event_ids = await _produce(pool, names.schema, batch)
+            console.print(
+                f"produced {len(event_ids)} events (run {run_id}) in one transaction: topic "
+                f"{TOPIC}, group {GROUP}, key prefix {names.key_prefix}"
+            )
+            watch = demo_wait.Watch(pool, catalog, pipeline, event_ids)
+            await watch.until_settled(console, time_limit)
+        await pool.execute(
+            f"DELETE FROM {names.schema}.demo_outage WHERE user_id = ANY($1)", outage
+        )  # the outage is over: the summary's reprocess succeeds
+        dead = [d for d in await catalog.dead_letters_of_events(event_ids) if d.group == GROUP]
+        demo_summary.show(dead, names, TOPIC, GROUP, GRPC_ADDR)
+        return len(dead)
     finally:
         await pool.close()
 
 
-class _pipeline:
-    """A relay and a `mailer` consumer group running in this process."""
-
-    def __init__(self, database_url: str, redis_url: str, key_prefix: str) -> None:
-        common: dict[str, Any] = {
-            "database_url": database_url,
-            "redis_url": redis_url,
-            "key_prefix": key_prefix,
-        }
-        self._relay = Relay(RelaySettings(schemas=(SCHEMA,), poll_interval=0.1, **common))
-        self._consumer = Consumer(
-            router,
-            ConsumerSettings(
-                group=GROUP,
-                topics=(TOPIC,),
-                ledger_schema=SCHEMA,
-                max_attempts=3,
-                retry_backoff=0.2,
-                retry_backoff_max=0.5,
-                block=0.1,
-                **common,
-            ),
-            catalog=ConsumerCatalog,
-        )
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> None:
-        await self._relay.start()
-        await self._consumer.start()
-        self._tasks = [
-            asyncio.create_task(self._relay.run()),
-            asyncio.create_task(self._consumer.run()),
-        ]
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._relay.stop()
-        self._consumer.stop()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._consumer.close()
-        await self._relay.close()
-
-
-async def _run_events(pool: asyncpg.Pool, run_id: str) -> list[uuid.UUID]:
-    rows = await pool.fetch(
-        f"SELECT event_id FROM {SCHEMA}.outbox WHERE aggregate_id LIKE $1", f"{run_id}-%"
+async def _create_tables(pool: asyncpg.Pool, schema: str) -> None:
+    await pool.execute(
+        f"CREATE TABLE IF NOT EXISTS {schema}.demo_mail (user_id text NOT NULL, "
+        "kind text NOT NULL, sent_at timestamptz NOT NULL DEFAULT now())"
     )
-    return [r[0] for r in rows]
-
-
-async def _settled(pool: asyncpg.Pool, catalog: Catalog, event_ids: list[uuid.UUID]) -> int:
-    applied = await pool.fetchval(
-        f"SELECT count(*) FROM {SCHEMA}.event_ledger WHERE consumer_group = $1 "
-        "AND event_id = ANY($2::uuid[]) AND processing_result IN ('success', 'skipped')",
-        GROUP,
-        event_ids,
+    await pool.execute(
+        f"CREATE TABLE IF NOT EXISTS {schema}.demo_outage (user_id text PRIMARY KEY)"
     )
-    dead = await catalog.dead_letters_of_events(event_ids)
-    return int(applied) + len({d.event_id for d in dead if d.group == GROUP})
 
 
-async def _watch(
-    pool: asyncpg.Pool, catalog: Catalog, event_ids: list[uuid.UUID], console: Console
-) -> None:
-    columns = (TextColumn("relay → consumer"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("settled", total=len(event_ids))
-        async with asyncio.timeout(120):
-            while (done := await _settled(pool, catalog, event_ids)) < len(event_ids):
-                progress.update(task, completed=done)
-                await asyncio.sleep(0.2)
-        progress.update(task, completed=len(event_ids))
-
-
-async def _summary(catalog: Catalog, event_ids: list[uuid.UUID]) -> int:
-    console = Console()
-    dead = [d for d in await catalog.dead_letters_of_events(event_ids) if d.topic == TOPIC]
-    kinds: dict[tuple[str, str], list[DeadLetterRecord]] = {}
-    for d in dead:
-        kinds.setdefault((d.reason, f"{d.error_class}: {d.error_message}"), []).append(d)
-    table = Table(title=f"dead letters of this run (topic {TOPIC}, group {GROUP})")
-    for column in ("reason", "error", "count", "example entry"):
-        table.add_column(column)
-    for (reason, error), letters in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
-        table.add_row(reason, error, str(len(letters)), min(d.entry_id for d in letters))
-    console.print(table)
-    console.print(
-        f"full report: conveyor dlq report --stream {TOPIC}.dlq --hours 1 --target 127.0.0.1:50052"
-    )
-    if dead:
-        console.print(
-            "\nTo reprocess a dead letter, run a consumer of the group and ask it:\n"
-            f"  conveyor consume --group {GROUP} --router admin.cli.demo:router "
-            f"--ledger-schema {SCHEMA} --allow-unauthenticated &\n"
-            f"  conveyor dlq reprocess --stream {TOPIC}.dlq --id {dead[0].entry_id} "
-            "--target 127.0.0.1:50052"
-        )
-    return len(dead)
+async def _produce(pool: asyncpg.Pool, schema: str, batch: list[NewEvent]) -> list[uuid.UUID]:
+    async with pool.acquire() as conn, conn.transaction():
+        return await enqueue_many(conn, batch, schema=schema)
