@@ -312,18 +312,18 @@ async def serve(
     pipeline stops), then `pipeline.stop()` lets the pipeline finish what is in flight.
     """
     await _start(plane)
+
+    def on_signal() -> None:
+        plane.begin_shutdown()
+        pipeline.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a stop asked for during the start is kept
+        loop.add_signal_handler(sig, on_signal)
     try:
         try:
             await pipeline.start()
             started()
-
-            def on_signal() -> None:
-                plane.begin_shutdown()
-                pipeline.stop()
-
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_signal)
             await pipeline.run()
         finally:
             await plane.close()
