@@ -102,15 +102,16 @@ class AddressUnavailable(OpsPlaneUnavailable):
 
 
 class DependencyUnavailable(AdminError):
-    """PostgreSQL or Redis did not answer at start within the startup timeout, or refused the
-    connection (a wrong password, a database that does not exist); nothing was created."""
+    """PostgreSQL or Redis did not answer at start within the startup timeout, or answered with an
+    error no wait can fix (a wrong password, a database that does not exist); nothing was
+    created."""
 
     def __init__(
         self, *, name: str, address: str, cause: BaseException, waited: float | None
     ) -> None:
         error = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
         if waited is None:
-            what = "refused the connection"
+            what = "answered with an error"
         elif waited > 0:
             what = f"did not answer within {waited:g} s"
         else:
@@ -121,5 +122,5 @@ class DependencyUnavailable(AdminError):
         self.address = address
         """Its URL with any password masked."""
         self.waited = waited
-        """Seconds waited before giving up; None when the answer was a refusal not worth waiting
+        """Seconds waited before giving up; None when the answer was an error not worth waiting
         out."""

@@ -80,8 +80,9 @@ EXIT_PRECONDITION = 6
 letter). `relay` and `consume`: a schema they need is not at head (or has no Conveyor tables);
 the message names the `conveyor migrate up` command that fixes it."""
 EXIT_UNAVAILABLE = 7
-"""`relay` and `consume`: PostgreSQL or Redis did not answer within --startup-timeout, or refused
-the connection; the message names the address and the option that sets it. Nothing was created."""
+"""`relay` and `consume`: PostgreSQL or Redis did not answer within --startup-timeout, or answered
+with an error (a wrong password, say); the message names the address and the option that sets it.
+Nothing was created."""
 EXIT_ADDRESS_IN_USE = 8
 """`relay` and `consume`: the --grpc-addr address cannot be bound (another process holds it, or
 the host has no such address). Nothing was created."""

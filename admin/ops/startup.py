@@ -79,12 +79,16 @@ async def wait_for_redis(redis_url: str, *, within: float, shown_as: str) -> Non
         client = redis_client.connect(redis_url)
         try:
             await client.ping()
-        except _FINAL_REDIS as exc:
+        except _TRANSIENT_REDIS as exc:
+            if isinstance(exc, _FINAL_REDIS):  # redis-py's AuthenticationError is a ConnectionError
+                raise DependencyUnavailable(
+                    name="Redis", address=shown_as, cause=exc, waited=None
+                ) from exc
+            raise _Unanswered(exc) from exc
+        except redis_errors.RedisError as exc:  # not Redis at all, say
             raise DependencyUnavailable(
                 name="Redis", address=shown_as, cause=exc, waited=None
             ) from exc
-        except _TRANSIENT_REDIS as exc:
-            raise _Unanswered(exc) from exc
         finally:
             await client.aclose()
 

@@ -86,7 +86,7 @@ async def test_a_database_that_refuses_is_not_waited_for(case: Case) -> None:
     result = run_conveyor(args_of("consume", case.schema, "--startup-timeout", "1m"), env)
     assert result.returncode == EXIT_UNAVAILABLE, result.stderr
     line = failed_in_one_line(result)
-    assert "refused the connection (InvalidCatalogNameError" in line
+    assert "answered with an error (InvalidCatalogNameError" in line
     assert line.endswith("fix --database-url / CONVEYOR_DATABASE_URL")
     assert "did not answer" not in result.stderr
 
