@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -138,13 +139,18 @@ def current_catalog(database_url: str) -> str | None:
 
 def heads() -> dict[Target, str]:
     """The head revision of each history shipped with this version of Conveyor."""
+    return dict(_heads())
+
+
+@functools.cache  # the scripts do not change while a process runs; loading them takes a while
+def _heads() -> tuple[tuple[Target, str], ...]:
     found: dict[Target, str] = {}
     for target in Target:
         head = _scripts(target).get_current_head()
         if head is None:
             raise RuntimeError(f"the {target} migration history in {migrations_dir()} is empty")
         found[target] = head
-    return found
+    return tuple(found.items())
 
 
 def history() -> list[Revision]:

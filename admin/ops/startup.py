@@ -26,8 +26,8 @@ FIRST_RETRY = 0.25
 """Seconds before the second attempt; the wait doubles up to MAX_RETRY."""
 MAX_RETRY = 2.0
 """Longest wait between attempts, so a dependency that comes up is noticed within it."""
-ATTEMPT_LIMIT = (1.0, 10.0)
-"""Bounds of one attempt's own time: the time left, but at least 1 s and at most 10 s."""
+ATTEMPT_LIMIT = (3.0, 10.0)
+"""Bounds of one attempt's own time: the time left, but at least 3 s and at most 10 s."""
 
 _TRANSIENT_POSTGRES = (
     OSError,
@@ -56,6 +56,8 @@ async def wait_for_postgres(
     """Wait up to `within` seconds for PostgreSQL at `database_url` to answer, then raise
     SchemaNotReady unless the catalog and `schemas` are at head; DependencyUnavailable when it
     does not answer. `shown_as` is the URL as messages show it (password masked)."""
+
+    await asyncio.to_thread(migrations.heads)  # loads the scripts, outside the attempts' time
 
     async def attempt() -> None:
         try:
