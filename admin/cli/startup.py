@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from admin.cli.options import (
     EXIT_ADDRESS_IN_USE,
@@ -114,7 +115,7 @@ def run(serve: Callable[[Callable[[], None]], Awaitable[None]], options: Setting
         )
 
 
-def _fail(exc: BaseException, options: SettingOptions) -> None:
+def _fail(exc: BaseException, options: SettingOptions) -> NoReturn:
     if isinstance(exc, AddressUnavailable):
         addr = f"{SERVER.flag('grpc_addr')} HOST:PORT (or {SERVER.envvar('grpc_addr')})"
         if exc.in_use:
