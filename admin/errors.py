@@ -48,13 +48,15 @@ class SchemaNotReady(AdminError):
     """A schema is not at the revision this version of Conveyor expects."""
 
     def __init__(self, *, schema: str, current: str | None, head: str, command: str | None) -> None:
+        if current is None:
+            where = f"schema {schema!r} has no Conveyor tables"
+        else:
+            where = f"schema {schema!r} is at revision {current!r}, head is {head!r}"
         if command is None:
             remedy = "the database was migrated by a newer Conveyor; run that version"
         else:
             remedy = f"run `{command}`"
-        super().__init__(
-            f"schema {schema!r} is at revision {current!r}, head is {head!r}: {remedy}"
-        )
+        super().__init__(f"{where}: {remedy}")
         self.schema = schema
         self.current = current
         """The revision recorded in the schema's version table; None when never migrated."""
@@ -84,3 +86,41 @@ class FailedPrecondition(AdminError):
 
 class OpsPlaneUnavailable(AdminError):
     """The ops plane of a process could not start (its gRPC port, or PostgreSQL)."""
+
+
+class AddressUnavailable(OpsPlaneUnavailable):
+    """A process cannot listen on its gRPC address: another process holds it, or the host has no
+    such address."""
+
+    def __init__(self, *, address: str, reason: str, in_use: bool) -> None:
+        super().__init__(f"cannot listen on {address} ({reason})")
+        self.address = address
+        self.reason = reason
+        """The system's word for it, e.g. `address already in use`."""
+        self.in_use = in_use
+        """Whether another process holds the address (rather than the host lacking it)."""
+
+
+class DependencyUnavailable(AdminError):
+    """PostgreSQL or Redis did not answer at start within the startup timeout, or answered with an
+    error no wait can fix (a wrong password, a database that does not exist); nothing was
+    created."""
+
+    def __init__(
+        self, *, name: str, address: str, cause: BaseException, waited: float | None
+    ) -> None:
+        error = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        if waited is None:
+            what = "answered with an error"
+        elif waited > 0:
+            what = f"did not answer within {waited:g} s"
+        else:
+            what = "did not answer"
+        super().__init__(f"{name} at {address} {what} ({error})")
+        self.name = name
+        """`PostgreSQL` or `Redis`."""
+        self.address = address
+        """Its URL with any password masked."""
+        self.waited = waited
+        """Seconds waited before giving up; None when the answer was an error not worth waiting
+        out."""

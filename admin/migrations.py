@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -138,13 +139,18 @@ def current_catalog(database_url: str) -> str | None:
 
 def heads() -> dict[Target, str]:
     """The head revision of each history shipped with this version of Conveyor."""
+    return dict(_heads())
+
+
+@functools.cache  # the scripts do not change while a process runs; loading them takes a while
+def _heads() -> tuple[tuple[Target, str], ...]:
     found: dict[Target, str] = {}
     for target in Target:
         head = _scripts(target).get_current_head()
         if head is None:
             raise RuntimeError(f"the {target} migration history in {migrations_dir()} is empty")
         found[target] = head
-    return found
+    return tuple(found.items())
 
 
 def history() -> list[Revision]:
@@ -196,22 +202,26 @@ def require_head(state: SchemaState, *, app_schema: str | None = None) -> None:
     raise SchemaNotReady(schema=state.schema, current=state.current, head=state.head, command=cmd)
 
 
-async def ensure_at_head(database_url: str, schema: str) -> None:
-    """Raise SchemaNotReady unless the catalog and application schema `schema` are both at head.
+async def ensure_at_head(database_url: str, *schemas: str) -> None:
+    """Raise SchemaNotReady unless the catalog and every application schema in `schemas` are at
+    head (DatabaseUnavailable when PostgreSQL does not answer).
 
-    For `conveyor relay` / `conveyor consume` at start: reads the two version tables on one
-    asyncpg connection; a missing schema or version table counts as never migrated.
+    For `conveyor relay` / `conveyor consume` at start: reads the version tables on one asyncpg
+    connection; a missing schema or version table counts as never migrated. The application
+    schemas are named first, as `conveyor migrate up --schema S` brings the catalog along.
     """
-    schema = _checked_schema(schema)
+    checked = [_checked_schema(schema) for schema in schemas]
     shipped = heads()
     conn = await _connect(_parse_url(database_url))
     try:
+        apps = [await _version(conn, schema, VERSION_TABLE) for schema in checked]
         catalog = await _version(conn, CATALOG_SCHEMA, CATALOG_VERSION_TABLE)
-        app = await _version(conn, schema, VERSION_TABLE)
     finally:
         await conn.close()
-    require_head(_state(CATALOG_SCHEMA, catalog, shipped[Target.CATALOG]), app_schema=schema)
-    require_head(_state(schema, app, shipped[Target.APP]), app_schema=schema)
+    for schema, app in zip(checked, apps, strict=True):
+        require_head(_state(schema, app, shipped[Target.APP]), app_schema=schema)
+    state = _state(CATALOG_SCHEMA, catalog, shipped[Target.CATALOG])
+    require_head(state, app_schema=checked[0] if checked else None)
 
 
 def _checked_schema(schema: str) -> str:

@@ -22,6 +22,56 @@ from relay.store import NotifyListener, OutboxStore
 
 log = logging.getLogger(__name__)
 
+OUTAGE_LOG_INTERVAL = 30.0
+"""Seconds between the warnings that PostgreSQL or Redis is still unreachable (the monitor checks
+every `monitor_interval`; one line per check would bury everything else)."""
+
+
+class Outage:
+    """The log of one dependency's outages: a warning when it stops answering, one every
+    OUTAGE_LOG_INTERVAL while it stays away, and one when it answers again."""
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = address
+        """The dependency's URL with any password masked."""
+        self.since: float | None = None
+        """When the current outage began (monotonic seconds); None while it answers."""
+        self._logged = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        """The dependency did not answer a check."""
+        now = time.monotonic()
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self.since is None:
+            self.since = self._logged = now
+            log.warning(
+                "%s at %s unreachable (%s); the relay retries until it answers",
+                self.name,
+                self.address,
+                error,
+            )
+        elif now - self._logged >= OUTAGE_LOG_INTERVAL:
+            self._logged = now
+            log.warning(
+                "%s at %s still unreachable after %.0f s (%s)",
+                self.name,
+                self.address,
+                now - self.since,
+                error,
+            )
+
+    def answered(self) -> None:
+        """The dependency answered a check."""
+        if self.since is not None:
+            log.info(
+                "%s at %s answers again after %.0f s",
+                self.name,
+                self.address,
+                time.monotonic() - self.since,
+            )
+            self.since = None
+
 
 class Relay:
     """Drains the outbox of every configured schema into Redis until `stop()` is called.
@@ -43,6 +93,8 @@ class Relay:
         self._redis: Any = None
         self._publisher: StreamPublisher | None = None
         self._listener: NotifyListener | None = None
+        self._redis_outage = Outage("redis", settings.redis_address)
+        self._postgres_outage = Outage("postgres", settings.database_address)
 
     async def __aenter__(self) -> Relay:
         await self.start()
@@ -151,9 +203,10 @@ class Relay:
             report = await self._publisher.check_reset()
         except Exception as exc:  # noqa: BLE001 - any Redis failure means "down" here
             self.metrics.dependency_up["redis"] = False
-            log.warning("redis unreachable: %r", exc)
+            self._redis_outage.failed(exc)
             return
         self.metrics.dependency_up["redis"] = True
+        self._redis_outage.answered()
         if report is None:
             return
         self.metrics.redis_resets.add(1)
@@ -178,9 +231,10 @@ class Relay:
                 self.metrics.backlog[schema] = await forwarder.store.backlog()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self._postgres_up = self.metrics.dependency_up["postgres"] = False
-                log.warning("postgres unreachable: %r", exc)
+                self._postgres_outage.failed(exc)
                 return
         self._postgres_up = self.metrics.dependency_up["postgres"] = True
+        self._postgres_outage.answered()
 
     async def _clean(self) -> None:
         s = self.settings

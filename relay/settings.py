@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from conveyor import database, wire
@@ -11,6 +12,10 @@ from conveyor.retry import RetryPolicy
 def _positive(name: str, value: float, allowed: str = "a number > 0") -> None:
     if not value > 0:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _masked(url: str) -> str:
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,16 @@ class RelaySettings:
                 f"backoff_max ({self.backoff_max}) must be >= backoff_initial "
                 f"({self.backoff_initial})"
             )
+
+    @property
+    def redis_address(self) -> str:
+        """`redis_url` as log lines show it: any password replaced by ***."""
+        return _masked(self.redis_url)
+
+    @property
+    def database_address(self) -> str:
+        """`database_url` as log lines show it: any password replaced by ***."""
+        return _masked(self.database_url)
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -28,7 +28,7 @@ import typer
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2_grpc
 
-from admin.cli.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
+from admin.cli.options import EXIT_FAILURE, EXIT_OK, EXIT_PRECONDITION, EXIT_USAGE, fail
 from admin.errors import InvalidInput
 from admin.ops.bearer import TOKEN_ENV, bearer_metadata, token_from_env_or_file
 from conveyor.v1 import admin_pb2_grpc
@@ -39,8 +39,6 @@ EXIT_NOT_SERVING = 4
 """`conveyor health`: the service answered NOT_SERVING (as grpc_health_probe exits)."""
 EXIT_DENIED = 5
 """UNAUTHENTICATED or PERMISSION_DENIED."""
-EXIT_PRECONDITION = 6
-"""FAILED_PRECONDITION."""
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 server unreachable, UNAVAILABLE, DEADLINE_EXCEEDED or other server "

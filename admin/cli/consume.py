@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +19,14 @@ from admin.cli.options import (
     EXIT_USAGE,
     OPS,
     SERVER,
+    STARTUP,
     LogLevel,
     fail,
     redact,
     setup_logging,
 )
 from admin.cli.setting_options import SettingOptions, Shown
-from admin.errors import AdminError, OpsPlaneUnavailable
-from admin.ops.settings import CONSUMER_GRPC_ADDR, ops_settings
+from admin.ops.settings import CONSUMER_GRPC_ADDR, StartupSettings, ops_settings
 from consumers.settings import ConsumerSettings
 
 if TYPE_CHECKING:  # the consumer's engine loads when it runs, not for `conveyor dlq ...`
@@ -110,6 +110,7 @@ def consume(
     descriptor_set: list[Path] | None = OPS.option("payload_types", default=None),
     stall_timeout: str = OPS.option("stall_timeout"),
     page_token_key: str | None = OPS.option("page_token_key"),
+    startup_timeout: str = STARTUP.option("startup_timeout"),
 ) -> None:
     """Consume topics as a member of a group, running the router's handlers until SIGTERM.
 
@@ -117,6 +118,7 @@ def consume(
     """
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+    from admin.cli import startup
     from admin.ops import observability
     from admin.ops.process import tune_for_throughput
     from consumers.settings import default_consumer_name
@@ -160,47 +162,42 @@ def consume(
             housekeeping_interval=parse_duration(housekeeping_interval),
             idle_consumer_timeout=parse_duration(idle_consumer_timeout),
         )
+        timeout = StartupSettings(parse_duration(startup_timeout)).startup_timeout
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    _require_schemas(settings)
+    own = (settings.ledger_schema,) if settings.exactly_once else ()
+    startup.check(startup.Needs(CONSUMER, database_url, redis_url, own, ops, timeout=timeout))
     reader = InMemoryMetricReader()
     observability.configure(f"conveyor-consumer-{settings.group}", readers=[reader])
     tune_for_throughput()
-    try:
-        asyncio.run(_serve(handlers, settings, ops, reader))
-    except OpsPlaneUnavailable as exc:
-        fail(exc.message)
+    startup.run(lambda started: _serve(handlers, settings, ops, reader, started), CONSUMER)
 
 
-def _require_schemas(settings: ConsumerSettings) -> None:
-    from admin import migrations
-
-    try:
-        if settings.exactly_once:
-            asyncio.run(migrations.ensure_at_head(settings.database_url, settings.ledger_schema))
-        else:
-            migrations.require_head(migrations.check_catalog(settings.database_url))
-    except AdminError as exc:
-        fail(exc.message)
-
-
-async def _serve(router: Router, settings: ConsumerSettings, ops: OpsSettings, reader: Any) -> None:
+async def _serve(
+    router: Router,
+    settings: ConsumerSettings,
+    ops: OpsSettings,
+    reader: Any,
+    started: Callable[[], None],
+) -> None:
     from admin.catalog import ConsumerCatalog
     from admin.ops import runtime
     from admin.ops.probes import ConsumerProbe
     from consumers import Consumer
 
-    async with Consumer(router, settings, catalog=ConsumerCatalog) as consumer:
-        own = [settings.ledger_schema] if settings.exactly_once else []
-        plane = runtime.OpsPlane(
-            ops,
-            database_url=settings.database_url,
-            redis_url=settings.redis_url,
-            key_prefix=settings.key_prefix,
-            probe=ConsumerProbe(consumer, ops.stall_timeout),
-            schemas=own,
-            metrics=reader,
-        )
+    consumer = Consumer(router, settings, catalog=ConsumerCatalog)
+    plane = runtime.OpsPlane(
+        ops,
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        probe=ConsumerProbe(consumer, ops.stall_timeout),
+        schemas=[settings.ledger_schema] if settings.exactly_once else [],
+        metrics=reader,
+    )
+
+    def running() -> None:
+        started()
         log.info(
             "consumer started: group=%s consumer=%s topics=%s mode=%s ledger_schema=%s "
             "database=%s redis=%s",
@@ -212,9 +209,10 @@ async def _serve(router: Router, settings: ConsumerSettings, ops: OpsSettings, r
             redact(settings.database_url),
             redact(settings.redis_url),
         )
-        await runtime.serve(plane, stop=consumer.stop, run=consumer.run)
-        log.info(
-            "consumer stopped after the batch in flight: group=%s consumer=%s",
-            settings.group,
-            settings.consumer,
-        )
+
+    await runtime.serve(plane, consumer, started=running)
+    log.info(
+        "consumer stopped after the batch in flight: group=%s consumer=%s",
+        settings.group,
+        settings.consumer,
+    )

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from admin.cli.setting_options import SettingOptions, Shown
-from admin.ops.settings import AuthSettings, OpsSettings, ServerSettings
+from admin.ops.settings import AuthSettings, OpsSettings, ServerSettings, StartupSettings
 from conveyor import database, wire
 
 DatabaseUrl = Annotated[
@@ -71,9 +71,21 @@ DEFAULT_LOG_LEVEL = "info"
 EXIT_OK = 0
 """Success; for `relay` and `consume`, a graceful stop after SIGTERM or SIGINT."""
 EXIT_FAILURE = 1
-"""A dependency is unreachable, a schema is not at head, or the work failed."""
+"""The work failed, or a server the command needs did not answer (client commands; `migrate`:
+PostgreSQL unreachable, a schema not at head)."""
 EXIT_USAGE = 2
 """A flag, argument or environment value is invalid (also typer's own usage errors)."""
+EXIT_PRECONDITION = 6
+"""Client commands: the server answered FAILED_PRECONDITION (e.g. reprocessing a resolved dead
+letter). `relay` and `consume`: a schema they need is not at head (or has no Conveyor tables);
+the message names the `conveyor migrate up` command that fixes it."""
+EXIT_UNAVAILABLE = 7
+"""`relay` and `consume`: PostgreSQL or Redis did not answer within --startup-timeout, or answered
+with an error (a wrong password, say); the message names the address and the option that sets it.
+Nothing was created."""
+EXIT_ADDRESS_IN_USE = 8
+"""`relay` and `consume`: the --grpc-addr address cannot be bound (another process holds it, or
+the host has no such address). Nothing was created."""
 
 
 def redact(url: str) -> str:
@@ -95,6 +107,9 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    # Alembic narrates every load of its scripts at INFO; `conveyor migrate -v` shows that log.
+    quiet = numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
+    logging.getLogger("alembic").setLevel(quiet)
 
 
 _GRPC_PANEL = "gRPC and AdminService"
@@ -136,3 +151,5 @@ OPS = SettingOptions(
     panel=_GRPC_PANEL,
 )
 """`--stall-timeout`, `--descriptor-set` (paths that become `payload_types`), `--page-token-key`."""
+STARTUP = SettingOptions(StartupSettings)
+"""`--startup-timeout`: how long `relay` and `consume` wait for PostgreSQL and Redis at start."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,6 +25,7 @@ from admin.cli.options import (
     EXIT_USAGE,
     OPS,
     SERVER,
+    STARTUP,
     DatabaseUrl,
     KeyPrefix,
     LogLevel,
@@ -34,8 +36,8 @@ from admin.cli.options import (
     setup_logging,
 )
 from admin.cli.setting_options import SettingOptions, Shown
-from admin.errors import AdminError, OpsPlaneUnavailable
-from admin.ops.settings import RELAY_GRPC_ADDR, ops_settings
+from admin.errors import AdminError
+from admin.ops.settings import RELAY_GRPC_ADDR, StartupSettings, ops_settings
 from conveyor import database, wire
 from relay.settings import RelaySettings
 
@@ -90,6 +92,7 @@ def run(
     descriptor_set: list[Path] | None = OPS.option("payload_types", default=None),
     stall_timeout: str = OPS.option("stall_timeout"),
     page_token_key: str | None = OPS.option("page_token_key"),
+    startup_timeout: str = STARTUP.option("startup_timeout"),
 ) -> None:
     """Run the relay: drain each schema's outbox into its topic streams until SIGTERM.
 
@@ -99,7 +102,7 @@ def run(
         return
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from admin import migrations
+    from admin.cli import startup
     from admin.ops import observability
     from admin.ops.process import tune_for_throughput
 
@@ -129,37 +132,38 @@ def run(
             listen=listen,
             retention=parse_duration(retention),
         )
+        timeout = StartupSettings(parse_duration(startup_timeout)).startup_timeout
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    for name in settings.schemas:
-        try:
-            asyncio.run(migrations.ensure_at_head(database_url, name))
-        except AdminError as exc:
-            fail(exc.message)
+    startup.check(
+        startup.Needs(RELAY, database_url, redis_url, settings.schemas, ops, timeout=timeout)
+    )
     reader = InMemoryMetricReader()
     observability.configure("conveyor-relay", readers=[reader])
     tune_for_throughput()
-    try:
-        asyncio.run(_serve(settings, ops, reader))
-    except OpsPlaneUnavailable as exc:
-        fail(exc.message)
+    startup.run(lambda started: _serve(settings, ops, reader, started), RELAY)
 
 
-async def _serve(settings: RelaySettings, ops: OpsSettings, reader: Any) -> None:
+async def _serve(
+    settings: RelaySettings, ops: OpsSettings, reader: Any, started: Callable[[], None]
+) -> None:
     from admin.ops import runtime
     from admin.ops.probes import RelayProbe
     from relay import Relay
 
-    async with Relay(settings) as relay:
-        plane = runtime.OpsPlane(
-            ops,
-            database_url=settings.database_url,
-            redis_url=settings.redis_url,
-            key_prefix=settings.key_prefix,
-            probe=RelayProbe(relay, ops.stall_timeout),
-            schemas=settings.schemas,
-            metrics=reader,
-        )
+    relay = Relay(settings)
+    plane = runtime.OpsPlane(
+        ops,
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        key_prefix=settings.key_prefix,
+        probe=RelayProbe(relay, ops.stall_timeout),
+        schemas=settings.schemas,
+        metrics=reader,
+    )
+
+    def running() -> None:
+        started()
         log.info(
             "relay started: schemas=%s database=%s redis=%s batch_size=%d concurrency=%d",
             ",".join(settings.schemas),
@@ -168,9 +172,10 @@ async def _serve(settings: RelaySettings, ops: OpsSettings, reader: Any) -> None
             settings.batch_size,
             settings.concurrency,
         )
-        await runtime.serve(plane, stop=relay.stop, run=relay.run)
-        published = sum(f.published for f in relay.forwarders.values())
-        log.info("relay stopped after the batches in flight: published=%d", published)
+
+    await runtime.serve(plane, relay, started=running)
+    published = sum(f.published for f in relay.forwarders.values())
+    log.info("relay stopped after the batches in flight: published=%d", published)
 
 
 @app.command("replay")

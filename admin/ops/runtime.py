@@ -10,17 +10,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from admin.catalog import Catalog
 from admin.catalog.audit import AuditLog
-from admin.errors import OpsPlaneUnavailable
+from admin.errors import AddressUnavailable, OpsPlaneUnavailable
 from admin.ops.auth import AuthInterceptor
 from admin.ops.health import Health
 from admin.ops.server import OpsServer
@@ -284,33 +284,61 @@ class OpsPlane:
             await ops.pool.close()
 
 
-async def serve(
-    plane: OpsPlane, *, stop: Callable[[], None], run: Callable[[], Awaitable[None]]
-) -> None:
-    """Start `plane`, run the pipeline until SIGTERM/SIGINT, then close the plane;
-    OpsPlaneUnavailable when the plane cannot start.
+class Pipeline(Protocol):
+    """What a relay or consumer offers the runtime: `Relay` and `Consumer` both are one."""
 
-    On a signal, health goes NOT_SERVING first (so probes and load balancers see it before the
-    pipeline stops), then `stop()` lets the pipeline finish what is in flight.
+    async def start(self) -> None:
+        """Connect, and create what the pipeline needs (consumer groups, its catalog entry)."""
+
+    def stop(self) -> None:
+        """Begin a graceful stop: what is in flight finishes, then `run()` returns."""
+
+    async def run(self) -> None:
+        """Work until stopped."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+async def serve(
+    plane: OpsPlane, pipeline: Pipeline, *, started: Callable[[], None] = lambda: None
+) -> None:
+    """Start `plane`, then `pipeline`, run it until SIGTERM/SIGINT, then close both;
+    OpsPlaneUnavailable (AddressUnavailable for the gRPC address) when the plane cannot start.
+
+    The plane binds its gRPC address before the pipeline creates anything, so a taken address
+    leaves no consumer group or catalog entry behind. `started()` runs once both are up. On a
+    signal, health goes NOT_SERVING first (so probes and load balancers see it before the
+    pipeline stops), then `pipeline.stop()` lets the pipeline finish what is in flight.
     """
-    try:
-        await plane.start()
-    except (OSError, RuntimeError) as exc:
-        addr = plane.settings.server.grpc_addr
-        raise OpsPlaneUnavailable(f"cannot serve gRPC on {addr}: {exc}") from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise OpsPlaneUnavailable(
-            f"the ops plane cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
-        ) from exc
+    await _start(plane)
 
     def on_signal() -> None:
         plane.begin_shutdown()
-        stop()
+        pipeline.stop()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a stop asked for during the start is kept
         loop.add_signal_handler(sig, on_signal)
     try:
-        await run()
+        try:
+            await pipeline.start()
+            started()
+            await pipeline.run()
+        finally:
+            await plane.close()
     finally:
-        await plane.close()
+        await pipeline.close()
+
+
+async def _start(plane: OpsPlane) -> None:
+    addr = plane.settings.server.grpc_addr
+    try:
+        await plane.start()
+    except RuntimeError as exc:  # grpc's bind failure, when the address was taken after the check
+        reason = "address already in use"
+        raise AddressUnavailable(address=addr, reason=reason, in_use=True) from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise OpsPlaneUnavailable(
+            f"the ops plane cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
+        ) from exc

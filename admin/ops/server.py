@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from admin.errors import AddressUnavailable
 from admin.ops.settings import ServerSettings
 from conveyor.v1 import admin_pb2, admin_pb2_grpc
 
@@ -17,6 +20,39 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest request accepted; bigger ones get RESOURCE_EXHAUSTED from grpc itself."""
+
+
+def check_bindable(grpc_addr: str) -> None:
+    """Raise AddressUnavailable unless `grpc_addr` (host:port) can be bound now.
+
+    Binds and closes a socket on each address the host resolves to, as gRPC will, so a taken
+    port is reported in one line before gRPC prints its own. Port 0 always binds.
+    """
+    host, _, port = grpc_addr.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if int(port) == 0:
+        return
+    try:
+        found = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        reason = f"unknown host {host!r}: {exc.strerror}"
+        raise AddressUnavailable(address=grpc_addr, reason=reason, in_use=False) from exc
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in found:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's own sockets
+            try:
+                sock.bind(sockaddr)
+            except OSError as error:
+                failures.append(error)
+    in_use = [e for e in failures if e.errno == errno.EADDRINUSE]
+    # gRPC serves when one of the resolved addresses binds (`localhost` without IPv6, say).
+    if in_use or (failures and len(failures) == len(found)):
+        first = (in_use or failures)[0]
+        reason = (first.strerror or str(first)).lower()
+        raise AddressUnavailable(address=grpc_addr, reason=reason, in_use=bool(in_use)) from first
 
 
 class OpsServer:
@@ -51,8 +87,10 @@ class OpsServer:
             reflection.enable_server_reflection(names, self._server)
 
     async def start(self) -> int:
-        """Bind and start; returns the port (the chosen one when the address asked for 0)."""
+        """Bind and start; returns the port (the chosen one when the address asked for 0);
+        AddressUnavailable when the address cannot be bound."""
         s = self.settings
+        check_bindable(s.grpc_addr)  # else gRPC logs its own lines, which name no option
         if s.tls_cert is not None and s.tls_key is not None:
             credentials = grpc.ssl_server_credentials(
                 [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],

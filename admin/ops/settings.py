@@ -108,6 +108,30 @@ class AuthSettings:
             )
 
 
+STARTUP_TIMEOUT = 30.0
+"""Seconds a relay or consumer waits at start for PostgreSQL and Redis by default."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartupSettings:
+    """How a relay or consumer starts; validated on construction.
+
+    Before it creates anything (consumer groups and streams in Redis, its entry in the catalog),
+    a process checks that its gRPC address can be bound (else exit 8), that PostgreSQL answers
+    and its schemas are at head (else exit 6), and that Redis answers. PostgreSQL and Redis get
+    `startup_timeout` to answer; after that the process exits 7 with one line naming the address.
+    """
+
+    startup_timeout: float = STARTUP_TIMEOUT
+    """How long to wait at start for PostgreSQL and Redis to answer, trying again with a warning
+    per failed attempt; then exit 7 naming the address. 0 fails at once. Checked before anything
+    is created in Redis or the catalog; once running, outages are waited out without limit."""
+
+    def __post_init__(self) -> None:
+        if not self.startup_timeout >= 0:
+            raise ValueError(f"startup_timeout must be >= 0 seconds, got {self.startup_timeout!r}")
+
+
 @dataclass(frozen=True)
 class OpsSettings:
     """How the ops plane of a process runs."""
@@ -124,6 +148,17 @@ class OpsSettings:
     """Key signing ListDeadLetters page tokens; by default derived from the database URL, so every
     process of one deployment accepts the others' tokens. Set the same value on every process
     behind one address if their database URLs differ."""
+
+    @property
+    def authenticates_nobody(self) -> bool:
+        """Whether no AdminService call can succeed: no tokens file, no client CA for mTLS, and
+        unauthenticated calls not allowed."""
+        auth = self.auth
+        return (
+            auth.tokens_file is None
+            and self.server.tls_client_ca is None
+            and not auth.allow_unauthenticated
+        )
 
     def __post_init__(self) -> None:
         if not self.stall_timeout > 0:

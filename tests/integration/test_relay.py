@@ -157,7 +157,7 @@ def test_relay_refuses_a_schema_that_is_not_migrated(
 ) -> None:
     env = {"CONVEYOR_DATABASE_URL": database_url, "CONVEYOR_REDIS_URL": redis_url}
     result = run_conveyor(["relay", "--schema", schema], env)
-    assert result.returncode == 1
+    assert result.returncode == 6
     assert f"conveyor migrate up --schema {schema}" in result.stderr
 
 
