@@ -81,8 +81,9 @@ def check(needs: Needs) -> None:
         log.warning(
             "AdminService can authenticate nobody (no --tokens-file, no --tls-client-ca, no "
             "--allow-unauthenticated): every AdminService call (conveyor status, dlq, trace) "
-            "will be refused UNAUTHENTICATED; make a token with `conveyor token create` and "
-            "start with --tokens-file FILE (see docs/configuration.md)"
+            "will be refused UNAUTHENTICATED; make a token with `conveyor token create "
+            "--principal NAME --scope read --tokens-file FILE` and start with --tokens-file FILE "
+            "(see docs/configuration.md)"
         )
 
 

@@ -27,6 +27,7 @@ SETTINGS = {
     "ServerSettings": options.SERVER,
     "AuthSettings": options.AUTH,
     "OpsSettings": options.OPS,
+    "StartupSettings": options.STARTUP,
 }
 
 

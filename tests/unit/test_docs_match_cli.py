@@ -23,6 +23,7 @@ CHECKS: dict[str, Check] = {
     "steps": docs.step_problems,
 }
 
+
 def _cases() -> list[object]:
     return [
         pytest.param(name, doc, id=f"{name}-{doc.relative_to(docs.ROOT)}")
