@@ -170,7 +170,7 @@ async def test_a_process_no_one_can_call_says_so_at_start(
     assert proc.returncode == 0, shown
     assert (NO_AUTH in shown) is warned, shown
     if warned:
-        assert "`conveyor token create`" in shown and "--tokens-file" in shown
+        assert "`conveyor token create --principal NAME" in shown and "--tokens-file" in shown
     assert "alembic" not in shown  # Alembic narrates loading its scripts at INFO
 
 
