@@ -155,7 +155,11 @@ async def test_relay_killed_mid_batch_loses_nothing_after_restart(case: Case) ->
 def test_relay_refuses_a_schema_that_is_not_migrated(
     schema: str, database_url: str, redis_url: str
 ) -> None:
-    env = {"CONVEYOR_DATABASE_URL": database_url, "CONVEYOR_REDIS_URL": redis_url}
+    env = {
+        "CONVEYOR_DATABASE_URL": database_url,
+        "CONVEYOR_REDIS_URL": redis_url,
+        "CONVEYOR_GRPC_ADDR": "127.0.0.1:0",  # the default port may be another process's
+    }
     result = run_conveyor(["relay", "--schema", schema], env)
     assert result.returncode == 6
     assert f"conveyor migrate up --schema {schema}" in result.stderr
