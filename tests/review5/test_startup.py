@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
 from admin.cli.options import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from tests.integration.conftest import Case, case, catalog_cleanup  # noqa: F401 - fixtures
+from tests.integration.conftest import Case
 from tests.integration.test_startup_failures import args_of, env_of, failed_in_one_line
 from tests.processes import run_conveyor, start_conveyor, stop
 from tests.servers import RedisServer, free_port
@@ -144,7 +144,7 @@ async def test_sigterm_during_the_start_up_wait_exits_0(case: Case, kind: str) -
         shown += line
         if "did not answer" in line:
             break
-    time.sleep(0.5)
+    await asyncio.sleep(0.5)
     shown += stop(proc, signal.SIGTERM)
     assert "Traceback" not in shown, shown
     assert proc.returncode == EXIT_OK, shown
