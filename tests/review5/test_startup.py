@@ -3,9 +3,9 @@ its exit code, and that no secret reaches stderr."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
-import asyncio
 from collections.abc import Iterator
 
 import pytest
