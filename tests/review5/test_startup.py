@@ -4,11 +4,16 @@ its exit code, and that no secret reaches stderr."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from admin.cli.options import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from tests.integration.conftest import Case
@@ -148,3 +153,125 @@ async def test_sigterm_during_the_start_up_wait_exits_0(case: Case, kind: str) -
     shown += stop(proc, signal.SIGTERM)
     assert "Traceback" not in shown, shown
     assert proc.returncode == EXIT_OK, shown
+
+
+class OneConnectionProxy:
+    """A loopback TCP proxy to `port` that serves its first connection, then stops listening: the
+    start-up check gets through, everything after it finds the dependency gone."""
+
+    def __init__(self, port: int) -> None:
+        self._target = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            client, _ = self._listener.accept()
+        except OSError:
+            return
+        finally:
+            self._listener.close()
+        upstream = socket.create_connection(("127.0.0.1", self._target))
+        self._open += [client, upstream]
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._open:
+            sock.close()
+
+
+# PostgreSQL answering the start-up check and gone a moment later (a failover, a restart) ends
+# the start with "the ops plane cannot connect to PostgreSQL: ConnectionRefusedError: ..." --
+# no --database-url, no address as the user wrote it, nothing to do; and no wait, though
+# --startup-timeout promises a bounded wait for PostgreSQL at start. Expected: the same line as
+# the check gives (the address and --database-url / CONVEYOR_DATABASE_URL).
+@pytest.mark.parametrize("kind", KINDS)
+async def test_postgres_lost_right_after_the_check_names_the_option(case: Case, kind: str) -> None:
+    proxy = OneConnectionProxy(make_url(case.database_url).port or 5432)
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    env = env_of(case.env, case.schema) | {"CONVEYOR_DATABASE_URL": url}
+    try:
+        result = run_conveyor(args_of(kind, case.schema, "--startup-timeout", "1s"), env, 60)
+    finally:
+        proxy.close()
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    line = failed_in_one_line(result)
+    assert "--database-url" in line, line
+
+
+# Redis answering the check's PING and gone when the consumer creates its groups ends the start
+# with "PostgreSQL or Redis failed while the process started (ConnectionError: ...): start it
+# again once both answer": it does not say which of the two, nor name --redis-url. Expected: the
+# line names Redis and --redis-url / CONVEYOR_REDIS_URL, as every other Redis failure at start.
+async def test_redis_lost_right_after_the_check_names_the_option(
+    case: Case, catalog_cleanup: None
+) -> None:
+    proxy = OneConnectionProxy(make_url(case.redis_url).port or 6379)
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    env = env_of(case.env, case.schema) | {"CONVEYOR_REDIS_URL": url}
+    try:
+        result = run_conveyor(args_of("consume", case.schema, "--startup-timeout", "1s"), env, 60)
+    finally:
+        proxy.close()
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    line = failed_in_one_line(result)
+    assert "--redis-url" in line, line
+    assert "PostgreSQL or Redis" not in line, line
+
+
+# `conveyor token create --tokens-file F` says "processes read it at start, and again on SIGHUP".
+# An operator who then sends SIGHUP to every conveyor process kills, silently, any still waiting
+# for PostgreSQL at start (SIGHUP's default action: the reload handler is installed only once the
+# gRPC server runs). Expected: the process keeps waiting (and reads the file when it starts).
+async def test_sighup_during_the_start_up_wait_does_not_kill_the_process(
+    case: Case, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("ops read " + "ab" * 32 + "\n")
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    env = env_of(case.env, case.schema) | {"CONVEYOR_DATABASE_URL": url}
+    args = args_of("relay", case.schema, "--startup-timeout", "2m", "--tokens-file", str(tokens))
+    proc = start_conveyor(args, env)
+    assert proc.stdout is not None
+    shown = ""
+    for line in proc.stdout:
+        shown += line
+        if "did not answer" in line:
+            break
+    proc.send_signal(signal.SIGHUP)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=3)
+    alive = proc.poll() is None
+    shown += stop(proc, signal.SIGKILL)
+    assert alive, f"exit {proc.returncode} after SIGHUP:\n{shown}"
+
+
+# A tokens file with no token in it (the header `token create` writes, or an empty file made to
+# fill in later) lets AdminService authenticate nobody, exactly like no --tokens-file -- but the
+# start-up warning is given only when --tokens-file is absent. Expected: the same warning, so the
+# newcomer learns why `conveyor status` says UNAUTHENTICATED.
+async def test_an_empty_tokens_file_gets_the_no_auth_warning(case: Case, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# principal  scope  sha256-hex-of-token  [expires]\n")
+    args = args_of("relay", case.schema, "--tokens-file", str(tokens))
+    proc = start_conveyor(args, env_of(case.env, case.schema))
+    assert proc.stdout is not None
+    shown = ""
+    for line in proc.stdout:
+        shown += line
+        if "started:" in line:
+            break
+    shown += stop(proc)
+    assert "AdminService can authenticate nobody" in shown, shown
