@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from admin.cli.options import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from admin.cli.options import EXIT_ADDRESS_IN_USE, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from tests.integration.conftest import Case
 from tests.integration.test_startup_failures import args_of, env_of, failed_in_one_line
+from tests.pki import make_pki
 from tests.processes import run_conveyor, start_conveyor, stop
 from tests.servers import RedisServer, free_port
 
@@ -275,3 +276,22 @@ async def test_an_empty_tokens_file_gets_the_no_auth_warning(case: Case, tmp_pat
             break
     shown += stop(proc)
     assert "AdminService can authenticate nobody" in shown, shown
+
+
+# A TLS certificate and key given the wrong way round (or a key that is not the certificate's)
+# makes gRPC's add_secure_port fail; the start reports it as "cannot listen on ... (address
+# already in use): another relay or consumer may be running here; give this one --grpc-addr",
+# exit 8, under gRPC's raw `add_port.cc` lines. The user then hunts for a process that does not
+# exist. Expected: one line naming --tls-cert / --tls-key, and not exit 8 (address in use).
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_bad_tls_certificate_is_not_reported_as_a_taken_port(
+    case: Case, tmp_path: Path, kind: str
+) -> None:
+    pki = make_pki(tmp_path)
+    swapped = ["--tls-cert", str(pki / "server.key"), "--tls-key", str(pki / "server.crt")]
+    args = args_of(kind, case.schema, *swapped, "--allow-unauthenticated")
+    result = run_conveyor(args, env_of(case.env, case.schema), 60)
+    assert result.returncode not in (EXIT_OK, EXIT_ADDRESS_IN_USE), result.stderr
+    line = failed_in_one_line(result)
+    assert "already in use" not in line, line
+    assert "--tls-cert" in line or "--tls-key" in line, line
