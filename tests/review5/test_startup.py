@@ -295,3 +295,24 @@ async def test_a_bad_tls_certificate_is_not_reported_as_a_taken_port(
     line = failed_in_one_line(result)
     assert "already in use" not in line, line
     assert "--tls-cert" in line or "--tls-key" in line, line
+
+
+# A --tokens-file that does not exist is noticed only after the wait for PostgreSQL and Redis
+# (up to --startup-timeout, 30 s by default), and then exits 1. A missing --tls-cert file, by
+# contrast, exits 2 at once. Expected: like every other invalid flag value, exit 2 at once naming
+# the file, before any wait -- the user fixes one thing at a time otherwise, waiting each time.
+async def test_a_missing_tokens_file_fails_before_the_wait_with_exit_2(
+    case: Case, tmp_path: Path
+) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    env = env_of(case.env, case.schema) | {"CONVEYOR_DATABASE_URL": url}
+    missing = tmp_path / "no-such-tokens"
+    args = args_of("relay", case.schema, "--startup-timeout", "2m", "--tokens-file", str(missing))
+    proc = start_conveyor(args, env)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        out = stop(proc, signal.SIGKILL)
+    assert proc.returncode == EXIT_USAGE, out
+    line = failed_in_one_line(subprocess.CompletedProcess([], proc.returncode, "", out))
+    assert str(missing) in line, line
