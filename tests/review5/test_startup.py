@@ -316,3 +316,18 @@ async def test_a_missing_tokens_file_fails_before_the_wait_with_exit_2(
     assert proc.returncode == EXIT_USAGE, out
     line = failed_in_one_line(subprocess.CompletedProcess([], proc.returncode, "", out))
     assert str(missing) in line, line
+
+
+# `--startup-timeout 5x` (or CONVEYOR_STARTUP_TIMEOUT=5x in a unit file) ends with "invalid
+# duration '5x': ..." -- which of the relay's five duration options? `inf` is refused as "must be
+# zero or more". Expected: the line names --startup-timeout (BAD_INPUT.md: the response names the
+# problem).
+@pytest.mark.parametrize("value", ["5x", "inf"])
+async def test_a_bad_startup_timeout_names_the_option(case: Case, value: str) -> None:
+    result = run_conveyor(
+        args_of("relay", case.schema, "--startup-timeout", value), env_of(case.env, case.schema)
+    )
+    assert result.returncode == EXIT_USAGE, result.stderr
+    line = failed_in_one_line(result)
+    assert "--startup-timeout" in line or "CONVEYOR_STARTUP_TIMEOUT" in line, line
+    assert "zero or more" not in line, line
