@@ -116,6 +116,15 @@ async def test_a_replayed_answer_stored_without_skip_reasons_says_they_were_not_
     as_json = run_conveyor([*reprocess, "--idempotency-key", f"{keys}-b", "--json"], client)
     answer = json.loads(as_json.stdout)
     assert (int(answer["skipped"]), answer.get("skips", []), answer["replayed"]) == (1, [], True)
+    # A skip stored with its entry id only.
+    await case.pg.execute(
+        "UPDATE conveyor.reprocess_requests SET outcome = outcome || $2::text::jsonb "
+        "WHERE idempotency_key = $1",
+        f"{keys}-b",
+        json.dumps({"skips": [{"entry_id": entry}]}),
+    )
+    bare = run_conveyor([*reprocess, "--idempotency-key", f"{keys}-b"], client)
+    assert f"skipped {entry}: reason not recorded" in bare.stdout, bare.stdout + bare.stderr
 
 
 async def _store_without_skips(pg: asyncpg.Connection, key: str) -> None:
