@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from admin.catalog import dead_letters, registry, reports, reprocess, traces
+from admin.catalog import dead_letters, registry, reports, reprocess, requests, traces
 from admin.catalog.audit import AuditLog, audit_entries
 from admin.catalog.records import AuditEntry, DeadLetterQuery, DeadLetterRecord, Progress
 from admin.catalog.registry import RegisteredGroup
@@ -106,6 +106,17 @@ class Catalog:
     async def group_ledgers(self) -> dict[str, str | None]:
         """Each registered group's ledger schema (None: at-least-once)."""
         return await registry.group_ledgers(self.pool, self.key_prefix)
+
+    async def answered(
+        self, *, idempotency_key: str, principal: str, request_hash: str
+    ) -> Progress | None:
+        """The first answer to the reprocess request under `idempotency_key`, marked replayed,
+        once a call with it has finished; else None (see `admin.catalog.requests.answered`)."""
+        reprocess.check_key(idempotency_key)
+        async with self.pool.acquire() as conn:
+            return await requests.answered(
+                conn, key=idempotency_key, principal=principal, request_hash=request_hash
+            )
 
     async def reprocess(
         self,

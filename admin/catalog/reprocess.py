@@ -135,6 +135,16 @@ async def reprocess(
     return final
 
 
+def check_key(key: str | None) -> None:
+    """InvalidInput unless `key` is a usable idempotency key (or none: None or "")."""
+    if key and (len(key) > MAX_KEY_CHARS or "\x00" in key):
+        raise InvalidInput(
+            f"invalid idempotency key: use 1 to {MAX_KEY_CHARS} characters without NUL",
+            field="idempotency_key",
+            value=key[:64],
+        )
+
+
 def _check_inputs(principal: str, key: str | None, rate_limit: float) -> None:
     if not principal or len(principal) > MAX_KEY_CHARS or "\x00" in principal:
         raise InvalidInput(
@@ -142,12 +152,7 @@ def _check_inputs(principal: str, key: str | None, rate_limit: float) -> None:
             field="principal",
             value=principal[:64],
         )
-    if key and (len(key) > MAX_KEY_CHARS or "\x00" in key):
-        raise InvalidInput(
-            f"invalid idempotency key: use 1 to {MAX_KEY_CHARS} characters without NUL",
-            field="idempotency_key",
-            value=key[:64],
-        )
+    check_key(key)
     if not (math.isfinite(rate_limit) and rate_limit >= 0):
         raise InvalidInput(
             f"invalid rate limit {rate_limit!r}: use requeues per second > 0, or 0 for no limit",

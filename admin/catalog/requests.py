@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Final, TypeVar
 
@@ -97,6 +97,21 @@ async def shielded(coro: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+async def answered(
+    conn: asyncpg.Connection, *, key: str, principal: str, request_hash: str
+) -> Progress | None:
+    """The stored outcome (marked replayed) of the finished request under idempotency key `key`,
+    or None when no call with the key has finished. Read before anything else about the request:
+    a repeat is answered as the first call was, whatever happened to its dead letters since.
+    The same key with another `request_hash` or principal is InvalidInput."""
+    row = await conn.fetchrow(
+        f"SELECT principal, request_hash, outcome::text AS outcome, finished_at "
+        f"FROM {REQUESTS_TABLE} WHERE idempotency_key = $1",
+        key,
+    )
+    return None if row is None else _answer(row, key, principal, request_hash)
+
+
 async def _claim(conn: asyncpg.Connection, key: str, principal: str, hash_: str) -> Progress | None:
     """Register the request under `key`; the stored outcome if a call with it already finished."""
     await conn.execute(
@@ -106,11 +121,10 @@ async def _claim(conn: asyncpg.Connection, key: str, principal: str, hash_: str)
         principal,
         hash_,
     )
-    row = await conn.fetchrow(
-        f"SELECT principal, request_hash, outcome::text AS outcome, finished_at "
-        f"FROM {REQUESTS_TABLE} WHERE idempotency_key = $1",
-        key,
-    )
+    return await answered(conn, key=key, principal=principal, request_hash=hash_)
+
+
+def _answer(row: asyncpg.Record, key: str, principal: str, hash_: str) -> Progress | None:
     if row["principal"] != principal or row["request_hash"] != hash_:
         raise InvalidInput(
             "this idempotency key was used for a different reprocess request; use a new key",
@@ -123,8 +137,17 @@ async def _claim(conn: asyncpg.Connection, key: str, principal: str, hash_: str)
     return Progress(
         **{k: int(stored.get(k, 0)) for k in _COUNTS},
         finished=True,
-        skips=tuple(Skip(**s) for s in stored.get("skips", [])),  # absent in older outcomes
+        skips=tuple(_skip(s) for s in stored.get("skips", [])),  # absent in older outcomes
         replayed=True,
+    )
+
+
+def _skip(stored: Mapping[str, Any]) -> Skip:
+    """A stored skip; a field it lacks reads as "" (not recorded)."""
+    return Skip(
+        entry_id=str(stored.get("entry_id", "")),
+        reason=str(stored.get("reason", "")),
+        detail=str(stored.get("detail", "")),
     )
 
 

@@ -193,14 +193,20 @@ def _print_counts(last: Any, request: admin_pb2.ReprocessDeadLettersRequest, as_
         )
     for skip in last.skips:
         console.print(f"  skipped {skip.entry_id}: {_skip_text(skip)}", markup=False)
-    if last.skipped > len(last.skips):
-        console.print(f"  and {last.skipped - len(last.skips)} more skipped", markup=False)
+    unexplained = last.skipped - len(last.skips)
+    if unexplained > 0 and not last.skips:
+        # An outcome stored by a server that did not record why it skipped each entry.
+        console.print(f"  skipped {unexplained} (reasons not recorded)", markup=False)
+    elif unexplained > 0:
+        console.print(f"  and {unexplained} more skipped", markup=False)
 
 
 def _skip_text(skip: Any) -> str:
     """Why a dead letter was skipped: the server's words, else its reason's name."""
     if skip.detail:
         return str(skip.detail)
+    if skip.reason == admin_pb2.SKIP_REASON_UNSPECIFIED:
+        return "reason not recorded"
     try:
         return admin_pb2.SkipReason.Name(skip.reason).removeprefix("SKIP_REASON_").lower()
     except ValueError:

@@ -234,6 +234,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         topic = _topic(request.topic)
         ids = [parse_entry_id(i) for i in request.entry_ids]
         query = None if ids else query_of(request.filter, topic=topic)
+        digest = request_fingerprint(topic, ids, query, self._catalog.key_prefix)
+        key = request.idempotency_key
+        if key and not request.dry_run:
+            # A repeat is answered as the first call was, before its entries are looked at:
+            # they may be resolved or gone since, and the first call did succeed.
+            first = await self._catalog.answered(
+                idempotency_key=key, principal=_principal(), request_hash=digest
+            )
+            if first is not None:
+                await context.write(convert.reprocess_response(first))
+                return
         records = await self._by_id(topic, ids) if ids else await self._matching(query)
         if ids:
             check_reprocessable(records)
@@ -248,8 +259,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             principal=_principal(),
             ledger_schemas=await self._catalog.group_ledgers(),
             dry_run=request.dry_run,
-            idempotency_key=request.idempotency_key or None,
-            request_hash=request_fingerprint(topic, ids, query, self._catalog.key_prefix),
+            idempotency_key=key or None,
+            request_hash=digest,
             rate_limit=request.rate_limit,
             on_progress=progress,
         )

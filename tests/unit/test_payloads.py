@@ -1,8 +1,10 @@
-"""Descriptor sets given with --descriptor-set: what loads, and what is refused with a reason."""
+"""Descriptor sets given with --descriptor-set: what loads, which definition of a type wins, and
+what is refused with a reason."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,56 @@ def test_a_process_that_imports_no_event_module_shows_bundled_payloads_as_json()
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == {"user_id": "u1", "email": "a@example.com"}
+
+
+def _registered_with_team(tmp_path: Path) -> Path:
+    """A team's fork of the bundled conveyor.identity.v1.UserRegistered with a field added."""
+    proto = _file("team/identity.proto", "conveyor.identity.v1", "UserRegistered", fields=0)
+    for name, number in (("user_id", 1), ("team", 9)):
+        proto.message_type[0].field.add(
+            name=name,
+            number=number,
+            type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+        )
+    return _write(tmp_path / "team.binpb", proto)
+
+
+def test_a_descriptor_set_redefining_a_bundled_type_decodes_it_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The set the operator named is the schema the producer encodes with: its definition wins
+    over the bundled one, which would drop the added field, and start-up logs the takeover."""
+    path = _registered_with_team(tmp_path)
+
+    with caplog.at_level(logging.WARNING, logger="admin.ops.payloads"):
+        types = PayloadTypes.load([path])
+
+    event = event_pb2.Event(type="conveyor.identity.v1.UserRegistered")
+    event.data.value = b"\x0a\x02u1" + b"\x4a\x04blue"  # user_id "u1", team "blue"
+    assert json.loads(types.to_json(event)) == {"user_id": "u1", "team": "blue"}
+    (line,) = caplog.messages
+    assert f"descriptor set {str(path)!r} redefines conveyor.identity.v1.UserRegistered" in line
+    assert "conveyor/identity/v1/events.proto" in line
+    other = event_pb2.Event(type="conveyor.identity.v1.UserDeleted")  # not in the set: bundled
+    other.data.value = b"\x0a\x02u1"
+    assert json.loads(types.to_json(other)) == {"user_id": "u1"}
+
+
+def test_a_descriptor_set_carrying_the_bundled_file_unchanged_logs_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conveyor.identity.v1 import events_pb2  # noqa: PLC0415 - only this test needs it
+
+    wkt, bundled = descriptor_pb2.FileDescriptorProto(), descriptor_pb2.FileDescriptorProto()
+    timestamp_pb2.DESCRIPTOR.CopyToProto(wkt)
+    events_pb2.DESCRIPTOR.CopyToProto(bundled)
+    path = _write(tmp_path / "bundled.binpb", wkt, bundled)  # as `buf build` of the events
+
+    with caplog.at_level(logging.WARNING, logger="admin.ops.payloads"):
+        types = PayloadTypes.load([path])
+
+    assert caplog.messages == []
+    event = event_pb2.Event(type="conveyor.identity.v1.UserRegistered")
+    event.data.value = events_pb2.UserRegistered(user_id="u1").SerializeToString()
+    assert json.loads(types.to_json(event)) == {"user_id": "u1"}
