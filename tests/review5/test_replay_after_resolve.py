@@ -52,9 +52,9 @@ async def test_a_replay_does_not_reopen_a_resolved_dead_letter(
         "CONVEYOR_ALLOW_UNAUTHENTICATED": "true",
     }
     relay = start_conveyor(["relay", "--schema", schema], env)
+    router = "admin.cli.demo:router"
     consumer = start_conveyor(
-        ["consume", "--group", GROUP, "--topic", TOPIC, "--router", "admin.cli.demo:router"]
-        + ["--ledger-schema", schema],
+        ["consume", "--group", GROUP, "--topic", TOPIC, "--router", router, "--ledger-schema", schema],
         env,
     )
     r = aioredis.from_url(redis_url)
@@ -86,9 +86,10 @@ async def test_a_replay_does_not_reopen_a_resolved_dead_letter(
             ["dlq", "list", "--stream", TOPIC, "--json", "--target", f"127.0.0.1:{port}"], env
         )
         entry = listed.stdout.split('"entry_id": "', 1)[1].split('"', 1)[0]
+        target = f"127.0.0.1:{port}"
+        why = "not an address"
         resolved = run_conveyor(
-            ["dlq", "resolve", "--stream", TOPIC, "--id", entry, "--reason", "not an address"]
-            + ["--target", f"127.0.0.1:{port}"],
+            ["dlq", "resolve", "--stream", TOPIC, "--id", entry, "--reason", why, "--target", target],
             env,
         )
         assert resolved.returncode == 0, resolved.stderr
