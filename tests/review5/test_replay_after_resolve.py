@@ -52,11 +52,8 @@ async def test_a_replay_does_not_reopen_a_resolved_dead_letter(
         "CONVEYOR_ALLOW_UNAUTHENTICATED": "true",
     }
     relay = start_conveyor(["relay", "--schema", schema], env)
-    router = "admin.cli.demo:router"
-    consumer = start_conveyor(
-        ["consume", "--group", GROUP, "--topic", TOPIC, "--router", router, "--ledger-schema", schema],
-        env,
-    )
+    args = ["--group", GROUP, "--topic", TOPIC, "--router", "admin.cli.demo:router"]
+    consumer = start_conveyor(["consume", *args, "--ledger-schema", schema], env)
     r = aioredis.from_url(redis_url)
     try:
         port = port_of(consumer, [])
@@ -87,19 +84,14 @@ async def test_a_replay_does_not_reopen_a_resolved_dead_letter(
         )
         entry = listed.stdout.split('"entry_id": "', 1)[1].split('"', 1)[0]
         target = f"127.0.0.1:{port}"
-        why = "not an address"
-        resolved = run_conveyor(
-            ["dlq", "resolve", "--stream", TOPIC, "--id", entry, "--reason", why, "--target", target],
-            env,
-        )
+        args = ["--stream", TOPIC, "--id", entry, "--reason", "not an address"]
+        resolved = run_conveyor(["dlq", "resolve", *args, "--target", target], env)
         assert resolved.returncode == 0, resolved.stderr
 
         replay = run_conveyor(["relay", "replay", "--schema", schema, "--since", "2h"], env)
         assert replay.returncode == 0, replay.stderr
         stream = wire.Keys(TOPIC, key_prefix).events
-        await wait_until(
-            lambda: settled(r, stream), what="the replayed entry handled by the group"
-        )
+        await wait_until(lambda: settled(r, stream), what="the replayed entry handled by the group")
         states = sorted(row["state"] for row in await letters())
         assert states == ["resolved"], states
     finally:
