@@ -68,12 +68,13 @@ async def test_a_replay_does_not_reopen_a_resolved_dead_letter(
                 headers={"demo-schema": schema},
             )
 
-        async def letters() -> list[asyncpg.Record]:
-            return await pg.fetch(
+        async def letters() -> list[str]:
+            rows = await pg.fetch(
                 "SELECT state FROM conveyor.dead_letters WHERE key_prefix = $1 AND event_id = $2",
                 key_prefix,
                 event_id,
             )
+            return [str(row["state"]) for row in rows]
 
         async def dead() -> bool:
             return len(await letters()) == 1
@@ -92,7 +93,7 @@ async def test_a_replay_does_not_reopen_a_resolved_dead_letter(
         assert replay.returncode == 0, replay.stderr
         stream = wire.Keys(TOPIC, key_prefix).events
         await wait_until(lambda: settled(r, stream), what="the replayed entry handled by the group")
-        states = sorted(row["state"] for row in await letters())
+        states = sorted(await letters())
         assert states == ["resolved"], states
     finally:
         await r.aclose()
