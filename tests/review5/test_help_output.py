@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from tests.processes import run_conveyor
 
 COMMANDS = [
@@ -29,3 +31,21 @@ def test_flags_that_take_no_value_show_no_value_placeholder() -> None:
             if "<bool>" in line
         ]
     assert not shown, "\n".join(shown)
+
+
+def test_the_command_list_wraps_each_description_as_one_paragraph() -> None:
+    # `conveyor --help` at 80 columns lists `demo` as
+    #   "Run a relay ... under / names of the demo's / own (schema ..., key / prefix
+    #   conveyor-demo), show / progress, ..." - the line breaks of the docstring's source kept
+    # inside the panel, so half-empty lines alternate with full ones. A user expects each
+    # description wrapped like the others (consume, metrics): lines filled to the panel's edge.
+    result = run_conveyor(["--help"], {"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    panel = result.stdout.split("─ Commands ─", 1)[1].splitlines()[1:]
+    rows = [line.strip("│").rstrip() for line in panel if line.startswith("│")]
+    ragged = [
+        row
+        for row, after in itertools.pairwise(rows)
+        if after.startswith(" " * 10) and len(row) < 55  # a short line continued below
+    ]
+    assert not ragged, "\n".join(ragged)
