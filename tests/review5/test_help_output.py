@@ -49,3 +49,20 @@ def test_the_command_list_wraps_each_description_as_one_paragraph() -> None:
         if after.startswith(" " * 10) and len(row) < 55  # a short line continued below
     ]
     assert not ragged, "\n".join(ragged)
+
+
+def test_a_commands_description_wraps_as_paragraphs() -> None:
+    # `conveyor dlq list --help` at 80 columns: "The table shows what picks an entry: entry id,
+    # event type (its last part), / group, reason, / attempts, age and state, ...": a line of
+    # two words between full ones, where the docstring's source broke its line. A user expects
+    # paragraphs wrapped to the width.
+    result = run_conveyor(["dlq", "list", "--help"], {"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    head = result.stdout.split("╭─", 1)[0].splitlines()
+    lines = [line.rstrip() for line in head if not line.lstrip().startswith("Usage:")]
+    ragged = [
+        line
+        for line, after in itertools.pairwise(lines)
+        if line.strip() and after.strip() and len(line) < 55
+    ]
+    assert not ragged, "\n".join(ragged)
