@@ -30,3 +30,26 @@ async def test_resolving_a_resolved_letter_again_says_it_was_resolved_already(
         again = p.conveyor(*resolve)
         said = again.stdout + again.stderr
         assert "already" in said, said
+
+
+async def test_a_refused_reprocess_does_not_invite_a_retry(
+    database_url: str,
+    redis_url: str,
+    schema: str,
+    key_prefix: str,
+    catalog_cleanup: None,
+    pg: asyncpg.Connection,
+) -> None:
+    # Reprocessing a resolved letter is refused (FAILED_PRECONDITION, exit 6), and the refusal
+    # is right. But the command first prints "idempotency key: K (repeat with
+    # --idempotency-key K to retry safely)": an invitation to repeat a request that can only be
+    # refused again. A user expects the hint only when a retry can help (no answer came back).
+    async with pipeline(database_url, redis_url, schema, key_prefix, pg) as p:
+        _, entry = await p.reject("bob.example.com")
+        why = ("--reason", "not an address")
+        resolved = p.conveyor("dlq", "resolve", "--stream", TOPIC, "--id", entry, *why)
+        assert resolved.returncode == 0, resolved.stderr
+        again = p.conveyor("dlq", "reprocess", "--stream", TOPIC, "--id", entry)
+        assert again.returncode == 6, again.stderr
+        assert "already resolved" in again.stderr
+        assert "retry safely" not in again.stdout + again.stderr, again.stdout + again.stderr
