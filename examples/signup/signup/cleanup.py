@@ -28,7 +28,9 @@ async def clean(conn: asyncpg.Connection) -> str:
     rows = 0
     if await conn.fetchval("SELECT to_regclass('conveyor.dead_letters') IS NOT NULL"):
         for table in ("dead_letters", "dead_letter_cursors"):
-            done = await conn.execute(f"DELETE FROM conveyor.{table} WHERE dlq_stream LIKE $1", streams)
+            done = await conn.execute(
+                f"DELETE FROM conveyor.{table} WHERE dlq_stream LIKE $1", streams
+            )
             rows += int(done.split()[-1])
         done = await conn.execute(
             "DELETE FROM conveyor.consumers"
