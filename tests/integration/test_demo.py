@@ -255,6 +255,7 @@ async def test_printed_commands_run_as_printed_and_never_reprocess_a_rejected_le
         "dlq report",
         "dlq reprocess",
         "dlq resolve",
+        "health --wait",
     ]
     serve_line = by_verb["consume --group"]
     assert len(serve_line) > 80 and serve_line.endswith("--allow-unauthenticated &")
