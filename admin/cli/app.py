@@ -61,12 +61,14 @@ def demo(
     own (schema conveyor_demo, topic demo, group demo-mailer, key prefix conveyor-demo), show
     progress, then its dead letters and the commands that handle them.
 
-    Exits 1 when the events do not settle within --time-limit, naming what did not arrive.
+    Exits 1 when the events do not settle within --time-limit, naming what did not arrive; 2
+    when --schema holds an application's tables or events (the demo would take its events).
     """
     import asyncpg
     from redis.exceptions import RedisError
 
     from admin.cli import demo as demo_run
+    from admin.cli.demo_guard import NotTheDemosSchema
     from conveyor import database, wire
 
     if not 1 <= events <= 100_000:
@@ -82,10 +84,12 @@ def demo(
         )
     except ValueError as exc:
         options.fail(str(exc), options.EXIT_USAGE)
-    options.setup_logging("warning")
+    log = demo_run.log_to_file()
     limit = time_limit if time_limit is not None else 60 + events / 20
     try:
-        asyncio.run(demo_run.run(names, events=events, time_limit=limit))
+        asyncio.run(demo_run.run(names, events=events, time_limit=limit, log=log))
+    except NotTheDemosSchema as exc:
+        options.fail(exc.message, options.EXIT_USAGE)
     except AdminError as exc:
         options.fail(exc.message)
     except (OSError, asyncpg.PostgresError, RedisError) as exc:

@@ -9,8 +9,11 @@ reads only its topic, so a user's relay, consumer and `dlq` commands never see i
 from __future__ import annotations
 
 import asyncio
+import logging
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 from google.protobuf.message import Message
@@ -18,7 +21,7 @@ from rich.console import Console
 
 from admin import migrations
 from admin.catalog import Catalog
-from admin.cli import demo_summary, demo_wait
+from admin.cli import demo_guard, demo_summary, demo_wait
 from consumers import EventContext, Reject, Retry, Router
 from conveyor import database
 from conveyor.identity.v1 import events_pb2
@@ -122,15 +125,26 @@ def unreachable_users(run: str, n: int) -> list[str]:
     return [f"{run}-u{k}" for k in range((n + 1) // 3) if 3 * k + 1 < n and unreachable(k)]
 
 
-async def run(names: Names, *, events: int, time_limit: float) -> int:
-    """Run the demo; returns how many dead letters it produced. Raises DemoStuck when the events
-    do not settle within `time_limit` seconds."""
+async def run(names: Names, *, events: int, time_limit: float, log: Path | None = None) -> int:
+    """Run the demo; returns how many dead letters it produced. Raises NotTheDemosSchema when
+    `names.schema` holds an application's data, DemoStuck when the events do not settle within
+    `time_limit` seconds."""
     console = Console(stderr=True)
+    conn = await asyncpg.connect(names.database_url)
+    try:
+        await demo_guard.check_schema(conn, names.schema, TOPIC, GROUP)
+    finally:
+        await conn.close()
     console.print(f"[bold]Conveyor demo[/]: migrating schema {names.schema} ...")
+    if log is not None:
+        console.print(f"log (the failures it causes on purpose): {log}")
     await asyncio.to_thread(migrations.upgrade, names.database_url, names.schema)
     pool = await asyncpg.create_pool(names.database_url, min_size=1, max_size=4, command_timeout=10)
     try:
         await _create_tables(pool, names.schema)
+        async with pool.acquire() as conn:
+            if stale := await demo_guard.discard_unpublished(conn, names.schema, TOPIC):
+                console.print(f"discarded {stale} unpublished events of an earlier demo run")
         run_id = uuid.uuid4().hex[:6]
         outage = unreachable_users(run_id, events)
         catalog = Catalog(pool, names.key_prefix)
@@ -154,6 +168,22 @@ async def run(names: Names, *, events: int, time_limit: float) -> int:
         return len(dead)
     finally:
         await pool.close()
+
+
+def log_to_file() -> Path | None:
+    """Send the log (WARNING and up: the retries and dead letters the demo causes on purpose) to
+    conveyor-demo.log in the temporary directory, not the terminal; its path. When that file
+    cannot be written, only errors are logged, to stderr, and None is returned."""
+    path = Path(tempfile.gettempdir()) / "conveyor-demo.log"
+    try:
+        handler: logging.Handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    except OSError:
+        handler = logging.StreamHandler()
+    written = isinstance(handler, logging.FileHandler)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    level = logging.WARNING if written else logging.ERROR
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    return path if written else None
 
 
 async def _create_tables(pool: asyncpg.Pool, schema: str) -> None:

@@ -108,8 +108,10 @@ def commands(found: Sequence[Kind], names: Names, topic: str, group: str, addr: 
         "",
         f"The demo's names: schema {names.schema}, topic {topic}, group {group}, "
         f"key prefix {names.key_prefix}.",
-        f"To look at its dead letters, run a consumer of its group (AdminService on {addr}):",
+        f"To look at its dead letters, run a consumer of its group (AdminService on {addr}), "
+        "wait until it answers, then ask it:",
         f"  {serve}",
+        f"  conveyor health --wait --timeout 30 {target}",
         f"  conveyor dlq report --stream {topic} --hours 1 {target}",
         f"  conveyor dlq inspect --stream {topic} --id {example} {target}",
     ]
@@ -123,7 +125,7 @@ def commands(found: Sequence[Kind], names: Names, topic: str, group: str, addr: 
             lines += _reprocess(reason, ids, topic, target)
         else:
             lines += _resolve(reason, ids, topic, target)
-    return lines
+    return [*lines, "", "Then stop the consumer (the shell's last background job):", "  kill $!"]
 
 
 def _reprocess(reason: str, ids: list[str], topic: str, target: str) -> list[str]:

@@ -9,8 +9,10 @@ grpc_health_probe. Errors are one line on stderr: `conveyor: error: <code>: <mes
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -224,6 +226,14 @@ def health(
         str, typer.Argument(help="Service, e.g. conveyor.liveness. Default: overall readiness.")
     ] = "",
     watch: Annotated[bool, typer.Option(help="Print every change until interrupted.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait up to --timeout for a process that is still starting to listen and "
+            "answer SERVING, instead of failing at once.",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """grpc.health.v1 status of a service: exit 0 SERVING, 4 NOT_SERVING, 3 unknown service."""
@@ -234,14 +244,9 @@ def health(
     )
     with Client(conn) as client:
         if not watch:
-            response = client.call(
-                client.health.Check,
-                request,
-                auth=False,
-                unexplained={grpc.StatusCode.NOT_FOUND: unknown},
-            )
-            _print_health(service, response.status, as_json)
-            raise typer.Exit(_health_exit(response.status))
+            status = _check(client, request, conn.timeout if wait else 0.0, unknown)
+            _print_health(service, status, as_json)
+            raise typer.Exit(_health_exit(status))
         last = _STATUS.UNKNOWN
         try:
             for response in client.stream(client.health.Watch, request, idle=None, auth=False):
@@ -252,6 +257,20 @@ def health(
         except KeyboardInterrupt:
             pass
         raise typer.Exit(_health_exit(last))
+
+
+def _check(client: Client, request: Any, wait: float, unknown: str) -> int:
+    """The service's status; with `wait` > 0, the first SERVING within `wait` seconds, each call
+    waiting for the server to listen (gRPC wait_for_ready)."""
+    deadline = time.monotonic() + wait
+    check = functools.partial(client.health.Check, wait_for_ready=wait > 0)
+    while True:
+        response = client.call(
+            check, request, auth=False, unexplained={grpc.StatusCode.NOT_FOUND: unknown}
+        )
+        if response.status == _STATUS.SERVING or time.monotonic() >= deadline:
+            return int(response.status)
+        time.sleep(0.2)
 
 
 def _print_health(service: str, value: int, as_json: bool, *, stamp: bool = False) -> None:

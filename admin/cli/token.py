@@ -60,6 +60,14 @@ def create(
             "principal already in it is refused. Default: only print the line.",
         ),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="When --principal is already in --tokens-file, replace its line (its old token "
+            "stops working once processes reread the file) instead of refusing.",
+        ),
+    ] = False,
 ) -> None:
     """Mint a random token: print its tokens-file line (or append it to --tokens-file) on
     stderr, and `export CONVEYOR_ADMIN_TOKEN=<token>` on stdout, the only time it is shown."""
@@ -69,14 +77,14 @@ def create(
     if scope not in (Scope.READ, Scope.WRITE):
         fail(f"--scope {scope[:40]!r} must be read or write", EXIT_USAGE)
     until = _expiry(expires) if expires is not None else None
-    existing = _existing(tokens_file, principal) if tokens_file is not None else ""
+    existing = _existing(tokens_file, principal, replace) if tokens_file is not None else ""
     token = secrets.token_urlsafe(32)
     line = "  ".join(f for f in (principal, scope, token_digest(token), until) if f)
     if tokens_file is None:
         _say("add this line to the tokens file (--tokens-file) of every relay and consumer:")
         _say(line)
     else:
-        _append(tokens_file, existing, line)
+        _write(tokens_file, existing, line)
         _say(f"added to {tokens_file}: {line}")
         _say("processes read it at start, and again on SIGHUP")
     print(f"export {TOKEN_ENV}={token}")
@@ -95,9 +103,9 @@ def _expiry(text: str) -> str:
     return moment.isoformat()  # no space inside, unlike some forms fromisoformat accepts
 
 
-def _existing(path: Path, principal: str) -> str:
-    """The current text of the tokens file ("" when missing); exits when it cannot take
-    `principal`."""
+def _existing(path: Path, principal: str, replace: bool) -> str:
+    """The current text of the tokens file ("" when missing), without `principal`'s line when
+    `replace`; exits when it cannot take `principal`."""
     try:
         text = path.read_text(encoding="utf-8") if path.exists() else ""
     except (OSError, UnicodeDecodeError) as exc:
@@ -107,21 +115,25 @@ def _existing(path: Path, principal: str) -> str:
     except TokensFileInvalid as exc:
         fail(f"{exc.message}; fix it before adding a token", EXIT_USAGE)
     for entry in entries:
+        if entry.principal == principal and replace:
+            lines = text.splitlines(keepends=True)
+            return "".join(lines[: entry.line - 1] + lines[entry.line :])
         if entry.principal == principal:
             fail(
                 f"{path}:{entry.line} already has principal {principal!r}: choose another "
-                "--principal, or delete that line first to replace its token",
+                "--principal, or add --replace to give it a new token",
                 EXIT_USAGE,
             )
     return text
 
 
-def _append(path: Path, existing: str, line: str) -> None:
+def _write(path: Path, existing: str, line: str) -> None:
+    """`existing` (the file's text, maybe less a replaced line) and `line` into `path`."""
     lead = _HEADER + "\n" if not existing else ("" if existing.endswith("\n") else "\n")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as out:
-            out.write(f"{lead}{line}\n")
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(f"{existing}{lead}{line}\n")
     except OSError as exc:
         fail(f"cannot write tokens file {str(path)!r}: {exc.strerror or exc}", EXIT_FAILURE)
 

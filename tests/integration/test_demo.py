@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
+import signal
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +27,7 @@ from relay import enqueue
 from tests.integration.consumer_support import create_effects
 from tests.integration.test_ops_plane import port_of
 from tests.processes import CONVEYOR, run_conveyor, start_conveyor, stop, wait_until
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -255,6 +259,7 @@ async def test_printed_commands_run_as_printed_and_never_reprocess_a_rejected_le
         "dlq report",
         "dlq reprocess",
         "dlq resolve",
+        "health --wait",
     ]
     serve_line = by_verb["consume --group"]
     assert len(serve_line) > 80 and serve_line.endswith("--allow-unauthenticated &")
@@ -295,3 +300,53 @@ def test_demo_refuses_a_silly_event_count(database_url: str) -> None:
     result = run_conveyor(["demo", "--events", "0"], {"CONVEYOR_DATABASE_URL": database_url})
     assert result.returncode == 2
     assert "--events must be 1-100000" in result.stderr
+
+
+def test_the_printed_commands_work_when_pasted_as_one_block(demo_run: DemoRun) -> None:
+    """`consume ... &` first, then `health --wait` before the `dlq` commands that ask it."""
+    env = demo_run.env
+    demo = run_conveyor(demo_run.args, env, timeout=180)
+    assert demo.returncode == 0, demo.stderr
+    # the failures it causes on purpose go to its log file, not the terminal
+    assert not re.search(r"\b(WARNING|ERROR)\b", demo.stderr), demo.stderr
+    assert "conveyor-demo.log" in demo.stderr
+    assert "  kill $!" in demo.stdout.splitlines(), "it says how to stop the consumer it starts"
+    port = free_port()  # the printed 50062 may be taken on a shared machine
+    printed = [
+        line.strip().replace("127.0.0.1:50062", f"127.0.0.1:{port}")
+        for line in demo.stdout.splitlines()
+        if line.startswith("  conveyor ")
+    ]
+    assert printed[0].startswith("conveyor consume ") and printed[0].endswith("&"), printed
+    script = "".join(f'{line}\necho "__rc $?"\n' for line in printed) + "wait\n"
+    shell = subprocess.Popen(
+        ["bash", "--noprofile", "--norc"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # `conveyor` on PATH, as in the activated virtualenv the README has the user make
+        env={**os.environ, **env, "PATH": f"{os.path.dirname(CONVEYOR)}:{os.environ['PATH']}"},
+        start_new_session=True,  # the pasted consumer ends with the shell
+    )
+    assert shell.stdin is not None and shell.stdout is not None
+    shell.stdin.write(script)
+    shell.stdin.close()
+    out: list[str] = []
+    codes: list[int] = []
+    try:
+        for line in shell.stdout:
+            out.append(line)
+            if line.startswith("__rc "):
+                codes.append(int(line.split()[1]))
+                if len(codes) == len(printed):
+                    break
+    finally:
+        os.killpg(shell.pid, signal.SIGTERM)
+        try:
+            shell.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()
+    failed = [(cmd, code) for cmd, code in zip(printed, codes, strict=True) if code != 0]
+    assert not failed, "".join(out)

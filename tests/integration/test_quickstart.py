@@ -18,6 +18,7 @@ after producing (`dlq list`) is repeated until it shows the outcome, for at most
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -137,8 +138,19 @@ class Walk:
     shell: Shell
     relay_port: int
     consumer_port: int
+    database_url: str = ""
+    redis_url: str = ""
+    prefix: str = ""
     event_id: str = ""
     entry_id: str = ""
+
+    def query(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        """Rows of `sql` in the Quick start's database."""
+        return asyncio.run(_fetch(self.database_url, sql, *args))
+
+    def keys(self, pattern: str) -> list[bytes]:
+        """Redis keys matching `pattern`."""
+        return asyncio.run(_keys(self.redis_url, pattern))
 
     def fill(self, command: str) -> str:
         command = command.replace("127.0.0.1:50051", f"127.0.0.1:{self.relay_port}")
@@ -155,6 +167,25 @@ class Walk:
         code, out = self.shell.run(command)
         assert code == 0, f"{command!r} exited {code}:\n{out}"
         return out
+
+
+async def _fetch(database_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def _keys(redis_url: str, pattern: str, *, delete: bool = False) -> list[bytes]:
+    client = aioredis.from_url(redis_url)
+    try:
+        found = [key async for key in client.scan_iter(match=pattern, count=500)]
+        if delete and found:
+            await client.delete(*found)
+        return found
+    finally:
+        await client.aclose()
 
 
 def _expect(*needles: str) -> Callable[[Walk, str], None]:
@@ -205,11 +236,30 @@ def _stop(walk: Walk, command: str) -> None:
     assert "relay stopped" in logs and "consumer stopped" in logs, logs
 
 
+def _clean(walk: Walk, command: str) -> None:
+    """`python -m signup clean`: the app's tables, its topic's catalog rows and keys are gone."""
+    topic = f"{walk.prefix}:{{signup}}:"
+    assert walk.keys(topic + "*"), "the Quick start left keys of topic signup to remove"
+    walk.ok(command)
+    assert not walk.keys(topic + "*")
+    assert not walk.query("SELECT to_regclass('signup.users'), to_regclass('mailer.mail')")[0][0]
+    for table in ("dead_letters", "dead_letter_cursors"):
+        left = walk.query(f"SELECT 1 FROM conveyor.{table} WHERE dlq_stream LIKE $1", topic + "%")
+        assert not left, table
+    assert not walk.query("SELECT 1 FROM conveyor.consumers WHERE key_prefix = $1", walk.prefix)
+
+
+def _schema_dropped(walk: Walk, command: str) -> None:
+    schema = command.rsplit(" ", 1)[1]
+    walk.ok(command)
+    assert not walk.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema), schema
+
+
 STEPS: list[tuple[str, Callable[[Walk, str], None]]] = [
     (r"cd conveyor/examples/signup", _expect()),
     (r"conveyor migrate up --schema (signup|mailer)\b.*", _expect("at head")),
     (r"python -m signup migrate\b.*", _expect("signup.users and mailer.mail")),
-    (r'eval "\$\(conveyor token create .*--tokens-file tokens.txt\)"', _token),
+    (r'eval "\$\(conveyor token create .*--tokens-file tokens.txt --replace\)"', _token),
     (r"conveyor (relay|consume) .*--tokens-file tokens.txt .*&", _background),
     (r"python -m signup register alice@example.com\b.*", _register_alice),
     (r"python -m signup mail alice@example.com", _expect("welcome mail to alice@")),
@@ -223,6 +273,8 @@ STEPS: list[tuple[str, Callable[[Walk, str], None]]] = [
     (r"conveyor dlq reprocess .*--dry-run.*", _expect("would requeue 1")),
     (r"conveyor dlq resolve .*", _expect("resolved 1 of 1")),
     (r"kill %1 %2", _stop),
+    (r"python -m signup clean", _clean),
+    (r"conveyor migrate down base --schema (signup|mailer)", _schema_dropped),
 ]
 
 
@@ -258,33 +310,16 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def scratch(database_url: str, redis_url: str) -> Iterator[tuple[str, str]]:
     """A throwaway database URL and a key prefix; both are gone after the test."""
-    import asyncio  # noqa: PLC0415 - the fixture drives its own loop around a sync test
-
     name = f"quickstart_{uuid.uuid4().hex[:12]}"
     prefix = f"qs-{uuid.uuid4().hex[:12]}"
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    async def forget_keys() -> None:
-        client = aioredis.from_url(redis_url)
-        try:
-            async for key in client.scan_iter(match=f"{prefix}:*", count=500):
-                await client.delete(key)
-        finally:
-            await client.aclose()
-
-    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    asyncio.run(_fetch(database_url, f"CREATE DATABASE {name}"))
     url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
     try:
         yield url, prefix
     finally:
-        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        asyncio.run(forget_keys())
+        asyncio.run(_fetch(database_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        asyncio.run(_keys(redis_url, f"{prefix}:*", delete=True))
 
 
 def _install_steps(wheel: Path) -> list[tuple[str, Callable[[Walk, str], None]]]:
@@ -325,7 +360,7 @@ def test_the_quickstart_runs_as_written(
         COLUMNS="200",  # tables whole, not squeezed to a pipe's 80 columns
     )
     shell = Shell(tmp_path, env)
-    walk = Walk(shell, relay_port=_free_port(), consumer_port=_free_port())
+    walk = Walk(shell, _free_port(), _free_port(), database_url, redis_url, prefix)
     ran: list[str] = []
     try:
         for heading, steps in (("Install", _install_steps(wheel)), ("Quick start", STEPS)):
@@ -337,7 +372,8 @@ def test_the_quickstart_runs_as_written(
                     _step(bare, steps)(walk, walk.fill(command))
                     ran.append(bare)
         assert ran[0] == "python3 -m venv .venv-app", "the Install section starts a virtualenv"
-        assert ran[-1] == "kill %1 %2", "the Quick start ends by stopping what it started"
+        assert "kill %1 %2" in ran, "the Quick start stops what it started"
+        assert ran[-1].startswith("conveyor migrate down base"), "and removes what it created"
     except AssertionError as exc:
         transcript = "\n".join(shell.transcript)
         raise AssertionError(f"{exc}\n\n--- transcript ---\n{transcript}") from None

@@ -1,7 +1,7 @@
-"""`python -m signup`: the example app's commands: migrate, register, verify, mail.
+"""`python -m signup`: the example app's commands: migrate, register, verify, mail, clean.
 
 Each connects to CONVEYOR_DATABASE_URL (the variable the `conveyor` commands read), by default
-the local PostgreSQL.
+the local PostgreSQL; `clean` also to CONVEYOR_REDIS_URL.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from importlib import resources
 
 import asyncpg
+from redis.exceptions import RedisError
 
-from signup import produce
+from signup import cleanup, produce
 
 DATABASE_URL = os.environ.get(
     "CONVEYOR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -58,6 +59,21 @@ async def mail(conn: asyncpg.Connection, address: str, kind: str | None, wait: f
     )
 
 
+class MalformedUrl(Exception):
+    """CONVEYOR_DATABASE_URL is not a PostgreSQL URL asyncpg can use."""
+
+
+def _seconds(text: str) -> float:
+    """A --wait value: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more seconds")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m signup", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -68,15 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     command = commands.add_parser("mail", help="show the mail queued for an address")
     command.add_argument("address")
     command.add_argument("--kind", choices=("welcome", "verified"), help="wait for this kind")
-    command.add_argument("--wait", type=float, default=30.0, help="seconds to wait (default 30)")
+    command.add_argument("--wait", type=_seconds, default=30.0, help="seconds to wait (default 30)")
+    commands.add_parser(
+        "clean", help="drop the app's tables, its catalog rows and Redis keys (idempotent)"
+    )
     return parser
 
 
 async def _run(args: argparse.Namespace) -> str:
-    conn = await asyncpg.connect(DATABASE_URL)
+    try:
+        conn = await asyncpg.connect(DATABASE_URL)
+    except ValueError as exc:  # a malformed URL: asyncpg's ClientConfigurationError is one too
+        raise MalformedUrl(f"CONVEYOR_DATABASE_URL {_shown(DATABASE_URL)}: {exc}") from None
     try:
         if args.command == "migrate":
             return await migrate(conn)
+        if args.command == "clean":
+            return await cleanup.clean(conn)
         if args.command == "mail":
             return await mail(conn, args.address, args.kind, args.wait)
         return await (register if args.command == "register" else verify)(conn, args.email)
@@ -102,10 +126,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"signup: cannot reach PostgreSQL (CONVEYOR_DATABASE_URL): {exc}", file=sys.stderr)
         return 1
-    except (LookupError, asyncpg.PostgresError) as exc:
+    except RedisError as exc:
+        print(f"signup: Redis (CONVEYOR_REDIS_URL): {exc}", file=sys.stderr)
+        return 1
+    except (LookupError, MalformedUrl, asyncpg.PostgresError) as exc:
         print(f"signup: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _shown(url: str) -> str:
+    """`url` without its password, quoted."""
+    scheme, _, rest = url.rpartition("://")
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    return repr(f"{scheme}://{rest}" if scheme else rest)
 
 
 if __name__ == "__main__":
