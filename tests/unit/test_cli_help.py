@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -102,3 +103,9 @@ def test_a_commands_description_wraps_as_paragraphs(path: tuple[str, ...]) -> No
     head = _help(path).split("╭─", 1)[0].splitlines()
     lines = [line.rstrip() for line in head if not line.lstrip().startswith("Usage:")]
     assert not _ragged(lines), "\n".join(_ragged(lines))
+
+
+def test_version_prints_the_installed_packages_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"conveyor {metadata.version('conveyor-events')}\n"
