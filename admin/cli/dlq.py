@@ -190,7 +190,12 @@ def resolve(
     if as_json:
         print_json(response)
         return
-    Console().print(f"resolved {response.resolved} of {len(ids)} dead letters of topic {topic}")
+    console = Console(highlight=False, soft_wrap=True)  # a line per entry, whole when piped
+    console.print(
+        f"resolved {response.resolved} of {len(ids)} dead letters of topic {topic}", markup=False
+    )
+    for skip in response.skips:
+        console.print(f"  left {skip.entry_id}: {skip.detail}", markup=False)
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -355,10 +355,12 @@ class ResolveDeadLettersRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., entry_ids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ResolveDeadLettersResponse(_message.Message):
-    __slots__ = ("resolved",)
+    __slots__ = ("resolved", "skips")
     RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    SKIPS_FIELD_NUMBER: _ClassVar[int]
     resolved: int
-    def __init__(self, resolved: _Optional[int] = ...) -> None: ...
+    skips: _containers.RepeatedCompositeFieldContainer[SkippedDeadLetter]
+    def __init__(self, resolved: _Optional[int] = ..., skips: _Optional[_Iterable[_Union[SkippedDeadLetter, _Mapping]]] = ...) -> None: ...
 
 class GetDeadLetterReportRequest(_message.Message):
     __slots__ = ("topic", "hours")
