@@ -203,7 +203,7 @@ def report_response(r: DeadLetterReport) -> admin_pb2.GetDeadLetterReportRespons
 
 
 def trace_response(t: EventTrace) -> admin_pb2.TraceEventResponse:
-    out = admin_pb2.TraceEventResponse(unreachable=list(t.unreachable))
+    out = admin_pb2.TraceEventResponse(unreachable=list(t.unreachable), schemas=list(t.schemas))
     if t.outbox is not None:
         o = t.outbox
         out.outbox.CopyFrom(
