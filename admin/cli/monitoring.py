@@ -92,7 +92,10 @@ def status(
     if response.groups:
         console.print(fitted(_groups_table(response.groups), console.width))
     elif response.HasField("redis") and response.redis.up:
-        console.print("consumer groups: none registered in this deployment")
+        console.print(
+            "consumer groups: none in this snapshot (no consumer registered yet, or the "
+            "registry could not be read)"
+        )
     else:
         console.print("consumer groups: not known while Redis is down")
 

@@ -76,7 +76,7 @@ def test_stream_keys_and_topic_name_the_topic(fake: FakeAdmin, run: Any, flags: 
     result = run("dlq", "list", *flags)
 
     assert result.exit_code == 0, result.output
-    assert "no dead letters match" in result.stdout
+    assert "no dead letters on topic identity" in result.stdout
     assert fake.requests("ListDeadLetters")[0].filter.topic == "identity"
 
 
