@@ -52,6 +52,18 @@ def not_open(record: DeadLetterRecord) -> Skip:
     return Skip(record.entry_id, "reprocessed", detail)
 
 
+def resolved_before(record: DeadLetterRecord) -> Skip:
+    """A dead letter a resolve left as it was: resolved before (by whom, when and why), or
+    resolved or changed by a concurrent call."""
+    if record.state != "resolved":
+        return changed(record)
+    by = f" by {record.resolved_by}" if record.resolved_by else ""
+    why = f": {record.resolution}" if record.resolution else ""
+    return Skip(
+        record.entry_id, "resolved", f"already resolved{by} at {_iso(record.updated_at)}{why}"
+    )
+
+
 def other_deployment(record: DeadLetterRecord) -> Skip:
     """A dead letter recorded for another deployment's stream, or naming an invalid group."""
     return Skip(

@@ -77,6 +77,8 @@ class EventTrace:
     """Audit entries naming any of the event's dead letters (by entry id) or the event id."""
     unreachable: tuple[str, ...]
     """Parts that could not be looked at, and why, e.g. "schema billing: no outbox table"."""
+    schemas: tuple[str, ...] = ()
+    """Schemas looked in for the outbox row and ledger rows."""
 
 
 def _event_id(text: str) -> str:
@@ -145,6 +147,7 @@ async def trace_event(
         dead_letters=dead,
         actions=tuple(actions),
         unreachable=tuple(unreachable),
+        schemas=tuple(schemas),
     )
 
 

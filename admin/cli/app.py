@@ -25,6 +25,36 @@ app.add_typer(dlq.app, name="dlq")
 monitoring.register(app)
 app.add_typer(token.app, name="token")
 
+DISTRIBUTION = "conveyor-events"
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib import metadata
+
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed as a package)"
+    typer.echo(f"conveyor {version}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help=f"Print the installed {DISTRIBUTION} version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Reliable domain events: PostgreSQL outbox -> Redis Streams -> exactly-once consumers."""
+
 
 @app.command("demo")
 def demo(

@@ -270,6 +270,14 @@ class Client:
         except grpc.RpcError as exc:
             self.fail(exc, unexplained)
 
+    def attempt(self, method: Callable[..., Any], request: Message) -> Any | None:
+        """The response of a unary call made only to explain another answer better; None when it
+        fails, since that answer stands without it."""
+        try:
+            return method(request, timeout=self.conn.timeout, metadata=self._metadata(True))
+        except grpc.RpcError:
+            return None
+
     def stream(
         self,
         method: Callable[..., Any],

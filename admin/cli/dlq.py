@@ -108,7 +108,7 @@ def list_dead_letters(
         return
     console = Console()
     if not letters:
-        console.print("no dead letters match")
+        console.print(_nothing_listed(conn, request), highlight=False, markup=False)
     else:
         now = datetime.now(UTC)
         console.print(dead_letters_view(letters, width=console.width, now=now, wide=wide))
@@ -116,6 +116,30 @@ def list_dead_letters(
         console.print("more: the next page with the option below, or --all for every page")
         # On a line of its own and never wrapped, so it copies whole whatever the width.
         console.print(f"--page-token {next_token}", style="dim", markup=False, soft_wrap=True)
+
+
+def _nothing_listed(conn: Connection, request: admin_pb2.ListDeadLettersRequest) -> str:
+    """Why `dlq list` shows nothing: the filters, a topic without dead letters, or a name that
+    is no topic of this deployment (a typo), told apart so an empty answer is not misread."""
+    topic = request.filter.topic
+    if not topic:
+        return "no dead letters match"
+    with Client(conn) as client:
+        if request.filter != admin_pb2.DeadLetterFilter(topic=topic):
+            whole = admin_pb2.ListDeadLettersRequest(
+                filter=admin_pb2.DeadLetterFilter(topic=topic), page_size=1
+            )
+            any_letter = client.attempt(client.admin.ListDeadLetters, whole)
+            if any_letter is None or any_letter.dead_letters:
+                return f"no dead letters of topic {topic} match the filters"
+        status = client.attempt(client.admin.GetStatus, admin_pb2.GetStatusRequest())
+    read = sorted({group.topic for group in status.groups}) if status is not None else []
+    if not read or topic in read:  # nothing to check the name against, or a known topic
+        return f"no dead letters on topic {topic}"
+    return (
+        f"no dead letters on topic {topic}, and no consumer group of this deployment reads a "
+        f"topic of that name (topics read: {', '.join(read)}): check the name"
+    )
 
 
 def _fetch_pages(
@@ -190,7 +214,12 @@ def resolve(
     if as_json:
         print_json(response)
         return
-    Console().print(f"resolved {response.resolved} of {len(ids)} dead letters of topic {topic}")
+    console = Console(highlight=False, soft_wrap=True)  # a line per entry, whole when piped
+    console.print(
+        f"resolved {response.resolved} of {len(ids)} dead letters of topic {topic}", markup=False
+    )
+    for skip in response.skips:
+        console.print(f"  left {skip.entry_id}: {skip.detail}", markup=False)
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -7,10 +7,16 @@ column would be too narrow, a panel here puts each option's names and type on on
 help, variable, default and range under it, indented; on a wide terminal typer's own layout stays.
 typer offers no public hook for this, so `install` replaces its panel function; a test renders
 every command's help at 80 columns and fails if any name or variable is cut.
+
+`install` also makes the help read as the reference (docs/configuration.md) does: a flag that takes
+no value (`--json`, `--help`, `--reflection / --no-reflection`) shows no `<bool>` placeholder, an
+argument is written `EVENT_ID` (`[SERVICE]` when optional) in the usage line, and a docstring's
+paragraphs wrap to the terminal instead of keeping the line breaks of its source.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +24,7 @@ from rich.console import Group, RenderableType
 from rich.padding import Padding
 from rich.panel import Panel
 from rich.text import Text
-from typer import rich_utils
+from typer import core, rich_utils
 
 HELP_MIN_WIDTH = 40
 """Narrowest help column typer's side-by-side layout is kept for."""
@@ -28,7 +34,8 @@ _PANEL_FRAME = 4  # the panel's two borders and their padding
 
 
 def install() -> None:
-    """Use the stacked layout for every option and argument panel typer prints (idempotent)."""
+    """Use the stacked layout for every option and argument panel typer prints, flags without a
+    value placeholder, upper-case argument names and paragraphs wrapped (idempotent)."""
     original = rich_utils._print_options_panel
     if getattr(original, "_conveyor_layout", False):
         return
@@ -38,6 +45,49 @@ def install() -> None:
 
     print_panel._conveyor_layout = True  # type: ignore[attr-defined]
     rich_utils._print_options_panel = print_panel
+    option_type = core.TyperOption.display_type_rich
+
+    def flag_type(self: core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else option_type(self, ctx)
+
+    core.TyperOption.display_type_rich = flag_type  # type: ignore[method-assign]
+    core.TyperArgument.display_name_raw = property(_argument_name)  # type: ignore[assignment]
+    core.TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
+    rich_utils._fix_linebreaks = lambda paragraphs, markup_mode: "\n\n".join(
+        _unwrap(paragraph) for paragraph in paragraphs
+    )
+    command_help = rich_utils._make_command_help
+    rich_utils._make_command_help = lambda *, help_text, markup_mode: command_help(
+        help_text=_unwrap(inspect.cleandoc(help_text).split("\n\n")[0]), markup_mode=markup_mode
+    )
+
+
+def _unwrap(paragraph: str) -> str:
+    """One paragraph of a docstring as one line, so rich wraps it to the terminal; a line that
+    starts a list item (`- `, `* `) or is indented keeps its break, and a paragraph that starts
+    with `\\b` (click's "do not rewrap") is kept as written."""
+    if paragraph.startswith("\b"):
+        return paragraph
+    lines = paragraph.split("\n")
+    out = lines[:1]
+    for line in lines[1:]:
+        if line.startswith((" ", "- ", "* ")):
+            out.append("\n" + line)
+        else:
+            out.append(" " + line)
+    return "".join(out)
+
+
+def _argument_name(self: core.TyperArgument) -> str:
+    """`EVENT_ID`, as the usage line, the panel, error messages and docs/configuration.md
+    write it."""
+    return self.metavar if self.metavar is not None else (self.name or "").upper()
+
+
+def _usage_name(self: core.TyperArgument) -> str:
+    """`EVENT_ID` when required, `[SERVICE]` when optional."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name if self.nargs == 1 else f"{name}..."
 
 
 def _print_panel(

@@ -87,8 +87,19 @@ def status(
     console.print(fitted(table, console.width))
     if response.HasField("redis"):
         console.print(_redis_table(response.redis))
-    console.print(fitted(_outbox_table(response.outboxes), console.width))
-    console.print(fitted(_groups_table(response.groups), console.width))
+    if response.outboxes:
+        console.print(fitted(_outbox_table(response.outboxes), console.width))
+    else:  # a consumer: no table of nothing, but who to ask
+        console.print("outbox backlog: none here (a relay reports the outboxes it drains)")
+    if response.groups:
+        console.print(fitted(_groups_table(response.groups), console.width))
+    elif response.HasField("redis") and response.redis.up:
+        console.print(
+            "consumer groups: none in this snapshot (no consumer registered yet, or the "
+            "registry could not be read)"
+        )
+    else:
+        console.print("consumer groups: not known while Redis is down")
 
 
 def _state(value: int) -> str:
@@ -150,6 +161,17 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
+def _no_outbox_row(schemas: Iterable[str]) -> str:
+    """Why a trace shows no outbox row, and where to ask instead."""
+    looked = ", ".join(schemas)
+    where = f"in schema {looked}" if "," not in looked else f"in schemas {looked}"
+    return (
+        f"outbox: no row {where if looked else 'here'} (written in another schema, or deleted "
+        "after publishing); the outbox is the producer's schema, which its relay drains: "
+        "ask the relay with --target its --grpc-addr"
+    )
+
+
 @with_connection
 def trace(
     conn: Connection,
@@ -187,7 +209,7 @@ def _print_trace(response: Any, event_id: str) -> None:
         shown = ", ".join(f"{name} {value}" for name, value in parts.items() if value)
         console.print(f"outbox: {shown}", highlight=False, markup=False)
     else:
-        console.print("outbox: no row (not written here, or deleted after publishing)")
+        console.print(_no_outbox_row(response.schemas), highlight=False, markup=False)
     if response.stream_entries:
         table = list_table("stream entries")
         add_column(table, "stream")

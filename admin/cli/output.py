@@ -67,7 +67,7 @@ def dead_letters_view(
     entry (entry id, short type, group, reason, attempts, age, state, and the error when there
     is room). A topic, group or reason all rows share goes to the title; attempts, then age, are
     left out when the rest would not fit, and the rows are shown vertically when even that does
-    not fit. With `wide` every field, vertically when too wide."""
+    not fit. With `wide` every field, the error whole (wrapped), vertically when too wide."""
     title = f"{len(letters)} dead letter{'' if len(letters) == 1 else 's'}"
     if wide:
         return fitted(_letters_table(title, _wide_rows(letters), set()), width)
@@ -100,7 +100,7 @@ def _letters_table(title: str, rows: Sequence[dict[str, str]], left_out: set[str
     table = list_table(title)
     names = [name for name in (rows[0] if rows else ()) if name not in left_out]
     for name in names:
-        add_column(table, name, right=name in _RIGHT)
+        add_column(table, name, right=name in _RIGHT, wrap=name == "error")
     for row in rows:
         add_row(table, *(row[name] for name in names))
     return table
@@ -133,7 +133,7 @@ def _wide_rows(letters: Sequence[Any]) -> list[dict[str, str]]:
             "consumer": letter.consumer,
             "reason": reason_name(letter.reason),
             "attempts": str(letter.attempts),
-            "error": _cut(_error_text(letter), ERROR_WIDTH),
+            "error": _error_text(letter).strip(),  # whole: --wide is where to read it
             "created (UTC)": iso(letter.create_time),
             "state": _state_text(letter),
         }

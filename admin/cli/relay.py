@@ -223,10 +223,13 @@ def replay_command(
         print(json.dumps(summary))
         return
     verb = "would republish" if dry_run else "republished"
-    console = Console()
-    console.print(f"{verb} {result.matched} events of schema {schema} published since {moment}")
+    console = Console(highlight=False, soft_wrap=True)  # lines whole at any width, as when piped
+    console.print(
+        f"{verb} {result.matched} events of schema {schema} published since {moment.isoformat()}",
+        markup=False,
+    )
     for stream, n in sorted(result.by_stream.items()):
-        console.print(f"  {stream}: {n}")
+        console.print(f"  {stream}: {n}", markup=False)
 
 
 async def _replay(
@@ -250,12 +253,14 @@ async def _replay(
     client = redis_client.connect(redis_url)
     try:
         total = await count_replayable(pool, schema, since, topic)
+        console = Console(stderr=True)
         with Progress(
             TextColumn("replay"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            disable=quiet,
+            console=console,
+            disable=quiet or not console.is_terminal,  # off a terminal it leaves a blank line
             transient=True,
         ) as progress:
             task = progress.add_task("replay", total=total)

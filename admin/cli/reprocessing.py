@@ -85,9 +85,6 @@ def reprocess(
             else:
                 Console().print(f"no dead letters of topic {topic} match: nothing to reprocess")
             return
-        if idempotency_key is None:
-            note = f"idempotency key: {key}  (repeat with --idempotency-key {key} to retry safely)"
-            Console(stderr=True).print(note, highlight=False, soft_wrap=True)
         last = _run_reprocess(client, request, quiet=as_json)
     _print_counts(last, request, as_json)
 
@@ -155,6 +152,14 @@ def _run_reprocess(
                     duplicates=last.duplicates,
                     skipped=last.skipped,
                 )
+    except typer.Exit as exc:
+        if exc.exit_code == EXIT_FAILURE:  # no answer (or a server error): a retry may help
+            print(
+                f"(repeat with --idempotency-key {request.idempotency_key} to retry without "
+                "requeuing anything twice)",
+                file=sys.stderr,
+            )
+        raise
     except KeyboardInterrupt:
         fail(
             f"interrupted: repeat with --idempotency-key {request.idempotency_key} to finish "

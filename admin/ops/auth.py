@@ -88,6 +88,11 @@ _MESSAGES = {
     Denial.UNKNOWN: "unknown bearer token",
     Denial.EXPIRED: "bearer token expired",
 }
+_NO_TOKENS = (
+    "this process accepts no bearer tokens (started without --tokens-file or "
+    "CONVEYOR_TOKENS_FILE): restart it with one holding this token's line"
+)
+"""The answer to a bearer token sent to a process that has no tokens to check it against."""
 
 _HANDLER_FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -147,9 +152,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             mtls_scopes=self.settings.mtls_scopes,
         )
         if isinstance(outcome, Rejected):
-            await self._deny(
-                context, method, grpc.StatusCode.UNAUTHENTICATED, outcome, _MESSAGES[outcome.reason]
-            )
+            message = _MESSAGES[outcome.reason]
+            if outcome.reason is Denial.UNKNOWN and self.store is None:
+                message = _NO_TOKENS
+            await self._deny(context, method, grpc.StatusCode.UNAUTHENTICATED, outcome, message)
         required = Scope.WRITE if method in WRITE_METHODS else Scope.READ
         if not outcome.scope.includes(required):
             message = f"principal {outcome.name!r} has {outcome.scope} scope; {method} needs write"

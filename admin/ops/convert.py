@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-from admin.catalog.records import AuditEntry, DeadLetterRecord, Progress
+from admin.catalog.records import AuditEntry, DeadLetterRecord, Progress, Skip
 from admin.catalog.reports import CountByKey, DeadLetterReport
 from admin.catalog.traces import EventTrace
 from admin.ops.status import Snapshot
@@ -203,7 +203,7 @@ def report_response(r: DeadLetterReport) -> admin_pb2.GetDeadLetterReportRespons
 
 
 def trace_response(t: EventTrace) -> admin_pb2.TraceEventResponse:
-    out = admin_pb2.TraceEventResponse(unreachable=list(t.unreachable))
+    out = admin_pb2.TraceEventResponse(unreachable=list(t.unreachable), schemas=list(t.schemas))
     if t.outbox is not None:
         o = t.outbox
         out.outbox.CopyFrom(
@@ -250,15 +250,17 @@ def reprocess_response(p: Progress) -> admin_pb2.ReprocessDeadLettersResponse:
         replayed=p.replayed,
     )
     if p.finished:
-        response.skips.extend(
-            admin_pb2.SkippedDeadLetter(
-                entry_id=s.entry_id,
-                reason=_SKIP_REASONS.get(s.reason, admin_pb2.SKIP_REASON_UNSPECIFIED),
-                detail=s.detail,
-            )
-            for s in p.skips
-        )
+        response.skips.extend(skipped(s) for s in p.skips)
     return response
+
+
+def skipped(skip: Skip) -> admin_pb2.SkippedDeadLetter:
+    """An admin.catalog Skip as conveyor.v1.SkippedDeadLetter."""
+    return admin_pb2.SkippedDeadLetter(
+        entry_id=skip.entry_id,
+        reason=_SKIP_REASONS.get(skip.reason, admin_pb2.SKIP_REASON_UNSPECIFIED),
+        detail=skip.detail,
+    )
 
 
 _SKIP_REASONS = {

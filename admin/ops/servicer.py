@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.exceptions import RedisError
 
-from admin.catalog import Catalog, DeadLetterQuery, DeadLetterRecord, Progress
+from admin.catalog import Catalog, DeadLetterQuery, DeadLetterRecord, Progress, skips
 from admin.catalog.records import MAX_ENTRY_IDS, MAX_PAGE_SIZE, parse_entry_id
 from admin.catalog.reprocess import check_reprocessable
 from admin.catalog.requests import request_fingerprint
@@ -206,10 +206,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not request.reason.strip():
             raise InvalidInput("resolving needs a reason", field="reason", value="")
         records = await self._by_id(topic, ids, request_order=True)
-        resolved = await self._catalog.resolve(
-            records, reason=request.reason, principal=_principal(), requested=ids
+        resolved = set(
+            await self._catalog.resolve(
+                records, reason=request.reason, principal=_principal(), requested=ids
+            )
         )
-        return admin_pb2.ResolveDeadLettersResponse(resolved=len(resolved))
+        left = {r.entry_id: r for r in records if r.id not in resolved}
+        return admin_pb2.ResolveDeadLettersResponse(
+            resolved=len(resolved),
+            skips=[
+                convert.skipped(skips.resolved_before(left[i]))
+                for i in dict.fromkeys(ids)
+                if i in left
+            ],
+        )
 
     @rpc
     async def GetDeadLetterReport(

@@ -1,11 +1,13 @@
 """What the `conveyor` CLI says when a call does not do what the user asked, against a real
 `conveyor consume`: an unknown health service names the ones served; a repeated reprocess says
-why it skipped each dead letter; an unknown entry id names the deployment looked in."""
+why it skipped each dead letter; an unknown entry id names the deployment looked in; a token sent
+to a process started without tokens says so."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +103,26 @@ async def test_reprocess_of_an_unknown_entry_names_the_deployment(
     assert result.returncode == 3, result.stderr
     assert "no dead letters 1700000000000-0 on topic identity" in result.stderr
     assert f"(key prefix {case.prefix})" in result.stderr
+
+
+def test_a_token_sent_to_a_process_without_tokens_file_says_the_process_has_none(
+    database_url: str, redis_url: str, migrated_schema: str, key_prefix: str
+) -> None:
+    # Not "unknown bearer token", as for a mistyped token: the token and the tokens file are
+    # fine, the process was started without --tokens-file.
+    env = {
+        "CONVEYOR_DATABASE_URL": database_url,
+        "CONVEYOR_REDIS_URL": redis_url,
+        "CONVEYOR_KEY_PREFIX": key_prefix,
+        "CONVEYOR_GRPC_ADDR": "127.0.0.1:0",
+    }
+    relay = start_conveyor(["relay", "--schema", migrated_schema], env)
+    try:
+        port = port_of(relay, [])
+        token = {"CONVEYOR_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+        status = run_conveyor(["status", "--target", f"127.0.0.1:{port}"], {**env, **token})
+    finally:
+        stop(relay)
+    assert status.returncode == 5, status.stderr
+    assert "accepts no bearer tokens" in status.stderr, status.stderr
+    assert "--tokens-file" in status.stderr and "unknown bearer token" not in status.stderr

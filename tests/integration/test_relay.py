@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import uuid
 
@@ -187,6 +188,7 @@ async def test_replay_republishes_the_kept_window(case: Case) -> None:
     )
     await case.redis.delete(wire.Keys("identity", case.prefix).events)  # Redis lost the stream
     base = ["relay", "replay", "--since", "1h", "--json"]
+    narrow = {"COLUMNS": "80"}
 
     dry = run_conveyor([*base, "--dry-run"], case.env)
     assert dry.returncode == 0, dry.stderr
@@ -201,3 +203,9 @@ async def test_replay_republishes_the_kept_window(case: Case) -> None:
 
     other_topic = run_conveyor([*base, "--topic", "billing"], case.env)
     assert json.loads(other_topic.stdout)["matched"] == 0
+    # As text, piped at 80 columns: no blank line first, the time whole on the first line.
+    text = run_conveyor(["relay", "replay", "--since", "1h", "--dry-run"], case.env | narrow)
+    assert text.returncode == 0, text.stderr
+    first = text.stdout.splitlines()[0]
+    assert first.startswith(f"would republish 60 events of schema {case.schema} published since ")
+    assert re.search(r"since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[.\d]*\+00:00$", first), first

@@ -355,10 +355,12 @@ class ResolveDeadLettersRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., entry_ids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ResolveDeadLettersResponse(_message.Message):
-    __slots__ = ("resolved",)
+    __slots__ = ("resolved", "skips")
     RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    SKIPS_FIELD_NUMBER: _ClassVar[int]
     resolved: int
-    def __init__(self, resolved: _Optional[int] = ...) -> None: ...
+    skips: _containers.RepeatedCompositeFieldContainer[SkippedDeadLetter]
+    def __init__(self, resolved: _Optional[int] = ..., skips: _Optional[_Iterable[_Union[SkippedDeadLetter, _Mapping]]] = ...) -> None: ...
 
 class GetDeadLetterReportRequest(_message.Message):
     __slots__ = ("topic", "hours")
@@ -427,20 +429,22 @@ class TraceEventRequest(_message.Message):
     def __init__(self, event_id: _Optional[str] = ...) -> None: ...
 
 class TraceEventResponse(_message.Message):
-    __slots__ = ("outbox", "stream_entries", "ledger", "dead_letters", "actions", "unreachable")
+    __slots__ = ("outbox", "stream_entries", "ledger", "dead_letters", "actions", "unreachable", "schemas")
     OUTBOX_FIELD_NUMBER: _ClassVar[int]
     STREAM_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LEDGER_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMAS_FIELD_NUMBER: _ClassVar[int]
     outbox: OutboxRecord
     stream_entries: _containers.RepeatedCompositeFieldContainer[StreamRecord]
     ledger: _containers.RepeatedCompositeFieldContainer[LedgerRecord]
     dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
     actions: _containers.RepeatedCompositeFieldContainer[AuditRecord]
     unreachable: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, outbox: _Optional[_Union[OutboxRecord, _Mapping]] = ..., stream_entries: _Optional[_Iterable[_Union[StreamRecord, _Mapping]]] = ..., ledger: _Optional[_Iterable[_Union[LedgerRecord, _Mapping]]] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., actions: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., unreachable: _Optional[_Iterable[str]] = ...) -> None: ...
+    schemas: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, outbox: _Optional[_Union[OutboxRecord, _Mapping]] = ..., stream_entries: _Optional[_Iterable[_Union[StreamRecord, _Mapping]]] = ..., ledger: _Optional[_Iterable[_Union[LedgerRecord, _Mapping]]] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., actions: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., unreachable: _Optional[_Iterable[str]] = ..., schemas: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OutboxRecord(_message.Message):
     __slots__ = ("schema", "id", "topic", "event_type", "aggregate_type", "aggregate_id", "create_time", "publish_time")
