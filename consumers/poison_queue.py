@@ -4,6 +4,7 @@ poison, rejected events, and those over the attempts cap."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -19,6 +20,9 @@ from conveyor import telemetry as t
 from conveyor import wire
 
 log = logging.getLogger(__name__)
+
+_UNSETTLED = ("open", "reprocessing")
+"""States of a dead letter whose entry the dead-letter stream should still hold."""
 
 Marking = Callable[[DeadLetterMark], AbstractAsyncContextManager[bool]]
 """Marks one event dead-lettered in the ledger around a block, yielding whether it needs no move
@@ -53,11 +57,27 @@ class PoisonQueue:
         error_class: str,
         error: str,
         exc: BaseException | None = None,
+    ) -> DeadLetterRow | None:
+        """Move `entry` to the dead-letter stream for `reason` (a wire reason name) and record
+        its catalog row. A redelivery (a replay, a relay duplicate) of an event the group
+        dead-lettered before is acknowledged as a duplicate instead, while that dead letter still
+        stands (see `_duplicate`): then None."""
+        if await self._duplicate(entry):
+            return None
+        return await self._move(entry, reason, error_class, error, exc)
+
+    async def _move(
+        self,
+        entry: Entry,
+        reason: str,
+        error_class: str,
+        error: str,
+        exc: BaseException | None = None,
         *,
         record: bool = True,
     ) -> DeadLetterRow:
-        """Move `entry` to the dead-letter stream for `reason` (a wire reason name); its catalog
-        row is recorded now, or returned for the caller to record (`record=False`)."""
+        """Move `entry` to the dead-letter stream; its catalog row is recorded now, or returned
+        for the caller to record (`record=False`)."""
         with dead_letters.span(entry, reason, enabled=self._tracing) as traceparent:
             fields = dead_letters.fields(
                 entry,
@@ -88,6 +108,55 @@ class PoisonQueue:
             await self._record([row])
         return row
 
+    async def _duplicate(self, entry: Entry) -> bool:
+        """Whether `entry` repeats an event the group already dead-lettered, whose dead letter
+        still stands: resolved, or open (or being reprocessed) with its entry still in the
+        dead-letter stream. Such an entry is acknowledged here, counted and logged as a
+        duplicate. An entry of the retry stream (a reprocess) never is: failing again, it
+        becomes a new dead letter naming the old one. A dead letter lost with Redis's data does
+        not stand, so a replay brings the event back. When the catalog cannot be read, the entry
+        is moved all the same (a second dead letter rather than none)."""
+        mark = dead_letter_mark(entry)
+        if mark is None or entry.stream == self._streams.retry:
+            return False
+        keys = self._streams.keys
+        try:
+            letters = await self._catalog.dead_letters_of(
+                keys.dlq, self._s.group, uuid.UUID(mark.event_id)
+            )
+        except Exception as exc:  # noqa: BLE001 - moving it again is the safe side
+            log.warning(
+                "cannot look up earlier dead letters of the event, moving it: event_id=%s "
+                "entry=%s error=%r",
+                mark.event_id,
+                entry.entry_id,
+                exc,
+            )
+            return False
+        standing = next((e for e, state in letters if state == "resolved"), None)
+        for dlq_entry, state in letters:
+            if (
+                standing is None
+                and state in _UNSETTLED
+                and await self._streams.exists(keys.dlq, dlq_entry)
+            ):
+                standing = dlq_entry
+        if standing is None:
+            return False
+        await self._streams.ack([entry])
+        self._m.duplicate.add(1, self._attrs)
+        self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "duplicate"})
+        log.info(
+            "event already dead-lettered by the group, acknowledged as a duplicate: topic=%s "
+            "group=%s event_id=%s entry=%s dlq_entry=%s",
+            keys.topic,
+            self._s.group,
+            mark.event_id,
+            entry.entry_id,
+            standing,
+        )
+        return True
+
     async def _record(self, rows: Sequence[DeadLetterRow]) -> None:
         if not rows:
             return
@@ -113,6 +182,8 @@ class PoisonQueue:
         again: list[Entry] = []
         for entry in entries:
             mark = dead_letter_mark(entry)
+            if await self._duplicate(entry):
+                continue  # acknowledged already
             if mark is None:
                 await self._over_attempts_one(entry)  # not an event anyone could apply
             elif mark.event_id in marks:
@@ -148,7 +219,7 @@ class PoisonQueue:
         return settled + again
 
     async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> DeadLetterRow:
-        return await self.move(
+        return await self._move(
             entry,
             "max_attempts",
             "Redelivered",
