@@ -4,7 +4,6 @@ poison, rejected events, and those over the attempts cap."""
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -20,9 +19,6 @@ from conveyor import telemetry as t
 from conveyor import wire
 
 log = logging.getLogger(__name__)
-
-_UNSETTLED = ("open", "reprocessing")
-"""States of a dead letter whose entry the dead-letter stream should still hold."""
 
 Marking = Callable[[DeadLetterMark], AbstractAsyncContextManager[bool]]
 """Marks one event dead-lettered in the ledger around a block, yielding whether it needs no move
@@ -61,8 +57,10 @@ class PoisonQueue:
         """Move `entry` to the dead-letter stream for `reason` (a wire reason name) and record
         its catalog row. A redelivery (a replay, a relay duplicate) of an event the group
         dead-lettered before is acknowledged as a duplicate instead, while that dead letter still
-        stands (see `_duplicate`): then None."""
-        if await self._duplicate(entry):
+        stands (`dead_letters.standing`): then None."""
+        standing = await self._standing(entry)
+        if standing is not None:
+            await self._duplicate(entry, standing)
             return None
         return await self._move(entry, reason, error_class, error, exc)
 
@@ -108,54 +106,33 @@ class PoisonQueue:
             await self._record([row])
         return row
 
-    async def _duplicate(self, entry: Entry) -> bool:
-        """Whether `entry` repeats an event the group already dead-lettered, whose dead letter
-        still stands: resolved, or open (or being reprocessed) with its entry still in the
-        dead-letter stream. Such an entry is acknowledged here, counted and logged as a
-        duplicate. An entry of the retry stream (a reprocess) never is: failing again, it
-        becomes a new dead letter naming the old one. A dead letter lost with Redis's data does
-        not stand, so a replay brings the event back. When the catalog cannot be read, the entry
-        is moved all the same (a second dead letter rather than none)."""
-        mark = dead_letter_mark(entry)
-        if mark is None or entry.stream == self._streams.retry:
-            return False
-        keys = self._streams.keys
+    async def _standing(self, entry: Entry) -> str | None:
+        """The entry id of the group's earlier dead letter of `entry`'s event, if it still
+        stands (`dead_letters.standing`); None when the catalog cannot say (the entry is then
+        moved all the same: a second dead letter rather than none)."""
         try:
-            letters = await self._catalog.dead_letters_of(
-                keys.dlq, self._s.group, uuid.UUID(mark.event_id)
-            )
+            return await dead_letters.standing(self._catalog, self._streams, entry)
         except Exception as exc:  # noqa: BLE001 - moving it again is the safe side
             log.warning(
-                "cannot look up earlier dead letters of the event, moving it: event_id=%s "
-                "entry=%s error=%r",
-                mark.event_id,
+                "cannot look up earlier dead letters of the event, moving it: entry=%s error=%r",
                 entry.entry_id,
                 exc,
             )
-            return False
-        standing = next((e for e, state in letters if state == "resolved"), None)
-        for dlq_entry, state in letters:
-            if (
-                standing is None
-                and state in _UNSETTLED
-                and await self._streams.exists(keys.dlq, dlq_entry)
-            ):
-                standing = dlq_entry
-        if standing is None:
-            return False
+            return None
+
+    async def _duplicate(self, entry: Entry, standing: str) -> None:
+        """Acknowledge `entry`, whose event's dead letter `standing` stands, as a duplicate."""
         await self._streams.ack([entry])
         self._m.duplicate.add(1, self._attrs)
         self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "duplicate"})
         log.info(
             "event already dead-lettered by the group, acknowledged as a duplicate: topic=%s "
-            "group=%s event_id=%s entry=%s dlq_entry=%s",
-            keys.topic,
+            "group=%s entry=%s dlq_entry=%s",
+            self._streams.keys.topic,
             self._s.group,
-            mark.event_id,
             entry.entry_id,
             standing,
         )
-        return True
 
     async def _record(self, rows: Sequence[DeadLetterRow]) -> None:
         if not rows:
@@ -175,21 +152,22 @@ class PoisonQueue:
         an outcome (their consumers crashed or stalled), go to the dead-letter stream. But a
         stalled member may still hold one: the ledger is marked around the moves, so such a
         member cannot apply one after it was moved, and one it applied meanwhile (or one moved
-        already) is acknowledged instead of moved. A database failure leaves them all pending
+        already, or one whose event the group dead-lettered before and whose dead letter still
+        stands) is acknowledged instead of moved. A database failure leaves them all pending
         (DatabaseDown: the worker backs off); they are reclaimed later. Returns the entries to
         acknowledge."""
         marks: dict[str, tuple[Entry, DeadLetterMark]] = {}
         again: list[Entry] = []
         for entry in entries:
             mark = dead_letter_mark(entry)
-            if await self._duplicate(entry):
-                continue  # acknowledged already
             if mark is None:
                 await self._over_attempts_one(entry)  # not an event anyone could apply
             elif mark.event_id in marks:
                 again.append(entry)  # the same event twice: one dead letter is enough
             else:
                 marks[mark.event_id] = (entry, mark)
+        # Looked up before the marks, which each hold a connection of the pool meanwhile.
+        standing = {i: await self._standing(entry) for i, (entry, _) in marks.items()}
         settled: list[Entry] = []
         rows: list[DeadLetterRow] = []
         try:
@@ -201,6 +179,9 @@ class PoisonQueue:
                     if done:
                         settled.append(entry)
                         self._m.duplicate.add(1, self._attrs)
+                    elif (letter := standing[event_id]) is not None:
+                        # Marked all the same: no stalled member applies it after this either.
+                        await self._duplicate(entry, letter)
                     else:
                         rows.append(await self._over_attempts_one(entry, record=False))
         except MarksBusy:
