@@ -1,6 +1,7 @@
 """`conveyor relay replay` over events the group dead-lettered: the repeat is a duplicate while
-the dead letter stands (resolved, or open with its entry kept), a new dead letter when Redis lost
-the old one, and a reprocess still runs the handler again."""
+the dead letter stands (resolved, or open with its entry kept), also when it comes over the
+attempts cap, a new dead letter when Redis lost the old one, and a reprocess still runs the
+handler again."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from conveyor import wire
+from tests.integration.conftest import Case
+from tests.integration.consumer_support import (
+    consumer_settings,
+    create_effects,
+    effect_counts,
+    effect_router,
+    ledger_results,
+    publish,
+    running_consumer,
+)
 from tests.integration.replay_support import GROUP, TOPIC, Pipeline, pipeline
 from tests.processes import run_conveyor, wait_until
 
@@ -101,3 +112,45 @@ async def test_a_replay_after_the_dead_letter_was_lost_dead_letters_the_event_ag
         (old, new) = await p.letters(event_id)
         assert old == ("open", entry, None)
         assert new[0] == "open" and new[1] != entry
+
+
+async def _pending_over_the_cap(case: Case, keys: wire.Keys, fields: dict[bytes, bytes]) -> None:
+    """A new entry of `fields` pending on a dead member `x`, delivered 3 times."""
+    await case.redis.xadd(keys.events, fields)
+    reply = await case.redis.xreadgroup("g", "x", {keys.events: ">"}, count=1)
+    entry_id = reply[0][1][0][0]
+    for _ in range(2):
+        await case.redis.xclaim(keys.events, "g", "x", 0, [entry_id])
+
+
+@pytest.mark.usefixtures("catalog_cleanup")
+async def test_an_over_the_cap_repeat_of_a_dead_lettered_event_is_a_duplicate(case: Case) -> None:
+    # An event dead-lettered over the cap (its consumers crashed), then a repeat of it (a replay)
+    # over the cap again: acknowledged as a duplicate of the open dead letter, not moved a second
+    # time, and still marked in the ledger so no stalled member applies it.
+    await create_effects(case.pg, case.schema)
+    keys = wire.Keys("identity", case.prefix)
+    (event_id,) = await publish(case.redis, case.prefix, 1)
+    ((_, fields),) = await case.redis.xrange(keys.events)
+    await case.redis.delete(keys.events)
+    await case.redis.xgroup_create(keys.events, "g", id="0", mkstream=True)
+    await case.redis.xgroup_create(keys.retry("g"), "g", id="0", mkstream=True)
+    conf = consumer_settings(case, max_attempts=2, claim_idle=0.2, consumer="b")
+
+    async def drained() -> bool:
+        info = await case.redis.xinfo_groups(keys.events)
+        return bool(info) and info[0]["pending"] == 0 and info[0]["lag"] == 0
+
+    async def recorded() -> bool:
+        return await case.pg.fetchval(
+            "SELECT count(*) FROM conveyor.dead_letters WHERE dlq_stream = $1", keys.dlq
+        ) == await case.redis.xlen(keys.dlq)
+
+    for _ in range(2):  # the event, then its repeat
+        await _pending_over_the_cap(case, keys, dict(fields))
+        async with running_consumer(effect_router(case.schema), **conf):
+            await wait_until(drained, timeout=20, what="the over-cap entry settled")
+            await wait_until(recorded, timeout=20, what="the catalog to record the dead letter")
+    assert await case.redis.xlen(keys.dlq) == 1
+    assert await ledger_results(case) == {event_id: "dead_letter"}
+    assert await effect_counts(case.pg, case.schema, "g") == {}
