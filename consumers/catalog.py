@@ -72,6 +72,12 @@ class Catalog(Protocol):
     async def mark_reprocessed(self, dlq_stream: str, entry_ids: Sequence[str]) -> None:
         """Dead letters whose re-delivery was applied (or found applied) leave `reprocessing`."""
 
+    async def dead_letters_of(
+        self, dlq_stream: str, group: str, event_id: UUID
+    ) -> list[tuple[str, str]]:
+        """The dead letters of `event_id` that `group` wrote to `dlq_stream`, as (entry id,
+        state) pairs."""
+
     async def reconcile(self, keys: wire.Keys, read_after: ReadAfter) -> int:
         """Record every entry of the topic's dead-letter stream after the stream's cursor, and
         move the cursor on; return how many entries were looked at."""

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from opentelemetry import propagate, trace
 
-from consumers.catalog import DeadLetterRow, ReadAfter
-from consumers.deliveries import Entry
+from consumers.catalog import Catalog, DeadLetterRow, ReadAfter
+from consumers.deliveries import Entry, dead_letter_mark
 from consumers.streams import TopicStreams
 from conveyor import telemetry as t
 from conveyor import wire
@@ -125,6 +126,30 @@ def catalog_row(
         last_failed_at=_when(f, wire.DL_LAST_FAILED),
         retry_of=_field(f, wire.RT_DEAD_LETTER),
     )
+
+
+_UNSETTLED = ("open", "reprocessing")
+"""States of a dead letter whose entry the dead-letter stream still holds, unless Redis lost it."""
+
+
+async def standing(catalog: Catalog, streams: TopicStreams, entry: Entry) -> str | None:
+    """The entry id of the group's dead letter of `entry`'s event that still stands: resolved,
+    or open (or being reprocessed) with its entry still in the dead-letter stream; None when
+    there is none, so `entry` is to become a dead letter itself. An entry of the retry stream
+    (a reprocess) never finds one: failing again, it becomes a new dead letter naming the old
+    one. A dead letter whose entry Redis lost does not stand, so a replay brings the event
+    back."""
+    mark = dead_letter_mark(entry)
+    if mark is None or entry.stream == streams.retry:
+        return None
+    letters = await catalog.dead_letters_of(streams.keys.dlq, streams.group, UUID(mark.event_id))
+    resolved = [dlq_entry for dlq_entry, state in letters if state == "resolved"]
+    if resolved:
+        return resolved[0]
+    for dlq_entry, state in letters:
+        if state in _UNSETTLED and await streams.exists(streams.keys.dlq, dlq_entry):
+            return dlq_entry
+    return None
 
 
 def reader(streams: TopicStreams) -> ReadAfter:

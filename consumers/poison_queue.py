@@ -53,11 +53,29 @@ class PoisonQueue:
         error_class: str,
         error: str,
         exc: BaseException | None = None,
+    ) -> DeadLetterRow | None:
+        """Move `entry` to the dead-letter stream for `reason` (a wire reason name) and record
+        its catalog row. A redelivery (a replay, a relay duplicate) of an event the group
+        dead-lettered before is acknowledged as a duplicate instead, while that dead letter still
+        stands (`dead_letters.standing`): then None."""
+        standing = await self._standing(entry)
+        if standing is not None:
+            await self._duplicate(entry, standing)
+            return None
+        return await self._move(entry, reason, error_class, error, exc)
+
+    async def _move(
+        self,
+        entry: Entry,
+        reason: str,
+        error_class: str,
+        error: str,
+        exc: BaseException | None = None,
         *,
         record: bool = True,
     ) -> DeadLetterRow:
-        """Move `entry` to the dead-letter stream for `reason` (a wire reason name); its catalog
-        row is recorded now, or returned for the caller to record (`record=False`)."""
+        """Move `entry` to the dead-letter stream; its catalog row is recorded now, or returned
+        for the caller to record (`record=False`)."""
         with dead_letters.span(entry, reason, enabled=self._tracing) as traceparent:
             fields = dead_letters.fields(
                 entry,
@@ -88,6 +106,34 @@ class PoisonQueue:
             await self._record([row])
         return row
 
+    async def _standing(self, entry: Entry) -> str | None:
+        """The entry id of the group's earlier dead letter of `entry`'s event, if it still
+        stands (`dead_letters.standing`); None when the catalog cannot say (the entry is then
+        moved all the same: a second dead letter rather than none)."""
+        try:
+            return await dead_letters.standing(self._catalog, self._streams, entry)
+        except Exception as exc:  # noqa: BLE001 - moving it again is the safe side
+            log.warning(
+                "cannot look up earlier dead letters of the event, moving it: entry=%s error=%r",
+                entry.entry_id,
+                exc,
+            )
+            return None
+
+    async def _duplicate(self, entry: Entry, standing: str) -> None:
+        """Acknowledge `entry`, whose event's dead letter `standing` stands, as a duplicate."""
+        await self._streams.ack([entry])
+        self._m.duplicate.add(1, self._attrs)
+        self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "duplicate"})
+        log.info(
+            "event already dead-lettered by the group, acknowledged as a duplicate: topic=%s "
+            "group=%s entry=%s dlq_entry=%s",
+            self._streams.keys.topic,
+            self._s.group,
+            entry.entry_id,
+            standing,
+        )
+
     async def _record(self, rows: Sequence[DeadLetterRow]) -> None:
         if not rows:
             return
@@ -106,7 +152,8 @@ class PoisonQueue:
         an outcome (their consumers crashed or stalled), go to the dead-letter stream. But a
         stalled member may still hold one: the ledger is marked around the moves, so such a
         member cannot apply one after it was moved, and one it applied meanwhile (or one moved
-        already) is acknowledged instead of moved. A database failure leaves them all pending
+        already, or one whose event the group dead-lettered before and whose dead letter still
+        stands) is acknowledged instead of moved. A database failure leaves them all pending
         (DatabaseDown: the worker backs off); they are reclaimed later. Returns the entries to
         acknowledge."""
         marks: dict[str, tuple[Entry, DeadLetterMark]] = {}
@@ -119,6 +166,8 @@ class PoisonQueue:
                 again.append(entry)  # the same event twice: one dead letter is enough
             else:
                 marks[mark.event_id] = (entry, mark)
+        # Looked up before the marks, which each hold a connection of the pool meanwhile.
+        standing = {i: await self._standing(entry) for i, (entry, _) in marks.items()}
         settled: list[Entry] = []
         rows: list[DeadLetterRow] = []
         try:
@@ -130,6 +179,9 @@ class PoisonQueue:
                     if done:
                         settled.append(entry)
                         self._m.duplicate.add(1, self._attrs)
+                    elif (letter := standing[event_id]) is not None:
+                        # Marked all the same: no stalled member applies it after this either.
+                        await self._duplicate(entry, letter)
                     else:
                         rows.append(await self._over_attempts_one(entry, record=False))
         except MarksBusy:
@@ -148,7 +200,7 @@ class PoisonQueue:
         return settled + again
 
     async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> DeadLetterRow:
-        return await self.move(
+        return await self._move(
             entry,
             "max_attempts",
             "Redelivered",

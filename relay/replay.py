@@ -45,7 +45,8 @@ async def replay(
     """Append again every kept row of `schema` published at or after `since`, in id order.
 
     Rows stay as they are; consumers absorb the duplicates (exactly-once groups through their
-    ledger). `on_progress(n)` is called after each batch with the rows it held.
+    ledger; an event a group dead-lettered is not dead-lettered again while its dead letter
+    stands). `on_progress(n)` is called after each batch with the rows it held.
     """
     result = ReplayResult()
     after_id = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Final
+from uuid import UUID
 
 import asyncpg
 
@@ -69,6 +70,19 @@ class ConsumerCatalog:
                 dlq_stream,
                 list(entry_ids),
             )
+
+    async def dead_letters_of(
+        self, dlq_stream: str, group: str, event_id: UUID
+    ) -> list[tuple[str, str]]:
+        """The dead letters of `event_id` that `group` wrote to `dlq_stream`: (entry id, state)."""
+        rows = await self._pool.fetch(
+            f"SELECT dlq_entry_id, state FROM {_DEAD_LETTERS} "
+            "WHERE event_id = $1 AND dlq_stream = $2 AND consumer_group = $3",
+            event_id,
+            dlq_stream,
+            group,
+        )
+        return [(str(r["dlq_entry_id"]), str(r["state"])) for r in rows]
 
     async def reconcile(self, keys: wire.Keys, read_after: ReadAfter) -> int:
         """Record every entry of the topic's dead-letter stream after the stream's cursor (the
