@@ -17,8 +17,7 @@ _POOL_FLOOR = "Failed to restore the pool connection floor"
 """How asyncpg's pool begins the WARNING, with a traceback, it logs per failed reconnect."""
 
 _UNREACHABLE = (
-    OSError,  # refused, reset, unexpected connection_lost() (ConnectionError)
-    TimeoutError,
+    OSError,  # refused, reset, unexpected connection_lost() (ConnectionError); not Redis's
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08, e.g. "connection was closed"
     asyncpg.CannotConnectNowError,  # starting up or shutting down
     asyncpg.AdminShutdownError,
@@ -27,8 +26,8 @@ _UNREACHABLE = (
 
 
 def unreachable(exc: BaseException) -> bool:
-    """`exc` says PostgreSQL could not be reached or dropped the connection, rather than that it
-    refused a statement."""
+    """`exc`, raised by asyncpg, says PostgreSQL could not be reached or dropped the connection,
+    rather than that it refused a statement or was slow (a TimeoutError may be Redis's, too)."""
     if isinstance(exc, asyncpg.InterfaceError):
         return "closed" in str(exc)  # "connection is closed", a connection lost earlier
     return isinstance(exc, _UNREACHABLE)
