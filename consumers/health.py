@@ -51,15 +51,13 @@ class Health:
         self.last_progress = time.monotonic()
 
     def unhealthy(self, reason: str) -> None:
-        """Not serving, for `reason`; logged when that is news: a WARNING when the worker stops
-        serving (unless PostgreSQL's outage line says why), a DEBUG line when only the reason
-        changes while it does not serve."""
+        """Not serving, for `reason`; logged when that is news, at DEBUG while PostgreSQL's
+        outage line says why."""
         if self.serving or self.reason != reason:
             outage = self._postgres is not None and self._postgres.since is not None
-            news = not self._announced and not outage
-            self._announced = self._announced or news
+            self._announced = self._announced or not outage
             log.log(
-                logging.WARNING if news else logging.DEBUG,
+                logging.DEBUG if outage else logging.WARNING,
                 "consumer not serving: topic=%s group=%s reason=%s",
                 self._topic,
                 self._group,

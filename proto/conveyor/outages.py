@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import time
 
-import asyncpg
-
 OUTAGE_LOG_INTERVAL = 30.0
 """Seconds between the warnings that PostgreSQL or Redis is still unreachable (checks run every
 second or so; one line per check would bury everything else)."""
@@ -16,21 +14,21 @@ second or so; one line per check would bury everything else)."""
 _POOL_FLOOR = "Failed to restore the pool connection floor"
 """How asyncpg's pool begins the WARNING, with a traceback, it logs per failed reconnect."""
 
-_UNREACHABLE = (
-    OSError,  # refused, reset, unexpected connection_lost() (ConnectionError); not Redis's
-    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, e.g. "connection was closed"
-    asyncpg.CannotConnectNowError,  # starting up or shutting down
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
+_LOST = ("08", "57P01", "57P02", "57P03")
+"""SQLSTATEs of a connection that failed or was dropped: class 08 (connection exception), admin
+and crash shutdown, and "cannot connect now" (starting up or shutting down)."""
 
 
 def unreachable(exc: BaseException) -> bool:
     """`exc`, raised by asyncpg, says PostgreSQL could not be reached or dropped the connection,
     rather than that it refused a statement or was slow (a TimeoutError may be Redis's, too)."""
-    if isinstance(exc, asyncpg.InterfaceError):
-        return "closed" in str(exc)  # "connection is closed", a connection lost earlier
-    return isinstance(exc, _UNREACHABLE)
+    if isinstance(exc, OSError):  # refused, reset, unexpected connection_lost()
+        return not isinstance(exc, TimeoutError)
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(_LOST)
+    # asyncpg's InterfaceError on a connection lost earlier (the driver is not imported here)
+    return type(exc).__module__.startswith("asyncpg") and "connection is closed" in str(exc)
 
 
 def describe(exc: BaseException) -> str:
