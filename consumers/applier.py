@@ -38,6 +38,7 @@ from consumers.transactions import (
     transaction,
 )
 from conveyor import telemetry as t
+from conveyor.outages import Outage, unreachable
 from conveyor.retry import RetryPolicy, pause
 
 
@@ -109,8 +110,11 @@ class Applier:
         stopping: asyncio.Event | None = None,
         on_trouble: Callable[[str], None] | None = None,
         backoff: RetryPolicy = _BACKOFF,
+        outage: Outage | None = None,
     ) -> None:
         self._pool = pool
+        self._outage = outage
+        """Told when PostgreSQL is away (which it logs once) and when it answers again."""
         self._stopping = stopping or asyncio.Event()
         self._on_trouble = on_trouble
         """Told why, whenever a lane's database work fails and is retried."""
@@ -165,21 +169,36 @@ class Applier:
         failures = 0
         while True:
             try:
-                return await self._apply_part(lane, part)
+                outcomes = await self._apply_part(lane, part)
             except DatabaseDown as exc:
                 failures += 1
-                if self._on_trouble is not None:
-                    self._on_trouble(f"database unavailable: {exc}")
-                log.warning(
-                    "lane %d: batch part not applied, retrying it: events=%d error=%s",
-                    lane,
-                    len(part),
-                    exc,
-                )
+                self._retrying(lane, part, exc)
                 if self._stopping.is_set() or await pause(
                     self._stopping, self._backoff.delay(failures)
                 ):
                     raise
+            else:
+                if failures and self._outage is not None:
+                    self._outage.answered()
+                return outcomes
+
+    def _retrying(self, lane: int, part: list[Delivery], exc: DatabaseDown) -> None:
+        """Report a part about to be retried: as PostgreSQL's outage when it is away (the lane's
+        line then at DEBUG), else with a warning."""
+        cause = exc.__cause__
+        level = logging.WARNING
+        if self._outage is not None and (cause is None or unreachable(cause)):
+            self._outage.failed(cause or exc)  # no cause: the connection was found dead
+            level = logging.DEBUG
+        if self._on_trouble is not None:
+            self._on_trouble(f"database unavailable: {exc}")
+        log.log(
+            level,
+            "lane %d: batch part not applied, retrying it: events=%d error=%s",
+            lane,
+            len(part),
+            exc,
+        )
 
     async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
         conn: asyncpg.Connection | None = None

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from consumers.deliveries import describe
 from consumers.status import WorkerStatus
+
+if TYPE_CHECKING:
+    from conveyor.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -14,11 +18,24 @@ log = logging.getLogger(__name__)
 class Health:
     """Kept up to date by the worker and its applier; the ops plane reads `status()`."""
 
-    __slots__ = ("_group", "_topic", "last_progress", "reason", "serving", "stopped")
+    __slots__ = (
+        "_announced",
+        "_group",
+        "_postgres",
+        "_topic",
+        "last_progress",
+        "reason",
+        "serving",
+        "stopped",
+    )
 
-    def __init__(self, topic: str, group: str) -> None:
+    def __init__(self, topic: str, group: str, postgres: Outage | None = None) -> None:
         self._topic = topic
         self._group = group
+        self._postgres = postgres
+        """PostgreSQL's outage log: while it reports an outage, that says why, once."""
+        self._announced = False
+        """A WARNING said this worker is not serving; an INFO says when it is again."""
         self.serving = False
         self.reason = "starting"
         self.last_progress = time.monotonic()
@@ -27,13 +44,20 @@ class Health:
 
     def progressed(self) -> None:
         """A batch finished, or there was nothing to do: serving."""
+        if self._announced:
+            self._announced = False
+            log.info("consumer serving again: topic=%s group=%s", self._topic, self._group)
         self.serving, self.reason = True, ""
         self.last_progress = time.monotonic()
 
     def unhealthy(self, reason: str) -> None:
-        """Not serving, for `reason`; logged when that is news."""
+        """Not serving, for `reason`; logged when that is news, at DEBUG while PostgreSQL's
+        outage line says why."""
         if self.serving or self.reason != reason:
-            log.warning(
+            outage = self._postgres is not None and self._postgres.since is not None
+            self._announced = self._announced or not outage
+            log.log(
+                logging.DEBUG if outage else logging.WARNING,
                 "consumer not serving: topic=%s group=%s reason=%s",
                 self._topic,
                 self._group,

@@ -18,6 +18,7 @@ from consumers.settings import ConsumerSettings
 from conveyor import database, redis_client, wire
 from conveyor import telemetry as t
 from conveyor.entry_ids import EntryId
+from conveyor.outages import Outage, unreachable
 from conveyor.replies import text
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,11 @@ class Housekeeper:
         catalog: Catalog,
         ledger_chunk: int = LEDGER_CHUNK,
         dead_letter_batch: int = DEAD_LETTER_BATCH,
+        outage: Outage | None = None,
     ) -> None:
         self._pool = pool
+        self._outage = outage
+        """Told when PostgreSQL is away (which it logs), rather than a warning per step."""
         self._catalog = catalog
         self._client = client
         self._s = settings
@@ -125,7 +129,17 @@ class Housekeeper:
         try:
             await work
         except _FAILURES as exc:
-            log.warning("housekeeping failed: step=%s group=%s error=%r", step, self._s.group, exc)
+            level = logging.WARNING
+            if self._outage is not None and unreachable(exc):
+                self._outage.failed(exc)
+                level = logging.DEBUG
+            log.log(
+                level,
+                "housekeeping failed: step=%s group=%s error=%r",
+                step,
+                self._s.group,
+                exc,
+            )
             report.errors.append(f"{step}: {exc!r}")
 
     async def _redis(self, command: Awaitable[Any]) -> Any:

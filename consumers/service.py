@@ -27,6 +27,7 @@ from consumers.status import ConsumerStatus
 from consumers.streams import TopicStreams
 from consumers.worker import TopicWorker
 from conveyor import redis_client, wire
+from conveyor.outages import Outage, quiet_pool_reconnects, unreachable
 from conveyor.retry import pause
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Consumer:
         self._member: Member | None = None
         self._catalog: Catalog | None = None
         self._housekeeper: Housekeeper | None = None
+        self._postgres = Outage("postgres", settings.database_address, log, "consumer")
 
     async def __aenter__(self) -> Consumer:
         await self.start()
@@ -79,6 +81,7 @@ class Consumer:
         warning = retention_warning(s)
         if warning:
             log.warning("%s", warning)
+        quiet_pool_reconnects()
         # Lanes of every topic and a connection per topic for dead-letter marks, the trim lock
         # and a transaction beside it, the heartbeat, and the dead-letter catalog (the ops plane
         # has a pool of its own).
@@ -88,7 +91,7 @@ class Consumer:
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = self._make_catalog(self._pool)
         self._housekeeper = Housekeeper(
-            self._pool, self._redis, s, self.metrics, catalog=self._catalog
+            self._pool, self._redis, s, self.metrics, catalog=self._catalog, outage=self._postgres
         )
         for topic in s.topics:
             self.workers[topic] = self._topic_worker(topic, self._pool, self._catalog)
@@ -111,7 +114,7 @@ class Consumer:
         """A topic's worker and the parts it is made of."""
         s = self.settings
         keys = wire.Keys(topic, s.key_prefix)
-        health = Health(topic, s.group)
+        health = Health(topic, s.group, self._postgres)
         streams = TopicStreams(self._redis, keys, s.group, s.consumer)
         applier = Applier(
             pool,
@@ -122,6 +125,7 @@ class Consumer:
             stopping=self._stopping,
             on_trouble=health.unhealthy,
             backoff=s.outage_policy,
+            outage=self._postgres,
         )
         schedule = RetrySchedule()
         reader = Reader(streams, schedule, s, self.metrics)
@@ -193,7 +197,18 @@ class Consumer:
             try:
                 await self._catalog.heartbeat(self._member)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("consumer heartbeat failed: %r", exc)
+                self._database_failed("consumer heartbeat failed", exc)
+            else:
+                self._postgres.answered()
+
+    def _database_failed(self, what: str, exc: BaseException) -> None:
+        """A failure of housekeeping work, retried later: PostgreSQL being away is logged as an
+        outage (the details at DEBUG), anything else as a warning."""
+        if unreachable(exc):
+            self._postgres.failed(exc)
+            log.debug("%s: %r", what, exc)
+        else:
+            log.warning("%s: %r", what, exc)
 
     async def _housekeeping(self) -> None:
         """Record dead letters a crash kept from the catalog (at once on start), then, from one
@@ -208,8 +223,8 @@ class Consumer:
                         worker.streams.keys, dead_letters.reader(worker.streams)
                     )
                 except Exception as exc:  # noqa: BLE001 - retried next round
-                    log.warning(
-                        "dead-letter reconcile failed: topic=%s error=%r", worker.topic, exc
+                    self._database_failed(
+                        f"dead-letter reconcile failed: topic={worker.topic}", exc
                     )
             if not first:
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Literal
@@ -134,6 +135,11 @@ class ConsumerSettings:
         return RetryPolicy.of_seconds(
             min(_OUTAGE_BACKOFF, self.db_backoff_max), self.db_backoff_max
         )
+
+    @property
+    def database_address(self) -> str:
+        """`database_url` as log lines show it: any password replaced by ***."""
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.database_url)
 
     @property
     def redelivery_window(self) -> float:

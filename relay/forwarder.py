@@ -13,6 +13,7 @@ from opentelemetry import trace
 from tenacity import AsyncRetrying, RetryCallState
 
 from conveyor import telemetry as t
+from conveyor.outages import OUTAGE_LOG_INTERVAL
 from conveyor.retry import pause
 from relay.metrics import RelayMetrics
 from relay.publisher import Publisher
@@ -55,6 +56,7 @@ class Forwarder:
         self.last_progress = time.monotonic()
         """When a batch last committed, or the forwarder started."""
         self.last_error: str | None = None
+        self._failure_logged = 0.0
 
     def wake(self) -> None:
         """New rows may be there (NOTIFY, or shutdown): stop waiting and claim."""
@@ -125,7 +127,13 @@ class Forwarder:
     def _log_failure(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         self.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning(
+        # The first failure of a batch, then one every OUTAGE_LOG_INTERVAL: an outage retries
+        # for as long as it lasts.
+        now, level = time.monotonic(), logging.DEBUG
+        if state.attempt_number == 1 or now - self._failure_logged >= OUTAGE_LOG_INTERVAL:
+            self._failure_logged, level = now, logging.WARNING
+        log.log(
+            level,
             "relay batch failed, rows stay unpublished and will be retried: schema=%s attempt=%d "
             "retry_in=%.2fs error=%s",
             self.schema,

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from conveyor import redis_client
+from conveyor.outages import Outage, describe, quiet_pool_reconnects, unreachable
 from conveyor.retry import pause
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
@@ -21,56 +22,6 @@ from relay.status import Backlog, ForwarderStatus, RelayStatus
 from relay.store import NotifyListener, OutboxStore
 
 log = logging.getLogger(__name__)
-
-OUTAGE_LOG_INTERVAL = 30.0
-"""Seconds between the warnings that PostgreSQL or Redis is still unreachable (the monitor checks
-every `monitor_interval`; one line per check would bury everything else)."""
-
-
-class Outage:
-    """The log of one dependency's outages: a warning when it stops answering, one every
-    OUTAGE_LOG_INTERVAL while it stays away, and one when it answers again."""
-
-    def __init__(self, name: str, address: str) -> None:
-        self.name = name
-        self.address = address
-        """The dependency's URL with any password masked."""
-        self.since: float | None = None
-        """When the current outage began (monotonic seconds); None while it answers."""
-        self._logged = 0.0
-
-    def failed(self, exc: BaseException) -> None:
-        """The dependency did not answer a check."""
-        now = time.monotonic()
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if self.since is None:
-            self.since = self._logged = now
-            log.warning(
-                "%s at %s unreachable (%s); the relay retries until it answers",
-                self.name,
-                self.address,
-                error,
-            )
-        elif now - self._logged >= OUTAGE_LOG_INTERVAL:
-            self._logged = now
-            log.warning(
-                "%s at %s still unreachable after %.0f s (%s)",
-                self.name,
-                self.address,
-                now - self.since,
-                error,
-            )
-
-    def answered(self) -> None:
-        """The dependency answered a check."""
-        if self.since is not None:
-            log.info(
-                "%s at %s answers again after %.0f s",
-                self.name,
-                self.address,
-                time.monotonic() - self.since,
-            )
-            self.since = None
 
 
 class Relay:
@@ -93,8 +44,10 @@ class Relay:
         self._redis: Any = None
         self._publisher: StreamPublisher | None = None
         self._listener: NotifyListener | None = None
-        self._redis_outage = Outage("redis", settings.redis_address)
-        self._postgres_outage = Outage("postgres", settings.database_address)
+        self._redis_outage = Outage("redis", settings.redis_address, log, "relay")
+        self._postgres_outage = Outage("postgres", settings.database_address, log, "relay")
+        self._listen_failing = False
+        """LISTEN failed on a PostgreSQL that answers (and was logged once)."""
 
     async def __aenter__(self) -> Relay:
         await self.start()
@@ -111,6 +64,7 @@ class Relay:
     async def start(self) -> None:
         """Open the connection pool and the Redis client; fails if PostgreSQL is unreachable."""
         s = self.settings
+        quiet_pool_reconnects()
         size = s.concurrency * len(s.schemas) + 3  # + cleanup, the monitor and a spare
         self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=size)
         self._redis = redis_client.connect(s.redis_url)
@@ -192,8 +146,16 @@ class Relay:
         try:
             await self._listener.connect()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("cannot LISTEN for outbox notifications, polling meanwhile: %r", exc)
+            if unreachable(exc):  # the outage line says it
+                self._postgres_down(exc)
+                log.debug("cannot LISTEN for outbox notifications: %r", exc)
+            elif not self._listen_failing:
+                self._listen_failing = True
+                log.warning("cannot LISTEN for outbox notifications, polling meanwhile: %r", exc)
             return
+        if self._listen_failing:
+            self._listen_failing = False
+            log.info("listening for outbox notifications again")
         for forwarder in self.forwarders.values():
             forwarder.wake()  # rows may have committed while nobody listened
 
@@ -230,11 +192,14 @@ class Relay:
             try:
                 self.metrics.backlog[schema] = await forwarder.store.backlog()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self._postgres_up = self.metrics.dependency_up["postgres"] = False
-                self._postgres_outage.failed(exc)
+                self._postgres_down(exc)
                 return
         self._postgres_up = self.metrics.dependency_up["postgres"] = True
         self._postgres_outage.answered()
+
+    def _postgres_down(self, exc: BaseException) -> None:
+        self._postgres_up = self.metrics.dependency_up["postgres"] = False
+        self._postgres_outage.failed(exc)
 
     async def _clean(self) -> None:
         s = self.settings
@@ -247,6 +212,12 @@ class Relay:
                     ):
                         pass
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    if unreachable(exc):  # the outage line says it
+                        self._postgres_down(exc)
+                        log.debug(
+                            "outbox cleanup failed: schema=%s error=%s", schema, describe(exc)
+                        )
+                        continue
                     log.warning(
                         "outbox cleanup failed, will retry: schema=%s error=%r", schema, exc
                     )

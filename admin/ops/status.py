@@ -16,6 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 from admin.catalog import Catalog
 from conveyor import wire
 from conveyor.entry_ids import EntryId
+from conveyor.outages import unreachable
 from conveyor.replies import text
 from conveyor.retry import pause
 
@@ -108,6 +109,8 @@ class StatusChecker:
         self._prefix = catalog.key_prefix
         self._on_change = on_change
         self._interval = interval
+        self._registry_failing = False
+        """The last read of the consumer registry failed (a failure is logged once)."""
         self.snapshot = Snapshot()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -157,8 +160,16 @@ class StatusChecker:
             async with asyncio.timeout(2):
                 registered = await self._catalog.groups()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("cannot read the consumer registry: %r", exc)
+            # Once, unless PostgreSQL is away: the process's outage line says so, with its address.
+            quiet = self._registry_failing or unreachable(exc)
+            self._registry_failing = True
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "cannot read the consumer registry: %r",
+                exc,
+            )
             return []
+        self._registry_failing = False
         out = []
         for g in registered:
             status = await self._group(g.topic, g.group, g.mode, g.members)

@@ -101,7 +101,8 @@ async def test_stop_interrupts_the_backoff_and_keeps_unpublished_rows() -> None:
     s = RelaySettings(batch_size=5, backoff_initial=5.0, backoff_max=5.0)
     forwarder = Forwarder(outbox, stream, s, RelayMetrics(), stopping)
     task = asyncio.create_task(forwarder.run())
-    await asyncio.sleep(0.05)
+    while forwarder.last_error is None:  # the first batch failed; its 5 s backoff begins
+        await asyncio.sleep(0.01)
     stopping.set()
     forwarder.wake()
     async with asyncio.timeout(2):

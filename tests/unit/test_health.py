@@ -9,6 +9,7 @@ import pytest
 
 from consumers import WorkerStatus
 from consumers.health import Health
+from conveyor.outages import Outage
 
 
 def test_a_worker_starts_not_serving_until_its_first_round() -> None:
@@ -50,3 +51,29 @@ def test_the_snapshot_does_not_change_with_the_worker() -> None:
     snapshot = health.status()
     health.progressed()
     assert not snapshot.serving
+
+
+def test_a_worker_serving_again_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    health = Health("identity", "billing")
+    health.progressed()
+    with caplog.at_level(logging.INFO, logger="consumers.health"):
+        health.unhealthy("ConnectionError: gone")
+        health.progressed()
+        health.progressed()
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+    assert caplog.records[1].getMessage() == "consumer serving again: topic=identity group=billing"
+
+
+def test_trouble_during_a_postgres_outage_is_left_to_the_outage_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    postgres = Outage("postgres", "postgresql://app:***@db/app", logging.getLogger("t"), "consumer")
+    health = Health("identity", "billing", postgres)
+    health.progressed()
+    postgres.failed(ConnectionResetError("reset"))
+    with caplog.at_level(logging.INFO, logger="consumers.health"):
+        health.unhealthy("database unavailable: ConnectionResetError: reset")
+        postgres.answered()
+        health.progressed()
+    assert [r for r in caplog.records if r.name == "consumers.health"] == []
+    assert health.status().serving
