@@ -5,7 +5,6 @@ admin/ops/settings.py)."""
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Annotated, NoReturn
 
@@ -14,7 +13,7 @@ from rich.markup import escape
 
 from admin.cli.setting_options import SettingOptions, Shown
 from admin.ops.settings import AuthSettings, OpsSettings, ServerSettings, StartupSettings
-from conveyor import database, wire
+from conveyor import database, urls, wire
 
 DatabaseUrl = Annotated[
     str,
@@ -88,9 +87,8 @@ EXIT_ADDRESS_IN_USE = 8
 the host has no such address). Nothing was created."""
 
 
-def redact(url: str) -> str:
-    """`url` with any password replaced by ***, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+redact = urls.redact
+"""`url` with any password replaced by ***, for messages and logs (conveyor.urls.redact)."""
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
