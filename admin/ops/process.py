@@ -67,4 +67,8 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
 
 
 def _ignore(signum: int, _frame: FrameType | None) -> None:
-    log.info("%s ignored: nothing to reload", signal.Signals(signum).name)
+    log.info(
+        "%s ignored: nothing to reload (a --tokens-file is read as the ops plane starts, and "
+        "again on each SIGHUP after that)",
+        signal.Signals(signum).name,
+    )
