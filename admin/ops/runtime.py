@@ -314,12 +314,15 @@ async def serve(
     plane: OpsPlane, pipeline: Pipeline, *, started: Callable[[], None] = lambda: None
 ) -> None:
     """Start `plane`, then `pipeline`, run it until SIGTERM/SIGINT, then close both;
-    OpsPlaneUnavailable (AddressUnavailable for the gRPC address) when the plane cannot start.
+    OpsPlaneUnavailable (AddressUnavailable for the gRPC address) when the plane cannot start,
+    DependencyUnavailable when its PostgreSQL pool cannot connect.
 
     The plane binds its gRPC address before the pipeline creates anything, so a taken address
     leaves no consumer group or catalog entry behind. `started()` runs once both are up. On a
     signal, health goes NOT_SERVING first (so probes and load balancers see it before the
-    pipeline stops), then `pipeline.stop()` lets the pipeline finish what is in flight.
+    pipeline stops), then `pipeline.stop()` lets the pipeline finish what is in flight. A stop
+    asked for before (admin.ops.process.stop_requested) or while the plane starts keeps the
+    pipeline from starting at all.
     """
     stopping = False
 

@@ -21,6 +21,7 @@ from tests.integration.startup_support import (
     env_of,
     failed_in_one_line,
     fixture_read_only_redis,  # noqa: F401 - a pytest fixture
+    output_until,
 )
 from tests.pki import make_pki
 from tests.processes import run_conveyor, start_conveyor, stop
@@ -190,6 +191,20 @@ async def test_sighup_during_the_start_up_wait_does_not_kill_the_process(
     alive = proc.poll() is None
     shown += stop(proc, signal.SIGKILL)
     assert alive, f"exit {proc.returncode} after SIGHUP:\n{shown}"
+
+
+# A running consumer without --tokens-file has nothing to reload: SIGHUP (sent to every conveyor
+# process after `conveyor token create`, say) is logged and ignored, and SIGTERM still stops it
+# gracefully.
+async def test_sighup_to_a_process_without_a_tokens_file_is_ignored(
+    case: Case, catalog_cleanup: None
+) -> None:
+    proc = start_conveyor(args_of("consume", case.schema), env_of(case.env, case.schema))
+    shown = output_until(proc, "started:")
+    proc.send_signal(signal.SIGHUP)
+    shown += output_until(proc, "SIGHUP ignored: nothing to reload")
+    shown += stop(proc, signal.SIGTERM)
+    assert proc.returncode == EXIT_OK, shown
 
 
 # A tokens file with no token in it (the header `token create` writes, or an empty file made to
