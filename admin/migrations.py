@@ -45,6 +45,7 @@ from conveyor.database import (
     VERSION_TABLE,
     validate_schema,
 )
+from conveyor.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -234,18 +235,20 @@ def _checked_schema(schema: str) -> str:
 def _parse_url(database_url: str) -> URL:
     try:
         url = make_url(database_url)
-    except ArgumentError as exc:
+        url.port  # noqa: B018 - sqlalchemy parses the port lazily; int() fails here
+    except (ArgumentError, ValueError) as exc:
         raise InvalidInput(
-            f"invalid database URL {database_url!r}: expected postgresql://user@host:port/db",
+            f"invalid database URL {redact(database_url)!r}: expected "
+            "postgresql://user@host:port/db",
             field="database_url",
-            value=database_url,
+            value=redact(database_url),
         ) from exc
     if url.get_backend_name() != "postgresql":
         raise InvalidInput(
-            f"invalid database URL {url.render_as_string()!r}: Conveyor needs PostgreSQL "
+            f"invalid database URL {redact(database_url)!r}: Conveyor needs PostgreSQL "
             "(postgresql://user@host:port/db)",
             field="database_url",
-            value=url.render_as_string(),
+            value=redact(database_url),
         )
     return url
 
@@ -324,7 +327,7 @@ async def _connect(url: URL) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise DatabaseUnavailable(url=url.render_as_string(), cause=exc) from exc
+        raise DatabaseUnavailable(url=redact(url.render_as_string()), cause=exc) from exc
 
 
 async def _probe(url: URL) -> None:

@@ -135,7 +135,7 @@ def consume(
             tls_client_ca=tls_client_ca,
             mtls_writers=mtls_writer or (),
             descriptor_sets=descriptor_set or (),
-            stall_timeout=parse_duration(stall_timeout),
+            stall_timeout=parse_duration(stall_timeout, OPS.flag("stall_timeout")),
             page_token_key=page_token_key,
         )
         handlers = load_router(router)
@@ -151,26 +151,35 @@ def consume(
             batch_size=batch_size,
             partitions=partitions,
             max_attempts=max_attempts,
-            retry_backoff=parse_duration(retry_backoff),
-            retry_backoff_max=parse_duration(retry_backoff_max),
-            claim_idle=parse_duration(claim_idle),
+            retry_backoff=parse_duration(retry_backoff, CONSUMER.flag("retry_backoff")),
+            retry_backoff_max=parse_duration(retry_backoff_max, CONSUMER.flag("retry_backoff_max")),
+            claim_idle=parse_duration(claim_idle, CONSUMER.flag("claim_idle")),
             recreate_lost_group=recreate_lost_group,
             max_stream_length=max_stream_length,
-            ledger_retention=parse_duration(ledger_retention),
-            dead_letter_retention=parse_duration(dead_letter_retention),
+            ledger_retention=parse_duration(ledger_retention, CONSUMER.flag("ledger_retention")),
+            dead_letter_retention=parse_duration(
+                dead_letter_retention, CONSUMER.flag("dead_letter_retention")
+            ),
             max_event_bytes=max_event_bytes,
-            housekeeping_interval=parse_duration(housekeeping_interval),
-            idle_consumer_timeout=parse_duration(idle_consumer_timeout),
+            housekeeping_interval=parse_duration(
+                housekeeping_interval, CONSUMER.flag("housekeeping_interval")
+            ),
+            idle_consumer_timeout=parse_duration(
+                idle_consumer_timeout, CONSUMER.flag("idle_consumer_timeout")
+            ),
         )
-        timeout = StartupSettings(parse_duration(startup_timeout)).startup_timeout
+        timeout = StartupSettings(
+            parse_duration(startup_timeout, STARTUP.flag("startup_timeout"))
+        ).startup_timeout
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     own = (settings.ledger_schema,) if settings.exactly_once else ()
-    startup.check(startup.Needs(CONSUMER, database_url, redis_url, own, ops, timeout=timeout))
+    needs = startup.Needs(CONSUMER, database_url, redis_url, key_prefix, own, ops, timeout=timeout)
+    startup.check(needs)
     reader = InMemoryMetricReader()
     observability.configure(f"conveyor-consumer-{settings.group}", readers=[reader])
     tune_for_throughput()
-    startup.run(lambda started: _serve(handlers, settings, ops, reader, started), CONSUMER)
+    startup.run(lambda started: _serve(handlers, settings, ops, reader, started), needs)
 
 
 async def _serve(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -10,21 +11,25 @@ _DURATION_RE = re.compile(r"(?:(\d+(?:\.\d+)?)([smhdw]))+?")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in `text`: a plain number of seconds, or units like `90s`, `30m`, `24h`, `1d12h`."""
+_USE = "use seconds (e.g. 90) or a number with s, m, h, d or w (e.g. 30m, 24h, 1d12h)"
+
+
+def parse_duration(text: str, option: str | None = None) -> float:
+    """Seconds in `text`: a plain number of seconds, or units like `90s`, `30m`, `24h`, `1d12h`;
+    ValueError naming `option` (e.g. `--startup-timeout`) when given, else "duration"."""
+    what = f"invalid {option or 'duration'} {text.strip()[:40]!r}"
     text = text.strip().lower()
     try:
         value = float(text)
     except ValueError:
         parts = _DURATION_RE.findall(text)
         if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError(
-                f"invalid duration {text!r}: use seconds (e.g. 90) or a number with s, m, h, d "
-                "or w (e.g. 30m, 24h, 1d12h)"
-            ) from None
+            raise ValueError(f"{what}: {_USE}") from None
         value = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not 0 <= value < float("inf"):  # negative, infinite or NaN
-        raise ValueError(f"invalid duration {text!r}: must be zero or more")
+    if math.isnan(value) or math.isinf(value):  # no limit at all is not a duration
+        raise ValueError(f"{what}: use a finite duration, e.g. 90, 30m or 24h")
+    if value < 0:
+        raise ValueError(f"{what}: must be zero or more")
     return value
 
 

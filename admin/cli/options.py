@@ -5,7 +5,6 @@ admin/ops/settings.py)."""
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Annotated, NoReturn
 
@@ -14,7 +13,7 @@ from rich.markup import escape
 
 from admin.cli.setting_options import SettingOptions, Shown
 from admin.ops.settings import AuthSettings, OpsSettings, ServerSettings, StartupSettings
-from conveyor import database, wire
+from conveyor import database, urls, wire
 
 DatabaseUrl = Annotated[
     str,
@@ -69,7 +68,8 @@ DEFAULT_SCHEMA = database.DEFAULT_SCHEMA
 DEFAULT_LOG_LEVEL = "info"
 
 EXIT_OK = 0
-"""Success; for `relay` and `consume`, a graceful stop after SIGTERM or SIGINT."""
+"""Success; for `relay` and `consume`, a graceful stop after SIGTERM or SIGINT (also while they
+wait for PostgreSQL or Redis at start)."""
 EXIT_FAILURE = 1
 """The work failed, or a server the command needs did not answer (client commands; `migrate`:
 PostgreSQL unreachable, a schema not at head)."""
@@ -80,17 +80,16 @@ EXIT_PRECONDITION = 6
 letter). `relay` and `consume`: a schema they need is not at head (or has no Conveyor tables);
 the message names the `conveyor migrate up` command that fixes it."""
 EXIT_UNAVAILABLE = 7
-"""`relay` and `consume`: PostgreSQL or Redis did not answer within --startup-timeout, or answered
-with an error (a wrong password, say); the message names the address and the option that sets it.
-Nothing was created."""
+"""`relay` and `consume`: PostgreSQL or Redis did not answer within --startup-timeout, answered
+with an error (a wrong password, a read-only Redis replica, say), or went away between the checks
+and the start; the message names the address and the option that sets it. Nothing was created."""
 EXIT_ADDRESS_IN_USE = 8
 """`relay` and `consume`: the --grpc-addr address cannot be bound (another process holds it, or
 the host has no such address). Nothing was created."""
 
 
-def redact(url: str) -> str:
-    """`url` with any password replaced by ***, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+redact = urls.redact
+"""`url` with any password replaced by ***, for messages and logs (conveyor.urls.redact)."""
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

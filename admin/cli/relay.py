@@ -118,7 +118,7 @@ def run(
             tls_client_ca=tls_client_ca,
             mtls_writers=mtls_writer or (),
             descriptor_sets=descriptor_set or (),
-            stall_timeout=parse_duration(stall_timeout),
+            stall_timeout=parse_duration(stall_timeout, OPS.flag("stall_timeout")),
             page_token_key=page_token_key,
         )
         settings = RelaySettings(
@@ -128,20 +128,23 @@ def run(
             key_prefix=key_prefix,
             batch_size=batch_size,
             concurrency=concurrency,
-            poll_interval=parse_duration(poll_interval),
+            poll_interval=parse_duration(poll_interval, RELAY.flag("poll_interval")),
             listen=listen,
-            retention=parse_duration(retention),
+            retention=parse_duration(retention, RELAY.flag("retention")),
         )
-        timeout = StartupSettings(parse_duration(startup_timeout)).startup_timeout
+        timeout = StartupSettings(
+            parse_duration(startup_timeout, STARTUP.flag("startup_timeout"))
+        ).startup_timeout
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    startup.check(
-        startup.Needs(RELAY, database_url, redis_url, settings.schemas, ops, timeout=timeout)
+    needs = startup.Needs(
+        RELAY, database_url, redis_url, key_prefix, settings.schemas, ops, timeout=timeout
     )
+    startup.check(needs)
     reader = InMemoryMetricReader()
     observability.configure("conveyor-relay", readers=[reader])
     tune_for_throughput()
-    startup.run(lambda started: _serve(settings, ops, reader, started), RELAY)
+    startup.run(lambda started: _serve(settings, ops, reader, started), needs)
 
 
 async def _serve(

@@ -6,7 +6,6 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import signal
 import sys
 import threading
 import time
@@ -20,7 +19,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from admin.catalog import Catalog
 from admin.catalog.audit import AuditLog
-from admin.errors import AddressUnavailable, OpsPlaneUnavailable
+from admin.errors import AddressUnavailable, DependencyUnavailable, OpsPlaneUnavailable
+from admin.ops import process
 from admin.ops.auth import AuthInterceptor
 from admin.ops.health import Health
 from admin.ops.server import OpsServer
@@ -36,6 +36,7 @@ from admin.ops.status import (
 )
 from admin.ops.tokens import TokenStore, install_sighup_reload
 from conveyor import redis_client
+from conveyor.urls import redact
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -159,13 +160,13 @@ class OpsPlane:
         self._thread.start()
         self._loop = await asyncio.wrap_future(ready)
         self._beater = asyncio.create_task(self._beat(), name="ops-beat")
+        if self._store is not None:  # from now on, so no edit of the file is missed
+            install_sighup_reload(asyncio.get_running_loop(), self._store)
         try:
             self.port = await self._call(self._setup())
         except BaseException:
             await self.close()
             raise
-        if self._store is not None:
-            install_sighup_reload(asyncio.get_running_loop(), self._store)
         return self.port
 
     def begin_shutdown(self) -> None:
@@ -225,7 +226,16 @@ class OpsPlane:
             loop.close()
 
     async def _setup(self) -> int:
-        pool = await asyncpg.create_pool(self._database_url, min_size=1, max_size=OPS_POOL_SIZE)
+        try:
+            pool = await asyncpg.create_pool(self._database_url, min_size=1, max_size=OPS_POOL_SIZE)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            answered = isinstance(exc, asyncpg.PostgresError)
+            raise DependencyUnavailable(
+                name="PostgreSQL",
+                address=redact(self._database_url),
+                cause=exc,
+                waited=None if answered else 0,
+            ) from exc
         try:
             return await self._serve(pool)
         except BaseException:
@@ -304,27 +314,39 @@ async def serve(
     plane: OpsPlane, pipeline: Pipeline, *, started: Callable[[], None] = lambda: None
 ) -> None:
     """Start `plane`, then `pipeline`, run it until SIGTERM/SIGINT, then close both;
-    OpsPlaneUnavailable (AddressUnavailable for the gRPC address) when the plane cannot start.
+    OpsPlaneUnavailable (AddressUnavailable for the gRPC address) when the plane cannot start,
+    DependencyUnavailable when its PostgreSQL pool cannot connect.
 
     The plane binds its gRPC address before the pipeline creates anything, so a taken address
     leaves no consumer group or catalog entry behind. `started()` runs once both are up. On a
     signal, health goes NOT_SERVING first (so probes and load balancers see it before the
-    pipeline stops), then `pipeline.stop()` lets the pipeline finish what is in flight.
+    pipeline stops), then `pipeline.stop()` lets the pipeline finish what is in flight. A stop
+    asked for before (admin.ops.process.stop_requested) or while the plane starts keeps the
+    pipeline from starting at all.
     """
-    await _start(plane)
+    stopping = False
 
     def on_signal() -> None:
+        nonlocal stopping
+        stopping = True
         plane.begin_shutdown()
         pipeline.stop()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # a stop asked for during the start is kept
+    for sig in process.STOP_SIGNALS:  # a stop asked for during the start is kept
         loop.add_signal_handler(sig, on_signal)
+    asked = process.stop_requested()  # before this process's loop took the signals
+    if asked is not None:
+        on_signal()
     try:
+        await _start(plane)
         try:
-            await pipeline.start()
-            started()
-            await pipeline.run()
+            if stopping:
+                log.info("stopped by %s while starting", asked or "a signal")
+            else:
+                await pipeline.start()
+                started()
+                await pipeline.run()
         finally:
             await plane.close()
     finally:
@@ -338,7 +360,7 @@ async def _start(plane: OpsPlane) -> None:
     except RuntimeError as exc:  # grpc's bind failure, when the address was taken after the check
         reason = "address already in use"
         raise AddressUnavailable(address=addr, reason=reason, in_use=True) from exc
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except OSError as exc:  # a TLS file that went away since the checks, say
         raise OpsPlaneUnavailable(
-            f"the ops plane cannot connect to PostgreSQL: {type(exc).__name__}: {exc}"
+            f"the ops plane cannot start: {type(exc).__name__}: {exc}"
         ) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,41 @@ def check_bindable(grpc_addr: str) -> None:
         first = (in_use or failures)[0]
         reason = (first.strerror or str(first)).lower()
         raise AddressUnavailable(address=grpc_addr, reason=reason, in_use=bool(in_use)) from first
+
+
+def check_tls(settings: ServerSettings) -> None:
+    """Raise ValueError naming the files unless the TLS certificate and key (and client CA) of
+    `settings` load as gRPC will load them: a certificate with its own private key, in PEM."""
+    cert, key, ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    if cert is None or key is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A key that needs a password gets none (and fails) rather than a prompt on the terminal.
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and its "
+            f"unencrypted private key ({_ssl_reason(exc)})"
+        ) from exc
+    if ca is not None:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"--tls-client-ca {ca} is not a PEM CA certificate ({_ssl_reason(exc)})"
+            ) from exc
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) if isinstance(exc, ssl.SSLError) else None
+    if reason == "KEY_VALUES_MISMATCH":
+        return "the key is not the certificate's"
+    if reason:
+        return str(reason).lower().replace("_", " ")
+    if isinstance(exc, ssl.SSLError):  # OpenSSL names no reason when the PEM does not parse
+        return "a file does not parse as the PEM it should be: given the wrong way round?"
+    return exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 class OpsServer:

@@ -9,6 +9,7 @@ start-up.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +66,15 @@ class ServerSettings:
             raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("mTLS (--tls-client-ca) needs a server certificate and key too")
-        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+        ):
             if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {str(path)!r} does not exist")
+                raise ValueError(f"{flag}: TLS file {str(path)!r} does not exist")
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{flag}: TLS file {str(path)!r} cannot be read (permissions)")
 
 
 @dataclass(frozen=True, slots=True)

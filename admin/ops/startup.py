@@ -1,9 +1,12 @@
 """What a relay or consumer waits for before it creates anything: PostgreSQL answering with its
-schemas at head, and Redis answering (its gRPC address is checked by admin/ops/server.py).
+schemas at head, and Redis answering and taking writes (its gRPC address is checked by
+admin/ops/server.py).
 
-The checks create nothing in Redis or the catalog, so a failed start leaves nothing behind.
-PostgreSQL and Redis get a bounded, logged wait (`StartupSettings.startup_timeout`); a refusal no
-wait can fix (a wrong password, a database that does not exist) fails at once.
+The checks leave nothing in Redis or the catalog (the write probe's key is deleted, and expires
+anyway), so a failed start leaves nothing behind. PostgreSQL and Redis get a bounded, logged wait
+(`StartupSettings.startup_timeout`); a refusal no wait can fix (a wrong password, a database that
+does not exist, a read-only replica) fails at once. `lost()` names the dependency behind a
+failure after the checks, while the process starts.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -73,14 +77,23 @@ async def wait_for_postgres(
     await _wait("PostgreSQL", shown_as, attempt, within)
 
 
-async def wait_for_redis(redis_url: str, *, within: float, shown_as: str) -> None:
-    """Wait up to `within` seconds for Redis at `redis_url` to answer PING;
-    DependencyUnavailable when it does not. `shown_as`: as for `wait_for_postgres`."""
+PROBE_TTL_MS = 10_000
+"""The write probe's key expires after this long, should deleting it fail."""
+
+
+async def wait_for_redis(redis_url: str, *, within: float, shown_as: str, key_prefix: str) -> None:
+    """Wait up to `within` seconds for Redis at `redis_url` to answer PING, then check that it
+    takes a write under `key_prefix` (a key set and deleted at once); DependencyUnavailable when
+    it does not answer, or refuses the write (a read-only replica, an ACL). `shown_as`: as for
+    `wait_for_postgres`."""
+    probe = f"{key_prefix}:startup-probe:{uuid.uuid4().hex}"
 
     async def attempt() -> None:
         client = redis_client.connect(redis_url)
         try:
             await client.ping()
+            await client.set(probe, b"", px=PROBE_TTL_MS)  # READONLY on a replica, NOPERM ...
+            await client.delete(probe)
         except _TRANSIENT_REDIS as exc:
             if isinstance(exc, _FINAL_REDIS):  # redis-py's AuthenticationError is a ConnectionError
                 raise DependencyUnavailable(
@@ -95,6 +108,42 @@ async def wait_for_redis(redis_url: str, *, within: float, shown_as: str) -> Non
             await client.aclose()
 
     await _wait("Redis", shown_as, attempt, within)
+
+
+def lost(exc: BaseException, *, postgres: str, redis: str) -> DependencyUnavailable | None:
+    """`exc`, raised while a process started after its checks passed, as the DependencyUnavailable
+    of PostgreSQL (at `postgres`, as shown) or Redis (at `redis`) behind it; None when it came
+    from neither."""
+    name = _source(exc)
+    if name is None:
+        return None
+    answered = isinstance(exc, (redis_errors.ResponseError, asyncpg.PostgresError, *_FINAL_REDIS))
+    address = redis if name == "Redis" else postgres
+    cause = exc if answered else _root(exc)
+    return DependencyUnavailable(
+        name=name, address=address, cause=cause, waited=None if answered else 0
+    )
+
+
+def _source(exc: BaseException) -> str | None:
+    """`Redis` or `PostgreSQL`, by the error's type, else by the innermost driver frame."""
+    if isinstance(exc, redis_errors.RedisError):
+        return "Redis"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return "PostgreSQL"
+    if not isinstance(exc, OSError | TimeoutError):
+        return None
+    modules: list[str] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        modules.append(str(tb.tb_frame.f_globals.get("__name__", "")))
+        tb = tb.tb_next
+    for module in reversed(modules):
+        if module.split(".")[0] == "redis":
+            return "Redis"
+        if module.split(".")[0] == "asyncpg":
+            return "PostgreSQL"
+    return None
 
 
 class _Unanswered(Exception):

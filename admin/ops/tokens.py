@@ -184,14 +184,14 @@ class TokenStore:
     @classmethod
     def load(cls, path: Path) -> TokenStore:
         """Read and parse `path`; raises TokensFileInvalid."""
-        store = cls(path, _read(path))
+        store = cls(path, read_tokens(path))
         log.info("loaded %d admin tokens from %s", len(store), path)
         return store
 
     def reload(self) -> bool:
         """Re-read the file; on any error log it, keep the current tokens and return False."""
         try:
-            entries = _read(self.path)
+            entries = read_tokens(self.path)
         except TokensFileInvalid as exc:
             log.error("%s; keeping the %d tokens loaded before", exc.message, len(self))
             return False
@@ -222,11 +222,16 @@ class TokenStore:
         return outcome if isinstance(outcome, Principal) else None
 
 
-def _read(path: Path) -> tuple[TokenEntry, ...]:
+def read_tokens(path: Path) -> tuple[TokenEntry, ...]:
+    """The entries of the tokens file at `path`; TokensFileInvalid when it cannot be read (its
+    `line` is None then) or has a malformed line."""
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TokensFileInvalid(path=path, line=None, problem=f"cannot read: {exc}") from exc
+    except OSError as exc:
+        problem = f"cannot read it: {(exc.strerror or str(exc)).lower()}"
+        raise TokensFileInvalid(path=path, line=None, problem=problem) from exc
+    except UnicodeDecodeError as exc:
+        raise TokensFileInvalid(path=path, line=None, problem="not UTF-8 text") from exc
     return parse_tokens(text, path=path)
 
 

@@ -173,7 +173,7 @@ def test_relay_rejects_bad_flags_with_the_usage_exit_code(database_url: str) -> 
     assert "invalid schema name 'Bad-Name'" in bad_schema.stderr
     bad_retention = run_conveyor(["relay", "--retention", "forever"], env)
     assert bad_retention.returncode == 2
-    assert "invalid duration 'forever'" in bad_retention.stderr
+    assert "invalid --retention 'forever'" in bad_retention.stderr
 
 
 async def test_replay_republishes_the_kept_window(case: Case) -> None:

@@ -5,7 +5,6 @@ port taken (8). A dependency that comes up while the process waits lets it start
 from __future__ import annotations
 
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,32 +15,15 @@ import redis.asyncio as aioredis
 from admin.cli.options import EXIT_ADDRESS_IN_USE, EXIT_PRECONDITION, EXIT_UNAVAILABLE
 from conveyor import wire
 from tests.integration.conftest import Case
+from tests.integration.startup_support import (
+    KINDS,
+    args_of,
+    env_of,
+    failed_in_one_line,
+    output_until,
+)
 from tests.processes import run_conveyor, start_conveyor, stop
 from tests.servers import RedisServer, free_port
-
-KINDS = ("relay", "consume")
-
-
-def args_of(kind: str, schema: str, *extra: str) -> list[str]:
-    """`conveyor relay` or `conveyor consume` for `schema`, on any free gRPC port."""
-    if kind == "relay":
-        base = ["relay", "--schema", schema]
-    else:
-        base = ["consume", "--group", "g", "--router", "tests.integration.effects_router:router"]
-        base += ["--ledger-schema", schema]
-    return [*base, "--grpc-addr", "127.0.0.1:0", *extra]
-
-
-def env_of(case_env: dict[str, str], schema: str) -> dict[str, str]:
-    return case_env | {"TEST_EFFECTS_SCHEMA": schema}
-
-
-def failed_in_one_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The one `conveyor: error:` line of a failed start, after checking there is no traceback."""
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("conveyor: error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 async def left_behind(case: Case) -> tuple[list[Any], int]:
@@ -129,17 +111,6 @@ async def test_taken_grpc_port_exits_8_before_creating_anything(
     assert "add_port" not in result.stderr
     assert "GRPC_VERBOSITY" not in result.stderr
     assert await left_behind(case) == ([], 0)
-
-
-def output_until(proc: subprocess.Popen[str], text: str) -> str:
-    """What `proc` printed up to and including the first line containing `text`."""
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if text in line:
-            return "".join(lines)
-    raise AssertionError(f"the process ended before printing {text!r}:\n" + "".join(lines))
 
 
 NO_AUTH = "AdminService can authenticate nobody"

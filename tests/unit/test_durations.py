@@ -32,6 +32,19 @@ def test_bad_durations_say_what_is_allowed(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("5x", "invalid --startup-timeout '5x': use seconds"),
+        ("inf", "invalid --startup-timeout 'inf': use a finite duration"),
+        ("-1", "invalid --startup-timeout '-1': must be zero or more"),
+    ],
+)
+def test_a_bad_duration_names_its_option(text: str, said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        parse_duration(text, "--startup-timeout")
+
+
 def test_since_accepts_iso_and_ago() -> None:
     now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
     assert parse_since("2h", now) == now - timedelta(hours=2)
