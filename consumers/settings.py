@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
 from conveyor import database, wire
 from conveyor.retry import RetryPolicy
+from conveyor.urls import redact
 
 Mode = Literal["exactly-once", "at-least-once"]
 
@@ -139,7 +139,7 @@ class ConsumerSettings:
     @property
     def database_address(self) -> str:
         """`database_url` as log lines show it: any password replaced by ***."""
-        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", self.database_url)
+        return redact(self.database_url)
 
     @property
     def redelivery_window(self) -> float:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from conveyor import database, wire
 from conveyor.retry import RetryPolicy
+from conveyor.urls import redact
 
 
 def _positive(name: str, value: float, allowed: str = "a number > 0") -> None:
     if not value > 0:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _masked(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +74,12 @@ class RelaySettings:
     @property
     def redis_address(self) -> str:
         """`redis_url` as log lines show it: any password replaced by ***."""
-        return _masked(self.redis_url)
+        return redact(self.redis_url)
 
     @property
     def database_address(self) -> str:
         """`database_url` as log lines show it: any password replaced by ***."""
-        return _masked(self.database_url)
+        return redact(self.database_url)
 
     @property
     def retry_policy(self) -> RetryPolicy:

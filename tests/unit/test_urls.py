@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from consumers import ConsumerSettings
 from conveyor.urls import POSTGRES_SCHEMES, REDIS_SCHEMES, redact, url_problem
+from relay import RelaySettings
 
 
 @pytest.mark.parametrize(
@@ -54,3 +56,12 @@ def test_a_url_that_cannot_be_used_says_why_without_its_password(
 )
 def test_usable_urls_pass(url: str, schemes: tuple[str, ...]) -> None:
     assert url_problem(url, schemes) is None
+
+
+def test_relay_and_consumer_log_lines_mask_every_password() -> None:
+    database = "postgresql://app:s3@cr@et@db/app?sslmode=require"
+    redis = "redis://cache:6379/0?password=s3cret"
+    relay = RelaySettings(database_url=database, redis_url=redis)
+    consumer = ConsumerSettings(group="g", topics=("t",), database_url=database)
+    for shown in (relay.database_address, relay.redis_address, consumer.database_address):
+        assert "s3" not in shown and "et@" not in shown and "***" in shown
