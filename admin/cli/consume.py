@@ -25,7 +25,7 @@ from admin.cli.options import (
     redact,
     setup_logging,
 )
-from admin.cli.setting_options import SettingOptions, Shown
+from admin.cli.setting_options import SettingOptions, Shown, in_flags
 from admin.ops.settings import CONSUMER_GRPC_ADDR, StartupSettings, ops_settings
 from consumers.settings import ConsumerSettings
 
@@ -172,7 +172,7 @@ def consume(
             parse_duration(startup_timeout, STARTUP.flag("startup_timeout"))
         ).startup_timeout
     except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(in_flags(str(exc), CONSUMER, OPS, SERVER, AUTH, STARTUP), EXIT_USAGE)
     own = (settings.ledger_schema,) if settings.exactly_once else ()
     needs = startup.Needs(CONSUMER, database_url, redis_url, key_prefix, own, ops, timeout=timeout)
     startup.check(needs)

@@ -35,7 +35,7 @@ from admin.cli.options import (
     redact,
     setup_logging,
 )
-from admin.cli.setting_options import SettingOptions, Shown
+from admin.cli.setting_options import SettingOptions, Shown, in_flags
 from admin.errors import AdminError
 from admin.ops.settings import RELAY_GRPC_ADDR, StartupSettings, ops_settings
 from conveyor import database, wire
@@ -136,7 +136,7 @@ def run(
             parse_duration(startup_timeout, STARTUP.flag("startup_timeout"))
         ).startup_timeout
     except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(in_flags(str(exc), RELAY, OPS, SERVER, AUTH, STARTUP), EXIT_USAGE)
     needs = startup.Needs(
         RELAY, database_url, redis_url, key_prefix, settings.schemas, ops, timeout=timeout
     )

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import re
 import textwrap
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -144,3 +145,26 @@ class SettingOptions:
             return self.fields[name]
         except KeyError:
             raise ValueError(f"{self.settings.__name__} has no field {name!r}") from None
+
+
+def in_flags(message: str, *options: SettingOptions) -> str:
+    """`message` of a settings error with the field names it gives replaced by the option and
+    variable a user sets: `--retry-backoff-max (CONVEYOR_RETRY_BACKOFF_MAX) must be ...`. Names with
+    an underscore are replaced anywhere; one-word names only where the message starts with them
+    ("concurrency must be 1-16"), as such words also occur as plain words."""
+    names: dict[str, str] = {}
+    for settings in options:
+        for name in settings.fields:
+            if name not in settings.nested and name not in settings.programmatic:
+                flag = settings.flag(name).split("/")[0]
+                names[name] = f"{flag} ({settings.envvar(name)})"
+    if not names:
+        return message
+    ordered = sorted(names, key=len, reverse=True)
+    anywhere = "|".join(re.escape(n) for n in ordered if "_" in n)
+    if anywhere:
+        message = re.sub(rf"(?<![\w-])({anywhere})(?![\w-])", lambda m: names[m[1]], message)
+    first = re.match(r"([a-z]+)\b", message)
+    if first and first[1] in names:
+        message = names[first[1]] + message[first.end() :]
+    return message

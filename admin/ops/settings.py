@@ -109,7 +109,7 @@ class AuthSettings:
         object.__setattr__(self, "mtls_scopes", MappingProxyType(scopes))
         if self.allow_unauthenticated and self.tokens_file is not None:
             raise InvalidInput(
-                "allow_unauthenticated would ignore the tokens file: set only one of them",
+                "allow_unauthenticated would ignore tokens_file: set only one of them",
                 field="allow_unauthenticated",
                 value="true",
             )

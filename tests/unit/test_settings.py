@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from admin.cli import consume, options
+from admin.cli.setting_options import in_flags
 from consumers.settings import ConsumerSettings
 from relay import RelaySettings
 
@@ -47,3 +49,18 @@ def test_a_sub_microsecond_handler_backoff_gives_a_policy_of_a_microsecond() -> 
 def test_a_sub_microsecond_relay_backoff_gives_a_policy_of_a_microsecond() -> None:
     settings = RelaySettings(backoff_initial=1e-7)
     assert settings.retry_policy.ceiling(1) == pytest.approx(1e-6)
+
+
+def test_settings_errors_name_options_not_fields() -> None:
+    shown = in_flags(
+        "retry_backoff_max must be >= retry_backoff", consume.CONSUMER, options.STARTUP
+    )
+    assert shown == (
+        "--retry-backoff-max (CONVEYOR_RETRY_BACKOFF_MAX) must be >= "
+        "--retry-backoff (CONVEYOR_RETRY_BACKOFF)"
+    )
+    # one-word fields only where the message starts with them: "group" is also a plain word
+    assert in_flags("group name 'x y' is invalid", consume.CONSUMER).startswith("--group (")
+    assert in_flags("a consumer group must be named", consume.CONSUMER) == (
+        "a consumer group must be named"
+    )
