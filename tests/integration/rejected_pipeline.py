@@ -65,6 +65,16 @@ class Pipeline:
         )
         return sorted(str(row["state"]) for row in rows)
 
+    async def letters(self, event_id: uuid.UUID) -> list[tuple[str, str, str | None]]:
+        """(state, entry id, retry_of) of the catalog's dead letters of `event_id`, oldest first."""
+        rows = await self.pg.fetch(
+            "SELECT state, dlq_entry_id, retry_of FROM conveyor.dead_letters "
+            "WHERE key_prefix = $1 AND event_id = $2 ORDER BY id",
+            self.key_prefix,
+            event_id,
+        )
+        return [(str(r["state"]), str(r["dlq_entry_id"]), r["retry_of"]) for r in rows]
+
     def conveyor(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`conveyor ARGS --target` the consumer."""
         return run_conveyor([*args, "--target", self.target], self.env)

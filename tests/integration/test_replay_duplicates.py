@@ -20,7 +20,7 @@ from tests.integration.consumer_support import (
     publish,
     running_consumer,
 )
-from tests.integration.replay_support import GROUP, TOPIC, Pipeline, pipeline
+from tests.integration.rejected_pipeline import GROUP, TOPIC, Pipeline, pipeline
 from tests.processes import run_conveyor, wait_until
 
 pytestmark = pytest.mark.slow
