@@ -3,10 +3,7 @@ and the servers a start-up meets: a read-only Redis, a dependency gone right aft
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -66,40 +63,3 @@ def fixture_read_only_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
-
-
-class OneConnectionProxy:
-    """A loopback TCP proxy to `port` that serves its first connection, then stops listening: the
-    start-up check gets through, everything after it finds the dependency gone."""
-
-    def __init__(self, port: int) -> None:
-        self._target = port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._open: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        try:
-            client, _ = self._listener.accept()
-        except OSError:
-            return
-        finally:
-            self._listener.close()
-        upstream = socket.create_connection(("127.0.0.1", self._target))
-        self._open += [client, upstream]
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._listener.close()
-        for sock in self._open:
-            sock.close()

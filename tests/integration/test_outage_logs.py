@@ -5,9 +5,7 @@ one every 30 s while it lasts, one when it ends; no tracebacks."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -17,59 +15,10 @@ from sqlalchemy.engine import make_url
 
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import create_effects, effect_counts, publish
+from tests.integration.proxies import Proxy
 from tests.processes import start_conveyor, stop, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-class CuttableProxy:
-    """A loopback TCP proxy to `port`; `cut()` drops every connection and refuses new ones,
-    as a PostgreSQL that went away would; `restore()` lets new connections through again."""
-
-    def __init__(self, port: int) -> None:
-        self._target = port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._socks: list[socket.socket] = []
-        self._cut = False
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._cut:
-                client.close()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self._target))
-            self._socks += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def cut(self) -> None:
-        self._cut = True
-        socks, self._socks = self._socks, []
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-    def restore(self) -> None:
-        self._cut = False
-
-    def close(self) -> None:
-        self.cut()
-        self._listener.close()
 
 
 class Output:
@@ -100,8 +49,8 @@ class Output:
 
 
 @pytest.fixture
-def proxy(case: Case) -> Iterator[CuttableProxy]:
-    proxy = CuttableProxy(make_url(case.database_url).port or 5432)
+def proxy(case: Case) -> Iterator[Proxy]:
+    proxy = Proxy(make_url(case.database_url).port or 5432)
     yield proxy
     proxy.close()
 
@@ -116,7 +65,7 @@ def begin_lines(text: str, port: int) -> list[str]:
 # "Failed to restore the pool connection floor" with a traceback) all notice the outage within a
 # second; only the outage line may say so.
 async def test_a_postgres_outage_is_logged_once_without_tracebacks(
-    case: Case, proxy: CuttableProxy
+    case: Case, proxy: Proxy
 ) -> None:
     url = f"postgresql://postgres:secret@127.0.0.1:{proxy.port}/postgres"
     args = ["relay", "--schema", case.schema, "--allow-unauthenticated"]
@@ -140,7 +89,7 @@ async def test_a_postgres_outage_is_logged_once_without_tracebacks(
 
 
 async def test_a_postgres_outage_under_a_consumer_is_logged_once_and_ridden_out(
-    case: Case, proxy: CuttableProxy
+    case: Case, proxy: Proxy
 ) -> None:
     await create_effects(case.pg, case.schema)
     url = f"postgresql://postgres:secret@127.0.0.1:{proxy.port}/postgres"

@@ -14,9 +14,9 @@ from sqlalchemy.engine import make_url
 
 from admin.cli.options import EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from tests.integration.conftest import Case
+from tests.integration.proxies import Proxy
 from tests.integration.startup_support import (
     KINDS,
-    OneConnectionProxy,
     args_of,
     env_of,
     failed_in_one_line,
@@ -138,7 +138,7 @@ async def test_sigterm_during_the_start_up_wait_exits_0(case: Case, kind: str) -
 # the start with the same line as the check (the address and --database-url), exit 7.
 @pytest.mark.parametrize("kind", KINDS)
 async def test_postgres_lost_right_after_the_check_names_the_option(case: Case, kind: str) -> None:
-    proxy = OneConnectionProxy(make_url(case.database_url).port or 5432)
+    proxy = Proxy(make_url(case.database_url).port or 5432, connections=1)
     url = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
     env = env_of(case.env, case.schema) | {"CONVEYOR_DATABASE_URL": url}
     try:
@@ -155,7 +155,7 @@ async def test_postgres_lost_right_after_the_check_names_the_option(case: Case, 
 async def test_redis_lost_right_after_the_check_names_the_option(
     case: Case, catalog_cleanup: None
 ) -> None:
-    proxy = OneConnectionProxy(make_url(case.redis_url).port or 6379)
+    proxy = Proxy(make_url(case.redis_url).port or 6379, connections=1)
     url = f"redis://127.0.0.1:{proxy.port}/0"
     env = env_of(case.env, case.schema) | {"CONVEYOR_REDIS_URL": url}
     try:
