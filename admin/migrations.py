@@ -203,9 +203,15 @@ def require_head(state: SchemaState, *, app_schema: str | None = None) -> None:
     raise SchemaNotReady(schema=state.schema, current=state.current, head=state.head, command=cmd)
 
 
-async def ensure_at_head(database_url: str, *schemas: str) -> None:
+class ReadOnlyDatabase(Exception):
+    """PostgreSQL answers but takes no writes: a standby, or a role or database that defaults to
+    read-only transactions."""
+
+
+async def ensure_at_head(database_url: str, *schemas: str, writable: bool = False) -> None:
     """Raise SchemaNotReady unless the catalog and every application schema in `schemas` are at
-    head (DatabaseUnavailable when PostgreSQL does not answer).
+    head (DatabaseUnavailable when PostgreSQL does not answer; with `writable`, ReadOnlyDatabase
+    when it takes no writes).
 
     For `conveyor relay` / `conveyor consume` at start: reads the version tables on one asyncpg
     connection; a missing schema or version table counts as never migrated. The application
@@ -217,8 +223,14 @@ async def ensure_at_head(database_url: str, *schemas: str) -> None:
     try:
         apps = [await _version(conn, schema, VERSION_TABLE) for schema in checked]
         catalog = await _version(conn, CATALOG_SCHEMA, CATALOG_VERSION_TABLE)
+        read_only = writable and await conn.fetchval("SHOW transaction_read_only") == "on"
     finally:
         await conn.close()
+    if read_only:
+        raise ReadOnlyDatabase(
+            "it takes no writes (transaction_read_only is on): a standby, or a role or database "
+            "set to read-only; point it at the primary"
+        )
     for schema, app in zip(checked, apps, strict=True):
         require_head(_state(schema, app, shipped[Target.APP]), app_schema=schema)
     state = _state(CATALOG_SCHEMA, catalog, shipped[Target.CATALOG])

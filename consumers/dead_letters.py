@@ -128,13 +128,15 @@ def catalog_row(
     )
 
 
-_UNSETTLED = ("open", "reprocessing")
-"""States of a dead letter whose entry the dead-letter stream still holds, unless Redis lost it."""
+_STANDING = ("open",)
+"""States of a dead letter that stands while the dead-letter stream still holds its entry. One
+being reprocessed does not: its reprocess may yet fail or be dropped, so a copy of the event
+arriving meanwhile becomes a dead letter of its own rather than be taken for a duplicate."""
 
 
 async def standing(catalog: Catalog, streams: TopicStreams, entry: Entry) -> str | None:
     """The entry id of the group's dead letter of `entry`'s event that still stands: resolved,
-    or open (or being reprocessed) with its entry still in the dead-letter stream; None when
+    or open with its entry still in the dead-letter stream; None when
     there is none, so `entry` is to become a dead letter itself. An entry of the retry stream
     (a reprocess) never finds one: failing again, it becomes a new dead letter naming the old
     one. A dead letter whose entry Redis lost does not stand, so a replay brings the event
@@ -147,7 +149,7 @@ async def standing(catalog: Catalog, streams: TopicStreams, entry: Entry) -> str
     if resolved:
         return resolved[0]
     for dlq_entry, state in letters:
-        if state in _UNSETTLED and await streams.exists(streams.keys.dlq, dlq_entry):
+        if state in _STANDING and await streams.exists(streams.keys.dlq, dlq_entry):
             return dlq_entry
     return None
 

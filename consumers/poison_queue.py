@@ -17,6 +17,7 @@ from consumers.settings import ConsumerSettings
 from consumers.streams import TopicStreams
 from conveyor import telemetry as t
 from conveyor import wire
+from conveyor.outages import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,13 @@ class PoisonQueue:
         moved all the same: a second dead letter rather than none)."""
         try:
             return await dead_letters.standing(self._catalog, self._streams, entry)
-        except Exception as exc:  # noqa: BLE001 - moving it again is the safe side
-            log.warning(
-                "cannot look up earlier dead letters of the event, moving it: entry=%s error=%r",
+        except Exception as exc:  # noqa: BLE001 - a second dead letter is the safe side
+            # PostgreSQL away: the consumer's outage line says so once, and the dead-lettering
+            # that follows fails and is retried; any other failure is worth a line per entry.
+            log.log(
+                logging.DEBUG if unreachable(exc) else logging.WARNING,
+                "cannot look up earlier dead letters of the event, taking it for its first: "
+                "entry=%s error=%r",
                 entry.entry_id,
                 exc,
             )

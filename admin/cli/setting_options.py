@@ -162,9 +162,12 @@ def in_flags(message: str, *options: SettingOptions) -> str:
         return message
     ordered = sorted(names, key=len, reverse=True)
     anywhere = "|".join(re.escape(n) for n in ordered if "_" in n)
-    if anywhere:
-        message = re.sub(rf"(?<![\w-])({anywhere})(?![\w-])", lambda m: names[m[1]], message)
-    first = re.match(r"([a-z]+)\b", message)
+    # Quoted parts are values the user typed (`got ['batch_size']`): they stay as typed.
+    parts = re.split(r"""('[^']*'|"[^"]*")""", message)
+    for i in range(0, len(parts), 2):
+        if anywhere:
+            parts[i] = re.sub(rf"(?<![\w-])({anywhere})(?![\w-])", lambda m: names[m[1]], parts[i])
+    first = re.match(r"([a-z]+)\b", parts[0])
     if first and first[1] in names:
-        message = names[first[1]] + message[first.end() :]
-    return message
+        parts[0] = names[first[1]] + parts[0][first.end() :]
+    return "".join(parts)

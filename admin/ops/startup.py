@@ -65,7 +65,11 @@ async def wait_for_postgres(
 
     async def attempt() -> None:
         try:
-            await migrations.ensure_at_head(database_url, *schemas)
+            await migrations.ensure_at_head(database_url, *schemas, writable=True)
+        except migrations.ReadOnlyDatabase as exc:
+            raise DependencyUnavailable(
+                name="PostgreSQL", address=shown_as, cause=exc, waited=None
+            ) from exc
         except DatabaseUnavailable as exc:
             cause = exc.__cause__ or exc
             if not isinstance(cause, _TRANSIENT_POSTGRES):

@@ -85,10 +85,16 @@ class Outage:
 
 class _PoolFloorAtDebug(logging.Filter):
     """Turns asyncpg's pool reconnect warning (a traceback per attempt while PostgreSQL is away)
-    into a DEBUG record: the outage line says it once."""
+    into a DEBUG record when PostgreSQL is unreachable: the outage line says it once. A
+    reconnect PostgreSQL refuses (a login it no longer accepts) keeps its warning."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.DEBUG and str(record.msg).startswith(_POOL_FLOOR):
+        exc = record.exc_info[1] if record.exc_info else None
+        if (
+            record.levelno > logging.DEBUG
+            and str(record.msg).startswith(_POOL_FLOOR)
+            and (exc is None or unreachable(exc))  # a refused login, say, stays a warning
+        ):
             record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True

@@ -64,3 +64,48 @@ def test_a_bad_value_is_refused_naming_the_flag_that_was_typed() -> None:
         if flag not in result.stderr:
             wrong.append(f"{' '.join(command)}: {result.stderr.strip()}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_schema_named_like_a_setting_is_quoted_as_typed() -> None:
+    # `batch_size` is a valid schema name. Expected: the refusal of a repeated --schema quotes
+    # the schema names as typed ('batch_size'), not rewritten into
+    # '--batch-size (CONVEYOR_BATCH_SIZE)', which names an option the user never gave.
+    result = run_conveyor(
+        [
+            "relay",
+            "--schema",
+            "batch_size",
+            "--schema",
+            "batch_size",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--allow-unauthenticated",
+        ],
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "'batch_size'" in result.stderr, result.stderr
+    assert "CONVEYOR_BATCH_SIZE" not in result.stderr, result.stderr
+
+
+def test_a_topic_named_like_a_setting_is_quoted_as_typed() -> None:
+    # Expected: a consumer refusing a --topic value (a typo: `max_attempts!`) quotes the topic
+    # as typed, not as `'--max-attempts (CONVEYOR_MAX_ATTEMPTS)!'`, which hides the typo.
+    result = run_conveyor(
+        [
+            "consume",
+            "--group",
+            "g",
+            "--router",
+            "admin.cli.demo:router",
+            "--topic",
+            "max_attempts!",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--allow-unauthenticated",
+        ],
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "'max_attempts!'" in result.stderr, result.stderr
+    assert "CONVEYOR_MAX_ATTEMPTS" not in result.stderr, result.stderr
