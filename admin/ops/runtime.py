@@ -324,11 +324,10 @@ async def serve(
     asked for before (admin.ops.process.stop_requested) or while the plane starts keeps the
     pipeline from starting at all.
     """
-    stopping = False
+    stopping = asyncio.Event()
 
     def on_signal() -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
         plane.begin_shutdown()
         pipeline.stop()
 
@@ -339,18 +338,41 @@ async def serve(
     if asked is not None:
         on_signal()
     try:
-        await _start(plane)
+        if not await _unless_stopped(_start(plane), stopping):
+            log.info("stopped by %s while starting", asked or "a signal")
+            return
         try:
-            if stopping:
+            if not await _unless_stopped(pipeline.start(), stopping):
                 log.info("stopped by %s while starting", asked or "a signal")
             else:
-                await pipeline.start()
                 started()
                 await pipeline.run()
         finally:
             await plane.close()
     finally:
         await pipeline.close()
+
+
+async def _unless_stopped(starting: Coroutine[Any, Any, None], stopping: asyncio.Event) -> bool:
+    """Run `starting` unless or until a stop is asked for (a start waiting on a server that
+    stopped answering would otherwise hold a SIGTERM for its connect timeout); False when the
+    stop came first and `starting` was cancelled."""
+    if stopping.is_set():
+        starting.close()
+        return False
+    task = asyncio.ensure_future(starting)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if task.done():
+        task.result()  # its failure, if it failed
+        return True
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 async def _start(plane: OpsPlane) -> None:

@@ -12,11 +12,14 @@ class Proxy:
     """Forwards connections to 127.0.0.1:`port`. `cut()` drops every connection and refuses new
     ones, as a server that went away would; `restore()` lets new ones through again. With
     `connections=N` it stops listening after its N-th connection: a start-up check gets through,
-    everything after it finds the dependency gone."""
+    everything after it finds the dependency gone; with `hold=True` as well, later connections are
+    accepted and never answered (a server that stopped answering), and `held` is set."""
 
-    def __init__(self, port: int, *, connections: int | None = None) -> None:
+    def __init__(self, port: int, *, connections: int | None = None, hold: bool = False) -> None:
         self._target = port
         self._left = connections
+        self._hold = hold
+        self.held = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._socks: list[socket.socket] = []
@@ -24,13 +27,17 @@ class Proxy:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
-        while self._left is None or self._left > 0:
+        while self._hold or self._left is None or self._left > 0:
             try:
                 client, _ = self._listener.accept()
             except OSError:
                 return
             if self._cut:
                 client.close()
+                continue
+            if self._left == 0:  # holding: accepted, never answered
+                self._socks.append(client)
+                self.held.set()
                 continue
             if self._left is not None:
                 self._left -= 1
