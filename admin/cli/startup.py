@@ -115,10 +115,15 @@ def _count_tokens(ops: OpsSettings) -> int | None:
     path = ops.auth.tokens_file
     if path is None:
         return None
+    option = f"{AUTH.flag('tokens_file')} (or {AUTH.envvar('tokens_file')})"
+    if path.exists() and not path.is_file():  # a pipe, say `<(vault read ...)`, reads only once
+        raise ValueError(
+            f"invalid {option}: {str(path)!r} is not a regular file; the process reads it at "
+            "start and again on SIGHUP, so write the tokens to a file and name that"
+        )
     try:
         return len(read_tokens(path))
     except TokensFileInvalid as exc:
-        option = f"{AUTH.flag('tokens_file')} (or {AUTH.envvar('tokens_file')})"
         raise ValueError(f"invalid {option}: {exc.message}") from exc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.integration.startup_support import (
     output_until,
 )
 from tests.pki import make_pki
-from tests.processes import run_conveyor, start_conveyor, stop
+from tests.processes import CONVEYOR, run_conveyor, start_conveyor, stop
 from tests.servers import RedisServer, free_port
 
 SECRET = "hunter2zz"
@@ -272,3 +273,27 @@ async def test_a_bad_startup_timeout_names_the_option(case: Case, value: str) ->
     line = failed_in_one_line(result)
     assert "--startup-timeout" in line or "CONVEYOR_STARTUP_TIMEOUT" in line, line
     assert "zero or more" not in line, line
+
+
+def test_a_tokens_file_that_is_a_pipe_is_refused_naming_the_option(case: Case) -> None:
+    # `--tokens-file <(vault read ...)` hands the process /dev/fd/N, a pipe that can be read
+    # once, while the process reads its tokens file at start and again on SIGHUP: refused at
+    # once (exit 2) naming the option, rather than starting with no token accepted.
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"ops read " + b"ab" * 32 + b"\n")
+    os.close(write_end)
+    args = args_of("relay", case.schema, "--tokens-file", f"/dev/fd/{read_end}")
+    try:
+        done = subprocess.run(
+            [CONVEYOR, *args],
+            env={**os.environ, **env_of(case.env, case.schema)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            pass_fds=(read_end,),
+            check=False,
+        )
+    finally:
+        os.close(read_end)
+    assert done.returncode == 2, done.stderr
+    assert "--tokens-file" in done.stderr and "not a regular file" in done.stderr, done.stderr
