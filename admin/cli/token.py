@@ -128,13 +128,22 @@ def _existing(path: Path, principal: str, replace: bool) -> str:
 
 
 def _write(path: Path, existing: str, line: str) -> None:
-    """`existing` (the file's text, maybe less a replaced line) and `line` into `path`."""
+    """`existing` (the file's text, maybe less a replaced line) and `line` into `path`, whole or
+    not at all: a temporary file beside it (the file's mode, else 0600) renamed over it, so a
+    crash or a process rereading it on SIGHUP never sees it half written."""
     lead = _HEADER + "\n" if not existing else ("" if existing.endswith("\n") else "\n")
+    target = path.resolve()  # a symlinked tokens file stays a symlink
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o600)
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o600
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(f"{existing}{lead}{line}\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
     except OSError as exc:
+        temporary.unlink(missing_ok=True)
         fail(f"cannot write tokens file {str(path)!r}: {exc.strerror or exc}", EXIT_FAILURE)
 
 

@@ -117,3 +117,22 @@ def test_bad_input_exits_2_naming_the_option(
     assert message in stderr
     assert stdout == ""
     assert not path.exists()
+
+
+def test_a_rewritten_tokens_file_keeps_its_mode_and_its_link(
+    tmp_path: Path,
+) -> None:
+    # The file is replaced whole (a temporary file renamed over it): a process rereading it on
+    # SIGHUP never sees it empty; its mode (group-readable for a service, say) and a symlink to
+    # it stay as the operator made them.
+    real = tmp_path / "secrets" / "tokens.txt"
+    real.parent.mkdir()
+    real.write_text("ops read " + "ab" * 32 + "\n")
+    real.chmod(0o640)
+    link = tmp_path / "tokens.txt"
+    link.symlink_to(real)
+    code, _, stderr = _create("--principal", "me", "--scope", "read", "--tokens-file", str(link))
+    assert code == 0, stderr
+    assert link.is_symlink() and stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert [e.principal for e in parse_tokens(real.read_text(), path=real)] == ["ops", "me"]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["tokens.txt"], "no temporary left"
