@@ -52,9 +52,11 @@ class Health:
 
     def unhealthy(self, reason: str) -> None:
         """Not serving, for `reason`; logged when that is news, at DEBUG while PostgreSQL's
-        outage line says why."""
-        if self.serving or self.reason != reason:
-            outage = self._postgres is not None and self._postgres.since is not None
+        outage line says why, and at WARNING once that outage is over if the worker still is
+        not serving (say Redis went away meanwhile and stays away)."""
+        news = self.serving or self.reason != reason
+        outage = self._postgres is not None and self._postgres.since is not None
+        if news or not (outage or self._announced):
             self._announced = self._announced or not outage
             log.log(
                 logging.DEBUG if outage else logging.WARNING,

@@ -77,3 +77,22 @@ def test_trouble_during_a_postgres_outage_is_left_to_the_outage_line(
         health.progressed()
     assert [r for r in caplog.records if r.name == "consumers.health"] == []
     assert health.status().serving
+
+
+def test_trouble_that_outlasts_a_postgres_outage_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Redis went away during a PostgreSQL outage and stays away after PostgreSQL is back: the
+    # reason was only at DEBUG while the outage line spoke, so it is warned about now, once.
+    postgres = Outage("postgres", "postgresql://app:***@db/app", logging.getLogger("t"), "consumer")
+    health = Health("identity", "billing", postgres)
+    health.progressed()
+    postgres.failed(ConnectionResetError("reset"))
+    with caplog.at_level(logging.WARNING, logger="consumers.health"):
+        health.unhealthy("redis unreachable: ConnectionError")
+        assert [r for r in caplog.records if r.name == "consumers.health"] == []
+        postgres.answered()
+        for _ in range(3):
+            health.unhealthy("redis unreachable: ConnectionError")
+    warned = [r.getMessage() for r in caplog.records if r.name == "consumers.health"]
+    assert len(warned) == 1 and "redis unreachable" in warned[0], warned
