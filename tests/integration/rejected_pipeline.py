@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
+import pytest
 
 from admin import migrations
 from conveyor.identity.v1 import events_pb2
@@ -103,3 +104,17 @@ async def pipeline(
     finally:
         stop(consumer)
         stop(relay)
+
+
+@pytest.fixture(name="rejecting")
+async def fixture_rejecting(
+    database_url: str,
+    redis_url: str,
+    schema: str,
+    key_prefix: str,
+    catalog_cleanup: None,
+    pg: asyncpg.Connection,
+) -> AsyncIterator[Pipeline]:
+    """`pipeline` as a fixture, on the test's own schema and key prefix; stopped after."""
+    async with pipeline(database_url, redis_url, schema, key_prefix, pg) as running:
+        yield running
