@@ -20,11 +20,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
+from consumers import spans
 from consumers.deliveries import DeadLetterMark, Delivery
 from consumers.ledger import Ledger
 from consumers.router import Route
@@ -37,7 +37,6 @@ from consumers.transactions import (
     is_dead,
     transaction,
 )
-from conveyor import telemetry as t
 from conveyor.outages import Outage, unreachable
 from conveyor.retry import RetryPolicy, pause
 
@@ -72,8 +71,8 @@ class Outcomes:
 Step = tuple[Route | None, list[Delivery]]
 _BACKOFF = RetryPolicy(timedelta(seconds=0.2), timedelta(seconds=10))
 """Backoff of a lane whose database work failed, when none is given (the settings' default)."""
-_tracer = trace.get_tracer(t.TRACER)
 log = logging.getLogger(__name__)
+tracing_enabled = spans.tracing_enabled
 
 
 def plan(deliveries: Sequence[Delivery]) -> list[Step]:
@@ -122,7 +121,9 @@ class Applier:
         self._partitions = partitions
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
-        self._tracing = tracing_enabled()
+        self._tracing = spans.tracing_enabled()
+        self._failed_spans: dict[tuple[str, str], trace.Span] = {}
+        """Spans of failed handler calls, by (stream, entry id), until the failure is settled."""
         self._ledger = Ledger(
             pool,
             group=group,
@@ -267,12 +268,40 @@ class Applier:
                 conn.terminate()
                 await self._pool.release(conn, timeout=5)
 
+    async def _traced(self, route: Route, d: Delivery) -> None:
+        """The handler call in its process span. A failed call's span stays open until the
+        worker settles the failure (`failed_span`), so the retry or the dead letter shows on it;
+        a call made again meanwhile (the piece split, the part retried) ends it first."""
+        key = (d.entry.stream, d.entry.entry_id)
+        stale = self._failed_spans.pop(key, None)
+        if stale is not None:
+            stale.end()
+        span = spans.start_process(d)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                await route.fn(d.payload, d.ctx)
+        except BaseException as exc:
+            spans.fail(span, exc)
+            if isinstance(exc, Exception):
+                self._failed_spans[key] = span
+            else:
+                span.end()
+            raise
+        span.end()
+
+    def failed_span(self, d: Delivery) -> trace.Span | None:
+        """The open span of `d`'s failed handler call, for the worker to settle and end."""
+        return self._failed_spans.pop((d.entry.stream, d.entry.entry_id), None)
+
     def marking_dead_letter(self, mark: DeadLetterMark) -> AbstractAsyncContextManager[bool]:
         """The ledger's `marking`: see `Ledger.marking`."""
         return self._ledger.marking(mark)
 
     async def close(self) -> None:
         """Give the lanes' connections back to the pool."""
+        for span in self._failed_spans.values():
+            span.end()
+        self._failed_spans.clear()
         lanes, self._lanes = self._lanes, [None] * self._partitions
         for conn in lanes:
             if conn is not None:
@@ -305,8 +334,7 @@ class Applier:
         for d in group:
             try:
                 if self._tracing:
-                    with _process_span(d):
-                        await route.fn(d.payload, d.ctx)
+                    await self._traced(route, d)
                 else:
                     await route.fn(d.payload, d.ctx)
             except Exception as exc:
@@ -324,28 +352,3 @@ def _culprit(failed: HandlerFailed) -> Delivery | None:
     ):
         return None
     return failed.deliveries[0]
-
-
-def tracing_enabled() -> bool:
-    """True once a real TracerProvider is installed: only then are per-event spans worth their
-    cost (extracting the producer's context and starting a span, a few microseconds each)."""
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
-
-
-def _process_span(d: Delivery) -> Any:
-    """A CONSUMER span continuing the producer's trace; a missing or malformed traceparent
-    starts a fresh trace, and the event is processed all the same."""
-    return _tracer.start_as_current_span(
-        t.SPAN_PROCESS,
-        context=propagate.extract(d.ctx.headers),
-        kind=trace.SpanKind.CONSUMER,
-        attributes={
-            t.ATTR_EVENT_ID: d.event_id,
-            t.ATTR_EVENT_TYPE: d.event_type,
-            t.ATTR_MESSAGING_SYSTEM: "redis",
-            t.ATTR_MESSAGING_DESTINATION: d.entry.stream,
-            t.ATTR_GROUP: d.ctx.group,
-            "conveyor.attempt": d.ctx.attempt,
-        },
-    )

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
+from consumers import spans
 from consumers.catalog import Catalog, DeadLetterRow, ReadAfter
 from consumers.deliveries import Entry, dead_letter_mark
 from consumers.streams import TopicStreams
@@ -67,22 +68,35 @@ def fields(
 
 
 @contextmanager
-def span(entry: Entry, reason: str, *, enabled: bool) -> Iterator[str | None]:
-    """A span for moving `entry` to the dead-letter stream, in the original event's trace;
-    yields its traceparent for the dead letter (None when tracing is off)."""
+def span(
+    entry: Entry, reason: str, error_class: str, *, dlq: str, enabled: bool
+) -> Iterator[str | None]:
+    """A span for moving `entry` to the dead-letter stream; yields the traceparent the dead
+    letter records (None when tracing is off), which a reprocess of it links to.
+
+    After a failed handler call, whose span is current (`spans.settling`), the move is a child of
+    that span, which gets a `conveyor.dead_letter` event with the error class and reason, and the
+    dead letter records that span. Otherwise (poison, an entry over its attempts) the move
+    continues the event's own trace and the dead letter records the move's span."""
     if not enabled:
         yield None
         return
-    original = entry.fields.get(wire.F_TRACEPARENT)
-    carrier = {"traceparent": original.decode(errors="replace")} if original else {}
+    parent = spans.dead_letter_parent(entry, reason, error_class)
+    recorded = spans.current_traceparent() if parent is None else None
     with _tracer.start_as_current_span(
         t.SPAN_DEAD_LETTER,
-        context=propagate.extract(carrier),
-        attributes={t.ATTR_REASON: reason, t.ATTR_MESSAGING_DESTINATION: entry.stream},
+        context=parent,
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            t.ATTR_MESSAGING_SYSTEM: t.MESSAGING_SYSTEM,
+            t.ATTR_MESSAGING_OPERATION_TYPE: t.OPERATION_SEND,
+            t.ATTR_MESSAGING_OPERATION_NAME: t.OPERATION_SEND,
+            t.ATTR_MESSAGING_DESTINATION: dlq,
+            t.ATTR_REASON: reason,
+            t.ATTR_ERROR_TYPE: error_class,
+        },
     ):
-        out: dict[str, str] = {}
-        propagate.inject(out)
-        yield out.get(t.HEADER_TRACEPARENT)
+        yield recorded or spans.current_traceparent()
 
 
 def _field(fields: dict[bytes, Any], key: bytes) -> str | None:

@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from consumers import dead_letters
-from consumers.applier import tracing_enabled
 from consumers.catalog import Catalog, DeadLetterRow
 from consumers.deliveries import DeadLetterMark, Entry, dead_letter_mark, describe
 from consumers.ledger import MarksBusy
 from consumers.metrics import ConsumerMetrics, topic_attributes
 from consumers.settings import ConsumerSettings
+from consumers.spans import tracing_enabled
 from consumers.streams import TopicStreams
 from conveyor import telemetry as t
 from conveyor import wire
@@ -77,7 +77,8 @@ class PoisonQueue:
     ) -> DeadLetterRow:
         """Move `entry` to the dead-letter stream; its catalog row is recorded now, or returned
         for the caller to record (`record=False`)."""
-        with dead_letters.span(entry, reason, enabled=self._tracing) as traceparent:
+        dlq, tracing = self._streams.keys.dlq, self._tracing
+        with dead_letters.span(entry, reason, error_class, dlq=dlq, enabled=tracing) as traceparent:
             fields = dead_letters.fields(
                 entry,
                 reason=reason,

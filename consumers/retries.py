@@ -12,6 +12,7 @@ from consumers.deliveries import Delivery, Entry, describe
 from consumers.metrics import ConsumerMetrics, topic_attributes
 from consumers.settings import ConsumerSettings
 from consumers.signals import Retry
+from consumers.spans import retry_event
 from consumers.streams import TopicStreams
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class Retrier:
             Waiting(now + delay, entry.stream, entry.entry_id, entry.attempt, first_failed, now)
         )
         self._m.retried.add(1, self._attrs)
+        retry_event(error, entry.attempt, delay)
         log.warning(
             "handler failed, retrying: topic=%s group=%s event_id=%s entry=%s attempt=%d "
             "retry_in=%.2fs error=%s",

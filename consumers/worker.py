@@ -22,6 +22,7 @@ from consumers.retries import Retrier
 from consumers.router import Router
 from consumers.settings import ConsumerSettings
 from consumers.signals import Reject
+from consumers.spans import settling
 from consumers.streams import TopicStreams
 from consumers.transactions import DatabaseDown
 from conveyor import telemetry as t
@@ -208,12 +209,13 @@ class TopicWorker:
         entry = d.entry
         entry.first_failed = entry.first_failed or time.time()
         name = type(error).__name__ if error else "Error"
-        if isinstance(error, Reject):
-            await self._poison.move(entry, "rejected", name, error.reason, error)
-        elif entry.attempt >= self._s.max_attempts:
-            await self._poison.move(entry, "max_attempts", name, str(error), error)
-        else:
-            await self._retrier.schedule(d, error)
+        with settling(self._applier.failed_span(d)):  # the handler call's span, when traced
+            if isinstance(error, Reject):
+                await self._poison.move(entry, "rejected", name, error.reason, error)
+            elif entry.attempt >= self._s.max_attempts:
+                await self._poison.move(entry, "max_attempts", name, str(error), error)
+            else:
+                await self._retrier.schedule(d, error)
 
     def _on_group_lost(self, lost: GroupLost) -> bool:
         """Count and report a lost group; True when it is to be recreated at 0."""

@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from opentelemetry import trace
 from tenacity import AsyncRetrying, RetryCallState
 
 from conveyor import telemetry as t
@@ -18,10 +17,10 @@ from conveyor.retry import pause
 from relay.metrics import RelayMetrics
 from relay.publisher import Publisher
 from relay.settings import RelaySettings
+from relay.spans import publish_traced, tracing_enabled
 from relay.store import Outbox, Row
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer(t.TRACER)
 
 
 class Forwarder:
@@ -57,6 +56,7 @@ class Forwarder:
         """When a batch last committed, or the forwarder started."""
         self.last_error: str | None = None
         self._failure_logged = 0.0
+        self._tracing = tracing_enabled()
 
     def wake(self) -> None:
         """New rows may be there (NOTIFY, or shutdown): stop waiting and claim."""
@@ -101,12 +101,7 @@ class Forwarder:
                         return 0
                     await self._publish_lock.acquire()
                 try:
-                    with _tracer.start_as_current_span(
-                        t.SPAN_RELAY_PUBLISH,
-                        kind=trace.SpanKind.PRODUCER,
-                        attributes={t.ATTR_SCHEMA: self.schema, t.ATTR_BATCH_SIZE: len(rows)},
-                    ):
-                        counts = await self._publisher.publish(rows)
+                    counts = await self._publish(rows)
                 finally:
                     self._publish_lock.release()
         except Exception:
@@ -120,6 +115,16 @@ class Forwarder:
         self.last_progress = time.monotonic()
         self.last_error = None
         return len(rows)
+
+    async def _publish(self, rows: Sequence[Row]) -> dict[str, int]:
+        if not self._tracing:
+            return await self._publisher.publish(rows)
+        return await publish_traced(
+            self._publisher.publish,
+            rows,
+            name=t.SPAN_RELAY_PUBLISH,
+            attributes={t.ATTR_SCHEMA: self.schema},
+        )
 
     async def _sleep(self, seconds: float) -> None:
         await pause(self._stopping, seconds)

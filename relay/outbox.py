@@ -99,7 +99,13 @@ def _row(e: NewEvent, source: str, max_event_bytes: int) -> tuple[Any, ...]:
     with _tracer.start_as_current_span(
         telemetry.SPAN_ENQUEUE,
         kind=trace.SpanKind.PRODUCER,
-        attributes={telemetry.ATTR_EVENT_ID: str(event_id), telemetry.ATTR_STREAM: topic},
+        attributes={
+            telemetry.ATTR_MESSAGING_SYSTEM: telemetry.MESSAGING_SYSTEM,
+            telemetry.ATTR_MESSAGING_OPERATION_TYPE: telemetry.OPERATION_CREATE,
+            telemetry.ATTR_MESSAGING_OPERATION_NAME: telemetry.OPERATION_CREATE,
+            telemetry.ATTR_MESSAGING_DESTINATION: topic,
+            telemetry.ATTR_MESSAGE_ID: str(event_id),
+        },
     ):
         headers = envelope.trace_headers(e.headers)
     event = envelope.build(

@@ -8,14 +8,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
-from opentelemetry import trace
 
 from conveyor import telemetry as t
 from relay import store
 from relay.metrics import RelayMetrics
 from relay.publisher import Publisher
-
-_tracer = trace.get_tracer(t.TRACER)
+from relay.spans import publish_traced, tracing_enabled
 
 
 @dataclass(slots=True)
@@ -46,27 +44,36 @@ async def replay(
 
     Rows stay as they are; consumers absorb the duplicates (exactly-once groups through their
     ledger; an event a group dead-lettered is not dead-lettered again while its dead letter
-    stands). `on_progress(n)` is called after each batch with the rows it held.
+    stands). `on_progress(n)` is called after each batch with the rows it held. Each batch
+    republished is traced as the relay's are (`relay.spans.publish_traced`), named
+    `conveyor replay`, so a sampled event's trace shows its second publish.
     """
     result = ReplayResult()
     after_id = 0
-    with _tracer.start_as_current_span(
-        t.SPAN_RELAY_REPLAY, attributes={t.ATTR_SCHEMA: schema, "conveyor.dry_run": dry_run}
+    tracing = tracing_enabled()
+    while rows := await store.replay_rows(
+        pool, schema, since=since, topic=topic, after_id=after_id, limit=batch_size
     ):
-        while rows := await store.replay_rows(
-            pool, schema, since=since, topic=topic, after_id=after_id, limit=batch_size
-        ):
-            after_id = rows[-1][0]
-            result.matched += len(rows)
-            if dry_run:
-                result.by_stream.update(publisher.stream_key(row[2]) for row in rows)
-            else:
-                counts = await publisher.publish(rows)
-                result.by_stream.update(counts)
-                result.published += len(rows)
-                if metrics is not None:
-                    for stream, n in counts.items():
-                        metrics.replayed.add(n, {t.ATTR_STREAM: stream})
-            if on_progress is not None:
-                on_progress(len(rows))
+        after_id = rows[-1][0]
+        result.matched += len(rows)
+        if dry_run:
+            result.by_stream.update(publisher.stream_key(row[2]) for row in rows)
+        else:
+            counts = await (
+                publish_traced(
+                    publisher.publish,
+                    rows,
+                    name=t.SPAN_RELAY_REPLAY,
+                    attributes={t.ATTR_SCHEMA: schema},
+                )
+                if tracing
+                else publisher.publish(rows)
+            )
+            result.by_stream.update(counts)
+            result.published += len(rows)
+            if metrics is not None:
+                for stream, n in counts.items():
+                    metrics.replayed.add(n, {t.ATTR_STREAM: stream})
+        if on_progress is not None:
+            on_progress(len(rows))
     return result

@@ -73,9 +73,14 @@ def check_reprocessable(records: Sequence[DeadLetterRecord]) -> None:
 
 def retry_fields(dead_letter: Mapping[bytes, bytes], dead_letter_id: str) -> dict[bytes, bytes]:
     """The retry-stream entry for a dead letter: the original entry's fields (every `dl.` field
-    dropped) plus RT_DEAD_LETTER naming the dead letter's entry id."""
+    dropped) plus RT_DEAD_LETTER naming the dead letter's entry id, and RT_TRACEPARENT carrying
+    its DL_TRACEPARENT (the consumer links the reprocess's trace to it)."""
     out = {k: v for k, v in dead_letter.items() if not k.startswith(_DL_PREFIX)}
     out[wire.RT_DEAD_LETTER] = dead_letter_id.encode()
+    out.pop(wire.RT_TRACEPARENT, None)  # an earlier reprocess's: this dead letter's wins
+    traceparent = dead_letter.get(wire.DL_TRACEPARENT)
+    if traceparent:
+        out[wire.RT_TRACEPARENT] = traceparent
     return out
 
 

@@ -1,11 +1,19 @@
-"""OpenTelemetry set-up for `conveyor` processes: SDK providers exporting over OTLP/gRPC."""
+"""OpenTelemetry set-up for `conveyor` processes: SDK providers exporting over OTLP/gRPC, the
+sampler, a bounded flush at exit, and one log line per interval while the collector is away."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import math
 import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -13,6 +21,18 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
+
+from admin.errors import InvalidInput
+from conveyor.outages import OUTAGE_LOG_INTERVAL
 
 log = logging.getLogger(__name__)
 
@@ -21,23 +41,192 @@ _ENDPOINT_VARS = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
 )
+RATIO_VAR = "CONVEYOR_TRACE_SAMPLE_RATIO"
+DEFAULT_RATIO = 0.01
+"""Share of root spans sampled (events enqueued outside any trace, relay batches)."""
+EXIT_FLUSH_TIMEOUT = 5.0
+"""Seconds a stopping process gives its last spans and metrics to reach the collector."""
+EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.trace.export",
+    "opentelemetry.sdk.metrics._internal.export",
+)
+"""Loggers of the SDK's export machinery: a collector that is away makes them speak per export."""
+
+
+def exporting(environ: Mapping[str, str]) -> bool:
+    """Whether OTLP export is on: an OTLP endpoint variable is set and OTEL_SDK_DISABLED is not
+    true."""
+    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    return not disabled and any(environ.get(v) for v in _ENDPOINT_VARS)
+
+
+def sample_ratio(environ: Mapping[str, str]) -> float:
+    """CONVEYOR_TRACE_SAMPLE_RATIO as a float from 0 to 1 (DEFAULT_RATIO when unset or empty);
+    InvalidInput (a ValueError) naming the variable otherwise."""
+    text = environ.get(RATIO_VAR, "").strip()
+    if not text:
+        return DEFAULT_RATIO
+    try:
+        ratio = float(text)
+    except ValueError:
+        ratio = math.nan
+    if not 0.0 <= ratio <= 1.0:  # also refuses nan
+        raise InvalidInput(
+            f"invalid {RATIO_VAR}={text[:64]!r}: use a number from 0 to 1, e.g. 0.01 to sample "
+            "1 % of the traces that start in Conveyor",
+            field=RATIO_VAR,
+            value=text[:64],
+        )
+    return ratio
+
+
+def sampler(environ: Mapping[str, str]) -> Sampler | None:
+    """The tracer provider's sampler: None when OTEL_TRACES_SAMPLER is set (the SDK then builds
+    the standard one it names, with OTEL_TRACES_SAMPLER_ARG); else parent-based, with roots
+    sampled when a link is sampled, else at CONVEYOR_TRACE_SAMPLE_RATIO. The ratio is checked
+    either way, so a typo in it fails at start."""
+    ratio = sample_ratio(environ)
+    if environ.get("OTEL_TRACES_SAMPLER", "").strip():
+        return None
+    return ParentBased(root=LinkedOrRatio(ratio))
+
+
+class LinkedOrRatio(Sampler):
+    """Samples a root span that links to a sampled span (a relay batch carrying a traced event,
+    a reprocess of a traced dead letter), and any other root at `ratio`, by trace id."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+        self.ratio = ratio
+
+    def should_sample(  # noqa: PLR0917 - the Sampler interface
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
+        if links and any(link.context.trace_flags.sampled for link in links):
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        return self._ratio.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"LinkedOrRatio{{{self.ratio}}}"
+
+
+class ExportFailureLog(logging.Filter):
+    """Lets one WARNING-or-worse line of the export machinery through per `interval` seconds,
+    saying how many it held back since the last, without a traceback: a collector that is away
+    fails every export, and a line per export (or per dropped span) would bury everything else.
+    Lines below WARNING pass untouched."""
+
+    def __init__(
+        self, interval: float = OUTAGE_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()  # the exporters log from their own threads
+        self._next = -math.inf
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        with self._lock:
+            now = self._clock()
+            if now < self._next:
+                self._held += 1
+                return False
+            held, self._held = self._held, 0
+            self._next = now + self._interval
+        record.msg = (
+            f"telemetry export failing, spans and metrics may be dropped (one line per "
+            f"{self._interval:g}s, {held} held back since the last): {record.getMessage()}"
+        )
+        record.args = None
+        record.exc_info = record.exc_text = None
+        return True
 
 
 def configure(service_name: str, readers: list[MetricReader] | None = None) -> bool:
     """Install SDK tracer and meter providers when an OTLP endpoint is configured through the
     standard OTEL_* environment variables (and OTEL_SDK_DISABLED is not true), plus any extra
     metric `readers`. Returns whether traces are exported. Without an endpoint the OpenTelemetry
-    API stays a no-op, costing the pipeline nothing."""
-    disabled = os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
-    exporting = not disabled and any(os.environ.get(v) for v in _ENDPOINT_VARS)
+    API stays a no-op, costing the pipeline nothing. InvalidInput (a ValueError) for a
+    CONVEYOR_TRACE_SAMPLE_RATIO that is not a number from 0 to 1, checked whether or not
+    anything is exported."""
+    chosen = sampler(os.environ)
+    on = exporting(os.environ)
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     all_readers = list(readers or [])
-    if exporting:
-        all_readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        provider = TracerProvider(resource=resource)
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    flush: list[Callable[[], object]] = []
+    stop: list[Callable[[], object]] = []
+    if on:
+        failures = ExportFailureLog()
+        for name in EXPORT_LOGGERS:
+            logging.getLogger(name).addFilter(failures)
+        metric_exporter, exporter = OTLPMetricExporter(), OTLPSpanExporter()
+        all_readers.append(PeriodicExportingMetricReader(metric_exporter))
+        provider = TracerProvider(resource=resource, sampler=chosen, shutdown_on_exit=False)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
-        log.info("exporting traces and metrics over OTLP as service %s", service_name)
+        flush.append(provider.shutdown)
+        stop += [exporter.shutdown, metric_exporter.shutdown]
+        log.info(
+            "exporting traces and metrics over OTLP as service %s, sampler %s",
+            service_name,
+            provider.sampler.get_description(),
+        )
     if all_readers:
-        metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=all_readers))
-    return exporting
+        meters = MeterProvider(
+            resource=resource, metric_readers=all_readers, shutdown_on_exit=not on
+        )
+        metrics.set_meter_provider(meters)
+        if on:
+            flush.append(meters.shutdown)
+    if flush:
+        atexit.register(shutdown, flush, stop, EXIT_FLUSH_TIMEOUT)
+    return on
+
+
+def shutdown(
+    flush: Sequence[Callable[[], object]], stop: Sequence[Callable[[], object]], timeout: float
+) -> bool:
+    """Flush and shut down the providers (`flush`) in a thread, for at most `timeout` seconds
+    in all; past that, stop the exporters (`stop`: their retries end) and return False. A
+    collector that is away thus delays a stopping process by `timeout` at most."""
+
+    def run() -> None:
+        for f in flush:
+            try:
+                f()
+            except Exception:
+                log.warning("telemetry shutdown failed", exc_info=True)
+
+    worker = threading.Thread(target=run, name="conveyor-telemetry-exit", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not worker.is_alive():
+        return True
+    log.warning(
+        "telemetry not flushed within %gs of stopping; the spans and metrics not yet exported "
+        "are dropped",
+        timeout,
+    )
+    for s in stop:
+        try:
+            s()
+        except Exception:
+            log.debug("exporter shutdown failed", exc_info=True)
+    worker.join(1.0)
+    return False

@@ -62,6 +62,33 @@ SPAN_PROCESS: Final = "conveyor process"
 SPAN_DEAD_LETTER: Final = "conveyor dead_letter"
 SPAN_REPROCESS: Final = "conveyor reprocess"
 
+# Span attributes of the OpenTelemetry messaging semantic conventions, and their values.
+ATTR_MESSAGING_OPERATION_TYPE: Final = "messaging.operation.type"
+ATTR_MESSAGING_OPERATION_NAME: Final = "messaging.operation.name"
+ATTR_MESSAGE_ID: Final = "messaging.message.id"
+ATTR_CONSUMER_GROUP: Final = "messaging.consumer.group.name"
+ATTR_BATCH_MESSAGE_COUNT: Final = "messaging.batch.message_count"
+ATTR_ERROR_TYPE: Final = "error.type"
+MESSAGING_SYSTEM: Final = "redis"
+OPERATION_CREATE: Final = "create"
+OPERATION_SEND: Final = "send"
+OPERATION_PROCESS: Final = "process"
+
+# Conveyor's own span attributes.
+ATTR_ATTEMPT: Final = "conveyor.attempt"
+ATTR_LINKS_DROPPED: Final = "conveyor.links.dropped"
+"""Sampled producer contexts a batch span could not link, past MAX_SPAN_LINKS."""
+ATTR_RETRY_DELAY: Final = "conveyor.retry.delay_s"
+ATTR_DEAD_LETTER_REASON: Final = "conveyor.dead_letter.reason"
+ATTR_DEAD_LETTER_ENTRY: Final = "conveyor.dead_letter.entry_id"
+ATTR_DRY_RUN: Final = "conveyor.dry_run"
+MAX_SPAN_LINKS: Final = 128
+"""Links a batch span carries at most: the SDK's default OTEL_SPAN_LINK_COUNT_LIMIT."""
+
+# Span events.
+EVENT_RETRY: Final = "conveyor.retry"
+EVENT_DEAD_LETTER: Final = "conveyor.dead_letter"
+
 # Header keys carried in Event.headers (W3C trace context plus correlation).
 HEADER_TRACEPARENT: Final = "traceparent"
 HEADER_TRACESTATE: Final = "tracestate"

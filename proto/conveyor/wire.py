@@ -56,6 +56,8 @@ DL_FIELDS: Final = (
 # Fields a retry-stream entry adds to the original entry's fields (reprocessing a dead letter).
 RT_DEAD_LETTER: Final = b"rt.dead_letter"
 """Entry id, in the dead-letter stream, of the dead letter being reprocessed."""
+RT_TRACEPARENT: Final = b"rt.traceparent"
+"""The dead letter's DL_TRACEPARENT: the reprocess starts a new trace linked to that span."""
 
 MAX_EVENT_BYTES: Final = 1024 * 1024
 """Default cap on a serialized Event, enforced by `enqueue` and again by consumers."""

@@ -111,4 +111,4 @@ async def test_malformed_traceparent_starts_a_fresh_trace_and_is_processed(
         await wait_until(applied, what="processed normally")
     (span,) = [s for s in spans.get_finished_spans() if s.name == telemetry.SPAN_PROCESS]
     assert span.parent is None, "a fresh trace"
-    assert uuid.UUID(span.attributes[telemetry.ATTR_EVENT_ID]) == uuid.UUID(ids[0])
+    assert uuid.UUID(span.attributes[telemetry.ATTR_MESSAGE_ID]) == uuid.UUID(ids[0])

@@ -1,0 +1,121 @@
+"""The relay's spans: one per published batch, linked to the sampled events it carried, and one
+per sampled event, in that event's own trace."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
+
+from conveyor import telemetry as t
+from relay.store import Row
+
+_tracer = trace.get_tracer(t.TRACER)
+_SAMPLED_FLAGS = frozenset("13579bdfBDF")
+"""Last hex digit of a traceparent's flags with the sampled bit set."""
+_TRACEPARENT_LENGTH = 55
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+def tracing_enabled() -> bool:
+    """True once a real TracerProvider is installed: only then is per-event span work done."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+def sampled_context(traceparent: str | None) -> SpanContext | None:
+    """The producer's span context of a W3C traceparent whose sampled flag is set; None for one
+    that is missing, malformed or not sampled (the flags are looked at first: that is cheap)."""
+    if (
+        not traceparent
+        or len(traceparent) != _TRACEPARENT_LENGTH
+        or traceparent[54] not in _SAMPLED_FLAGS
+        or traceparent[2] != "-"
+        or traceparent[35] != "-"
+        or traceparent[52] != "-"
+        or traceparent.startswith("ff")
+    ):
+        return None
+    try:
+        trace_id = int(traceparent[3:35], 16)
+        span_id = int(traceparent[36:52], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=_SAMPLED)
+
+
+async def publish_traced(
+    publish: Callable[[Sequence[Row]], Awaitable[dict[str, int]]],
+    rows: Sequence[Row],
+    *,
+    name: str,
+    attributes: dict[str, Any],
+) -> dict[str, int]:
+    """`publish(rows)` inside a CLIENT span for the batch (a root: relay batches belong to no
+    event's trace) linking to each row's sampled producer context, at most MAX_SPAN_LINKS of
+    them; then one span per sampled row, a child of its producer's context, timed as the batch's
+    pipelined XADD was. Rows whose trace is not sampled cost one look at their flags."""
+    sampled = [(row, ctx) for row in rows if (ctx := sampled_context(row[5])) is not None]
+    attrs = {
+        t.ATTR_MESSAGING_SYSTEM: t.MESSAGING_SYSTEM,
+        t.ATTR_MESSAGING_OPERATION_TYPE: t.OPERATION_SEND,
+        t.ATTR_MESSAGING_OPERATION_NAME: t.OPERATION_SEND,
+        t.ATTR_BATCH_MESSAGE_COUNT: len(rows),
+        **attributes,
+    }
+    if len(sampled) > t.MAX_SPAN_LINKS:
+        attrs[t.ATTR_LINKS_DROPPED] = len(sampled) - t.MAX_SPAN_LINKS
+    links = [Link(ctx) for _, ctx in sampled[: t.MAX_SPAN_LINKS]]
+    started = time.time_ns()
+    error: BaseException | None = None
+    with _tracer.start_as_current_span(
+        name, context=Context(), kind=trace.SpanKind.CLIENT, links=links, attributes=attrs
+    ) as batch:
+        try:
+            return await publish(rows)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if sampled:
+                _per_event(sampled, name, batch, started, error)
+
+
+def _per_event(
+    sampled: list[tuple[Row, SpanContext]],
+    name: str,
+    batch: trace.Span,
+    started: int,
+    error: BaseException | None,
+) -> None:
+    ended = time.time_ns()
+    batch_context = batch.get_span_context()
+    links = [Link(batch_context)] if batch_context.trace_flags.sampled else None
+    for row, ctx in sampled:
+        attrs: dict[str, Any] = {
+            t.ATTR_MESSAGING_SYSTEM: t.MESSAGING_SYSTEM,
+            t.ATTR_MESSAGING_OPERATION_TYPE: t.OPERATION_SEND,
+            t.ATTR_MESSAGING_OPERATION_NAME: t.OPERATION_SEND,
+            t.ATTR_MESSAGING_DESTINATION: row[2],
+            t.ATTR_MESSAGE_ID: str(row[1]),
+            t.ATTR_EVENT_TYPE: row[3],
+        }
+        if error is not None:
+            attrs[t.ATTR_ERROR_TYPE] = type(error).__qualname__
+        span = _tracer.start_span(
+            name,
+            context=trace.set_span_in_context(NonRecordingSpan(ctx)),
+            kind=trace.SpanKind.CLIENT,
+            attributes=attrs,
+            links=links,
+            start_time=started,
+        )
+        if error is not None:
+            span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}")
+        span.end(end_time=ended)
