@@ -29,6 +29,7 @@ from tests.integration.relay_support import drained, running_relay
 from tests.processes import wait_until
 
 _EXPORTER = InMemorySpanExporter()
+_ATTACHED: list[TracerProvider] = []
 
 
 @pytest.fixture
@@ -36,8 +37,10 @@ def spans() -> Iterator[InMemorySpanExporter]:
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
         trace.set_tracer_provider(provider)
+    if provider not in _ATTACHED:  # another module may have installed the provider
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        _ATTACHED.append(provider)
     _EXPORTER.clear()
     yield _EXPORTER
 
