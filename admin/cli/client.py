@@ -120,6 +120,9 @@ Timeout = Annotated[
 ENVIRONMENT_ONLY = {
     TOKEN_ENV: "Bearer token sent with every AdminService call when --token-file is not given; "
     "read only from the environment, so the secret stays out of shell history and `ps`.",
+    "CONVEYOR_TRACE_SAMPLE_RATIO": "Share of root traces `conveyor relay` and `conveyor consume` "
+    "keep (events enqueued outside any trace, relay batches): a number from 0 to 1, default "
+    "0.01; unused when OTEL_TRACES_SAMPLER is set (docs/tracing.md).",
 }
 """Settings of the client commands that have no flag, each with its meaning."""
 

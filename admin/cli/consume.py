@@ -177,7 +177,10 @@ def consume(
     needs = startup.Needs(CONSUMER, database_url, redis_url, key_prefix, own, ops, timeout=timeout)
     startup.check(needs)
     reader = InMemoryMetricReader()
-    observability.configure(f"conveyor-consumer-{settings.group}", readers=[reader])
+    try:
+        observability.configure(f"conveyor-consumer-{settings.group}", readers=[reader])
+    except ValueError as exc:  # CONVEYOR_TRACE_SAMPLE_RATIO
+        fail(str(exc), EXIT_USAGE)
     tune_for_throughput()
     startup.run(lambda started: _serve(handlers, settings, ops, reader, started), needs)
 

@@ -142,7 +142,10 @@ def run(
     )
     startup.check(needs)
     reader = InMemoryMetricReader()
-    observability.configure("conveyor-relay", readers=[reader])
+    try:
+        observability.configure("conveyor-relay", readers=[reader])
+    except ValueError as exc:  # CONVEYOR_TRACE_SAMPLE_RATIO
+        fail(str(exc), EXIT_USAGE)
     tune_for_throughput()
     startup.run(lambda started: _serve(settings, ops, reader, started), needs)
 

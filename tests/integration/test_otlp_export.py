@@ -286,3 +286,12 @@ async def test_a_collector_that_is_down_costs_one_log_line_and_never_holds_the_r
     assert len(failing) == 1, "\n".join(lines)
     assert "0 held back" in failing[0]
     assert len(lines) <= 3, "\n".join(lines)  # + the start's "exporting ..." and the exit's
+
+
+def test_a_bad_sample_ratio_stops_the_start_naming_the_variable(case: Case) -> None:
+    done = run_conveyor(["relay"], case.env | {"CONVEYOR_TRACE_SAMPLE_RATIO": "5%"}, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        "conveyor: error: invalid CONVEYOR_TRACE_SAMPLE_RATIO='5%': use a number from 0 to 1"
+        in (done.stderr)
+    )
