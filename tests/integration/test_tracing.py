@@ -16,6 +16,7 @@ from conveyor import telemetry, wire
 from conveyor.identity.v1 import events_pb2
 from conveyor.v1 import event_pb2
 from relay import enqueue
+from relay.spans import publish_traced
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
     consumer_settings,
@@ -115,3 +116,82 @@ async def test_malformed_traceparent_starts_a_fresh_trace_and_is_processed(
     (span,) = [s for s in spans.get_finished_spans() if s.name == telemetry.SPAN_PROCESS]
     assert span.parent is None, "a fresh trace"
     assert uuid.UUID(span.attributes[telemetry.ATTR_MESSAGE_ID]) == uuid.UUID(ids[0])
+
+
+async def test_a_retry_and_a_last_failure_show_on_their_process_spans(
+    case: Case, spans: InMemorySpanExporter
+) -> None:
+    await create_effects(case.pg, case.schema)
+
+    def fail_twice(ctx: EventContext) -> None:
+        if ctx.attempt <= 2:
+            raise RuntimeError(f"attempt {ctx.attempt} fails")
+
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("http request") as request:
+        async with case.pg.transaction():
+            await enqueue(
+                case.pg,
+                events_pb2.UserRegistered(user_id="u1"),
+                aggregate_type="user",
+                aggregate_id="u1",
+                topic="identity",
+                schema=case.schema,
+            )
+    trace_id = request.get_span_context().trace_id
+    settings = consumer_settings(case, max_attempts=2)
+    async with (
+        running_relay(**case.relay_settings()),
+        running_consumer(effect_router(case.schema, fail=fail_twice), **settings),
+    ):
+
+        async def dead() -> bool:
+            return await case.redis.xlen(wire.Keys("identity", case.prefix).dlq) == 1
+
+        await wait_until(dead, what="a dead letter after two attempts")
+    processed = sorted(
+        (s for s in spans.get_finished_spans() if s.name == telemetry.SPAN_PROCESS),
+        key=lambda s: s.attributes[telemetry.ATTR_ATTEMPT],
+    )
+    assert [s.attributes[telemetry.ATTR_ATTEMPT] for s in processed] == [1, 2]
+    assert {s.context.trace_id for s in processed} == {trace_id}
+    first, last = processed
+    (retry,) = [e for e in first.events if e.name == telemetry.EVENT_RETRY]
+    assert retry.attributes[telemetry.ATTR_ERROR_TYPE] == "RuntimeError"
+    assert retry.attributes[telemetry.ATTR_ATTEMPT] == 1
+    assert 0 < retry.attributes[telemetry.ATTR_RETRY_DELAY] <= 0.2
+    (dead_letter,) = [e for e in last.events if e.name == telemetry.EVENT_DEAD_LETTER]
+    assert dead_letter.attributes[telemetry.ATTR_DEAD_LETTER_REASON] == "max_attempts"
+    assert dead_letter.attributes[telemetry.ATTR_ERROR_TYPE] == "RuntimeError"
+    assert not first.status.is_ok and not last.status.is_ok
+    (move,) = [s for s in spans.get_finished_spans() if s.name == telemetry.SPAN_DEAD_LETTER]
+    assert move.parent is not None and move.parent.span_id == last.context.span_id
+    ((_id, fields),) = await case.redis.xrange(wire.Keys("identity", case.prefix).dlq)
+    span_id = f"{last.context.span_id:016x}"
+    assert fields[wire.DL_TRACEPARENT].decode().split("-")[2] == span_id, "names the failed span"
+
+
+async def test_a_batch_span_links_at_most_the_cap_and_counts_the_rest(
+    spans: InMemorySpanExporter,
+) -> None:
+    n = telemetry.MAX_SPAN_LINKS + 5
+    parents = [(i + 1, i + 1) for i in range(n)]
+    rows = [
+        (i, uuid.uuid4(), "identity", "t", "a", f"00-{tid:032x}-{sid:016x}-01", b"")
+        for i, (tid, sid) in enumerate(parents)
+    ]
+    rows.append((n, uuid.uuid4(), "identity", "t", "a", f"00-{7:032x}-{7:016x}-00", b""))
+
+    async def publish_rows(_rows: object) -> dict[str, int]:
+        return {"k": len(rows)}
+
+    await publish_traced(publish_rows, rows, name=telemetry.SPAN_RELAY_PUBLISH, attributes={})
+    finished = spans.get_finished_spans()
+    (batch,) = [s for s in finished if telemetry.ATTR_BATCH_MESSAGE_COUNT in s.attributes]
+    assert batch.attributes[telemetry.ATTR_BATCH_MESSAGE_COUNT] == n + 1
+    assert len(batch.links) == telemetry.MAX_SPAN_LINKS
+    assert batch.attributes[telemetry.ATTR_LINKS_DROPPED] == 5
+    assert batch.parent is None and batch.kind is trace.SpanKind.CLIENT
+    per_event = [s for s in finished if s is not batch]
+    assert len(per_event) == n, "one per sampled event, none for the unsampled one"
+    assert {(s.context.trace_id, s.parent.span_id) for s in per_event if s.parent} == set(parents)
