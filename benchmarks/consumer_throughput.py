@@ -2,6 +2,7 @@
 
     python benchmarks/consumer_throughput.py [--events 100000] [--batch 1000] [--rounds 1]
                                              [--only per-event,batch,at-least-once]
+                                             [--conveyor-only] [--traced]
 
 Three comparisons (BRIEF targets in brackets):
   per-event      exactly-once, a handler doing one INSERT per event through ctx.db, 2 connections
@@ -12,6 +13,10 @@ Three comparisons (BRIEF targets in brackets):
                  vs ideal_pipeline.py --bare                                [>= 0.5]
 Each Conveyor round publishes N events to a fresh stream (the relay's wire layout), starts a
 Consumer in this process and times from its first read to the group having acknowledged all N.
+Telemetry is set up as `conveyor consume` sets it up (an in-memory metric reader for
+GetMetrics; OTLP export when the standard OTEL_EXPORTER_OTLP_* variables say so). `--traced`
+gives every event the traceparent of a sampled producer trace; `--conveyor-only` skips the
+yardstick (benchmarks/export_overhead.py runs this script so, once per telemetry set-up).
 Prints every figure and the ratios; never asserts.
 """
 
@@ -25,16 +30,19 @@ import uuid
 from typing import Any
 
 import asyncpg
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import yardstick
 from admin import migrations
 from admin.catalog import ConsumerCatalog
+from admin.ops import observability
 from admin.ops.process import tune_for_throughput
 from consumers import Consumer, ConsumerSettings, EventContext, Router
 from conveyor import redis_client, wire
 from conveyor.identity.v1 import events_pb2
 from relay import envelope
 from relay.publisher import StreamPublisher
+from relay_throughput import sampled_traceparent
 from yardstick import DB, REDIS
 
 TOPIC = "bench"
@@ -73,7 +81,7 @@ def router_for(kind: str, schema: str) -> Router:
     return router
 
 
-async def publish(r: Any, prefix: str, n: int) -> None:
+async def publish(r: Any, prefix: str, n: int, *, traced: bool = False) -> None:
     publisher = StreamPublisher(r, prefix)
     for start in range(0, n, 1000):
         rows = []
@@ -86,7 +94,7 @@ async def publish(r: Any, prefix: str, n: int) -> None:
                 aggregate_type="user",
                 aggregate_id=f"user-{i}",
                 occurred_at=None,
-                headers={},
+                headers={"traceparent": sampled_traceparent()} if traced else {},
             )
             rows.append(
                 (
@@ -102,7 +110,7 @@ async def publish(r: Any, prefix: str, n: int) -> None:
         await publisher.publish(rows)
 
 
-async def conveyor_round(kind: str, n: int, batch: int) -> float:
+async def conveyor_round(kind: str, n: int, batch: int, *, traced: bool = False) -> float:
     schema, prefix = f"bench_{uuid.uuid4().hex[:8]}", f"bench{uuid.uuid4().hex[:6]}"
     await asyncio.to_thread(migrations.upgrade, DB, schema)
     conn = await asyncpg.connect(DB)
@@ -110,7 +118,7 @@ async def conveyor_round(kind: str, n: int, batch: int) -> float:
     r = redis_client.connect(REDIS)
     key = wire.Keys(TOPIC, prefix).events
     try:
-        await publish(r, prefix, n)
+        await publish(r, prefix, n, traced=traced)
         settings = ConsumerSettings(
             group="bench",
             topics=(TOPIC,),
@@ -160,16 +168,26 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", default=",".join(KINDS))
+    ap.add_argument("--conveyor-only", action="store_true", help="skip the yardstick")
+    ap.add_argument("--traced", action="store_true", help="events carry sampled traceparents")
     a = ap.parse_args()
-    yardstick.require()
-    tune_for_throughput()  # as `conveyor consume` does
+    if not a.conveyor_only:
+        yardstick.require()
+    # As `conveyor consume` does.
+    observability.configure("conveyor-consumer-bench", readers=[InMemoryMetricReader()])
+    tune_for_throughput()
     summary = []
     for kind in a.only.split(","):
         ours, theirs = [], []
         for _ in range(a.rounds):
-            theirs.append(yardstick_round(kind, a.events, a.batch))
-            ours.append(asyncio.run(conveyor_round(kind, a.events, a.batch)))
-        o, y = statistics.median(ours), statistics.median(theirs)
+            if not a.conveyor_only:
+                theirs.append(yardstick_round(kind, a.events, a.batch))
+            ours.append(asyncio.run(conveyor_round(kind, a.events, a.batch, traced=a.traced)))
+        o = statistics.median(ours)
+        if a.conveyor_only:
+            summary.append(f"consumer {kind}: conveyor {o:.0f}/s")
+            continue
+        y = statistics.median(theirs)
         summary.append(
             f"consumer {kind}: conveyor {o:.0f}/s, yardstick {y:.0f}/s, ratio "
             f"{o / y:.2f} (target >= {TARGETS[kind]})"

@@ -33,7 +33,13 @@ from relay import NewEvent, enqueue_many
 from yardstick import DB, REDIS
 
 
-async def prefill(schema: str, n: int) -> None:
+def sampled_traceparent() -> str:
+    """A W3C traceparent of a fresh, sampled trace: an event whose producer's trace is sampled."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+async def prefill(schema: str, n: int, *, traced: bool = False) -> None:
+    """N identity events; with `traced`, each carries the traceparent of a sampled trace."""
     conn = await asyncpg.connect(DB)
     try:
         for start in range(0, n, 5000):
@@ -43,6 +49,7 @@ async def prefill(schema: str, n: int) -> None:
                     "user",
                     f"user-{i}",
                     topic="bench",
+                    headers={"traceparent": sampled_traceparent()} if traced else None,
                 )
                 for i in range(start, min(n, start + 5000))
             ]
@@ -71,15 +78,18 @@ async def wait_drained(schema: str, n: int) -> tuple[float, float]:
         await conn.close()
 
 
-async def conveyor_round(n: int, batch: int) -> float:
+async def conveyor_round(
+    n: int, batch: int, *, env: dict[str, str] | None = None, traced: bool = False
+) -> float:
+    """One round of the real `conveyor relay` process, with `env` added to its environment."""
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     await asyncio.to_thread(migrations.upgrade, DB, schema)
     r = aioredis.from_url(REDIS)
     try:
-        await prefill(schema, n)
+        await prefill(schema, n, traced=traced)
         env = {
-            **os.environ,
+            **(env or {}),
             "CONVEYOR_DATABASE_URL": DB,
             "CONVEYOR_REDIS_URL": REDIS,
             "CONVEYOR_LOG_LEVEL": "warning",
@@ -95,7 +105,7 @@ async def conveyor_round(n: int, batch: int) -> float:
             str(batch),
         ]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env)
+        proc = subprocess.Popen(cmd, env={**os.environ, **env})
         try:
             rate, span = await wait_drained(schema, n)
             wall = time.perf_counter() - t0
