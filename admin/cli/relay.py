@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -39,9 +39,11 @@ from admin.cli.setting_options import SettingOptions, Shown, in_flags
 from admin.errors import AdminError
 from admin.ops.settings import RELAY_GRPC_ADDR, StartupSettings, ops_settings
 from conveyor import database, wire
+from conveyor.telemetry import ROLE_RELAY
 from relay.settings import RelaySettings
 
 if TYPE_CHECKING:  # the relay's engine loads when a command runs, not for `conveyor dlq ...`
+    from admin.ops.scrape import ProcessMetrics
     from admin.ops.settings import OpsSettings
     from relay.replay import ReplayResult
 
@@ -92,6 +94,7 @@ def run(
     descriptor_set: list[Path] | None = OPS.option("payload_types", default=None),
     stall_timeout: str = OPS.option("stall_timeout"),
     page_token_key: str | None = OPS.option("page_token_key"),
+    metrics_addr: str | None = OPS.option("metrics_addr"),
     startup_timeout: str = STARTUP.option("startup_timeout"),
 ) -> None:
     """Run the relay: drain each schema's outbox into its topic streams until SIGTERM.
@@ -100,10 +103,8 @@ def run(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
     from admin.cli import startup
-    from admin.ops import observability
+    from admin.ops import scrape
     from admin.ops.process import tune_for_throughput
 
     setup_logging(log_level)
@@ -120,6 +121,7 @@ def run(
             descriptor_sets=descriptor_set or (),
             stall_timeout=parse_duration(stall_timeout, OPS.flag("stall_timeout")),
             page_token_key=page_token_key,
+            metrics_addr=metrics_addr,
         )
         settings = RelaySettings(
             database_url=database_url,
@@ -141,14 +143,18 @@ def run(
         RELAY, database_url, redis_url, key_prefix, settings.schemas, ops, timeout=timeout
     )
     startup.check(needs)
-    reader = InMemoryMetricReader()
-    observability.configure("conveyor-relay", readers=[reader])
+    telemetry = scrape.configure(
+        "conveyor-relay", ops, role=ROLE_RELAY, key_prefix=settings.key_prefix
+    )
     tune_for_throughput()
-    startup.run(lambda started: _serve(settings, ops, reader, started), needs)
+    startup.run(lambda started: _serve(settings, ops, telemetry, started), needs)
 
 
 async def _serve(
-    settings: RelaySettings, ops: OpsSettings, reader: Any, started: Callable[[], None]
+    settings: RelaySettings,
+    ops: OpsSettings,
+    telemetry: ProcessMetrics,
+    started: Callable[[], None],
 ) -> None:
     from admin.ops import runtime
     from admin.ops.probes import RelayProbe
@@ -162,7 +168,8 @@ async def _serve(
         key_prefix=settings.key_prefix,
         probe=RelayProbe(relay, ops.stall_timeout),
         schemas=settings.schemas,
-        metrics=reader,
+        metrics=telemetry.reader,
+        gauges=telemetry.gauges,
     )
 
     def running() -> None:
@@ -176,7 +183,8 @@ async def _serve(
             settings.concurrency,
         )
 
-    await runtime.serve(plane, relay, started=running)
+    async with telemetry.serving():  # bound before the pipeline creates anything
+        await runtime.serve(plane, relay, started=running)
     published = sum(f.published for f in relay.forwarders.values())
     log.info("relay stopped after the batches in flight: published=%d", published)
 
