@@ -205,6 +205,7 @@ def replay_command(
 ) -> None:
     """Republish outbox rows kept after publishing (see --retention), e.g. after Redis lost data."""
     from admin import migrations
+    from admin.ops import observability
 
     try:
         moment = parse_since(since)
@@ -218,6 +219,8 @@ def replay_command(
         asyncio.run(migrations.ensure_at_head(database_url, schema))
     except AdminError as exc:
         fail(exc.message)
+    # events_replayed goes over OTLP when configured, flushed as the command ends.
+    observability.configure("conveyor-relay-replay")
     result = asyncio.run(
         _replay(database_url, redis_url, key_prefix, schema, moment, topic, dry_run, as_json)
     )
@@ -256,6 +259,7 @@ async def _replay(
     import asyncpg
 
     from conveyor import redis_client
+    from relay.metrics import RelayMetrics
     from relay.publisher import StreamPublisher
     from relay.replay import replay
     from relay.store import count_replayable
@@ -283,6 +287,7 @@ async def _replay(
                 topic=topic,
                 dry_run=dry_run,
                 on_progress=lambda n: progress.advance(task, n),
+                metrics=None if dry_run else RelayMetrics(),
             )
     finally:
         await client.aclose()
