@@ -42,10 +42,11 @@ def served_metric_names(text: str) -> set[str]:
     return {s.name for s in samples(text)}
 
 
-def value(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples named `name` whose labels include `labels` (0 when none)."""
-    return sum(
+def value(text: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples named `name` whose labels include `labels`; None when none is."""
+    found = [
         s.value
         for s in samples(text)
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
+    ]
+    return sum(found) if found else None
