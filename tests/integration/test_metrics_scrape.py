@@ -33,10 +33,12 @@ CONSUME = ("consume", "--group", GROUP, "--topic", TOPIC, "--router", "admin.cli
 
 @dataclass
 class Endpoints:
-    """Where the relay and the consumer serve their metrics."""
+    """Where the relay and the consumer serve their metrics, and the consumer's AdminService."""
 
     relay: str
     consumer: str
+    target: str
+    env: dict[str, str]
 
 
 def scrape(url: str) -> str:
@@ -44,17 +46,18 @@ def scrape(url: str) -> str:
         return str(answer.read().decode())
 
 
-def metrics_url(proc: subprocess.Popen[str]) -> str:
-    """The endpoint the process logged (it listens on port 0), logged before its gRPC line."""
+def addresses(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """(metrics URL, gRPC target) the process logged: it listens on port 0 for both."""
     assert proc.stdout is not None
-    seen = []
+    seen, url = [], None
     for line in proc.stdout:
         seen.append(line)
         if m := re.search(r"Prometheus metrics at (http://\S+/metrics)", line):
-            return m.group(1)
-        if "gRPC listening on" in line:
-            break
-    raise AssertionError("no metrics address in the log:\n" + "".join(seen))
+            url = m.group(1)
+        if m := re.search(r"gRPC listening on ([\d.]+:\d+)", line):
+            assert url is not None, "the metrics address is logged first:\n" + "".join(seen)
+            return url, m.group(1)
+    raise AssertionError("no addresses in the log:\n" + "".join(seen))
 
 
 @pytest.fixture(name="endpoints")
@@ -66,11 +69,12 @@ async def fixture_endpoints(case: Case, catalog_cleanup: None) -> AsyncIterator[
     env["CONVEYOR_METRICS_ADDR"] = "127.0.0.1:0"
     relay = start_conveyor(["relay", "--schema", case.schema], env)
     consumer = start_conveyor(
-        [*CONSUME, "--ledger-schema", case.schema, "--max-attempts", "20"],
+        [*CONSUME, "--ledger-schema", case.schema, "--max-attempts", "3"],
         env,
     )
     try:
-        yield Endpoints(metrics_url(relay), metrics_url(consumer))
+        relay_url, _ = addresses(relay)
+        yield Endpoints(relay_url, *addresses(consumer), env)
     finally:
         stop(consumer)
         stop(relay)
@@ -123,15 +127,9 @@ async def test_the_endpoints_serve_every_contract_metric_with_the_workload_count
         text = await asyncio.to_thread(scrape, endpoints.consumer)
         return (value(text, name, **labels) or 0) >= at_least
 
-    await wait_until(lambda: consumer_has("events_retried_total", 1, **of_group), what="a retry")
-    await case.pg.execute(f"DELETE FROM {case.schema}.demo_outage")
-    await wait_until(
-        lambda: consumer_has("events_processed_total", 13, **of_group), what="13 events finished"
-    )
-
     async def settled() -> bool:  # the backlog is measured every 5 s, the status every second
         texts = await asyncio.gather(
-            *(asyncio.to_thread(scrape, u) for u in vars(endpoints).values())
+            *(asyncio.to_thread(scrape, u) for u in (endpoints.relay, endpoints.consumer))
         )
         gauges = [value(texts[0], "outbox_backlog", schema=case.schema)]
         for text in texts:
@@ -140,6 +138,20 @@ async def test_the_endpoints_serve_every_contract_metric_with_the_workload_count
             ]
         return gauges == [0, 0, 0, 0, 0]
 
+    async def finished(at_least: int) -> None:
+        await wait_until(
+            lambda: consumer_has("events_processed_total", at_least, **of_group),
+            what=f"{at_least} events finished",
+        )
+
+    await finished(13)  # "late" verified: retried twice, then a dead letter (max_attempts 3)
+    await case.pg.execute(f"DELETE FROM {case.schema}.demo_outage")
+    reprocess = ["dlq", "reprocess", "--stream", TOPIC, "--reason", "max_attempts", "--yes"]
+    done = await asyncio.to_thread(
+        run_conveyor, [*reprocess, "--target", endpoints.target], endpoints.env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    await finished(14)
     await wait_until(settled, what="backlog, lag and pending at 0 on both endpoints")
     relay = await asyncio.to_thread(scrape, endpoints.relay)
     consumer = await asyncio.to_thread(scrape, endpoints.consumer)
@@ -156,11 +168,12 @@ async def test_the_endpoints_serve_every_contract_metric_with_the_workload_count
     assert value(relay, "consumer_lag_seconds", **of_group) == 0
     count = {"stream": stream, "group": GROUP}
     assert value(consumer, "events_processed_total", result="success", **count) == 12
-    assert value(consumer, "events_processed_total", result="dead_letter", **count) == 1
+    assert value(consumer, "events_processed_total", result="dead_letter", **count) == 2
     assert value(consumer, "events_dlq_total", reason="rejected", **count) == 1
-    assert value(consumer, "events_dlq_total", reason="max_attempts", **count) == 0
-    assert (value(consumer, "events_consumed_total", **count) or 0) >= 14  # 13 and the retry
-    assert value(consumer, "events_reprocessed_total", **count) == 0
+    assert value(consumer, "events_dlq_total", reason="max_attempts", **count) == 1
+    assert value(consumer, "events_retried_total", **count) == 2
+    assert value(consumer, "events_reprocessed_total", **count) == 1
+    assert value(consumer, "events_consumed_total", **count) == 16  # 13, 2 retries, 1 reprocess
     assert value(consumer, "consumer_groups_lost_total", **count) == 0
     assert value(consumer, "conveyor_up", role="consumer", group=GROUP) == 1
     assert (value(consumer, "event_end_to_end_latency_seconds_count", **count) or 0) >= 1
