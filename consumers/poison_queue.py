@@ -224,6 +224,7 @@ class PoisonQueue:
             if e.stream == retry and wire.RT_DEAD_LETTER in e.fields
         ]
         if ids:
+            self._m.reprocessed.add(len(ids), self._attrs)
             try:
                 await self._catalog.mark_reprocessed(self._streams.keys.dlq, ids)
             except Exception as exc:  # noqa: BLE001 - the catalog is informative here

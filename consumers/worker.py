@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class TopicWorker:
             topic=topic, group=settings.group, router=router, max_bytes=settings.max_event_bytes
         )
         self._attrs = topic_attributes(streams.keys.events, settings.group)
+        metrics.start(streams.keys.events, settings.group)
 
     async def run(self) -> None:
         """Consume until stopped. Redis failures back off and resume; a group that vanished is
@@ -184,11 +186,24 @@ class TopicWorker:
             outcomes = await self._applier.apply(batch.deliveries)
             per_event = (time.perf_counter() - started) / len(batch.deliveries)
             self._m.processing.record(per_event, self._attrs)
+            if outcomes.done and not outcomes.duplicates:  # a duplicate's age is no latency
+                self._record_latency(outcomes.done)
             settled += await self._settle(outcomes)
         if settled:
             await self.streams.ack(settled)
             await self._poison.mark_reprocessed(settled)
         self.health.progressed()
+
+    def _record_latency(self, done: list[Delivery]) -> None:
+        """One observation per batch, of its oldest event: a histogram record costs several
+        microseconds, too much per event on the hot path."""
+        oldest = math.inf
+        for d in done:
+            at = d.ctx.envelope.time
+            if at.seconds and (s := at.seconds + at.nanos * 1e-9) < oldest:
+                oldest = s
+        if oldest != math.inf:
+            self._m.end_to_end.record(max(time.time() - oldest, 0.0), self._attrs)
 
     async def _settle(self, outcomes: Outcomes) -> list[Entry]:
         for d, error in outcomes.failed:

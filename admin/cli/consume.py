@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -28,8 +28,10 @@ from admin.cli.options import (
 from admin.cli.setting_options import SettingOptions, Shown, in_flags
 from admin.ops.settings import CONSUMER_GRPC_ADDR, StartupSettings, ops_settings
 from consumers.settings import ConsumerSettings
+from conveyor.telemetry import ROLE_CONSUMER
 
 if TYPE_CHECKING:  # the consumer's engine loads when it runs, not for `conveyor dlq ...`
+    from admin.ops.scrape import ProcessMetrics
     from admin.ops.settings import OpsSettings
     from consumers import Router
 
@@ -110,16 +112,15 @@ def consume(
     descriptor_set: list[Path] | None = OPS.option("payload_types", default=None),
     stall_timeout: str = OPS.option("stall_timeout"),
     page_token_key: str | None = OPS.option("page_token_key"),
+    metrics_addr: str | None = OPS.option("metrics_addr"),
     startup_timeout: str = STARTUP.option("startup_timeout"),
 ) -> None:
     """Consume topics as a member of a group, running the router's handlers until SIGTERM.
 
     Serves grpc.health.v1.Health and conveyor.v1.AdminService on --grpc-addr meanwhile.
     """
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
     from admin.cli import startup
-    from admin.ops import observability
+    from admin.ops import scrape
     from admin.ops.process import tune_for_throughput
     from consumers.settings import default_consumer_name
 
@@ -137,6 +138,7 @@ def consume(
             descriptor_sets=descriptor_set or (),
             stall_timeout=parse_duration(stall_timeout, OPS.flag("stall_timeout")),
             page_token_key=page_token_key,
+            metrics_addr=metrics_addr,
         )
         handlers = load_router(router)
         settings = ConsumerSettings(
@@ -176,20 +178,25 @@ def consume(
     own = (settings.ledger_schema,) if settings.exactly_once else ()
     needs = startup.Needs(CONSUMER, database_url, redis_url, key_prefix, own, ops, timeout=timeout)
     startup.check(needs)
-    reader = InMemoryMetricReader()
     try:
-        observability.configure(f"conveyor-consumer-{settings.group}", readers=[reader])
+        telemetry = scrape.configure(
+            f"conveyor-consumer-{settings.group}",
+            ops,
+            role=ROLE_CONSUMER,
+            key_prefix=settings.key_prefix,
+            group=settings.group,
+        )
     except ValueError as exc:  # CONVEYOR_TRACE_SAMPLE_RATIO
         fail(str(exc), EXIT_USAGE)
     tune_for_throughput()
-    startup.run(lambda started: _serve(handlers, settings, ops, reader, started), needs)
+    startup.run(lambda started: _serve(handlers, settings, ops, telemetry, started), needs)
 
 
 async def _serve(
     router: Router,
     settings: ConsumerSettings,
     ops: OpsSettings,
-    reader: Any,
+    telemetry: ProcessMetrics,
     started: Callable[[], None],
 ) -> None:
     from admin.catalog import ConsumerCatalog
@@ -205,7 +212,8 @@ async def _serve(
         key_prefix=settings.key_prefix,
         probe=ConsumerProbe(consumer, ops.stall_timeout),
         schemas=[settings.ledger_schema] if settings.exactly_once else [],
-        metrics=reader,
+        metrics=telemetry.reader,
+        gauges=telemetry.gauges,
     )
 
     def running() -> None:
@@ -222,7 +230,8 @@ async def _serve(
             redact(settings.redis_url),
         )
 
-    await runtime.serve(plane, consumer, started=running)
+    async with telemetry.serving():  # bound before the pipeline creates anything
+        await runtime.serve(plane, consumer, started=running)
     log.info(
         "consumer stopped after the batch in flight: group=%s consumer=%s",
         settings.group,

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -39,9 +39,11 @@ from admin.cli.setting_options import SettingOptions, Shown, in_flags
 from admin.errors import AdminError
 from admin.ops.settings import RELAY_GRPC_ADDR, StartupSettings, ops_settings
 from conveyor import database, wire
+from conveyor.telemetry import ROLE_RELAY
 from relay.settings import RelaySettings
 
 if TYPE_CHECKING:  # the relay's engine loads when a command runs, not for `conveyor dlq ...`
+    from admin.ops.scrape import ProcessMetrics
     from admin.ops.settings import OpsSettings
     from relay.replay import ReplayResult
 
@@ -92,6 +94,7 @@ def run(
     descriptor_set: list[Path] | None = OPS.option("payload_types", default=None),
     stall_timeout: str = OPS.option("stall_timeout"),
     page_token_key: str | None = OPS.option("page_token_key"),
+    metrics_addr: str | None = OPS.option("metrics_addr"),
     startup_timeout: str = STARTUP.option("startup_timeout"),
 ) -> None:
     """Run the relay: drain each schema's outbox into its topic streams until SIGTERM.
@@ -100,10 +103,8 @@ def run(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
     from admin.cli import startup
-    from admin.ops import observability
+    from admin.ops import scrape
     from admin.ops.process import tune_for_throughput
 
     setup_logging(log_level)
@@ -120,6 +121,7 @@ def run(
             descriptor_sets=descriptor_set or (),
             stall_timeout=parse_duration(stall_timeout, OPS.flag("stall_timeout")),
             page_token_key=page_token_key,
+            metrics_addr=metrics_addr,
         )
         settings = RelaySettings(
             database_url=database_url,
@@ -141,17 +143,21 @@ def run(
         RELAY, database_url, redis_url, key_prefix, settings.schemas, ops, timeout=timeout
     )
     startup.check(needs)
-    reader = InMemoryMetricReader()
     try:
-        observability.configure("conveyor-relay", readers=[reader])
+        telemetry = scrape.configure(
+            "conveyor-relay", ops, role=ROLE_RELAY, key_prefix=settings.key_prefix
+        )
     except ValueError as exc:  # CONVEYOR_TRACE_SAMPLE_RATIO
         fail(str(exc), EXIT_USAGE)
     tune_for_throughput()
-    startup.run(lambda started: _serve(settings, ops, reader, started), needs)
+    startup.run(lambda started: _serve(settings, ops, telemetry, started), needs)
 
 
 async def _serve(
-    settings: RelaySettings, ops: OpsSettings, reader: Any, started: Callable[[], None]
+    settings: RelaySettings,
+    ops: OpsSettings,
+    telemetry: ProcessMetrics,
+    started: Callable[[], None],
 ) -> None:
     from admin.ops import runtime
     from admin.ops.probes import RelayProbe
@@ -165,7 +171,8 @@ async def _serve(
         key_prefix=settings.key_prefix,
         probe=RelayProbe(relay, ops.stall_timeout),
         schemas=settings.schemas,
-        metrics=reader,
+        metrics=telemetry.reader,
+        gauges=telemetry.gauges,
     )
 
     def running() -> None:
@@ -179,7 +186,8 @@ async def _serve(
             settings.concurrency,
         )
 
-    await runtime.serve(plane, relay, started=running)
+    async with telemetry.serving():  # bound before the pipeline creates anything
+        await runtime.serve(plane, relay, started=running)
     published = sum(f.published for f in relay.forwarders.values())
     log.info("relay stopped after the batches in flight: published=%d", published)
 
@@ -200,6 +208,7 @@ def replay_command(
 ) -> None:
     """Republish outbox rows kept after publishing (see --retention), e.g. after Redis lost data."""
     from admin import migrations
+    from admin.ops import observability
 
     try:
         moment = parse_since(since)
@@ -213,6 +222,8 @@ def replay_command(
         asyncio.run(migrations.ensure_at_head(database_url, schema))
     except AdminError as exc:
         fail(exc.message)
+    # events_replayed goes over OTLP when configured, flushed as the command ends.
+    observability.configure("conveyor-relay-replay")
     result = asyncio.run(
         _replay(database_url, redis_url, key_prefix, schema, moment, topic, dry_run, as_json)
     )
@@ -251,6 +262,7 @@ async def _replay(
     import asyncpg
 
     from conveyor import redis_client
+    from relay.metrics import RelayMetrics
     from relay.publisher import StreamPublisher
     from relay.replay import replay
     from relay.store import count_replayable
@@ -278,6 +290,7 @@ async def _replay(
                 topic=topic,
                 dry_run=dry_run,
                 on_progress=lambda n: progress.advance(task, n),
+                metrics=None if dry_run else RelayMetrics(),
             )
     finally:
         await client.aclose()

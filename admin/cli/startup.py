@@ -1,11 +1,11 @@
 """How `conveyor relay` and `conveyor consume` start: the checks they make before creating
 anything, and the one line (and exit code) each failed check ends with.
 
-Order: the flags' values (exit 2: URLs, TLS files, the tokens file), the gRPC address (exit 8),
-PostgreSQL and the schemas (exit 7, or 6 when a schema is not at head), Redis answering and
-taking writes (exit 7). Only then does the process bind its gRPC address for real, and only
-after that does a consumer create its groups and register in the catalog, so a failed start
-leaves nothing behind. docs/operations.md, "Start-up", says the same for operators.
+Order: the flags' values (exit 2: URLs, TLS files, the tokens file), the gRPC address and the
+--metrics-addr address (exit 8), PostgreSQL and the schemas (exit 7, or 6 when a schema is not at
+head), Redis answering and taking writes (exit 7). Only then does the process bind its addresses
+for real, and only after that does a consumer create its groups and register in the catalog, so
+a failed start leaves nothing behind. docs/operations.md, "Start-up", says the same for operators.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from admin.cli.options import (
     EXIT_PRECONDITION,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    OPS,
     SERVER,
     fail,
     redact,
@@ -68,7 +69,7 @@ def check(needs: Needs) -> None:
 
     From here on SIGTERM and SIGINT stop the process (exit 0, also while it waits) and SIGHUP
     never kills it (admin/ops/process.py)."""
-    from admin.ops import process, server  # loads grpc: only for a start
+    from admin.ops import process, scrape, server  # loads grpc: only for a start
 
     process.hold_signals()
     try:
@@ -76,6 +77,8 @@ def check(needs: Needs) -> None:
         server.check_tls(needs.ops.server)
         tokens = _count_tokens(needs.ops)
         server.check_bindable(needs.ops.server.grpc_addr)
+        if needs.ops.metrics_addr is not None:
+            scrape.check_bindable(needs.ops.metrics_addr)
         _wait(needs)
     except (AdminError, ValueError) as exc:
         _fail(exc, needs.options)
@@ -193,7 +196,11 @@ def run(serve: Callable[[Callable[[], None]], Awaitable[None]], needs: Needs) ->
 
 def _fail(exc: BaseException, options: SettingOptions) -> NoReturn:
     if isinstance(exc, AddressUnavailable):
-        addr = f"{SERVER.flag('grpc_addr')} HOST:PORT (or {SERVER.envvar('grpc_addr')})"
+        from admin.ops.scrape import MetricsAddressUnavailable
+
+        metrics = isinstance(exc, MetricsAddressUnavailable)
+        flags, field = (OPS, "metrics_addr") if metrics else (SERVER, "grpc_addr")
+        addr = f"{flags.flag(field)} HOST:PORT (or {flags.envvar(field)})"
         if exc.in_use:
             fail(
                 f"{exc.message}: another relay or consumer may be running here; "

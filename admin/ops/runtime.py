@@ -34,6 +34,7 @@ from admin.ops.status import (
     RedisStatus,
     StatusChecker,
 )
+from admin.ops.status_metrics import StatusGauges
 from admin.ops.tokens import TokenStore, install_sighup_reload
 from conveyor import redis_client
 from conveyor.urls import redact
@@ -131,6 +132,7 @@ class OpsPlane:
         probe: Probe,
         schemas: Sequence[str] = (),
         metrics: InMemoryMetricReader | None = None,
+        gauges: StatusGauges | None = None,
     ) -> None:
         self.settings = settings
         self._database_url = database_url
@@ -139,6 +141,7 @@ class OpsPlane:
         self._probe = probe
         self._schemas = tuple(schemas)
         self._metrics = metrics
+        self._gauges = gauges
         # Loaded here, so a bad tokens file fails the start with its message.
         tokens = settings.auth.tokens_file
         self._store = TokenStore.load(tokens) if tokens is not None else None
@@ -250,6 +253,8 @@ class OpsPlane:
         audit = catalog.audit
         watch = _LoopWatch(self._probe, lambda: self.beat, self.settings.stall_timeout)
         checker = StatusChecker(redis=redis, catalog=catalog, probe=watch, on_change=health.publish)
+        if self._gauges is not None:
+            self._gauges.watch(lambda: checker.snapshot)
         context = AdminContext(
             catalog=catalog,
             redis=redis,

@@ -27,6 +27,15 @@ CONSUMER_GRPC_ADDR = "127.0.0.1:50052"
 """Where `conveyor consume` listens by default (beside a relay on the same host)."""
 
 
+def check_address(addr: str, what: str, example: str) -> None:
+    """ValueError unless `addr` is host:port with a port 0-65535 (IPv6 hosts in brackets)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(
+            f"invalid {what} {addr!r}: use host:port, e.g. {example} (port 0 picks a free one)"
+        )
+
+
 class Scope(enum.StrEnum):
     """What a principal may do: `write` includes everything `read` allows."""
 
@@ -56,12 +65,7 @@ class ServerSettings:
     principal `cn:<name>` with read scope."""
 
     def __post_init__(self) -> None:
-        host, sep, port = self.grpc_addr.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(
-                f"invalid gRPC address {self.grpc_addr!r}: use host:port, e.g. 127.0.0.1:50051 "
-                "(port 0 picks a free one)"
-            )
+        check_address(self.grpc_addr, "gRPC address", "127.0.0.1:50051")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -155,6 +159,10 @@ class OpsSettings:
     """Key signing ListDeadLetters page tokens; by default derived from the database URL, so every
     process of one deployment accepts the others' tokens. Set the same value on every process
     behind one address if their database URLs differ."""
+    metrics_addr: str | None = None
+    """Serve the process's metrics as Prometheus text at http://HOST:PORT/metrics (host:port;
+    port 0 picks a free port and logs it); off by default. The same instruments are exported
+    over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, and read by `conveyor metrics`."""
 
     @property
     def authenticates_nobody(self) -> bool:
@@ -170,6 +178,8 @@ class OpsSettings:
     def __post_init__(self) -> None:
         if not self.stall_timeout > 0:
             raise ValueError(f"stall_timeout must be > 0 seconds, got {self.stall_timeout!r}")
+        if self.metrics_addr is not None:
+            check_address(self.metrics_addr, "metrics_addr", "127.0.0.1:9464")
 
 
 def ops_settings(
@@ -185,6 +195,7 @@ def ops_settings(
     mtls_writers: Sequence[str] = (),
     descriptor_sets: Sequence[Path] = (),
     page_token_key: str | None = None,
+    metrics_addr: str | None = None,
 ) -> OpsSettings:
     """OpsSettings from command-line values; ValueError (or InvalidInput) naming a bad one."""
     if mtls_writers and tls_client_ca is None:
@@ -207,6 +218,7 @@ def ops_settings(
         stall_timeout=stall_timeout,
         payload_types=_payload_types(descriptor_sets),
         page_token_key=page_token_key.encode() if page_token_key else None,
+        metrics_addr=metrics_addr or None,
     )
 
 

@@ -72,6 +72,8 @@ class Snapshot:
     redis: RedisStatus = RedisStatus()
     outboxes: tuple[OutboxStatus, ...] = ()
     groups: tuple[GroupStatus, ...] = ()
+    postgres_up: bool | None = None
+    """The last read of the consumer registry answered; None before the first one."""
 
     @property
     def overall(self) -> State:
@@ -111,6 +113,8 @@ class StatusChecker:
         self._interval = interval
         self._registry_failing = False
         """The last read of the consumer registry failed (a failure is logged once)."""
+        self._registry_read: bool | None = None
+        """The last read of the consumer registry answered; None before the first one."""
         self.snapshot = Snapshot()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -131,6 +135,7 @@ class StatusChecker:
             redis=redis,
             outboxes=tuple(self._probe.outboxes()),
             groups=tuple(groups),
+            postgres_up=self._registry_read,
         )
         if self._on_change is not None:
             await self._on_change(self.snapshot)
@@ -163,6 +168,7 @@ class StatusChecker:
             # Once, unless PostgreSQL is away: the process's outage line says so, with its address.
             quiet = self._registry_failing or unreachable(exc)
             self._registry_failing = True
+            self._registry_read = False
             log.log(
                 logging.DEBUG if quiet else logging.WARNING,
                 "cannot read the consumer registry: %r",
@@ -170,6 +176,7 @@ class StatusChecker:
             )
             return []
         self._registry_failing = False
+        self._registry_read = True
         out = []
         for g in registered:
             status = await self._group(g.topic, g.group, g.mode, g.members)

@@ -1,7 +1,8 @@
 """OpenTelemetry names shared by every process: meters, instruments, spans and attributes.
 
 Instrument names omit the `_total` and unit suffixes that the Prometheus exporter adds, so
-`EVENTS_PUBLISHED` is scraped as `events_published_total`.
+`EVENTS_PUBLISHED` is scraped as `events_published_total` and `OUTBOX_OLDEST_AGE` (unit `s`) as
+`outbox_oldest_age_seconds`; docs/metrics.md lists every instrument with its Prometheus name.
 """
 
 from __future__ import annotations
@@ -36,18 +37,40 @@ CONSUMER_LAG: Final = "consumer_lag"
 CONSUMER_LAG_ENTRIES: Final = "consumer_lag_entries"
 CONSUMER_PENDING: Final = "consumer_pending"
 DEPENDENCY_UP: Final = "dependency_up"
+CONVEYOR_UP: Final = "conveyor_up"
+"""1 while the process runs, by role (and group): its absence says the process is gone."""
 
-# Histograms (seconds).
+# Histograms (seconds), with bucket boundaries on the scale of what they measure (the SDK's
+# default boundaries, 0 to 10,000, suit milliseconds).
 EVENT_PROCESSING_DURATION: Final = "event_processing_duration"
 EVENT_END_TO_END_LATENCY: Final = "event_end_to_end_latency"
+PROCESSING_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+LATENCY_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+
+# Attribute values.
+RESULTS: Final = ("success", "skipped", "duplicate", "dead_letter")
+"""Values of ATTR_RESULT on EVENTS_PROCESSED."""
+DEPENDENCIES: Final = ("postgres", "redis")
+"""Values of ATTR_DEPENDENCY on DEPENDENCY_UP."""
+ROLE_RELAY: Final = "relay"
+ROLE_CONSUMER: Final = "consumer"
 
 # Attributes.
 ATTR_STREAM: Final = "stream"
+"""The topic's events stream key, e.g. `conveyor:{orders}:events` (wire.Keys.events); also for
+entries a consumer reads from its group's retry stream."""
 ATTR_GROUP: Final = "group"
 ATTR_RESULT: Final = "result"
 ATTR_REASON: Final = "reason"
 ATTR_SCHEMA: Final = "schema"
 ATTR_DEPENDENCY: Final = "dependency"
+ATTR_ROLE: Final = "role"
 ATTR_EVENT_ID: Final = "conveyor.event.id"
 ATTR_EVENT_TYPE: Final = "conveyor.event.type"
 ATTR_BATCH_SIZE: Final = "conveyor.batch.size"

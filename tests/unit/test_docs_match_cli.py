@@ -55,8 +55,9 @@ def test_what_the_docs_may_name_comes_from_the_code() -> None:
     assert {"CONVEYOR_TARGET", "CONVEYOR_ADMIN_TOKEN", "CONVEYOR_PG_BINDIR"} <= have.variables
     assert {0, 1, 2, 3, 4, 5, 6} <= have.exit_codes
     assert {"outbox_oldest_age", "events_dlq", "consumer_groups_lost"} <= have.metrics
-    assert "outbox_oldest_age_seconds" not in have.metrics
-    assert "consumer_lag" not in have.metrics  # named in conveyor.telemetry, exported by none
+    assert {"outbox_oldest_age_seconds", "events_dlq_total", "consumer_lag_seconds"} <= have.metrics
+    assert "event_end_to_end_latency_seconds_bucket" in have.metrics
+    assert {"outbox_oldest_age_total", "events_dlq_seconds"}.isdisjoint(have.metrics)
     assert "conveyor process" in have.not_commands
     assert {"event_ledger", "event_id"} <= have.not_metrics
 
@@ -84,7 +85,7 @@ conveyor relay_eps 31046   (benchmark output, not a command)
 Set `CONVEYOR_NOPE` or CONVEYOR_RELAY_* (a prefix) or CONVEYOR_ZZZ_*; raise `--no-such-flag`.
 `conveyor health` exits 0 SERVING, 4 NOT_SERVING, 9 unknown, or exit code 12 on
 a bad day; `buf format -d --exit-code` is not an exit statement.
-Watch `outbox_oldest_age_seconds{schema}`, `events_lost`, `outbox_backlog{schema}` and the
+Watch `outbox_oldest_age_total{schema}`, `events_lost`, `outbox_backlog{schema}` and the
 `event_ledger` table. Step 3 brings this; steps 1\N{EN DASH}4 are built.
 """
 
@@ -106,7 +107,7 @@ def test_the_checks_find_every_unknown_thing_with_its_line() -> None:
         "docs/bad.md:20: unknown variable CONVEYOR_ZZZ_*",
         "docs/bad.md:21: exit code 9: no command exits with it",
         "docs/bad.md:21: exit code 12: no command exits with it",
-        "docs/bad.md:23: unknown metric outbox_oldest_age_seconds",
+        "docs/bad.md:23: unknown metric outbox_oldest_age_total",
         "docs/bad.md:23: unknown metric events_lost",
         "docs/bad.md:24: speaks of 'Step 3'",
         "docs/bad.md:24: speaks of 'steps 1'",
