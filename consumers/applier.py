@@ -37,6 +37,7 @@ from consumers.transactions import (
     is_dead,
     transaction,
 )
+from conveyor import sampling
 from conveyor.outages import Outage, unreachable
 from conveyor.retry import RetryPolicy, pause
 
@@ -122,6 +123,7 @@ class Applier:
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
         self._tracing = spans.tracing_enabled()
+        self._root_ratio = sampling.installed_ratio()
         self._failed_spans: dict[tuple[str, str], trace.Span] = {}
         """Spans of failed handler calls, by (stream, entry id), until the failure is settled."""
         self._ledger = Ledger(
@@ -276,7 +278,10 @@ class Applier:
         stale = self._failed_spans.pop(key, None)
         if stale is not None:
             stale.end()
-        span = spans.start_process(d)
+        span = spans.start_process(d, self._root_ratio)
+        if span is trace.INVALID_SPAN:  # a root the sampler's ratio did not draw
+            await route.fn(d.payload, d.ctx)
+            return
         try:
             with trace.use_span(span, end_on_exit=False):
                 await route.fn(d.payload, d.ctx)

@@ -4,6 +4,7 @@ events on it."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from opentelemetry.trace import Link, Span, SpanContext
 from consumers.deliveries import Delivery, Entry
 from conveyor import telemetry as t
 from conveyor import wire
+from conveyor.sampling import ATTR_SAMPLING_RATIO, not_sampled
 
 _tracer = trace.get_tracer(t.TRACER)
 
@@ -26,10 +28,23 @@ def tracing_enabled() -> bool:
     return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
-def start_process(d: Delivery) -> Span:
+def start_process(d: Delivery, ratio: float | None) -> Span:
     """Start (not make current) the CONSUMER span of one handler call: a child of the event's
     context, whose missing or malformed traceparent starts a fresh trace; for a dead letter being
-    reprocessed, a new trace linked to the span that dead-lettered it."""
+    reprocessed, a new trace linked to the span that dead-lettered it.
+
+    `ratio` is conveyor.sampling's root ratio when its sampler is installed (None otherwise):
+    an event the sampler would drop then gets no SDK span at all, only a non-recording one
+    carrying its unsampled parent (so spans the handler starts are dropped alike), or none for
+    a root not drawn (the handler's own spans are then roots of their own)."""
+    reprocessed = _reprocessed(d.entry)
+    if ratio is not None and reprocessed is None:
+        traceparent = d.ctx.headers.get(t.HEADER_TRACEPARENT)
+        if traceparent is None:
+            if random.random() >= ratio:
+                return trace.INVALID_SPAN
+        elif (dropped := not_sampled(traceparent)) is not None:
+            return trace.NonRecordingSpan(dropped)
     attributes: dict[str, Any] = {
         t.ATTR_MESSAGING_SYSTEM: t.MESSAGING_SYSTEM,
         t.ATTR_MESSAGING_OPERATION_TYPE: t.OPERATION_PROCESS,
@@ -40,7 +55,8 @@ def start_process(d: Delivery) -> Span:
         t.ATTR_EVENT_TYPE: d.event_type,
         t.ATTR_ATTEMPT: d.ctx.attempt,
     }
-    reprocessed = _reprocessed(d.entry)
+    if ratio is not None and reprocessed is None and t.HEADER_TRACEPARENT not in d.ctx.headers:
+        attributes[ATTR_SAMPLING_RATIO] = ratio  # drawn above: the sampler keeps it
     if reprocessed is None:
         context, links = propagate.extract(d.ctx.headers), None
     else:

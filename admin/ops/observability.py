@@ -10,10 +10,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -21,18 +19,11 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import (
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
-)
-from opentelemetry.trace import Link, SpanKind
-from opentelemetry.util.types import Attributes
+from opentelemetry.sdk.trace.sampling import Sampler
 
 from admin.errors import InvalidInput
 from conveyor.outages import OUTAGE_LOG_INTERVAL
+from conveyor.sampling import ConveyorSampler
 
 log = logging.getLogger(__name__)
 
@@ -86,41 +77,13 @@ def sample_ratio(environ: Mapping[str, str]) -> float:
 
 def sampler(environ: Mapping[str, str]) -> Sampler | None:
     """The tracer provider's sampler: None when OTEL_TRACES_SAMPLER is set (the SDK then builds
-    the standard one it names, with OTEL_TRACES_SAMPLER_ARG); else parent-based, with roots
-    sampled when a link is sampled, else at CONVEYOR_TRACE_SAMPLE_RATIO. The ratio is checked
-    either way, so a typo in it fails at start."""
+    the standard one it names, with OTEL_TRACES_SAMPLER_ARG); else conveyor.sampling's
+    parent-based sampler, with roots sampled when a link is sampled, else at
+    CONVEYOR_TRACE_SAMPLE_RATIO. The ratio is checked either way, so a typo fails at start."""
     ratio = sample_ratio(environ)
     if environ.get("OTEL_TRACES_SAMPLER", "").strip():
         return None
-    return ParentBased(root=LinkedOrRatio(ratio))
-
-
-class LinkedOrRatio(Sampler):
-    """Samples a root span that links to a sampled span (a relay batch carrying a traced event,
-    a reprocess of a traced dead letter), and any other root at `ratio`, by trace id."""
-
-    def __init__(self, ratio: float) -> None:
-        self._ratio = TraceIdRatioBased(ratio)
-        self.ratio = ratio
-
-    def should_sample(  # noqa: PLR0917 - the Sampler interface
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: Any = None,
-    ) -> SamplingResult:
-        if links and any(link.context.trace_flags.sampled for link in links):
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
-        return self._ratio.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        return f"LinkedOrRatio{{{self.ratio}}}"
+    return ConveyorSampler(ratio)
 
 
 class ExportFailureLog(logging.Filter):

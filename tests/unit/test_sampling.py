@@ -12,6 +12,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from admin.errors import InvalidInput
 from admin.ops import observability as obs
+from conveyor.sampling import ATTR_SAMPLING_RATIO, ConveyorSampler, LinkedOrRatio, not_sampled
 from relay.spans import sampled_context
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
@@ -23,7 +24,7 @@ def _ratio_of(environ: dict[str, str]) -> float:
     chosen = obs.sampler(environ)
     assert isinstance(chosen, ParentBased)
     root = chosen._root
-    assert isinstance(root, obs.LinkedOrRatio)
+    assert isinstance(root, LinkedOrRatio)
     return root.ratio
 
 
@@ -58,7 +59,7 @@ def test_a_bad_ratio_fails_even_when_the_standard_sampler_is_set() -> None:
 
 
 def test_a_root_linking_a_sampled_span_is_sampled_whatever_the_ratio() -> None:
-    never = obs.LinkedOrRatio(0.0)
+    never = LinkedOrRatio(0.0)
     sampled = SpanContext(TRACE_ID, SPAN_ID, True, TraceFlags(TraceFlags.SAMPLED))
     unsampled = SpanContext(TRACE_ID, SPAN_ID, True, TraceFlags(TraceFlags.DEFAULT))
     assert never.should_sample(None, 1, "x", links=[Link(sampled)]).decision is (
@@ -69,7 +70,7 @@ def test_a_root_linking_a_sampled_span_is_sampled_whatever_the_ratio() -> None:
 
 
 def test_roots_are_sampled_near_the_ratio() -> None:
-    tenth = obs.LinkedOrRatio(0.1)
+    tenth = LinkedOrRatio(0.1)
     kept = sum(
         tenth.should_sample(None, trace_id, "x").decision is Decision.RECORD_AND_SAMPLE
         for trace_id in range(1, 2**127, 2**127 // 10_000)
@@ -142,3 +143,24 @@ def test_export_failures_log_one_line_per_interval_with_a_count() -> None:
     assert failures.filter(later)
     assert "one line per 30s, 29 held back since the last" in later.getMessage()
     assert failures.filter(_record(logging.DEBUG, "debug lines pass"))
+
+
+def test_a_consumer_tells_an_unsampled_parent_from_the_traceparent_alone() -> None:
+    unsampled = not_sampled(f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-00")
+    assert unsampled is not None
+    assert (unsampled.trace_id, unsampled.span_id) == (TRACE_ID, SPAN_ID)
+    assert not unsampled.trace_flags.sampled and unsampled.is_remote
+    assert not_sampled(SAMPLED) is None  # kept: the SDK starts its span
+    for malformed in ("", "00-xyz", SAMPLED[:-1] + "g", f"ff-{TRACE_ID:032x}-{SPAN_ID:016x}-00"):
+        assert not_sampled(malformed) is None  # left to the SDK, which starts a fresh trace
+
+
+def test_a_root_the_consumer_drew_is_kept_whatever_the_ratio() -> None:
+    never = ConveyorSampler(0.0)
+    drawn = never.should_sample(
+        None, TRACE_ID, "conveyor process", attributes={ATTR_SAMPLING_RATIO: 0.0}
+    )
+    assert drawn.decision is Decision.RECORD_AND_SAMPLE
+    assert never.should_sample(None, TRACE_ID, "conveyor process").decision is Decision.DROP
+    provider = TracerProvider(sampler=never)
+    assert isinstance(provider.sampler, ConveyorSampler) and provider.sampler.ratio == 0.0
