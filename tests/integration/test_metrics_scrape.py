@@ -23,6 +23,7 @@ from conveyor.identity.v1 import events_pb2
 from relay import NewEvent, enqueue_many
 from tests.integration.conftest import Case
 from tests.integration.metrics_support import served_metric_names, value
+from tests.monitoring_kit import kit_metric_names
 from tests.processes import run_conveyor, start_conveyor, stop, wait_until
 from tests.unit.test_metrics_doc import CONTRACT
 
@@ -160,6 +161,9 @@ async def test_the_endpoints_serve_every_contract_metric_with_the_workload_count
         missing = set(CONTRACT[role]) - served_metric_names(text)
         assert not missing, f"the {role} does not serve {sorted(missing)}"
         promtool_check(text)
+    # Every metric an alert rule or a dashboard panel of deploy/observability queries is served.
+    unserved = kit_metric_names() - served_metric_names(relay) - served_metric_names(consumer)
+    assert not unserved, f"the monitoring kit queries metrics nothing serves: {sorted(unserved)}"
 
     assert value(relay, "events_published_total", stream=stream) == 13
     assert value(relay, "events_publish_failed_total", stream=stream) == 0
