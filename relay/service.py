@@ -17,6 +17,7 @@ from conveyor.retry import pause
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
 from relay.publisher import StreamPublisher
+from relay.registry import Registry, RegistryFactory, RelayProcess, this_process
 from relay.settings import RelaySettings
 from relay.status import Backlog, ForwarderStatus, RelayStatus
 from relay.store import NotifyListener, OutboxStore
@@ -28,10 +29,18 @@ class Relay:
     """Drains the outbox of every configured schema into Redis until `stop()` is called.
 
     `async with Relay(settings) as relay: await relay.run()`; `stop()` (e.g. on SIGTERM) lets the
-    batches in flight finish, then `run()` returns.
+    batches in flight finish, then `run()` returns. With `registry` (building the catalog's
+    relay registry on the relay's pool, `admin.catalog.RelayRegistry`) the relay registers at
+    start, beats every `heartbeat_interval` and leaves on close; without one it is not listed.
     """
 
-    def __init__(self, settings: RelaySettings, metrics: RelayMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        metrics: RelayMetrics | None = None,
+        *,
+        registry: RegistryFactory | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or RelayMetrics()
         self.forwarders: dict[str, Forwarder] = {}
@@ -48,6 +57,9 @@ class Relay:
         self._postgres_outage = Outage("postgres", settings.database_address, log, "relay")
         self._listen_failing = False
         """LISTEN failed on a PostgreSQL that answers (and was logged once)."""
+        self._make_registry = registry
+        self._registry: Registry | None = None
+        self._registered: RelayProcess | None = None
 
     async def __aenter__(self) -> Relay:
         await self.start()
@@ -61,11 +73,12 @@ class Relay:
     ) -> None:
         await self.close()
 
-    async def start(self) -> None:
-        """Open the connection pool and the Redis client; fails if PostgreSQL is unreachable."""
+    async def start(self, grpc_addr: str | None = None) -> None:
+        """Open the connection pool and the Redis client, and register (with `grpc_addr`, where
+        the ops plane answers) when given a registry; fails if PostgreSQL is unreachable."""
         s = self.settings
         quiet_pool_reconnects()
-        size = s.concurrency * len(s.schemas) + 3  # + cleanup, the monitor and a spare
+        size = s.concurrency * len(s.schemas) + 4  # + cleanup, the monitor, heartbeat, a spare
         self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=size)
         self._redis = redis_client.connect(s.redis_url)
         self._publisher = StreamPublisher(self._redis, s.key_prefix)
@@ -76,6 +89,11 @@ class Relay:
             )
         if s.listen:
             self._listener = NotifyListener(s.database_url, s.schemas, self._wake)
+        if self._make_registry is not None:
+            self._registry = self._make_registry(self._pool)
+            me = this_process(s.key_prefix, s.schemas, grpc_addr)
+            await self._registry.register(me)
+            self._registered = me
 
     def stop(self) -> None:
         """Begin a graceful stop: no new batches; those in flight finish."""
@@ -100,6 +118,8 @@ class Relay:
         side = [asyncio.create_task(self._monitor(), name="relay-monitor")]
         if self.settings.retention > 0:
             side.append(asyncio.create_task(self._clean(), name="relay-cleanup"))
+        if self._registered is not None:
+            side.append(asyncio.create_task(self._heartbeat(), name="relay-heartbeat"))
         try:
             await asyncio.gather(*(f.run() for f in self.forwarders.values()))
         finally:
@@ -115,12 +135,31 @@ class Relay:
 
     async def close(self) -> None:
         self.stop()
+        if self._registry is not None and self._registered is not None:
+            with suppress(Exception):  # a row left behind shows the relay absent, no worse
+                await self._registry.unregister(self._registered)
+            self._registered = None
         if self._listener is not None:
             await self._listener.close()
         if self._redis is not None:
             await self._redis.aclose()
         if self._pool is not None:
             await self._pool.close()
+
+    async def _heartbeat(self) -> None:
+        assert self._registry is not None and self._registered is not None
+        while not self._stopping.is_set():
+            await pause(self._stopping, self.settings.heartbeat_interval)
+            if self._stopping.is_set():
+                return
+            try:
+                await self._registry.heartbeat(self._registered)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if unreachable(exc):  # the outage line says it
+                    self._postgres_down(exc)
+                    log.debug("relay heartbeat failed: %r", exc)
+                else:
+                    log.warning("relay heartbeat failed, will retry: %r", exc)
 
     def _wake(self, schema: str) -> None:
         forwarder = self.forwarders.get(schema)

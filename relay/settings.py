@@ -47,6 +47,8 @@ class RelaySettings:
     """Longest wait between attempts after failed batches."""
     monitor_interval: float = 1.0
     """How often Redis is checked for a reset; the backlog is measured every fifth round."""
+    heartbeat_interval: float = 10.0
+    """How often a registered relay refreshes its heartbeat in the catalog's registry."""
 
     def __post_init__(self) -> None:
         if not self.schemas:
@@ -62,7 +64,13 @@ class RelaySettings:
             raise ValueError(f"concurrency must be 1-16, got {self.concurrency!r}")
         if self.retention < 0:
             raise ValueError(f"retention must be >= 0 seconds, got {self.retention!r}")
-        for name in ("poll_interval", "cleanup_interval", "backoff_initial", "monitor_interval"):
+        for name in (
+            "poll_interval",
+            "cleanup_interval",
+            "backoff_initial",
+            "monitor_interval",
+            "heartbeat_interval",
+        ):
             _positive(name, getattr(self, name))
         _positive("cleanup_batch", self.cleanup_batch, "an integer > 0")
         if self.backoff_max < self.backoff_initial:

@@ -1,9 +1,10 @@
-"""The catalog: dead letters, reprocess requests, audit, consumer registry, reports. The only code
-that speaks SQL to the catalog schema; `Catalog` is one deployment's view of it."""
+"""The catalog: dead letters, reprocess requests, audit, relay and consumer registry, reports.
+The only code that speaks SQL to the catalog schema; `Catalog` is one deployment's view of it."""
 
 from __future__ import annotations
 
 from admin.catalog.deployment import Catalog
+from admin.catalog.processes import RegisteredProcess, RelayRegistry
 from admin.catalog.recording import ConsumerCatalog
 from admin.catalog.records import AuditEntry, DeadLetterQuery, DeadLetterRecord, Progress
 
@@ -14,4 +15,6 @@ __all__ = [
     "DeadLetterQuery",
     "DeadLetterRecord",
     "Progress",
+    "RegisteredProcess",
+    "RelayRegistry",
 ]

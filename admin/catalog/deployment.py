@@ -8,8 +8,9 @@ from typing import Any
 
 import asyncpg
 
-from admin.catalog import dead_letters, registry, reports, reprocess, requests, traces
+from admin.catalog import dead_letters, processes, registry, reports, reprocess, requests, traces
 from admin.catalog.audit import AuditLog, audit_entries
+from admin.catalog.processes import RegisteredProcess
 from admin.catalog.records import AuditEntry, DeadLetterQuery, DeadLetterRecord, Progress
 from admin.catalog.registry import RegisteredGroup
 from conveyor import wire
@@ -102,6 +103,10 @@ class Catalog:
     async def groups(self) -> list[RegisteredGroup]:
         """Every (topic, group) with a registered member."""
         return await registry.registered_groups(self.pool, self.key_prefix)
+
+    async def processes(self) -> list[RegisteredProcess]:
+        """Every registered relay and consumer process, absent ones included."""
+        return await processes.list_processes(self.pool, self.key_prefix)
 
     async def group_ledgers(self) -> dict[str, str | None]:
         """Each registered group's ledger schema (None: at-least-once)."""

@@ -1,5 +1,5 @@
 """The consumer registry: members register, heartbeat and leave; the ops plane reads groups,
-their modes, topics and ledgers."""
+their modes, topics and ledgers. (Relays' rows and the sweep's list: `processes.py`.)"""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from admin.catalog import processes
 from consumers.catalog import Member
 from conveyor import database
 
@@ -64,8 +65,15 @@ async def registered_groups(pool: asyncpg.Pool, prefix: str) -> list[RegisteredG
 
 
 async def register(pool: asyncpg.Pool, member: Member) -> None:
-    """Insert or refresh the member's row."""
-    await pool.execute(
+    """Insert or refresh the member's row, and remove the rows of the group's members absent
+    past `processes.PRUNE_AFTER`."""
+    async with pool.acquire() as conn, conn.transaction():
+        await processes.prune_members(conn, member.key_prefix, member.group, member.name)
+        await _upsert(conn, member)
+
+
+async def _upsert(conn: asyncpg.Connection, member: Member) -> None:
+    await conn.execute(
         f"INSERT INTO {_CONSUMERS} (consumer_group, consumer_name, topics, mode, ledger_schema, "
         "host, pid, grpc_addr, key_prefix) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
         "ON CONFLICT (key_prefix, consumer_group, consumer_name) "

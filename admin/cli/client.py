@@ -6,7 +6,8 @@ Exit codes of every command that talks to a relay or consumer process:
     1  server unreachable, UNAVAILABLE, DEADLINE_EXCEEDED, or any other server error
     2  bad input: a flag or argument (checked before any call), or INVALID_ARGUMENT from the server
     3  NOT_FOUND: no such dead letter, event or health service
-    4  NOT_SERVING (`conveyor health` only)
+    4  NOT_SERVING (`conveyor health`; `conveyor status --all`: a registered process not
+       SERVING, unreachable or absent)
     5  UNAUTHENTICATED or PERMISSION_DENIED: no, unknown or expired token; read scope for a write
     6  FAILED_PRECONDITION: the server refused the call in the current state
 
@@ -36,13 +37,15 @@ from conveyor.v1 import admin_pb2_grpc
 EXIT_NOT_FOUND = 3
 """NOT_FOUND: the dead letter, event or health service does not exist."""
 EXIT_NOT_SERVING = 4
-"""`conveyor health`: the service answered NOT_SERVING (as grpc_health_probe exits)."""
+"""`conveyor health`: the service answered NOT_SERVING (as grpc_health_probe exits); `conveyor
+status --all`: a registered process is not SERVING, unreachable or absent."""
 EXIT_DENIED = 5
 """UNAUTHENTICATED or PERMISSION_DENIED."""
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 server unreachable, UNAVAILABLE, DEADLINE_EXCEEDED or other server "
-    "error; 2 bad input (also INVALID_ARGUMENT); 3 NOT_FOUND; 4 NOT_SERVING (health only); "
+    "error; 2 bad input (also INVALID_ARGUMENT); 3 NOT_FOUND; 4 NOT_SERVING (health; status "
+    "--all: a process not SERVING, unreachable or absent); "
     "5 UNAUTHENTICATED or PERMISSION_DENIED; 6 FAILED_PRECONDITION."
 )
 """The `--help` epilog of every client command."""
@@ -272,6 +275,13 @@ class Client:
             return method(request, timeout=self.conn.timeout, metadata=self._metadata(auth))
         except grpc.RpcError as exc:
             self.fail(exc, unexplained)
+
+    def ask(
+        self, method: Callable[..., Any], request: Message, *, timeout: float, auth: bool = True
+    ) -> Any:
+        """The response of a unary call within `timeout` seconds; a failure is raised (a
+        grpc.RpcError), for callers that report it beside other answers instead of exiting."""
+        return method(request, timeout=timeout, metadata=self._metadata(auth))
 
     def attempt(self, method: Callable[..., Any], request: Message) -> Any | None:
         """The response of a unary call made only to explain another answer better; None when it

@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok (health: SERVING); 1 server unreachable, UNAVAILABLE, DEADLINE_EXCEEDED or another
 server error; 2 bad input, or INVALID_ARGUMENT from the server; 3 NOT_FOUND (health: the service
-is unknown; trace: nothing is known about the event); 4 NOT_SERVING (health only);
+is unknown; trace: nothing is known about the event); 4 NOT_SERVING (health; status --all: a
+registered process is not SERVING, unreachable or absent);
 5 UNAUTHENTICATED or PERMISSION_DENIED; 6 FAILED_PRECONDITION. `health` exits like
 grpc_health_probe. Errors are one line on stderr: `conveyor: error: <code>: <message>`.
 """
@@ -25,6 +26,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from admin.cli import sweep
 from admin.cli.client import (
     EXIT_CODES_HELP,
     EXIT_NOT_FOUND,
@@ -34,7 +36,7 @@ from admin.cli.client import (
     Connection,
     with_connection,
 )
-from admin.cli.options import EXIT_OK, fail
+from admin.cli.options import EXIT_OK, EXIT_USAGE, fail
 from admin.cli.output import actions_table, dead_letters_view, iso, print_json
 from admin.cli.tables import add_column, add_row, fitted, list_table
 from conveyor.v1 import admin_pb2
@@ -58,9 +60,34 @@ def register(app: typer.Typer) -> None:
 @with_connection
 def status(
     conn: Connection,
+    all_processes: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="The daily health sweep: --target lists every relay and consumer registered in "
+            "its deployment's catalog, and each is asked for its health and status (same "
+            f"credentials; {sweep.DEADLINE:g} s a call at most, {sweep.CONCURRENCY} processes at "
+            "a time). One row per process: SERVING, NOT_SERVING, UNREACHABLE (its address does "
+            "not answer) or ABSENT (no heartbeat for 30 s, and no answer). Exit 0 when all are "
+            "SERVING, 4 when one is not, 5 when all are but one refused the credentials.",
+        ),
+    ] = False,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="With --all: also host:pid, overall status, schemas and topics, start time and "
+            "every reason.",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
-    """Components with their reasons, Redis, outbox backlogs and consumer-group lag."""
+    """Components with their reasons, Redis, outbox backlogs and consumer-group lag; with --all,
+    every registered process of the deployment, one row each."""
+    if wide and not all_processes:
+        fail("--wide goes with --all", EXIT_USAGE)
+    if all_processes:
+        sweep.run(conn, wide=wide, as_json=as_json)
     with Client(conn) as client:
         response = client.call(client.admin.GetStatus, admin_pb2.GetStatusRequest())
     if as_json:

@@ -65,6 +65,7 @@ RELAY = SettingOptions(
         "backoff_initial",
         "backoff_max",
         "monitor_interval",
+        "heartbeat_interval",
     ),
 )
 """The options of `conveyor relay`, one per field of RelaySettings but those listed."""
@@ -159,11 +160,12 @@ async def _serve(
     telemetry: ProcessMetrics,
     started: Callable[[], None],
 ) -> None:
+    from admin.catalog import RelayRegistry
     from admin.ops import runtime
     from admin.ops.probes import RelayProbe
     from relay import Relay
 
-    relay = Relay(settings)
+    relay = Relay(settings, registry=RelayRegistry)
     plane = runtime.OpsPlane(
         ops,
         database_url=settings.database_url,

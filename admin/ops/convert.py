@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from admin.catalog.processes import ABSENT_AFTER, RegisteredProcess
 from admin.catalog.records import AuditEntry, DeadLetterRecord, Progress, Skip
 from admin.catalog.reports import CountByKey, DeadLetterReport
 from admin.catalog.traces import EventTrace
@@ -272,3 +274,34 @@ _SKIP_REASONS = {
     "changed": admin_pb2.SKIP_REASON_CHANGED,
 }
 """Every admin.catalog.skips.REASONS value as conveyor.v1.SkipReason."""
+
+
+_ROLES = {"relay": admin_pb2.PROCESS_ROLE_RELAY, "consumer": admin_pb2.PROCESS_ROLE_CONSUMER}
+
+
+def processes_response(
+    processes: Sequence[RegisteredProcess], key_prefix: str
+) -> admin_pb2.ListProcessesResponse:
+    """ListProcesses from the registry's rows."""
+    return admin_pb2.ListProcessesResponse(
+        processes=[
+            admin_pb2.RegisteredProcess(
+                role=_ROLES.get(p.role, admin_pb2.PROCESS_ROLE_UNSPECIFIED),
+                name=p.name,
+                group=p.group,
+                topics=p.topics,
+                schemas=p.schemas,
+                mode=p.mode,
+                host=p.host,
+                pid=p.pid or 0,
+                grpc_addr=p.grpc_addr or "",
+                start_time=timestamp(p.started_at),
+                heartbeat_time=timestamp(p.heartbeat_at),
+                heartbeat_age_seconds=p.heartbeat_age,
+                absent=p.absent,
+            )
+            for p in processes
+        ],
+        absent_after_seconds=ABSENT_AFTER,
+        key_prefix=key_prefix,
+    )

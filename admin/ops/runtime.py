@@ -23,7 +23,7 @@ from admin.errors import AddressUnavailable, DependencyUnavailable, OpsPlaneUnav
 from admin.ops import process
 from admin.ops.auth import AuthInterceptor
 from admin.ops.health import Health
-from admin.ops.server import OpsServer
+from admin.ops.server import OpsServer, advertised_address
 from admin.ops.servicer import AdminContext, AdminServicer
 from admin.ops.settings import OpsSettings
 from admin.ops.status import (
@@ -302,8 +302,9 @@ class OpsPlane:
 class Pipeline(Protocol):
     """What a relay or consumer offers the runtime: `Relay` and `Consumer` both are one."""
 
-    async def start(self) -> None:
-        """Connect, and create what the pipeline needs (consumer groups, its catalog entry)."""
+    async def start(self, grpc_addr: str | None = None) -> None:
+        """Connect, and create what the pipeline needs (consumer groups, its registry row, which
+        records `grpc_addr`, where its ops plane answers)."""
 
     def stop(self) -> None:
         """Begin a graceful stop: what is in flight finishes, then `run()` returns."""
@@ -347,7 +348,8 @@ async def serve(
             log.info("stopped by %s while starting", asked or "a signal")
             return
         try:
-            if not await _unless_stopped(pipeline.start(), stopping):
+            address = advertised_address(plane.settings.server.grpc_addr, plane.port)
+            if not await _unless_stopped(pipeline.start(address), stopping):
                 log.info("stopped by %s while starting", asked or "a signal")
             else:
                 started()

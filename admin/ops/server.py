@@ -56,6 +56,19 @@ def check_bindable(grpc_addr: str) -> None:
         raise AddressUnavailable(address=grpc_addr, reason=reason, in_use=bool(in_use)) from first
 
 
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
+
+
+def advertised_address(grpc_addr: str, port: int) -> str:
+    """Where others dial a server bound to `grpc_addr` on `port` (the bound one, also when the
+    address asked for 0): the address's own host, or this host's name when it is a wildcard
+    (0.0.0.0, [::]), which no other host can dial."""
+    host = grpc_addr.rpartition(":")[0]
+    if host.removeprefix("[").removesuffix("]") in _WILDCARDS:
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
 def check_tls(settings: ServerSettings) -> None:
     """Raise ValueError naming the files unless the TLS certificate and key (and client CA) of
     `settings` load as gRPC will load them: a certificate with its own private key, in PEM."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -138,7 +140,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.GetStatusResponse:
-        return convert.status_response(self._c.snapshot())
+        response = convert.status_response(self._c.snapshot())
+        response.host, response.pid = socket.gethostname(), os.getpid()
+        return response
+
+    @rpc
+    async def ListProcesses(
+        self, request: admin_pb2.ListProcessesRequest, context: Context
+    ) -> admin_pb2.ListProcessesResponse:
+        processes = await self._catalog.processes()
+        return convert.processes_response(processes, self._catalog.key_prefix)
 
     @rpc
     async def ListDeadLetters(

@@ -20,6 +20,8 @@ CATALOG_VERSION_TABLE = "alembic_version"
 
 CONSUMERS_TABLE = "consumers"
 """Catalog table of registered consumers (group, name, topics, mode, heartbeat)."""
+RELAYS_TABLE = "relays"
+"""Catalog table of registered relays (name, schemas, gRPC address, heartbeat)."""
 DEAD_LETTERS_TABLE = "dead_letters"
 """Catalog table of dead-letter state, one row per dead-letter stream entry."""
 AUDIT_TABLE = "audit"

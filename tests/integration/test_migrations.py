@@ -22,7 +22,7 @@ from conveyor.wire import REASONS
 
 APP_HEAD = "app_0004"
 APP_TABLES = {"outbox", "event_ledger", "conveyor_commit_guard", "conveyor_alembic_version"}
-CATALOG_HEAD = "catalog_0005"
+CATALOG_HEAD = "catalog_0006"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
@@ -269,6 +269,7 @@ async def test_catalog_down_base_and_up(pg: asyncpg.Connection, scratch_database
             "audit",
             "reprocess_requests",
             "dead_letter_cursors",
+            "relays",
             "alembic_version",
         }
     finally:
@@ -302,6 +303,42 @@ async def test_consumer_registry_keeps_deployments_apart_and_downgrades_to_one_r
         assert len(rows) == 1 and "key_prefix" not in rows[0]
         await asyncio.to_thread(migrations.upgrade_catalog, url)
         assert await scratch.fetchval("SELECT count(*) FROM conveyor.consumers") == 1
+    finally:
+        await scratch.close()
+
+
+async def test_relay_registry_comes_with_catalog_0006_and_goes_with_its_downgrade(
+    scratch_database_url: str,
+) -> None:
+    """catalog_0006: the relays table keeps deployments apart by key prefix; going back to
+    catalog_0005 drops it and touches no consumer row; up again, it is empty and works."""
+    url = scratch_database_url
+    await asyncio.to_thread(migrations.upgrade_catalog, url, "catalog_0005")
+    scratch = await asyncpg.connect(url)
+    insert = (
+        "INSERT INTO conveyor.relays (key_prefix, relay_name, schemas, host, pid, grpc_addr) "
+        "VALUES ($1, 'h-1', '{public}', 'h', 1, 'h:50051')"
+    )
+    try:
+        assert "relays" not in await _tables(scratch, "conveyor")
+        await scratch.execute(
+            "INSERT INTO conveyor.consumers (consumer_group, consumer_name, topics, mode) "
+            "VALUES ('g', 'c', '{t}', 'exactly-once')"
+        )
+        await asyncio.to_thread(migrations.upgrade_catalog, url)
+        await scratch.execute(insert, "conveyor")
+        await scratch.execute(insert, "staging")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await scratch.execute(insert, "staging")
+        row = await scratch.fetchrow("SELECT * FROM conveyor.relays WHERE key_prefix = 'staging'")
+        assert row is not None and row["started_at"] == row["heartbeat_at"]
+
+        await asyncio.to_thread(migrations.downgrade_catalog, url, "catalog_0005")
+        assert "relays" not in await _tables(scratch, "conveyor")
+        assert await scratch.fetchval("SELECT count(*) FROM conveyor.consumers") == 1
+        await asyncio.to_thread(migrations.upgrade_catalog, url)
+        assert await scratch.fetchval("SELECT count(*) FROM conveyor.relays") == 0
+        await scratch.execute(insert, "conveyor")
     finally:
         await scratch.close()
 

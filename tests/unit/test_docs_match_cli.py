@@ -69,7 +69,7 @@ Run `conveyor relay --schema S --nope` and `conveyor dlq nope`; `conveyor dlq li
 The span `conveyor process` is not a command, and `conveyor dlq ...` is a group.
 
 ```bash
-CONVEYOR_ADMIN_TOKEN=x conveyor status --json --wide   # then `conveyor nosuch`
+CONVEYOR_ADMIN_TOKEN=x conveyor status --json --tall   # then `conveyor nosuch`
 conveyor migrate up --schema S && conveyor relay replay --since 2h -y | head
 $ .venv/bin/conveyor consume --group g \\
     --router m:r --bogus
@@ -98,7 +98,7 @@ def test_the_checks_find_every_unknown_thing_with_its_line() -> None:
         "docs/bad.md:3: `conveyor relay` has no flag --nope",
         "docs/bad.md:3: `conveyor dlq` has no command 'nope'",
         "docs/bad.md:3: `conveyor dlq` has no command 'explode'",
-        "docs/bad.md:7: `conveyor status` has no flag --wide",
+        "docs/bad.md:7: `conveyor status` has no flag --tall",
         "docs/bad.md:7: `conveyor` has no command 'nosuch'",
         "docs/bad.md:8: `conveyor relay replay` has no flag -y",
         "docs/bad.md:9: `conveyor consume` has no flag --bogus",

@@ -42,6 +42,12 @@ class SkipReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SKIP_REASON_OTHER_DEPLOYMENT: _ClassVar[SkipReason]
     SKIP_REASON_GONE: _ClassVar[SkipReason]
     SKIP_REASON_CHANGED: _ClassVar[SkipReason]
+
+class ProcessRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROCESS_ROLE_UNSPECIFIED: _ClassVar[ProcessRole]
+    PROCESS_ROLE_RELAY: _ClassVar[ProcessRole]
+    PROCESS_ROLE_CONSUMER: _ClassVar[ProcessRole]
 COMPONENT_STATE_UNSPECIFIED: ComponentState
 COMPONENT_STATE_SERVING: ComponentState
 COMPONENT_STATE_DEGRADED: ComponentState
@@ -62,6 +68,9 @@ SKIP_REASON_RESOLVED: SkipReason
 SKIP_REASON_OTHER_DEPLOYMENT: SkipReason
 SKIP_REASON_GONE: SkipReason
 SKIP_REASON_CHANGED: SkipReason
+PROCESS_ROLE_UNSPECIFIED: ProcessRole
+PROCESS_ROLE_RELAY: ProcessRole
+PROCESS_ROLE_CONSUMER: ProcessRole
 
 class GetMetricsRequest(_message.Message):
     __slots__ = ()
@@ -115,20 +124,24 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("overall", "components", "redis", "outboxes", "groups", "snapshot_time")
+    __slots__ = ("overall", "components", "redis", "outboxes", "groups", "snapshot_time", "host", "pid")
     OVERALL_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     REDIS_FIELD_NUMBER: _ClassVar[int]
     OUTBOXES_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_TIME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
     overall: ComponentState
     components: _containers.RepeatedCompositeFieldContainer[ComponentStatus]
     redis: RedisStatus
     outboxes: _containers.RepeatedCompositeFieldContainer[OutboxStatus]
     groups: _containers.RepeatedCompositeFieldContainer[GroupStatus]
     snapshot_time: _timestamp_pb2.Timestamp
-    def __init__(self, overall: _Optional[_Union[ComponentState, str]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., redis: _Optional[_Union[RedisStatus, _Mapping]] = ..., outboxes: _Optional[_Iterable[_Union[OutboxStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., snapshot_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    host: str
+    pid: int
+    def __init__(self, overall: _Optional[_Union[ComponentState, str]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., redis: _Optional[_Union[RedisStatus, _Mapping]] = ..., outboxes: _Optional[_Iterable[_Union[OutboxStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., snapshot_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class ComponentStatus(_message.Message):
     __slots__ = ("name", "state", "reasons")
@@ -505,3 +518,47 @@ class AuditRecord(_message.Message):
     reason: str
     outcome: str
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., principal: _Optional[str] = ..., action: _Optional[str] = ..., target_ids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[str] = ...) -> None: ...
+
+class ListProcessesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListProcessesResponse(_message.Message):
+    __slots__ = ("processes", "absent_after_seconds", "key_prefix")
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    ABSENT_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KEY_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    processes: _containers.RepeatedCompositeFieldContainer[RegisteredProcess]
+    absent_after_seconds: float
+    key_prefix: str
+    def __init__(self, processes: _Optional[_Iterable[_Union[RegisteredProcess, _Mapping]]] = ..., absent_after_seconds: _Optional[float] = ..., key_prefix: _Optional[str] = ...) -> None: ...
+
+class RegisteredProcess(_message.Message):
+    __slots__ = ("role", "name", "group", "topics", "schemas", "mode", "host", "pid", "grpc_addr", "start_time", "heartbeat_time", "heartbeat_age_seconds", "absent")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMAS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDR_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_TIME_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ABSENT_FIELD_NUMBER: _ClassVar[int]
+    role: ProcessRole
+    name: str
+    group: str
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    schemas: _containers.RepeatedScalarFieldContainer[str]
+    mode: str
+    host: str
+    pid: int
+    grpc_addr: str
+    start_time: _timestamp_pb2.Timestamp
+    heartbeat_time: _timestamp_pb2.Timestamp
+    heartbeat_age_seconds: float
+    absent: bool
+    def __init__(self, role: _Optional[_Union[ProcessRole, str]] = ..., name: _Optional[str] = ..., group: _Optional[str] = ..., topics: _Optional[_Iterable[str]] = ..., schemas: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., host: _Optional[str] = ..., pid: _Optional[int] = ..., grpc_addr: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_age_seconds: _Optional[float] = ..., absent: _Optional[bool] = ...) -> None: ...

@@ -77,6 +77,11 @@ class AdminServiceStub:
                 request_serializer=conveyor_dot_v1_dot_admin__pb2.TraceEventRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_admin__pb2.TraceEventResponse.FromString,
                 _registered_method=True)
+        self.ListProcesses = channel.unary_unary(
+                '/conveyor.v1.AdminService/ListProcesses',
+                request_serializer=conveyor_dot_v1_dot_admin__pb2.ListProcessesRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_admin__pb2.ListProcessesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -142,6 +147,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProcesses(self, request, context):
+        """Every relay and consumer process registered in the catalog for this deployment, with the
+        address its gRPC server answers on: those that stopped cleanly are gone, those that died
+        stay (absent) until pruned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +198,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.TraceEvent,
                     request_deserializer=conveyor_dot_v1_dot_admin__pb2.TraceEventRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_admin__pb2.TraceEventResponse.SerializeToString,
+            ),
+            'ListProcesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProcesses,
+                    request_deserializer=conveyor_dot_v1_dot_admin__pb2.ListProcessesRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_admin__pb2.ListProcessesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +424,33 @@ class AdminService:
             '/conveyor.v1.AdminService/TraceEvent',
             conveyor_dot_v1_dot_admin__pb2.TraceEventRequest.SerializeToString,
             conveyor_dot_v1_dot_admin__pb2.TraceEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProcesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.AdminService/ListProcesses',
+            conveyor_dot_v1_dot_admin__pb2.ListProcessesRequest.SerializeToString,
+            conveyor_dot_v1_dot_admin__pb2.ListProcessesResponse.FromString,
             options,
             channel_credentials,
             insecure,
