@@ -275,8 +275,7 @@ class Applier:
         worker settles the failure (`failed_span`), so the retry or the dead letter shows on it;
         a call made again meanwhile (the piece split, the part retried) ends it first."""
         key = (d.entry.stream, d.entry.entry_id)
-        stale = self._failed_spans.pop(key, None)
-        if stale is not None:
+        if self._failed_spans and (stale := self._failed_spans.pop(key, None)) is not None:
             stale.end()
         span = spans.start_process(d, self._root_ratio)
         if span is trace.INVALID_SPAN:  # a root the sampler's ratio did not draw
