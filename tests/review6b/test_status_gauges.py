@@ -132,7 +132,9 @@ async def test_a_lost_group_does_not_report_zero_lag_while_its_stream_holds_entr
 
 
 @pytest.fixture(name="proxied")
-async def fixture_proxied(case: Case, registered: str) -> AsyncIterator[tuple[Served, Proxy, Proxy]]:
+async def fixture_proxied(
+    case: Case, registered: str
+) -> AsyncIterator[tuple[Served, Proxy, Proxy]]:
     """The gauges over a checker whose PostgreSQL and Redis go through proxies of their own."""
     pg_proxy = Proxy(make_url(case.database_url).port or 5432)
     redis_proxy = Proxy(make_url(case.redis_url).port or 6379)
