@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from admin.catalog import Catalog
 from admin.catalog.registry import register
+from admin.ops.convert import status_response
 from admin.ops.status import (
     ComponentStatus,
     GroupStatus,
@@ -32,7 +33,7 @@ from tests.integration.conftest import Case
 from tests.integration.metrics_support import value
 from tests.integration.proxies import Proxy
 
-GROUP = "review-b"
+GROUP = "lag-gauges"
 TOPIC = "orders"
 
 
@@ -77,7 +78,7 @@ def _gauges(prefix: str) -> tuple[StatusGauges, CollectorRegistry, MeterProvider
         key_prefix=prefix,
         group=GROUP,
         dependencies=True,
-        meter=provider.get_meter("review6b"),
+        meter=provider.get_meter("test_status_gauges"),
     )
     return gauges, registry, provider
 
@@ -105,13 +106,12 @@ async def fixture_registered(case: Case, catalog_cleanup: None) -> AsyncIterator
         await case.redis.delete(stream)
 
 
-async def test_a_lost_group_does_not_report_zero_lag_while_its_stream_holds_entries(
-    case: Case, registered: str
-) -> None:
+async def test_a_lost_group_reports_its_whole_stream_as_lag(case: Case, registered: str) -> None:
     """Redis lost the group (restart without persistence, `XGROUP DESTROY`): an at-least-once
     group stops for good and nothing reads the stream. The stream holds 5 entries the group never
-    read, yet the gauges serve lag 0 entries / 0 s (admin/ops/status.py `_group`: `info is None`
-    -> GroupStatus(..., 0, 0.0, 0, ...)), so ConveyorConsumerLagHigh can never fire for it."""
+    read: the gauges serve them as its lag, as old as the stream's first entry (not lag 0, which
+    ConveyorConsumerLagHigh could never fire on), and `conveyor status` (GetStatus) shows the
+    same."""
     for i in range(5):
         await case.redis.xadd(registered, {"n": str(i)}, id=f"{1_000 + i}-0")
     pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
@@ -127,8 +127,11 @@ async def test_a_lost_group_does_not_report_zero_lag_while_its_stream_holds_entr
     finally:
         provider.shutdown()
         await pool.close()
-    assert entries is None or entries >= 5, f"lag_entries={entries} for 5 unread entries"
-    assert seconds is None or seconds > 60, f"lag_seconds={seconds} for entries of 1970"
+    assert entries == 5, f"lag_entries={entries} for 5 unread entries"
+    assert seconds is not None and seconds > 60, f"lag_seconds={seconds} for entries of 1970"
+    (shown,) = status_response(checker.snapshot).groups
+    assert (shown.group, shown.lag_entries, shown.pending) == (GROUP, 5, 0)
+    assert shown.lag_seconds == pytest.approx(seconds, abs=5)
 
 
 @pytest.fixture(name="proxied")
@@ -160,11 +163,9 @@ async def fixture_proxied(
 async def test_postgres_gauge_follows_postgres_while_redis_is_also_down(
     proxied: tuple[Served, Proxy, Proxy],
 ) -> None:
-    """The consumer's host loses both dependencies (a network partition). dependency_up{redis}
-    goes to 0, but dependency_up{postgres} stays 1: the snapshot takes postgres_up from the last
-    registry read, which `refresh()` skips while Redis is down (admin/ops/status.py
-    `groups = await self._groups() if redis.up else ()`). ConveyorPostgresUnreachable cannot
-    fire; reversed (PostgreSQL back while Redis is still down) it keeps firing."""
+    """The consumer's host loses both dependencies (a network partition): dependency_up goes to
+    0 for each, and PostgreSQL's goes back to 1 when it comes back while Redis is still away
+    (the registry is read whether or not Redis answers)."""
     served, pg_proxy, redis_proxy = proxied
     await served.checker.refresh()
     assert served.dependency("redis") == 1
@@ -175,15 +176,19 @@ async def test_postgres_gauge_follows_postgres_while_redis_is_also_down(
         await served.checker.refresh()
     assert served.dependency("redis") == 0
     assert served.dependency("postgres") == 0, "PostgreSQL is unreachable, the gauge says up"
+    pg_proxy.restore()
+    await served.checker.refresh()
+    assert served.dependency("redis") == 0
+    assert served.dependency("postgres") == 1, "PostgreSQL is back, the gauge says down"
 
 
 async def test_lag_stays_served_while_postgres_is_down(
     case: Case, proxied: tuple[Served, Proxy, Proxy]
 ) -> None:
-    """While PostgreSQL is away nobody can apply events, so lag grows; Redis still answers. But
-    the registry read fails, the snapshot's groups become () and every lag series vanishes from
-    every process (relay included): ConveyorConsumerLagHigh resolves for the whole outage and
-    the dashboard's lag panels go blank (admin/ops/status.py `_groups` returns [])."""
+    """While PostgreSQL is away nobody can apply events, so lag grows; Redis still answers. The
+    registry cannot be read: the groups of its last read are still measured in Redis, so lag
+    stays served (ConveyorConsumerLagHigh does not resolve for the outage, the dashboard's lag
+    panels do not go blank), and keeps growing."""
     served, pg_proxy, _ = proxied
     await case.redis.xadd(served.stream, {"n": "0"}, id="1000-0")
     await case.redis.xgroup_create(served.stream, GROUP, id="0")
@@ -192,4 +197,8 @@ async def test_lag_stays_served_while_postgres_is_down(
     pg_proxy.cut()
     for _ in range(2):
         await served.checker.refresh()
+    assert served.dependency("postgres") == 0
     assert served.lag_seconds() is not None, "consumer_lag_seconds vanished during the outage"
+    await case.redis.xadd(served.stream, {"n": "1"}, id="2000-0")
+    await served.checker.refresh()
+    assert served.lag_entries() == 2, "the lag is measured, not frozen at its last value"
