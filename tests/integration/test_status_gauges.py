@@ -24,6 +24,8 @@ from admin.ops.status import (
     GroupStatus,
     OutboxStatus,
     RedisStatus,
+    Snapshot,
+    State,
     StatusChecker,
 )
 from admin.ops.status_metrics import StatusGauges
@@ -70,13 +72,16 @@ class Served:
         return value(self.scrape(), "dependency_up", dependency=name)
 
 
-def _gauges(prefix: str) -> tuple[StatusGauges, CollectorRegistry, MeterProvider]:
+def status_gauges(
+    prefix: str, group: str = GROUP
+) -> tuple[StatusGauges, CollectorRegistry, MeterProvider]:
+    """A consumer's StatusGauges on a MeterProvider of their own, read by a Prometheus reader."""
     registry = CollectorRegistry()
     provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
     gauges = StatusGauges(
         role="consumer",
         key_prefix=prefix,
-        group=GROUP,
+        group=group,
         dependencies=True,
         meter=provider.get_meter("test_status_gauges"),
     )
@@ -115,7 +120,7 @@ async def test_a_lost_group_reports_its_whole_stream_as_lag(case: Case, register
     for i in range(5):
         await case.redis.xadd(registered, {"n": str(i)}, id=f"{1_000 + i}-0")
     pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
-    gauges, registry, provider = _gauges(case.prefix)
+    gauges, registry, provider = status_gauges(case.prefix)
     try:
         checker = StatusChecker(
             redis=case.redis, catalog=Catalog(pool, case.prefix), probe=_Probe()
@@ -147,7 +152,7 @@ async def fixture_proxied(
     client: Any = aioredis.Redis.from_url(
         _via(case.redis_url, redis_proxy.port), socket_timeout=1, socket_connect_timeout=1
     )
-    gauges, registry, provider = _gauges(case.prefix)
+    gauges, registry, provider = status_gauges(case.prefix)
     checker = StatusChecker(redis=client, catalog=Catalog(pool, case.prefix), probe=_Probe())
     gauges.watch(lambda: checker.snapshot)
     try:
@@ -202,3 +207,20 @@ async def test_lag_stays_served_while_postgres_is_down(
     await case.redis.xadd(served.stream, {"n": "1"}, id="2000-0")
     await served.checker.refresh()
     assert served.lag_entries() == 2, "the lag is measured, not frozen at its last value"
+
+
+@pytest.mark.parametrize(
+    ("state", "serving"), [(None, 0), ("SERVING", 1), ("DEGRADED", 1), ("NOT_SERVING", 0)]
+)
+def test_serving_follows_readiness_while_up_stays_1(state: State | None, serving: int) -> None:
+    """conveyor_serving is the process's readiness (0 before the first snapshot, as health);
+    conveyor_up says only that the process runs."""
+    gauges, registry, provider = status_gauges("conveyor")
+    components = () if state is None else (ComponentStatus("conveyor.consumer.orders", state),)
+    gauges.watch(lambda: Snapshot(components=components))
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        provider.shutdown()
+    assert value(text, "conveyor_serving", role="consumer", group=GROUP) == serving
+    assert value(text, "conveyor_up", role="consumer", group=GROUP) == 1
