@@ -129,8 +129,7 @@ class PoisonQueue:
     async def _duplicate(self, entry: Entry, standing: str) -> None:
         """Acknowledge `entry`, whose event's dead letter `standing` stands, as a duplicate."""
         await self._streams.ack([entry])
-        self._m.duplicate.add(1, self._attrs)
-        self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "duplicate"})
+        self._count_duplicates(1)
         log.info(
             "event already dead-lettered by the group, acknowledged as a duplicate: topic=%s "
             "group=%s entry=%s dlq_entry=%s",
@@ -184,7 +183,7 @@ class PoisonQueue:
                 async with self._marking(mark) as done:
                     if done:
                         settled.append(entry)
-                        self._m.duplicate.add(1, self._attrs)
+                        self._count_duplicates(1)
                     elif (letter := standing[event_id]) is not None:
                         # Marked all the same: no stalled member applies it after this either.
                         await self._duplicate(entry, letter)
@@ -203,7 +202,14 @@ class PoisonQueue:
         # Recorded once the marks have committed and given their connection back: the worker
         # never holds two of the pool's connections at once.
         await self._record(rows)
+        self._count_duplicates(len(again))  # acknowledged with the others: duplicates
         return settled + again
+
+    def _count_duplicates(self, n: int) -> None:
+        """`n` entries acknowledged as duplicates, counted as the worker counts its own."""
+        if n:
+            self._m.duplicate.add(n, self._attrs)
+            self._m.processed.add(n, {**self._attrs, t.ATTR_RESULT: "duplicate"})
 
     async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> DeadLetterRow:
         return await self._move(

@@ -50,6 +50,7 @@ CONTRACT = frozenset(
         # every process
         "dependency_up",
         "conveyor_up",
+        "conveyor_serving",
         *(f"{name}_{part}" for name in HISTOGRAMS for part in ("bucket", "sum", "count")),
     }
 )

@@ -4,8 +4,12 @@ the same credentials, for its health (grpc.health.v1 Check "") and its status (G
 the answers are printed as one table.
 
 A process's health is what it answered (SERVING, NOT_SERVING), UNREACHABLE when its address does
-not answer, or ABSENT when its heartbeat is older than the deployment's limit (30 s: three missed
-beats) and its address does not answer or is answered by another process. Exit 0 when every
+not answer or is answered by another process, or ABSENT when its heartbeat is older than the
+deployment's limit (30 s: three missed beats) and its address does not answer or is answered by
+another process. Another process is one whose GetStatus names another host or pid, or a gRPC
+service that is not Conveyor (GetStatus UNIMPLEMENTED). For a process whose heartbeat is stale
+the health answer counts only when GetStatus answered with its own host and pid: a port that
+lost its owner long ago is easily taken by another server. Exit 0 when every
 registered process is SERVING (or none is registered), 4 when any is not; 5 when all serve but a
 process refused the credentials for its status.
 """
@@ -130,6 +134,31 @@ def _impostor(process: Any, answered: Any) -> bool:
     return bool((answered.pid, answered.host) != (process.pid, process.host))
 
 
+def _itself(process: Any, answered: Any) -> bool:
+    """Whether `answered` (a GetStatus response, or None) names `process`'s own host and pid."""
+    if answered is None or not answered.pid:
+        return False
+    return bool((answered.pid, answered.host) == (process.pid, process.host))
+
+
+def _stranger(process: Any, status: Reply) -> str | None:
+    """Why the server at `process`'s address is not taken for it, or None when it is: another
+    process said who it is, a server without Conveyor's AdminService answered, or (for a process
+    whose heartbeat is stale) the answer could not be told to come from `process` itself."""
+    answered = status.response
+    if _impostor(process, answered):
+        return f"{process.grpc_addr} is answered by pid {answered.pid} on {answered.host}"
+    if status.code == grpc.StatusCode.UNIMPLEMENTED:
+        return f"{process.grpc_addr} is answered by a gRPC server that is not Conveyor's"
+    if process.absent and not _itself(process, answered):
+        why = "says no pid" if answered is not None else _said("GetStatus ", status)[1]
+        return (
+            f"{process.grpc_addr} answers, but cannot be told to be pid {process.pid} on "
+            f"{process.host} ({why})"
+        )
+    return None
+
+
 def judge(process: Any, health: Reply, status: Reply) -> Finding:
     """What the replies say of `process` (see the module's docstring)."""
     gone = ABSENT if process.absent else UNREACHABLE
@@ -141,10 +170,10 @@ def judge(process: Any, health: Reply, status: Reply) -> Finding:
     if health.response is None:
         said, brief = _said("", health)
         return Finding(process, gone, "", (*first, said), (*first, brief)[0])
-    answered = status.response
-    if _impostor(process, answered):
-        other = f"{process.grpc_addr} is answered by pid {answered.pid} on {answered.host}"
+    other = _stranger(process, status)
+    if other is not None:
         return Finding(process, gone, "", (*first, other), (*first, other)[0])
+    answered = status.response
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(health.response.status)
     if answered is None:
         said, brief = _said("GetStatus ", status)

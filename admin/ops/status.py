@@ -14,6 +14,7 @@ import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
 from admin.catalog import Catalog
+from admin.catalog.registry import RegisteredGroup
 from conveyor import wire
 from conveyor.entry_ids import EntryId
 from conveyor.outages import unreachable
@@ -115,6 +116,9 @@ class StatusChecker:
         """The last read of the consumer registry failed (a failure is logged once)."""
         self._registry_read: bool | None = None
         """The last read of the consumer registry answered; None before the first one."""
+        self._registered: list[RegisteredGroup] = []
+        """The groups of the last read of the registry that answered: while PostgreSQL is away
+        they are still measured in Redis, so their lag stays served."""
         self.snapshot = Snapshot()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -128,7 +132,8 @@ class StatusChecker:
     async def refresh(self) -> Snapshot:
         """Take a new snapshot (never raises: failures become reasons)."""
         redis = await self._redis_status()
-        groups = await self._groups() if redis.up else ()
+        registered = await self._registry()  # also while Redis is away: it says if PG is up
+        groups = await self._groups(registered) if redis.up else ()
         now = time.monotonic()
         self.snapshot = Snapshot(
             components=tuple(self._probe.components(redis, groups, now)),
@@ -160,10 +165,11 @@ class StatusChecker:
             run_id=str(info.get("run_id", "")),
         )
 
-    async def _groups(self) -> list[GroupStatus]:
+    async def _registry(self) -> list[RegisteredGroup]:
+        """The registered groups; the last ones read when the registry cannot be read now."""
         try:
             async with asyncio.timeout(2):
-                registered = await self._catalog.groups()
+                self._registered = await self._catalog.groups()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Once, unless PostgreSQL is away: the process's outage line says so, with its address.
             quiet = self._registry_failing or unreachable(exc)
@@ -174,9 +180,12 @@ class StatusChecker:
                 "cannot read the consumer registry: %r",
                 exc,
             )
-            return []
+            return self._registered
         self._registry_failing = False
         self._registry_read = True
+        return self._registered
+
+    async def _groups(self, registered: Sequence[RegisteredGroup]) -> list[GroupStatus]:
         out = []
         for g in registered:
             status = await self._group(g.topic, g.group, g.mode, g.members)
@@ -193,7 +202,7 @@ class StatusChecker:
                     None,
                 )
                 if info is None:
-                    return GroupStatus(topic, group, 0, 0.0, 0, members, mode)
+                    return await self._missing(key, topic, group, mode, members)
                 oldest = await self._oldest_unacknowledged(key, group, info)
         except (RedisError, OSError, TimeoutError) as exc:
             if not isinstance(exc, ResponseError):
@@ -212,6 +221,19 @@ class StatusChecker:
             lag = len(after)
         age = max(time.time() - oldest, 0.0) if oldest is not None else 0.0
         return GroupStatus(topic, group, int(lag), age, int(info["pending"]), members, mode)
+
+    async def _missing(
+        self, key: str, topic: str, group: str, mode: str, members: int
+    ) -> GroupStatus:
+        """A registered group that Redis no longer has (lost in a restart without persistence,
+        destroyed): nothing of the stream was read by it, so its whole stream is its lag, as old
+        as the stream's first entry. (An exactly-once group is recreated at 0 and then reads it
+        all again; an at-least-once group stopped, and its lag grows until someone acts.)"""
+        length = await self._redis.xlen(key)
+        first = await self._redis.xrange(key, min="-", max="+", count=1)
+        oldest = EntryId.parse(first[0][0]).time if first else None
+        age = max(time.time() - oldest, 0.0) if oldest is not None else 0.0
+        return GroupStatus(topic, group, int(length), age, 0, members, mode)
 
     async def _oldest_unacknowledged(self, key: str, group: str, info: Any) -> float | None:
         times = []

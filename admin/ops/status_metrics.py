@@ -1,5 +1,6 @@
 """Gauges read from the ops plane's status snapshot: every consumer group's lag and pending,
-the process's own up gauge and, for consumers, whether PostgreSQL and Redis answer."""
+the process's own up and serving gauges and, for consumers, whether PostgreSQL and Redis
+answer."""
 
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ class StatusGauges:
             description="1 while the process runs (its absence says it is gone)",
         )
         gauge(
+            t.CONVEYOR_SERVING,
+            [self._observe_serving],
+            description="1 while the process's readiness is SERVING, else 0 (a process that "
+            "runs and does no work: stopped, stalled, cut off from a dependency)",
+        )
+        gauge(
             t.CONSUMER_LAG,
             [self._observe_lag],
             unit="s",
@@ -87,6 +94,11 @@ class StatusGauges:
 
     def _observe_up(self, _options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(1, self._up)
+
+    def _observe_serving(self, _options: CallbackOptions) -> Iterable[Observation]:
+        snap = self._snapshot()  # as the health service's overall readiness (admin.ops.health)
+        serving = bool(snap.components) and snap.overall != "NOT_SERVING"
+        yield Observation(int(serving), self._up)
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
         return self._groups(lambda g: g.lag_seconds)

@@ -39,6 +39,8 @@ CONSUMER_PENDING: Final = "consumer_pending"
 DEPENDENCY_UP: Final = "dependency_up"
 CONVEYOR_UP: Final = "conveyor_up"
 """1 while the process runs, by role (and group): its absence says the process is gone."""
+CONVEYOR_SERVING: Final = "conveyor_serving"
+"""1 while the process's readiness (grpc.health.v1 Check "") is SERVING, else 0."""
 
 # Histograms (seconds), with bucket boundaries on the scale of what they measure (the SDK's
 # default boundaries, 0 to 10,000, suit milliseconds).

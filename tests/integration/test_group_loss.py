@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 import pytest
+from prometheus_client import generate_latest
 
+from admin.catalog import Catalog
+from admin.ops.probes import ConsumerProbe
+from admin.ops.status import StatusChecker
+from consumers import Consumer
 from conveyor import wire
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
@@ -17,6 +23,8 @@ from tests.integration.consumer_support import (
     publish,
     running_consumer,
 )
+from tests.integration.metrics_support import value
+from tests.integration.test_status_gauges import status_gauges
 from tests.processes import wait_until
 
 
@@ -62,7 +70,12 @@ async def test_stream_deleted_under_an_exactly_once_consumer(
     assert "consumer not serving" in caplog.text
 
 
-async def test_at_least_once_group_stops_when_lost_unless_allowed(case: Case) -> None:
+async def test_at_least_once_group_stops_when_lost_unless_allowed(
+    case: Case, catalog_cleanup: None
+) -> None:
+    """It stops for good: its process stays up, and serves conveyor_serving 0 and the whole
+    stream as the group's lag (what keeps ConveyorConsumerGroupNotServing and
+    ConveyorConsumerLagHigh firing after the loss)."""
     await create_effects(case.pg, case.schema)
     await publish(case.redis, case.prefix, 10)
     settings = consumer_settings(case, mode="at-least-once")
@@ -81,7 +94,28 @@ async def test_at_least_once_group_stops_when_lost_unless_allowed(case: Case) ->
         await wait_until(stopped, what="the worker to stop")
         assert not worker.health.serving
         assert "group" in worker.health.reason
+        served = await served_status(case, consumer)
+    stream = wire.Keys("identity", case.prefix).events
+    assert value(served, "conveyor_up", role="consumer", group="g") == 1
+    assert value(served, "conveyor_serving", role="consumer", group="g") == 0
+    assert value(served, "consumer_lag_entries", stream=stream, group="g") == 5
+    assert value(served, "consumer_pending", stream=stream, group="g") == 0
     assert len(await effect_counts(case.pg, case.schema, "g")) == 10, "nothing re-applied"
+
+
+async def served_status(case: Case, consumer: Consumer) -> str:
+    """What `consumer`'s status gauges serve after one refresh of its status snapshot."""
+    gauges, registry, provider = status_gauges(case.prefix, "g")
+    pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
+    try:
+        probe = ConsumerProbe(consumer, stall_timeout=60)
+        checker = StatusChecker(redis=case.redis, catalog=Catalog(pool, case.prefix), probe=probe)
+        gauges.watch(lambda: checker.snapshot)
+        await checker.refresh()
+        return generate_latest(registry).decode()
+    finally:
+        provider.shutdown()
+        await pool.close()
 
 
 async def test_at_least_once_group_allowed_to_recreate_carries_on(case: Case) -> None:

@@ -169,6 +169,7 @@ async def test_the_endpoints_serve_every_contract_metric_with_the_workload_count
     assert value(relay, "events_publish_failed_total", stream=stream) == 0
     assert value(relay, "outbox_oldest_age_seconds", schema=case.schema) == 0
     assert value(relay, "conveyor_up", role="relay") == 1
+    assert value(relay, "conveyor_serving", role="relay") == 1
     assert value(relay, "consumer_lag_seconds", **of_group) == 0
     count = {"stream": stream, "group": GROUP}
     assert value(consumer, "events_processed_total", result="success", **count) == 12
@@ -180,6 +181,7 @@ async def test_the_endpoints_serve_every_contract_metric_with_the_workload_count
     assert value(consumer, "events_consumed_total", **count) == 16  # 13, 2 retries, 1 reprocess
     assert value(consumer, "consumer_groups_lost_total", **count) == 0
     assert value(consumer, "conveyor_up", role="consumer", group=GROUP) == 1
+    assert value(consumer, "conveyor_serving", role="consumer", group=GROUP) == 1
     assert (value(consumer, "event_end_to_end_latency_seconds_count", **count) or 0) >= 1
     assert (value(consumer, "event_processing_duration_seconds_count", **count) or 0) >= 1
     latency = value(consumer, "event_end_to_end_latency_seconds_sum", **count) or 0

@@ -7,13 +7,19 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from admin.cli import sweep as sweeping
+from admin.cli.client import EXIT_OK, Connection
+from conveyor.v1 import admin_pb2
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import create_effects
 from tests.integration.test_ops_plane import (
@@ -161,3 +167,44 @@ async def test_every_registered_process_is_asked_and_a_lost_one_is_shown(
         "SELECT count(*) FROM conveyor.relays WHERE key_prefix = $1", case.prefix
     )
     assert relays == 0, "a relay's clean stop removes its row too"
+
+
+@pytest.fixture(name="other_service")
+def fixture_other_service() -> Iterator[int]:
+    """A gRPC server that is not Conveyor: grpc.health.v1 only, SERVING; yields its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("absent", [True, False])
+def test_a_relay_whose_port_another_service_took_is_not_reported_serving(
+    other_service: int, absent: bool
+) -> None:
+    """A relay died (an hour ago, or just now: its row is still fresh) and another team's gRPC
+    server, with the standard health service only, took its port: it answers health SERVING
+    and GetStatus UNIMPLEMENTED. The sweep must not take its health for the relay's."""
+    address = f"127.0.0.1:{other_service}"
+    dead = admin_pb2.RegisteredProcess(
+        role=admin_pb2.PROCESS_ROLE_RELAY,
+        name="relay-host-4242",
+        host="relay-host",
+        pid=4242,
+        grpc_addr=address,
+        heartbeat_age_seconds=3_600.0 if absent else 3.0,
+        absent=absent,
+    )
+    conn = Connection(target=address, token=None, timeout=5.0)
+
+    findings = sweeping.sweep(conn, [dead])
+
+    assert findings[0].health == ("ABSENT" if absent else "UNREACHABLE"), findings[0]
+    assert "not Conveyor's" in findings[0].reasons[-1]
+    assert sweeping.exit_code(findings) != EXIT_OK

@@ -23,6 +23,7 @@ CONTRACT = {
         "outbox_oldest_age_seconds": {"schema"},
         "dependency_up": {"dependency"},
         "conveyor_up": {"role"},
+        "conveyor_serving": {"role"},
     },
     "consumer": {
         "events_consumed_total": {"stream", "group"},
@@ -41,6 +42,7 @@ CONTRACT = {
         "consumer_pending": {"stream", "group"},
         "dependency_up": {"dependency"},
         "conveyor_up": {"role", "group"},
+        "conveyor_serving": {"role", "group"},
     },
 }
 """The Prometheus names and labels alert rules and dashboards are written against."""

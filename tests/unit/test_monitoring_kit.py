@@ -88,6 +88,7 @@ def test_the_seed_alerts_are_kept_with_their_thresholds() -> None:
         "ConveyorRelayAbsent",
         "ConveyorConsumerGroupAbsent",
         "ConveyorConsumerGroupLost",
+        "ConveyorConsumerGroupNotServing",
     } <= rules.keys()
 
 

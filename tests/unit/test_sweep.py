@@ -68,6 +68,46 @@ def test_a_process_that_says_nothing_of_itself_is_taken_at_its_word() -> None:
     assert (found.health, sweep.exit_code([found])) == ("SERVING", 0)
 
 
+def test_a_server_without_conveyors_admin_service_is_not_taken_for_the_process() -> None:
+    """Another team's gRPC server took the port; it serves health only."""
+    unimplemented = Reply(code=grpc.StatusCode.UNIMPLEMENTED, message="Method not found!")
+
+    found = sweep.judge(process(), Reply(_SERVING), unimplemented)
+
+    assert found.health == "UNREACHABLE"
+    assert "not Conveyor's" in found.reasons[-1]
+    assert sweep.exit_code([found]) == 4
+
+
+@pytest.mark.parametrize(
+    ("answered", "why"),
+    [
+        (Reply(status(pid=0, host="")), "says no pid"),
+        (Reply(code=grpc.StatusCode.UNAUTHENTICATED, message="unknown token"), "UNAUTHENTICATED"),
+        (Reply(code=grpc.StatusCode.DEADLINE_EXCEEDED, message="Deadline"), "DEADLINE_EXCEEDED"),
+    ],
+)
+def test_a_stale_row_counts_an_answer_only_from_the_process_itself(
+    answered: Reply, why: str
+) -> None:
+    """A heartbeat older than the limit: the address's health answer counts only when GetStatus
+    names the registered host and pid."""
+    found = sweep.judge(process(absent=True), Reply(_SERVING), answered)
+
+    assert found.health == "ABSENT"
+    assert found.brief.startswith("no heartbeat")
+    assert "cannot be told to be pid 41 on node-a" in found.reasons[-1]
+    assert why in found.reasons[-1]
+    assert sweep.exit_code([found]) == 4
+
+
+def test_a_stale_row_whose_process_still_answers_is_shown_as_it_answers() -> None:
+    """Its heartbeats fail (e.g. it cannot reach PostgreSQL), yet it answers as itself."""
+    found = sweep.judge(process(absent=True), Reply(_SERVING), Reply(status()))
+
+    assert (found.health, found.brief) == ("SERVING", "no heartbeat for 1m")
+
+
 def test_refused_credentials_for_the_status_exit_5_when_all_serve() -> None:
     denied = Reply(code=grpc.StatusCode.UNAUTHENTICATED, message="unknown token")
 
