@@ -68,7 +68,8 @@ def status(
             "its deployment's catalog, and each is asked for its health and status (same "
             f"credentials; {sweep.DEADLINE:g} s a call at most, {sweep.CONCURRENCY} processes at "
             "a time). One row per process: SERVING, NOT_SERVING, UNREACHABLE (its address does "
-            "not answer) or ABSENT (no heartbeat for 30 s, and no answer). Exit 0 when all are "
+            "not answer) or ABSENT (no heartbeat for 30 s, and no answer from that very process). "
+            "Exit 0 when all are "
             "SERVING, 4 when one is not, 5 when all are but one refused the credentials.",
         ),
     ] = False,
