@@ -1,0 +1,1 @@
+"""Reviewer's failing tests for the tracing half of issue 11."""
