@@ -9,16 +9,17 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 
 from conveyor import telemetry as t
+from conveyor.sampling import remote_context
 from relay.store import Row
 
 _tracer = trace.get_tracer(t.TRACER)
-_SAMPLED_FLAGS = frozenset("13579bdfBDF")
-"""Last hex digit of a traceparent's flags with the sampled bit set."""
+_SAMPLED_FLAGS = frozenset("13579bdf")
+"""Last (lower-case hex) digit of a traceparent's flags with the sampled bit set."""
 _TRACEPARENT_LENGTH = 55
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+"""Of a version-00 traceparent with nothing around it: its flags end it."""
 
 
 def tracing_enabled() -> bool:
@@ -28,26 +29,15 @@ def tracing_enabled() -> bool:
 
 
 def sampled_context(traceparent: str | None) -> SpanContext | None:
-    """The producer's span context of a W3C traceparent whose sampled flag is set; None for one
-    that is missing, malformed or not sampled (the flags are looked at first: that is cheap)."""
-    if (
-        not traceparent
-        or len(traceparent) != _TRACEPARENT_LENGTH
-        or traceparent[54] not in _SAMPLED_FLAGS
-        or traceparent[2] != "-"
-        or traceparent[35] != "-"
-        or traceparent[52] != "-"
-        or traceparent.startswith("ff")
+    """The producer's span context of a traceparent the SDK's propagator takes
+    (conveyor.sampling's `remote_context`) whose sampled flag is set; None for one that is
+    missing, malformed or not sampled. A traceparent of the usual 55 characters shows its
+    flags' last digit at its end: most are looked at no further."""
+    if not traceparent or (
+        len(traceparent) == _TRACEPARENT_LENGTH and traceparent[-1] not in _SAMPLED_FLAGS
     ):
         return None
-    try:
-        trace_id = int(traceparent[3:35], 16)
-        span_id = int(traceparent[36:52], 16)
-    except ValueError:
-        return None
-    if not trace_id or not span_id:
-        return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=_SAMPLED)
+    return remote_context(traceparent, sampled=True)
 
 
 async def publish_traced(

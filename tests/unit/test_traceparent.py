@@ -1,4 +1,6 @@
-"""The consumer's and the relay's shortcuts around the SDK's sampling decision must decide as the
+"""conveyor.sampling.remote_context reads a traceparent as the SDK's W3C propagator does.
+
+The consumer's and the relay's shortcuts around the SDK's sampling decision must decide as the
 SDK would (conveyor.sampling's docstring: "the consumer takes the same decisions itself first").
 The SDK reads a traceparent with the W3C propagator, which ignores one that is not lower-case
 hex (the W3C spec: such a header MUST be ignored), so the event's process span is a root,
@@ -16,13 +18,14 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from consumers import spans as consumer_spans
 from consumers.context import EventContext
 from consumers.deliveries import Delivery, Entry
 from conveyor import telemetry as t
 from conveyor import wire
-from conveyor.sampling import ConveyorSampler
+from conveyor.sampling import ConveyorSampler, not_sampled, remote_context
 from conveyor.v1 import event_pb2
 from relay import spans as relay_spans
 
@@ -33,6 +36,69 @@ IGNORED_BY_THE_SDK = [
     pytest.param(f"00-{TRACE_ID}-{SPAN_ID}-0A", id="upper-case-flags"),
     pytest.param(f"00-+{TRACE_ID[1:]}-{SPAN_ID}-00", id="plus-sign-in-trace-id"),
 ]
+PLAIN = f"00-{TRACE_ID}-{SPAN_ID}"
+AS_THE_SDK_READS_THEM = [
+    f"{PLAIN}-01",
+    f"{PLAIN}-00",
+    f"{PLAIN}-03",
+    f"{PLAIN}-02",
+    f"{PLAIN}-ff",
+    f" \t{PLAIN}-01 \t",
+    f"{PLAIN}-01\n",
+    f"{PLAIN}-01\n\n",
+    f"{PLAIN}-01-",
+    f"{PLAIN}-01-extra",
+    f"{PLAIN}-01x",
+    f"01-{TRACE_ID}-{SPAN_ID}-01-future-parts",
+    f"01-{TRACE_ID}-{SPAN_ID}-00-future-parts",
+    f"01-{TRACE_ID}-{SPAN_ID}-01",
+    f"01-{TRACE_ID}-{SPAN_ID}-01x",
+    f"01-{TRACE_ID}-{SPAN_ID}-01-a\nb",
+    f"fe-{TRACE_ID}-{SPAN_ID}-01-x",
+    f"ff-{TRACE_ID}-{SPAN_ID}-01",
+    f"ff-{TRACE_ID}-{SPAN_ID}-00",
+    f"00-{'0' * 32}-{SPAN_ID}-01",
+    f"00-{TRACE_ID}-{'0' * 16}-01",
+    f"00-{TRACE_ID.upper()}-{SPAN_ID}-01",
+    f"00-{TRACE_ID}-{SPAN_ID.upper()}-00",
+    f"00-{TRACE_ID}-{SPAN_ID}-0B",
+    f"0A-{TRACE_ID}-{SPAN_ID}-01",
+    f"00-+{TRACE_ID[1:]}-{SPAN_ID}-00",
+    f"00-{TRACE_ID[:-1]}_-{SPAN_ID}-00",
+    f"00-{TRACE_ID}-{SPAN_ID}-1",
+    f"00-{TRACE_ID}0-{SPAN_ID}-01",
+    f"01-{TRACE_ID}-{SPAN_ID}-01-" + "x" * 456,  # 512 characters
+    f"01-{TRACE_ID}-{SPAN_ID}-01-" + "x" * 457,  # 513: over the propagator's maximum
+    "",
+    "garbage",
+]
+
+
+@pytest.mark.parametrize("traceparent", AS_THE_SDK_READS_THEM)
+def test_a_traceparent_is_read_exactly_as_the_sdk_propagator_reads_it(traceparent: str) -> None:
+    extracted = TraceContextTextMapPropagator().extract({t.HEADER_TRACEPARENT: traceparent})
+    sdk = trace.get_current_span(extracted).get_span_context()
+    ours = remote_context(traceparent)
+    if not sdk.is_valid:
+        assert ours is None
+        assert not_sampled(traceparent) is None
+        assert relay_spans.sampled_context(traceparent) is None
+        return
+    assert ours is not None
+    assert (ours.trace_id, ours.span_id, ours.trace_flags, ours.is_remote) == (
+        sdk.trace_id,
+        sdk.span_id,
+        sdk.trace_flags,
+        True,
+    )
+    kept_by_relay = relay_spans.sampled_context(traceparent)
+    dropped_by_consumer = not_sampled(traceparent)
+    if sdk.trace_flags.sampled:
+        assert kept_by_relay == sdk and dropped_by_consumer is None
+    else:
+        assert kept_by_relay is None and dropped_by_consumer == sdk
+
+
 IGNORED_BUT_SAMPLED_FLAG = [
     pytest.param(f"00-{TRACE_ID.upper()}-{SPAN_ID.upper()}-01", id="upper-case-ids"),
     pytest.param(f"00-{TRACE_ID}-{SPAN_ID}-z1", id="non-hex-flags"),
