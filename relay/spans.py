@@ -40,6 +40,19 @@ def sampled_context(traceparent: str | None) -> SpanContext | None:
     return remote_context(traceparent, sampled=True)
 
 
+def link_cap() -> int:
+    """Links a batch span carries: MAX_SPAN_LINKS, or the SDK tracer's own limit
+    (OTEL_SPAN_LINK_COUNT_LIMIT, or the application provider's SpanLimits) when lower, so
+    ATTR_LINKS_DROPPED counts every link the SDK would leave out."""
+    tracer = _tracer
+    if isinstance(tracer, trace.ProxyTracer):  # got before the provider was installed
+        tracer = tracer._tracer  # the SDK tracer it forwards to
+    limit = getattr(getattr(tracer, "_span_limits", None), "max_links", None)  # SDK Tracer
+    if isinstance(limit, int) and 0 <= limit < t.MAX_SPAN_LINKS:
+        return limit
+    return t.MAX_SPAN_LINKS
+
+
 async def publish_traced(
     publish: Callable[[Sequence[Row]], Awaitable[dict[str, int]]],
     rows: Sequence[Row],
@@ -48,7 +61,7 @@ async def publish_traced(
     attributes: dict[str, Any],
 ) -> dict[str, int]:
     """`publish(rows)` inside a CLIENT span for the batch (a root: relay batches belong to no
-    event's trace) linking to each row's sampled producer context, at most MAX_SPAN_LINKS of
+    event's trace) linking to each row's sampled producer context, at most `link_cap()` of
     them; then one span per sampled row, a child of its producer's context, timed as the batch's
     pipelined XADD was. Rows whose trace is not sampled cost one look at their flags."""
     sampled = [(row, ctx) for row in rows if (ctx := sampled_context(row[5])) is not None]
@@ -59,9 +72,10 @@ async def publish_traced(
         t.ATTR_BATCH_MESSAGE_COUNT: len(rows),
         **attributes,
     }
-    if len(sampled) > t.MAX_SPAN_LINKS:
-        attrs[t.ATTR_LINKS_DROPPED] = len(sampled) - t.MAX_SPAN_LINKS
-    links = [Link(ctx) for _, ctx in sampled[: t.MAX_SPAN_LINKS]]
+    cap = link_cap()
+    if len(sampled) > cap:
+        attrs[t.ATTR_LINKS_DROPPED] = len(sampled) - cap
+    links = [Link(ctx) for _, ctx in sampled[:cap]]
     started = time.time_ns()
     error: BaseException | None = None
     with _tracer.start_as_current_span(
