@@ -46,6 +46,15 @@ EXPORT_LOGGERS = (
     "opentelemetry.sdk.metrics._internal.export",
 )
 """Loggers of the SDK's export machinery: a collector that is away makes them speak per export."""
+EXPORT_FAILURES = (
+    "Failed to export",  # the OTLP exporter gave up on a batch
+    "Transient error",  # ... and retries it
+    "Exception while exporting",  # the batch processor's or metric reader's exporter raised
+    "Queue full",  # the batch processor dropped a span
+    "Queue is full",  # ... in SDKs before 1.34
+    "Metric collection timed out",  # a metric export outlasted its timeout
+)
+"""How the messages of those loggers about a failed export begin (their format strings)."""
 
 
 def exporting(environ: Mapping[str, str]) -> bool:
@@ -87,10 +96,11 @@ def sampler(environ: Mapping[str, str]) -> Sampler | None:
 
 
 class ExportFailureLog(logging.Filter):
-    """Lets one WARNING-or-worse line of the export machinery through per `interval` seconds,
-    saying how many it held back since the last, without a traceback: a collector that is away
-    fails every export, and a line per export (or per dropped span) would bury everything else.
-    Lines below WARNING pass untouched."""
+    """Lets one WARNING-or-worse line about a failed export (`EXPORT_FAILURES`) through per
+    `interval` seconds, saying how many it held back since the last, without a traceback: a
+    collector that is away fails every export, and a line per export (or per dropped span)
+    would bury everything else. Any other line (below WARNING, or about something else, such as
+    a bad OTEL_BSP_* setting) passes untouched and uses none of the budget."""
 
     def __init__(
         self, interval: float = OUTAGE_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic
@@ -103,7 +113,9 @@ class ExportFailureLog(logging.Filter):
         self._held = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or not (
+            isinstance(record.msg, str) and record.msg.startswith(EXPORT_FAILURES)
+        ):
             return True
         with self._lock:
             now = self._clock()
@@ -135,13 +147,14 @@ def configure(service_name: str, readers: list[MetricReader] | None = None) -> b
     flush: list[Callable[[], object]] = []
     stop: list[Callable[[], object]] = []
     if on:
-        failures = ExportFailureLog()
-        for name in EXPORT_LOGGERS:
-            logging.getLogger(name).addFilter(failures)
         metric_exporter, exporter = OTLPMetricExporter(), OTLPSpanExporter()
         all_readers.append(PeriodicExportingMetricReader(metric_exporter))
         provider = TracerProvider(resource=resource, sampler=chosen, shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(exporter))
+        # Only now: what the SDK says of the OTEL_* settings as it builds these is left whole.
+        failures = ExportFailureLog()
+        for name in EXPORT_LOGGERS:
+            logging.getLogger(name).addFilter(failures)
         trace.set_tracer_provider(provider)
         flush.append(provider.shutdown)
         stop += [exporter.shutdown, metric_exporter.shutdown]
