@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -27,11 +28,12 @@ from conveyor.sampling import ConveyorSampler
 
 log = logging.getLogger(__name__)
 
-_ENDPOINT_VARS = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-)
+Signal = Literal["traces", "metrics"]
+
+_ENDPOINT_VARS = {
+    "traces": ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+    "metrics": ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+}
 RATIO_VAR = "CONVEYOR_TRACE_SAMPLE_RATIO"
 DEFAULT_RATIO = 0.01
 """Share of root spans sampled (events enqueued outside any trace, relay batches)."""
@@ -57,11 +59,14 @@ EXPORT_FAILURES = (
 """How the messages of those loggers about a failed export begin (their format strings)."""
 
 
-def exporting(environ: Mapping[str, str]) -> bool:
-    """Whether OTLP export is on: an OTLP endpoint variable is set and OTEL_SDK_DISABLED is not
-    true."""
-    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-    return not disabled and any(environ.get(v) for v in _ENDPOINT_VARS)
+def exporting(environ: Mapping[str, str], signal: Signal | None = None) -> bool:
+    """Whether `signal` ("traces" or "metrics"; None: either) is exported over OTLP: an endpoint
+    variable for it (OTEL_EXPORTER_OTLP_ENDPOINT or the signal's own) is set and
+    OTEL_SDK_DISABLED is not true."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    signals = _ENDPOINT_VARS.values() if signal is None else [_ENDPOINT_VARS[signal]]
+    return any(environ.get(v) for names in signals for v in names)
 
 
 def sample_ratio(environ: Mapping[str, str]) -> float:
@@ -134,45 +139,49 @@ class ExportFailureLog(logging.Filter):
 
 
 def configure(service_name: str, readers: list[MetricReader] | None = None) -> bool:
-    """Install SDK tracer and meter providers when an OTLP endpoint is configured through the
-    standard OTEL_* environment variables (and OTEL_SDK_DISABLED is not true), plus any extra
-    metric `readers`. Returns whether traces are exported. Without an endpoint the OpenTelemetry
-    API stays a no-op, costing the pipeline nothing. InvalidInput (a ValueError) for a
-    CONVEYOR_TRACE_SAMPLE_RATIO that is not a number from 0 to 1, checked whether or not
-    anything is exported."""
+    """Install SDK tracer and meter providers exporting over OTLP as the standard OTEL_*
+    environment variables configure them (and OTEL_SDK_DISABLED is not true), plus any extra
+    metric `readers`: traces when OTEL_EXPORTER_OTLP_ENDPOINT or ..._TRACES_ENDPOINT is set,
+    metrics when OTEL_EXPORTER_OTLP_ENDPOINT or ..._METRICS_ENDPOINT is. Returns whether traces
+    are exported. Without an endpoint the OpenTelemetry API stays a no-op, costing the pipeline
+    nothing. InvalidInput (a ValueError) for a CONVEYOR_TRACE_SAMPLE_RATIO that is not a number
+    from 0 to 1, checked whether or not anything is exported."""
     chosen = sampler(os.environ)
-    on = exporting(os.environ)
+    traces_on, metrics_on = exporting(os.environ, "traces"), exporting(os.environ, "metrics")
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     all_readers = list(readers or [])
     flush: list[Callable[[], object]] = []
     stop: list[Callable[[], object]] = []
-    if on:
-        metric_exporter, exporter = OTLPMetricExporter(), OTLPSpanExporter()
+    exported: list[str] = []
+    if metrics_on:
+        metric_exporter = OTLPMetricExporter()
         all_readers.append(PeriodicExportingMetricReader(metric_exporter))
+        stop.append(metric_exporter.shutdown)
+        exported.append("metrics")
+    if traces_on:
+        exporter = OTLPSpanExporter()
         provider = TracerProvider(resource=resource, sampler=chosen, shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        flush.append(provider.shutdown)
+        stop.append(exporter.shutdown)
+        exported.insert(0, f"traces (sampler {provider.sampler.get_description()})")
+    if exported:
         # Only now: what the SDK says of the OTEL_* settings as it builds these is left whole.
         failures = ExportFailureLog()
         for name in EXPORT_LOGGERS:
             logging.getLogger(name).addFilter(failures)
-        trace.set_tracer_provider(provider)
-        flush.append(provider.shutdown)
-        stop += [exporter.shutdown, metric_exporter.shutdown]
-        log.info(
-            "exporting traces and metrics over OTLP as service %s, sampler %s",
-            service_name,
-            provider.sampler.get_description(),
-        )
+        log.info("exporting %s over OTLP as service %s", " and ".join(exported), service_name)
     if all_readers:
         meters = MeterProvider(
-            resource=resource, metric_readers=all_readers, shutdown_on_exit=not on
+            resource=resource, metric_readers=all_readers, shutdown_on_exit=not metrics_on
         )
         metrics.set_meter_provider(meters)
-        if on:
+        if metrics_on:
             flush.append(meters.shutdown)
     if flush:
         atexit.register(shutdown, flush, stop, EXIT_FLUSH_TIMEOUT)
-    return on
+    return traces_on
 
 
 def shutdown(

@@ -5,10 +5,13 @@ left whole, neither held back nor relabelled "telemetry export failing"."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+
+import pytest
 
 from admin.ops import observability as obs
 
@@ -73,3 +76,52 @@ def test_only_export_failures_use_the_interval_budget() -> None:
     later = _record(logging.ERROR, setting, "OTEL_BSP_SCHEDULE_DELAY", 5000)
     assert failures.filter(later), "within the interval, other lines still pass"
     assert "export failing" not in later.getMessage()
+
+
+_SIGNALS = """
+import json, os
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from admin.ops import observability
+observability.configure("conveyor-signals")
+print(json.dumps([
+    isinstance(trace.get_tracer_provider(), TracerProvider),
+    isinstance(metrics.get_meter_provider(), MeterProvider),
+]))
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "traces", "metrics"),
+    [
+        ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://127.0.0.1:1"}, False, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:1"}, True, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"}, True, True),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:1",
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://127.0.0.1:2",
+            },
+            True,
+            True,
+        ),
+        ({}, False, False),
+    ],
+)
+def test_each_signal_is_exported_only_where_an_endpoint_names_it(
+    endpoints: dict[str, str], traces: bool, metrics: bool
+) -> None:
+    """With only the metrics endpoint set, no spans go to the SDK's default localhost:4317."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | endpoints
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNALS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [traces, metrics], done.stderr

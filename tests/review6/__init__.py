@@ -1,1 +1,0 @@
-"""Reviewer's failing tests for the tracing half of issue 11."""
