@@ -9,16 +9,17 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 
 from conveyor import telemetry as t
+from conveyor.sampling import remote_context
 from relay.store import Row
 
 _tracer = trace.get_tracer(t.TRACER)
-_SAMPLED_FLAGS = frozenset("13579bdfBDF")
-"""Last hex digit of a traceparent's flags with the sampled bit set."""
+_SAMPLED_FLAGS = frozenset("13579bdf")
+"""Last (lower-case hex) digit of a traceparent's flags with the sampled bit set."""
 _TRACEPARENT_LENGTH = 55
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+"""Of a version-00 traceparent with nothing around it: its flags end it."""
 
 
 def tracing_enabled() -> bool:
@@ -28,26 +29,28 @@ def tracing_enabled() -> bool:
 
 
 def sampled_context(traceparent: str | None) -> SpanContext | None:
-    """The producer's span context of a W3C traceparent whose sampled flag is set; None for one
-    that is missing, malformed or not sampled (the flags are looked at first: that is cheap)."""
-    if (
-        not traceparent
-        or len(traceparent) != _TRACEPARENT_LENGTH
-        or traceparent[54] not in _SAMPLED_FLAGS
-        or traceparent[2] != "-"
-        or traceparent[35] != "-"
-        or traceparent[52] != "-"
-        or traceparent.startswith("ff")
+    """The producer's span context of a traceparent the SDK's propagator takes
+    (conveyor.sampling's `remote_context`) whose sampled flag is set; None for one that is
+    missing, malformed or not sampled. A traceparent of the usual 55 characters shows its
+    flags' last digit at its end: most are looked at no further."""
+    if not traceparent or (
+        len(traceparent) == _TRACEPARENT_LENGTH and traceparent[-1] not in _SAMPLED_FLAGS
     ):
         return None
-    try:
-        trace_id = int(traceparent[3:35], 16)
-        span_id = int(traceparent[36:52], 16)
-    except ValueError:
-        return None
-    if not trace_id or not span_id:
-        return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=_SAMPLED)
+    return remote_context(traceparent, sampled=True)
+
+
+def link_cap() -> int:
+    """Links a batch span carries: MAX_SPAN_LINKS, or the SDK tracer's own limit
+    (OTEL_SPAN_LINK_COUNT_LIMIT, or the application provider's SpanLimits) when lower, so
+    ATTR_LINKS_DROPPED counts every link the SDK would leave out."""
+    tracer = _tracer
+    if isinstance(tracer, trace.ProxyTracer):  # got before the provider was installed
+        tracer = tracer._tracer  # the SDK tracer it forwards to
+    limit = getattr(getattr(tracer, "_span_limits", None), "max_links", None)  # SDK Tracer
+    if isinstance(limit, int) and 0 <= limit < t.MAX_SPAN_LINKS:
+        return limit
+    return t.MAX_SPAN_LINKS
 
 
 async def publish_traced(
@@ -58,7 +61,7 @@ async def publish_traced(
     attributes: dict[str, Any],
 ) -> dict[str, int]:
     """`publish(rows)` inside a CLIENT span for the batch (a root: relay batches belong to no
-    event's trace) linking to each row's sampled producer context, at most MAX_SPAN_LINKS of
+    event's trace) linking to each row's sampled producer context, at most `link_cap()` of
     them; then one span per sampled row, a child of its producer's context, timed as the batch's
     pipelined XADD was. Rows whose trace is not sampled cost one look at their flags."""
     sampled = [(row, ctx) for row in rows if (ctx := sampled_context(row[5])) is not None]
@@ -69,9 +72,10 @@ async def publish_traced(
         t.ATTR_BATCH_MESSAGE_COUNT: len(rows),
         **attributes,
     }
-    if len(sampled) > t.MAX_SPAN_LINKS:
-        attrs[t.ATTR_LINKS_DROPPED] = len(sampled) - t.MAX_SPAN_LINKS
-    links = [Link(ctx) for _, ctx in sampled[: t.MAX_SPAN_LINKS]]
+    cap = link_cap()
+    if len(sampled) > cap:
+        attrs[t.ATTR_LINKS_DROPPED] = len(sampled) - cap
+    links = [Link(ctx) for _, ctx in sampled[:cap]]
     started = time.time_ns()
     error: BaseException | None = None
     with _tracer.start_as_current_span(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -218,6 +219,7 @@ def replay_command(
         wire.validate_prefix(key_prefix)
         if topic is not None:
             wire.validate_topic(topic)
+        observability.sample_ratio(os.environ)  # a usage error, before any I/O
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
@@ -225,7 +227,7 @@ def replay_command(
     except AdminError as exc:
         fail(exc.message)
     # events_replayed goes over OTLP when configured, flushed as the command ends.
-    observability.configure("conveyor-relay-replay")
+    observability.configure("conveyor-relay-replay")  # its ratio was checked above
     result = asyncio.run(
         _replay(database_url, redis_url, key_prefix, schema, moment, topic, dry_run, as_json)
     )

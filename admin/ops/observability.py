@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
@@ -27,11 +28,12 @@ from conveyor.sampling import ConveyorSampler
 
 log = logging.getLogger(__name__)
 
-_ENDPOINT_VARS = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-)
+Signal = Literal["traces", "metrics"]
+
+_ENDPOINT_VARS = {
+    "traces": ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+    "metrics": ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+}
 RATIO_VAR = "CONVEYOR_TRACE_SAMPLE_RATIO"
 DEFAULT_RATIO = 0.01
 """Share of root spans sampled (events enqueued outside any trace, relay batches)."""
@@ -46,13 +48,25 @@ EXPORT_LOGGERS = (
     "opentelemetry.sdk.metrics._internal.export",
 )
 """Loggers of the SDK's export machinery: a collector that is away makes them speak per export."""
+EXPORT_FAILURES = (
+    "Failed to export",  # the OTLP exporter gave up on a batch
+    "Transient error",  # ... and retries it
+    "Exception while exporting",  # the batch processor's or metric reader's exporter raised
+    "Queue full",  # the batch processor dropped a span
+    "Queue is full",  # ... in SDKs before 1.34
+    "Metric collection timed out",  # a metric export outlasted its timeout
+)
+"""How the messages of those loggers about a failed export begin (their format strings)."""
 
 
-def exporting(environ: Mapping[str, str]) -> bool:
-    """Whether OTLP export is on: an OTLP endpoint variable is set and OTEL_SDK_DISABLED is not
-    true."""
-    disabled = environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-    return not disabled and any(environ.get(v) for v in _ENDPOINT_VARS)
+def exporting(environ: Mapping[str, str], signal: Signal | None = None) -> bool:
+    """Whether `signal` ("traces" or "metrics"; None: either) is exported over OTLP: an endpoint
+    variable for it (OTEL_EXPORTER_OTLP_ENDPOINT or the signal's own) is set and
+    OTEL_SDK_DISABLED is not true."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    signals = _ENDPOINT_VARS.values() if signal is None else [_ENDPOINT_VARS[signal]]
+    return any(environ.get(v) for names in signals for v in names)
 
 
 def sample_ratio(environ: Mapping[str, str]) -> float:
@@ -87,10 +101,11 @@ def sampler(environ: Mapping[str, str]) -> Sampler | None:
 
 
 class ExportFailureLog(logging.Filter):
-    """Lets one WARNING-or-worse line of the export machinery through per `interval` seconds,
-    saying how many it held back since the last, without a traceback: a collector that is away
-    fails every export, and a line per export (or per dropped span) would bury everything else.
-    Lines below WARNING pass untouched."""
+    """Lets one WARNING-or-worse line about a failed export (`EXPORT_FAILURES`) through per
+    `interval` seconds, saying how many it held back since the last, without a traceback: a
+    collector that is away fails every export, and a line per export (or per dropped span)
+    would bury everything else. Any other line (below WARNING, or about something else, such as
+    a bad OTEL_BSP_* setting) passes untouched and uses none of the budget."""
 
     def __init__(
         self, interval: float = OUTAGE_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic
@@ -103,7 +118,9 @@ class ExportFailureLog(logging.Filter):
         self._held = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or not (
+            isinstance(record.msg, str) and record.msg.startswith(EXPORT_FAILURES)
+        ):
             return True
         with self._lock:
             now = self._clock()
@@ -122,44 +139,49 @@ class ExportFailureLog(logging.Filter):
 
 
 def configure(service_name: str, readers: list[MetricReader] | None = None) -> bool:
-    """Install SDK tracer and meter providers when an OTLP endpoint is configured through the
-    standard OTEL_* environment variables (and OTEL_SDK_DISABLED is not true), plus any extra
-    metric `readers`. Returns whether traces are exported. Without an endpoint the OpenTelemetry
-    API stays a no-op, costing the pipeline nothing. InvalidInput (a ValueError) for a
-    CONVEYOR_TRACE_SAMPLE_RATIO that is not a number from 0 to 1, checked whether or not
-    anything is exported."""
+    """Install SDK tracer and meter providers exporting over OTLP as the standard OTEL_*
+    environment variables configure them (and OTEL_SDK_DISABLED is not true), plus any extra
+    metric `readers`: traces when OTEL_EXPORTER_OTLP_ENDPOINT or ..._TRACES_ENDPOINT is set,
+    metrics when OTEL_EXPORTER_OTLP_ENDPOINT or ..._METRICS_ENDPOINT is. Returns whether traces
+    are exported. Without an endpoint the OpenTelemetry API stays a no-op, costing the pipeline
+    nothing. InvalidInput (a ValueError) for a CONVEYOR_TRACE_SAMPLE_RATIO that is not a number
+    from 0 to 1, checked whether or not anything is exported."""
     chosen = sampler(os.environ)
-    on = exporting(os.environ)
+    traces_on, metrics_on = exporting(os.environ, "traces"), exporting(os.environ, "metrics")
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     all_readers = list(readers or [])
     flush: list[Callable[[], object]] = []
     stop: list[Callable[[], object]] = []
-    if on:
-        failures = ExportFailureLog()
-        for name in EXPORT_LOGGERS:
-            logging.getLogger(name).addFilter(failures)
-        metric_exporter, exporter = OTLPMetricExporter(), OTLPSpanExporter()
+    exported: list[str] = []
+    if metrics_on:
+        metric_exporter = OTLPMetricExporter()
         all_readers.append(PeriodicExportingMetricReader(metric_exporter))
+        stop.append(metric_exporter.shutdown)
+        exported.append("metrics")
+    if traces_on:
+        exporter = OTLPSpanExporter()
         provider = TracerProvider(resource=resource, sampler=chosen, shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         flush.append(provider.shutdown)
-        stop += [exporter.shutdown, metric_exporter.shutdown]
-        log.info(
-            "exporting traces and metrics over OTLP as service %s, sampler %s",
-            service_name,
-            provider.sampler.get_description(),
-        )
+        stop.append(exporter.shutdown)
+        exported.insert(0, f"traces (sampler {provider.sampler.get_description()})")
+    if exported:
+        # Only now: what the SDK says of the OTEL_* settings as it builds these is left whole.
+        failures = ExportFailureLog()
+        for name in EXPORT_LOGGERS:
+            logging.getLogger(name).addFilter(failures)
+        log.info("exporting %s over OTLP as service %s", " and ".join(exported), service_name)
     if all_readers:
         meters = MeterProvider(
-            resource=resource, metric_readers=all_readers, shutdown_on_exit=not on
+            resource=resource, metric_readers=all_readers, shutdown_on_exit=not metrics_on
         )
         metrics.set_meter_provider(meters)
-        if on:
+        if metrics_on:
             flush.append(meters.shutdown)
     if flush:
         atexit.register(shutdown, flush, stop, EXIT_FLUSH_TIMEOUT)
-    return on
+    return traces_on
 
 
 def shutdown(

@@ -7,10 +7,14 @@ have it dropped costs a consumer ~10-17 us per event, more than the rest of an a
 delivery, so under this sampler the consumer takes the same decisions itself first
 (`installed_ratio`, `not_sampled`) and starts a span only for the events it keeps. A root it
 keeps carries `ATTR_SAMPLING_RATIO`, which tells the sampler the draw is made.
+
+`remote_context` reads a traceparent exactly as the SDK's W3C propagator does, so these shortcuts
+(and the relay's) take a header for a parent only when the SDK would.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +32,13 @@ from opentelemetry.util.types import Attributes
 
 ATTR_SAMPLING_RATIO = "conveyor.sampling.ratio"
 """On a root span the consumer drew for itself: the ratio it was drawn at."""
-_TRACEPARENT_LENGTH = 55
+_TRACEPARENT = re.compile(
+    r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)\n?"
+)
+"""TraceContextTextMapPropagator's pattern (`^...$` under re.search), for re.fullmatch."""
+_TRACEPARENT_MAXIMUM_LENGTH = 512
+_INVALID_TRACE_ID = "0" * 32
+_INVALID_SPAN_ID = "0" * 16
 
 
 class LinkedOrRatio(Sampler):
@@ -77,23 +87,35 @@ def installed_ratio() -> float | None:
     return sampler.ratio if isinstance(sampler, ConveyorSampler) else None
 
 
-def not_sampled(traceparent: str) -> SpanContext | None:
-    """The span context of a well-formed W3C traceparent whose sampled flag is clear (a parent
-    the sampler would drop every child of); None for any other."""
+def remote_context(traceparent: str, sampled: bool | None = None) -> SpanContext | None:
+    """The remote span context of a W3C traceparent, None where the SDK's propagator
+    (opentelemetry.trace.propagation.tracecontext) would ignore it: longer than 512 characters,
+    not lower-case hex in the 2-32-16-2 layout (blanks and tabs around it allowed), an all-zero
+    trace or span id, version ff, or version 00 with anything after the flags but blanks. With
+    `sampled` given, also None where the sampled flag is not that (checked before the context
+    is built: that is most of the cost)."""
+    if len(traceparent) > _TRACEPARENT_MAXIMUM_LENGTH:
+        return None
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
     if (
-        len(traceparent) != _TRACEPARENT_LENGTH
-        or traceparent[2] != "-"
-        or traceparent[35] != "-"
-        or traceparent[52] != "-"
-        or traceparent.startswith("ff")
+        trace_id == _INVALID_TRACE_ID
+        or span_id == _INVALID_SPAN_ID
+        or version == "ff"
+        or (version == "00" and rest)
     ):
         return None
-    try:
-        flags = int(traceparent[53:], 16)
-        trace_id = int(traceparent[3:35], 16)
-        span_id = int(traceparent[36:52], 16)
-    except ValueError:
+    trace_flags = int(flags, 16)
+    if sampled is not None and bool(trace_flags & TraceFlags.SAMPLED) is not sampled:
         return None
-    if flags & TraceFlags.SAMPLED or not trace_id or not span_id:
-        return None
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+    return SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(trace_flags)
+    )
+
+
+def not_sampled(traceparent: str) -> SpanContext | None:
+    """The span context of a traceparent the SDK takes (`remote_context`) whose sampled flag is
+    clear (a parent the sampler would drop every child of); None for any other."""
+    return remote_context(traceparent, sampled=False)

@@ -295,3 +295,14 @@ def test_a_bad_sample_ratio_stops_the_start_naming_the_variable(case: Case) -> N
         "conveyor: error: invalid CONVEYOR_TRACE_SAMPLE_RATIO='5%': use a number from 0 to 1"
         in (done.stderr)
     )
+
+
+def test_relay_replay_refuses_a_bad_ratio_as_a_usage_error_like_the_relay(case: Case) -> None:
+    env = case.env | {"CONVEYOR_TRACE_SAMPLE_RATIO": "2"}
+    relay = run_conveyor(["relay", "--schema", case.schema], env, timeout=60)
+    assert relay.returncode == 2, relay.stdout + relay.stderr
+    replay = run_conveyor(["relay", "replay", "--since", "1h", "--dry-run"], env)
+    output = replay.stdout + replay.stderr
+    assert "CONVEYOR_TRACE_SAMPLE_RATIO" in output
+    assert "Traceback" not in output, output[-1500:]
+    assert replay.returncode == 2, output[-1500:]

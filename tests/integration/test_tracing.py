@@ -16,6 +16,7 @@ from conveyor import telemetry, wire
 from conveyor.identity.v1 import events_pb2
 from conveyor.v1 import event_pb2
 from relay import enqueue
+from relay import spans as relay_spans
 from relay.spans import publish_traced
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
@@ -195,3 +196,40 @@ async def test_a_batch_span_links_at_most_the_cap_and_counts_the_rest(
     per_event = [s for s in finished if s is not batch]
     assert len(per_event) == n, "one per sampled event, none for the unsampled one"
     assert {(s.context.trace_id, s.parent.span_id) for s in per_event if s.parent} == set(parents)
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["sdk-tracer", "proxy-tracer"])
+async def test_links_dropped_counts_what_the_configured_limit_leaves_out(
+    monkeypatch: pytest.MonkeyPatch, proxied: bool
+) -> None:
+    """With OTEL_SPAN_LINK_COUNT_LIMIT below the cap, the SDK keeps that many links and
+    conveyor.links.dropped counts the rest, also through the proxy tracer the relay holds when
+    it got its tracer before the provider was installed."""
+    monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "10")
+    out = InMemorySpanExporter()
+    provider = TracerProvider()  # reads the standard limits from the environment
+    provider.add_span_processor(SimpleSpanProcessor(out))
+    tracer: trace.Tracer = provider.get_tracer(telemetry.TRACER)
+    if proxied:
+        proxy = trace.ProxyTracer(telemetry.TRACER)
+        proxy._real_tracer = tracer
+        tracer = proxy
+    monkeypatch.setattr(relay_spans, "_tracer", tracer)
+    n = 25
+    rows = [
+        (i, uuid.uuid4(), "identity", "t", "a", f"00-{i + 1:032x}-{i + 1:016x}-01", b"")
+        for i in range(n)
+    ]
+
+    async def publish(_rows: object) -> dict[str, int]:
+        return {"k": n}
+
+    await publish_traced(publish, rows, name=telemetry.SPAN_RELAY_PUBLISH, attributes={})
+    (batch,) = [s for s in out.get_finished_spans() if s.parent is None]
+    assert batch.attributes is not None
+    linked = len(batch.links)
+    assert linked == 10, "the SDK keeps its configured limit"
+    assert batch.attributes.get(telemetry.ATTR_LINKS_DROPPED, 0) == n - linked, (
+        f"{n} sampled events, {linked} linked, but conveyor.links.dropped="
+        f"{batch.attributes.get(telemetry.ATTR_LINKS_DROPPED)}"
+    )
