@@ -102,7 +102,8 @@ OPERATION_PROCESS: Final = "process"
 # Conveyor's own span attributes.
 ATTR_ATTEMPT: Final = "conveyor.attempt"
 ATTR_LINKS_DROPPED: Final = "conveyor.links.dropped"
-"""Sampled producer contexts a batch span could not link, past MAX_SPAN_LINKS."""
+"""Sampled producer contexts a batch span could not link, past its cap (MAX_SPAN_LINKS, or the
+SDK's OTEL_SPAN_LINK_COUNT_LIMIT when lower)."""
 ATTR_RETRY_DELAY: Final = "conveyor.retry.delay_s"
 ATTR_DEAD_LETTER_REASON: Final = "conveyor.dead_letter.reason"
 ATTR_DEAD_LETTER_ENTRY: Final = "conveyor.dead_letter.entry_id"
