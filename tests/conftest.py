@@ -88,8 +88,10 @@ def migrated_schema(database_url: str, schema: str) -> str:
 
 
 @pytest.fixture
-def key_prefix(redis_url: str) -> Iterator[str]:
-    """A fresh Redis key prefix; every key under it is deleted after the test."""
+def key_prefix(database_url: str, redis_url: str) -> Iterator[str]:
+    """A fresh key prefix (a deployment of its own); after the test every Redis key under it is
+    deleted, and so is every catalog row of it (registry, dead letters, cursors): a process a
+    test killed cannot unregister itself."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     yield prefix
 
@@ -101,8 +103,31 @@ def key_prefix(redis_url: str) -> Iterator[str]:
                 await r.delete(k)
         finally:
             await r.aclose()
+        await delete_catalog_rows(database_url, prefix)
 
     asyncio.run(clean())
+
+
+async def delete_catalog_rows(database_url: str, prefix: str) -> None:
+    """Delete the catalog rows of deployment `prefix`, in whichever catalog tables exist."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for table, column in (
+            ("dead_letters", "dlq_stream"),
+            ("dead_letter_cursors", "dlq_stream"),
+            ("consumers", "key_prefix"),
+            ("relays", "key_prefix"),
+        ):
+            if await conn.fetchval("SELECT to_regclass($1)", f"conveyor.{table}") is None:
+                continue
+            if column == "key_prefix":
+                await conn.execute(f"DELETE FROM conveyor.{table} WHERE key_prefix = $1", prefix)
+            else:
+                await conn.execute(
+                    f"DELETE FROM conveyor.{table} WHERE {column} LIKE $1", prefix + ":%"
+                )
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
