@@ -90,7 +90,7 @@ def migrated_schema(database_url: str, schema: str) -> str:
 @pytest.fixture
 def key_prefix(database_url: str, redis_url: str) -> Iterator[str]:
     """A fresh key prefix (a deployment of its own); after the test every Redis key under it is
-    deleted, and so is every catalog row of it (registry, dead letters, cursors): a process a
+    deleted, and so is every catalog row of it (registry, dead letters, cursors, audit): a process a
     test killed cannot unregister itself."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     yield prefix
@@ -117,6 +117,7 @@ async def delete_catalog_rows(database_url: str, prefix: str) -> None:
             ("dead_letter_cursors", "dlq_stream"),
             ("consumers", "key_prefix"),
             ("relays", "key_prefix"),
+            ("audit", "key_prefix"),
         ):
             if await conn.fetchval("SELECT to_regclass($1)", f"conveyor.{table}") is None:
                 continue
