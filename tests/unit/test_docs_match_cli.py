@@ -4,11 +4,13 @@ is one a command uses, every metric name is exported, and no document speaks of 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from admin.cli.durations import parse_since
 from tests.unit import docs_support as docs
 from tests.unit.docs_support import Known, Problem
 
@@ -112,3 +114,24 @@ def test_the_checks_find_every_unknown_thing_with_its_line() -> None:
         "docs/bad.md:24: speaks of 'Step 3'",
         "docs/bad.md:24: speaks of 'steps 1'",
     ]
+
+
+def test_every_time_the_docs_pass_to_since_or_until_is_one_the_cli_takes() -> None:
+    # The check above knows flags, not their values: `--since "24h ago"` passed it and failed.
+    values = [
+        (doc.relative_to(docs.ROOT).as_posix(), m[1], m[2])
+        for doc in docs.DOCS
+        for m in re.finditer(
+            r"(--since|--until)[ =](\"[^\"]*\"|'[^']*'|[^\s`|]+)", doc.read_text(encoding="utf-8")
+        )
+    ]
+    assert len(values) >= 5, values
+    refused = []
+    for path, flag, value in values:
+        if value.isupper() or value.startswith("<"):  # a placeholder such as TIME
+            continue
+        try:
+            parse_since(value.strip("\"'"))
+        except ValueError as exc:
+            refused.append(f"{path}: {flag} {value}: {exc}")
+    assert not refused, "\n".join(refused)
