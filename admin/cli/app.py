@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from admin.cli import consume, dlq, help_layout, migrate, monitoring, options, relay, token
+from admin.cli import bench, consume, dlq, help_layout, migrate, monitoring, options, relay, token
 from admin.errors import AdminError
 
 help_layout.install()  # `--help` keeps every option and variable name whole at 80 columns
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(migrate.app, name="migrate", help="Create and upgrade Conveyor's tables.")
 app.add_typer(relay.app, name="relay")
 app.command("consume")(consume.consume)
+app.command("bench")(bench.bench)
 app.add_typer(dlq.app, name="dlq")
 monitoring.register(app)
 app.add_typer(token.app, name="token")
