@@ -122,6 +122,7 @@ async def relay(bench: Bench) -> list[Figure]:
             await yardstick.relay_rate(bench.database_url, bench.redis_url, z.events, z.batch)
         )
         ours.append(await relay_round(bench, z.events))
+    bench.shared["relay_rate"] = statistics.median(ours)
     return [
         Figure(
             "relay",
@@ -150,6 +151,7 @@ async def consumer(bench: Bench) -> list[Figure]:
                 )
             )
             ours.append(await consumer_round(bench, form, z.events))
+        bench.shared[f"consumer_rate:{form}"] = statistics.median(ours)
         out.append(
             Figure(
                 "consumer",
