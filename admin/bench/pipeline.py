@@ -1,0 +1,215 @@
+"""The full pipeline: producers, `conveyor relay` and `conveyor consume` running at once on one
+scratch. Its maximum sustained rate against the slower stage alone, and the running pipeline
+and everyday load the CPU and ops scenarios measure on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from admin.bench import load, throughput
+from admin.bench.harness import Bench, Proc, Progress, Scratch
+from admin.bench.meter import CpuCost, CpuMeter
+from admin.bench.model import Figure, Target
+from conveyor import redis_client
+
+STALL_SECONDS = 60.0
+"""Give up when no event has been applied for this long (a stuck run stops by itself)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A relay and an exactly-once per-event consumer running on one scratch."""
+
+    scratch: Scratch
+    relay: Proc
+    consumer: Proc
+    redis: Any
+
+    @property
+    def procs(self) -> tuple[Proc, Proc]:
+        return self.relay, self.consumer
+
+    async def applied(self) -> int:
+        """Events the consumer has applied (its group acknowledges only after COMMIT)."""
+        try:
+            groups = await self.redis.xinfo_groups(self.scratch.stream)
+        except ResponseError:  # no stream yet
+            return 0
+        if not groups:
+            return 0
+        return int(groups[0]["entries-read"] or 0) - int(groups[0]["pending"])
+
+    async def wait_applied(
+        self, n: int, progress: Progress | None = None, load: Load | None = None
+    ) -> float:
+        """Wait until `n` events are applied; time.monotonic() when they were seen to be.
+        RuntimeError when a process exits or nothing is applied for STALL_SECONDS; what the
+        producers of `load` raised, if they fail meanwhile."""
+        last, since = -1, time.monotonic()
+        while True:
+            if load is not None:
+                load.check()
+            for name, proc in (("relay", self.relay), ("consumer", self.consumer)):
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"the {name} exited with {proc.popen.returncode}")
+            done = await self.applied()
+            now = time.monotonic()
+            if progress is not None:
+                progress.advance(done)
+            if done >= n:
+                return now
+            if done != last:
+                last, since = done, now
+            elif now - since > STALL_SECONDS:
+                raise RuntimeError(f"the pipeline stalled at {done:,} of {n:,} events applied")
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def running(bench: Bench, env: dict[str, str] | None = None) -> AsyncIterator[Running]:
+    """A fresh scratch with `conveyor relay` and `conveyor consume` (router `per_event`,
+    exactly-once) on it; both are stopped and the scratch removed on the way out."""
+    async with bench.scratch() as s:
+        started = await asyncio.gather(
+            asyncio.to_thread(bench.relay, s, env=env),
+            asyncio.to_thread(bench.consume, s, "per_event", "--mode", "exactly-once", env=env),
+            return_exceptions=True,
+        )
+        procs = [p for p in started if isinstance(p, Proc)]
+        r = redis_client.connect(bench.redis_url)
+        try:
+            for outcome in started:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            yield Running(s, procs[0], procs[1], r)
+        finally:
+            await r.aclose()
+            await asyncio.gather(*(asyncio.to_thread(p.stop) for p in procs))
+
+
+@dataclass(slots=True)
+class Load:
+    """Producers running in the background: what they committed so far, when the first COMMIT
+    returned, and their PostgreSQL backends (left out of CPU figures)."""
+
+    committed: int = 0
+    first_ns: int | None = None
+    """time.monotonic_ns() when the first COMMIT returned."""
+    backends: set[int] = field(default_factory=set)
+    task: asyncio.Task[int] | None = None
+
+    def count(self, ids: Sequence[uuid.UUID], ns: int) -> None:
+        if self.first_ns is None:
+            self.first_ns = ns
+        self.committed += len(ids)
+
+    def check(self) -> None:
+        """Raise what the producers raised, if they failed."""
+        if self.task is not None and self.task.done():
+            self.task.result()
+
+
+@asynccontextmanager
+async def producing(
+    bench: Bench,
+    run: Running,
+    *,
+    rate: float | None,
+    per_txn: int,
+    connections: int,
+    total: int | None = None,
+) -> AsyncIterator[Load]:
+    """Producers committing `per_txn` events per transaction on `connections` connections at
+    `rate` events/s in all (None: flat out) until `total` are written or the block ends."""
+    state = Load()
+    stop = asyncio.Event()
+    state.task = asyncio.create_task(
+        load.produce(
+            bench.database_url,
+            run.scratch,
+            rate=rate,
+            per_txn=per_txn,
+            connections=connections,
+            total=total,
+            stop=stop,
+            on_commit=state.count,
+            backend_pids=state.backends,
+        )
+    )
+    try:
+        yield state
+    finally:
+        stop.set()
+        await state.task
+
+
+def everyday_load(bench: Bench, run: Running, rate: float) -> AbstractAsyncContextManager[Load]:
+    """Paced producers in the everyday shape: one event per transaction on 4 connections."""
+    return producing(bench, run, rate=rate, per_txn=1, connections=4)
+
+
+async def max_sustained_rate(bench: Bench) -> float:
+    """Events/s the whole pipeline applies with producers committing flat out, 100 events per
+    transaction on 2 connections; measured once per run (bench.shared["max_rate"]), with what
+    it cost in CPU (bench.shared["cpu_at_max"])."""
+    if "max_rate" not in bench.shared:
+        rate, cost = await _flat_out(bench, bench.sizes.pipeline_events)
+        bench.shared["max_rate"] = rate
+        bench.shared["cpu_at_max"] = cost
+    return float(bench.shared["max_rate"])
+
+
+async def _flat_out(bench: Bench, n: int) -> tuple[float, CpuCost]:
+    async with running(bench) as run:
+        bench.progress.stage(
+            f"pipeline: {n:,} events, 100 per transaction on 2 connections, flat out", n
+        )
+        meter = CpuMeter(run.procs, bench.database_url)
+        meter.start()
+        started = time.monotonic()
+        async with producing(bench, run, rate=None, per_txn=100, connections=2, total=n) as flat:
+            done = await run.wait_applied(n, bench.progress, flat)
+            cost = meter.stop(n, done - started, flat.backends)
+        assert flat.first_ns is not None
+        return n / max(done - flat.first_ns / 1e9, 1e-3), cost
+
+
+async def run(bench: Bench) -> list[Figure]:
+    """The full pipeline's maximum sustained rate as a ratio to the slower stage alone."""
+    z = bench.sizes
+    rate = await max_sustained_rate(bench)
+    relay_rate = bench.shared.get("relay_rate")
+    consumer_rate = bench.shared.get("consumer_rate:per-event")
+    where = "from this run's relay and consumer scenarios"
+    if relay_rate is None or consumer_rate is None:
+        where = f"measured here, {z.events:,} events each"
+    if relay_rate is None:
+        relay_rate = await throughput.relay_round(bench, z.events)
+    if consumer_rate is None:
+        consumer_rate = await throughput.consumer_round(bench, "per-event", z.events)
+    slower, name = min(
+        (float(relay_rate), "relay alone"),
+        (float(consumer_rate), "exactly-once per-event consumer alone"),
+    )
+    return [
+        Figure(
+            "pipeline",
+            "full pipeline",
+            rate,
+            "events/s",
+            slower,
+            name,
+            Target("ratio>=", 0.6),
+            f"{z.pipeline_events:,} events, 100 per transaction on 2 connections, first commit"
+            f" to last applied; stages alone ({where}): relay {relay_rate:,.0f}/s,"
+            f" per-event consumer {consumer_rate:,.0f}/s",
+        )
+    ]
