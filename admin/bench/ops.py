@@ -46,6 +46,7 @@ async def run(bench: Bench) -> list[Figure]:
             async with running(bench, env={"CONVEYOR_TOKENS_FILE": str(tokens)}) as pipe:
                 ports = probe.Ports(pipe.consumer.port, pipe.relay.port, floor_port)
                 idle = await _timed(bench, caller, ports, token, "no load")
+                bench.progress.stage(f"ops: {rate:,.0f} events/s, warming up")
                 async with everyday_load(bench, pipe, rate) as paced:
                     await asyncio.sleep(WARM_UP)
                     committed, started = paced.committed, time.monotonic()

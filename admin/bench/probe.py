@@ -34,6 +34,8 @@ WARM_UP_ROUNDS = 3
 
 @dataclass(frozen=True, slots=True)
 class Ports:
+    """Where the consumer, the relay and the floor server listen on 127.0.0.1."""
+
     consumer: int
     relay: int
     floor: int
@@ -97,9 +99,12 @@ def time_calls(ports: Ports, token: str, rounds: int) -> list[list[float]]:
     out: list[list[float]] = [[] for _ in calls]
     try:
         for n in range(WARM_UP_ROUNDS + rounds):
-            for samples, call in zip(out, calls, strict=True):
+            for name, samples, call in zip(CALLS, out, calls, strict=True):
                 started = time.perf_counter()
-                call()
+                try:
+                    call()
+                except grpc.RpcError as exc:  # one that pickles, to cross back to the bench
+                    raise RuntimeError(f"{name}: {exc.code()} {exc.details()}") from None
                 if n >= WARM_UP_ROUNDS:
                     samples.append((time.perf_counter() - started) * 1000)
                 time.sleep(GAP)
