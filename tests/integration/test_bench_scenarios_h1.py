@@ -25,6 +25,7 @@ def _sane(f: Figure) -> None:
 
 async def test_pipeline_and_cpu_report_every_figure(database_url: str, redis_url: str) -> None:
     bench = Bench(database_url, redis_url, TINY)
+    bench.shared["relay_rate"] = 20_000.0  # as if the relay scenario had run before
 
     figures, _ = await runner.run(bench, ["pipeline", "cpu"])
 
@@ -36,7 +37,8 @@ async def test_pipeline_and_cpu_report_every_figure(database_url: str, redis_url
     )
     assert pipeline.baseline_name in ("relay alone", "exactly-once per-event consumer alone")
     assert str(pipeline.target) == ">= 0.6x"
-    assert "measured here" in pipeline.detail  # no throughput scenario ran before it
+    assert "relay alone 20,000/s (this run's scenario)" in pipeline.detail
+    assert "consumer alone" in pipeline.detail and "measured here" in pipeline.detail
     assert [(f.scenario, f.name, f.unit, str(f.target)) for f in cpu] == [
         ("cpu", "CPU per 1,000 events at 100 %", "ms CPU / 1,000 events", "None"),
         ("cpu", "CPU per 1,000 events at 50 %", "ms CPU / 1,000 events", "<= 1.3x"),
