@@ -30,7 +30,8 @@ async def run(bench: Bench) -> list[Figure]:
             at_max.per_1000(),
             UNIT,
             detail=f"{at_max.events:,} events flat out ({maximum:,.0f}/s), 100 per transaction"
-            f" on 2 connections; {at_max.split()}",
+            f" on 2 connections; {at_max.split()} (postgres: the backends serving relay and"
+            " consumer and the server's own processes; redis: the whole server)",
         )
     ]
     async with running(bench) as pipe:

@@ -54,8 +54,9 @@ async def run(bench: Bench) -> list[Figure]:
                     achieved = (paced.committed - committed) / (time.monotonic() - started)
         finally:
             await asyncio.to_thread(_stop, floor)
-    load = f"load {rate:,.0f} events/s offered ({LOAD_SHARE * 100:.0f} % of {maximum:,.0f}), " + (
-        f"{achieved:,.0f}/s achieved, one per transaction on 4 connections"
+    load = (
+        f"load {rate:,.0f} events/s offered ({LOAD_SHARE * 100:.0f} % of {maximum:,.0f}),"
+        f" {achieved:,.0f}/s achieved, one per transaction on 4 connections"
     )
     return _figures(bench, busy, load) + _figures(bench, idle, None)
 
@@ -85,7 +86,7 @@ def _figures(bench: Bench, samples: list[list[float]], load: str | None) -> list
     floor = samples[-1]
     how = f"{bench.sizes.ops_calls:,} calls each, interleaved ~3 ms apart from one caller process"
     out = []
-    for name, times in zip(probe.CALLS, samples[:-1], strict=False):
+    for name, times in zip(probe.CALLS[:-1], samples[:-1], strict=True):
         p50 = f"p50 {statistics.median(times):.2f} ms (bare {statistics.median(floor):.2f} ms)"
         out.append(
             Figure(
