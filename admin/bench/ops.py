@@ -55,8 +55,8 @@ async def run(bench: Bench) -> list[Figure]:
         finally:
             await asyncio.to_thread(_stop, floor)
     load = (
-        f"load {rate:,.0f} events/s offered ({LOAD_SHARE * 100:.0f} % of {maximum:,.0f}),"
-        f" {achieved:,.0f}/s achieved, one per transaction on 4 connections"
+        f"load {achieved:,.0f}/s achieved of {rate:,.0f}/s offered"
+        f" ({LOAD_SHARE * 100:.0f} % of {maximum:,.0f}), one event per transaction"
     )
     return _figures(bench, busy, load) + _figures(bench, idle, None)
 
@@ -84,10 +84,10 @@ def _figures(bench: Bench, samples: list[list[float]], load: str | None) -> list
     """One figure per Conveyor target: its p99 against the bare server's. Under load the target
     is that ratio; with no load (`load` None) an absolute 5 ms."""
     floor = samples[-1]
-    how = f"{bench.sizes.ops_calls:,} calls each, interleaved ~3 ms apart from one caller process"
+    how = f"{bench.sizes.ops_calls:,} calls each from one caller, interleaved ~3 ms apart"
     out = []
     for name, times in zip(probe.CALLS[:-1], samples[:-1], strict=True):
-        p50 = f"p50 {statistics.median(times):.2f} ms (bare {statistics.median(floor):.2f} ms)"
+        p50 = f"p50 {statistics.median(times):.2f} ms, bare {statistics.median(floor):.2f} ms"
         out.append(
             Figure(
                 "ops",
