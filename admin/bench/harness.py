@@ -73,6 +73,10 @@ class Bench:
     redis_url: str
     sizes: Sizes = field(default_factory=Sizes)
     progress: Progress = field(default_factory=Silent)
+    traced: bool = False
+    """Events carry the traceparent of a sampled producer trace (what tracing costs)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to the environment of every `conveyor` process the bench starts."""
     shared: dict[str, Any] = field(default_factory=dict)
 
     @asynccontextmanager
@@ -143,6 +147,7 @@ class Bench:
             "CONVEYOR_LOG_LEVEL": "info",
             "CONVEYOR_GRPC_ADDR": "127.0.0.1:0",
             "CONVEYOR_BENCH_SCHEMA": scratch.schema,
+            **self.env,
             **(env or {}),
         }
         return Proc.start([*PYTHON_CONVEYOR, *args], full_env)

@@ -33,7 +33,7 @@ async def relay_round(bench: Bench, n: int) -> float:
     outbox's own published_at stamps (first to last claim: process start-up not counted)."""
     async with bench.scratch() as s:
         bench.progress.stage(f"relay: filling the outbox with {n:,} events", n)
-        await load.fill_outbox(bench.database_url, s, n)
+        await load.fill_outbox(bench.database_url, s, n, traced=bench.traced)
         proc = bench.relay(s)
         try:
             await wait_until(bench, s, n, unpublished=True)
@@ -79,7 +79,7 @@ async def consumer_round(bench: Bench, form: str, n: int) -> float:
     name, router, mode, _ = CONSUMER_FORMS[form]
     async with bench.scratch() as s:
         bench.progress.stage(f"consumer {name}: filling the stream with {n:,} events")
-        await load.fill_stream(bench.redis_url, s, n)
+        await load.fill_stream(bench.redis_url, s, n, traced=bench.traced)
         bench.progress.stage(f"consumer {name}: draining {n:,} events", n)
         proc = bench.consume(s, router, "--mode", mode)
         try:
