@@ -199,6 +199,8 @@ def bench(
     if json_out:
         print(report.document(figures, sizes, seconds=seconds, machine=machine))
     else:
-        report.print_table(figures, Console(), seconds=seconds)
+        # Piped or redirected, the table keeps its width rather than folding into 80 columns.
+        console = Console() if sys.stdout.isatty() else Console(width=150)
+        report.print_table(figures, console, seconds=seconds)
     if strict and any(f.met is False for f in figures):
         raise typer.Exit(3)
