@@ -48,26 +48,31 @@ YARDSTICK_SHA256 = "ba3cfe57c09b7ce111c7863bb317d304d09200f13aa83945e3bc66820e90
 
 
 def bench(database_url: str, redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`conveyor bench ARGS`, finished; its pid is the completed process's `pid` attribute."""
     env = {
         **os.environ,
         "CONVEYOR_DATABASE_URL": database_url,
         "CONVEYOR_REDIS_URL": redis_url,
     }
-    return subprocess.run(
+    with subprocess.Popen(
         [*PYTHON_CONVEYOR, "bench", *args],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
-        check=False,
-    )
+    ) as proc:
+        out, err = proc.communicate(timeout=600)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    done.pid = proc.pid  # type: ignore[attr-defined]
+    return done
 
 
-async def leftovers(database_url: str) -> list[str]:
+async def leftovers(database_url: str, pid: int) -> list[str]:
+    """Scratch schemas the bench process `pid` left (they are named after it)."""
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench\\_%' OR nspname = 'yard'"
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", f"bench\\_{pid}\\_%"
         )
     finally:
         await conn.close()
@@ -77,7 +82,6 @@ async def leftovers(database_url: str) -> list[str]:
 async def test_every_scenario_reports_its_figures_as_json(
     database_url: str, redis_url: str, redis_client: object
 ) -> None:
-    before = await leftovers(database_url)
     done = bench(database_url, redis_url, "--json", "--only", ",".join(LANDED), *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(done.stdout)
@@ -112,8 +116,10 @@ async def test_every_scenario_reports_its_figures_as_json(
     assert len(judged) >= 2, judged
     # Progress goes to stderr, never into the JSON on stdout.
     assert "relay" in done.stderr
-    assert await leftovers(database_url) == before
-    assert not [k async for k in redis_client.scan_iter(match="bench*")]  # type: ignore[attr-defined]
+    pid = done.pid  # type: ignore[attr-defined]
+    assert await leftovers(database_url, pid) == []
+    keys = redis_client.scan_iter(match=f"bench{pid}_*")  # type: ignore[attr-defined]
+    assert not [k async for k in keys]
 
 
 @pytest.mark.parametrize(
