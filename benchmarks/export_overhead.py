@@ -10,9 +10,10 @@ Set-ups, run interleaved round by round so the machine's drift hits each alike:
            enqueued outside a trace, so only roots at CONVEYOR_TRACE_SAMPLE_RATIO's default
   full     OTLP export, every event carrying the traceparent of a sampled producer trace and
            CONVEYOR_TRACE_SAMPLE_RATIO=1: a span per event in the relay and in the consumer
-`relay` runs benchmarks/relay_throughput.py's round (the real `conveyor relay` process);
-`per-event` and `at-least-once` run benchmarks/consumer_throughput.py's rounds, one process per
-round. Prints each figure, the medians and their ratios to `off`; never asserts.
+`relay` runs `conveyor bench`'s relay round (a real `conveyor relay` process draining a
+pre-filled outbox); `per-event` and `at-least-once` its consumer rounds (a real `conveyor consume`
+process draining a pre-filled stream). Prints each figure, the medians and their ratios to `off`;
+never asserts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -29,7 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import relay_throughput
+from admin.bench import throughput
+from admin.bench.harness import Bench
+from conveyor import database, wire
 
 HERE = Path(__file__).resolve().parent
 SETUPS = ("off", "default", "full")
@@ -64,34 +66,20 @@ def environment(setup: str, endpoint: str) -> dict[str, str]:
     return env
 
 
-def consumer_round(kind: str, n: int, env: dict[str, str], traced: bool) -> float:
-    cmd = [
-        sys.executable,
-        str(HERE / "consumer_throughput.py"),
-        "--only",
-        kind,
-        "--events",
-        str(n),
-        "--rounds",
-        "1",
-        "--conveyor-only",
-        *(["--traced"] if traced else []),
-    ]
-    out = subprocess.run(
-        cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True
-    ).stdout
-    m = re.search(rf"^conveyor consumer_eps\[{kind}\] (\d+).*$", out, re.MULTILINE)
-    assert m, out
-    print(m[0])
-    return float(m[1])
-
-
 def run_round(what: str, setup: str, n: int, endpoint: str) -> float:
-    env, traced = environment(setup, endpoint), setup == "full"
     print(f"-- {what} [{setup}]", flush=True)
+    bench = Bench(
+        os.environ.get("CONVEYOR_DATABASE_URL", database.DEFAULT_DATABASE_URL),
+        os.environ.get("CONVEYOR_REDIS_URL", wire.DEFAULT_REDIS_URL),
+        traced=setup == "full",
+        env=environment(setup, endpoint),
+    )
     if what == "relay":
-        return asyncio.run(relay_throughput.conveyor_round(n, 1000, env=env, traced=traced))
-    return consumer_round(what, n, env, traced)
+        rate = asyncio.run(throughput.relay_round(bench, n))
+    else:
+        rate = asyncio.run(throughput.consumer_round(bench, what, n))
+    print(f"{what} [{setup}] {rate:.0f}/s ({n} events)")
+    return rate
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -21,9 +22,11 @@ import uuid
 import asyncpg
 
 from admin import migrations
+from conveyor import database
 from conveyor.identity.v1 import events_pb2
 from relay import enqueue
-from yardstick import DB
+
+DB = os.environ.get("CONVEYOR_DATABASE_URL", database.DEFAULT_DATABASE_URL)
 
 TRIGGER = "conveyor_outbox_notify"
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Set
 from contextlib import asynccontextmanager
@@ -73,11 +74,15 @@ class Bench:
     redis_url: str
     sizes: Sizes = field(default_factory=Sizes)
     progress: Progress = field(default_factory=Silent)
+    traced: bool = False
+    """Events carry the traceparent of a sampled producer trace (what tracing costs)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to the environment of every `conveyor` process the bench starts."""
     shared: dict[str, Any] = field(default_factory=dict)
 
     @asynccontextmanager
     async def scratch(self) -> AsyncIterator[Scratch]:
-        tag = uuid.uuid4().hex[:8]
+        tag = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"  # the pid: whose run left what
         s = Scratch(schema=f"bench_{tag}", prefix=f"bench{tag}")
         try:
             await asyncio.to_thread(migrations.upgrade, self.database_url, s.schema)
@@ -143,6 +148,7 @@ class Bench:
             "CONVEYOR_LOG_LEVEL": "info",
             "CONVEYOR_GRPC_ADDR": "127.0.0.1:0",
             "CONVEYOR_BENCH_SCHEMA": scratch.schema,
+            **self.env,
             **(env or {}),
         }
         return Proc.start([*PYTHON_CONVEYOR, *args], full_env)
@@ -181,6 +187,28 @@ class Bench:
             *args,
             env=env,
         )
+
+
+STALL_SECONDS = 60.0
+"""A wait that sees no progress for this long stops the bench (a stuck process, a lost
+server) rather than waiting forever."""
+
+
+class Stall:
+    """Raises RuntimeError from `check` when the count it is shown stops growing."""
+
+    def __init__(self, what: str, seconds: float = STALL_SECONDS) -> None:
+        self._what = what
+        self._seconds = seconds
+        self._best = -1
+        self._since = time.monotonic()
+
+    def check(self, done: int) -> None:
+        now = time.monotonic()
+        if done > self._best:
+            self._best, self._since = done, now
+        elif now - self._since > self._seconds:
+            raise RuntimeError(f"{self._what}: no progress for {self._seconds:.0f} s at {done:,}")
 
 
 _LISTENING = re.compile(r"gRPC listening on [\d.]+:(\d+)")

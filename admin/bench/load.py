@@ -4,6 +4,7 @@ and publish straight to a stream (the relay's entry layout) for consumer-only sc
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,20 +21,29 @@ OnCommit = Callable[[Sequence[uuid.UUID], int], None]
 """Called after each producer COMMIT returns: the ids it wrote, time.monotonic_ns() then."""
 
 
-def events(scratch: Scratch, start: int, n: int) -> list[NewEvent]:
-    """`n` identity events (about 60 bytes each) numbered from `start`."""
+def sampled_traceparent() -> str:
+    """A W3C traceparent of a fresh, sampled trace: an event whose producer's trace is sampled."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def events(scratch: Scratch, start: int, n: int, *, traced: bool = False) -> list[NewEvent]:
+    """`n` identity events (about 60 bytes each) numbered from `start`; with `traced`, each
+    carries the traceparent of a sampled producer trace."""
     return [
         NewEvent(
             events_pb2.UserRegistered(user_id=f"user-{i}", email=f"u{i}@example.com"),
             "user",
             f"user-{i}",
             topic=scratch.topic,
+            headers={"traceparent": sampled_traceparent()} if traced else None,
         )
         for i in range(start, start + n)
     ]
 
 
-async def fill_outbox(database_url: str, scratch: Scratch, n: int, per_txn: int = 5000) -> None:
+async def fill_outbox(
+    database_url: str, scratch: Scratch, n: int, per_txn: int = 5000, *, traced: bool = False
+) -> None:
     """Write `n` events to the scratch's outbox, `per_txn` per transaction, then VACUUM
     ANALYZE it so the relay's claims plan as they would on a settled table."""
     conn = await asyncpg.connect(database_url)
@@ -41,14 +51,18 @@ async def fill_outbox(database_url: str, scratch: Scratch, n: int, per_txn: int 
         for start in range(0, n, per_txn):
             async with conn.transaction():
                 await enqueue_many(
-                    conn, events(scratch, start, min(per_txn, n - start)), schema=scratch.schema
+                    conn,
+                    events(scratch, start, min(per_txn, n - start), traced=traced),
+                    schema=scratch.schema,
                 )
         await conn.execute(f"VACUUM ANALYZE {scratch.schema}.outbox")
     finally:
         await conn.close()
 
 
-async def fill_stream(redis_url: str, scratch: Scratch, n: int, per_call: int = 1000) -> None:
+async def fill_stream(
+    redis_url: str, scratch: Scratch, n: int, per_call: int = 1000, *, traced: bool = False
+) -> None:
     """Publish `n` events straight to the scratch's stream, as the relay would."""
     r = redis_client.connect(redis_url)
     publisher = StreamPublisher(r, scratch.prefix)
@@ -64,7 +78,7 @@ async def fill_stream(redis_url: str, scratch: Scratch, n: int, per_call: int = 
                     aggregate_type="user",
                     aggregate_id=f"user-{i}",
                     occurred_at=None,
-                    headers={},
+                    headers={"traceparent": sampled_traceparent()} if traced else {},
                 )
                 rows.append(
                     (

@@ -10,7 +10,7 @@ import time
 import asyncpg
 
 from admin.bench import load, yardstick
-from admin.bench.harness import Bench, Proc, Scratch
+from admin.bench.harness import Bench, Proc, Scratch, Stall
 from admin.bench.model import Figure, Target
 from conveyor import redis_client
 
@@ -33,10 +33,10 @@ async def relay_round(bench: Bench, n: int) -> float:
     outbox's own published_at stamps (first to last claim: process start-up not counted)."""
     async with bench.scratch() as s:
         bench.progress.stage(f"relay: filling the outbox with {n:,} events", n)
-        await load.fill_outbox(bench.database_url, s, n)
+        await load.fill_outbox(bench.database_url, s, n, traced=bench.traced)
         proc = bench.relay(s)
         try:
-            await wait_until(bench, s, n, unpublished=True)
+            await wait_until(bench, s, n)
         finally:
             proc.stop()
         span, last = await _stamps(bench, s)
@@ -57,15 +57,17 @@ async def _stamps(bench: Bench, s: Scratch) -> tuple[float, int]:
     return float(row[0] or 0.0), int(row[1])
 
 
-async def wait_until(bench: Bench, s: Scratch, n: int, *, unpublished: bool) -> None:
+async def wait_until(bench: Bench, s: Scratch, n: int) -> None:
     """Wait for the relay to publish all `n` rows, showing progress."""
     conn = await asyncpg.connect(bench.database_url)
+    stall = Stall("the relay")
     try:
         while True:
             left = await conn.fetchval(
                 f"SELECT count(*) FROM {s.schema}.outbox WHERE published_at IS NULL"
             )
             bench.progress.advance(n - left)
+            stall.check(n - left)
             if not left:
                 return
             await asyncio.sleep(0.05)
@@ -79,7 +81,7 @@ async def consumer_round(bench: Bench, form: str, n: int) -> float:
     name, router, mode, _ = CONSUMER_FORMS[form]
     async with bench.scratch() as s:
         bench.progress.stage(f"consumer {name}: filling the stream with {n:,} events")
-        await load.fill_stream(bench.redis_url, s, n)
+        await load.fill_stream(bench.redis_url, s, n, traced=bench.traced)
         bench.progress.stage(f"consumer {name}: draining {n:,} events", n)
         proc = bench.consume(s, router, "--mode", mode)
         try:
@@ -93,6 +95,7 @@ async def drain_rate(bench: Bench, s: Scratch, n: int, proc: Proc) -> float:
     r = redis_client.connect(bench.redis_url)
     t0: float | None = None
     done0 = 0
+    stall = Stall("the consumer")
     try:
         while True:
             if proc.popen.poll() is not None:
@@ -103,6 +106,7 @@ async def drain_rate(bench: Bench, s: Scratch, n: int, proc: Proc) -> float:
             pending = int(groups[0]["pending"]) if groups else 0
             done = read - pending
             bench.progress.advance(done)
+            stall.check(done)
             if t0 is None and read > 0:
                 t0, done0 = now, done
             if read >= n and pending == 0:

@@ -69,6 +69,13 @@ def bench(
         bool,
         typer.Option("--json", help="Print one JSON document instead of the table."),
     ] = False,
+    traced: Annotated[
+        bool,
+        typer.Option(
+            help="Every event carries the trace context of a sampled producer trace: with "
+            "OTEL_EXPORTER_OTLP_ENDPOINT set, measures what tracing every event costs."
+        ),
+    ] = False,
     strict: Annotated[bool, typer.Option(help="Exit 3 when any figure misses its target.")] = False,
     events: Annotated[
         int, typer.Option(help="Events per relay and consumer round.", rich_help_panel=_SIZES)
@@ -177,7 +184,7 @@ def bench(
     from rich.console import Console
 
     with _Display(quiet=False) as display:
-        b = Bench(database_url, redis_url, sizes, display)
+        b = Bench(database_url, redis_url, sizes, display, traced=traced)
         try:
             machine = asyncio.run(runner.check_services(b))
         except (TimeoutError, OSError, RedisError) as exc:
@@ -192,6 +199,8 @@ def bench(
     if json_out:
         print(report.document(figures, sizes, seconds=seconds, machine=machine))
     else:
-        report.print_table(figures, Console(), seconds=seconds)
+        # Piped or redirected, the table keeps its width rather than folding into 80 columns.
+        console = Console() if sys.stdout.isatty() else Console(width=150)
+        report.print_table(figures, console, seconds=seconds)
     if strict and any(f.met is False for f in figures):
         raise typer.Exit(3)

@@ -28,7 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 """Every document a user reads."""
 
-TOOLING = (".ci/*", "tests/servers.py", "tests/conftest.py", "benchmarks/*.py")
+TOOLING = (
+    ".ci/*",
+    "tests/servers.py",
+    "tests/conftest.py",
+    "benchmarks/*.py",
+    "admin/bench/*.py",
+)
 """Where the variables of the test and development environment are read."""
 
 
