@@ -15,13 +15,10 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from admin.bench import load, throughput
-from admin.bench.harness import Bench, Proc, Progress, Scratch
+from admin.bench.harness import Bench, Proc, Progress, Scratch, Stall
 from admin.bench.meter import CpuMeter
 from admin.bench.model import Figure, Target
 from conveyor import redis_client
-
-STALL_SECONDS = 60.0
-"""Give up when no event has been applied for this long (a stuck run stops by itself)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +48,9 @@ class Running:
         self, n: int, progress: Progress | None = None, load: Load | None = None
     ) -> float:
         """Wait until `n` events are applied; time.monotonic() when they were seen to be.
-        RuntimeError when a process exits or nothing is applied for STALL_SECONDS; what the
+        RuntimeError when a process exits or nothing is applied for a minute; what the
         producers of `load` raised, if they fail meanwhile."""
-        last, since = -1, time.monotonic()
+        stall = Stall("the pipeline")
         while True:
             if load is not None:
                 load.check()
@@ -66,10 +63,7 @@ class Running:
                 progress.advance(done)
             if done >= n:
                 return now
-            if done != last:
-                last, since = done, now
-            elif now - since > STALL_SECONDS:
-                raise RuntimeError(f"the pipeline stalled at {done:,} of {n:,} events applied")
+            stall.check(done)
             await asyncio.sleep(0.02)
 
 
