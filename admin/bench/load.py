@@ -108,12 +108,20 @@ async def produce(
     stop: asyncio.Event | None = None,
     on_commit: OnCommit | None = None,
     backend_pids: set[int] | None = None,
+    wait_for_flush: bool = True,
 ) -> int:
     """Commit events to the outbox, `per_txn` per transaction over `connections` connections,
     at `rate` events/s in all (None: as fast as they go), until `seconds` pass, `total` events
     are written or `stop` is set; return how many were committed. `backend_pids` receives the
-    PostgreSQL backend pid of each producer connection (so CPU scenarios can leave it out)."""
+    PostgreSQL backend pid of each producer connection (so CPU scenarios can leave it out).
+    Without `wait_for_flush` the producers' COMMITs return before their WAL is flushed
+    (synchronous_commit off, for these connections only): one process of single-event
+    producers then offers thousands of events/s, as an application's many processes would,
+    instead of waiting out a disk flush per event."""
     conns = [await asyncpg.connect(database_url) for _ in range(connections)]
+    if not wait_for_flush:
+        for conn in conns:
+            await conn.execute("SET synchronous_commit = off")
     if backend_pids is not None:
         for conn in conns:
             backend_pids.add(int(await conn.fetchval("SELECT pg_backend_pid()")))
