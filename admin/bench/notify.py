@@ -26,9 +26,10 @@ SETTLE_SECONDS = 30.0
 _NOTIFYING = (
     "SELECT t.tgname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
     "WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal "
-    "AND p.prosrc ILIKE '%notify%' ORDER BY t.tgname"
+    "AND (p.prosrc ILIKE '%notify%' OR t.tgname ILIKE '%notify%') ORDER BY t.tgname"
 )
-"""The outbox's triggers whose function notifies, whatever migrations named them."""
+"""The outbox's triggers that notify (their function says so, or their name), whatever
+migrations named them or however they decide when to notify."""
 
 
 async def notifying_triggers(conn: asyncpg.Connection, scratch: Scratch) -> list[str]:
