@@ -16,8 +16,9 @@ from admin.bench.harness import Bench, Proc, Scratch
 from admin.bench.model import Figure, Target
 from relay.settings import RelaySettings
 
-WARM_UP_NS = 1_000_000_000
-"""Events committed in the first second are left out: connections, plans and caches settle."""
+WARM_UP = 1.0
+"""Seconds of events left out at the start (connections, plans and caches settle); half the
+run when it is shorter than two seconds."""
 PRODUCER_CONNECTIONS = 2
 """Producer connections: one alone cannot always commit 1,000 single-event transactions a
 second on a busy 2-core machine, and a producer that falls behind bunches its commits."""
@@ -46,8 +47,8 @@ class Run:
     """Sorted."""
     produced: int
     handled: int
-    warm_up: int
-    """Events committed during the warm-up second (handled, not measured)."""
+    warm_up: float
+    """Seconds left out at the start."""
     seconds: float
     """From the first commit to the last."""
 
@@ -64,23 +65,16 @@ def percentile(ordered: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def join(
-    commits: dict[str, int], handled: Sequence[tuple[str, int]], since_ns: int
-) -> tuple[list[float], int]:
-    """Latencies in ms, sorted, of events committed at or after `since_ns` (commit stamp to
-    handler stamp), and how many handled events were committed before it."""
-    out: list[float] = []
-    early = 0
+def join(commits: dict[str, int], handled: Sequence[tuple[str, int]], since_ns: int) -> list[float]:
+    """Latencies in ms, sorted, commit stamp to handler stamp, of the handled events committed
+    at or after `since_ns`."""
+    out = []
     for event_id, handled_ns in handled:
         committed = commits.get(event_id)
-        if committed is None:
-            continue
-        if committed < since_ns:
-            early += 1
-        else:
+        if committed is not None and committed >= since_ns:
             out.append((handled_ns - committed) / 1e6)
     out.sort()
-    return out, early
+    return out
 
 
 async def run(bench: Bench) -> list[Figure]:
@@ -114,7 +108,7 @@ def describe(m: Run, how: str) -> str:
     missing = m.produced - m.handled
     late = f", {missing:,} not handled in time" if missing else ""
     return (
-        f"{m.measured:,} of {m.produced:,} events (1 s warm-up out{late}), "
+        f"{m.measured:,} of {m.produced:,} events ({m.warm_up:g} s warm-up out{late}), "
         f"1 per commit at {rate:,.0f}/s; {how}"
     )
 
@@ -161,8 +155,14 @@ async def measure(bench: Bench, *, listen: bool, label: str) -> Run:
                 relay.stop()
     first = min(commits.values(), default=started_ns)
     last = max(commits.values(), default=started_ns)
-    latencies, early = join(commits, handled, first + WARM_UP_NS)
-    return Run(latencies, produced, len(handled), early, (last - first) / 1e9)
+    warm_up = min(WARM_UP, z.latency_seconds / 2)
+    latencies = join(commits, handled, first + int(warm_up * 1e9))
+    if not latencies:
+        raise RuntimeError(
+            f"latency, {label}: none of the {produced:,} events committed after the warm-up "
+            f"was handled within {poll_interval() + DRAIN_SECONDS:g} s of the last commit"
+        )
+    return Run(latencies, produced, len(handled), warm_up, (last - first) / 1e9)
 
 
 async def _tick(bench: Bench, started_ns: int) -> None:
