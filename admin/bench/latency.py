@@ -87,7 +87,7 @@ async def run(bench: Bench) -> list[Figure]:
     ):
         measured = await measure(bench, listen=listen, label=label)
         how = "relay woken by NOTIFY" if listen else f"relay --no-listen, {interval:g} s poll"
-        detail = describe(measured, how)
+        detail = describe(measured, bench.sizes.latency_rate, how)
         for p, target in targets.items():
             figures.append(
                 Figure(
@@ -102,14 +102,14 @@ async def run(bench: Bench) -> list[Figure]:
     return figures
 
 
-def describe(m: Run, how: str) -> str:
-    """The detail line of a latency figure: what was offered, what was measured."""
+def describe(m: Run, offered: int, how: str) -> str:
+    """The detail line of a latency figure: what was offered and reached, what was measured."""
     rate = m.produced / m.seconds if m.seconds > 0 else 0.0
     missing = m.produced - m.handled
     late = f", {missing:,} not handled in time" if missing else ""
     return (
         f"{m.measured:,} of {m.produced:,} events ({m.warm_up:g} s warm-up out{late}), "
-        f"1 per commit at {rate:,.0f}/s; {how}"
+        f"1 per commit, {rate:,.0f}/s of {offered:,}/s offered; {how}"
     )
 
 
