@@ -41,7 +41,7 @@ TINY = [
     "1,4",
 ]
 
-LANDED = ("relay", "consumer", "pipeline", "cpu", "ops", "memory", "notify")
+LANDED = tuple(runner.SCENARIOS)
 
 YARDSTICK_SHA256 = "ba3cfe57c09b7ce111c7863bb317d304d09200f13aa83945e3bc66820e909625"
 """ideal_pipeline.py as published beside the brief: a ratio is only honest against it."""
