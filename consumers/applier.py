@@ -72,6 +72,8 @@ class Outcomes:
 Step = tuple[Route | None, list[Delivery]]
 _BACKOFF = RetryPolicy(timedelta(seconds=0.2), timedelta(seconds=10))
 """Backoff of a lane whose database work failed, when none is given (the settings' default)."""
+LANE_MIN = 32
+"""Fewest events per lane worth a transaction of its own: a smaller batch goes to one lane."""
 log = logging.getLogger(__name__)
 tracing_enabled = spans.tracing_enabled
 
@@ -136,23 +138,36 @@ class Applier:
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
         """Apply `deliveries`. A lane whose database work fails (connection lost, deadlock,
         statement cancelled) retries its part with backoff until it commits; DatabaseDown only
-        when a stop interrupts that (the lane's part then committed nothing)."""
+        when a stop interrupts that (the lane's part then committed nothing).
+
+        A batch of fewer than LANE_MIN events per lane it would use is not split: one
+        transaction on one lane costs less than one on each. It then goes after the previous
+        parts of every lane its aggregates belong to, and their next parts after it."""
         outcomes = Outcomes()
         seen: set[str] = set()
-        parts: list[list[Delivery]] = [[] for _ in range(self._partitions)]
         n = self._partitions
+        parts: list[list[Delivery]] = [[] for _ in range(n)]
+        whole: list[Delivery] = []
         for d in deliveries:
             if d.event_id in seen:  # the same event twice in one read: a relay retry
                 outcomes.done.append(d)
                 outcomes.duplicates += 1
                 continue
             seen.add(d.event_id)
+            whole.append(d)
             parts[hash(d.aggregate_id) % n].append(d)
+        lanes = [lane for lane, part in enumerate(parts) if part]
+        tails = self._tails
         tasks = []
-        for lane, part in enumerate(parts):
-            if part:
-                task = asyncio.ensure_future(self._after(self._tails[lane], lane, part))
-                self._tails[lane] = task
+        if len(lanes) > 1 and len(whole) < LANE_MIN * len(lanes):
+            task = asyncio.ensure_future(self._after([tails[i] for i in lanes], lanes[0], whole))
+            for lane in lanes:
+                tails[lane] = task
+            tasks.append(task)
+        else:
+            for lane in lanes:
+                task = asyncio.ensure_future(self._after([tails[lane]], lane, parts[lane]))
+                tails[lane] = task
                 tasks.append(task)
         done = await asyncio.gather(*tasks, return_exceptions=True)
         for part_outcomes in done:
@@ -162,13 +177,17 @@ class Applier:
         return outcomes
 
     async def _after(
-        self, previous: asyncio.Future[Outcomes] | None, lane: int, part: list[Delivery]
+        self,
+        previous: list[asyncio.Future[Outcomes] | None],
+        lane: int,
+        part: list[Delivery],
     ) -> Outcomes:
-        """Apply `part` on its lane once the lane's previous part is done: a lane takes the
-        same aggregates batch after batch, so their events keep stream order while two batches
-        overlap across lanes."""
-        if previous is not None and not previous.done():
-            await asyncio.wait([previous])
+        """Apply `part` on `lane` once the previous parts of its aggregates' lanes are done: a
+        lane takes the same aggregates batch after batch, so their events keep stream order
+        while two batches overlap across lanes."""
+        waiting = [p for p in previous if p is not None and not p.done()]
+        if waiting:
+            await asyncio.wait(waiting)
         failures = 0
         while True:
             try:
