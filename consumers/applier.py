@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
@@ -74,6 +75,9 @@ _BACKOFF = RetryPolicy(timedelta(seconds=0.2), timedelta(seconds=10))
 """Backoff of a lane whose database work failed, when none is given (the settings' default)."""
 LANE_MIN = 32
 """Fewest events per lane worth a transaction of its own: a smaller batch goes to one lane."""
+MERGE_SECONDS = 0.02
+"""Handler time under which a small batch goes to one lane: running it on two would save at
+most half of it, for the price of a second transaction."""
 log = logging.getLogger(__name__)
 tracing_enabled = spans.tracing_enabled
 
@@ -126,6 +130,8 @@ class Applier:
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
         self._tracing = spans.tracing_enabled()
         self._root_ratio = sampling.installed_ratio()
+        self._handler_seconds = 0.0
+        """Recent handler time per event (a moving average over transactions)."""
         self._failed_spans: dict[tuple[str, str], trace.Span] = {}
         """Spans of failed handler calls, by (stream, entry id), until the failure is settled."""
         self._ledger = Ledger(
@@ -140,9 +146,9 @@ class Applier:
         statement cancelled) retries its part with backoff until it commits; DatabaseDown only
         when a stop interrupts that (the lane's part then committed nothing).
 
-        A batch of fewer than LANE_MIN events per lane it would use is not split: one
-        transaction on one lane costs less than one on each. It then goes after the previous
-        parts of every lane its aggregates belong to, and their next parts after it."""
+        A small batch is not split: one transaction on one lane costs less than one on each.
+        It then goes after the previous parts of every lane its aggregates belong to, and their
+        next parts after it."""
         outcomes = Outcomes()
         seen: set[str] = set()
         n = self._partitions
@@ -159,7 +165,7 @@ class Applier:
         lanes = [lane for lane, part in enumerate(parts) if part]
         tails = self._tails
         tasks = []
-        if len(lanes) > 1 and len(whole) < LANE_MIN * len(lanes):
+        if len(lanes) > 1 and self._small(len(whole), len(lanes)):
             task = asyncio.ensure_future(self._after([tails[i] for i in lanes], lanes[0], whole))
             for lane in lanes:
                 tails[lane] = task
@@ -175,6 +181,12 @@ class Applier:
                 raise part_outcomes
             outcomes.add(part_outcomes)
         return outcomes
+
+    def _small(self, events: int, lanes: int) -> bool:
+        """Whether `events` are better applied on one lane than split over `lanes`: fewer than
+        LANE_MIN per lane, and their handlers not slow enough (MERGE_SECONDS in all, by the
+        recent time per event) for the lanes' parallelism to matter more than a transaction."""
+        return events < LANE_MIN * lanes and events * self._handler_seconds < MERGE_SECONDS
 
     async def _after(
         self,
@@ -335,8 +347,12 @@ class Applier:
         async with transaction(conn, part):
             won = await self._ledger.claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
-            for route, group in plan(todo):
-                await self._run(conn, route, group)
+            if todo:
+                started = time.perf_counter()
+                for route, group in plan(todo):
+                    await self._run(conn, route, group)
+                per_event = (time.perf_counter() - started) / len(todo)
+                self._handler_seconds += (per_event - self._handler_seconds) * 0.2
         return Outcomes.of(part, won)
 
     async def _run(

@@ -82,6 +82,10 @@ class TopicWorker:
         self._attrs = topic_attributes(streams.keys.events, settings.group)
         self._small = min(settings.batch_size, LANE_MIN * settings.partitions)
         """Batches smaller than this are gathered; larger ones read the next batch ahead."""
+        self._flowing = False
+        """The last read found new entries: the next waits the gather delay, not for one."""
+        self._last_read = 0.0
+        """time.monotonic() when the last read of new entries returned."""
         metrics.start(streams.keys.events, settings.group)
 
     async def run(self) -> None:
@@ -122,6 +126,8 @@ class TopicWorker:
         applying: deque[asyncio.Task[None]] = deque()
         try:
             while True:
+                while applying and applying[0].done():
+                    await applying.popleft()
                 stopping = self._stopping.is_set()
                 entries = await self._entries(applying, stopping=stopping)
                 if stopping and not entries:
@@ -142,38 +148,52 @@ class TopicWorker:
 
     async def _entries(self, applying: deque[asyncio.Task[None]], *, stopping: bool) -> list[Entry]:
         """The next batch: due retries first, then entries idle on dead members and reprocess
-        requests, then new ones (waiting for some only when nothing else is to be done)."""
-        reader, size = self._reader, self._s.batch_size
+        requests, then new ones (waiting for some only when nothing else is to be done). A
+        large batch reads the next one ahead; small ones are gathered (`_gathered`)."""
+        reader = self._reader
         entries = (
             [] if stopping else (await self._retrier.claim_due()) + (await reader.side_entries())
         )
         if reader.reading_ahead:
-            entries += await reader.take_ahead()
-        elif not stopping:
-            room = size - len(entries)
-            entries += await reader.read_new(room, wait=not entries and not applying)
-        if entries and not stopping:
-            if len(entries) < self._small:
-                entries += await self._gather(size - len(entries), applying)
-            if len(entries) >= self._small:
-                reader.read_ahead()
+            return entries + await reader.take_ahead()
+        if stopping:
+            return entries
+        if self._s.gather_delay:
+            return await self._gathered(entries, applying)
+        room = self._s.batch_size - len(entries)
+        entries += await reader.read_new(room, wait=not entries and not applying)
+        if entries:
+            reader.read_ahead()
         return entries
 
-    async def _gather(self, room: int, applying: deque[asyncio.Task[None]]) -> list[Entry]:
-        """Up to `room` more entries for a small batch (the stream had no more), so that events
-        arriving meanwhile share its transaction: read once the batches in flight are applied,
-        or with none in flight once the gather delay has passed. A gather delay of 0 turns
-        this off: every read is applied at once."""
-        delay = self._s.gather_delay
-        if not delay:
-            return []
-        if applying:
-            await asyncio.wait(applying)
-        elif await pause(self._stopping, delay):
-            return []
-        if self._stopping.is_set():
-            return []
-        return await self._reader.read_new(room, wait=False)
+    async def _gathered(
+        self, entries: list[Entry], applying: deque[asyncio.Task[None]]
+    ) -> list[Entry]:
+        """New entries when small batches come: they are applied one at a time, each read once
+        the one in flight is applied (or after _IN_FLIGHT_POLL: a slow one does not hold the
+        stream back) and at least the gather delay after the previous read, so the events
+        arriving meanwhile share its transaction. A read that waited for its first entry waits
+        the gather delay from there and reads again (entries published together wake a blocked
+        reader at the first of them)."""
+        reader, delay = self._reader, self._s.gather_delay
+        if applying and not entries:
+            await asyncio.wait(applying, timeout=_IN_FLIGHT_POLL)
+        busy = not all(task.done() for task in applying)
+        flowing, self._flowing = self._flowing, False
+        if flowing and not (entries or busy):
+            await _sleep_until(self._last_read + delay)
+        room = self._s.batch_size - len(entries)
+        new = await reader.read_new(room, wait=not (entries or busy or flowing))
+        self._last_read = time.monotonic()
+        entries += new
+        self._flowing = bool(new)
+        if new and len(entries) < self._small and not (busy or flowing):
+            await _sleep_until(self._last_read + delay)
+            entries += await reader.read_new(self._s.batch_size - len(entries), wait=False)
+            self._last_read = time.monotonic()
+        if len(entries) >= self._small:
+            reader.read_ahead()
+        return entries
 
     async def process(self, entries: list[Entry]) -> None:
         """Decode, apply and settle one batch of entries."""
@@ -280,3 +300,11 @@ class TopicWorker:
             lost,
         )
         return False
+
+
+async def _sleep_until(deadline: float) -> None:
+    """Sleep until time.monotonic() reaches `deadline`, if it has not. A plain sleep: the gather
+    delay is short (a stop waits for it), and a wake-up on stop would cost more than the wait."""
+    wait = deadline - time.monotonic()
+    if wait > 0:
+        await asyncio.sleep(wait)
