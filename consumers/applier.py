@@ -370,15 +370,16 @@ class Applier:
             if not conn.is_in_transaction():
                 raise HandlerFailed(group, TransactionEnded())
             return
+        fn, traced, in_transaction = route.fn, self._tracing, conn.is_in_transaction
         for d in group:
             try:
-                if self._tracing:
+                if traced:
                     await self._traced(route, d)
                 else:
-                    await route.fn(d.payload, d.ctx)
+                    await fn(d.payload, d.ctx)
             except Exception as exc:
                 raise handler_failed(conn, [d], exc) from exc
-            if not conn.is_in_transaction():
+            if not in_transaction():
                 raise HandlerFailed([d], TransactionEnded())
 
 

@@ -205,21 +205,22 @@ class TopicWorker:
         if entries:
             self._m.consumed.add(len(entries), self._attrs)
         over: list[Entry] = []
+        decode, most, deliveries = self._decoder.decode, self._s.max_attempts, batch.deliveries
         for entry in entries:
-            if entry.deleted:
+            if entry.raw is None:  # deleted or trimmed while pending
                 self._reader.deleted([entry.entry_id], entry.stream)
                 batch.settled.append(entry)
                 continue
-            if entry.attempt > self._s.max_attempts:
+            if entry.attempt > most:
                 over.append(entry)
                 continue
-            decoded = self._decoder.decode(entry)
+            decoded = decode(entry)
             if isinstance(decoded, Poison):
                 await self._poison.move(
                     entry, decoded.reason, decoded.error_class or "Poison", decoded.error
                 )
             else:
-                batch.deliveries.append(decoded)
+                deliveries.append(decoded)
         if over:
             batch.settled += await self._poison.over_attempts(over)
         return batch
