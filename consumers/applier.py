@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import asyncpg
@@ -28,6 +27,7 @@ from opentelemetry import trace
 from consumers import spans
 from consumers.deliveries import DeadLetterMark, Delivery
 from consumers.ledger import Ledger
+from consumers.outcomes import Outcomes
 from consumers.router import Route
 from consumers.transactions import (
     DatabaseDown,
@@ -41,34 +41,6 @@ from consumers.transactions import (
 from conveyor import sampling
 from conveyor.outages import Outage, unreachable
 from conveyor.retry import RetryPolicy, pause
-
-
-@dataclass(slots=True)
-class Outcomes:
-    """What became of a batch: deliveries to acknowledge, counts by result, and failures."""
-
-    done: list[Delivery] = field(default_factory=list)
-    """Applied, skipped or duplicate: to be acknowledged."""
-    applied: int = 0
-    skipped: int = 0
-    duplicates: int = 0
-    failed: list[tuple[Delivery, BaseException]] = field(default_factory=list)
-
-    def add(self, other: Outcomes) -> Outcomes:
-        self.done += other.done
-        self.applied += other.applied
-        self.skipped += other.skipped
-        self.duplicates += other.duplicates
-        self.failed += other.failed
-        return self
-
-    @classmethod
-    def of(cls, deliveries: list[Delivery], won: set[str]) -> Outcomes:
-        """Outcomes of deliveries whose handlers all succeeded; `won` holds the ids of those not
-        applied before (the rest are duplicates)."""
-        skipped = sum(1 for d in deliveries if d.route is None and d.event_id in won)
-        return cls(list(deliveries), len(won) - skipped, skipped, len(deliveries) - len(won))
-
 
 Step = tuple[Route | None, list[Delivery]]
 _BACKOFF = RetryPolicy(timedelta(seconds=0.2), timedelta(seconds=10))

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from consumers.applier import LANE_MIN, Applier, Outcomes
+from consumers.applier import LANE_MIN, Applier
 from consumers.deliveries import Decoder, Delivery, Entry, Poison
 from consumers.errors import GroupLost
 from consumers.health import Health
 from consumers.metrics import ConsumerMetrics, topic_attributes
+from consumers.outcomes import Outcomes
 from consumers.poison_queue import PoisonQueue
 from consumers.reader import Reader
 from consumers.retries import Retrier
