@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, suppress
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import asyncpg
@@ -27,6 +27,7 @@ from opentelemetry import trace
 from consumers import spans
 from consumers.deliveries import DeadLetterMark, Delivery
 from consumers.ledger import Ledger
+from consumers.outcomes import Outcomes
 from consumers.router import Route
 from consumers.transactions import (
     DatabaseDown,
@@ -41,37 +42,14 @@ from conveyor import sampling
 from conveyor.outages import Outage, unreachable
 from conveyor.retry import RetryPolicy, pause
 
-
-@dataclass(slots=True)
-class Outcomes:
-    """What became of a batch: deliveries to acknowledge, counts by result, and failures."""
-
-    done: list[Delivery] = field(default_factory=list)
-    """Applied, skipped or duplicate: to be acknowledged."""
-    applied: int = 0
-    skipped: int = 0
-    duplicates: int = 0
-    failed: list[tuple[Delivery, BaseException]] = field(default_factory=list)
-
-    def add(self, other: Outcomes) -> Outcomes:
-        self.done += other.done
-        self.applied += other.applied
-        self.skipped += other.skipped
-        self.duplicates += other.duplicates
-        self.failed += other.failed
-        return self
-
-    @classmethod
-    def of(cls, deliveries: list[Delivery], won: set[str]) -> Outcomes:
-        """Outcomes of deliveries whose handlers all succeeded; `won` holds the ids of those not
-        applied before (the rest are duplicates)."""
-        skipped = sum(1 for d in deliveries if d.route is None and d.event_id in won)
-        return cls(list(deliveries), len(won) - skipped, skipped, len(deliveries) - len(won))
-
-
 Step = tuple[Route | None, list[Delivery]]
 _BACKOFF = RetryPolicy(timedelta(seconds=0.2), timedelta(seconds=10))
 """Backoff of a lane whose database work failed, when none is given (the settings' default)."""
+LANE_MIN = 32
+"""Fewest events per lane worth a transaction of its own: a smaller batch goes to one lane."""
+MERGE_SECONDS = 0.02
+"""Handler time under which a small batch goes to one lane: running it on two would save at
+most half of it, for the price of a second transaction."""
 log = logging.getLogger(__name__)
 tracing_enabled = spans.tracing_enabled
 
@@ -124,6 +102,8 @@ class Applier:
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
         self._tracing = spans.tracing_enabled()
         self._root_ratio = sampling.installed_ratio()
+        self._handler_seconds = 0.0
+        """Recent handler time per event (a moving average over transactions)."""
         self._failed_spans: dict[tuple[str, str], trace.Span] = {}
         """Spans of failed handler calls, by (stream, entry id), until the failure is settled."""
         self._ledger = Ledger(
@@ -136,23 +116,36 @@ class Applier:
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
         """Apply `deliveries`. A lane whose database work fails (connection lost, deadlock,
         statement cancelled) retries its part with backoff until it commits; DatabaseDown only
-        when a stop interrupts that (the lane's part then committed nothing)."""
+        when a stop interrupts that (the lane's part then committed nothing).
+
+        A small batch is not split: one transaction on one lane costs less than one on each.
+        It then goes after the previous parts of every lane its aggregates belong to, and their
+        next parts after it."""
         outcomes = Outcomes()
         seen: set[str] = set()
-        parts: list[list[Delivery]] = [[] for _ in range(self._partitions)]
         n = self._partitions
+        parts: list[list[Delivery]] = [[] for _ in range(n)]
+        whole: list[Delivery] = []
         for d in deliveries:
             if d.event_id in seen:  # the same event twice in one read: a relay retry
                 outcomes.done.append(d)
                 outcomes.duplicates += 1
                 continue
             seen.add(d.event_id)
+            whole.append(d)
             parts[hash(d.aggregate_id) % n].append(d)
+        lanes = [lane for lane, part in enumerate(parts) if part]
+        tails = self._tails
         tasks = []
-        for lane, part in enumerate(parts):
-            if part:
-                task = asyncio.ensure_future(self._after(self._tails[lane], lane, part))
-                self._tails[lane] = task
+        if len(lanes) > 1 and self._small(len(whole), len(lanes)):
+            task = asyncio.ensure_future(self._after([tails[i] for i in lanes], lanes[0], whole))
+            for lane in lanes:
+                tails[lane] = task
+            tasks.append(task)
+        else:
+            for lane in lanes:
+                task = asyncio.ensure_future(self._after([tails[lane]], lane, parts[lane]))
+                tails[lane] = task
                 tasks.append(task)
         done = await asyncio.gather(*tasks, return_exceptions=True)
         for part_outcomes in done:
@@ -161,14 +154,24 @@ class Applier:
             outcomes.add(part_outcomes)
         return outcomes
 
+    def _small(self, events: int, lanes: int) -> bool:
+        """Whether `events` are better applied on one lane than split over `lanes`: fewer than
+        LANE_MIN per lane, and their handlers not slow enough (MERGE_SECONDS in all, by the
+        recent time per event) for the lanes' parallelism to matter more than a transaction."""
+        return events < LANE_MIN * lanes and events * self._handler_seconds < MERGE_SECONDS
+
     async def _after(
-        self, previous: asyncio.Future[Outcomes] | None, lane: int, part: list[Delivery]
+        self,
+        previous: list[asyncio.Future[Outcomes] | None],
+        lane: int,
+        part: list[Delivery],
     ) -> Outcomes:
-        """Apply `part` on its lane once the lane's previous part is done: a lane takes the
-        same aggregates batch after batch, so their events keep stream order while two batches
-        overlap across lanes."""
-        if previous is not None and not previous.done():
-            await asyncio.wait([previous])
+        """Apply `part` on `lane` once the previous parts of its aggregates' lanes are done: a
+        lane takes the same aggregates batch after batch, so their events keep stream order
+        while two batches overlap across lanes."""
+        waiting = [p for p in previous if p is not None and not p.done()]
+        if waiting:
+            await asyncio.wait(waiting)
         failures = 0
         while True:
             try:
@@ -316,8 +319,12 @@ class Applier:
         async with transaction(conn, part):
             won = await self._ledger.claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
-            for route, group in plan(todo):
-                await self._run(conn, route, group)
+            if todo:
+                started = time.perf_counter()
+                for route, group in plan(todo):
+                    await self._run(conn, route, group)
+                per_event = (time.perf_counter() - started) / len(todo)
+                self._handler_seconds += (per_event - self._handler_seconds) * 0.2
         return Outcomes.of(part, won)
 
     async def _run(
@@ -335,15 +342,16 @@ class Applier:
             if not conn.is_in_transaction():
                 raise HandlerFailed(group, TransactionEnded())
             return
+        fn, traced, in_transaction = route.fn, self._tracing, conn.is_in_transaction
         for d in group:
             try:
-                if self._tracing:
+                if traced:
                     await self._traced(route, d)
                 else:
-                    await route.fn(d.payload, d.ctx)
+                    await fn(d.payload, d.ctx)
             except Exception as exc:
                 raise handler_failed(conn, [d], exc) from exc
-            if not conn.is_in_transaction():
+            if not in_transaction():
                 raise HandlerFailed([d], TransactionEnded())
 
 

@@ -22,6 +22,10 @@ _TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
+_is_uuid = _UUID_RE.fullmatch
+_is_type_name = _TYPE_RE.fullmatch
+_parse_event = event_pb2.Event.FromString
+_F_ID, _F_EVENT = wire.F_EVENT_ID, wire.F_EVENT
 
 
 class Entry:
@@ -128,35 +132,41 @@ class Decoder:
 
     def decode(self, entry: Entry) -> Delivery | Poison:  # noqa: PLR0911 - one per poison reason
         """A delivery for `entry` (its fields must not be None), or why it is poison."""
-        raw_id, raw = entry.event_fields()
-        if raw is None or raw_id is None:
-            missing = [f.decode() for f in wire.REQUIRED_FIELDS if f not in entry.fields]
-            return Poison(entry, "validation", f"entry lacks required fields {missing}")
-        if len(raw) > self._max_bytes:
-            size = f"event is {len(raw)} bytes, over the {self._max_bytes}-byte cap"
+        raw = entry.raw
+        raw_id: bytes | None
+        data: bytes | None
+        if type(raw) is list and len(raw) >= 6 and raw[2] == _F_ID and raw[-2] == _F_EVENT:
+            raw_id, data = raw[3], raw[-1]  # the relay's layout, inlined: this runs per event
+        else:
+            raw_id, data = entry.event_fields()
+            if data is None or raw_id is None:
+                missing = [f.decode() for f in wire.REQUIRED_FIELDS if f not in entry.fields]
+                return Poison(entry, "validation", f"entry lacks required fields {missing}")
+        if len(data) > self._max_bytes:
+            size = f"event is {len(data)} bytes, over the {self._max_bytes}-byte cap"
             return Poison(entry, "oversized", size)
         try:
-            event = event_pb2.Event.FromString(raw)
+            event = _parse_event(data)
         except DecodeError as exc:
             problem = f"event bytes are not a conveyor.v1.Event: {exc}"
             return Poison(entry, "decode_error", problem, error_class="DecodeError")
         event_id, event_type = event.id, event.type
+        route = self._routes.get(event_type)
         if (
-            not _UUID_RE.fullmatch(event_id)
-            or raw_id != event_id.encode()
-            or not _TYPE_RE.fullmatch(event_type)
+            raw_id != event_id.encode()
+            or not _is_uuid(event_id)
+            or (route is None and not _is_type_name(event_type))  # a handler's type is one
         ):
             return Poison(entry, "validation", _invalid(event, raw_id), None, None)
         event_id = event_id.lower()  # the ledger's uuid column answers in lower case
-        route = self._routes.get(event_type)
         payload = None
         if route is not None:
-            data = event.data
-            if not data.type_url.endswith(route.type_url_suffix):
-                problem = f"data holds {data.type_url!r}, not {event_type}"
+            held = event.data
+            if not held.type_url.endswith(route.type_url_suffix):
+                problem = f"data holds {held.type_url!r}, not {event_type}"
                 return Poison(entry, "validation", problem, event_id, event_type)
             try:
-                payload = route.message_type.FromString(data.value)
+                payload = route.message_type.FromString(held.value)
             except DecodeError as exc:
                 problem = f"payload is not a valid {event_type}: {exc}"
                 return Poison(entry, "decode_error", problem, event_id, event_type, "DecodeError")

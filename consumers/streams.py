@@ -4,7 +4,7 @@ keys of different hash slots: every key here shares the topic's hash tag."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -117,8 +117,14 @@ class TopicStreams:
         """Whether the entry is still in the stream."""
         return bool(await self._call(self._client.xrange(stream, entry_id, entry_id)))
 
-    async def ack(self, entries: Iterable[Entry]) -> None:
+    async def ack(self, entries: Sequence[Entry]) -> None:
         """Acknowledge entries; those of the retry stream are deleted too (only we read it)."""
+        events = self.keys.events
+        if not entries:
+            return
+        if all(e.stream == events for e in entries):  # the usual case: one XACK
+            await self._call(self._client.xack(events, self.group, *[e.entry_id for e in entries]))
+            return
         by_stream: dict[str, list[str]] = {}
         for e in entries:
             by_stream.setdefault(e.stream, []).append(e.entry_id)
