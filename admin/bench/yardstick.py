@@ -2,14 +2,19 @@
 module, a verbatim copy of the leanest honest asyncpg + redis-py outbox -> stream -> ledger loops,
 run in a process of its own on the same services in the same run.
 
-It works in schema `yard` and stream `yard.events`, which it drops and recreates each run."""
+It works in schema `yard` and stream `yard.events`, which it drops and recreates each run: two
+yardsticks at once on one database would break each other, so runs on one machine take turns
+(a lock file in the temporary directory); benches on several machines against one database
+must not run at the same time."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("ideal_pipeline.py")
@@ -22,8 +27,20 @@ CONSUMER_FORMS = {
 """The yardstick's consumer loop each Conveyor consumer form is compared with."""
 
 
+LOCK = Path(tempfile.gettempdir()) / "conveyor-bench-yardstick.lock"
+
+
 async def run(database_url: str, redis_url: str, *args: str) -> str:
     """The yardstick's output for `args`; RuntimeError with its stderr when it fails."""
+    with LOCK.open("a") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            return await _run(database_url, redis_url, *args)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+async def _run(database_url: str, redis_url: str, *args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SCRIPT),
