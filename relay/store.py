@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol
@@ -30,6 +30,10 @@ class Outbox(Protocol):
         the block exits normally and rolls back, leaving them unpublished, when it raises.
         """
 
+    async def pending(self) -> bool:
+        """Whether any row is unpublished (or claimed by a transaction still open): one cheap
+        look before a claim that is expected to find nothing."""
+
     async def backlog(self) -> tuple[int, float]:
         """(unpublished rows, age in seconds of the oldest one, 0 when none)."""
 
@@ -56,6 +60,7 @@ class OutboxStore:
             else f"DELETE FROM {table} WHERE id IN ({pick}) RETURNING {_RETURNING}"
         )
         self._claim_sql = f"WITH claimed AS ({change}) SELECT * FROM claimed ORDER BY id"
+        self._pending_sql = f"SELECT EXISTS (SELECT FROM {table} WHERE published_at IS NULL)"
         self._backlog_sql = (
             f"SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 "
             f"FROM {table} WHERE published_at IS NULL"
@@ -71,6 +76,9 @@ class OutboxStore:
         async with self._pool.acquire() as conn, conn.transaction():
             yield await conn.fetch(self._claim_sql, limit)
 
+    async def pending(self) -> bool:
+        return bool(await self._pool.fetchval(self._pending_sql))
+
     async def backlog(self) -> tuple[int, float]:
         row = await self._pool.fetchrow(self._backlog_sql)
         return int(row[0]), float(row[1])
@@ -78,38 +86,6 @@ class OutboxStore:
     async def clean_up(self, retention_seconds: float, limit: int) -> int:
         status: str = await self._pool.execute(self._cleanup_sql, retention_seconds, limit)
         return int(status.rsplit(" ", 1)[1])
-
-
-class NotifyListener:
-    """A dedicated connection LISTENing on the outbox channels; calls `wake(schema)` on NOTIFY."""
-
-    def __init__(self, dsn: str, schemas: Sequence[str], wake: Callable[[str], None]) -> None:
-        self._dsn = dsn
-        self._channels = {database.notify_channel(s): s for s in schemas}
-        self._wake = wake
-        self._conn: asyncpg.Connection | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
-    async def connect(self) -> None:
-        """(Re)open the connection and LISTEN; raises what asyncpg raises when PG is down."""
-        await self.close()
-        conn = await asyncpg.connect(self._dsn, timeout=10)
-        for channel in self._channels:
-            await conn.add_listener(channel, self._on_notify)
-        self._conn = conn
-
-    def _on_notify(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
-        schema = self._channels.get(channel)
-        if schema is not None:
-            self._wake(schema)
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            await conn.close(timeout=5)
 
 
 async def replay_rows(
