@@ -74,6 +74,8 @@ class Forwarder:
         self._flag_generation = 0
         self._waiting = False
         """Our row in the listeners table says waiting (producers notify)."""
+        self._streak = 0
+        """Claims in a row that found rows."""
         self._refused = 0
         """Times in a row "waiting" was refused because a producer that read "busy" was open."""
         self._attributes: dict[str, dict[str, str]] = {}
@@ -158,6 +160,7 @@ class Forwarder:
             self._next, self._refused = Next.GATHER, 0
         else:
             self._next = Next.IDLE
+        self._streak = self._streak + 1 if n else 0
 
     async def _ready(self) -> bool:
         """Wait as the last claim says; False when stopping, or when a look finds no rows."""
@@ -175,15 +178,24 @@ class Forwarder:
         if self._next is Next.NOW:
             return True
         if self._next is Next.GATHER:
-            if self._waiting and self._flag is not None:
-                await self._flag.busy()  # we claim again in a moment: producers need not notify
-                self._waiting = False
             await pause(self._stopping, self._settings.gather_delay)
-            return True
-        if self._flag is not None and not self._waiting:
+            if not self._waiting:
+                return True  # nobody notifies a busy relay: claim
+            if self._wakeup.is_set():
+                if self._streak > 1:
+                    # Rows keep committing: claim every gather delay, not on a NOTIFY each.
+                    await self._say_busy()
+                return True
+            # Waiting, and no NOTIFY since the claim began: nothing new committed; wait as idle.
+        elif self._flag is not None and not self._waiting:
             return await self._say_waiting(self._flag)
         # A NOTIFY (or a stop) ends the wait early: claim. The poll interval: look first.
         return await pause(self._wakeup, self._settings.poll_interval)
+
+    async def _say_busy(self) -> None:
+        if self._flag is not None:
+            await self._flag.busy()
+        self._waiting = False
 
     async def _say_waiting(self, flag: WaitFlag) -> bool:
         generation = self._flag_generation

@@ -54,6 +54,7 @@ class Relay:
         self._redis: Any = None
         self._publisher: StreamPublisher | None = None
         self._listener: NotifyListener | None = None
+        self._stores: list[OutboxStore] = []
         self._listeners: dict[str, Listeners] = {}
         """schema -> its listeners table, where this relay says whether it waits for NOTIFY."""
         self._redis_outage = Outage("redis", settings.redis_address, log, "relay")
@@ -89,6 +90,7 @@ class Relay:
         self._publisher = StreamPublisher(self._redis, s.key_prefix)
         for schema in s.schemas:
             store = OutboxStore(self._pool, schema, keep_published=s.retention > 0)
+            self._stores.append(store)
             self.forwarders[schema] = Forwarder(
                 store, self._publisher, s, self.metrics, self._stopping
             )
@@ -154,6 +156,8 @@ class Relay:
             await self._listener.close()
         if self._redis is not None:
             await self._redis.aclose()
+        for store in self._stores:
+            await store.close()
         if self._pool is not None:
             await self._pool.close()
 
