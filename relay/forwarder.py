@@ -190,6 +190,7 @@ class Forwarder:
         elif self._flag is not None and not self._waiting:
             return await self._say_waiting(self._flag)
         # A NOTIFY (or a stop) ends the wait early: claim. The poll interval: look first.
+        await self.store.rest()
         return await pause(self._wakeup, self._settings.poll_interval)
 
     async def _say_busy(self) -> None:
@@ -208,6 +209,7 @@ class Forwarder:
         # A producer that read "busy" is still open: its row comes soon; look again shortly,
         # backing off to the poll interval while producers keep the table busy.
         self._refused += 1
+        await self.store.rest()
         base = max(self._settings.gather_delay, 0.001)
         await pause(self._stopping, min(base * 2**self._refused, self._settings.poll_interval))
         return True

@@ -35,6 +35,9 @@ class Outbox(Protocol):
         """Whether any row is unpublished (or claimed by a transaction still open): one cheap
         look before a claim that is expected to find nothing."""
 
+    async def rest(self) -> None:
+        """Called before the forwarder waits for a NOTIFY or the poll interval."""
+
     async def backlog(self) -> tuple[int, float]:
         """(unpublished rows, age in seconds of the oldest one, 0 when none)."""
 
@@ -48,7 +51,14 @@ class OutboxStore:
     def __init__(self, pool: asyncpg.Pool, schema: str, *, keep_published: bool) -> None:
         self.schema = database.validate_schema(schema)
         self._pool = pool
+        # Claims keep their connections between batches (a pool's acquire and release cost about
+        # as much CPU as the claim's round trips), and while claims keep finding rows, the COMMIT
+        # of one batch also opens the next one's transaction: one round trip fewer per batch.
         self._idle: list[asyncpg.Connection] = []
+        self._begun: set[asyncpg.Connection] = set()
+        """Idle connections in a transaction opened for the next claim."""
+        self._hot = True
+        """Claims are coming one after another (false from `rest()` to the next claim)."""
         table = f"{schema}.{database.OUTBOX_TABLE}"
         pick = (
             f"SELECT id FROM {table} WHERE published_at IS NULL "
@@ -80,27 +90,63 @@ class OutboxStore:
 
     @asynccontextmanager
     async def claim(self, limit: int) -> AsyncIterator[Sequence[Row]]:
-        async with self._connection() as conn, conn.transaction():
-            yield await conn.fetch(self._claim_sql, limit)
-
-    async def pending(self) -> bool:
-        async with self._connection() as conn:
-            return bool(await conn.fetchval(self._pending_sql))
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        # Claims keep their connections between batches: a pool's acquire and release cost
-        # about as much CPU as the claim's own round trips.
+        self._hot = True
         conn = self._idle.pop() if self._idle else await self._pool.acquire()
         try:
-            yield conn
+            if conn in self._begun:
+                self._begun.discard(conn)
+            else:
+                await conn.execute("BEGIN")
+            rows = await conn.fetch(self._claim_sql, limit)
+            yield rows
+            if rows and self._hot:
+                # More rows are coming: the next claim's BEGIN rides on this COMMIT.
+                await conn.execute("COMMIT; BEGIN")
+                self._begun.add(conn)
+            else:
+                await conn.execute("COMMIT")
         except BaseException:
-            await self._pool.release(conn)  # the pool replaces it if the failure broke it
+            await self._discard(conn)
             raise
         self._idle.append(conn)
 
+    async def pending(self) -> bool:
+        conn = self._idle.pop() if self._idle else await self._pool.acquire()
+        try:
+            found = bool(await conn.fetchval(self._pending_sql))
+        except BaseException:
+            await self._discard(conn)
+            raise
+        self._idle.append(conn)
+        return found
+
+    async def rest(self) -> None:
+        """The forwarder is about to wait: end the transactions opened for the next claim, so
+        no connection stays idle in a transaction while nothing comes."""
+        self._hot = False
+        for conn in [c for c in self._idle if c in self._begun]:
+            self._begun.discard(conn)
+            try:
+                await conn.execute("ROLLBACK")
+            except BaseException:
+                self._idle.remove(conn)
+                await self._discard(conn)
+                raise
+
+    async def _discard(self, conn: asyncpg.Connection) -> None:
+        """Give a connection a failure may have broken back to the pool (which replaces it)."""
+        self._begun.discard(conn)
+        try:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - broken: the pool closes it
+            pass
+        finally:
+            await self._pool.release(conn)
+
     async def close(self) -> None:
         """Give the connections kept for claims back to the pool."""
+        await self.rest()
         idle, self._idle = self._idle, []
         for conn in idle:
             await self._pool.release(conn)

@@ -39,6 +39,9 @@ class FakeOutbox:
     async def pending(self) -> bool:
         return bool(self.unpublished)
 
+    async def rest(self) -> None:
+        return None
+
     async def backlog(self) -> tuple[int, float]:
         return len(self.unpublished), 0.0
 
