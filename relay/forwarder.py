@@ -178,7 +178,9 @@ class Forwarder:
         if self._next is Next.NOW:
             return True
         if self._next is Next.GATHER:
-            await pause(self._stopping, self._settings.gather_delay)
+            # A plain sleep costs less than one a stop can cut short; a stop waits for it (the
+            # gather delay is at most a second, and usually a few milliseconds).
+            await asyncio.sleep(self._settings.gather_delay)
             if not self._waiting:
                 return True  # nobody notifies a busy relay: claim
             if self._wakeup.is_set():
