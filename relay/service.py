@@ -16,7 +16,7 @@ from conveyor.outages import Outage, describe, quiet_pool_reconnects, unreachabl
 from conveyor.retry import pause
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
-from relay.notify import Listeners, NotifyListener
+from relay.notify import Listener, Listeners, NotifyListener
 from relay.publisher import StreamPublisher
 from relay.registry import Registry, RegistryFactory, RelayProcess, this_process
 from relay.settings import RelaySettings
@@ -56,6 +56,8 @@ class Relay:
         self._listener: NotifyListener | None = None
         self._stores: list[OutboxStore] = []
         self._listeners: dict[str, Listeners] = {}
+        self._registered_as: Listener | None = None
+        """The LISTEN connection whose rows the listeners tables hold; None until registered."""
         """schema -> its listeners table, where this relay says whether it waits for NOTIFY."""
         self._redis_outage = Outage("redis", settings.redis_address, log, "relay")
         self._postgres_outage = Outage("postgres", settings.database_address, log, "relay")
@@ -148,7 +150,7 @@ class Relay:
                 await self._registry.unregister(self._registered)
             self._registered = None
         if self._listener is not None:
-            me = self._listener.me
+            me = self._registered_as
             if me is not None and self._listener.connected:
                 for listeners in self._listeners.values():
                     with suppress(Exception):  # a row left behind is swept by the next relay
@@ -197,29 +199,48 @@ class Relay:
             await pause(self._stopping, self.settings.monitor_interval)
 
     async def _check_listener(self) -> None:
-        if self._listener is None or self._listener.connected:
+        if self._listener is None:
             return
-        for forwarder in self.forwarders.values():
-            forwarder.listen(None)  # no NOTIFY reaches it now: it polls
+        if not self._listener.connected:
+            self._registered_as = None
+            for forwarder in self.forwarders.values():
+                forwarder.listen(None)  # no NOTIFY reaches it now: it polls
+            try:
+                await self._listener.connect()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._listen_failed(exc, "cannot LISTEN for outbox notifications")
+                return
+            for forwarder in self.forwarders.values():
+                forwarder.wake()  # rows may have committed while nobody listened
+        if self._registered_as is None:
+            await self._register()
+
+    async def _register(self) -> None:
+        """Give this relay's LISTEN connection its row in every schema's listeners table."""
+        assert self._listener is not None and self._listener.me is not None
+        me = self._listener.me
         try:
-            me = await self._listener.connect()
             for listeners in self._listeners.values():
                 await listeners.register(me)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            await self._listener.close()  # the next round connects and registers again
-            if unreachable(exc):  # the outage line says it
-                self._postgres_down(exc)
-                log.debug("cannot LISTEN for outbox notifications: %r", exc)
-            elif not self._listen_failing:
-                self._listen_failing = True
-                log.warning("cannot LISTEN for outbox notifications, polling meanwhile: %r", exc)
+            # Still listening: NOTIFYs sent while no relay says busy wake it; it polls too.
+            self._listen_failed(exc, "cannot register in the listeners table")
             return
+        self._registered_as = me
         if self._listen_failing:
             self._listen_failing = False
             log.info("listening for outbox notifications again")
         for schema, forwarder in self.forwarders.items():
             # Its row says busy: it looks for rows that committed while nobody listened.
             forwarder.listen(self._listeners[schema].row(me))
+
+    def _listen_failed(self, exc: BaseException, what: str) -> None:
+        if unreachable(exc):  # the outage line says it
+            self._postgres_down(exc)
+            log.debug("%s: %r", what, exc)
+        elif not self._listen_failing:
+            self._listen_failing = True
+            log.warning("%s, polling meanwhile: %r", what, exc)
 
     async def _sweep_listeners(self) -> None:
         for listeners in self._listeners.values():

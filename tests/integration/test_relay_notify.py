@@ -89,6 +89,43 @@ async def test_a_relay_cannot_say_waiting_while_a_producer_that_read_busy_is_ope
         await pool.close()
 
 
+async def test_a_producer_whose_trigger_waited_for_the_announcement_reads_it_and_notifies(
+    case: Case,
+) -> None:
+    """The trigger's read takes its snapshot after its lock: a producer held up by a relay
+    saying "waiting" sees that and notifies, rather than reading the "busy" it waited behind."""
+    table = f"{case.schema}.{RELAY_LISTENERS_TABLE}"
+    await case.pg.execute(f"INSERT INTO {table} (pid, waiting) VALUES (1, false)")
+    relay = await asyncpg.connect(case.database_url)
+    producer = await asyncpg.connect(case.database_url)
+    try:
+        async with listening(case.database_url, case.schema) as seen:
+            announcing = relay.transaction()
+            await announcing.start()
+            await relay.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            await relay.execute(f"UPDATE {table} SET waiting = true")
+            producing = asyncio.create_task(fill(producer, case.schema, 1))
+            blocked = (
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                producer.get_server_pid(),
+            )
+
+            async def held_up() -> bool:
+                return bool(await case.pg.fetchval(*blocked))
+
+            await wait_until(held_up, timeout=10, what="the producer's trigger waits")
+            await announcing.commit()
+            await producing
+            await wait_until(lambda: _positive(seen.count), timeout=10, what="its NOTIFY")
+    finally:
+        await producer.close()
+        await relay.close()
+
+
+async def _positive(n: int) -> bool:
+    return n > 0
+
+
 async def test_an_event_committed_while_the_relay_waits_is_published_at_once(case: Case) -> None:
     async with running_relay(**case.relay_settings(poll_interval=3600)):
 

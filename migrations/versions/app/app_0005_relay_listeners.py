@@ -15,7 +15,8 @@ has committed or rolled back, and the relay's claim right after sees their rows.
 is not free it stays busy and claims again shortly.
 
 The table is unlogged: its rows describe live connections, which a crash or failover ends
-anyway; an empty table means "notify".
+anyway; an empty table means "notify". Every role may read it (GRANT SELECT TO PUBLIC), so
+producers' roles need no new grant; the relay's role writes it.
 
 Downgrading drops the table and restores the trigger that notifies on every statement.
 
@@ -54,6 +55,9 @@ def upgrade() -> None:
         "waiting boolean NOT NULL DEFAULT false, "
         "changed_at timestamptz NOT NULL DEFAULT now())"
     )
+    # Producers' roles read it in the outbox trigger: they need no grant of their own for it (it
+    # holds backend pids and flags, nothing of the application's).
+    op.execute(f"GRANT SELECT ON {schema}.{_LISTENERS} TO PUBLIC")
     op.execute(
         f"COMMENT ON TABLE {schema}.{_LISTENERS} IS 'one row per relay LISTENing for this "
         "outbox (pid and backend_start of its LISTEN connection): waiting for NOTIFY, or busy "
