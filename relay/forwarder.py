@@ -23,6 +23,11 @@ from relay.store import Outbox, Row
 
 log = logging.getLogger(__name__)
 
+REFUSED_WAIT_MAX = 0.05
+"""Longest wait, in seconds, before looking again while "waiting" is refused: a producer that
+read "busy" is still open, so the rows of others who read it too reach no NOTIFY meanwhile; this
+bounds what one long producer transaction adds to their latency."""
+
 
 class Next(enum.Enum):
     """What the next claim waits for, by what the last one found."""
@@ -208,13 +213,14 @@ class Forwarder:
             self._waiting = generation == self._flag_generation
             self._refused = 0
             return False
-        # A producer that read "busy" is still open: its row comes soon; look again shortly,
-        # backing off to the poll interval while producers keep the table busy.
+        # A producer that read "busy" is still open: look again shortly, backing off while
+        # producers keep the table busy (the look finds nothing until one commits).
         self._refused += 1
         await self.store.rest()
         base = max(self._settings.gather_delay, 0.001)
-        await pause(self._stopping, min(base * 2**self._refused, self._settings.poll_interval))
-        return True
+        ceiling = min(REFUSED_WAIT_MAX, self._settings.poll_interval)
+        await pause(self._stopping, min(base * 2**self._refused, ceiling))
+        return False
 
     def _attributes_of(self, stream: str) -> dict[str, str]:
         attributes = self._attributes.get(stream)

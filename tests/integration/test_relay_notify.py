@@ -137,6 +137,30 @@ async def test_an_event_committed_while_the_relay_waits_is_published_at_once(cas
         await wait_until(lambda: has(case, {event_id}), timeout=10, what="published on NOTIFY")
 
 
+async def test_a_long_producer_transaction_does_not_hold_back_the_events_of_others(
+    case: Case,
+) -> None:
+    """While one producer sits between its INSERT and its COMMIT, the relay cannot say
+    "waiting", so other producers reading "busy" send no NOTIFY: it keeps looking."""
+    slow = await asyncpg.connect(case.database_url)
+    try:
+        async with slow.transaction():
+            (late,) = await fill(slow, case.schema, 1)  # its trigger holds the table's lock
+            async with running_relay(**case.relay_settings(poll_interval=3600)):
+
+                async def registered() -> bool:
+                    return bool(await rows(case.pg, case.schema))
+
+                await wait_until(registered, timeout=10, what="the relay's row")
+                assert not any(w for _pid, w in await rows(case.pg, case.schema))
+                quick = set(await fill(case.pg, case.schema, 1))  # reads "busy": no NOTIFY
+                await wait_until(lambda: has(case, quick), timeout=10, what="the quick event")
+                assert not any(w for _pid, w in await rows(case.pg, case.schema)), "still busy"
+                assert not await has(case, {late})
+    finally:
+        await slow.close()
+
+
 async def test_a_stream_of_commits_is_published_with_the_relay_mostly_busy(case: Case) -> None:
     async with (
         running_relay(**case.relay_settings(poll_interval=3600)),
