@@ -1,26 +1,43 @@
-"""The relay loop of one schema: claim a batch, publish it, commit; wake on NOTIFY or poll."""
+"""The relay loop of one schema: claim a batch, publish it, commit; pace the claims by what the
+last one found (at once, after the gather delay, or on NOTIFY or poll)."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from tenacity import AsyncRetrying, RetryCallState
-
 from conveyor import telemetry as t
 from conveyor.outages import OUTAGE_LOG_INTERVAL
 from conveyor.retry import pause
 from relay.metrics import RelayMetrics
+from relay.notify import WaitFlag
 from relay.publisher import Publisher
 from relay.settings import RelaySettings
 from relay.spans import publish_traced, tracing_enabled
 from relay.store import Outbox, Row
 
 log = logging.getLogger(__name__)
+
+REFUSED_WAIT_MAX = 0.05
+"""Longest wait, in seconds, before looking again while "waiting" is refused: a producer that
+read "busy" is still open, so the rows of others who read it too reach no NOTIFY meanwhile; this
+bounds what one long producer transaction adds to their latency."""
+
+
+class Next(enum.Enum):
+    """What the next claim waits for, by what the last one found."""
+
+    NOW = enum.auto()
+    """A full batch (a backlog), a failure retried, or the start: claim at once."""
+    GATHER = enum.auto()
+    """Some rows: more are committing; let them gather for the gather delay."""
+    IDLE = enum.auto()
+    """Nothing: wait for a NOTIFY or the poll interval."""
 
 
 class Forwarder:
@@ -30,6 +47,12 @@ class Forwarder:
     relay the stream order follows the outbox id order (except after a failed batch is retried).
     A batch that fails is rolled back and retried with jittered exponential backoff; its rows are
     never dropped.
+
+    One worker at a time holds the claim lock, and waits there as the last claim says, so one
+    NOTIFY wakes one claim, and a claim that found a few rows is followed by one claim after the
+    gather delay, not one per commit. With a WaitFlag (the relay LISTENs), a worker that found
+    nothing says "waiting" before it waits, and looks once more after that, since producers
+    that read "busy" did not notify.
     """
 
     def __init__(
@@ -44,12 +67,23 @@ class Forwarder:
         self.store = store
         self._publisher = publisher
         self._settings = settings
+        self._batch_size = settings.batch_size
         self._policy = settings.retry_policy
         self._metrics = metrics
         self._stopping = stopping
         self._wakeup = asyncio.Event()
         self._claim_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
+        self._next = Next.NOW
+        self._flag: WaitFlag | None = None
+        self._flag_generation = 0
+        self._waiting = False
+        """Our row in the listeners table says waiting (producers notify)."""
+        self._streak = 0
+        """Claims in a row that found rows."""
+        self._refused = 0
+        """Times in a row "waiting" was refused because a producer that read "busy" was open."""
+        self._attributes: dict[str, dict[str, str]] = {}
         self.published = 0
         """Events published since start."""
         self.last_progress = time.monotonic()
@@ -62,41 +96,48 @@ class Forwarder:
         """New rows may be there (NOTIFY, or shutdown): stop waiting and claim."""
         self._wakeup.set()
 
+    def listen(self, flag: WaitFlag | None) -> None:
+        """The relay's LISTEN connection is up and its row registered busy (`flag`), or it was
+        lost (None: claims are paced by the poll interval alone until it is back)."""
+        self._flag = flag
+        self._flag_generation += 1
+        self._waiting = False
+        self._refused = 0
+        self.wake()
+
     async def run(self) -> None:
         """Forward until `stopping` is set; the batch in flight then finishes."""
         await asyncio.gather(*(self._work() for _ in range(self._settings.concurrency)))
 
     async def _work(self) -> None:
         while not self._stopping.is_set():
-            n = await self._forward_retrying()
-            if n < self._settings.batch_size and not self._stopping.is_set():
-                await pause(self._wakeup, self._settings.poll_interval)
+            await self._forward_retrying()
 
     async def _forward_retrying(self) -> int:
-        retrying = AsyncRetrying(
-            wait=lambda state: self._policy.delay(state.attempt_number),
-            stop=lambda _state: self._stopping.is_set(),
-            sleep=self._sleep,
-            before_sleep=self._log_failure,
-            reraise=True,
-        )
-        try:
-            return await retrying(self.forward_once)
-        except Exception:
-            if self._stopping.is_set():
-                return 0
-            raise
+        attempt = 0
+        while True:
+            try:
+                return await self.forward_once()
+            except Exception as exc:  # noqa: BLE001 - any failure: the rows stay, try again
+                if self._stopping.is_set():
+                    return 0
+                attempt += 1
+                delay = self._policy.delay(attempt)
+                self._log_failure(exc, attempt, delay)
+                if await pause(self._stopping, delay):
+                    return 0
 
     async def forward_once(self) -> int:
-        """Claim, publish and commit one batch; return how many events it held."""
+        """Wait as the last claim says, then claim, publish and commit one batch; return how
+        many events it held."""
         rows: Sequence[Row] = ()
         try:
             async with AsyncExitStack() as stack:
                 async with self._claim_lock:
-                    self._wakeup.clear()
-                    rows = await stack.enter_async_context(
-                        self.store.claim(self._settings.batch_size)
-                    )
+                    if not await self._ready():
+                        return 0
+                    rows = await stack.enter_async_context(self.store.claim(self._batch_size))
+                    self._found(len(rows))
                     if not rows:
                         return 0
                     await self._publish_lock.acquire()
@@ -105,16 +146,87 @@ class Forwarder:
                 finally:
                     self._publish_lock.release()
         except Exception:
+            self._next = Next.NOW  # after the backoff
             for topic, n in Counter(row[2] for row in rows).items():
                 stream = self._publisher.stream_key(topic)
-                self._metrics.publish_failed.add(n, {t.ATTR_STREAM: stream})
+                self._metrics.publish_failed.add(n, self._attributes_of(stream))
             raise
         for stream, n in counts.items():
-            self._metrics.published.add(n, {t.ATTR_STREAM: stream})
+            self._metrics.published.add(n, self._attributes_of(stream))
         self.published += len(rows)
         self.last_progress = time.monotonic()
         self.last_error = None
         return len(rows)
+
+    def _found(self, n: int) -> None:
+        if n >= self._batch_size:
+            self._next = Next.NOW
+        elif n:
+            self._next, self._refused = Next.GATHER, 0
+        else:
+            self._next = Next.IDLE
+        self._streak = self._streak + 1 if n else 0
+
+    async def _ready(self) -> bool:
+        """Wait as the last claim says; False when stopping, or when a look finds no rows."""
+        claim = await self._pace()
+        if self._stopping.is_set():
+            return False
+        self._wakeup.clear()  # a NOTIFY from here on may be for rows this claim does not see
+        if claim or await self.store.pending():
+            return True
+        self._next = Next.IDLE
+        return False
+
+    async def _pace(self) -> bool:
+        """Wait as `_next` says; True to claim, False to look for rows first (none expected)."""
+        if self._next is Next.NOW:
+            return True
+        if self._next is Next.GATHER:
+            # A plain sleep costs less than one a stop can cut short; a stop waits for it (the
+            # gather delay is at most a second, and usually a few milliseconds).
+            await asyncio.sleep(self._settings.gather_delay)
+            if not self._waiting:
+                return True  # nobody notifies a busy relay: claim
+            if self._wakeup.is_set():
+                if self._streak > 1:
+                    # Rows keep committing: claim every gather delay, not on a NOTIFY each.
+                    await self._say_busy()
+                return True
+            # Waiting, and no NOTIFY since the claim began: nothing new committed; wait as idle.
+        elif self._flag is not None and not self._waiting:
+            return await self._say_waiting(self._flag)
+        # A NOTIFY (or a stop) ends the wait early: claim. The poll interval: look first.
+        await self.store.rest()
+        return await pause(self._wakeup, self._settings.poll_interval)
+
+    async def _say_busy(self) -> None:
+        if self._flag is not None:
+            await self._flag.busy()
+        self._waiting = False
+
+    async def _say_waiting(self, flag: WaitFlag) -> bool:
+        generation = self._flag_generation
+        if await flag.waiting():
+            # Producers that read "busy" have all finished, those from now on notify: one look
+            # now sees the rows of the former.
+            self._waiting = generation == self._flag_generation
+            self._refused = 0
+            return False
+        # A producer that read "busy" is still open: look again shortly, backing off while
+        # producers keep the table busy (the look finds nothing until one commits).
+        self._refused += 1
+        await self.store.rest()
+        base = max(self._settings.gather_delay, 0.001)
+        ceiling = min(REFUSED_WAIT_MAX, self._settings.poll_interval)
+        await pause(self._stopping, min(base * 2**self._refused, ceiling))
+        return False
+
+    def _attributes_of(self, stream: str) -> dict[str, str]:
+        attributes = self._attributes.get(stream)
+        if attributes is None:
+            attributes = self._attributes[stream] = {t.ATTR_STREAM: stream}
+        return attributes
 
     async def _publish(self, rows: Sequence[Row]) -> dict[str, int]:
         if not self._tracing:
@@ -126,23 +238,19 @@ class Forwarder:
             attributes={t.ATTR_SCHEMA: self.schema},
         )
 
-    async def _sleep(self, seconds: float) -> None:
-        await pause(self._stopping, seconds)
-
-    def _log_failure(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
+    def _log_failure(self, exc: Exception, attempt: int, delay: float) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         # The first failure of a batch, then one every OUTAGE_LOG_INTERVAL: an outage retries
         # for as long as it lasts.
         now, level = time.monotonic(), logging.DEBUG
-        if state.attempt_number == 1 or now - self._failure_logged >= OUTAGE_LOG_INTERVAL:
+        if attempt == 1 or now - self._failure_logged >= OUTAGE_LOG_INTERVAL:
             self._failure_logged, level = now, logging.WARNING
         log.log(
             level,
             "relay batch failed, rows stay unpublished and will be retried: schema=%s attempt=%d "
             "retry_in=%.2fs error=%s",
             self.schema,
-            state.attempt_number,
-            state.upcoming_sleep,
+            attempt,
+            delay,
             self.last_error,
         )

@@ -5,33 +5,38 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Counter, Observation
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from conveyor import telemetry as t
 
 
 class StreamCounter:
-    """A counter by stream; the first count of a stream starts every counter of the relay at 0
-    for it, so each stream's series exist (and `increase()` sees its first failure)."""
+    """A counter by stream, kept as plain integers and read by the SDK when it collects (an
+    observable counter): counting costs a dict update, not an SDK measurement per batch. The
+    first count of a stream starts every counter of the relay at 0 for it, so each stream's
+    series exist (and `increase()` sees its first failure)."""
 
-    __slots__ = ("_counter", "_first", "_seen")
+    __slots__ = ("_counts", "_first")
 
-    def __init__(self, counter: Counter, first: Callable[[str], None]) -> None:
-        self._counter = counter
+    def __init__(self, first: Callable[[str], None]) -> None:
         self._first = first
-        self._seen: set[str] = set()
+        self._counts: dict[str, int] = {}
 
     def add(self, amount: int, attributes: Mapping[str, str]) -> None:
         stream = attributes[t.ATTR_STREAM]
-        if stream not in self._seen:
+        counts = self._counts
+        if stream not in counts:
             self._first(stream)
-        self._counter.add(amount, attributes)
+        counts[stream] += amount
 
     def start(self, stream: str) -> None:
         """Export the stream's series at 0 (once)."""
-        if stream not in self._seen:
-            self._seen.add(stream)
-            self._counter.add(0, {t.ATTR_STREAM: stream})
+        self._counts.setdefault(stream, 0)
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        # Runs on the collecting thread: a copy, as the pipeline's loop may add a stream.
+        for stream, count in tuple(self._counts.items()):
+            yield Observation(count, {t.ATTR_STREAM: stream})
 
 
 class RelayMetrics:
@@ -39,28 +44,22 @@ class RelayMetrics:
 
     def __init__(self, meter: metrics.Meter | None = None) -> None:
         meter = meter or metrics.get_meter(t.METER_RELAY)
-        counter = meter.create_counter
-        self.published = StreamCounter(
-            counter(
-                t.EVENTS_PUBLISHED, unit="{event}", description="Events appended to their stream"
-            ),
-            self._first_count,
-        )
-        self.publish_failed = StreamCounter(
-            counter(
+        self.published = StreamCounter(self._first_count)
+        self.publish_failed = StreamCounter(self._first_count)
+        self.replayed = StreamCounter(self._first_count)
+        for name, counter, description in (
+            (t.EVENTS_PUBLISHED, self.published, "Events appended to their stream"),
+            (
                 t.EVENTS_PUBLISH_FAILED,
-                unit="{event}",
-                description="Events whose publish attempt failed and will be retried",
+                self.publish_failed,
+                "Events whose publish attempt failed and will be retried",
             ),
-            self._first_count,
-        )
-        self.replayed = StreamCounter(
-            counter(
-                t.EVENTS_REPLAYED, unit="{event}", description="Kept events republished by replay"
-            ),
-            self._first_count,
-        )
-        self.redis_resets = counter(
+            (t.EVENTS_REPLAYED, self.replayed, "Kept events republished by replay"),
+        ):
+            meter.create_observable_counter(
+                name, [counter.observe], unit="{event}", description=description
+            )
+        self.redis_resets = meter.create_counter(
             t.REDIS_RESETS, description="Redis restarts noticed (run id changed)"
         )
         self.redis_resets.add(0)

@@ -16,11 +16,12 @@ from conveyor.outages import Outage, describe, quiet_pool_reconnects, unreachabl
 from conveyor.retry import pause
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
+from relay.notify import Listener, Listeners, NotifyListener
 from relay.publisher import StreamPublisher
 from relay.registry import Registry, RegistryFactory, RelayProcess, this_process
 from relay.settings import RelaySettings
 from relay.status import Backlog, ForwarderStatus, RelayStatus
-from relay.store import NotifyListener, OutboxStore
+from relay.store import OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class Relay:
         self._redis: Any = None
         self._publisher: StreamPublisher | None = None
         self._listener: NotifyListener | None = None
+        self._stores: list[OutboxStore] = []
+        self._listeners: dict[str, Listeners] = {}
+        self._registered_as: Listener | None = None
+        """The LISTEN connection whose rows the listeners tables hold; None until registered."""
+        """schema -> its listeners table, where this relay says whether it waits for NOTIFY."""
         self._redis_outage = Outage("redis", settings.redis_address, log, "relay")
         self._postgres_outage = Outage("postgres", settings.database_address, log, "relay")
         self._listen_failing = False
@@ -79,16 +85,20 @@ class Relay:
         s = self.settings
         quiet_pool_reconnects()
         size = s.concurrency * len(s.schemas) + 4  # + cleanup, the monitor, heartbeat, a spare
-        self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=size)
+        self._pool = await asyncpg.create_pool(
+            s.database_url, min_size=1, max_size=size, reset=_keep_session
+        )
         self._redis = redis_client.connect(s.redis_url)
         self._publisher = StreamPublisher(self._redis, s.key_prefix)
         for schema in s.schemas:
             store = OutboxStore(self._pool, schema, keep_published=s.retention > 0)
+            self._stores.append(store)
             self.forwarders[schema] = Forwarder(
                 store, self._publisher, s, self.metrics, self._stopping
             )
         if s.listen:
             self._listener = NotifyListener(s.database_url, s.schemas, self._wake)
+            self._listeners = {schema: Listeners(self._pool, schema) for schema in s.schemas}
         if self._make_registry is not None:
             self._registry = self._make_registry(self._pool)
             me = this_process(s.key_prefix, s.schemas, grpc_addr)
@@ -140,9 +150,16 @@ class Relay:
                 await self._registry.unregister(self._registered)
             self._registered = None
         if self._listener is not None:
+            me = self._registered_as
+            if me is not None and self._listener.connected:
+                for listeners in self._listeners.values():
+                    with suppress(Exception):  # a row left behind is swept by the next relay
+                        await listeners.unregister(me)
             await self._listener.close()
         if self._redis is not None:
             await self._redis.aclose()
+        for store in self._stores:
+            await store.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -174,29 +191,64 @@ class Relay:
                 await self._check_redis()
                 if rounds % 5 == 0:
                     await self._measure_backlog()
+                if rounds % 30 == 29:
+                    await self._sweep_listeners()
                 rounds += 1
             except Exception:  # a bug here must not end monitoring for good
                 log.exception("relay monitor round failed; trying again next interval")
             await pause(self._stopping, self.settings.monitor_interval)
 
     async def _check_listener(self) -> None:
-        if self._listener is None or self._listener.connected:
+        if self._listener is None:
             return
+        if not self._listener.connected:
+            self._registered_as = None
+            for forwarder in self.forwarders.values():
+                forwarder.listen(None)  # no NOTIFY reaches it now: it polls
+            try:
+                await self._listener.connect()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._listen_failed(exc, "cannot LISTEN for outbox notifications")
+                return
+            for forwarder in self.forwarders.values():
+                forwarder.wake()  # rows may have committed while nobody listened
+        if self._registered_as is None:
+            await self._register()
+
+    async def _register(self) -> None:
+        """Give this relay's LISTEN connection its row in every schema's listeners table."""
+        assert self._listener is not None and self._listener.me is not None
+        me = self._listener.me
         try:
-            await self._listener.connect()
+            for listeners in self._listeners.values():
+                await listeners.register(me)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if unreachable(exc):  # the outage line says it
-                self._postgres_down(exc)
-                log.debug("cannot LISTEN for outbox notifications: %r", exc)
-            elif not self._listen_failing:
-                self._listen_failing = True
-                log.warning("cannot LISTEN for outbox notifications, polling meanwhile: %r", exc)
+            # Still listening: NOTIFYs sent while no relay says busy wake it; it polls too.
+            self._listen_failed(exc, "cannot register in the listeners table")
             return
+        self._registered_as = me
         if self._listen_failing:
             self._listen_failing = False
             log.info("listening for outbox notifications again")
-        for forwarder in self.forwarders.values():
-            forwarder.wake()  # rows may have committed while nobody listened
+        for schema, forwarder in self.forwarders.items():
+            # Its row says busy: it looks for rows that committed while nobody listened.
+            forwarder.listen(self._listeners[schema].row(me))
+
+    def _listen_failed(self, exc: BaseException, what: str) -> None:
+        if unreachable(exc):  # the outage line says it
+            self._postgres_down(exc)
+            log.debug("%s: %r", what, exc)
+        elif not self._listen_failing:
+            self._listen_failing = True
+            log.warning("%s, polling meanwhile: %r", what, exc)
+
+    async def _sweep_listeners(self) -> None:
+        for listeners in self._listeners.values():
+            try:
+                await listeners.sweep()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.debug("sweeping the listeners table failed: %r", exc)
+                return
 
     async def _check_redis(self) -> None:
         assert self._publisher is not None
@@ -261,3 +313,8 @@ class Relay:
                         "outbox cleanup failed, will retry: schema=%s error=%r", schema, exc
                     )
             await pause(self._stopping, s.cleanup_interval)
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Connections go back to the pool as they are: the relay sets no session state, and
+    asyncpg's default reset would cost a round trip per claim."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol
@@ -12,8 +12,9 @@ import asyncpg
 from conveyor import database
 
 Row = Any
-"""An outbox row as the claim query returns it: id, event_id, topic, event_type, aggregate_id,
-traceparent, payload (asyncpg.Record, indexable by position and name)."""
+"""An outbox row as the claim query returns it: id, event_id (text from a claim, a UUID from
+replay), topic, event_type, aggregate_id, traceparent, payload (asyncpg.Record, indexable by
+position and name)."""
 
 _RETURNING = "id, event_id, topic, event_type, aggregate_id, traceparent, payload"
 
@@ -30,6 +31,13 @@ class Outbox(Protocol):
         the block exits normally and rolls back, leaving them unpublished, when it raises.
         """
 
+    async def pending(self) -> bool:
+        """Whether any row is unpublished (or claimed by a transaction still open): one cheap
+        look before a claim that is expected to find nothing."""
+
+    async def rest(self) -> None:
+        """Called before the forwarder waits for a NOTIFY or the poll interval."""
+
     async def backlog(self) -> tuple[int, float]:
         """(unpublished rows, age in seconds of the oldest one, 0 when none)."""
 
@@ -43,6 +51,14 @@ class OutboxStore:
     def __init__(self, pool: asyncpg.Pool, schema: str, *, keep_published: bool) -> None:
         self.schema = database.validate_schema(schema)
         self._pool = pool
+        # Claims keep their connections between batches (a pool's acquire and release cost about
+        # as much CPU as the claim's round trips), and while claims keep finding rows, the COMMIT
+        # of one batch also opens the next one's transaction: one round trip fewer per batch.
+        self._idle: list[asyncpg.Connection] = []
+        self._begun: set[asyncpg.Connection] = set()
+        """Idle connections in a transaction opened for the next claim."""
+        self._hot = True
+        """Claims are coming one after another (false from `rest()` to the next claim)."""
         table = f"{schema}.{database.OUTBOX_TABLE}"
         pick = (
             f"SELECT id FROM {table} WHERE published_at IS NULL "
@@ -55,7 +71,13 @@ class OutboxStore:
             if keep_published
             else f"DELETE FROM {table} WHERE id IN ({pick}) RETURNING {_RETURNING}"
         )
-        self._claim_sql = f"WITH claimed AS ({change}) SELECT * FROM claimed ORDER BY id"
+        # The event id as text: the stream entry carries it so, and PostgreSQL writes it faster
+        # than Python formats a UUID.
+        self._claim_sql = (
+            f"WITH claimed AS ({change}) SELECT id, event_id::text, topic, event_type, "
+            "aggregate_id, traceparent, payload FROM claimed ORDER BY id"
+        )
+        self._pending_sql = f"SELECT EXISTS (SELECT FROM {table} WHERE published_at IS NULL)"
         self._backlog_sql = (
             f"SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 "
             f"FROM {table} WHERE published_at IS NULL"
@@ -68,8 +90,66 @@ class OutboxStore:
 
     @asynccontextmanager
     async def claim(self, limit: int) -> AsyncIterator[Sequence[Row]]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield await conn.fetch(self._claim_sql, limit)
+        self._hot = True
+        conn = self._idle.pop() if self._idle else await self._pool.acquire()
+        try:
+            if conn in self._begun:
+                self._begun.discard(conn)
+            else:
+                await conn.execute("BEGIN")
+            rows = await conn.fetch(self._claim_sql, limit)
+            yield rows
+            if rows and self._hot:
+                # More rows are coming: the next claim's BEGIN rides on this COMMIT.
+                await conn.execute("COMMIT; BEGIN")
+                self._begun.add(conn)
+            else:
+                await conn.execute("COMMIT")
+        except BaseException:
+            await self._discard(conn)
+            raise
+        self._idle.append(conn)
+
+    async def pending(self) -> bool:
+        conn = self._idle.pop() if self._idle else await self._pool.acquire()
+        try:
+            found = bool(await conn.fetchval(self._pending_sql))
+        except BaseException:
+            await self._discard(conn)
+            raise
+        self._idle.append(conn)
+        return found
+
+    async def rest(self) -> None:
+        """The forwarder is about to wait: end the transactions opened for the next claim, so
+        no connection stays idle in a transaction while nothing comes."""
+        self._hot = False
+        for conn in [c for c in self._idle if c in self._begun]:
+            self._begun.discard(conn)
+            try:
+                await conn.execute("ROLLBACK")
+            except BaseException:
+                self._idle.remove(conn)
+                await self._discard(conn)
+                raise
+
+    async def _discard(self, conn: asyncpg.Connection) -> None:
+        """Give a connection a failure may have broken back to the pool (which replaces it)."""
+        self._begun.discard(conn)
+        try:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - broken: the pool closes it
+            pass
+        finally:
+            await self._pool.release(conn)
+
+    async def close(self) -> None:
+        """Give the connections kept for claims back to the pool."""
+        await self.rest()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._pool.release(conn)
 
     async def backlog(self) -> tuple[int, float]:
         row = await self._pool.fetchrow(self._backlog_sql)
@@ -78,38 +158,6 @@ class OutboxStore:
     async def clean_up(self, retention_seconds: float, limit: int) -> int:
         status: str = await self._pool.execute(self._cleanup_sql, retention_seconds, limit)
         return int(status.rsplit(" ", 1)[1])
-
-
-class NotifyListener:
-    """A dedicated connection LISTENing on the outbox channels; calls `wake(schema)` on NOTIFY."""
-
-    def __init__(self, dsn: str, schemas: Sequence[str], wake: Callable[[str], None]) -> None:
-        self._dsn = dsn
-        self._channels = {database.notify_channel(s): s for s in schemas}
-        self._wake = wake
-        self._conn: asyncpg.Connection | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
-    async def connect(self) -> None:
-        """(Re)open the connection and LISTEN; raises what asyncpg raises when PG is down."""
-        await self.close()
-        conn = await asyncpg.connect(self._dsn, timeout=10)
-        for channel in self._channels:
-            await conn.add_listener(channel, self._on_notify)
-        self._conn = conn
-
-    def _on_notify(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
-        schema = self._channels.get(channel)
-        if schema is not None:
-            self._wake(schema)
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            await conn.close(timeout=5)
 
 
 async def replay_rows(

@@ -21,6 +21,7 @@ DEMO_TABLES: Final = frozenset(
         database.OUTBOX_TABLE,
         database.LEDGER_TABLE,
         database.COMMIT_GUARD_TABLE,
+        database.RELAY_LISTENERS_TABLE,
         database.VERSION_TABLE,
         "demo_mail",
         "demo_outage",

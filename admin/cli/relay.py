@@ -82,6 +82,7 @@ def run(
     batch_size: int = RELAY.option("batch_size"),
     concurrency: int = RELAY.option("concurrency"),
     poll_interval: str = RELAY.option("poll_interval"),
+    gather_delay: str = RELAY.option("gather_delay"),
     listen: bool = RELAY.option("listen"),
     retention: str = RELAY.option("retention"),
     log_level: LogLevel = DEFAULT_LOG_LEVEL,
@@ -133,6 +134,7 @@ def run(
             batch_size=batch_size,
             concurrency=concurrency,
             poll_interval=parse_duration(poll_interval, RELAY.flag("poll_interval")),
+            gather_delay=parse_duration(gather_delay, RELAY.flag("gather_delay")),
             listen=listen,
             retention=parse_duration(retention, RELAY.flag("retention")),
         )
@@ -181,12 +183,14 @@ async def _serve(
     def running() -> None:
         started()
         log.info(
-            "relay started: schemas=%s database=%s redis=%s batch_size=%d concurrency=%d",
+            "relay started: schemas=%s database=%s redis=%s batch_size=%d concurrency=%d "
+            "gather_delay=%gs",
             ",".join(settings.schemas),
             redact(settings.database_url),
             redact(settings.redis_url),
             settings.batch_size,
             settings.concurrency,
+            settings.gather_delay,
         )
 
     async with telemetry.serving():  # bound before the pipeline creates anything

@@ -12,6 +12,9 @@ LEDGER_TABLE = "event_ledger"
 COMMIT_GUARD_TABLE = "conveyor_commit_guard"
 """Per-connection row a consumer's ledger claim touches; its deferred trigger lets only the
 consumer's own COMMIT (after `set_config('conveyor.ledger_commit', 'on', true)`) through."""
+RELAY_LISTENERS_TABLE = "conveyor_relay_listeners"
+"""One row per relay LISTENing for the schema's NOTIFY (its LISTEN connection's pid): waiting for
+a NOTIFY or busy claiming; the outbox trigger notifies unless every row says busy (app_0005)."""
 VERSION_TABLE = "conveyor_alembic_version"
 """Alembic version table kept inside each application schema, apart from the app's own."""
 

@@ -20,8 +20,14 @@ from conveyor.database import (
 )
 from conveyor.wire import REASONS
 
-APP_HEAD = "app_0004"
-APP_TABLES = {"outbox", "event_ledger", "conveyor_commit_guard", "conveyor_alembic_version"}
+APP_HEAD = "app_0005"
+APP_TABLES = {
+    "outbox",
+    "event_ledger",
+    "conveyor_commit_guard",
+    "conveyor_relay_listeners",
+    "conveyor_alembic_version",
+}
 CATALOG_HEAD = "catalog_0006"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
@@ -96,6 +102,7 @@ async def test_down_without_revision_goes_one_step(
     pg: asyncpg.Connection, database_url: str, schema: str
 ) -> None:
     await asyncio.to_thread(migrations.upgrade, database_url, schema)
+    await asyncio.to_thread(migrations.downgrade, database_url, schema, "app_0004")
 
     await asyncio.to_thread(migrations.downgrade, database_url, schema)
 
@@ -250,7 +257,7 @@ async def test_ensure_at_head_names_the_command(database_url: str, schema: str) 
     await migrations.ensure_at_head(database_url, schema)
 
     await asyncio.to_thread(migrations.downgrade, database_url, schema)
-    with pytest.raises(SchemaNotReady, match="at revision 'app_0003', head is 'app_0004'"):
+    with pytest.raises(SchemaNotReady, match="at revision 'app_0004', head is 'app_0005'"):
         await migrations.ensure_at_head(database_url, schema)
 
 

@@ -36,6 +36,12 @@ class FakeOutbox:
         finally:
             self.locked -= set(ids)
 
+    async def pending(self) -> bool:
+        return bool(self.unpublished)
+
+    async def rest(self) -> None:
+        return None
+
     async def backlog(self) -> tuple[int, float]:
         return len(self.unpublished), 0.0
 
