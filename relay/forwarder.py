@@ -81,6 +81,8 @@ class Forwarder:
         """Our row in the listeners table says waiting (producers notify)."""
         self._streak = 0
         """Claims in a row that found rows."""
+        self._looks = 1_000
+        """Idle waits since a claim last found rows (many: wait the whole poll interval)."""
         self._refused = 0
         """Times in a row "waiting" was refused because a producer that read "busy" was open."""
         self._attributes: dict[str, dict[str, str]] = {}
@@ -162,7 +164,7 @@ class Forwarder:
         if n >= self._batch_size:
             self._next = Next.NOW
         elif n:
-            self._next, self._refused = Next.GATHER, 0
+            self._next, self._refused, self._looks = Next.GATHER, 0, 0
         else:
             self._next = Next.IDLE
         self._streak = self._streak + 1 if n else 0
@@ -198,7 +200,17 @@ class Forwarder:
             return await self._say_waiting(self._flag)
         # A NOTIFY (or a stop) ends the wait early: claim. The poll interval: look first.
         await self.store.rest()
-        return await pause(self._wakeup, self._settings.poll_interval)
+        return await pause(self._wakeup, self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        """The poll interval; without a LISTEN connection, no NOTIFY says when rows come, so
+        after rows were found the wait starts at twice the gather delay and doubles up to it."""
+        if self._flag is not None:
+            return self._settings.poll_interval
+        self._looks += 1
+        base = max(self._settings.gather_delay, 0.001)
+        grown: float = base * 2.0 ** min(self._looks, 30)
+        return min(grown, self._settings.poll_interval)
 
     async def _say_busy(self) -> None:
         if self._flag is not None:

@@ -32,7 +32,7 @@ class RelaySettings:
     """Batches in flight per schema (1-16); their XADDs still go out in claim order."""
     poll_interval: float = 1.0
     """Claim this often when no NOTIFY arrives (the fallback that also covers outages)."""
-    gather_delay: float = 0.002
+    gather_delay: float = 0.001
     """After a claim that found rows but not a full batch, wait this long before the next one, so
     the rows committing meanwhile go out together: fewer claims, transactions and XADD round trips
     at everyday rates, for up to this much latency (0-1 s; 0 claims again at once). A relay

@@ -199,3 +199,16 @@ async def test_without_a_listen_connection_the_relay_polls_and_never_says_waitin
     await run.stop()
     assert flag.calls == []
     assert outbox.rests > 0, "no transaction held open across the waits"
+
+
+async def test_a_relay_without_notify_looks_again_soon_after_it_found_rows() -> None:
+    outbox = Outbox()
+    run = Running(outbox, None)  # --no-listen, or its LISTEN connection is down; poll: an hour
+    await asyncio.sleep(0.02)
+    outbox.commit()
+    run.forwarder.wake()  # only to end the first hour-long wait
+    await run.until(lambda: run.stream.entries == [1])
+    await asyncio.sleep(0.1)
+    outbox.commit()  # no NOTIFY, no wake
+    await run.until(lambda: run.stream.entries == [1, 2])
+    await run.stop()
