@@ -80,7 +80,11 @@ async def transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> Asy
 async def _begin(conn: asyncpg.Connection, started: Transaction) -> None:
     if not _MERGED_COMMIT:  # asyncpg's internals are not as expected: two round trips
         await started.start()
-        await conn.execute(_MARK)
+        try:
+            await conn.execute(_MARK)
+        except BaseException:
+            await _roll_back(conn, started)
+            raise
         return
     await conn.execute(_BEGIN)
     # Tell asyncpg's transaction object that it began, as its own start() would have, so that
