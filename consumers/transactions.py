@@ -59,19 +59,38 @@ def is_dead(conn: asyncpg.Connection) -> bool:
 
 @asynccontextmanager
 async def transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> AsyncIterator[None]:
-    """The part's transaction, asyncpg's own so that handlers can nest theirs in it. It ends with
-    one query of two statements (one round trip): the first both lets the commit guard pass
-    (app_0004) and checks that no handler caught a database error and carried on — PostgreSQL
-    would answer COMMIT of such an aborted transaction with a silent ROLLBACK, and then nothing
-    of the part was written — and COMMIT runs only when it succeeded."""
+    """The part's transaction, asyncpg's own so that handlers can nest theirs in it. It begins
+    with a transaction-local marker (sent with BEGIN, in one round trip) and ends with one query
+    of two statements (one round trip): the first lets the commit guard pass (app_0004), checks
+    that no handler caught a database error and carried on — PostgreSQL would answer COMMIT of
+    such an aborted transaction with a silent ROLLBACK, and then nothing of the part was written
+    — and that the marker is still there: a handler that sent ROLLBACK (or a COMMIT, which the
+    guard failed) and then BEGIN as SQL left the connection in a new transaction, without the
+    part's ledger rows and earlier effects. COMMIT runs only when the first statement succeeded."""
     started = conn.transaction()
-    await started.start()
+    await _begin(conn, started)
     try:
         yield
     except BaseException:
         await _roll_back(conn, started)
         raise
     await _commit(conn, started, part)
+
+
+async def _begin(conn: asyncpg.Connection, started: Transaction) -> None:
+    if not _MERGED_COMMIT:  # asyncpg's internals are not as expected: two round trips
+        await started.start()
+        try:
+            await conn.execute(_MARK)
+        except BaseException:
+            await _roll_back(conn, started)
+            raise
+        return
+    await conn.execute(_BEGIN)
+    # Tell asyncpg's transaction object that it began, as its own start() would have, so that
+    # a handler's ctx.db.transaction() is a savepoint in it (see _MERGED_COMMIT).
+    started._connection._top_xact = started
+    started._state = TransactionState.STARTED
 
 
 async def _commit(conn: asyncpg.Connection, started: Transaction, part: Sequence[Delivery]) -> None:
@@ -83,8 +102,10 @@ async def _commit(conn: asyncpg.Connection, started: Transaction, part: Sequence
             raise
         try:
             await started.commit()
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise HandlerFailed(part, exc) from exc
+        except Exception as exc:
+            if (failed := _failed_commit(exc, part)) is not None:
+                raise failed from exc
+            raise
         return
     try:
         await conn.execute(_COMMIT)
@@ -93,16 +114,33 @@ async def _commit(conn: asyncpg.Connection, started: Transaction, part: Sequence
         # never ran. One in the COMMIT ended it.
         if not is_dead(conn) and conn.is_in_transaction():
             await _roll_back(conn, started)
+            failed = _failed_probe(exc, part)
         else:
             _ended(started, TransactionState.FAILED)
-        if isinstance(exc, asyncpg.InFailedSQLTransactionError):
-            raise HandlerFailed(part, SwallowedDatabaseError()) from exc
-        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-            # A deferred constraint of a handler's tables failed at COMMIT: a handler failure,
-            # though not yet pinned on one of the part's events.
-            raise HandlerFailed(part, exc) from exc
+            failed = _failed_commit(exc, part)
+        if failed is not None:
+            raise failed from exc
         raise
     _ended(started, TransactionState.COMMITTED)
+
+
+def _failed_probe(exc: BaseException, part: Sequence[Delivery]) -> HandlerFailed | None:
+    """The handlers' failure that the probe before COMMIT found, if it was one: an aborted
+    transaction (a swallowed error) or a missing marker (the transaction was replaced)."""
+    if isinstance(exc, asyncpg.InFailedSQLTransactionError):
+        return HandlerFailed(part, SwallowedDatabaseError())
+    if isinstance(exc, asyncpg.InvalidTextRepresentationError):  # the marker's check
+        return HandlerFailed(part, TransactionEnded())
+    return None
+
+
+def _failed_commit(exc: BaseException, part: Sequence[Delivery]) -> HandlerFailed | None:
+    """The handlers' failure when the COMMIT itself raised `exc` for their writes — a deferred
+    constraint or constraint trigger of their tables — though not yet pinned on one of the
+    part's events; None when the database failed rather than a statement (see _TRANSIENT)."""
+    if isinstance(exc, asyncpg.PostgresError) and not exc.sqlstate.startswith(_TRANSIENT):
+        return HandlerFailed(part, exc)
+    return None
 
 
 async def _roll_back(conn: asyncpg.Connection, started: Transaction) -> None:
@@ -125,11 +163,14 @@ async def check_usable(
     conn: asyncpg.Connection, deliveries: Sequence[Delivery], *, commit: bool = False
 ) -> None:
     """HandlerFailed(SwallowedDatabaseError) when the transaction is aborted (a handler caught
-    a database error and returned normally); with `commit`, also let the commit guard pass."""
+    a database error and returned normally); with `commit`, also HandlerFailed(TransactionEnded)
+    when the transaction is not the one `transaction` began, else let the commit guard pass."""
     try:
         await conn.execute(_COMMIT_OK if commit else "SELECT")
     except asyncpg.InFailedSQLTransactionError as exc:
         raise HandlerFailed(deliveries, SwallowedDatabaseError()) from exc
+    except asyncpg.InvalidTextRepresentationError as exc:
+        raise HandlerFailed(deliveries, TransactionEnded()) from exc
 
 
 def handler_failed(
@@ -142,15 +183,30 @@ def handler_failed(
     return HandlerFailed(deliveries, exc)
 
 
-_COMMIT_OK = "SELECT set_config('conveyor.ledger_commit', 'on', true)"
+_MARK = "SELECT set_config('conveyor.lane_transaction', 'on', true)"
+_BEGIN = f"BEGIN; {_MARK}"
+"""BEGIN and the lane's marker, which PostgreSQL clears when the transaction ends."""
+_COMMIT_OK = (
+    "SELECT set_config('conveyor.ledger_commit', CASE current_setting('conveyor.lane_transaction', "
+    "true) WHEN 'on' THEN 'on' ELSE ('not the transaction the lane began' || coalesce("
+    "current_setting('conveyor.lane_transaction', true), ''))::boolean::text END, true)"
+)
+"""The probe: the commit guard's setting, or, when the marker is gone, an error (the text is
+not a boolean: SQL has no RAISE, and this cast is not folded into an error at planning)."""
 _COMMIT = f"{_COMMIT_OK}; COMMIT"
 """The probe and the COMMIT as one simple query: PostgreSQL skips the rest of such a query at
-its first error, so an aborted transaction is never sent a COMMIT."""
+its first error, so an aborted or replaced transaction is never sent a COMMIT."""
+_TRANSIENT = ("08", "25006", "40", "53", "55P03", "57", "58", "XX")
+"""SQLSTATEs of a COMMIT that failed for the database's sake, retried as DatabaseDown: a lost
+connection, a read-only node (a failover), serialization failures and deadlocks (class 40),
+insufficient resources, a lock timeout, a cancel or shutdown, system and internal errors. Any
+other error of a COMMIT (a deferred constraint or constraint trigger) is the handlers'."""
 
 
 def _asyncpg_internals_known() -> bool:
-    """Whether asyncpg keeps a transaction's state where `_ended` updates it (true of every
-    release since 0.18): otherwise the probe and the COMMIT go as two round trips."""
+    """Whether asyncpg keeps a transaction's state where `_begin` and `_ended` update it (true
+    of every release since 0.18): otherwise BEGIN and the marker, and the probe and the COMMIT,
+    go as two round trips each."""
     return "_state" in getattr(Transaction, "__slots__", ()) and "_top_xact" in getattr(
         asyncpg.Connection, "__slots__", ()
     )

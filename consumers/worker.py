@@ -83,6 +83,8 @@ class TopicWorker:
         self._attrs = topic_attributes(streams.keys.events, settings.group)
         self._small = min(settings.batch_size, LANE_MIN * settings.partitions)
         """Batches smaller than this are gathered; larger ones read the next batch ahead."""
+        self._ahead_from = self._small if settings.gather_delay else 1
+        """Batches this large read the next one ahead: every batch when none is gathered."""
         self._flowing = False
         """The last read found new entries: the next waits the gather delay, not for one."""
         self._last_read = 0.0
@@ -156,7 +158,10 @@ class TopicWorker:
             [] if stopping else (await self._retrier.claim_due()) + (await reader.side_entries())
         )
         if reader.reading_ahead:
-            return entries + await reader.take_ahead()
+            entries += await reader.take_ahead()
+            if not stopping and len(entries) >= self._ahead_from:
+                reader.read_ahead()
+            return entries
         if stopping:
             return entries
         if self._s.gather_delay:
@@ -245,15 +250,17 @@ class TopicWorker:
         self.health.progressed()
 
     def _record_latency(self, done: list[Delivery]) -> None:
-        """One observation per batch, of its first event with a time (the oldest, as batches
-        are in stream order, retries first): a histogram record costs several microseconds,
-        and reading every event's time almost as much."""
+        """One observation per batch, of its oldest event with a time (a histogram record costs
+        several microseconds): `done` is in lane order, not stream order, so the oldest is
+        looked for, once per batch."""
+        oldest = nanos = 0
         for d in done:
             at = d.ctx.envelope.time
-            if at.seconds:
-                age = time.time() - (at.seconds + at.nanos * 1e-9)
-                self._m.end_to_end.record(max(age, 0.0), self._attrs)
-                return
+            if at.seconds and (not oldest or (at.seconds, at.nanos) < (oldest, nanos)):
+                oldest, nanos = at.seconds, at.nanos
+        if oldest:
+            age = time.time() - (oldest + nanos * 1e-9)
+            self._m.end_to_end.record(max(age, 0.0), self._attrs)
 
     async def _settle(self, outcomes: Outcomes) -> list[Entry]:
         for d, error in outcomes.failed:

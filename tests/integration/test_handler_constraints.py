@@ -104,3 +104,37 @@ async def test_a_deferred_constraint_violated_at_commit_does_not_block_the_strea
     assert dead[wire.F_EVENT_ID] == ids[3].encode()
     assert dead[wire.DL_ERROR_CLASS] == b"ForeignKeyViolationError"
     assert counts == {i: 1 for n, i in enumerate(ids) if n != 3}
+
+
+async def test_a_deferred_constraint_trigger_failing_at_commit_is_a_handler_failure(
+    case: Case,
+) -> None:
+    """A deferred constraint trigger (CREATE CONSTRAINT TRIGGER ... DEFERRABLE INITIALLY
+    DEFERRED, the usual way to check a cross-row invariant) raises its own error (P0001, not an
+    integrity violation) at the consumer's COMMIT for one event's row: that event fails like
+    any handler failure and ends as a dead letter, rather than the part being retried as if the
+    database were down (and the topic stopping); every other event is applied once."""
+    await create_effects(case.pg, case.schema)
+    s = case.schema
+    await case.pg.execute(
+        f"CREATE FUNCTION {s}.no_agg3() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.aggregate_id = 'agg3' THEN RAISE EXCEPTION 'agg3 breaks the invariant'; END IF; "
+        "RETURN NULL; END $$"
+    )
+    await case.pg.execute(
+        f"CREATE CONSTRAINT TRIGGER no_agg3 AFTER INSERT ON {s}.effects "
+        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.no_agg3()"
+    )
+
+    async def handler(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+        await insert_effect(ctx, case.schema)
+
+    ids = await publish(case.redis, case.prefix, 6)
+    settings = consumer_settings(case, partitions=1, max_attempts=2)
+    async with running_consumer(router_of(handler), **settings):
+        await wait_until(lambda: settled(case), timeout=15, what="every event settled")
+    counts = await effect_counts(case.pg, case.schema, "g")
+    assert counts == dict.fromkeys([i for n, i in enumerate(ids) if n != 3], 1)
+    ((dead,),) = [await dead_letters(case)]
+    assert dead[wire.F_EVENT_ID] == ids[3].encode()
+    assert dead[wire.DL_ERROR_CLASS] == b"RaiseError"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import suppress
 
 import asyncpg
 import pytest
@@ -80,6 +81,40 @@ async def test_a_commit_by_sql_in_any_shape_loses_no_event(case: Case, style: st
     )
     # Its own COMMIT never commits: applied only by the attempt that did not send it.
     assert counts.get(ids[3], 0) == (1 if style == "commit_then_conn_lost" else 0)
+
+
+@pytest.mark.parametrize("style", ["rollback_begin", "failed_commit_begin"])
+async def test_a_transaction_ended_and_begun_again_by_sql_loses_no_neighbour(
+    case: Case, style: str
+) -> None:
+    """Event 2's handler sends ROLLBACK and then BEGIN as SQL, or catches the failure of the
+    COMMIT it sent (the commit guard's) and then sends BEGIN, and returns normally: the
+    connection is in a transaction again, but not the lane's, which held its neighbours' ledger
+    rows and effects. The probe before the consumer's COMMIT finds the lane's marker gone: the
+    event fails with TransactionEnded, its neighbours are applied once, and its own writes never
+    commit."""
+    await create_effects(case.pg, case.schema)
+
+    async def handler(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+        if ctx.aggregate_id == "agg2":
+            if style == "rollback_begin":
+                await ctx.db.execute("ROLLBACK")
+            else:
+                await insert_effect(ctx, case.schema)
+                with suppress(asyncpg.InvalidTransactionTerminationError):  # the guard's
+                    await ctx.db.execute("COMMIT")
+            await ctx.db.execute("BEGIN")
+        await insert_effect(ctx, case.schema)
+
+    ids = await publish(case.redis, case.prefix, 5)
+    settings = consumer_settings(case, partitions=1, max_attempts=2)
+    async with running_consumer(router_of(handler), **settings):
+        await wait_until(lambda: settled(case), what="every event acknowledged")
+    counts = await effect_counts(case.pg, case.schema, "g")
+    assert counts == {i: 1 for n, i in enumerate(ids) if n != 2}
+    ((dead,),) = [await dead_letters(case)]
+    assert dead[wire.F_EVENT_ID] == ids[2].encode()
+    assert dead[wire.DL_ERROR_CLASS] == b"TransactionEnded"
 
 
 async def test_a_handler_that_commits_by_sql_commits_nothing_on_any_attempt(case: Case) -> None:
