@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from admin import migrations
 from conveyor.database import RELAY_LISTENERS_TABLE
 from conveyor.identity.v1 import events_pb2
 from relay import NewEvent, enqueue_many
@@ -191,3 +192,21 @@ async def test_a_busy_flag_whose_reply_was_lost_does_not_leave_the_relay_deaf(ca
     finally:
         await streamer.close()
         cutter.close()
+
+
+async def test_a_relay_started_on_a_schema_below_app_0005_publishes_on_notify(
+    pg: asyncpg.Connection, database_url: str, redis_url: str, schema: str, key_prefix: str
+) -> None:
+    """Control (passes): no listeners table; the relay warns once and waits for the NOTIFY
+    app_0004's trigger sends on every commit."""
+    await asyncio.to_thread(migrations.upgrade, database_url, schema, "app_0004")
+    case = Case(database_url, redis_url, schema, key_prefix, pg, None)
+    async with running_relay(**case.relay_settings(poll_interval=3600)) as relay:
+        await asyncio.sleep(1.5)
+        ids = set(await fill(pg, schema, 1))
+
+        async def published() -> bool:
+            return relay.forwarders[schema].published >= 1
+
+        await wait_until(published, timeout=10, what="published on NOTIFY")
+    assert ids
