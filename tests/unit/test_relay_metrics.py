@@ -1,4 +1,4 @@
-"""Review of the relay's observable counters: a process that builds a second RelayMetrics."""
+"""The relay's observable instruments when a process builds more than one RelayMetrics."""
 
 from __future__ import annotations
 
@@ -27,10 +27,9 @@ def _published(reader: InMemoryMetricReader) -> float:
 
 def test_a_second_relay_in_the_same_process_has_its_events_counted() -> None:
     """An embedded application runs `Relay(settings)` again in the same process (after a stop,
-    or one per database): each builds `RelayMetrics()` on the same meter. With the counters now
-    observable, the SDK hands the second one the instrument the first registered and drops its
-    callback: the export keeps reading the first relay's (frozen) totals and never counts the
-    second's events. The synchronous counters of before were shared by name and summed both."""
+    or one per database): each builds `RelayMetrics()` on the same meter. The SDK hands the
+    second one the observable counter the first registered and drops its callback, so both add
+    to the counts that callback reads: the export sums them, as synchronous counters would."""
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     first = RelayMetrics(provider.get_meter(telemetry.METER_RELAY))
@@ -39,3 +38,24 @@ def test_a_second_relay_in_the_same_process_has_its_events_counted() -> None:
     second = RelayMetrics(provider.get_meter(telemetry.METER_RELAY))  # e.g. the relay restarted
     second.published.add(5, {telemetry.ATTR_STREAM: STREAM})
     assert _published(reader) == 8, "the second relay's 5 events are not exported"
+
+
+def test_a_second_relay_in_the_same_process_has_its_backlog_exported() -> None:
+    """The gauges too: each live RelayMetrics on the meter is read, the later one last."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    first = RelayMetrics(provider.get_meter(telemetry.METER_RELAY))
+    second = RelayMetrics(provider.get_meter(telemetry.METER_RELAY))
+    first.backlog["app"] = (4, 1.0)
+    second.backlog["billing"] = (7, 2.0)
+    data = reader.get_metrics_data()
+    assert data is not None
+    found = {
+        point.attributes[telemetry.ATTR_SCHEMA]: point.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == telemetry.OUTBOX_BACKLOG
+        for point in metric.data.data_points
+    }
+    assert found == {"app": 4, "billing": 7}
