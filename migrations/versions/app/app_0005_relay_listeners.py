@@ -12,7 +12,9 @@ A relay turns its row to waiting inside a transaction that first takes the table
 EXCLUSIVE lock without waiting (NOWAIT): the trigger's read holds ACCESS SHARE until the
 producer's transaction ends, so the lock is granted only once every producer that read "busy"
 has committed or rolled back, and the relay's claim right after sees their rows. When the lock
-is not free it stays busy and claims again shortly.
+is not free it stays busy and claims again shortly. That holds for READ COMMITTED producers (the
+trigger's read takes a snapshot after its lock); REPEATABLE READ and SERIALIZABLE producers read
+with their transaction's snapshot, possibly older than a "waiting", so they always notify.
 
 The table is unlogged: its rows describe live connections, which a crash or failover ends
 anyway; an empty table means "notify". Every role may read it (GRANT SELECT TO PUBLIC), so
@@ -63,14 +65,19 @@ def upgrade() -> None:
         "outbox (pid and backend_start of its LISTEN connection): waiting for NOTIFY, or busy "
         "claiming; the outbox trigger notifies unless every row says busy'"
     )
-    # A volatile function (the default), so each statement of the trigger reads with a snapshot
-    # taken after its lock on the table was granted.
+    # A volatile function (the default), so under READ COMMITTED each statement of the trigger
+    # reads with a snapshot taken after its lock on the table was granted. REPEATABLE READ and
+    # SERIALIZABLE transactions read with the snapshot of their first statement, which can
+    # predate a relay's "waiting" that the lock did not hold back (the producer had not touched
+    # the table yet): they notify unconditionally.
     op.execute(
         f"""
         CREATE OR REPLACE FUNCTION {schema}.{_NOTIFY}() RETURNS trigger
         LANGUAGE plpgsql AS $$
         BEGIN
-            IF (SELECT bool_or(waiting) FROM {schema}.{_LISTENERS}) IS NOT FALSE THEN
+            IF current_setting('transaction_isolation') <> 'read committed' THEN
+                PERFORM pg_notify('{notify_channel(schema)}', '');
+            ELSIF (SELECT bool_or(waiting) FROM {schema}.{_LISTENERS}) IS NOT FALSE THEN
                 PERFORM pg_notify('{notify_channel(schema)}', '');
             END IF;
             RETURN NULL;
