@@ -213,11 +213,17 @@ class Forwarder:
         return min(grown, self._settings.poll_interval)
 
     async def _say_busy(self) -> None:
+        # Believed busy before the write: if it fails, the row may say either (the reply may be
+        # lost after the commit), and either is safe for a relay that believes it is busy. It
+        # claims without being woken, and the next time it finds nothing it says "waiting" again.
+        self._waiting = False
         if self._flag is not None:
             await self._flag.busy()
-        self._waiting = False
 
     async def _say_waiting(self, flag: WaitFlag) -> bool:
+        # `_waiting` turns True only once the write is known to hold: if it fails (its reply lost
+        # after the commit), the relay still believes it is busy, which is safe whatever the row
+        # says (a waiting row only costs producers a NOTIFY); the next idle moment says it again.
         generation = self._flag_generation
         if await flag.waiting():
             # Producers that read "busy" have all finished, those from now on notify: one look

@@ -71,11 +71,23 @@ class Stream:
 class Flag:
     """The relay's row in the listeners table; `refuse` "waiting" that many times first."""
 
-    def __init__(self, refuse: int = 0, on_waiting: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        refuse: int = 0,
+        on_waiting: Callable[[], None] | None = None,
+        lose: Sequence[str] = (),
+    ) -> None:
         self.refuse = refuse
         self.on_waiting = on_waiting
+        self.lose = list(lose)
+        """Writes ("waiting", "busy") whose next one applies, then loses its reply (raises)."""
         self.calls: list[str] = []
         self.waiting_now = False
+
+    def _reply(self, call: str) -> None:
+        if call in self.lose:
+            self.lose.remove(call)
+            raise ConnectionError(f"the reply to {call!r} was lost")
 
     async def waiting(self) -> bool:
         self.calls.append("waiting")
@@ -85,18 +97,21 @@ class Flag:
             self.refuse -= 1
             return False
         self.waiting_now = True
+        self._reply("waiting")
         return True
 
     async def busy(self) -> None:
         self.calls.append("busy")
         self.waiting_now = False
+        self._reply("busy")
 
 
 class Running:
     def __init__(self, outbox: Outbox, flag: Flag | None, **settings: Any) -> None:
         self.outbox, self.stream = outbox, Stream()
         self.stopping = asyncio.Event()
-        s = RelaySettings(**({"poll_interval": 3600.0, "gather_delay": 0.001} | settings))
+        defaults = {"poll_interval": 3600.0, "gather_delay": 0.001, "backoff_initial": 0.001}
+        s = RelaySettings(**(defaults | settings))
         self.forwarder = Forwarder(outbox, self.stream, s, RelayMetrics(), self.stopping)
         if flag is not None:
             self.forwarder.listen(flag)
@@ -211,4 +226,39 @@ async def test_a_relay_without_notify_looks_again_soon_after_it_found_rows() -> 
     await asyncio.sleep(0.1)
     outbox.commit()  # no NOTIFY, no wake
     await run.until(lambda: run.stream.entries == [1, 2])
+    await run.stop()
+
+
+async def test_a_busy_flag_whose_reply_was_lost_is_said_waiting_again_once_idle() -> None:
+    outbox = Outbox()
+    flag = Flag(lose=["busy"])  # the row says busy, the write raised
+    run = Running(outbox, flag)
+    await run.until(lambda: flag.waiting_now)
+
+    def more() -> None:
+        if len(run.stream.entries) + len(outbox.unpublished) < 50:
+            outbox.commit()
+            if flag.waiting_now:
+                run.forwarder.wake()
+
+    outbox.on_claim = more
+    outbox.commit()
+    run.forwarder.wake()
+    await run.until(lambda: len(run.stream.entries) == 50)
+    await run.until(lambda: flag.waiting_now)  # not deaf: producers notify again
+    outbox.commit()
+    run.forwarder.wake()
+    await run.until(lambda: len(run.stream.entries) == 51)
+    await run.stop()
+    assert "busy" in flag.calls and not flag.lose
+
+
+async def test_a_waiting_flag_whose_reply_was_lost_is_said_waiting_again() -> None:
+    outbox = Outbox()
+    flag = Flag(lose=["waiting"])  # the row says waiting, the write raised
+    run = Running(outbox, flag)
+    await run.until(lambda: flag.calls.count("waiting") >= 2)  # believed busy: said again
+    outbox.commit()
+    run.forwarder.wake()
+    await run.until(lambda: run.stream.entries == [1])
     await run.stop()
