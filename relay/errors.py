@@ -39,3 +39,14 @@ class NotAMessage(RelayError, TypeError):
             f"enqueue() takes a protobuf message as the event payload, got "
             f"{type(value).__module__}.{self.value_type}: {value!r:.80}"
         )
+
+
+class XaddRejected(RelayError):
+    """Redis answered some XADDs of a batch with an error reply (WRONGTYPE, OOM, NOPERM...) and
+    appended the others: `accepted` holds the outbox ids of the rows it appended."""
+
+    def __init__(self, error: Exception, *, rejected: int, accepted: frozenset[int]) -> None:
+        self.error = error
+        self.rejected = rejected
+        self.accepted = accepted
+        super().__init__(f"Redis rejected {rejected} XADD(s) of the batch: {error}")

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from conveyor import telemetry as t
 from conveyor.outages import OUTAGE_LOG_INTERVAL
 from conveyor.retry import pause
+from relay.errors import XaddRejected
 from relay.metrics import RelayMetrics
 from relay.notify import WaitFlag
 from relay.publisher import Publisher
@@ -46,7 +47,8 @@ class Forwarder:
     Batches are claimed one after another and their XADDs go out in claim order, so within one
     relay the stream order follows the outbox id order (except after a failed batch is retried).
     A batch that fails is rolled back and retried with jittered exponential backoff; its rows are
-    never dropped.
+    never dropped. When Redis rejected some of its XADDs (error replies) and appended the others,
+    the retries append only the rows it has not accepted yet.
 
     One worker at a time holds the claim lock, and waits there as the last claim says, so one
     NOTIFY wakes one claim, and a claim that found a few rows is followed by one claim after the
@@ -86,6 +88,10 @@ class Forwarder:
         self._refused = 0
         """Times in a row "waiting" was refused because a producer that read "busy" was open."""
         self._attributes: dict[str, dict[str, str]] = {}
+        self._appended: dict[int, None] = {}
+        """Ids of rows Redis appended in a batch it rejected other XADDs of, which rolled back:
+        their retry does not append them again (oldest first, a few batches at most)."""
+        self._appended_max = 2 * settings.concurrency * settings.batch_size
         self.published = 0
         """Events published since start."""
         self.last_progress = time.monotonic()
@@ -147,12 +153,18 @@ class Forwarder:
                     counts = await self._publish(rows)
                 finally:
                     self._publish_lock.release()
-        except Exception:
+        except Exception as exc:
             self._next = Next.NOW  # after the backoff
+            if isinstance(exc, XaddRejected):
+                self._remember(exc.accepted)
+                rows = [row for row in rows if row[0] not in self._appended]
             for topic, n in Counter(row[2] for row in rows).items():
                 stream = self._publisher.stream_key(topic)
                 self._metrics.publish_failed.add(n, self._attributes_of(stream))
             raise
+        if self._appended:
+            for row in rows:
+                self._appended.pop(row[0], None)
         for stream, n in counts.items():
             self._metrics.published.add(n, self._attributes_of(stream))
         self.published += len(rows)
@@ -247,6 +259,19 @@ class Forwarder:
         return attributes
 
     async def _publish(self, rows: Sequence[Row]) -> dict[str, int]:
+        appended = self._appended
+        if not appended:
+            return await self._send(rows)
+        # A retry of a batch Redis rejected part of: what it appended then is not appended again.
+        rest = [row for row in rows if row[0] not in appended]
+        counts = await self._send(rest) if rest else {}
+        for row in rows:
+            if row[0] in appended:
+                stream = self._publisher.stream_key(row[2])
+                counts[stream] = counts.get(stream, 0) + 1
+        return counts
+
+    async def _send(self, rows: Sequence[Row]) -> dict[str, int]:
         if not self._tracing:
             return await self._publisher.publish(rows)
         return await publish_traced(
@@ -255,6 +280,13 @@ class Forwarder:
             name=t.SPAN_RELAY_PUBLISH,
             attributes={t.ATTR_SCHEMA: self.schema},
         )
+
+    def _remember(self, accepted: frozenset[int]) -> None:
+        appended = self._appended
+        for row_id in sorted(accepted):
+            appended[row_id] = None
+        while len(appended) > self._appended_max:
+            del appended[next(iter(appended))]
 
     def _log_failure(self, exc: Exception, attempt: int, delay: float) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"

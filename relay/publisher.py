@@ -12,6 +12,7 @@ import hiredis
 from redis.exceptions import ResponseError
 
 from conveyor import redis_client, wire
+from relay.errors import XaddRejected
 from relay.store import Row
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ class Publisher(Protocol):
         """The stream key events of `topic` are appended to."""
 
     async def publish(self, rows: Sequence[Row]) -> dict[str, int]:
-        """Append every row to its topic stream; return entries added per stream key."""
+        """Append every row to its topic stream; return entries added per stream key. Raises
+        XaddRejected when Redis answered some XADDs with an error reply (naming the rows it
+        appended), anything else when the outcome of some is unknown (a connection lost)."""
 
     async def check_reset(self) -> ResetReport | None:
         """Compare the server's run id with the last one seen; report what a restart lost."""
@@ -81,27 +84,30 @@ class StreamPublisher:
                         _EV, payload)  # fmt: skip
             commands.append(pack(args))
         async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
-            await self._send(b"".join(commands), len(commands))
+            failed = await self._send(b"".join(commands), len(commands))
+        if failed:
+            error = next(iter(failed.values()))
+            accepted = frozenset(row[0] for i, row in enumerate(rows) if i not in failed)
+            raise XaddRejected(error, rejected=len(failed), accepted=accepted) from error
         return counts
 
-    async def _send(self, packed: bytes, replies: int) -> None:
-        """Send pipelined commands and read every reply; raise the first error reply after."""
+    async def _send(self, packed: bytes, replies: int) -> dict[int, ResponseError]:
+        """Send pipelined commands and read every reply; return the error replies by index."""
         pool = self._client.connection_pool
         conn = await pool.get_connection()
-        failed: ResponseError | None = None
+        failed: dict[int, ResponseError] = {}
         try:
             # A failure or cancellation mid-way disconnects the connection (redis-py does, on
             # any exception), so no reply is left unread on it.
             await conn.send_packed_command(packed, check_health=False)
-            for _ in range(replies):
+            for i in range(replies):
                 try:
                     await conn.read_response(disable_decoding=True)
                 except ResponseError as exc:
-                    failed = failed or exc
+                    failed[i] = exc
         finally:
             await pool.release(conn)
-        if failed is not None:
-            raise failed
+        return failed
 
     async def check_reset(self) -> ResetReport | None:
         info = await self._client.info("server")

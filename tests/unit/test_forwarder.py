@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
 
+from relay.errors import XaddRejected
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
 from relay.publisher import ResetReport
@@ -115,3 +117,45 @@ async def test_stop_interrupts_the_backoff_and_keeps_unpublished_rows() -> None:
         await task
     assert outbox.unpublished == set(range(1, 11))
     assert forwarder.last_error == "ConnectionError: redis went away"
+
+
+class RejectingStream(FakeStream):
+    """Rejects rows whose id is in `bad` (an error reply each), appending the others, until
+    `bad` is emptied (the stream key fixed)."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__()
+        self.bad = bad
+
+    async def publish(self, rows: Sequence[Any]) -> dict[str, int]:
+        self.calls += 1
+        good = [row[0] for row in rows if row[0] not in self.bad]
+        self.entries.extend(good)
+        if len(good) < len(rows):
+            raise XaddRejected(ValueError("WRONGTYPE"), rejected=len(rows) - len(good),
+                               accepted=frozenset(good))  # fmt: skip
+        return {"topic": len(rows)}
+
+
+async def test_a_retry_after_rejected_xadds_appends_only_what_redis_did_not() -> None:
+    outbox, stream = FakeOutbox(30), RejectingStream(bad={5, 17})
+    metrics = RelayMetrics(MeterProvider().get_meter("test"))  # counts of this test alone
+    stopping = asyncio.Event()
+    s = RelaySettings(poll_interval=0.01, backoff_initial=0.001, backoff_max=0.01, batch_size=10)
+    forwarder = Forwarder(outbox, stream, s, metrics, stopping)
+    task = asyncio.create_task(forwarder.run())
+    async with asyncio.timeout(10):
+        while stream.calls < 20:  # the batch of row 5 is retried, again and again
+            await asyncio.sleep(0.001)
+    assert outbox.unpublished == set(range(1, 31)), "nothing rolled back is lost"
+    assert sorted(stream.entries) == [i for i in range(1, 11) if i != 5], "no copy appended"
+    stream.bad.clear()  # the stream key fixed
+    async with asyncio.timeout(10):
+        while outbox.unpublished:
+            await asyncio.sleep(0.001)
+    stopping.set()
+    forwarder.wake()
+    await task
+    assert sorted(stream.entries) == list(range(1, 31)), "each row appended once"
+    assert forwarder.published == 30
+    assert metrics.published._counts == {"topic": 30}
