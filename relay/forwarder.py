@@ -264,11 +264,10 @@ class Forwarder:
             return await self._send(rows)
         # A retry of a batch Redis rejected part of: what it appended then is not appended again.
         rest = [row for row in rows if row[0] not in appended]
+        done = Counter(self._publisher.stream_key(row[2]) for row in rows if row[0] in appended)
         counts = await self._send(rest) if rest else {}
-        for row in rows:
-            if row[0] in appended:
-                stream = self._publisher.stream_key(row[2])
-                counts[stream] = counts.get(stream, 0) + 1
+        for stream, n in done.items():
+            counts[stream] = counts.get(stream, 0) + n
         return counts
 
     async def _send(self, rows: Sequence[Row]) -> dict[str, int]:
