@@ -107,6 +107,8 @@ class Forwarder:
     def listen(self, flag: WaitFlag | None) -> None:
         """The relay's LISTEN connection is up and its row registered busy (`flag`), or it was
         lost (None: claims are paced by the poll interval alone until it is back)."""
+        if flag is None and self._flag is None:
+            return
         self._flag = flag
         self._flag_generation += 1
         self._waiting = False
