@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from admin import migrations
+from admin.bench import harness
 
 DATABASE_URL = os.environ.get(
     "CONVEYOR_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -112,21 +113,7 @@ async def delete_catalog_rows(database_url: str, prefix: str) -> None:
     """Delete the catalog rows of deployment `prefix`, in whichever catalog tables exist."""
     conn = await asyncpg.connect(database_url)
     try:
-        for table, column in (
-            ("dead_letters", "dlq_stream"),
-            ("dead_letter_cursors", "dlq_stream"),
-            ("consumers", "key_prefix"),
-            ("relays", "key_prefix"),
-            ("audit", "key_prefix"),
-        ):
-            if await conn.fetchval("SELECT to_regclass($1)", f"conveyor.{table}") is None:
-                continue
-            if column == "key_prefix":
-                await conn.execute(f"DELETE FROM conveyor.{table} WHERE key_prefix = $1", prefix)
-            else:
-                await conn.execute(
-                    f"DELETE FROM conveyor.{table} WHERE {column} LIKE $1", prefix + ":%"
-                )
+        await harness.delete_catalog_rows(conn, prefix)
     finally:
         await conn.close()
 

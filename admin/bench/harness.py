@@ -104,22 +104,7 @@ class Bench:
         conn = await asyncpg.connect(self.database_url)
         try:
             await conn.execute(f"DROP SCHEMA IF EXISTS {s.schema} CASCADE")
-            for table, column in (
-                ("dead_letters", "dlq_stream"),
-                ("dead_letter_cursors", "dlq_stream"),
-                ("consumers", "key_prefix"),
-                ("relays", "key_prefix"),
-                ("audit", "key_prefix"),
-            ):
-                name = f"{database.CATALOG_SCHEMA}.{table}"
-                if await conn.fetchval("SELECT to_regclass($1)", name) is None:
-                    continue
-                if column == "key_prefix":
-                    await conn.execute(f"DELETE FROM {name} WHERE key_prefix = $1", s.prefix)
-                else:
-                    await conn.execute(
-                        f"DELETE FROM {name} WHERE {column} LIKE $1", s.prefix + ":%"
-                    )
+            await delete_catalog_rows(conn, s.prefix)
         finally:
             await conn.close()
 
@@ -209,6 +194,25 @@ class Stall:
             self._best, self._since = done, now
         elif now - self._since > self._seconds:
             raise RuntimeError(f"{self._what}: no progress for {self._seconds:.0f} s at {done:,}")
+
+
+async def delete_catalog_rows(conn: asyncpg.Connection, prefix: str) -> None:
+    """Delete the catalog rows of deployment (key prefix) `prefix`, in whichever catalog tables
+    exist: what a scratch deployment leaves when its schema and keys are gone."""
+    for table, column in (
+        ("dead_letters", "dlq_stream"),
+        ("dead_letter_cursors", "dlq_stream"),
+        ("consumers", "key_prefix"),
+        ("relays", "key_prefix"),
+        ("audit", "key_prefix"),
+    ):
+        name = f"{database.CATALOG_SCHEMA}.{table}"
+        if await conn.fetchval("SELECT to_regclass($1)", name) is None:
+            continue
+        if column == "key_prefix":
+            await conn.execute(f"DELETE FROM {name} WHERE key_prefix = $1", prefix)
+        else:
+            await conn.execute(f"DELETE FROM {name} WHERE {column} LIKE $1", prefix + ":%")
 
 
 _LISTENING = re.compile(r"gRPC listening on [\d.]+:(\d+)")
