@@ -142,6 +142,7 @@ def bench(
     measured everything (3 with --strict when a target was missed), 1 when a server failed, 2 on
     bad flags.
     """
+    import asyncpg
     from redis.exceptions import RedisError
 
     from admin.bench import report, runner
@@ -187,14 +188,14 @@ def bench(
         b = Bench(database_url, redis_url, sizes, display, traced=traced)
         try:
             machine = asyncio.run(runner.check_services(b))
-        except (TimeoutError, OSError, RedisError) as exc:
+        except (TimeoutError, OSError, RedisError, asyncpg.PostgresError) as exc:
             options.fail(
                 f"bench needs PostgreSQL ({options.redact(database_url)}) and Redis "
                 f"({options.redact(redis_url)}): {exc}"
             )
         try:
             figures, seconds = asyncio.run(runner.run(b, names))
-        except (OSError, RedisError, RuntimeError) as exc:
+        except (OSError, RedisError, asyncpg.PostgresError, RuntimeError) as exc:
             options.fail(f"bench stopped: {exc}")
     if json_out:
         print(report.document(figures, sizes, seconds=seconds, machine=machine))
