@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -181,3 +182,28 @@ async def ledger_results(case: Any, group: str | None = None) -> dict[str, str]:
         group,
     )
     return {r[0]: r[1] for r in rows}
+
+
+async def publish_timed(
+    case: Any, events: list[tuple[str, datetime | None]], first: int = 0
+) -> list[str]:
+    """XADD one event per (aggregate, time) in order, in the relay's layout, their payloads
+    numbered from `first`; their ids."""
+    rows, ids = [], []
+    for i, (aggregate, at) in enumerate(events, start=first):
+        event_id = envelope.uuid7()
+        event = envelope.build(
+            registered(i),
+            event_id=event_id,
+            source="test",
+            aggregate_type="user",
+            aggregate_id=aggregate,
+            occurred_at=at,
+            headers={},
+        )
+        rows.append(
+            (i, event_id, "identity", event.type, aggregate, None, event.SerializeToString())
+        )
+        ids.append(str(event_id))
+    await StreamPublisher(case.redis, case.prefix).publish(rows)
+    return ids

@@ -10,8 +10,6 @@ import pytest
 
 from consumers import EventContext
 from conveyor.identity.v1 import events_pb2
-from relay import envelope
-from relay.publisher import StreamPublisher
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
     consumer_settings,
@@ -19,7 +17,7 @@ from tests.integration.consumer_support import (
     effect_counts,
     insert_effect,
     publish,
-    registered,
+    publish_timed,
     router_of,
     running_consumer,
 )
@@ -32,24 +30,7 @@ pytestmark = pytest.mark.usefixtures("catalog_cleanup")
 async def publish_for(case: Case, aggregates: list[str]) -> list[str]:
     """XADD one event per aggregate in `aggregates`, in that order and in one pipeline (the
     relay's layout); return their ids."""
-    rows, ids = [], []
-    for i, aggregate in enumerate(aggregates):
-        event_id = envelope.uuid7()
-        event = envelope.build(
-            registered(i),
-            event_id=event_id,
-            source="test",
-            aggregate_type="user",
-            aggregate_id=aggregate,
-            occurred_at=None,
-            headers={},
-        )
-        rows.append(
-            (i, event_id, "identity", event.type, aggregate, None, event.SerializeToString())
-        )
-        ids.append(str(event_id))
-    await StreamPublisher(case.redis, case.prefix).publish(rows)
-    return ids
+    return await publish_timed(case, [(aggregate, None) for aggregate in aggregates])
 
 
 async def transactions_of(case: Case, ids: list[str]) -> int:

@@ -15,8 +15,6 @@ from consumers import EventContext
 from consumers.reader import Reader
 from conveyor import telemetry as t
 from conveyor.identity.v1 import events_pb2
-from relay import envelope
-from relay.publisher import StreamPublisher
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
     Meters,
@@ -25,7 +23,7 @@ from tests.integration.consumer_support import (
     effect_counts,
     insert_effect,
     publish,
-    registered,
+    publish_timed,
     router_of,
     running_consumer,
 )
@@ -33,31 +31,6 @@ from tests.integration.test_dead_letters import settled
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.usefixtures("catalog_cleanup")
-
-
-async def publish_timed(
-    case: Case, events: list[tuple[str, datetime | None]], first: int = 0
-) -> list[str]:
-    """XADD one event per (aggregate, time) in order, in the relay's layout, their payloads
-    numbered from `first`; their ids."""
-    rows, ids = [], []
-    for i, (aggregate, at) in enumerate(events, start=first):
-        event_id = envelope.uuid7()
-        event = envelope.build(
-            registered(i),
-            event_id=event_id,
-            source="test",
-            aggregate_type="user",
-            aggregate_id=aggregate,
-            occurred_at=at,
-            headers={},
-        )
-        rows.append(
-            (i, event_id, "identity", event.type, aggregate, None, event.SerializeToString())
-        )
-        ids.append(str(event_id))
-    await StreamPublisher(case.redis, case.prefix).publish(rows)
-    return ids
 
 
 def on_lane(lane: int, count: int, partitions: int = 2) -> list[str]:
