@@ -80,6 +80,11 @@ class FaultProxy:
     another first ends the current one as `heal(drop=True)` does. Latency combines with all of
     them; `reset()` works in any state. Starts on construction; `close()` (or leaving the `with`
     block) stops everything and joins the thread. `seed` seeds the jitter.
+
+    The proxy's own sockets stay open through a blackhole or half-open, so the client's kernel
+    still gets ACKs (and TCP keepalive probes are answered): only the client's own timeouts
+    (socket, command, health check) can notice. A reset from either peer is passed on as a reset
+    to the other; an orderly close (FIN) is passed on as one.
     """
 
     def __init__(self, target_host: str, target_port: int, *, seed: int = 0) -> None:
