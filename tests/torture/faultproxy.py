@@ -312,10 +312,10 @@ class FaultProxy:
             self._abort(link)
             return
         link.eofs += 1
-        if link.eofs == 2:  # both sides said goodbye: an orderly close
+        if link.eofs == 2 and link.server_w is not None:  # both sides said goodbye
             self._links.discard(link)
             link.client_w.close()
-            writer.close()
+            link.server_w.close()
 
     async def _swallow(self, link: _Link, old: set[asyncio.Task[None]]) -> None:
         if old:  # the forwarding tasks must let go of the client's reader first

@@ -283,3 +283,11 @@ def test_close_stops_the_thread_and_later_calls_fail() -> None:
     assert threading.active_count() == before
     with pytest.raises(RuntimeError):
         proxy.reset()
+
+
+async def test_orderly_closes_leave_no_connection_open(proxy: FaultProxy, echo: Echo) -> None:
+    for _ in range(5):
+        assert await roundtrip(proxy) == b"ping"
+    await until(lambda: proxy.counters().open == 0, "every connection to close")
+    await until(lambda: len(echo.ended) == 5, "the server to see every connection end")
+    assert echo.ended == [(b"ping", "EOF")] * 5
