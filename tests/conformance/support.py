@@ -157,6 +157,11 @@ class Member:
         await self.consumer.start()
         self._task = asyncio.create_task(self.consumer.run())
 
+    @property
+    def running(self) -> bool:
+        """`run()` has not returned (or raised) yet."""
+        return self._task is not None and not self._task.done()
+
     def begin_stop(self) -> None:
         """Ask for a graceful stop (what SIGTERM does in `conveyor consume`)."""
         self.consumer.stop()

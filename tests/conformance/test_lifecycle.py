@@ -97,6 +97,29 @@ async def test_members_stopped_at_the_same_time_while_events_flow_lose_nothing(
     assert_delivered(counts, ids, mode)
 
 
+async def test_members_started_and_closed_together_leave_the_group_working(case: Case) -> None:
+    """Twice, five members of a new group start at the same time and are closed at the same
+    time, before any event exists: each exits cleanly. Events committed afterwards all reach
+    the next member, once each."""
+    await create_applied(case.pg, case.schema)
+    router = recording_router(case.schema, ["orders"])
+    for round_ in range(2):
+        group = [
+            Member(router, settings_for(case, "audit", f"r{round_}m{n}", "exactly-once"))
+            for n in range(5)
+        ]
+        await asyncio.gather(*(m.start() for m in group))
+        for member in group:
+            member.begin_stop()
+        results = await asyncio.gather(*(m.stopped() for m in group), return_exceptions=True)
+        assert results == [None] * 5, f"every member exits cleanly: {results}"
+    async with running_relay(**case.relay_settings()):
+        ids = await produce(case.pg, case.schema, range(50), topic="orders")
+        async with members((router, settings_for(case, "audit", "last", "exactly-once"))):
+            counts = await wait_applied(case, "audit", ids, topic="orders")
+    assert_delivered(counts, ids, "exactly-once")
+
+
 class _Abort(Exception):
     """The business transaction fails after its events were enqueued."""
 
