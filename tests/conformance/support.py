@@ -1,5 +1,13 @@
 """What the conformance scenarios share: producing through `relay.enqueue`, a recording router,
-consumer group members that can be stopped one by one, and reading back what was applied."""
+consumer group members that can be stopped one by one, and reading back what was applied.
+
+The suite follows Watermill's universal pub/sub tests (pubsub/tests/test_pubsub.go): each
+scenario commits events with `relay.enqueue` in the producer's own transactions, publishes them
+with an in-process `relay.Relay` and consumes them with `consumers.Consumer` members, on the
+shared PostgreSQL and Redis (a throwaway Redis where one is restarted). Handlers write one
+`applied` row per event through `ctx.db`; that table has no unique key, so an event applied twice
+shows as two rows. Scenarios taking the `mode` fixture run exactly-once and at-least-once.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +29,9 @@ from relay import enqueue
 MODES = ("exactly-once", "at-least-once")
 EVENT_TYPE = events_pb2.UserRegistered.DESCRIPTOR.full_name
 
-Fail = Callable[[int, EventContext], None]
-"""Called by the recording handler after its write: raising fails this attempt."""
+After = Callable[[int, EventContext], None]
+"""Called by the recording handler with the event's number after its write: raising fails
+this attempt (and rolls the write back)."""
 
 
 def payload(seq: int) -> events_pb2.UserRegistered:
@@ -48,11 +57,11 @@ def recording_router(
     topics: Iterable[str],
     *,
     member: str = "",
-    fail: Fail | None = None,
+    after: After | None = None,
     pause: float = 0,
 ) -> Router:
     """A router whose UserRegistered handler, on every topic, writes one `applied` row through
-    ctx.db, then calls `fail` (which may raise: the attempt fails and its row rolls back), then
+    ctx.db, then calls `after` (which may raise: the attempt fails and its row rolls back), then
     sleeps `pause` seconds inside the transaction (a handler doing some work)."""
     router = Router()
 
@@ -69,8 +78,8 @@ def recording_router(
             seq,
             ctx.attempt,
         )
-        if fail is not None:
-            fail(seq, ctx)
+        if after is not None:
+            after(seq, ctx)
         if pause:
             await asyncio.sleep(pause)
 

@@ -55,7 +55,7 @@ async def test_a_redis_crash_while_producing_loses_nothing_and_applies_nothing_t
         if seq % 20 == 7 and ctx.attempt == 1:
             raise RuntimeError("first attempt fails")
 
-    router = recording_router(case.schema, ["orders"], fail=fail_first)
+    router = recording_router(case.schema, ["orders"], after=fail_first)
     pairs = [
         (router, settings_for(case, "eo", "m1", "exactly-once", **fast)),
         (router, settings_for(case, "alo", "m1", "at-least-once", **fast)),

@@ -42,7 +42,7 @@ async def test_an_event_whose_handler_raised_is_delivered_again_and_applied(
             failed.append(seq)
             raise Retry("not yet", delay=0.1)
 
-    router = recording_router(case.schema, ["orders"], fail=fail_once)
+    router = recording_router(case.schema, ["orders"], after=fail_once)
     async with (
         running_relay(**case.relay_settings()),
         members((router, settings_for(case, "mailer", "m1", mode))),
@@ -68,7 +68,7 @@ async def test_events_failing_a_few_times_do_not_hold_back_the_others(
         if seq % 10 == 3 and ctx.attempt < 3:
             raise RuntimeError(f"attempt {ctx.attempt} of event {seq} fails")
 
-    router = recording_router(case.schema, ["orders"], fail=fail_twice)
+    router = recording_router(case.schema, ["orders"], after=fail_twice)
     settings = settings_for(case, "ledger", "m1", mode, batch_size=10, retry_backoff=0.2)
     async with running_relay(**case.relay_settings()):
         ids = await produce(case.pg, case.schema, range(100), topic="orders")
@@ -108,7 +108,7 @@ async def test_a_handler_raising_cancelled_error_fails_only_that_attempt(case: C
             raise asyncio.CancelledError
 
     member = Member(
-        recording_router(case.schema, ["orders"], fail=cancelled_once),
+        recording_router(case.schema, ["orders"], after=cancelled_once),
         settings_for(case, "mailer", "m1", "exactly-once"),
     )
     async with running_relay(**case.relay_settings()):

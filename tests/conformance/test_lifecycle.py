@@ -4,6 +4,7 @@ another, or several at once) and a producer closing lose nothing and apply nothi
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 
@@ -170,7 +171,7 @@ async def test_every_event_committed_before_the_producer_closed_is_delivered(
     assert not set(counts) & {*rolled_back, cut_off}
 
 
-async def _enqueue(conn: asyncpg.Connection, schema: str, seq: int) -> object:
+async def _enqueue(conn: asyncpg.Connection, schema: str, seq: int) -> uuid.UUID:
     return await enqueue(
         conn,
         payload(seq),
