@@ -26,7 +26,7 @@ from consumers.settings import ConsumerSettings
 from consumers.status import ConsumerStatus
 from consumers.streams import TopicStreams
 from consumers.worker import TopicWorker
-from conveyor import redis_client, wire
+from conveyor import database, redis_client, wire
 from conveyor.outages import Outage, quiet_pool_reconnects, unreachable
 from conveyor.retry import pause
 
@@ -85,8 +85,12 @@ class Consumer:
         # Lanes of every topic and a connection per topic for dead-letter marks, the trim lock
         # and a transaction beside it, the heartbeat, and the dead-letter catalog (the ops plane
         # has a pool of its own).
+        named = database.server_settings(s.database_url, "consume", f"{s.group}/{s.consumer}")
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=(s.partitions + 1) * len(s.topics) + 5
+            s.database_url,
+            min_size=1,
+            max_size=(s.partitions + 1) * len(s.topics) + 5,
+            server_settings=named,
         )
         self._redis = redis_client.connect(s.redis_url)
         self._catalog = self._make_catalog(self._pool)

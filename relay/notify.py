@@ -12,6 +12,7 @@ from typing import Protocol
 import asyncpg
 
 from conveyor import database
+from relay.registry import process_name
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class NotifyListener:
     async def connect(self) -> Listener:
         """(Re)open the connection and LISTEN; raises what asyncpg raises when PG is down."""
         await self.close()
-        conn = await asyncpg.connect(self._dsn, timeout=10)
+        named = database.server_settings(self._dsn, "relay listen", process_name())
+        conn = await asyncpg.connect(self._dsn, timeout=10, server_settings=named)
         try:
             for channel in self._channels:
                 await conn.add_listener(channel, self._on_notify)

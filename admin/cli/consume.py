@@ -216,6 +216,7 @@ async def _serve(
         schemas=[settings.ledger_schema] if settings.exactly_once else [],
         metrics=telemetry.reader,
         gauges=telemetry.gauges,
+        name=f"{settings.group}/{settings.consumer}",
     )
 
     def running() -> None:

@@ -36,7 +36,7 @@ from admin.ops.status import (
 )
 from admin.ops.status_metrics import StatusGauges
 from admin.ops.tokens import TokenStore, install_sighup_reload
-from conveyor import redis_client
+from conveyor import database, redis_client
 from conveyor.urls import redact
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,10 @@ class OpsPlane:
         schemas: Sequence[str] = (),
         metrics: InMemoryMetricReader | None = None,
         gauges: StatusGauges | None = None,
+        name: str = "",  # the process's, in its connections' `conveyor ops <name>`
     ) -> None:
         self.settings = settings
+        self._named = database.server_settings(database_url, "ops", name)
         self._database_url = database_url
         self._redis_url = redis_url
         self._prefix = key_prefix
@@ -230,7 +232,9 @@ class OpsPlane:
 
     async def _setup(self) -> int:
         try:
-            pool = await asyncpg.create_pool(self._database_url, min_size=1, max_size=OPS_POOL_SIZE)
+            pool = await asyncpg.create_pool(
+                self._database_url, min_size=1, max_size=OPS_POOL_SIZE, server_settings=self._named
+            )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             answered = isinstance(exc, asyncpg.PostgresError)
             raise DependencyUnavailable(
