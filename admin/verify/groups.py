@@ -59,26 +59,34 @@ class Groups:
         self.reports: dict[str, GroupReport] = {}
 
     async def load(self, topics: Sequence[str] = ()) -> None:
-        """Read the registry and look at the registered topics (and `topics`); InvalidInput
-        naming the groups there are when a selected group is none of them."""
+        """Read the registry and look at `topics`, by default the registered ones."""
         self._ledgers = await self._catalog.group_ledgers()
         for registered in await self._catalog.groups():
             self._registered.setdefault(registered.topic, set()).add(registered.group)
-        for topic in sorted({*self._registered, *topics}):
+        for topic in topics or sorted(self._registered):
             await self.on_topic(topic)
-        known = {*self._ledgers, *self._seen}
-        if unknown := [g for g in self._selection.groups if g not in known]:
-            raise InvalidInput(
-                self._unknown(unknown[0], sorted(known)), field="group", value=unknown[0]
-            )
 
-    def _unknown(self, group: str, known: Sequence[str]) -> str:
+    async def check(self) -> None:
+        """Once every topic of the window was looked at: InvalidInput when a group the
+        selection names is none of the groups found; a report for each selected group."""
+        known = {*self._ledgers, *self._seen}
+        for option, named in (
+            ("--group", self._selection.groups),
+            ("--ledger-schema", self._selection.ledger_schemas),
+        ):
+            if unknown := [g for g in named if g not in known]:
+                message = self._unknown(unknown[0], option, sorted(known))
+                raise InvalidInput(message, field="group", value=unknown[0])
+        for group in self._selection.groups:
+            await self._report(group)  # registered, but on none of the topics looked at
+
+    def _unknown(self, group: str, option: str, known: Sequence[str]) -> str:
         where = f"no consumer of it is registered under key prefix {self._catalog.key_prefix!r}"
         if self._topics:
-            where += f", and no stream of topics {', '.join(sorted(self._topics))} has it"
+            where += f", and no stream of the topics {', '.join(sorted(self._topics))} has it"
         return (
-            f"unknown group {group!r}: {where}; groups there: {', '.join(known) or 'none'} "
-            "(a group of a topic that no registered consumer reads needs --topic)"
+            f"unknown group {group!r} ({option}): {where}; groups there: "
+            f"{', '.join(known) or 'none'}"
         )
 
     @property
@@ -120,7 +128,12 @@ class Groups:
 
     async def _report(self, group: str) -> GroupReport:
         if group not in self.reports:
-            self.reports[group] = await self._describe(group)
+            report = await self._describe(group)
+            if report.mode == UNKNOWN_MODE and group in self._selection.groups:
+                raise InvalidInput(
+                    f"group {group!r}: {report.not_verified}", field="group", value=group
+                )
+            self.reports[group] = report
         return self.reports[group]
 
     async def _describe(self, group: str) -> GroupReport:

@@ -106,6 +106,7 @@ class Verifier:
                 await self._page(page, report)
                 if self._progress is not None:
                     self._progress.outbox(len(page), page[-1].published_at)
+        await self._groups.check()
         for topic, waiting in sorted(self._waiting.items()):
             await self._settle(topic, waiting)
         report.groups = dict(sorted(self._groups.reports.items()))

@@ -218,6 +218,9 @@ async def test_entries_not_yet_delivered_or_acknowledged_are_in_flight(case: Cas
     # No registered member and no ledger row: the group's ledger schema must be given.
     data = await report(case)
     assert "ledger schema unknown" in group_of(data, group)["not_verified"]
+    asked = await verify(case, "--group", group)
+    assert asked.returncode == 2
+    assert f"give --ledger-schema {group}=SCHEMA" in asked.stderr
     mapping = ("--ledger-schema", f"{group}={case.schema}")
 
     await case.redis.xreadgroup(group, "by-hand", {stream: ">"}, count=2)
@@ -270,7 +273,8 @@ async def test_events_of_a_stream_redis_lost_are_lost_until_replayed(case: Case)
     ("args", "message"),
     [
         (["--since", "yesterday"], "--since: invalid time 'yesterday'"),
-        (["--since", "2h", "--group", "nope"], "unknown group 'nope'"),
+        (["--since", "2h", "--group", "nope"], "unknown group 'nope' (--group)"),
+        (["--ledger-schema", "nope=public"], "unknown group 'nope' (--ledger-schema)"),
         (["--group", "no{brace}"], "invalid group name 'no{brace}'"),
         (["--ledger-schema", "g=Bad-Schema"], "invalid --ledger-schema 'g=Bad-Schema'"),
         (["--ledger-schema", "a", "--ledger-schema", "b"], "a plain SCHEMA is given once"),
@@ -284,6 +288,13 @@ def test_bad_input_exits_2_naming_the_value(case: Case, args: list[str], message
     assert result.stderr.startswith("conveyor: error: ")
     assert message in result.stderr
     assert result.stdout == ""
+
+
+def test_an_unreachable_redis_exits_7_naming_it(case: Case) -> None:
+    env = case.env | {"CONVEYOR_REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = CliRunner().invoke(app, ["verify"], env=env)
+    assert result.exit_code == 7, result.stderr
+    assert result.stderr.startswith("conveyor: error: Redis at redis://127.0.0.1:1/0: ")
 
 
 async def test_an_unknown_group_is_named_with_the_groups_there_are(case: Case) -> None:
