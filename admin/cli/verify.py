@@ -1,8 +1,9 @@
 """`conveyor verify`: check that every event of an outbox window reached each consumer group.
 
 Exit codes: 0 nothing lost; 1 an event was lost (published, and neither applied, dead-lettered nor
-in flight for a group); 2 bad input (a flag, a group no registry row or stream has); 6 the schema
-is not migrated to head; 7 PostgreSQL or Redis did not answer or answered with an error.
+in flight for a group); 2 bad input: a flag, a group no registry row or stream has, or a selected
+group whose ledger schema is unknown; 6 the schema is not migrated to head; 7 PostgreSQL or Redis
+did not answer or answered with an error.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
 
 MAX_EXAMPLES = 1000
 EXIT_HELP = (
-    "Exit codes: 0 nothing lost; 1 an event lost; 2 bad input or an unknown group; 6 the schema "
-    "not at head; 7 PostgreSQL or Redis did not answer."
+    "Exit codes: 0 nothing lost; 1 an event lost; 2 bad input, an unknown group, or a selected "
+    "group whose ledger is unknown; 6 the schema not at head; 7 PostgreSQL or Redis did not answer."
 )
 """The `--help` epilog of `conveyor verify`."""
 

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from admin.cli.tables import add_column, add_row, fitted, list_table
 from admin.verify import GroupReport, Outcome, Report
+from conveyor import wire
 
 _COLUMNS = (
     (Outcome.APPLIED, "applied", ""),
@@ -147,12 +148,14 @@ def _not_verified_table(groups: list[GroupReport]) -> Table:
         add_column(table, name, right=name in ("lag", "pending"))
     add_column(table, "why", wrap=True)
     for g in groups:
+        why = g.not_verified or ""
         for state in sorted(g.streams.values(), key=lambda s: s.topic):
             lag = "?" if state.lag is None else str(state.lag)
             if not state.on_stream:
                 lag = "no group"
-            why = g.not_verified or ""
             add_row(table, g.group, g.mode, state.topic, lag, str(state.pending), why)
+        if not g.streams:  # on none of the topics looked at
+            add_row(table, g.group, g.mode, "", "", "", why)
     return table
 
 
@@ -160,8 +163,9 @@ def _verdict(report: Report) -> Text:
     if not report.lost:
         return Text("nothing lost", style="green")
     groups = sorted(g.group for g in report.groups.values() if g.count(Outcome.LOST))
+    events = "event" if report.lost == 1 else "events"
     return Text.assemble(
-        (f"LOST: {report.lost} events", "bold red"),
+        (f"LOST: {report.lost} {events}", "bold red"),
         f" (groups {', '.join(groups)}). See each with `conveyor trace EVENT_ID`; republish the "
         f"window with `{_replay(report)}` (exactly-once groups skip what they applied).",
     )
@@ -170,4 +174,8 @@ def _verdict(report: Report) -> Text:
 def _replay(report: Report) -> str:
     """The command that republishes the window's events."""
     command = f"conveyor relay replay --schema {report.schema} --since {_time(report.since)}"
-    return command + (f" --topic {report.topic}" if report.topic else "")
+    if report.topic:
+        command += f" --topic {report.topic}"
+    if report.key_prefix != wire.DEFAULT_PREFIX:
+        command += f" --key-prefix {report.key_prefix}"
+    return command

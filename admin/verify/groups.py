@@ -22,6 +22,9 @@ from admin.verify.tables import has_table, ledgers_of
 from conveyor import database, wire
 from conveyor.entry_ids import EntryId
 
+AT_LEAST_ONCE_WHY = "not verifiable (at-least-once): no ledger records what it applied"
+"""Why an at-least-once group is listed, not verified."""
+
 
 @dataclass(frozen=True, slots=True)
 class Selection:
@@ -149,7 +152,7 @@ class Groups:
                     AT_LEAST_ONCE,
                     None,
                     "",
-                    not_verified="at-least-once: no ledger records what it applied",
+                    not_verified=AT_LEAST_ONCE_WHY,
                 )
             return await self._with_ledger(group, schema, "registry")
         if self._selection.default_ledger_schema is not None:
