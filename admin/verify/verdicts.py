@@ -19,8 +19,13 @@ from conveyor.entry_ids import EntryId
 CLOCK_SKEW_MS: Final = 5000
 """How far Redis's clock may run behind PostgreSQL's. A row's `published_at` is the start of the
 relay's transaction, which XADDs before it commits, so the row's entry id is at most this much
-older than `published_at`: the stream is searched from there, and an event published within it
-of the stream's first entry is never called lost for being absent."""
+older than `published_at`, and an event published within it of the stream's first entry is never
+called lost for being absent."""
+
+SEARCH_MARGIN_MS: Final = 60_000
+"""How long before `published_at` the stream is searched for an event's entries: well beyond any
+clock skew, so an entry is not missed for a clock running behind (it costs one read of a minute
+of entries per topic)."""
 
 APPLIED_RESULTS: Final = ("success", "skipped")
 """Ledger results that count as applied (conveyor.database.LEDGER_RESULTS)."""
@@ -92,10 +97,18 @@ class Event:
     @property
     def earliest_entry(self) -> EntryId:
         """The smallest entry id the relay can have given the event (see CLOCK_SKEW_MS)."""
+        return EntryId(max(self._published_ms - CLOCK_SKEW_MS, 0), 0)
+
+    @property
+    def search_from(self) -> EntryId:
+        """Where to start looking for the event's entries (see SEARCH_MARGIN_MS)."""
+        return EntryId(max(self._published_ms - SEARCH_MARGIN_MS, 0), 0)
+
+    @property
+    def _published_ms(self) -> int:
         if self.published_at is None:
             raise ValueError(f"event {self.event_id} is not published")
-        ms = int(self.published_at.timestamp() * 1000) - CLOCK_SKEW_MS
-        return EntryId(max(ms, 0), 0)
+        return int(self.published_at.timestamp() * 1000)
 
 
 def settled(

@@ -170,7 +170,7 @@ class Verifier:
         events = [e for group in waiting.values() for e in group]
         entries: dict[str, list[EntryId]] = {}
         if before is not None and before.last_entry is not None:
-            start = min(e.earliest_entry for e in events)
+            start = min(e.search_from for e in events)
             wanted = {e.event_id for e in events}
             on_page = self._stream_progress(topic)
             entries = await stream.entries_of(start, before.last_entry, wanted, on_page)
@@ -225,7 +225,7 @@ class Verifier:
                 if again is not None:
                     verdicts[event.event_id] = again
             still = {e.event_id for e in lost if verdicts[e.event_id].outcome is Outcome.LOST}
-            start = min(e.earliest_entry for e in lost)
+            start = min(e.search_from for e in lost)
             for event_id in await stream.dead_lettered(group.group, start, still):
                 verdicts[event_id] = Verdict(Outcome.DEAD_LETTERED, "open")
         for event in events:
