@@ -22,19 +22,21 @@ STATEMENT_TIMEOUT: Final = "30s"
 """No statement of `conveyor verify` runs longer; each reads one page."""
 
 SESSION: Final = {
-    "application_name": "conveyor verify",
     "statement_timeout": STATEMENT_TIMEOUT,
     "default_transaction_read_only": "on",
     "idle_in_transaction_session_timeout": "60s",
 }
 """Settings of every connection `conveyor verify` opens: it cannot write, and no statement of it
-can hold the outbox for long."""
+can hold the outbox for long. Each is named `conveyor verify` unless the user named it."""
 
 
 async def connect(database_url: str) -> asyncpg.Pool:
     """A small read-only pool for verifying (see SESSION)."""
     return await asyncpg.create_pool(
-        database_url, min_size=1, max_size=2, server_settings=dict(SESSION)
+        database_url,
+        min_size=1,
+        max_size=2,
+        server_settings={**SESSION, **database.server_settings(database_url, "verify")},
     )
 
 
