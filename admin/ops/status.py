@@ -167,7 +167,7 @@ class StatusChecker:
                 await self._redis.ping()
                 latency = time.perf_counter() - started
                 info = await self._redis.info()
-            policy = str(info.get("maxmemory_policy") or await self._policy_by_config())
+                policy = str(info.get("maxmemory_policy") or await self._policy_by_config())
         except (RedisError, OSError, TimeoutError) as exc:
             return RedisStatus(up=False, error=f"{type(exc).__name__}: {exc}")
         maxmemory = int(info.get("maxmemory", 0))
