@@ -105,7 +105,7 @@ async def test_a_relay_keeps_events_in_the_outbox_while_redis_has_no_memory(
         assert await health_is(port, SERVING, "conveyor.liveness"), "unready, not dead"
 
         async def refused() -> bool:
-            return "rejected 50 XADD(s)" in await asyncio.to_thread(reasons, port)
+            return "XaddRejected" in await asyncio.to_thread(reasons, port)
 
         await wait_until(refused, timeout=20, what="the refused batch in the status")
         why = await asyncio.to_thread(reasons, port)
