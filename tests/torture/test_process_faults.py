@@ -1,0 +1,54 @@
+"""Relays and consumers killed, paused and stopped at random while producers commit: no event of
+a committed transaction is lost, none is applied twice by an exactly-once group, none of a
+failed transaction ever has an effect, and every process stops cleanly afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.torture.chaos import describe, make_schedule, run_schedule
+from tests.torture.checker import check, settle
+from tests.torture.conftest import attach
+from tests.torture.deployment import DEFAULT_GROUPS, Deployment
+from tests.torture.pipeline import Pipeline
+from tests.torture.workload import Workload, WorkloadConfig
+
+pytestmark = pytest.mark.slow
+
+FAULTS_FOR = 22.0  # seconds of faults while producers run
+
+
+async def test_processes_killed_paused_and_stopped_under_load_lose_and_double_nothing(
+    deployment: Deployment, seed: int, log_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    groups = DEFAULT_GROUPS  # eo-a and eo-b exactly-once, alo-c at-least-once, 1 member each
+    workload = Workload(
+        WorkloadConfig(deployment.database_url, deployment.schema, seed=seed, rate=80.0)
+    )
+    began = time.monotonic()
+    async with Pipeline(deployment, log_dir, relays=2, groups=groups) as pipeline:
+        steps = make_schedule(random.Random(seed), pipeline.names(), FAULTS_FOR)
+        attach(request, "fault schedule", describe(steps))
+        await pipeline.start()
+        workload.start()
+        try:
+            await run_schedule(pipeline, steps)
+            await asyncio.sleep(max(0.0, FAULTS_FOR + 1 - (time.monotonic() - began)))
+        finally:
+            journal = await workload.stop()
+        pipeline.assert_alive()
+        await pipeline.wait_serving(timeout=30)
+        await settle(deployment, groups, timeout=45, diagnose=pipeline.tails)
+        report = await check(deployment, groups, journal, seed=seed)
+        attach(request, "torture report", report.table())
+        codes = await asyncio.gather(*(pipeline.terminate(n) for n in pipeline.names()))
+        attach(request, "seconds to listen, per start", str(pipeline.startup_times))
+    assert set(codes) == {0}, codes
+    attach(request, "timing", f"{time.monotonic() - began:.1f}s from the first process start")
+    assert journal.counts()["ok"] > 500, f"too little load to mean anything: {journal.counts()}"
+    report.assert_clean()
