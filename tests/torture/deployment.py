@@ -11,7 +11,7 @@ pointed elsewhere (a proxy, a throwaway server): see `pipeline.Pipeline`'s URL o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -90,7 +90,3 @@ async def prepare(deployment: Deployment) -> None:
     """Migrate the deployment's schema and the catalog to head, then create its tables."""
     await asyncio.to_thread(migrations.upgrade, deployment.database_url, deployment.schema)
     await create_tables(deployment.database_url, deployment.schema)
-
-
-def group_names(groups: Sequence[Group]) -> list[str]:
-    return [g.name for g in groups]

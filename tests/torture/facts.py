@@ -183,7 +183,12 @@ async def traces(
         for event_id in ids:
             ledger[event_id].append(f"(ledger unreadable: {exc!r})")
     entries = facts.entries_of()
-    return {e: _trace(e, facts, txns.get(e), entries, ledger[e]) for e in ids}
+    wanted = set(ids)
+    effects: dict[uuid.UUID, list[Effect]] = defaultdict(list)
+    for effect in facts.effects:
+        if effect.event_id in wanted:
+            effects[effect.event_id].append(effect)
+    return {e: _trace(e, facts, txns.get(e), entries, ledger[e], effects[e]) for e in ids}
 
 
 def _trace(
@@ -192,6 +197,7 @@ def _trace(
     txn: Txn | None,
     entries: Mapping[uuid.UUID, list[Entry]],
     ledger: list[str],
+    effects: list[Effect],
 ) -> str:
     lines = [f"event {event_id}"]
     if txn is None:
@@ -230,7 +236,6 @@ def _trace(
         f"{d.source_entry_id} as {d.dlq_entry_id}"
         for d in letters
     ] or ["  dead letters: none"]
-    effects = [f for f in facts.effects if f.event_id == event_id]
     lines += [
         f"  effect: {f.group} seq {f.seq} attempt {f.attempt} from {f.stream} {f.entry_id} "
         f"pid {f.pid}"

@@ -14,7 +14,8 @@ Process names: `relay-<i>` for `relays` relays, `<group>-<i>` for each group's m
 process gets CONVEYOR_GRPC_ADDR=127.0.0.1:0, the deployment's key prefix and schema, and for
 consumers the torture router (`tests.torture.router:router`, TORTURE_EFFECTS_SCHEMA set). The
 output of every run of a process goes to `log_dir/<name>.log` (runs separated by a header line);
-`tails()` gives the end of each, for failure reports.
+`tails()` gives the end of each, for failure reports; `grep(pattern)` the matching lines of
+every log; `startup_times` how long each start took to listen.
 
 What can be injected:
 - URLs per process kind: `relay_database_url`, `relay_redis_url`, `consumer_database_url`,
@@ -323,6 +324,21 @@ class Pipeline:
         except OSError:
             text = ["(no log)"]
         return f"--- {name} ({proc.log}):\n" + "\n".join(text)
+
+    def grep(self, pattern: str) -> dict[str, list[str]]:
+        """Lines of every process's log (all runs) matching the regular expression `pattern`."""
+        found: dict[str, list[str]] = {}
+        regex = re.compile(pattern)
+        for name, proc in self._procs.items():
+            with contextlib.suppress(OSError):
+                hits = [
+                    ln
+                    for ln in proc.log.read_text(errors="replace").splitlines()
+                    if regex.search(ln)
+                ]
+                if hits:
+                    found[name] = hits
+        return found
 
     def tails(self, lines: int = 15) -> str:
         """`tail` of every process."""

@@ -16,6 +16,7 @@ from tests.torture.checker import check, settle
 from tests.torture.conftest import attach
 from tests.torture.deployment import DEFAULT_GROUPS, Deployment
 from tests.torture.pipeline import Pipeline
+from tests.torture.router import SLEEP_ENV
 from tests.torture.workload import Workload, WorkloadConfig
 
 pytestmark = pytest.mark.slow
@@ -28,11 +29,13 @@ async def test_processes_killed_paused_and_stopped_under_load_lose_and_double_no
 ) -> None:
     groups = DEFAULT_GROUPS  # eo-a and eo-b exactly-once, alo-c at-least-once, 1 member each
     workload = Workload(
-        WorkloadConfig(deployment.database_url, deployment.schema, seed=seed, rate=80.0)
+        WorkloadConfig(deployment.database_url, deployment.schema, seed=seed, rate=40.0)
     )
     began = time.monotonic()
-    async with Pipeline(deployment, log_dir, relays=2, groups=groups) as pipeline:
-        steps = make_schedule(random.Random(seed), pipeline.names(), FAULTS_FOR)
+    # A handler sleeps 1 ms in its transaction: kills land mid-transaction more often.
+    pipeline = Pipeline(deployment, log_dir, relays=2, groups=groups, env={SLEEP_ENV: "0.001"})
+    async with pipeline:
+        steps = make_schedule(random.Random(seed), pipeline.names(), FAULTS_FOR, gap=(1.5, 3.5))
         attach(request, "fault schedule", describe(steps))
         await pipeline.start()
         workload.start()
@@ -48,7 +51,13 @@ async def test_processes_killed_paused_and_stopped_under_load_lose_and_double_no
         attach(request, "torture report", report.table())
         codes = await asyncio.gather(*(pipeline.terminate(n) for n in pipeline.names()))
         attach(request, "seconds to listen, per start", str(pipeline.startup_times))
+        errors = pipeline.grep(r" (ERROR|CRITICAL) ")
+        attach(
+            request,
+            "ERROR lines in the logs",
+            "\n".join(f"{n}: {ln}" for n, lines in errors.items() for ln in lines) or "none",
+        )
     assert set(codes) == {0}, codes
     attach(request, "timing", f"{time.monotonic() - began:.1f}s from the first process start")
-    assert journal.counts()["ok"] > 500, f"too little load to mean anything: {journal.counts()}"
+    assert journal.counts()["ok"] > 300, f"too little load to mean anything: {journal.counts()}"
     report.assert_clean()
