@@ -57,6 +57,8 @@ async def test_processes_killed_paused_and_stopped_under_load_lose_and_double_no
         errors = pipeline.grep(r" (ERROR|CRITICAL) ")
         lines = [f"{name}: {line}" for name, found in errors.items() for line in found]
         attach(request, "ERROR lines in the logs", "\n".join(lines) or "none")
+        reclaims = pipeline.grep("reclaimed entries")
+        attach(request, "reclaims", str({name: len(found) for name, found in reclaims.items()}))
     attach(request, "timing", f"{time.monotonic() - began:.1f}s from the first process start")
     assert set(codes) == {0}, codes
     assert journal.counts()["ok"] > 300, f"too little load to mean anything: {journal.counts()}"
