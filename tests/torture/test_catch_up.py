@@ -15,7 +15,7 @@ Why 100,000 by default: on the 2-core development machine, shared with other tes
 time is CPU, not waiting. Per event, applying costs the consumer about 0.16 ms of CPU and its
 PostgreSQL backends 0.10 ms (a handler INSERT and a ledger row per event: a profile of the
 consumer puts the handler's INSERT round trip first), producing costs about 0.08 ms in the test
-process (envelopes built in Python) and 0.07 ms in the relay and PostgreSQL: some 70 CPU
+process (envelopes built in Python) and 0.07 ms in the relay and PostgreSQL: some 80 CPU
 seconds for 200,000 events, more than a shared 2-core machine gives in 90 s. Each run attaches
 its figures ("timing")."""
 
