@@ -39,7 +39,8 @@ from consumers.transactions import (
     transaction,
 )
 from conveyor import sampling
-from conveyor.outages import Outage, unreachable
+from conveyor.deadlines import DEPENDENCY_TIMEOUT, unanswered
+from conveyor.outages import Outage
 from conveyor.retry import RetryPolicy, pause
 
 Step = tuple[Route | None, list[Delivery]]
@@ -89,8 +90,15 @@ class Applier:
         on_trouble: Callable[[str], None] | None = None,
         backoff: RetryPolicy = _BACKOFF,
         outage: Outage | None = None,
+        lanes: asyncpg.Pool | None = None,
+        timeout: float | None = DEPENDENCY_TIMEOUT,
     ) -> None:
         self._pool = pool
+        self._lane_pool = lanes or pool
+        """Where the lanes take their connections: one without a statement timeout, since the
+        handlers' statements run on them (the consumer's own go with `timeout`)."""
+        self._timeout = timeout
+        """Bound on each of the lane's own round trips (BEGIN, the ledger claim, the COMMIT)."""
         self._outage = outage
         """Told when PostgreSQL is away (which it logs once) and when it answers again."""
         self._stopping = stopping or asyncio.Event()
@@ -111,6 +119,7 @@ class Applier:
             group=group,
             ledger_schema=ledger_schema,
             exactly_once=exactly_once,
+            timeout=timeout,
         )
 
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
@@ -193,7 +202,7 @@ class Applier:
         line then at DEBUG), else with a warning."""
         cause = exc.__cause__
         level = logging.WARNING
-        if self._outage is not None and (cause is None or unreachable(cause)):
+        if self._outage is not None and (cause is None or unanswered(cause)):
             self._outage.failed(cause or exc)  # no cause: the connection was found dead
             level = logging.DEBUG
         if self._on_trouble is not None:
@@ -261,7 +270,7 @@ class Applier:
         if conn is not None and not is_dead(conn):
             return conn
         await self._drop(lane, conn)
-        conn = self._lanes[lane] = await self._pool.acquire()
+        conn = self._lanes[lane] = await self._lane_pool.acquire(timeout=self._timeout)
         return conn
 
     async def _drop(self, lane: int, conn: asyncpg.Connection | None) -> None:
@@ -271,7 +280,7 @@ class Applier:
         if conn is not None:
             with suppress(Exception):  # already released by the pool, or broken: either way gone
                 conn.terminate()
-                await self._pool.release(conn, timeout=5)
+                await self._lane_pool.release(conn, timeout=5)
 
     async def _traced(self, route: Route, d: Delivery) -> None:
         """The handler call in its process span. A failed call's span stays open until the
@@ -313,10 +322,10 @@ class Applier:
         for conn in lanes:
             if conn is not None:
                 with suppress(Exception):
-                    await self._pool.release(conn, timeout=5)
+                    await self._lane_pool.release(conn, timeout=5)
 
     async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
-        async with transaction(conn, part):
+        async with transaction(conn, part, self._timeout):
             won = await self._ledger.claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
             if todo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -105,8 +106,8 @@ class OutboxStore:
                 self._begun.add(conn)
             else:
                 await conn.execute("COMMIT")
-        except BaseException:
-            await self._discard(conn)
+        except BaseException as exc:
+            await self._discard(conn, exc)
             raise
         self._idle.append(conn)
 
@@ -114,8 +115,8 @@ class OutboxStore:
         conn = self._idle.pop() if self._idle else await self._pool.acquire()
         try:
             found = bool(await conn.fetchval(self._pending_sql))
-        except BaseException:
-            await self._discard(conn)
+        except BaseException as exc:
+            await self._discard(conn, exc)
             raise
         self._idle.append(conn)
         return found
@@ -128,14 +129,19 @@ class OutboxStore:
             self._begun.discard(conn)
             try:
                 await conn.execute("ROLLBACK")
-            except BaseException:
+            except BaseException as exc:
                 self._idle.remove(conn)
-                await self._discard(conn)
+                await self._discard(conn, exc)
                 raise
 
-    async def _discard(self, conn: asyncpg.Connection) -> None:
-        """Give a connection a failure may have broken back to the pool (which replaces it)."""
+    async def _discard(self, conn: asyncpg.Connection, exc: BaseException) -> None:
+        """Give a connection a failure may have broken back to the pool (which replaces it).
+        One whose statement timed out or was cancelled is closed at once: its server may not
+        answer at all (a ROLLBACK would wait for the cancel of the statement), and its reply
+        must never be read as another's."""
         self._begun.discard(conn)
+        if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
+            conn.terminate()
         try:
             if not conn.is_closed() and conn.is_in_transaction():
                 await conn.execute("ROLLBACK")
