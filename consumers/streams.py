@@ -4,7 +4,7 @@ keys of different hash slots: every key here shares the topic's hash tag."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import ResponseError
 
@@ -12,6 +12,12 @@ from consumers.deliveries import Entry, Fields
 from consumers.errors import GroupLost
 from conveyor import redis_client, wire
 from conveyor.replies import text
+
+
+class Holding(Protocol):
+    """Entries a consumer holds (waiting out a retry, say), by stream and entry id."""
+
+    def __contains__(self, key: tuple[str, str], /) -> bool: ...
 
 
 class TopicStreams:
@@ -103,6 +109,28 @@ class TopicStreams:
             for e in entries:
                 e.attempt = counts[e.entry_id]
         return entries, deleted, text(reply[0])
+
+    async def reclaim_mine(self, stream: str, count: int, holding: Holding) -> list[Entry]:
+        """Entries pending on this consumer that it does not hold (`holding` says which it does,
+        by stream and entry id): delivered by reads whose replies never arrived. Claimed again,
+        which counts a delivery, with their attempt numbers; up to `count` of them."""
+        pending = await self._call(
+            self._client.xpending_range(
+                stream, self.group, "-", "+", count, consumername=self.consumer
+            ),
+            "XPENDING",
+        )
+        counts = {text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        ids = [i for i in counts if (stream, i) not in holding]
+        if not ids:
+            return []
+        reply = await self._call(
+            self._client.xclaim(stream, self.group, self.consumer, 0, ids), "XCLAIM"
+        )
+        entries = [Entry(stream, text(eid), fields) for eid, fields in reply or ()]
+        for e in entries:
+            e.attempt = counts[e.entry_id] + 1
+        return entries
 
     async def _delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
         """Times each of `ids` has been delivered, exactly: one XPENDING per id, pipelined into

@@ -110,6 +110,7 @@ class TopicWorker:
             except (RedisError, OSError, TimeoutError, DatabaseDown) as exc:
                 failures += 1
                 self.health.unhealthy(f"{type(exc).__name__}: {exc}")
+                self._reader.failed()
                 await pause(self._stopping, self._outage.delay(failures))
             finally:
                 await self._reader.drop_ahead()
