@@ -108,6 +108,8 @@ class Applier:
         self._partitions = partitions
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
+        self._working: dict[int, float] = {}
+        """Lane -> when (monotonic) the part it applies now began."""
         self._tracing = spans.tracing_enabled()
         self._root_ratio = sampling.installed_ratio()
         self._handler_seconds = 0.0
@@ -215,8 +217,14 @@ class Applier:
             exc,
         )
 
+    def waiting(self, now: float) -> float:
+        """Seconds the longest-running part has been on its lane's connection (0 when none
+        is): a handler's statement that long without an answer may be one that never comes."""
+        return max((now - began for began in self._working.values()), default=0.0)
+
     async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
         conn: asyncpg.Connection | None = None
+        self._working[lane] = time.monotonic()
         try:
             conn = await self._connection(lane)
             return await self._in_pieces(conn, part)
@@ -233,6 +241,8 @@ class Applier:
         except BaseException:
             await self._drop(lane, conn)  # cancelled mid-query: never reuse that connection
             raise
+        finally:
+            self._working.pop(lane, None)
 
     async def _in_pieces(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
         """Apply `part` in one transaction; when a handler fails, split it around the failing

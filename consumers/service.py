@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from contextlib import suppress
 from types import TracebackType
 from typing import Any
@@ -209,12 +210,21 @@ class Consumer:
             await self._pool.close()
 
     async def _heartbeat(self) -> None:
+        """Refresh the registry row every heartbeat interval, and every second while PostgreSQL
+        is away (to tell when it answers again) or while a lane has waited on it longer than the
+        dependency timeout: a handler's statement is not bounded, so a beat (which is) tells
+        whether PostgreSQL still answers, or whether that lane waits on a dead connection."""
         assert self._catalog is not None and self._member is not None
+        s, last = self.settings, time.monotonic()
         while not self._stopping.is_set():
-            # While PostgreSQL is away the beat also tells when it answers again: every second.
-            interval = self.settings.heartbeat_interval
-            away = self._postgres.since is not None
-            await pause(self._stopping, min(interval, 1.0) if away else interval)
+            await pause(self._stopping, min(s.heartbeat_interval, 1.0))
+            now = time.monotonic()
+            doubt = self._postgres.since is not None or any(
+                w.applying_for(now) > s.dependency_timeout for w in self.workers.values()
+            )
+            if now - last < (1.0 if doubt else s.heartbeat_interval):
+                continue
+            last = now
             try:
                 await self._catalog.heartbeat(self._member)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -117,6 +117,10 @@ class TopicWorker:
         if self.health.stopped:
             await self._stopping.wait()  # stay up, not serving, until told to stop
 
+    def applying_for(self, now: float) -> float:
+        """Seconds the longest part being applied has been at it (0 when none is)."""
+        return self._applier.waiting(now)
+
     async def close(self) -> None:
         """Release the worker's database connections."""
         await self._applier.close()
