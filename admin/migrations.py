@@ -43,6 +43,7 @@ from conveyor.database import (
     CATALOG_SCHEMA,
     CATALOG_VERSION_TABLE,
     VERSION_TABLE,
+    server_settings,
     validate_schema,
 )
 from conveyor.urls import redact
@@ -285,9 +286,10 @@ def _config(target: Target, url: URL | None = None, schema: str | None = None) -
     versions = root / "versions" / target.value
     config.set_main_option("version_locations", str(versions).replace("%", "%%"))
     if url is not None and schema is not None:
-        async_url = url.set(drivername="postgresql+asyncpg")
+        dsn = _dsn(url)  # connected as every other connection, not through SQLAlchemy's URL
+        connect = functools.partial(asyncpg.connect, dsn, server_settings=_named(dsn))
         config.attributes.update(
-            database_url=async_url.render_as_string(hide_password=False),
+            connect=connect,
             conveyor_schema=schema,
             version_table=CATALOG_VERSION_TABLE if target is Target.CATALOG else VERSION_TABLE,
             version_table_schema=schema,
@@ -334,10 +336,18 @@ def _require_no_running_loop(what: str) -> None:
     )
 
 
+def _dsn(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _named(dsn: str) -> dict[str, str]:
+    return server_settings(dsn, "migrate")
+
+
 async def _connect(url: URL) -> asyncpg.Connection:
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = _dsn(url)
     try:
-        return await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT)
+        return await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT, server_settings=_named(dsn))
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseUnavailable(url=redact(url.render_as_string()), cause=exc) from exc
 

@@ -308,7 +308,7 @@ class Applier:
                 await route.fn(d.payload, d.ctx)
         except BaseException as exc:
             spans.fail(span, exc)
-            if isinstance(exc, Exception):
+            if _is_failure(exc):
                 self._failed_spans[key] = span
             else:
                 span.end()
@@ -356,8 +356,8 @@ class Applier:
         if route.batch:
             try:
                 await route.fn([(d.payload, d.ctx) for d in group], conn)
-            except Exception as exc:
-                raise handler_failed(conn, group, exc) from exc
+            except BaseException as exc:
+                raise _failure(conn, group, exc) from exc
             if not conn.is_in_transaction():
                 raise HandlerFailed(group, TransactionEnded())
             return
@@ -368,10 +368,30 @@ class Applier:
                     await self._traced(route, d)
                 else:
                     await fn(d.payload, d.ctx)
-            except Exception as exc:
-                raise handler_failed(conn, [d], exc) from exc
+            except BaseException as exc:
+                raise _failure(conn, [d], exc) from exc
             if not in_transaction():
                 raise HandlerFailed([d], TransactionEnded())
+
+
+def _is_failure(exc: BaseException) -> bool:
+    """Whether a handler's exception fails its attempt: any Exception, and a CancelledError the
+    handler let out (a library's own timeout) while nothing is cancelling the running task. A
+    real cancellation (a stop), KeyboardInterrupt and SystemExit go on up."""
+    if isinstance(exc, Exception):
+        return True
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
+
+
+def _failure(
+    conn: asyncpg.Connection, deliveries: list[Delivery], exc: BaseException
+) -> HandlerFailed | DatabaseDown:
+    """The HandlerFailed of a handler call that raised `exc` (DatabaseDown when its connection
+    was lost under it); raises `exc` when it is no failure."""
+    if not _is_failure(exc):
+        raise exc
+    return handler_failed(conn, deliveries, exc)
 
 
 def _culprit(failed: HandlerFailed) -> Delivery | None:

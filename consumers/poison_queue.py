@@ -7,11 +7,14 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
+from redis.exceptions import OutOfMemoryError
+
 from consumers import dead_letters
 from consumers.catalog import Catalog, DeadLetterRow
 from consumers.deliveries import DeadLetterMark, Entry, dead_letter_mark, describe
 from consumers.ledger import MarksBusy
 from consumers.metrics import ConsumerMetrics, topic_attributes
+from consumers.refusals import Held, HeldDeadLetters
 from consumers.settings import ConsumerSettings
 from consumers.spans import tracing_enabled
 from consumers.streams import TopicStreams
@@ -46,6 +49,8 @@ class PoisonQueue:
         self._m = metrics
         self._attrs = topic_attributes(streams.keys.events, settings.group)
         self._tracing = tracing_enabled()
+        self.held = HeldDeadLetters(streams, settings)
+        """Entries whose dead letters Redis refused for want of memory, pending meanwhile."""
 
     async def move(
         self,
@@ -58,12 +63,30 @@ class PoisonQueue:
         """Move `entry` to the dead-letter stream for `reason` (a wire reason name) and record
         its catalog row. A redelivery (a replay, a relay duplicate) of an event the group
         dead-lettered before is acknowledged as a duplicate instead, while that dead letter still
-        stands (`dead_letters.standing`): then None."""
+        stands (`dead_letters.standing`): then None. None too when Redis, out of memory, refuses
+        the dead letter: the entry then stays pending, held until Redis has room
+        (`retry_held`)."""
         standing = await self._standing(entry)
         if standing is not None:
             await self._duplicate(entry, standing)
             return None
-        return await self._move(entry, reason, error_class, error, exc)
+        try:
+            return await self._move(entry, reason, error_class, error, exc)
+        except OutOfMemoryError as refusal:
+            held = Held(entry, reason, error_class, error, exc, entry.delivered_at)
+            self.held.hold(held, refusal)
+            return None
+
+    async def retry_held(self) -> None:
+        """Write the dead letters Redis refused for want of memory, once the backoff since the
+        last refusal is over; those still refused stay held."""
+        for held in await self.held.due():
+            try:
+                await self._move(held.entry, held.reason, held.error_class, held.error, held.exc)
+            except OutOfMemoryError as refusal:
+                self.held.refused([held.entry], refusal)
+                return
+            self.held.written(held)
 
     async def _move(
         self,
@@ -159,14 +182,18 @@ class PoisonQueue:
         member cannot apply one after it was moved, and one it applied meanwhile (or one moved
         already, or one whose event the group dead-lettered before and whose dead letter still
         stands) is acknowledged instead of moved. A database failure leaves them all pending
-        (DatabaseDown: the worker backs off); they are reclaimed later. Returns the entries to
+        (DatabaseDown: the worker backs off); they are reclaimed later. So does Redis refusing
+        a move for want of memory, for that entry and those after it. Returns the entries to
         acknowledge."""
         marks: dict[str, tuple[Entry, DeadLetterMark]] = {}
         again: list[Entry] = []
         for entry in entries:
             mark = dead_letter_mark(entry)
             if mark is None:
-                await self._over_attempts_one(entry)  # not an event anyone could apply
+                try:
+                    await self._over_attempts_one(entry)  # not an event anyone could apply
+                except OutOfMemoryError as refusal:
+                    self.held.refused([entry], refusal)  # reclaimed later, as below
             elif mark.event_id in marks:
                 again.append(entry)  # the same event twice: one dead letter is enough
             else:
@@ -175,10 +202,11 @@ class PoisonQueue:
         standing = {i: await self._standing(entry) for i, (entry, _) in marks.items()}
         settled: list[Entry] = []
         rows: list[DeadLetterRow] = []
+        order, finished = sorted(marks), 0
         try:
             # One transaction per event, so a move that fails leaves the marks of the entries
             # moved before it committed; in event-id order, as the lanes' claims take theirs.
-            for event_id in sorted(marks):
+            for event_id in order:
                 entry, mark = marks[event_id]
                 async with self._marking(mark) as done:
                     if done:
@@ -189,6 +217,7 @@ class PoisonQueue:
                         await self._duplicate(entry, letter)
                     else:
                         rows.append(await self._over_attempts_one(entry, record=False))
+                finished += 1
         except MarksBusy:
             log.info(
                 "over max_attempts but still being applied elsewhere, left pending: "
@@ -197,6 +226,12 @@ class PoisonQueue:
                 self._s.group,
                 ",".join(e.entry_id for e, _ in marks.values()),
             )
+            await self._record(rows)
+            return settled
+        except OutOfMemoryError as refusal:
+            # The refused entry's mark rolled back with its move; it and those after it stay
+            # pending, as when marks are busy.
+            self.held.refused([marks[event_id][0] for event_id in order[finished:]], refusal)
             await self._record(rows)
             return settled
         # Recorded once the marks have committed and given their connection back: the worker

@@ -27,7 +27,7 @@ from consumers.settings import ConsumerSettings
 from consumers.status import ConsumerStatus
 from consumers.streams import TopicStreams
 from consumers.worker import TopicWorker
-from conveyor import redis_client, wire
+from conveyor import database, redis_client, wire
 from conveyor.deadlines import pool_options, unanswered
 from conveyor.outages import Outage, quiet_pool_reconnects, unreachable
 from conveyor.retry import pause
@@ -88,14 +88,20 @@ class Consumer:
         # A connection per topic for dead-letter marks, the trim lock and a transaction beside
         # it, the heartbeat, and the dead-letter catalog (the ops plane has a pool of its own);
         # the lanes' connections, where handlers' statements run unbounded, apart.
+        named = database.server_settings(s.database_url, "consume", f"{s.group}/{s.consumer}")
         t = s.dependency_timeout
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=len(s.topics) + 5, **pool_options(t)
+            s.database_url,
+            min_size=1,
+            max_size=len(s.topics) + 5,
+            server_settings=named,
+            **pool_options(t),
         )
         self._lanes = await asyncpg.create_pool(
             s.database_url,
             min_size=0,
             max_size=s.partitions * len(s.topics),
+            server_settings=named,
             **pool_options(t, statements=False),
         )
         self._redis = redis_client.connect(s.redis_url, timeout=t)

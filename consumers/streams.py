@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from consumers.deliveries import Entry, Fields
 from consumers.errors import GroupLost
@@ -40,6 +40,7 @@ class TopicStreams:
         self.group = group
         self.consumer = consumer
         self.retry = keys.retry(group)
+        self._ack_and_delete = client.register_script(_ACK_AND_DELETE)
 
     async def _call(self, coro: Any, what: str = "", *, blocks: float = 0.0) -> Any:
         """The reply to `coro`; NoReply when Redis has not sent it within the timeout (plus
@@ -66,9 +67,20 @@ class TopicStreams:
                 )
                 created = created or key == self.keys.events
             except ResponseError as exc:
-                if not str(exc).startswith("BUSYGROUP"):
+                if str(exc).startswith("BUSYGROUP"):
+                    continue
+                # Out of memory, Redis refuses XGROUP CREATE before it looks: a group that
+                # exists needs nothing, and reads and acknowledgements need no memory.
+                if not (isinstance(exc, OutOfMemoryError) and await self._has_group(key)):
                     raise
         return created
+
+    async def _has_group(self, key: str) -> bool:
+        try:
+            groups = await self._call(self._client.xinfo_groups(key))
+        except ResponseError:  # no such key
+            return False
+        return any(text(g["name"]) == self.group for g in groups)
 
     async def read(self, stream: str, count: int, block_ms: int | None) -> list[Entry]:
         """New entries of `stream` for this consumer (XREADGROUP >)."""
@@ -179,10 +191,11 @@ class TopicStreams:
             by_stream.setdefault(e.stream, []).append(e.entry_id)
         for stream, ids in by_stream.items():
             if stream == self.retry:
-                pipe = self._client.pipeline(transaction=True)
-                pipe.xack(stream, self.group, *ids)
-                pipe.xdel(stream, *ids)
-                await self._call(pipe.execute())
+                # A script rather than MULTI: Redis out of memory refuses every command of a
+                # MULTI, but runs a script whose commands add nothing.
+                for start in range(0, len(ids), _SCRIPT_IDS):
+                    chunk = ids[start : start + _SCRIPT_IDS]
+                    await self._call(self._ack_and_delete(keys=[stream], args=[self.group, *chunk]))
             else:
                 await self._call(self._client.xack(stream, self.group, *ids))
 
@@ -210,6 +223,14 @@ class TopicStreams:
         replies = await self._call(pipe.execute())
         return text(replies[0])
 
+
+_ACK_AND_DELETE = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+"""Acknowledges entries of the retry stream and deletes them, atomically (ARGV: group, ids)."""
+_SCRIPT_IDS = 1000
+"""Entry ids per call of a script (Lua's unpack has a limit of a few thousand)."""
 
 _RAW = "conveyor_raw"
 """Option asking for XREADGROUP's reply as Redis sent it: building redis-py's intermediate

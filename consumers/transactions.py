@@ -199,7 +199,7 @@ async def check_usable(
 
 
 def handler_failed(
-    conn: asyncpg.Connection, deliveries: Sequence[Delivery], exc: Exception
+    conn: asyncpg.Connection, deliveries: Sequence[Delivery], exc: BaseException
 ) -> HandlerFailed | DatabaseDown:
     """A handler call raised `exc`: its failure, or TransactionEnded when the transaction is gone
     too (a COMMIT sent as SQL, which the commit guard failed, or a ROLLBACK). DatabaseDown when

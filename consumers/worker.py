@@ -141,6 +141,8 @@ class TopicWorker:
                 if stopping and not entries:
                     return
                 await self._retrier.touch_waiting()
+                if self._poison.held:  # dead letters Redis had no memory for
+                    await self._poison.retry_held()
                 batch = await self.prepare(entries)
                 while applying and (applying[0].done() or len(applying) >= _BATCHES_IN_FLIGHT):
                     await applying.popleft()
@@ -298,6 +300,7 @@ class TopicWorker:
         """Count and report a lost group; True when it is to be recreated at 0."""
         self._m.groups_lost.add(1, self._attrs)
         self._retrier.forget()  # the pending entries went with the group
+        self._poison.held.forget()
         self.health.unhealthy(str(lost))
         if self._s.exactly_once or self._s.recreate_lost_group:
             log.error(

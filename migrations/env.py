@@ -1,13 +1,15 @@
 """Alembic environment shared by Conveyor's application-schema and catalog histories.
 
 Run it through `admin.migrations` (or `conveyor migrate`), which builds the Alembic Config in code
-and passes, in `config.attributes`: `database_url`, `conveyor_schema` (the schema to migrate),
-`version_table` and `version_table_schema`. There is no alembic.ini.
+and passes, in `config.attributes`: `connect` (opens the asyncpg connection to migrate on),
+`conveyor_schema` (the schema to migrate), `version_table` and `version_table_schema`. There is
+no alembic.ini.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
 from sqlalchemy import pool, text
@@ -24,8 +26,12 @@ _DEPENDENT_OBJECTS_STILL_EXIST = "2BP01"
 
 
 def _attribute(name: str) -> str:
+    return str(_given(name))
+
+
+def _given(name: str) -> Any:
     try:
-        return str(context.config.attributes[name])
+        return context.config.attributes[name]
     except KeyError as exc:
         raise RuntimeError(
             f"config.attributes[{name!r}] is not set: run Conveyor migrations through "
@@ -86,7 +92,9 @@ def _migrate(connection: Connection) -> None:
 
 
 async def _run() -> None:
-    engine = create_async_engine(_attribute("database_url"), poolclass=pool.NullPool)
+    engine = create_async_engine(
+        "postgresql+asyncpg://", async_creator=_given("connect"), poolclass=pool.NullPool
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_migrate)

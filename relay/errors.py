@@ -43,10 +43,21 @@ class NotAMessage(RelayError, TypeError):
 
 class XaddRejected(RelayError):
     """Redis answered some XADDs of a batch with an error reply (WRONGTYPE, OOM, NOPERM...) and
-    appended the others: `accepted` holds the outbox ids of the rows it appended."""
+    appended the others: `accepted` holds the outbox ids of the rows it appended;
+    `out_of_memory`, that Redis refused them for want of memory (at maxmemory, nothing it may
+    evict), and `error` is then that refusal."""
 
-    def __init__(self, error: Exception, *, rejected: int, accepted: frozenset[int]) -> None:
+    def __init__(
+        self,
+        error: Exception,
+        *,
+        rejected: int,
+        accepted: frozenset[int],
+        out_of_memory: bool = False,
+    ) -> None:
         self.error = error
         self.rejected = rejected
         self.accepted = accepted
-        super().__init__(f"Redis rejected {rejected} XADD(s) of the batch: {error}")
+        self.out_of_memory = out_of_memory
+        why = f"out of memory (OOM): {error}" if out_of_memory else str(error)
+        super().__init__(f"Redis rejected {rejected} XADD(s) of the batch: {why}")

@@ -98,6 +98,12 @@ class Forwarder:
         """When a batch last committed, or the forwarder started."""
         self.last_error: str | None = None
         self._failure_logged = 0.0
+        self._failing_since: float | None = None
+        """When a failure was first logged since the last commit; None while batches commit."""
+        self._out_of_memory = False
+        """Redis refused XADDs for want of memory since the last commit."""
+        self._oom_logged = -OUTAGE_LOG_INTERVAL
+        """When the last line saying Redis is out of memory was logged (monotonic seconds)."""
         self._tracing = tracing_enabled()
 
     def wake(self) -> None:
@@ -172,6 +178,9 @@ class Forwarder:
         self.published += len(rows)
         self.last_progress = time.monotonic()
         self.last_error = None
+        if self._failing_since is not None:
+            self._recovered()
+        self._out_of_memory = False
         return len(rows)
 
     def _found(self, n: int) -> None:
@@ -291,11 +300,34 @@ class Forwarder:
 
     def _log_failure(self, exc: Exception, attempt: int, delay: float) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
+        now, level = time.monotonic(), logging.DEBUG
+        if isinstance(exc, XaddRejected) and exc.out_of_memory:
+            # One line every OUTAGE_LOG_INTERVAL whichever worker's batch is refused: Redis
+            # refuses until someone frees memory, and every batch meets the same refusal.
+            self._out_of_memory = True
+            if now - self._oom_logged >= OUTAGE_LOG_INTERVAL:
+                self._oom_logged, level = now, logging.ERROR
+                if self._failing_since is None:
+                    self._failing_since = now
+            log.log(
+                level,
+                "redis is out of memory (used memory > maxmemory) and refuses the relay's XADDs: "
+                "the events stay in the outbox and go out once Redis has room; free memory (let "
+                "consumers acknowledge so housekeeping trims the streams, cap them with "
+                "`conveyor consume --max-stream-length`, delete other keys) or raise maxmemory: "
+                "schema=%s attempt=%d retry_in=%.2fs error=%s",
+                self.schema,
+                attempt,
+                delay,
+                exc.error,
+            )
+            return
         # The first failure of a batch, then one every OUTAGE_LOG_INTERVAL: an outage retries
         # for as long as it lasts.
-        now, level = time.monotonic(), logging.DEBUG
         if attempt == 1 or now - self._failure_logged >= OUTAGE_LOG_INTERVAL:
             self._failure_logged, level = now, logging.WARNING
+            if self._failing_since is None:
+                self._failing_since = now
         log.log(
             level,
             "relay batch failed, rows stay unpublished and will be retried: schema=%s attempt=%d "
@@ -305,3 +337,14 @@ class Forwarder:
             delay,
             self.last_error,
         )
+
+    def _recovered(self) -> None:
+        """A batch committed after failed ones: say so once."""
+        assert self._failing_since is not None
+        log.info(
+            "relay publishing again: schema=%s after %.0fs of failed batches%s",
+            self.schema,
+            time.monotonic() - self._failing_since,
+            " (redis had no memory for them)" if self._out_of_memory else "",
+        )
+        self._failing_since = None

@@ -13,6 +13,7 @@ import asyncpg
 
 from conveyor import database
 from conveyor.deadlines import DEPENDENCY_TIMEOUT, postgres_keepalive
+from relay.registry import process_name
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ class NotifyListener:
     async def connect(self) -> Listener:
         """(Re)open the connection and LISTEN; raises what asyncpg raises when PG is down."""
         await self.close()
-        conn = await asyncpg.connect(
-            self._dsn, timeout=self._timeout, command_timeout=self._timeout
-        )
+        named = database.server_settings(self._dsn, "relay listen", process_name())
+        t = self._timeout
+        conn = await asyncpg.connect(self._dsn, timeout=t, command_timeout=t, server_settings=named)
         try:
             await postgres_keepalive(self._timeout)(conn)
             for channel in self._channels:

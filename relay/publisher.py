@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import hiredis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from conveyor import redis_client, wire
 from relay.errors import XaddRejected
@@ -94,9 +94,12 @@ class StreamPublisher:
             self._timeout, self._send(b"".join(commands), len(commands)), "XADD"
         )
         if failed:
-            error = next(iter(failed.values()))
+            refusals = [e for e in failed.values() if isinstance(e, OutOfMemoryError)]
+            error = refusals[0] if refusals else next(iter(failed.values()))
             accepted = frozenset(row[0] for i, row in enumerate(rows) if i not in failed)
-            raise XaddRejected(error, rejected=len(failed), accepted=accepted) from error
+            raise XaddRejected(
+                error, rejected=len(failed), accepted=accepted, out_of_memory=bool(refusals)
+            ) from error
         return counts
 
     async def _send(self, packed: bytes, replies: int) -> dict[int, ResponseError]:

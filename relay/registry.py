@@ -28,12 +28,16 @@ class RelayProcess:
     """Where its ops plane answers; None when it runs without one (embedded)."""
 
 
+def process_name() -> str:
+    """The running relay's name, `host-pid`: in the registry and its connections' names."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+    return f"{safe or 'host'}-{os.getpid()}"[:100]
+
+
 def this_process(key_prefix: str, schemas: Sequence[str], grpc_addr: str | None) -> RelayProcess:
     """The running process as a relay of the deployment with key prefix `key_prefix`."""
-    host = socket.gethostname()
-    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in host) or "host"
-    pid = os.getpid()
-    return RelayProcess(key_prefix, f"{safe}-{pid}"[:100], tuple(schemas), host, pid, grpc_addr)
+    host, pid = socket.gethostname(), os.getpid()
+    return RelayProcess(key_prefix, process_name(), tuple(schemas), host, pid, grpc_addr)
 
 
 class Registry(Protocol):

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from conveyor import redis_client
+from conveyor import database, redis_client
 from conveyor.deadlines import pool_options, unanswered
 from conveyor.outages import Outage, describe, quiet_pool_reconnects
 from conveyor.retry import pause
@@ -19,7 +19,7 @@ from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
 from relay.notify import Listener, Listeners, NotifyListener
 from relay.publisher import StreamPublisher
-from relay.registry import Registry, RegistryFactory, RelayProcess, this_process
+from relay.registry import Registry, RegistryFactory, RelayProcess, process_name, this_process
 from relay.settings import RelaySettings
 from relay.status import Backlog, ForwarderStatus, RelayStatus
 from relay.store import OutboxStore
@@ -86,11 +86,13 @@ class Relay:
         s = self.settings
         quiet_pool_reconnects()
         size = s.concurrency * len(s.schemas) + 4  # + cleanup, the monitor, heartbeat, a spare
+        named = database.server_settings(s.database_url, "relay", process_name())
         self._pool = await asyncpg.create_pool(
             s.database_url,
             min_size=1,
             max_size=size,
             reset=_keep_session,
+            server_settings=named,
             **pool_options(s.dependency_timeout),
         )
         self._redis = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)

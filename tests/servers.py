@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -104,9 +104,10 @@ class RedisServer(_Server):
 
     With `appendonly=True` every write is appended and fsynced before the reply (appendonly yes,
     appendfsync always), so acknowledged writes survive SIGKILL; otherwise nothing goes to disk.
+    `config` adds redis-server arguments, e.g. `("--maxmemory", "2mb")`, kept across restarts.
     """
 
-    def __init__(self, *, appendonly: bool = False) -> None:
+    def __init__(self, *, appendonly: bool = False, config: Sequence[str] = ()) -> None:
         bindir = os.environ.get("CONVEYOR_REDIS_BINDIR")
         binary = shutil.which("redis-server", path=bindir)
         if binary is None:
@@ -116,6 +117,7 @@ class RedisServer(_Server):
             )
         self._binary = binary
         self.appendonly = appendonly
+        self.config = tuple(config)
         self._proc: subprocess.Popen[bytes] | None = None
         super().__init__("conveyor-redis-")
 
@@ -145,6 +147,7 @@ class RedisServer(_Server):
         log.unlink(missing_ok=True)  # so that the readiness check reads this run's lines only
         args = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--dir", str(self.dir), "--save", "", "--appendonly", *disk, "--logfile", str(log)]
+        args += self.config
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         _wait_until(self._answers, self._running, f"redis-server on port {self.port}", log)
 

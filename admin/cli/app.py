@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from admin.cli import bench, consume, dlq, help_layout, migrate, monitoring, options, relay, token
+from admin.cli import (
+    bench,
+    consume,
+    dlq,
+    help_layout,
+    migrate,
+    monitoring,
+    options,
+    relay,
+    token,
+    verify,
+)
 from admin.errors import AdminError
 
 help_layout.install()  # `--help` keeps every option and variable name whole at 80 columns
@@ -24,6 +35,7 @@ app.command("consume")(consume.consume)
 app.command("bench")(bench.bench)
 app.add_typer(dlq.app, name="dlq")
 monitoring.register(app)
+app.command("verify", epilog=verify.EXIT_HELP)(verify.verify)
 app.add_typer(token.app, name="token")
 
 DISTRIBUTION = "conveyor-events"

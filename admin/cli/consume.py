@@ -220,6 +220,7 @@ async def _serve(
         schemas=[settings.ledger_schema] if settings.exactly_once else [],
         metrics=telemetry.reader,
         gauges=telemetry.gauges,
+        name=f"{settings.group}/{settings.consumer}",
         dependency_timeout=settings.dependency_timeout,
     )
 

@@ -130,7 +130,8 @@ async def run(names: Names, *, events: int, time_limit: float, log: Path | None 
     `names.schema` holds an application's data, DemoStuck when the events do not settle within
     `time_limit` seconds."""
     console = Console(stderr=True)
-    conn = await asyncpg.connect(names.database_url)
+    named = database.server_settings(names.database_url, "demo")
+    conn = await asyncpg.connect(names.database_url, server_settings=named)
     try:
         await demo_guard.check_schema(conn, names.schema, TOPIC, GROUP)
     finally:
@@ -139,7 +140,9 @@ async def run(names: Names, *, events: int, time_limit: float, log: Path | None 
     if log is not None:
         console.print(f"log (the failures it causes on purpose): {log}")
     await asyncio.to_thread(migrations.upgrade, names.database_url, names.schema)
-    pool = await asyncpg.create_pool(names.database_url, min_size=1, max_size=4, command_timeout=10)
+    pool = await asyncpg.create_pool(
+        names.database_url, min_size=1, max_size=4, command_timeout=10, server_settings=named
+    )
     try:
         await _create_tables(pool, names.schema)
         async with pool.acquire() as conn:

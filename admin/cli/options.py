@@ -72,17 +72,18 @@ EXIT_OK = 0
 wait for PostgreSQL or Redis at start)."""
 EXIT_FAILURE = 1
 """The work failed, or a server the command needs did not answer (client commands; `migrate`:
-PostgreSQL unreachable, a schema not at head)."""
+PostgreSQL unreachable, a schema not at head); `verify`: an event was lost."""
 EXIT_USAGE = 2
 """A flag, argument or environment value is invalid (also typer's own usage errors)."""
 EXIT_PRECONDITION = 6
 """Client commands: the server answered FAILED_PRECONDITION (e.g. reprocessing a resolved dead
-letter). `relay` and `consume`: a schema they need is not at head (or has no Conveyor tables);
-the message names the `conveyor migrate up` command that fixes it."""
+letter). `relay`, `consume` and `verify`: a schema they need is not at head (or has no Conveyor
+tables); the message names the `conveyor migrate up` command that fixes it."""
 EXIT_UNAVAILABLE = 7
 """`relay` and `consume`: PostgreSQL or Redis did not answer within --startup-timeout, answered
 with an error (a wrong password, a read-only Redis replica, say), or went away between the checks
-and the start; the message names the address and the option that sets it. Nothing was created."""
+and the start; the message names the address and the option that sets it. Nothing was created.
+`verify`: PostgreSQL or Redis did not answer or answered with an error; nothing was concluded."""
 EXIT_ADDRESS_IN_USE = 8
 """`relay` and `consume`: the --grpc-addr address cannot be bound (another process holds it, or
 the host has no such address). Nothing was created."""

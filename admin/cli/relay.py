@@ -170,6 +170,7 @@ async def _serve(
     from admin.ops import runtime
     from admin.ops.probes import RelayProbe
     from relay import Relay
+    from relay.registry import process_name
 
     relay = Relay(settings, registry=RelayRegistry)
     plane = runtime.OpsPlane(
@@ -181,6 +182,7 @@ async def _serve(
         schemas=settings.schemas,
         metrics=telemetry.reader,
         gauges=telemetry.gauges,
+        name=process_name(),
         dependency_timeout=settings.dependency_timeout,
     )
 
@@ -279,7 +281,8 @@ async def _replay(
     from relay.replay import replay
     from relay.store import count_replayable
 
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    named = database.server_settings(database_url, "relay replay", schema)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, server_settings=named)
     client = redis_client.connect(redis_url)
     try:
         total = await count_replayable(pool, schema, since, topic)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from admin.ops.redis_memory import full_reason, policy_reason
 from admin.ops.status import ComponentStatus, GroupStatus, OutboxStatus, RedisStatus, State, stalled
 from consumers import Consumer
 from relay import Relay
@@ -12,6 +13,22 @@ from relay import Relay
 def _status(name: str, hard: list[str], soft: list[str]) -> ComponentStatus:
     state: State = "NOT_SERVING" if hard else ("DEGRADED" if soft else "SERVING")
     return ComponentStatus(name, state, tuple(hard + soft))
+
+
+def _memory(redis: RedisStatus, *, relay: bool) -> tuple[list[str], list[str]]:
+    """Reasons from Redis' memory, as (hard, soft): out of memory is hard for a relay (it can
+    publish nothing, so it is unready as when Redis is unreachable) and soft for a consumer (it
+    still reads and acknowledges, which lets housekeeping trim the streams and free memory);
+    a policy that can evict streams is soft for both (they work, until Redis evicts)."""
+    hard: list[str] = []
+    soft: list[str] = []
+    if redis.out_of_memory:
+        full = full_reason(redis.used_memory, redis.maxmemory, redis.maxmemory_policy, relay=relay)
+        (hard if relay else soft).append(full)
+    risky = policy_reason(redis.maxmemory_policy, redis.maxmemory) if redis.up else None
+    if risky:
+        soft.append(risky)
+    return hard, soft
 
 
 class RelayProbe:
@@ -25,6 +42,7 @@ class RelayProbe:
         self, redis: RedisStatus, groups: Sequence[GroupStatus], now: float
     ) -> list[ComponentStatus]:
         status = self._relay.status()
+        memory_hard, memory_soft = _memory(redis, relay=True)
         out = []
         for forwarder in status.forwarders:
             hard, soft = [], []
@@ -32,6 +50,7 @@ class RelayProbe:
                 hard.append("shutting down")
             if not redis.up:
                 hard.append(f"redis unreachable: {redis.error}")
+            hard += memory_hard
             if status.postgres_up is False:
                 hard.append("postgres unreachable")
             if forwarder.error:
@@ -46,6 +65,7 @@ class RelayProbe:
                 hard.append(reason)
             if status.redis_reset:
                 soft.append(status.redis_reset)
+            soft += memory_soft
             out.append(_status(f"conveyor.relay.{forwarder.schema}", hard, soft))
         return out
 
@@ -69,6 +89,7 @@ class ConsumerProbe:
     ) -> list[ComponentStatus]:
         status = self._consumer.status()
         by_topic = {g.topic: g for g in groups if g.group == status.group}
+        _, memory_soft = _memory(redis, relay=False)
         out = []
         for worker in status.workers:
             hard: list[str] = []
@@ -90,7 +111,9 @@ class ConsumerProbe:
             )
             if reason:
                 hard.append(reason)
-            out.append(_status(f"conveyor.consumer.{worker.topic}.{status.group}", hard, []))
+            out.append(
+                _status(f"conveyor.consumer.{worker.topic}.{status.group}", hard, memory_soft)
+            )
         return out
 
     def outboxes(self) -> list[OutboxStatus]:

@@ -33,7 +33,7 @@ from admin.ops.status import (
 )
 from admin.ops.status_metrics import StatusGauges
 from admin.ops.tokens import TokenStore, install_sighup_reload
-from conveyor import redis_client
+from conveyor import database, redis_client
 from conveyor.deadlines import DEPENDENCY_TIMEOUT, pool_options
 from conveyor.urls import redact
 
@@ -104,9 +104,11 @@ class OpsPlane:
         schemas: Sequence[str] = (),
         metrics: InMemoryMetricReader | None = None,
         gauges: StatusGauges | None = None,
+        name: str = "",  # the process's, in its connections' `conveyor ops <name>`
         dependency_timeout: float = DEPENDENCY_TIMEOUT,
     ) -> None:
         self.settings = settings
+        self._named = database.server_settings(database_url, "ops", name)
         self._timeout = dependency_timeout  # of the ops thread's statements and connects
         self._database_url = database_url
         self._redis_url = redis_url
@@ -203,7 +205,7 @@ class OpsPlane:
 
     async def _setup(self) -> int:
         try:
-            options = pool_options(self._timeout)
+            options = {"server_settings": self._named, **pool_options(self._timeout)}
             pool = await asyncpg.create_pool(
                 self._database_url, min_size=1, max_size=OPS_POOL_SIZE, **options
             )

@@ -88,8 +88,8 @@ PROBE_TTL_MS = 10_000
 async def wait_for_redis(redis_url: str, *, within: float, shown_as: str, key_prefix: str) -> None:
     """Wait up to `within` seconds for Redis at `redis_url` to answer PING, then check that it
     takes a write under `key_prefix` (a key set and deleted at once); DependencyUnavailable when
-    it does not answer, or refuses the write (a read-only replica, an ACL). `shown_as`: as for
-    `wait_for_postgres`."""
+    it does not answer, or refuses the write (a read-only replica, an ACL). A refusal for want
+    of memory (maxmemory) is only warned about. `shown_as`: as for `wait_for_postgres`."""
     probe = f"{key_prefix}:startup-probe:{uuid.uuid4().hex}"
 
     async def attempt() -> None:
@@ -98,6 +98,17 @@ async def wait_for_redis(redis_url: str, *, within: float, shown_as: str, key_pr
             await client.ping()
             await client.set(probe, b"", px=PROBE_TTL_MS)  # READONLY on a replica, NOPERM ...
             await client.delete(probe)
+        except redis_errors.OutOfMemoryError as exc:
+            # It would take the write but has no memory for it (checked after ACLs, and
+            # replicas ignore maxmemory): a process starts, and works once memory is freed.
+            # A consumer's acknowledgements are what let housekeeping free it.
+            log.warning(
+                "Redis at %s is out of memory and refuses writes (%s): starting all the same; "
+                "events wait (in the outbox, or pending) until memory is freed or maxmemory "
+                "raised",
+                shown_as,
+                exc,
+            )
         except _TRANSIENT_REDIS as exc:
             if isinstance(exc, _FINAL_REDIS):  # redis-py's AuthenticationError is a ConnectionError
                 raise DependencyUnavailable(

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from admin.catalog import Catalog
 from admin.catalog.registry import RegisteredGroup
+from admin.ops.redis_memory import PolicyLog, out_of_memory
 from conveyor import wire
 from conveyor.entry_ids import EntryId
 from conveyor.outages import unreachable
@@ -41,10 +42,19 @@ class RedisStatus:
     ping_latency: float = 0.0
     used_memory: int = 0
     maxmemory: int = 0
+    maxmemory_policy: str = ""
+    """'' when Redis would say neither in INFO nor to CONFIG GET."""
+    memory_not_counted: int = 0
+    """Memory Redis does not count against maxmemory (replication and AOF buffers)."""
     aof_enabled: bool = False
     aof_last_rewrite_status: str = ""
     run_id: str = ""
     error: str = ""
+
+    @property
+    def out_of_memory(self) -> bool:
+        """Redis refuses commands that add data for want of memory (admin.ops.redis_memory)."""
+        return self.up and out_of_memory(self.used_memory, self.memory_not_counted, self.maxmemory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +132,10 @@ class StatusChecker:
         self._reading: asyncio.Future[list[RegisteredGroup]] | None = None
         """The registry read in progress: one that outlives a refresh's wait goes on (until the
         pool's statement timeout ends it) and is waited for again by the next refresh."""
+        self._policy_log = PolicyLog(log)
+        self._config_policy: str | None = None
+        """maxmemory-policy as CONFIG GET said it, for a Redis whose INFO does not; '' when
+        CONFIG GET is refused too (an ACL, a managed Redis): it is not asked again."""
         self.snapshot = Snapshot()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -156,17 +170,33 @@ class StatusChecker:
                 await self._redis.ping()
                 latency = time.perf_counter() - started
                 info = await self._redis.info()
+                policy = str(info.get("maxmemory_policy") or await self._policy_by_config())
         except (RedisError, OSError, TimeoutError) as exc:
             return RedisStatus(up=False, error=f"{type(exc).__name__}: {exc}")
+        maxmemory = int(info.get("maxmemory", 0))
+        self._policy_log.saw(policy, maxmemory)
         return RedisStatus(
             up=True,
             ping_latency=latency,
             used_memory=int(info.get("used_memory", 0)),
-            maxmemory=int(info.get("maxmemory", 0)),
+            maxmemory=maxmemory,
+            maxmemory_policy=policy,
+            memory_not_counted=int(info.get("mem_not_counted_for_evict", 0)),
             aof_enabled=bool(int(info.get("aof_enabled", 0))),
             aof_last_rewrite_status=str(info.get("aof_last_bgrewrite_status", "")),
             run_id=str(info.get("run_id", "")),
         )
+
+    async def _policy_by_config(self) -> str:
+        """maxmemory-policy from CONFIG GET, asked once (INFO of this Redis does not say it)."""
+        if self._config_policy is None:
+            try:
+                reply = await self._redis.config_get("maxmemory-policy")
+                self._config_policy = text(reply.get("maxmemory-policy", b""))
+            except ResponseError as exc:  # NOPERM, or CONFIG renamed away
+                log.debug("cannot read maxmemory-policy: %r", exc)
+                self._config_policy = ""
+        return self._config_policy
 
     async def _registry(self) -> list[RegisteredGroup]:
         """The registered groups; the last ones read when the registry cannot be read now."""

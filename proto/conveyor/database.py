@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
+from urllib.parse import parse_qs, urlsplit
 
 CATALOG_SCHEMA = "conveyor"
 """Schema of the deployment-wide catalog: consumer registry, dead-letter state, audit."""
@@ -72,3 +75,42 @@ def notify_channel(schema: str) -> str:
 
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+APPLICATION_NAME_PREFIX = "conveyor "
+"""How the application_name of every PostgreSQL connection Conveyor opens starts."""
+
+_APPLICATION_NAME_BYTES = 63
+"""What PostgreSQL keeps of an application_name (NAMEDATALEN - 1)."""
+
+
+def application_name(role: str, subject: str = "") -> str:
+    """`conveyor <role> <subject>`, what a Conveyor connection shows in pg_stat_activity: e.g.
+    `conveyor consume billing/host-4242` or `conveyor relay listen host-4242`.
+
+    Fit to PostgreSQL's 63 bytes: a longer subject keeps its start and its end (the member, a
+    pid) around `..`. Characters other than printable ASCII show as `?`, as PostgreSQL shows them.
+    """
+    name = f"{APPLICATION_NAME_PREFIX}{role}"
+    room = _APPLICATION_NAME_BYTES - len(name) - 1
+    subject = "".join(c if " " <= c <= "~" else "?" for c in subject)
+    if len(subject) > room:
+        head = (room - 2) // 2
+        subject = f"{subject[:head]}..{subject[len(subject) - (room - 2 - head) :]}"
+    return f"{name} {subject}" if subject else name
+
+
+def server_settings(
+    database_url: str, role: str, subject: str = "", environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """asyncpg `server_settings` naming a connection `application_name(role, subject)`, unless
+    the user named Conveyor's connections: `application_name=` in the URL's query wins, then
+    PGAPPNAME, as with libpq. asyncpg itself lets server_settings override the URL's query and
+    ignores PGAPPNAME, so the name is always given here, the user's when there is one."""
+    query = parse_qs(urlsplit(database_url).query)
+    given = query.get("application_name", [])
+    if given:
+        return {"application_name": given[-1]}
+    if environ.get("PGAPPNAME"):
+        return {"application_name": environ["PGAPPNAME"]}
+    return {"application_name": application_name(role, subject)}

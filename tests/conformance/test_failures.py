@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import pytest
-
 from consumers import EventContext, Retry
 from tests.conformance.support import (
     Member,
@@ -87,15 +85,6 @@ async def test_events_failing_a_few_times_do_not_hold_back_the_others(
         assert overtaken, f"nothing behind event {slow} was applied while it was retried"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a handler raising asyncio.CancelledError (a BaseException) is not a failed attempt: "
-        "consumers/applier.py (_run, _traced) catch Exception only, so it escapes apply(), "
-        "TopicWorker.run and Consumer.run; the whole consumer stops with its batch unapplied "
-        "and unacknowledged (`conveyor consume` exits 1), while status() still says serving"
-    ),
-)
 async def test_a_handler_raising_cancelled_error_fails_only_that_attempt(case: Case) -> None:
     """A handler that lets a stray `asyncio.CancelledError` out (a library's timeout, say;
     nothing cancelled the consumer) on event 3's first attempt: like any other error, that

@@ -12,7 +12,7 @@ import pytest
 
 from admin import migrations
 from consumers import EventContext
-from conveyor import redis_client, wire
+from conveyor import database, redis_client, wire
 from conveyor.v1 import event_pb2
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
@@ -69,14 +69,17 @@ async def test_postgres_restart_under_a_consumer(redis_url: str, key_prefix: str
     assert set(counts.values()) == {1}
 
 
-async def test_consumer_connections_killed_by_the_server_are_replaced(case: Case) -> None:
+async def test_consumer_connections_killed_by_the_server_are_replaced(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await create_effects(case.pg, case.schema)
-    # Only this consumer's connections are cut: the server is shared with other tests and users.
-    name = f"outage-{case.prefix}"
-    url = f"{case.database_url}{'&' if '?' in case.database_url else '?'}application_name={name}"
-    async with running_consumer(
-        effect_router(case.schema), **consumer_settings(case, db_backoff_max=0.5, database_url=url)
-    ):
+    # Only this consumer's connections are cut, found by the name the consumer gives them: the
+    # server is shared with other tests and users.
+    monkeypatch.delenv("PGAPPNAME", raising=False)
+    member = f"outage-{case.prefix}"
+    name = database.application_name("consume", f"g/{member}")
+    settings = consumer_settings(case, db_backoff_max=0.5, consumer=member)
+    async with running_consumer(effect_router(case.schema), **settings):
         first = await publish(case.redis, case.prefix, 50)
         await wait_until(lambda: count_is(case.pg, case.schema, 50), what="first part applied")
         killed = await case.pg.fetchval(
