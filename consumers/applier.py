@@ -32,10 +32,11 @@ from consumers.router import Route
 from consumers.transactions import (
     DatabaseDown,
     HandlerFailed,
-    SwallowedDatabaseError,
     TransactionEnded,
-    handler_failed,
+    failure_of,
     is_dead,
+    is_failure,
+    pinned_on,
     transaction,
 )
 from conveyor import sampling
@@ -261,7 +262,7 @@ class Applier:
             try:
                 outcomes.add(await self._optimistic(conn, piece))
             except HandlerFailed as failed:
-                culprit = _culprit(failed)
+                culprit = pinned_on(failed)
                 if culprit is None and len(piece) == 1:
                     culprit = piece[0]
                 if culprit is not None:
@@ -308,7 +309,7 @@ class Applier:
                 await route.fn(d.payload, d.ctx)
         except BaseException as exc:
             spans.fail(span, exc)
-            if _is_failure(exc):
+            if is_failure(exc):
                 self._failed_spans[key] = span
             else:
                 span.end()
@@ -357,7 +358,7 @@ class Applier:
             try:
                 await route.fn([(d.payload, d.ctx) for d in group], conn)
             except BaseException as exc:
-                raise _failure(conn, group, exc) from exc
+                raise failure_of(conn, group, exc) from exc
             if not conn.is_in_transaction():
                 raise HandlerFailed(group, TransactionEnded())
             return
@@ -369,37 +370,6 @@ class Applier:
                 else:
                     await fn(d.payload, d.ctx)
             except BaseException as exc:
-                raise _failure(conn, [d], exc) from exc
+                raise failure_of(conn, [d], exc) from exc
             if not in_transaction():
                 raise HandlerFailed([d], TransactionEnded())
-
-
-def _is_failure(exc: BaseException) -> bool:
-    """Whether a handler's exception fails its attempt: any Exception, and a CancelledError the
-    handler let out (a library's own timeout) while nothing is cancelling the running task. A
-    real cancellation (a stop), KeyboardInterrupt and SystemExit go on up."""
-    if isinstance(exc, Exception):
-        return True
-    task = asyncio.current_task()
-    return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
-
-
-def _failure(
-    conn: asyncpg.Connection, deliveries: list[Delivery], exc: BaseException
-) -> HandlerFailed | DatabaseDown:
-    """The HandlerFailed of a handler call that raised `exc` (DatabaseDown when its connection
-    was lost under it); raises `exc` when it is no failure."""
-    if not _is_failure(exc):
-        raise exc
-    return handler_failed(conn, deliveries, exc)
-
-
-def _culprit(failed: HandlerFailed) -> Delivery | None:
-    """The one event a failure is pinned on: a per-event handler that raised or ended the
-    transaction. None when it cannot be told: a batch handler's call, what a later handler
-    raised because an earlier one swallowed a database error, a deferred constraint at COMMIT."""
-    if len(failed.deliveries) != 1 or isinstance(
-        failed.error, (asyncpg.InFailedSQLTransactionError, SwallowedDatabaseError)
-    ):
-        return None
-    return failed.deliveries[0]

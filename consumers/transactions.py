@@ -242,3 +242,34 @@ def _asyncpg_internals_known() -> bool:
 
 
 _MERGED_COMMIT = _asyncpg_internals_known()
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Whether a handler's exception fails its attempt: any Exception, and a CancelledError the
+    handler let out (a library's own timeout) while nothing is cancelling the running task. A
+    real cancellation (a stop), KeyboardInterrupt and SystemExit go on up."""
+    if isinstance(exc, Exception):
+        return True
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
+
+
+def failure_of(
+    conn: asyncpg.Connection, deliveries: Sequence[Delivery], exc: BaseException
+) -> HandlerFailed | DatabaseDown:
+    """The HandlerFailed of a handler call that raised `exc` (DatabaseDown when its connection
+    was lost under it); raises `exc` when it is no failure."""
+    if not is_failure(exc):
+        raise exc
+    return handler_failed(conn, deliveries, exc)
+
+
+def pinned_on(failed: HandlerFailed) -> Delivery | None:
+    """The one event a failure is pinned on: a per-event handler that raised or ended the
+    transaction. None when it cannot be told: a batch handler's call, what a later handler
+    raised because an earlier one swallowed a database error, a deferred constraint at COMMIT."""
+    if len(failed.deliveries) != 1 or isinstance(
+        failed.error, (asyncpg.InFailedSQLTransactionError, SwallowedDatabaseError)
+    ):
+        return None
+    return failed.deliveries[0]
