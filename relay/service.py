@@ -98,7 +98,9 @@ class Relay:
         self._redis = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)
         self._publisher = StreamPublisher(self._redis, s.key_prefix, timeout=s.dependency_timeout)
         for schema in s.schemas:
-            store = OutboxStore(self._pool, schema, keep_published=s.retention > 0)
+            store = OutboxStore(
+                self._pool, schema, keep_published=s.retention > 0, timeout=s.dependency_timeout
+            )
             self._stores.append(store)
             self.forwarders[schema] = Forwarder(
                 store, self._publisher, s, self.metrics, self._stopping
