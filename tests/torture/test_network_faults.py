@@ -37,7 +37,7 @@ SILENT: tuple[Kind, ...] = ("blackhole", "half_open", "partition")
 
 TIMEOUT = 1.5
 """The processes' --dependency-timeout: short, so a silent link is noticed in a few seconds."""
-NOTICE = 12.0
+NOTICE = 15.0
 """Seconds a process may take to report a fault (a few timeouts, on a loaded machine)."""
 RECOVER = 20.0
 """Seconds a process may take to say SERVING again once the link healed."""
