@@ -281,7 +281,7 @@ class StatusChecker:
         times = []
         if info["pending"]:
             summary = await self._redis.xpending(key, group)
-            if summary["min"] is not None:  # None: acknowledged since XINFO counted them
+            if summary["min"] is not None:  # acknowledged since XINFO GROUPS counted them
                 times.append(EntryId.parse(summary["min"]).time)
         after = await self._redis.xrange(
             key, min="(" + text(info["last-delivered-id"]), max="+", count=1

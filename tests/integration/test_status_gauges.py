@@ -224,3 +224,51 @@ def test_serving_follows_readiness_while_up_stays_1(state: State | None, serving
         provider.shutdown()
     assert value(text, "conveyor_serving", role="consumer", group=GROUP) == serving
     assert value(text, "conveyor_up", role="consumer", group=GROUP) == 1
+
+
+class _AckedBetween:
+    """The real Redis client, except that the group's pending entries are acknowledged right
+    after XINFO GROUPS answered: a member that settled its batch between the two reads."""
+
+    def __init__(self, redis: Any, stream: str) -> None:
+        self._redis = redis
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def xinfo_groups(self, key: str) -> Any:
+        groups = await self._redis.xinfo_groups(key)
+        pending = await self._redis.xpending_range(key, GROUP, min="-", max="+", count=100)
+        await self._redis.xack(key, GROUP, *[p["message_id"] for p in pending])
+        return groups
+
+
+async def test_entries_acknowledged_while_status_reads_the_group_are_no_error(
+    case: Case, registered: str
+) -> None:
+    """XINFO GROUPS counts pending entries that are acknowledged before XPENDING asks for their
+    oldest (the member settled its batch meanwhile): the status still serves the group's lag
+    instead of failing its refresh."""
+    for i in range(3):
+        await case.redis.xadd(registered, {"n": str(i)})
+    await case.redis.xgroup_create(registered, GROUP, id="0")
+    await case.redis.xreadgroup(GROUP, "c-1", {registered: ">"}, count=2)
+    pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
+    try:
+        checker = StatusChecker(
+            redis=_AckedBetween(case.redis, registered),
+            catalog=Catalog(pool, case.prefix),
+            probe=_Probe(),
+        )
+        snapshot = await checker.refresh()
+    finally:
+        await pool.close()
+    [group] = [g for g in snapshot.groups if g.group == GROUP]
+    assert group.lag_entries == 1, group
+    assert await case.redis.xpending(registered, GROUP) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
