@@ -22,7 +22,7 @@ from admin.ops.probes import ConsumerProbe, RelayProbe
 from admin.ops.runtime import OpsPlane, OpsSettings, Pipeline
 from admin.ops.server import ServerSettings
 from admin.ops.status import Probe, RedisStatus
-from consumers import Consumer, ConsumerSettings
+from consumers import Consumer, ConsumerSettings, EventContext
 from conveyor import redis_client, wire
 from conveyor.deadlines import NoReply, pool_options
 from relay import Relay, RelaySettings
@@ -32,7 +32,9 @@ from tests.integration.consumer_support import (
     create_effects,
     effect_counts,
     effect_router,
+    insert_effect,
     publish,
+    router_of,
 )
 from tests.integration.relay_support import drained, fill, stream_ids
 from tests.processes import wait_until
@@ -243,6 +245,44 @@ async def test_a_consumer_notices_a_silent_postgres_and_applies_everything_once_
             await until_health(port, SERVING, "serving again")
         counts = await effect_counts(case.pg, case.schema, "g")
         assert set(counts) == set(before + during) and set(counts.values()) == {1}
+    finally:
+        proxy.close()
+
+
+async def test_a_lane_waiting_under_a_handler_on_a_silent_postgres_is_reported(
+    case: Case,
+) -> None:
+    await create_effects(case.pg, case.schema)
+
+    async def slow(event: object, ctx: EventContext) -> None:
+        await ctx.db.execute("SELECT pg_sleep(0.2)")  # most of a batch's time is the handler's
+        await insert_effect(ctx, case.schema)
+
+    proxy = FaultProxy.for_url(case.database_url)
+    try:
+        # A heartbeat every 30 s: only a beat made because a lane waits long tells in time.
+        settings = consumer_settings(
+            case,
+            database_url=proxy.url(case.database_url),
+            topics=("identity",),
+            dependency_timeout=TIMEOUT,
+            db_backoff_max=0.5,
+            heartbeat_interval=30,
+            partitions=1,
+        )
+        c = Consumer(router_of(slow), ConsumerSettings(**settings), catalog=ConsumerCatalog)
+        urls = {"database_url": proxy.url(case.database_url), "redis_url": case.redis_url}
+        async with serving(c, ConsumerProbe(c, 60), prefix=case.prefix, **urls):
+            ids = await publish(case.redis, case.prefix, 5)
+            await wait_until(lambda: applied(case, 5), what="applied")
+            ids += await publish(case.redis, case.prefix, 30)  # one batch: 6 s of handlers
+            await asyncio.sleep(1)
+            proxy.blackhole()
+            await until(lambda: not c.status().postgres_up, "postgres reported unreachable")
+            proxy.heal()
+            await wait_until(lambda: applied(case, 35), timeout=60, what="applied after heal")
+        counts = await effect_counts(case.pg, case.schema, "g")
+        assert set(counts) == set(ids) and set(counts.values()) == {1}
     finally:
         proxy.close()
 
