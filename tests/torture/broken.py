@@ -57,8 +57,8 @@ def _skip_ledger() -> None:
 def _publish_without_marking() -> None:
     init = OutboxStore.__init__
 
-    def unmarked(self: OutboxStore, pool: Any, schema: str, *, keep_published: bool) -> None:
-        init(self, pool, schema, keep_published=keep_published)
+    def unmarked(self: OutboxStore, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
         table = f"{self.schema}.{database.OUTBOX_TABLE}"
         self._claim_sql = (
             "SELECT id, event_id::text, topic, event_type, aggregate_id, traceparent, payload "
