@@ -251,6 +251,7 @@ class OpsPlane:
         ops = self._ops = _OpsState(pool, redis, health, audit, checker, server)
         await health.start()
         port = await server.start()
+        await checker.try_refresh()  # the first one: what it logs comes before "started"
         ops.task = asyncio.create_task(checker.run(ops.stopping), name="status-checker")
         return port
 

@@ -139,12 +139,22 @@ class StatusChecker:
         self.snapshot = Snapshot()
 
     async def run(self, stopping: asyncio.Event) -> None:
+        """Refresh every interval until `stopping`, the first time after one interval (the
+        plane awaits the first refresh itself, with `try_refresh`, as it starts)."""
         while not stopping.is_set():
-            try:
-                await self.refresh()
-            except Exception:  # a bug here must not freeze health at its last values
-                log.exception("status refresh failed; trying again next interval")
             await pause(stopping, self._interval)
+            if not stopping.is_set():
+                await self.try_refresh()
+
+    async def try_refresh(self) -> None:
+        """`refresh`, logging a failure instead of raising it: a bug here must not freeze
+        health at its last values, nor keep a process from starting. The ops plane awaits the
+        first one as it starts, so what it logs (a Redis policy that can evict streams) comes
+        before the process says it started."""
+        try:
+            await self.refresh()
+        except Exception:
+            log.exception("status refresh failed; trying again next interval")
 
     async def refresh(self) -> Snapshot:
         """Take a new snapshot (never raises: failures become reasons)."""

@@ -1,13 +1,16 @@
-"""The ops plane's own thread: it keeps reporting through a failing probe, and a shutdown turns
-health NOT_SERVING at once even while a status refresh is stuck on PostgreSQL."""
+"""The ops plane's own thread: it keeps reporting through a failing probe, a shutdown turns
+health NOT_SERVING at once even while a status refresh is stuck on PostgreSQL, and its first
+refresh (which logs a Redis policy that can evict streams) is done when the plane has started."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from admin import migrations
@@ -16,6 +19,7 @@ from admin.ops.runtime import OPS_POOL_SIZE, OpsPlane, OpsSettings
 from admin.ops.server import ServerSettings
 from admin.ops.status import ComponentStatus, GroupStatus, OutboxStatus, RedisStatus
 from tests.processes import wait_until
+from tests.servers import RedisServer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -110,3 +114,16 @@ async def test_shutdown_flips_health_at_once_while_a_refresh_waits_on_postgres(
 
 async def _is(port: int, want: int) -> bool:
     return await status(port) == want
+
+
+@pytest.mark.slow
+async def test_an_evicting_policy_is_logged_before_the_plane_has_started(
+    database_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The process says it started only after its plane started: the line about the policy
+    must be out by then, not left to the first refresh of the plane's thread racing on."""
+    caplog.set_level(logging.ERROR, logger="admin.ops.status")
+    with RedisServer(config=("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")) as s:
+        async with running_plane(database_url, s.url, key_prefix, FlakyProbe()):
+            logged = [r.getMessage() for r in caplog.records]
+    assert any("redis misconfigured: maxmemory-policy allkeys-lru" in m for m in logged), logged
