@@ -53,6 +53,11 @@ RULES = (
     Rule(("admin.catalog",), ("admin.ops", "admin.cli"), "inside admin, cli -> ops -> catalog"),
     Rule(("admin.ops",), ("admin.cli",), "inside admin, cli -> ops -> catalog"),
     Rule(
+        ("admin.verify",),
+        ("admin.ops", "admin.cli"),
+        "verify reads the deployment's tables and streams; only the CLI shows its report",
+    ),
+    Rule(
         ("admin.migrations",),
         ("admin.ops", "admin.cli", "admin.catalog"),
         "migrations run from the CLI and tests; they need no room of the admin plane",
