@@ -32,11 +32,12 @@ from consumers.router import Route
 from consumers.transactions import (
     DatabaseDown,
     HandlerFailed,
-    TransactionEnded,
+    LostUnderHandler,
     failure_of,
     is_dead,
     is_failure,
     pinned_on,
+    returned,
     transaction,
 )
 from conveyor import sampling
@@ -224,43 +225,47 @@ class Applier:
         return max((now - began for began in self._working.values()), default=0.0)
 
     async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
-        conn: asyncpg.Connection | None = None
         self._working[lane] = time.monotonic()
         try:
-            conn = await self._connection(lane)
-            return await self._in_pieces(conn, part)
+            return await self._in_pieces(lane, part)
         except DatabaseDown:
-            await self._drop(lane, conn)
+            await self._drop(lane, self._lanes[lane])
             raise
         except Exception as exc:
             # Any failure outside a handler (lost connection, deadlock, statement cancelled,
             # failover to a read-only node, a connection left mid-protocol): the piece being
             # applied committed nothing; retry the part on a fresh connection (what committed
             # before is found in the ledger).
-            await self._drop(lane, conn)
+            await self._drop(lane, self._lanes[lane])
             raise DatabaseDown(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
-            await self._drop(lane, conn)  # cancelled mid-query: never reuse that connection
+            await self._drop(lane, self._lanes[lane])  # cancelled mid-query: never reuse it
             raise
         finally:
             self._working.pop(lane, None)
 
-    async def _in_pieces(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
+    async def _in_pieces(self, lane: int, part: list[Delivery]) -> Outcomes:
         """Apply `part` in one transaction; when a handler fails, split it around the failing
         event (or in halves, when the failure cannot be pinned on one event: a batch handler,
         a swallowed error's symptom, a deferred constraint at COMMIT) and apply each piece in a
         transaction of its own, until only failing events are left out. Pieces keep stream
-        order, so each aggregate's events still apply in order."""
+        order, so each aggregate's events still apply in order. A handler that lost its
+        connection once too often failed too (LostUnderHandler.counted); the next piece goes on a
+        new connection."""
         outcomes = Outcomes()
         pieces: deque[list[Delivery]] = deque([part])
         while pieces:
             piece = pieces.popleft()
             if not piece:
                 continue
-            if is_dead(conn):
-                raise DatabaseDown("connection lost")
+            conn = await self._connection(lane)
             try:
-                outcomes.add(await self._optimistic(conn, piece))
+                try:
+                    outcomes.add(await self._optimistic(conn, piece))
+                except LostUnderHandler as lost:
+                    if (counted := lost.counted()) is None:
+                        raise
+                    raise counted from lost
             except HandlerFailed as failed:
                 culprit = pinned_on(failed)
                 if culprit is None and len(piece) == 1:
@@ -359,10 +364,9 @@ class Applier:
                 await route.fn([(d.payload, d.ctx) for d in group], conn)
             except BaseException as exc:
                 raise failure_of(conn, group, exc) from exc
-            if not conn.is_in_transaction():
-                raise HandlerFailed(group, TransactionEnded())
+            returned(conn, group)
             return
-        fn, traced, in_transaction = route.fn, self._tracing, conn.is_in_transaction
+        fn, traced = route.fn, self._tracing
         for d in group:
             try:
                 if traced:
@@ -371,5 +375,5 @@ class Applier:
                     await fn(d.payload, d.ctx)
             except BaseException as exc:
                 raise failure_of(conn, [d], exc) from exc
-            if not in_transaction():
-                raise HandlerFailed([d], TransactionEnded())
+            if is_dead(conn) or not conn.is_in_transaction():
+                returned(conn, [d])

@@ -94,6 +94,9 @@ class Delivery:
     """None for an event of unknown type that the router's policy skips."""
     payload: Message | None
     ctx: EventContext
+    lost_connections: int = 0
+    """Times this delivery's handler lost its database connection under it (see
+    consumers.transactions.LostUnderHandler)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 
 from consumers.deliveries import Entry
 from consumers.metrics import ConsumerMetrics, topic_attributes
 from consumers.retries import RetrySchedule
 from consumers.settings import ConsumerSettings
-from consumers.streams import TopicStreams
+from consumers.streams import Holding, TopicStreams
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,13 @@ class Reader:
         schedule: RetrySchedule,
         settings: ConsumerSettings,
         metrics: ConsumerMetrics,
+        *,
+        held: Holding | None = None,
     ) -> None:
         self._streams = streams
         self._schedule = schedule
+        self._held = held
+        """Other entries pending on this consumer that it holds (dead letters Redis refused)."""
         self._s = settings
         self._m = metrics
         self._attrs = topic_attributes(streams.keys.events, settings.group)
@@ -43,11 +48,12 @@ class Reader:
         self._stranded = False
         """A round failed: reads may have been answered with entries that never arrived."""
 
-    async def side_entries(self) -> list[Entry]:
-        """Entries idle on dead consumers and reprocess requests, when it is time for them."""
+    async def side_entries(self, taken: Sequence[Entry] = ()) -> list[Entry]:
+        """Entries idle on dead consumers and reprocess requests, when it is time for them;
+        `taken`: those the round has already (due retries), never taken twice."""
         entries: list[Entry] = []
         if self._stranded:
-            entries += await self._reclaim_stranded()
+            entries += await self._reclaim_stranded(taken)
         now = time.monotonic()
         if now >= self._next_reclaim:
             self._next_reclaim = now + max(self._s.claim_idle / 4, 0.05)
@@ -94,10 +100,11 @@ class Reader:
         leaving them to the reclaim of entries idle for `claim_idle`."""
         self._stranded = True
 
-    async def _reclaim_stranded(self) -> list[Entry]:
+    async def _reclaim_stranded(self, taken: Sequence[Entry]) -> list[Entry]:
+        holding = _Holding(self._schedule, self._held, {(e.stream, e.entry_id) for e in taken})
         entries: list[Entry] = []
         for stream in (self._streams.keys.events, self._streams.retry):
-            entries += await self._streams.reclaim_mine(stream, self._s.batch_size, self._schedule)
+            entries += await self._streams.reclaim_mine(stream, self._s.batch_size, holding)
         self._stranded = False
         if entries:
             log.info(
@@ -148,3 +155,13 @@ class Reader:
                 )
             entries += mine
         return entries
+
+
+class _Holding:
+    """Entries a consumer holds, from each of `parts` (None: none held there)."""
+
+    def __init__(self, *parts: Holding | set[tuple[str, str]] | None) -> None:
+        self._parts = [p for p in parts if p is not None]
+
+    def __contains__(self, key: tuple[str, str], /) -> bool:
+        return any(key in p for p in self._parts)

@@ -52,6 +52,10 @@ class HeldDeadLetters:
     def __len__(self) -> int:
         return len(self._held)
 
+    def __contains__(self, key: tuple[str, str], /) -> bool:
+        """Whether the entry (stream, entry id) is held here."""
+        return key in self._held
+
     def hold(self, held: Held, refusal: OutOfMemoryError) -> None:
         """Keep `held.entry` pending until its dead letter can be written."""
         self._held[held.entry.stream, held.entry.entry_id] = held

@@ -146,8 +146,6 @@ class Consumer:
             timeout=s.dependency_timeout,
         )
         schedule = RetrySchedule()
-        reader = Reader(streams, schedule, s, self.metrics)
-        retrier = Retrier(streams, schedule, s, self.metrics, on_deleted=reader.deleted)
         poison = PoisonQueue(
             streams=streams,
             catalog=catalog,
@@ -155,6 +153,8 @@ class Consumer:
             settings=s,
             metrics=self.metrics,
         )
+        reader = Reader(streams, schedule, s, self.metrics, held=poison.held)
+        retrier = Retrier(streams, schedule, s, self.metrics, on_deleted=reader.deleted)
         return TopicWorker(
             topic,
             streams=streams,

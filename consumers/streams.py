@@ -125,19 +125,22 @@ class TopicStreams:
     async def reclaim_mine(self, stream: str, count: int, holding: Holding) -> list[Entry]:
         """Entries pending on this consumer that it does not hold (`holding` says which it does,
         by stream and entry id): delivered by reads whose replies never arrived. Claimed again,
-        which counts a delivery, with their attempt numbers; up to `count` of them."""
+        which counts a delivery, with their attempt numbers; up to `count` of them. An entry
+        another member claims between the XPENDING and the XCLAIM is left to it: the XCLAIM's
+        min-idle is the least idle time the XPENDING saw, which such a claim resets."""
         pending = await self._call(
             self._client.xpending_range(
                 stream, self.group, "-", "+", count, consumername=self.consumer
             ),
             "XPENDING",
         )
-        counts = {text(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        ids = [i for i in counts if (stream, i) not in holding]
-        if not ids:
+        mine = [p for p in pending if (stream, text(p["message_id"])) not in holding]
+        if not mine:
             return []
+        counts = {text(p["message_id"]): int(p["times_delivered"]) for p in mine}
+        idle = min(int(p["time_since_delivered"]) for p in mine)
         reply = await self._call(
-            self._client.xclaim(stream, self.group, self.consumer, 0, ids), "XCLAIM"
+            self._client.xclaim(stream, self.group, self.consumer, idle, list(counts)), "XCLAIM"
         )
         entries = [Entry(stream, text(eid), fields) for eid, fields in reply or ()]
         for e in entries:

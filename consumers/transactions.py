@@ -16,6 +16,44 @@ class DatabaseDown(Exception):
     """The database connection failed mid-batch; nothing of the part was committed."""
 
 
+LOSSES_FORGIVEN = 2
+"""Connections an event's handler may lose under it (reset, terminated, closed) in one delivery
+without the attempt counting: the database's or the network's failure, retried on a new
+connection. One more is the handler's (a poison event that breaks its connection every time):
+the attempt fails, so such an event is retried and dead-lettered like any failing one."""
+
+
+class LostUnderHandler(DatabaseDown):
+    """The connection was lost while handlers of `deliveries` ran: retried on a new connection,
+    without counting an attempt, up to LOSSES_FORGIVEN times per delivery (`counted`)."""
+
+    def __init__(self, deliveries: Sequence[Delivery], message: str) -> None:
+        super().__init__(message)
+        self.deliveries = deliveries
+
+    def counted(self) -> HandlerFailed | None:
+        """Count the loss against its deliveries: their failure, ConnectionLostUnderHandler, once
+        one of them has lost more than LOSSES_FORGIVEN connections; None while forgiven."""
+        losses = 0
+        for d in self.deliveries:
+            d.lost_connections += 1
+            losses = max(losses, d.lost_connections)
+        if losses <= LOSSES_FORGIVEN:
+            return None
+        return HandlerFailed(self.deliveries, ConnectionLostUnderHandler(losses, str(self)))
+
+
+class ConnectionLostUnderHandler(Exception):
+    """An event's handler lost its database connection each time it ran, though the database
+    answered the new ones: the attempt fails, as the event may be what breaks it."""
+
+    def __init__(self, losses: int, last: str) -> None:
+        super().__init__(
+            f"the handler's database connection was lost under it {losses} times in a row "
+            f"(last: {last}); counted as a failed attempt"
+        )
+
+
 class SwallowedDatabaseError(Exception):
     """A handler caught a database error and carried on: its transaction was already aborted,
     so nothing it or its neighbours wrote could commit."""
@@ -200,13 +238,16 @@ async def check_usable(
 
 def handler_failed(
     conn: asyncpg.Connection, deliveries: Sequence[Delivery], exc: BaseException
-) -> HandlerFailed | DatabaseDown:
+) -> HandlerFailed | LostUnderHandler:
     """A handler call raised `exc`: its failure, or TransactionEnded when the transaction is gone
     too (a COMMIT sent as SQL, which the commit guard failed, or a ROLLBACK). DatabaseDown when
     the connection itself is gone (reset, or closed by the server): the database or the network
-    failed under the handler, which runs again on a new connection, its attempt not counted."""
+    failed under the handler, which runs again on a new connection, its attempt not counted
+    (up to LOSSES_FORGIVEN times)."""
     if is_dead(conn):
-        return DatabaseDown(f"connection lost under a handler: {type(exc).__name__}: {exc}")
+        return LostUnderHandler(
+            deliveries, f"connection lost under a handler: {type(exc).__name__}: {exc}"
+        )
     if not conn.is_in_transaction():
         return HandlerFailed(deliveries, TransactionEnded())
     return HandlerFailed(deliveries, exc)
@@ -256,12 +297,21 @@ def is_failure(exc: BaseException) -> bool:
 
 def failure_of(
     conn: asyncpg.Connection, deliveries: Sequence[Delivery], exc: BaseException
-) -> HandlerFailed | DatabaseDown:
+) -> HandlerFailed | LostUnderHandler:
     """The HandlerFailed of a handler call that raised `exc` (DatabaseDown when its connection
     was lost under it); raises `exc` when it is no failure."""
     if not is_failure(exc):
         raise exc
     return handler_failed(conn, deliveries, exc)
+
+
+def returned(conn: asyncpg.Connection, deliveries: Sequence[Delivery]) -> None:
+    """After handlers of `deliveries` returned normally: LostUnderHandler when they left the
+    connection closed, HandlerFailed(TransactionEnded) when they ended the transaction."""
+    if is_dead(conn):
+        raise LostUnderHandler(deliveries, "a handler returned with its connection closed")
+    if not conn.is_in_transaction():
+        raise HandlerFailed(deliveries, TransactionEnded())
 
 
 def pinned_on(failed: HandlerFailed) -> Delivery | None:

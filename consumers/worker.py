@@ -164,9 +164,9 @@ class TopicWorker:
         requests, then new ones (waiting for some only when nothing else is to be done). A
         large batch reads the next one ahead; small ones are gathered (`_gathered`)."""
         reader = self._reader
-        entries = (
-            [] if stopping else (await self._retrier.claim_due()) + (await reader.side_entries())
-        )
+        entries = [] if stopping else await self._retrier.claim_due()
+        if not stopping:
+            entries += await reader.side_entries(entries)
         if reader.reading_ahead:
             entries += await reader.take_ahead()
             if not stopping and len(entries) >= self._ahead_from:
