@@ -82,6 +82,16 @@ def _timing(request: pytest.FixtureRequest, pipeline: Pipeline, began: float) ->
                               f"per start: {pipeline.startup_times}")  # fmt: skip
 
 
+def _no_tracebacks(pipeline: Pipeline) -> None:
+    """Outages are logged as lines, not tracebacks (and no task fails unobserved)."""
+    shown = []
+    for name in pipeline.grep(r"Traceback|never retrieved"):
+        lines = (pipeline.log_dir / f"{name}.log").read_text(errors="replace").splitlines()
+        first = next(i for i, ln in enumerate(lines) if "Traceback" in ln or "retrieved" in ln)
+        shown.append(f"--- {name}:\n" + "\n".join(lines[max(first - 2, 0) : first + 30]))
+    assert not shown, "tracebacks in the logs:\n" + "\n".join(shown)
+
+
 def _started_once(pipeline: Pipeline) -> None:
     restarted = {n: len(t) for n, t in pipeline.startup_times.items() if len(t) != 1}
     assert not restarted, f"processes started more than once: {restarted}"
@@ -133,6 +143,7 @@ async def test_postgres_crashed_and_restarted_under_load_loses_and_doubles_nothi
         codes = await _stop_all(pipeline, request)
     _timing(request, pipeline, began)
     assert set(codes) == {0}, codes
+    _no_tracebacks(pipeline)
     later = sum(t.status == "ok" for t in workload.journal.txns[after_restart:])
     assert later > 100, f"producers did not recover: {later} commits after the restart"
     assert journal.counts()["ok"] > 300, f"too little load to mean anything: {journal.counts()}"
@@ -218,6 +229,7 @@ async def test_redis_killed_with_fsync_always_loses_nothing_and_needs_no_replay(
         codes = await _stop_all(pipeline, request)
     _timing(request, pipeline, began)
     assert set(codes) == {0}, codes
+    _no_tracebacks(pipeline)
     assert verified.code == 0, verified.output
     report.assert_clean()
     assert not pipeline.grep("REDIS DATA LOSS|GROUP LOST"), "no loss to report"
@@ -271,9 +283,9 @@ async def _everysec_crash(
     seed: int,
     log_dir: Path,
     request: pytest.FixtureRequest,
-) -> tuple[Report, Report, bool, dict[str, list[str]]]:
+) -> tuple[Report, Report, bool, dict[str, str]]:
     """The everysec scenarios; returns the reports before and after the recovery, whether a
-    replay ran, and the relays' lines about the restart."""
+    replay ran, and what each relay said of the restart ("data loss" or "kept")."""
     rng = random.Random(seed)
     redis = redis_servers(appendonly=True, config=EVERYSEC)
     deployment = await _redis_deployment(database_url, schema, key_prefix, redis)
@@ -296,9 +308,18 @@ async def _everysec_crash(
         codes = await _stop_all(pipeline, request)
     _timing(request, pipeline, began)
     assert set(codes) == {0}, codes
-    relay_lines = pipeline.grep(r"REDIS DATA LOSS|redis restarted")
-    attach(request, "the relays on the restart", str(relay_lines))
-    return before, after, replayed, relay_lines
+    _no_tracebacks(pipeline)
+    said = {
+        name: "data loss" if any("REDIS DATA LOSS" in ln for ln in lines) else "kept"
+        for name, lines in pipeline.grep(r"REDIS DATA LOSS|redis restarted").items()
+    }
+    lost = {c.group: c.lost for c in before.groups if c.lost}
+    attach(request, "what the relays said of the restart", f"{said}; lost before replay {lost}")
+    # The relay compares entries-added with its last look: entries it or another relay appends
+    # after the restart, before its next look, can hide a lost tail, and it then says the
+    # streams kept their entries. Reported, not asserted: docs/operations.md promises no
+    # notice of a lost tail; `conveyor verify` is what finds it.
+    return before, after, replayed, said
 
 
 @pytest.mark.timeout(180)
