@@ -32,14 +32,16 @@ from consumers.router import Route
 from consumers.transactions import (
     DatabaseDown,
     HandlerFailed,
-    SwallowedDatabaseError,
     TransactionEnded,
-    handler_failed,
+    failure_of,
     is_dead,
+    is_failure,
+    pinned_on,
     transaction,
 )
 from conveyor import sampling
-from conveyor.outages import Outage, unreachable
+from conveyor.deadlines import DEPENDENCY_TIMEOUT, unanswered
+from conveyor.outages import Outage
 from conveyor.retry import RetryPolicy, pause
 
 Step = tuple[Route | None, list[Delivery]]
@@ -89,8 +91,15 @@ class Applier:
         on_trouble: Callable[[str], None] | None = None,
         backoff: RetryPolicy = _BACKOFF,
         outage: Outage | None = None,
+        lanes: asyncpg.Pool | None = None,
+        timeout: float | None = DEPENDENCY_TIMEOUT,
     ) -> None:
         self._pool = pool
+        self._lane_pool = lanes or pool
+        """Where the lanes take their connections: one without a statement timeout, since the
+        handlers' statements run on them (the consumer's own go with `timeout`)."""
+        self._timeout = timeout
+        """Bound on each of the lane's own round trips (BEGIN, the ledger claim, the COMMIT)."""
         self._outage = outage
         """Told when PostgreSQL is away (which it logs once) and when it answers again."""
         self._stopping = stopping or asyncio.Event()
@@ -100,6 +109,8 @@ class Applier:
         self._partitions = partitions
         self._lanes: list[asyncpg.Connection | None] = [None] * partitions
         self._tails: list[asyncio.Future[Outcomes] | None] = [None] * partitions
+        self._working: dict[int, float] = {}
+        """Lane -> when (monotonic) the part it applies now began."""
         self._tracing = spans.tracing_enabled()
         self._root_ratio = sampling.installed_ratio()
         self._handler_seconds = 0.0
@@ -111,6 +122,7 @@ class Applier:
             group=group,
             ledger_schema=ledger_schema,
             exactly_once=exactly_once,
+            timeout=timeout,
         )
 
     async def apply(self, deliveries: Sequence[Delivery]) -> Outcomes:
@@ -193,7 +205,7 @@ class Applier:
         line then at DEBUG), else with a warning."""
         cause = exc.__cause__
         level = logging.WARNING
-        if self._outage is not None and (cause is None or unreachable(cause)):
+        if self._outage is not None and (cause is None or unanswered(cause)):
             self._outage.failed(cause or exc)  # no cause: the connection was found dead
             level = logging.DEBUG
         if self._on_trouble is not None:
@@ -206,8 +218,14 @@ class Applier:
             exc,
         )
 
+    def waiting(self, now: float) -> float:
+        """Seconds the longest-running part has been on its lane's connection (0 when none
+        is): a handler's statement that long without an answer may be one that never comes."""
+        return max((now - began for began in self._working.values()), default=0.0)
+
     async def _apply_part(self, lane: int, part: list[Delivery]) -> Outcomes:
         conn: asyncpg.Connection | None = None
+        self._working[lane] = time.monotonic()
         try:
             conn = await self._connection(lane)
             return await self._in_pieces(conn, part)
@@ -224,6 +242,8 @@ class Applier:
         except BaseException:
             await self._drop(lane, conn)  # cancelled mid-query: never reuse that connection
             raise
+        finally:
+            self._working.pop(lane, None)
 
     async def _in_pieces(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
         """Apply `part` in one transaction; when a handler fails, split it around the failing
@@ -242,7 +262,7 @@ class Applier:
             try:
                 outcomes.add(await self._optimistic(conn, piece))
             except HandlerFailed as failed:
-                culprit = _culprit(failed)
+                culprit = pinned_on(failed)
                 if culprit is None and len(piece) == 1:
                     culprit = piece[0]
                 if culprit is not None:
@@ -261,7 +281,7 @@ class Applier:
         if conn is not None and not is_dead(conn):
             return conn
         await self._drop(lane, conn)
-        conn = self._lanes[lane] = await self._pool.acquire()
+        conn = self._lanes[lane] = await self._lane_pool.acquire(timeout=self._timeout)
         return conn
 
     async def _drop(self, lane: int, conn: asyncpg.Connection | None) -> None:
@@ -271,7 +291,7 @@ class Applier:
         if conn is not None:
             with suppress(Exception):  # already released by the pool, or broken: either way gone
                 conn.terminate()
-                await self._pool.release(conn, timeout=5)
+                await self._lane_pool.release(conn, timeout=5)
 
     async def _traced(self, route: Route, d: Delivery) -> None:
         """The handler call in its process span. A failed call's span stays open until the
@@ -289,7 +309,7 @@ class Applier:
                 await route.fn(d.payload, d.ctx)
         except BaseException as exc:
             spans.fail(span, exc)
-            if _is_failure(exc):
+            if is_failure(exc):
                 self._failed_spans[key] = span
             else:
                 span.end()
@@ -313,10 +333,10 @@ class Applier:
         for conn in lanes:
             if conn is not None:
                 with suppress(Exception):
-                    await self._pool.release(conn, timeout=5)
+                    await self._lane_pool.release(conn, timeout=5)
 
     async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
-        async with transaction(conn, part):
+        async with transaction(conn, part, self._timeout):
             won = await self._ledger.claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
             if todo:
@@ -338,7 +358,7 @@ class Applier:
             try:
                 await route.fn([(d.payload, d.ctx) for d in group], conn)
             except BaseException as exc:
-                raise _failure(conn, group, exc) from exc
+                raise failure_of(conn, group, exc) from exc
             if not conn.is_in_transaction():
                 raise HandlerFailed(group, TransactionEnded())
             return
@@ -350,36 +370,6 @@ class Applier:
                 else:
                     await fn(d.payload, d.ctx)
             except BaseException as exc:
-                raise _failure(conn, [d], exc) from exc
+                raise failure_of(conn, [d], exc) from exc
             if not in_transaction():
                 raise HandlerFailed([d], TransactionEnded())
-
-
-def _is_failure(exc: BaseException) -> bool:
-    """Whether a handler's exception fails its attempt: any Exception, and a CancelledError the
-    handler let out (a library's own timeout) while nothing is cancelling the running task. A
-    real cancellation (a stop), KeyboardInterrupt and SystemExit go on up."""
-    if isinstance(exc, Exception):
-        return True
-    task = asyncio.current_task()
-    return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
-
-
-def _failure(
-    conn: asyncpg.Connection, deliveries: list[Delivery], exc: BaseException
-) -> HandlerFailed:
-    """The HandlerFailed of a handler call that raised `exc`; raises `exc` when it is no failure."""
-    if not _is_failure(exc):
-        raise exc
-    return handler_failed(conn, deliveries, exc)
-
-
-def _culprit(failed: HandlerFailed) -> Delivery | None:
-    """The one event a failure is pinned on: a per-event handler that raised or ended the
-    transaction. None when it cannot be told: a batch handler's call, what a later handler
-    raised because an earlier one swallowed a database error, a deferred constraint at COMMIT."""
-    if len(failed.deliveries) != 1 or isinstance(
-        failed.error, (asyncpg.InFailedSQLTransactionError, SwallowedDatabaseError)
-    ):
-        return None
-    return failed.deliveries[0]

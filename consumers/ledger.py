@@ -36,8 +36,12 @@ class Ledger:
         group: str,
         ledger_schema: str,
         exactly_once: bool,
+        timeout: float | None = None,
     ) -> None:
         self._pool = pool
+        self._timeout = timeout
+        """Bound on the claim, which runs on a lane's connection (the pool's own statements are
+        bounded by the pool)."""
         self._group = group
         self._exactly_once = exactly_once
         schema = database.validate_schema(ledger_schema)
@@ -93,6 +97,7 @@ class Ledger:
             ",".join([d.entry.stream for d in part]),
             ",".join([d.entry.entry_id for d in part]),
             ",".join(["skipped" if d.route is None else "success" for d in part]),
+            timeout=self._timeout,
         )
         return {r[0] for r in rows}
 

@@ -40,10 +40,14 @@ class Reader:
         self._next_retry_read = 0.0
         self._cursors: dict[str, str] = {}
         self._ahead: asyncio.Task[list[Entry]] | None = None
+        self._stranded = False
+        """A round failed: reads may have been answered with entries that never arrived."""
 
     async def side_entries(self) -> list[Entry]:
         """Entries idle on dead consumers and reprocess requests, when it is time for them."""
         entries: list[Entry] = []
+        if self._stranded:
+            entries += await self._reclaim_stranded()
         now = time.monotonic()
         if now >= self._next_reclaim:
             self._next_reclaim = now + max(self._s.claim_idle / 4, 0.05)
@@ -82,6 +86,27 @@ class Reader:
         if task is not None:
             with suppress(Exception):
                 await task
+
+    def failed(self) -> None:
+        """The worker's round failed and nothing is in flight any more: entries Redis delivered
+        to a read whose reply was lost (a connection reset, a reply that never came) are
+        pending on this consumer unseen. The next round takes them back at once, rather than
+        leaving them to the reclaim of entries idle for `claim_idle`."""
+        self._stranded = True
+
+    async def _reclaim_stranded(self) -> list[Entry]:
+        entries: list[Entry] = []
+        for stream in (self._streams.keys.events, self._streams.retry):
+            entries += await self._streams.reclaim_mine(stream, self._s.batch_size, self._schedule)
+        self._stranded = False
+        if entries:
+            log.info(
+                "took back entries a lost reply left pending: stream=%s group=%s count=%d",
+                self._streams.keys.events,
+                self._s.group,
+                len(entries),
+            )
+        return entries
 
     def deleted(self, ids: list[str], stream: str) -> None:
         """Count and report entries found deleted or trimmed while pending."""

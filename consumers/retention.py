@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -143,8 +142,7 @@ class Housekeeper:
             report.errors.append(f"{step}: {exc!r}")
 
     async def _redis(self, command: Awaitable[Any]) -> Any:
-        async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
-            return await command
+        return await redis_client.within(self._s.dependency_timeout, command)
 
     async def _info(self, command: Awaitable[list[Any]]) -> list[Any]:
         """An XINFO reply; empty when the stream or group does not exist (yet)."""

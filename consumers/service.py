@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from contextlib import suppress
 from types import TracebackType
 from typing import Any
@@ -27,6 +28,7 @@ from consumers.status import ConsumerStatus
 from consumers.streams import TopicStreams
 from consumers.worker import TopicWorker
 from conveyor import database, redis_client, wire
+from conveyor.deadlines import pool_options, unanswered
 from conveyor.outages import Outage, quiet_pool_reconnects, unreachable
 from conveyor.retry import pause
 
@@ -56,6 +58,7 @@ class Consumer:
         self.workers: dict[str, TopicWorker] = {}
         self._stopping = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
+        self._lanes: asyncpg.Pool | None = None
         self._redis: Any = None
         self._make_catalog = catalog
         self._member: Member | None = None
@@ -82,17 +85,26 @@ class Consumer:
         if warning:
             log.warning("%s", warning)
         quiet_pool_reconnects()
-        # Lanes of every topic and a connection per topic for dead-letter marks, the trim lock
-        # and a transaction beside it, the heartbeat, and the dead-letter catalog (the ops plane
-        # has a pool of its own).
+        # A connection per topic for dead-letter marks, the trim lock and a transaction beside
+        # it, the heartbeat, and the dead-letter catalog (the ops plane has a pool of its own);
+        # the lanes' connections, where handlers' statements run unbounded, apart.
         named = database.server_settings(s.database_url, "consume", f"{s.group}/{s.consumer}")
+        t = s.dependency_timeout
         self._pool = await asyncpg.create_pool(
             s.database_url,
             min_size=1,
-            max_size=(s.partitions + 1) * len(s.topics) + 5,
+            max_size=len(s.topics) + 5,
             server_settings=named,
+            **pool_options(t),
         )
-        self._redis = redis_client.connect(s.redis_url)
+        self._lanes = await asyncpg.create_pool(
+            s.database_url,
+            min_size=0,
+            max_size=s.partitions * len(s.topics),
+            server_settings=named,
+            **pool_options(t, statements=False),
+        )
+        self._redis = redis_client.connect(s.redis_url, timeout=t)
         self._catalog = self._make_catalog(self._pool)
         self._housekeeper = Housekeeper(
             self._pool, self._redis, s, self.metrics, catalog=self._catalog, outage=self._postgres
@@ -119,7 +131,7 @@ class Consumer:
         s = self.settings
         keys = wire.Keys(topic, s.key_prefix)
         health = Health(topic, s.group, self._postgres)
-        streams = TopicStreams(self._redis, keys, s.group, s.consumer)
+        streams = TopicStreams(self._redis, keys, s.group, s.consumer, timeout=s.dependency_timeout)
         applier = Applier(
             pool,
             group=s.group,
@@ -130,6 +142,8 @@ class Consumer:
             on_trouble=health.unhealthy,
             backoff=s.outage_policy,
             outage=self._postgres,
+            lanes=self._lanes,
+            timeout=s.dependency_timeout,
         )
         schedule = RetrySchedule()
         reader = Reader(streams, schedule, s, self.metrics)
@@ -166,7 +180,12 @@ class Consumer:
     def status(self) -> ConsumerStatus:
         """What the ops plane needs for health: a snapshot per topic worker."""
         workers = tuple(w.health.status() for w in self.workers.values())
-        return ConsumerStatus(self.settings.group, self._stopping.is_set(), workers)
+        return ConsumerStatus(
+            self.settings.group,
+            self._stopping.is_set(),
+            workers,
+            postgres_up=self._postgres.since is None,
+        )
 
     async def run(self) -> None:
         side = [
@@ -191,24 +210,41 @@ class Consumer:
             await worker.close()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._lanes is not None:
+            await self._lanes.close()
         if self._pool is not None:
             await self._pool.close()
 
     async def _heartbeat(self) -> None:
+        """Refresh the registry row every heartbeat interval, and every second while PostgreSQL
+        is away (to tell when it answers again) or while a lane has waited on it longer than the
+        dependency timeout: a handler's statement is not bounded, so a beat (which is) tells
+        whether PostgreSQL still answers, or whether that lane waits on a dead connection."""
         assert self._catalog is not None and self._member is not None
+        s, last = self.settings, time.monotonic()
         while not self._stopping.is_set():
-            await pause(self._stopping, self.settings.heartbeat_interval)
+            await pause(self._stopping, min(s.heartbeat_interval, 1.0))
+            now = time.monotonic()
+            doubt = self._postgres.since is not None or any(
+                w.applying_for(now) > s.dependency_timeout for w in self.workers.values()
+            )
+            if now - last < (1.0 if doubt else s.heartbeat_interval):
+                continue
+            last = now
             try:
                 await self._catalog.heartbeat(self._member)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                self._database_failed("consumer heartbeat failed", exc)
+                self._database_failed("consumer heartbeat failed", exc, postgres_alone=True)
             else:
                 self._postgres.answered()
 
-    def _database_failed(self, what: str, exc: BaseException) -> None:
+    def _database_failed(
+        self, what: str, exc: BaseException, *, postgres_alone: bool = False
+    ) -> None:
         """A failure of housekeeping work, retried later: PostgreSQL being away is logged as an
-        outage (the details at DEBUG), anything else as a warning."""
-        if unreachable(exc):
+        outage (the details at DEBUG), anything else as a warning. A timeout counts as its
+        outage when the work spoke to PostgreSQL alone (`postgres_alone`)."""
+        if unanswered(exc) if postgres_alone else unreachable(exc):
             self._postgres.failed(exc)
             log.debug("%s: %r", what, exc)
         else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from conveyor import database, wire
+from conveyor.deadlines import DEPENDENCY_TIMEOUT
 from conveyor.retry import RetryPolicy
 from conveyor.urls import redact
 
@@ -86,6 +87,11 @@ class ConsumerSettings:
     """How often the member refreshes its entry in the catalog's consumer registry."""
     db_backoff_max: float = 10.0
     """Longest wait between attempts to reach PostgreSQL or Redis while one is away."""
+    dependency_timeout: float = DEPENDENCY_TIMEOUT
+    """How long one round trip of the consumer's own to PostgreSQL or Redis (a read, on top of
+    its block; a ledger claim, a COMMIT, an XACK, a heartbeat) may go unanswered: then its
+    connection is closed, the batch retried, and the consumer reports the dependency unreachable
+    until it answers. Handlers' own statements are not bounded by it."""
 
     def __post_init__(self) -> None:
         wire.validate_name("group", self.group)
@@ -114,6 +120,7 @@ class ConsumerSettings:
             "heartbeat_interval",
             "db_backoff_max",
             "idle_consumer_timeout",
+            "dependency_timeout",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")

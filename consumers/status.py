@@ -28,3 +28,6 @@ class ConsumerStatus:
     stopping: bool
     """A graceful stop has begun."""
     workers: tuple[WorkerStatus, ...]
+    postgres_up: bool = True
+    """False while the consumer reports PostgreSQL unreachable (its heartbeat, a lane or
+    housekeeping could not reach it, or sent no reply in time), until it answers again."""

@@ -3,9 +3,8 @@ keys of different hash slots: every key here shares the topic's hash tag."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import OutOfMemoryError, ResponseError
 
@@ -15,11 +14,27 @@ from conveyor import redis_client, wire
 from conveyor.replies import text
 
 
+class Holding(Protocol):
+    """Entries a consumer holds (waiting out a retry, say), by stream and entry id."""
+
+    def __contains__(self, key: tuple[str, str], /) -> bool: ...
+
+
 class TopicStreams:
     """The topic's event stream, the group's retry stream and the dead-letter stream."""
 
-    def __init__(self, client: Any, keys: wire.Keys, group: str, consumer: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        keys: wire.Keys,
+        group: str,
+        consumer: str,
+        *,
+        timeout: float = redis_client.COMMAND_TIMEOUT,
+    ) -> None:
         self._client = client
+        self._timeout = timeout
+        """Bound on one round trip (beyond the block of a blocking read)."""
         _allow_raw_xreadgroup(client)
         self.keys = keys
         self.group = group
@@ -27,10 +42,12 @@ class TopicStreams:
         self.retry = keys.retry(group)
         self._ack_and_delete = client.register_script(_ACK_AND_DELETE)
 
-    async def _call(self, coro: Any) -> Any:
+    async def _call(self, coro: Any, what: str = "", *, blocks: float = 0.0) -> Any:
+        """The reply to `coro`; NoReply when Redis has not sent it within the timeout (plus
+        `blocks`, the seconds a blocking command may wait for data), GroupLost when the group
+        or stream is gone."""
         try:
-            async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
-                return await coro
+            return await redis_client.within(self._timeout + blocks, coro, what)
         except ResponseError as exc:
             # NOGROUP: the group or stream is gone; UNBLOCKED: it went while we were blocked.
             if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -43,7 +60,11 @@ class TopicStreams:
         created = False
         for key in (self.keys.events, self.retry):
             try:
-                await self._client.xgroup_create(key, self.group, id="0", mkstream=True)
+                await redis_client.within(
+                    self._timeout,
+                    self._client.xgroup_create(key, self.group, id="0", mkstream=True),
+                    "XGROUP CREATE",
+                )
                 created = created or key == self.keys.events
             except ResponseError as exc:
                 if str(exc).startswith("BUSYGROUP"):
@@ -67,7 +88,11 @@ class TopicStreams:
         if block_ms is not None:
             args += ["BLOCK", block_ms]
         args += ["STREAMS", stream, ">"]
-        reply = await self._call(self._client.execute_command(*args, **{_RAW: True}))
+        reply = await self._call(
+            self._client.execute_command(*args, **{_RAW: True}),
+            "XREADGROUP",
+            blocks=(block_ms or 0) / 1000,
+        )
         if not reply:
             return []
         # RESP3 replies with a map of stream -> entries, RESP2 with a list of pairs.
@@ -83,7 +108,8 @@ class TopicStreams:
         reply = await self._call(
             self._client.xautoclaim(
                 stream, self.group, self.consumer, min_idle_ms, start, count=count
-            )
+            ),
+            "XAUTOCLAIM",
         )
         claimed: Sequence[tuple[bytes, Fields | None]] = reply[1]
         deleted = [text(i) for i in (reply[2] if len(reply) > 2 else [])]
@@ -95,6 +121,28 @@ class TopicStreams:
             for e in entries:
                 e.attempt = counts[e.entry_id]
         return entries, deleted, text(reply[0])
+
+    async def reclaim_mine(self, stream: str, count: int, holding: Holding) -> list[Entry]:
+        """Entries pending on this consumer that it does not hold (`holding` says which it does,
+        by stream and entry id): delivered by reads whose replies never arrived. Claimed again,
+        which counts a delivery, with their attempt numbers; up to `count` of them."""
+        pending = await self._call(
+            self._client.xpending_range(
+                stream, self.group, "-", "+", count, consumername=self.consumer
+            ),
+            "XPENDING",
+        )
+        counts = {text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        ids = [i for i in counts if (stream, i) not in holding]
+        if not ids:
+            return []
+        reply = await self._call(
+            self._client.xclaim(stream, self.group, self.consumer, 0, ids), "XCLAIM"
+        )
+        entries = [Entry(stream, text(eid), fields) for eid, fields in reply or ()]
+        for e in entries:
+            e.attempt = counts[e.entry_id] + 1
+        return entries
 
     async def _delivery_counts(self, stream: str, ids: list[str]) -> dict[str, int]:
         """Times each of `ids` has been delivered, exactly: one XPENDING per id, pipelined into
@@ -135,7 +183,8 @@ class TopicStreams:
         if not entries:
             return
         if all(e.stream == events for e in entries):  # the usual case: one XACK
-            await self._call(self._client.xack(events, self.group, *[e.entry_id for e in entries]))
+            ids = [e.entry_id for e in entries]
+            await self._call(self._client.xack(events, self.group, *ids), "XACK")
             return
         by_stream: dict[str, list[str]] = {}
         for e in entries:

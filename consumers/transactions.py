@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 
@@ -58,7 +59,9 @@ def is_dead(conn: asyncpg.Connection) -> bool:
 
 
 @asynccontextmanager
-async def transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> AsyncIterator[None]:
+async def transaction(
+    conn: asyncpg.Connection, part: Sequence[Delivery], bound: float | None = None
+) -> AsyncIterator[None]:
     """The part's transaction, asyncpg's own so that handlers can nest theirs in it. It begins
     with a transaction-local marker (sent with BEGIN, in one round trip) and ends with one query
     of two statements (one round trip): the first lets the commit guard pass (app_0004), checks
@@ -66,54 +69,69 @@ async def transaction(conn: asyncpg.Connection, part: Sequence[Delivery]) -> Asy
     such an aborted transaction with a silent ROLLBACK, and then nothing of the part was written
     — and that the marker is still there: a handler that sent ROLLBACK (or a COMMIT, which the
     guard failed) and then BEGIN as SQL left the connection in a new transaction, without the
-    part's ledger rows and earlier effects. COMMIT runs only when the first statement succeeded."""
+    part's ledger rows and earlier effects. COMMIT runs only when the first statement succeeded.
+
+    Each of these round trips (and the rollback after a failure) gets `bound` seconds; one
+    that timed out, or was cancelled, closes the connection instead of rolling back: its server
+    may not be answering at all, and a late reply must never be read as another's."""
     started = conn.transaction()
-    await _begin(conn, started)
+    await _begin(conn, started, bound)
     try:
         yield
-    except BaseException:
-        await _roll_back(conn, started)
+    except BaseException as exc:
+        if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
+            conn.terminate()
+        await _roll_back(conn, started, bound)
         raise
-    await _commit(conn, started, part)
+    await _commit(conn, started, part, bound)
 
 
-async def _begin(conn: asyncpg.Connection, started: Transaction) -> None:
+async def _begin(conn: asyncpg.Connection, started: Transaction, bound: float | None) -> None:
     if not _MERGED_COMMIT:  # asyncpg's internals are not as expected: two round trips
-        await started.start()
+        async with asyncio.timeout(bound):
+            await started.start()
         try:
-            await conn.execute(_MARK)
+            await conn.execute(_MARK, timeout=bound)
         except BaseException:
-            await _roll_back(conn, started)
+            await _roll_back(conn, started, bound)
             raise
         return
-    await conn.execute(_BEGIN)
+    await conn.execute(_BEGIN, timeout=bound)
     # Tell asyncpg's transaction object that it began, as its own start() would have, so that
     # a handler's ctx.db.transaction() is a savepoint in it (see _MERGED_COMMIT).
     started._connection._top_xact = started
     started._state = TransactionState.STARTED
 
 
-async def _commit(conn: asyncpg.Connection, started: Transaction, part: Sequence[Delivery]) -> None:
+async def _commit(
+    conn: asyncpg.Connection,
+    started: Transaction,
+    part: Sequence[Delivery],
+    bound: float | None,
+) -> None:
     if not _MERGED_COMMIT:  # asyncpg's internals are not as expected: two round trips
         try:
-            await check_usable(conn, part, commit=True)
+            await check_usable(conn, part, commit=True, bound=bound)
         except BaseException:
-            await _roll_back(conn, started)
+            await _roll_back(conn, started, bound)
             raise
         try:
-            await started.commit()
+            async with asyncio.timeout(bound):
+                await started.commit()
         except Exception as exc:
             if (failed := _failed_commit(exc, part)) is not None:
                 raise failed from exc
             raise
         return
     try:
-        await conn.execute(_COMMIT)
+        await conn.execute(_COMMIT, timeout=bound)
     except BaseException as exc:
+        if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
+            conn.terminate()  # whether the COMMIT ran is unknown: the ledger tells on the retry
         # An error in the first statement leaves the transaction open (and aborted): the COMMIT
         # never ran. One in the COMMIT ended it.
         if not is_dead(conn) and conn.is_in_transaction():
-            await _roll_back(conn, started)
+            await _roll_back(conn, started, bound)
             failed = _failed_probe(exc, part)
         else:
             _ended(started, TransactionState.FAILED)
@@ -143,10 +161,13 @@ def _failed_commit(exc: BaseException, part: Sequence[Delivery]) -> HandlerFaile
     return None
 
 
-async def _roll_back(conn: asyncpg.Connection, started: Transaction) -> None:
+async def _roll_back(
+    conn: asyncpg.Connection, started: Transaction, bound: float | None = None
+) -> None:
     if not is_dead(conn):
         with suppress(Exception):
-            await started.rollback()
+            async with asyncio.timeout(bound):
+                await started.rollback()
 
 
 def _ended(started: Transaction, state: TransactionState) -> None:
@@ -160,13 +181,17 @@ def _ended(started: Transaction, state: TransactionState) -> None:
 
 
 async def check_usable(
-    conn: asyncpg.Connection, deliveries: Sequence[Delivery], *, commit: bool = False
+    conn: asyncpg.Connection,
+    deliveries: Sequence[Delivery],
+    *,
+    commit: bool = False,
+    bound: float | None = None,
 ) -> None:
     """HandlerFailed(SwallowedDatabaseError) when the transaction is aborted (a handler caught
     a database error and returned normally); with `commit`, also HandlerFailed(TransactionEnded)
     when the transaction is not the one `transaction` began, else let the commit guard pass."""
     try:
-        await conn.execute(_COMMIT_OK if commit else "SELECT")
+        await conn.execute(_COMMIT_OK if commit else "SELECT", timeout=bound)
     except asyncpg.InFailedSQLTransactionError as exc:
         raise HandlerFailed(deliveries, SwallowedDatabaseError()) from exc
     except asyncpg.InvalidTextRepresentationError as exc:
@@ -175,10 +200,14 @@ async def check_usable(
 
 def handler_failed(
     conn: asyncpg.Connection, deliveries: Sequence[Delivery], exc: BaseException
-) -> HandlerFailed:
+) -> HandlerFailed | DatabaseDown:
     """A handler call raised `exc`: its failure, or TransactionEnded when the transaction is gone
-    too (a COMMIT sent as SQL, which the commit guard failed, or a ROLLBACK)."""
-    if not is_dead(conn) and not conn.is_in_transaction():
+    too (a COMMIT sent as SQL, which the commit guard failed, or a ROLLBACK). DatabaseDown when
+    the connection itself is gone (reset, or closed by the server): the database or the network
+    failed under the handler, which runs again on a new connection, its attempt not counted."""
+    if is_dead(conn):
+        return DatabaseDown(f"connection lost under a handler: {type(exc).__name__}: {exc}")
+    if not conn.is_in_transaction():
         return HandlerFailed(deliveries, TransactionEnded())
     return HandlerFailed(deliveries, exc)
 
@@ -213,3 +242,34 @@ def _asyncpg_internals_known() -> bool:
 
 
 _MERGED_COMMIT = _asyncpg_internals_known()
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Whether a handler's exception fails its attempt: any Exception, and a CancelledError the
+    handler let out (a library's own timeout) while nothing is cancelling the running task. A
+    real cancellation (a stop), KeyboardInterrupt and SystemExit go on up."""
+    if isinstance(exc, Exception):
+        return True
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
+
+
+def failure_of(
+    conn: asyncpg.Connection, deliveries: Sequence[Delivery], exc: BaseException
+) -> HandlerFailed | DatabaseDown:
+    """The HandlerFailed of a handler call that raised `exc` (DatabaseDown when its connection
+    was lost under it); raises `exc` when it is no failure."""
+    if not is_failure(exc):
+        raise exc
+    return handler_failed(conn, deliveries, exc)
+
+
+def pinned_on(failed: HandlerFailed) -> Delivery | None:
+    """The one event a failure is pinned on: a per-event handler that raised or ended the
+    transaction. None when it cannot be told: a batch handler's call, what a later handler
+    raised because an earlier one swallowed a database error, a deferred constraint at COMMIT."""
+    if len(failed.deliveries) != 1 or isinstance(
+        failed.error, (asyncpg.InFailedSQLTransactionError, SwallowedDatabaseError)
+    ):
+        return None
+    return failed.deliveries[0]

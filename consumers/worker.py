@@ -97,6 +97,7 @@ class TopicWorker:
         failures = 0
         recreate = False
         while not self.health.stopped and not self._stopping.is_set():
+            began = time.monotonic()
             try:
                 if failures or recreate:
                     created = await self.streams.ensure_groups()
@@ -108,13 +109,20 @@ class TopicWorker:
             except GroupLost as lost:
                 recreate = self._on_group_lost(lost)
             except (RedisError, OSError, TimeoutError, DatabaseDown) as exc:
-                failures += 1
+                # Rounds went through since the last failure: a new outage backs off from the
+                # start again, not from where the previous one left off.
+                failures = 1 if self.health.last_progress > began else failures + 1
                 self.health.unhealthy(f"{type(exc).__name__}: {exc}")
+                self._reader.failed()
                 await pause(self._stopping, self._outage.delay(failures))
             finally:
                 await self._reader.drop_ahead()
         if self.health.stopped:
             await self._stopping.wait()  # stay up, not serving, until told to stop
+
+    def applying_for(self, now: float) -> float:
+        """Seconds the longest part being applied has been at it (0 when none is)."""
+        return self._applier.waiting(now)
 
     async def close(self) -> None:
         """Release the worker's database connections."""

@@ -12,6 +12,7 @@ from typing import Protocol
 import asyncpg
 
 from conveyor import database
+from conveyor.deadlines import DEPENDENCY_TIMEOUT, postgres_keepalive
 from relay.registry import process_name
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,19 @@ class Listener:
 class NotifyListener:
     """A dedicated connection LISTENing on the outbox channels; calls `wake(schema)` on NOTIFY."""
 
-    def __init__(self, dsn: str, schemas: Sequence[str], wake: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schemas: Sequence[str],
+        wake: Callable[[str], None],
+        *,
+        timeout: float = DEPENDENCY_TIMEOUT,
+    ) -> None:
         self._dsn = dsn
         self._channels = {database.notify_channel(s): s for s in schemas}
         self._wake = wake
+        self._timeout = timeout
+        """Bound on connecting and on each statement of the connection."""
         self._conn: asyncpg.Connection | None = None
         self.me: Listener | None = None
         """This connection's backend, once connected; None before."""
@@ -45,8 +55,10 @@ class NotifyListener:
         """(Re)open the connection and LISTEN; raises what asyncpg raises when PG is down."""
         await self.close()
         named = database.server_settings(self._dsn, "relay listen", process_name())
-        conn = await asyncpg.connect(self._dsn, timeout=10, server_settings=named)
+        t = self._timeout
+        conn = await asyncpg.connect(self._dsn, timeout=t, command_timeout=t, server_settings=named)
         try:
+            await postgres_keepalive(self._timeout)(conn)
             for channel in self._channels:
                 await conn.add_listener(channel, self._on_notify)
             started = await conn.fetchval(
@@ -59,6 +71,20 @@ class NotifyListener:
         self.me = Listener(conn.get_server_pid(), started)
         return self.me
 
+    async def check(self) -> None:
+        """One round trip on the connection, which otherwise only receives: a connection whose
+        server stopped answering (or vanished without a word) would never deliver a NOTIFY
+        again. One that does not answer within the timeout is closed, so `connected` turns False
+        and the relay reconnects; raises what the round trip raised."""
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await conn.fetchval("SELECT 1", timeout=self._timeout)
+        except BaseException:
+            conn.terminate()
+            raise
+
     def _on_notify(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
         schema = self._channels.get(channel)
         if schema is not None:
@@ -67,7 +93,10 @@ class NotifyListener:
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
-            await conn.close(timeout=5)
+            try:
+                await conn.close(timeout=min(5.0, self._timeout))
+            except Exception:  # noqa: BLE001 - no answer to the goodbye: closed without one
+                conn.terminate()
 
 
 class WaitFlag(Protocol):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,8 +50,16 @@ class ResetReport:
 class StreamPublisher:
     """Pipelined XADD of outbox rows, one entry per row, fields as conveyor.wire lays them out."""
 
-    def __init__(self, client: Any, prefix: str = wire.DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = wire.DEFAULT_PREFIX,
+        *,
+        timeout: float = redis_client.COMMAND_TIMEOUT,
+    ) -> None:
         self._client = client
+        self._timeout = timeout
+        """Bound on one round trip: a batch's XADDs, or the reset check's replies."""
         self._prefix = wire.validate_prefix(prefix)
         self._keys: dict[str, str] = {}
         self._run_id: str | None = None
@@ -83,8 +90,9 @@ class StreamPublisher:
                 args = (*_XADD, key, *_HEAD, str(event_id), _TYPE, event_type, _AGG, aggregate_id,
                         _EV, payload)  # fmt: skip
             commands.append(pack(args))
-        async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
-            failed = await self._send(b"".join(commands), len(commands))
+        failed = await redis_client.within(
+            self._timeout, self._send(b"".join(commands), len(commands)), "XADD"
+        )
         if failed:
             refusals = [e for e in failed.values() if isinstance(e, OutOfMemoryError)]
             error = refusals[0] if refusals else next(iter(failed.values()))
@@ -113,10 +121,10 @@ class StreamPublisher:
         return failed
 
     async def check_reset(self) -> ResetReport | None:
-        info = await self._client.info("server")
+        info = await redis_client.within(self._timeout, self._client.info("server"), "INFO")
         run_id = str(info["run_id"])
+        added = await redis_client.within(self._timeout, self._entries_added(), "XINFO STREAM")
         old, self._run_id = self._run_id, run_id
-        added = await self._entries_added()
         before, self._added = self._added, added
         if old is None or old == run_id:
             return None

@@ -12,7 +12,8 @@ from typing import Any
 import asyncpg
 
 from conveyor import database, redis_client
-from conveyor.outages import Outage, describe, quiet_pool_reconnects, unreachable
+from conveyor.deadlines import pool_options, unanswered
+from conveyor.outages import Outage, describe, quiet_pool_reconnects
 from conveyor.retry import pause
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
@@ -87,18 +88,27 @@ class Relay:
         size = s.concurrency * len(s.schemas) + 4  # + cleanup, the monitor, heartbeat, a spare
         named = database.server_settings(s.database_url, "relay", process_name())
         self._pool = await asyncpg.create_pool(
-            s.database_url, min_size=1, max_size=size, reset=_keep_session, server_settings=named
+            s.database_url,
+            min_size=1,
+            max_size=size,
+            reset=_keep_session,
+            server_settings=named,
+            **pool_options(s.dependency_timeout),
         )
-        self._redis = redis_client.connect(s.redis_url)
-        self._publisher = StreamPublisher(self._redis, s.key_prefix)
+        self._redis = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)
+        self._publisher = StreamPublisher(self._redis, s.key_prefix, timeout=s.dependency_timeout)
         for schema in s.schemas:
-            store = OutboxStore(self._pool, schema, keep_published=s.retention > 0)
+            store = OutboxStore(
+                self._pool, schema, keep_published=s.retention > 0, timeout=s.dependency_timeout
+            )
             self._stores.append(store)
             self.forwarders[schema] = Forwarder(
                 store, self._publisher, s, self.metrics, self._stopping
             )
         if s.listen:
-            self._listener = NotifyListener(s.database_url, s.schemas, self._wake)
+            self._listener = NotifyListener(
+                s.database_url, s.schemas, self._wake, timeout=s.dependency_timeout
+            )
             self._listeners = {schema: Listeners(self._pool, schema) for schema in s.schemas}
         if self._make_registry is not None:
             self._registry = self._make_registry(self._pool)
@@ -173,7 +183,7 @@ class Relay:
             try:
                 await self._registry.heartbeat(self._registered)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                if unreachable(exc):  # the outage line says it
+                if unanswered(exc):  # the outage line says it
                     self._postgres_down(exc)
                     log.debug("relay heartbeat failed: %r", exc)
                 else:
@@ -188,7 +198,7 @@ class Relay:
         rounds = 0
         while not self._stopping.is_set():
             try:
-                await self._check_listener()
+                await self._check_listener(alive=rounds % 5 == 4)
                 await self._check_redis()
                 if rounds % 5 == 0:
                     await self._measure_backlog()
@@ -199,9 +209,16 @@ class Relay:
                 log.exception("relay monitor round failed; trying again next interval")
             await pause(self._stopping, self.settings.monitor_interval)
 
-    async def _check_listener(self) -> None:
+    async def _check_listener(self, *, alive: bool = False) -> None:
+        """Reconnect the LISTEN connection when it is down; with `alive`, first make sure that
+        one that looks up still answers."""
         if self._listener is None:
             return
+        if alive and self._listener.connected:
+            try:
+                await self._listener.check()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._listen_failed(exc, "the LISTEN connection stopped answering")
         if not self._listener.connected:
             self._registered_as = None
             for forwarder in self.forwarders.values():
@@ -236,7 +253,7 @@ class Relay:
             forwarder.listen(self._listeners[schema].row(me))
 
     def _listen_failed(self, exc: BaseException, what: str) -> None:
-        if unreachable(exc):  # the outage line says it
+        if unanswered(exc):  # the outage line says it
             self._postgres_down(exc)
             log.debug("%s: %r", what, exc)
         elif not self._listen_failing:
@@ -304,7 +321,7 @@ class Relay:
                     ):
                         pass
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    if unreachable(exc):  # the outage line says it
+                    if unanswered(exc):  # the outage line says it
                         self._postgres_down(exc)
                         log.debug(
                             "outbox cleanup failed: schema=%s error=%s", schema, describe(exc)

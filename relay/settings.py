@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conveyor import database, wire
+from conveyor.deadlines import DEPENDENCY_TIMEOUT
 from conveyor.retry import RetryPolicy
 from conveyor.urls import redact
 
@@ -54,6 +55,10 @@ class RelaySettings:
     """How often Redis is checked for a reset; the backlog is measured every fifth round."""
     heartbeat_interval: float = 10.0
     """How often a registered relay refreshes its heartbeat in the catalog's registry."""
+    dependency_timeout: float = DEPENDENCY_TIMEOUT
+    """How long one round trip of the relay's own to PostgreSQL or Redis (a claim, a batch's
+    XADDs, a COMMIT, a heartbeat) may go unanswered: then its connection is closed, the batch
+    rolled back and retried, and the dependency reported unreachable until it answers."""
 
     def __post_init__(self) -> None:
         if not self.schemas:
@@ -77,6 +82,7 @@ class RelaySettings:
             "backoff_initial",
             "monitor_interval",
             "heartbeat_interval",
+            "dependency_timeout",
         ):
             _positive(name, getattr(self, name))
         _positive("cleanup_batch", self.cleanup_batch, "an integer > 0")

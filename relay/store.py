@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
 from conveyor import database
+from conveyor.deadlines import DEPENDENCY_TIMEOUT, NoReply
 
 Row = Any
 """An outbox row as the claim query returns it: id, event_id (text from a claim, a UUID from
 replay), topic, event_type, aggregate_id, traceparent, payload (asyncpg.Record, indexable by
 position and name)."""
 
+T = TypeVar("T")
 _RETURNING = "id, event_id, topic, event_type, aggregate_id, traceparent, payload"
 
 
@@ -48,9 +51,18 @@ class Outbox(Protocol):
 class OutboxStore:
     """Outbox of one application schema, over an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str, *, keep_published: bool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        *,
+        keep_published: bool,
+        timeout: float = DEPENDENCY_TIMEOUT,
+    ) -> None:
         self.schema = database.validate_schema(schema)
         self._pool = pool
+        self._timeout = timeout
+        """The pool's statement timeout, for the message of a statement that timed out."""
         # Claims keep their connections between batches (a pool's acquire and release cost about
         # as much CPU as the claim's round trips), and while claims keep finding rows, the COMMIT
         # of one batch also opens the next one's transaction: one round trip fewer per batch.
@@ -96,26 +108,26 @@ class OutboxStore:
             if conn in self._begun:
                 self._begun.discard(conn)
             else:
-                await conn.execute("BEGIN")
-            rows = await conn.fetch(self._claim_sql, limit)
+                await self._ask(conn.execute("BEGIN"), "BEGIN")
+            rows = await self._ask(conn.fetch(self._claim_sql, limit), "the claim")
             yield rows
             if rows and self._hot:
                 # More rows are coming: the next claim's BEGIN rides on this COMMIT.
-                await conn.execute("COMMIT; BEGIN")
+                await self._ask(conn.execute("COMMIT; BEGIN"), "COMMIT")
                 self._begun.add(conn)
             else:
-                await conn.execute("COMMIT")
-        except BaseException:
-            await self._discard(conn)
+                await self._ask(conn.execute("COMMIT"), "COMMIT")
+        except BaseException as exc:
+            await self._discard(conn, exc)
             raise
         self._idle.append(conn)
 
     async def pending(self) -> bool:
         conn = self._idle.pop() if self._idle else await self._pool.acquire()
         try:
-            found = bool(await conn.fetchval(self._pending_sql))
-        except BaseException:
-            await self._discard(conn)
+            found = bool(await self._ask(conn.fetchval(self._pending_sql), "a look for rows"))
+        except BaseException as exc:
+            await self._discard(conn, exc)
             raise
         self._idle.append(conn)
         return found
@@ -127,15 +139,30 @@ class OutboxStore:
         for conn in [c for c in self._idle if c in self._begun]:
             self._begun.discard(conn)
             try:
-                await conn.execute("ROLLBACK")
-            except BaseException:
+                await self._ask(conn.execute("ROLLBACK"), "ROLLBACK")
+            except BaseException as exc:
                 self._idle.remove(conn)
-                await self._discard(conn)
+                await self._discard(conn, exc)
                 raise
 
-    async def _discard(self, conn: asyncpg.Connection) -> None:
-        """Give a connection a failure may have broken back to the pool (which replaces it)."""
+    async def _ask(self, statement: Awaitable[T], what: str) -> T:
+        """The reply to one of the claim's statements; NoReply naming PostgreSQL when it
+        did not come within the pool's statement timeout."""
+        try:
+            return await statement
+        except TimeoutError as exc:
+            raise NoReply("postgres", self._timeout, what) from exc
+
+    async def _discard(self, conn: asyncpg.Connection, exc: BaseException) -> None:
+        """Give a connection a failure may have broken back to the pool (which replaces it).
+        One whose statement PostgreSQL did not answer in time, or that was cancelled, is closed
+        at once: its server may not answer at all (a ROLLBACK would wait for the cancel of the
+        statement), and its late reply must never be read as another's."""
         self._begun.discard(conn)
+        if isinstance(exc, asyncio.CancelledError) or (
+            isinstance(exc, NoReply) and exc.dependency == "postgres"
+        ):
+            conn.terminate()
         try:
             if not conn.is_closed() and conn.is_in_transaction():
                 await conn.execute("ROLLBACK")

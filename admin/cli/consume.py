@@ -101,6 +101,7 @@ def consume(
     max_event_bytes: int = CONSUMER.option("max_event_bytes"),
     housekeeping_interval: str = CONSUMER.option("housekeeping_interval"),
     idle_consumer_timeout: str = CONSUMER.option("idle_consumer_timeout"),
+    dependency_timeout: str = CONSUMER.option("dependency_timeout"),
     log_level: LogLevel = DEFAULT_LOG_LEVEL,
     grpc_addr: str = SERVER.option("grpc_addr", default=CONSUMER_GRPC_ADDR),
     reflection: bool = SERVER.option("reflection"),
@@ -171,6 +172,9 @@ def consume(
             idle_consumer_timeout=parse_duration(
                 idle_consumer_timeout, CONSUMER.flag("idle_consumer_timeout")
             ),
+            dependency_timeout=parse_duration(
+                dependency_timeout, CONSUMER.flag("dependency_timeout")
+            ),
         )
         timeout = StartupSettings(
             parse_duration(startup_timeout, STARTUP.flag("startup_timeout"))
@@ -217,6 +221,7 @@ async def _serve(
         metrics=telemetry.reader,
         gauges=telemetry.gauges,
         name=f"{settings.group}/{settings.consumer}",
+        dependency_timeout=settings.dependency_timeout,
     )
 
     def running() -> None:

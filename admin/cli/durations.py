@@ -57,12 +57,16 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         try:
-            return now - timedelta(seconds=parse_duration(text))
+            ago = parse_duration(text)
         except ValueError:
             raise ValueError(
                 f"invalid time {text!r}: use ISO 8601 (e.g. 2026-11-29T05:00:00Z) or how long "
                 "ago (e.g. 2h, 1d)"
             ) from None
+        try:
+            return now - timedelta(seconds=ago)
+        except OverflowError:  # a datetime cannot be that far back
+            raise ValueError(f"invalid time {text!r}: it is before year 1") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     if moment > now:

@@ -59,6 +59,7 @@ RELAY = SettingOptions(
         "redis_url": Shown(envvar="CONVEYOR_REDIS_URL"),
         "key_prefix": Shown(envvar="CONVEYOR_KEY_PREFIX"),
         "schemas": Shown(flag="--schema", envvar="CONVEYOR_SCHEMA"),
+        "dependency_timeout": Shown(envvar="CONVEYOR_DEPENDENCY_TIMEOUT"),
     },
     programmatic=(
         "cleanup_interval",
@@ -85,6 +86,7 @@ def run(
     gather_delay: str = RELAY.option("gather_delay"),
     listen: bool = RELAY.option("listen"),
     retention: str = RELAY.option("retention"),
+    dependency_timeout: str = RELAY.option("dependency_timeout"),
     log_level: LogLevel = DEFAULT_LOG_LEVEL,
     grpc_addr: str = SERVER.option("grpc_addr", default=RELAY_GRPC_ADDR),
     reflection: bool = SERVER.option("reflection"),
@@ -137,6 +139,7 @@ def run(
             gather_delay=parse_duration(gather_delay, RELAY.flag("gather_delay")),
             listen=listen,
             retention=parse_duration(retention, RELAY.flag("retention")),
+            dependency_timeout=parse_duration(dependency_timeout, RELAY.flag("dependency_timeout")),
         )
         timeout = StartupSettings(
             parse_duration(startup_timeout, STARTUP.flag("startup_timeout"))
@@ -180,6 +183,7 @@ async def _serve(
         metrics=telemetry.reader,
         gauges=telemetry.gauges,
         name=process_name(),
+        dependency_timeout=settings.dependency_timeout,
     )
 
     def running() -> None:

@@ -97,6 +97,8 @@ class ConsumerProbe:
                 hard.append("shutting down")
             if not redis.up:
                 hard.append(f"redis unreachable: {redis.error}")
+            if not status.postgres_up:
+                hard.append("postgres unreachable")
             if worker.stopped or not worker.serving:
                 hard.append(worker.reason or "not serving")
             stats = by_topic.get(worker.topic)

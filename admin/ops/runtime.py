@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -23,20 +23,18 @@ from admin.errors import AddressUnavailable, DependencyUnavailable, OpsPlaneUnav
 from admin.ops import process
 from admin.ops.auth import AuthInterceptor
 from admin.ops.health import Health
+from admin.ops.loop_watch import LoopWatch
 from admin.ops.server import OpsServer, advertised_address
 from admin.ops.servicer import AdminContext, AdminServicer
 from admin.ops.settings import OpsSettings
 from admin.ops.status import (
-    ComponentStatus,
-    GroupStatus,
-    OutboxStatus,
     Probe,
-    RedisStatus,
     StatusChecker,
 )
 from admin.ops.status_metrics import StatusGauges
 from admin.ops.tokens import TokenStore, install_sighup_reload
 from conveyor import database, redis_client
+from conveyor.deadlines import DEPENDENCY_TIMEOUT, pool_options
 from conveyor.urls import redact
 
 log = logging.getLogger(__name__)
@@ -50,10 +48,6 @@ def page_token_key(settings: OpsSettings, database_url: str) -> bytes:
         return settings.page_token_key
     return hashlib.sha256(b"conveyor page tokens\0" + database_url.encode()).digest()
 
-
-LOOP_BLOCKED_AFTER = 5.0
-"""Seconds the pipeline's event loop may go without running before every component is reported
-NOT_SERVING ("event loop blocked"): nothing in it may block that long."""
 
 _BEAT = 0.5
 """How often the pipeline's event loop marks itself alive for the ops thread."""
@@ -70,29 +64,6 @@ SERVER_GRACE = 5.0
 
 CLOSE_TIMEOUT = 15.0
 """Seconds closing the ops plane may take before the process exits without it."""
-
-
-class _LoopWatch:
-    """Wraps a probe: every component is NOT_SERVING while the pipeline's event loop is blocked
-    (for more than LOOP_BLOCKED_AFTER seconds, or the stall timeout when that is shorter)."""
-
-    def __init__(self, probe: Probe, beat: Callable[[], float], stall_timeout: float) -> None:
-        self._probe = probe
-        self._beat = beat
-        self._limit = min(LOOP_BLOCKED_AFTER, stall_timeout)
-
-    def components(
-        self, redis: RedisStatus, groups: Sequence[GroupStatus], now: float
-    ) -> list[ComponentStatus]:
-        components = self._probe.components(redis, groups, now)
-        blocked = now - self._beat()
-        if blocked <= self._limit:
-            return components
-        reason = f"event loop blocked for {blocked:.0f}s (limit {self._limit:.0f}s)"
-        return [replace(c, state="NOT_SERVING", reasons=(reason, *c.reasons)) for c in components]
-
-    def outboxes(self) -> list[OutboxStatus]:
-        return self._probe.outboxes()
 
 
 @dataclass
@@ -134,9 +105,11 @@ class OpsPlane:
         metrics: InMemoryMetricReader | None = None,
         gauges: StatusGauges | None = None,
         name: str = "",  # the process's, in its connections' `conveyor ops <name>`
+        dependency_timeout: float = DEPENDENCY_TIMEOUT,
     ) -> None:
         self.settings = settings
         self._named = database.server_settings(database_url, "ops", name)
+        self._timeout = dependency_timeout  # of the ops thread's statements and connects
         self._database_url = database_url
         self._redis_url = redis_url
         self._prefix = key_prefix
@@ -232,8 +205,9 @@ class OpsPlane:
 
     async def _setup(self) -> int:
         try:
+            options = {"server_settings": self._named, **pool_options(self._timeout)}
             pool = await asyncpg.create_pool(
-                self._database_url, min_size=1, max_size=OPS_POOL_SIZE, server_settings=self._named
+                self._database_url, min_size=1, max_size=OPS_POOL_SIZE, **options
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             answered = isinstance(exc, asyncpg.PostgresError)
@@ -251,11 +225,11 @@ class OpsPlane:
             raise
 
     async def _serve(self, pool: asyncpg.Pool) -> int:
-        redis = redis_client.connect(self._redis_url)
+        redis = redis_client.connect(self._redis_url, timeout=self._timeout)
         health = Health(liveness_limit=self.settings.stall_timeout, beat=lambda: self.beat)
         catalog = Catalog(pool, self._prefix)
         audit = catalog.audit
-        watch = _LoopWatch(self._probe, lambda: self.beat, self.settings.stall_timeout)
+        watch = LoopWatch(self._probe, lambda: self.beat, self.settings.stall_timeout)
         checker = StatusChecker(redis=redis, catalog=catalog, probe=watch, on_change=health.publish)
         if self._gauges is not None:
             self._gauges.watch(lambda: checker.snapshot)

@@ -129,6 +129,9 @@ class StatusChecker:
         self._registered: list[RegisteredGroup] = []
         """The groups of the last read of the registry that answered: while PostgreSQL is away
         they are still measured in Redis, so their lag stays served."""
+        self._reading: asyncio.Future[list[RegisteredGroup]] | None = None
+        """The registry read in progress: one that outlives a refresh's wait goes on (until the
+        pool's statement timeout ends it) and is waited for again by the next refresh."""
         self._policy_log = PolicyLog(log)
         self._config_policy: str | None = None
         """maxmemory-policy as CONFIG GET said it, for a Redis whose INFO does not; '' when
@@ -197,9 +200,14 @@ class StatusChecker:
 
     async def _registry(self) -> list[RegisteredGroup]:
         """The registered groups; the last ones read when the registry cannot be read now."""
+        # A read cut short by cancelling would wait for PostgreSQL to confirm the cancel, which
+        # a server that stopped answering never does: refreshes wait for the read, not in it.
+        reading = self._reading
+        if reading is None:
+            reading = self._reading = asyncio.ensure_future(self._catalog.groups())
         try:
             async with asyncio.timeout(2):
-                self._registered = await self._catalog.groups()
+                registered = await asyncio.shield(reading)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Once, unless PostgreSQL is away: the process's outage line says so, with its address.
             quiet = self._registry_failing or unreachable(exc)
@@ -211,6 +219,10 @@ class StatusChecker:
                 exc,
             )
             return self._registered
+        finally:
+            if reading.done():  # answered or failed, not still waiting: the next one reads anew
+                self._reading = None
+        self._registered = registered
         self._registry_failing = False
         self._registry_read = True
         return self._registered

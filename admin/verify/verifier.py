@@ -92,7 +92,7 @@ class Verifier:
         """Verify and return the report; InvalidInput for a selection that names nothing."""
         r = self._request
         now = await tables.database_now(self._pool)
-        self._cutoff = now - timedelta(seconds=r.ledger_retention)
+        self._cutoff = _before(now, r.ledger_retention)
         report = Report(r.schema, r.key_prefix, r.since, now, r.topic)
         await self._groups.load([r.topic] if r.topic else [])
         window = tables.Window(r.schema, r.since, now, r.topic)
@@ -230,6 +230,15 @@ class Verifier:
                 verdicts[event_id] = Verdict(Outcome.DEAD_LETTERED, "open")
         for event in events:
             group.add(verdicts[event.event_id], event.event_id, self._request.examples)
+
+
+def _before(now: datetime, seconds: float) -> datetime:
+    """`seconds` before `now`; the earliest datetime when that is before year 1 (a retention
+    that long has expired nothing)."""
+    try:
+        return now - timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=now.tzinfo)
 
 
 async def verify(

@@ -12,6 +12,7 @@ from consumers.applier import Applier
 from consumers.deliveries import Decoder
 from consumers.streams import TopicStreams
 from conveyor import wire
+from conveyor.replies import text
 from tests.integration.conftest import Case
 from tests.integration.consumer_support import (
     create_effects,
@@ -125,7 +126,14 @@ async def test_consumer_paused_past_idle_then_resumed_applies_once(case: Case) -
     paused.send_signal(signal.SIGSTOP)  # mid-batch: its transaction holds uncommitted ledger rows
     other = start_conveyor(consume_args(case), consume_env(case))
     try:
-        await asyncio.sleep(3)  # past claim_idle: `other` reclaims and blocks on the ledger rows
+        # Past claim_idle `other` reclaims the paused batch and blocks on its ledger rows; only
+        # then is the paused one resumed (a loaded machine can take seconds to start `other`).
+        async def reclaimed() -> bool:
+            info = await case.redis.xpending(wire.Keys("identity", case.prefix).events, "g")
+            owners = {text(c["name"]): int(c["pending"]) for c in info["consumers"]}
+            return any(n.endswith(f"-{other.pid}") and k for n, k in owners.items())
+
+        await wait_until(reclaimed, timeout=60, what="the second consumer reclaimed the batch")
         paused.send_signal(signal.SIGCONT)
         await wait_until(lambda: applied(case, ids), timeout=60, what="all applied")
 

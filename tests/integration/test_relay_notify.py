@@ -204,6 +204,13 @@ async def test_a_killed_relays_row_is_swept_and_its_events_published_by_the_next
         [(dead_pid, _)] = await rows(case.pg, case.schema)
     finally:
         stop(proc, signal.SIGKILL)
+
+    async def backend_gone() -> bool:  # PostgreSQL notices the closed socket a moment later
+        return not await case.pg.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", dead_pid
+        )
+
+    await wait_until(backend_gone, timeout=30, what="the killed relay's LISTEN backend gone")
     ids = await fill(case.pg, case.schema, 3)  # nobody publishes these now
     async with running_relay(**case.relay_settings(poll_interval=3600)):
         await wait_until(lambda: has(case, set(ids)), timeout=10, what="published at start")

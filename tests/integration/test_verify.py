@@ -275,6 +275,8 @@ async def test_events_of_a_stream_redis_lost_are_lost_until_replayed(case: Case)
     ("args", "message"),
     [
         (["--since", "yesterday"], "--since: invalid time 'yesterday'"),
+        (["--since", "1e12"], "--since: invalid time '1e12': it is before year 1"),
+        (["--since", "99999999999d"], "--since: invalid time '99999999999d': it is before year 1"),
         (["--since", "2h", "--group", "nope"], "unknown group 'nope' (--group)"),
         (["--ledger-schema", "nope=public"], "unknown group 'nope' (--ledger-schema)"),
         (["--group", "no{brace}"], "invalid group name 'no{brace}'"),
@@ -290,6 +292,15 @@ def test_bad_input_exits_2_naming_the_value(case: Case, args: list[str], message
     assert result.stderr.startswith("conveyor: error: ")
     assert message in result.stderr
     assert result.stdout == ""
+
+
+def test_a_ledger_retention_longer_than_the_calendar_expires_nothing(case: Case) -> None:
+    """Exit 0 on an empty window, as with any retention: not a traceback and exit 1, which
+    would say an event was lost."""
+    for retention in ("1e12", "1e20"):
+        result = CliRunner().invoke(app, ["verify", "--ledger-retention", retention], env=case.env)
+        assert result.exit_code == 0, result.stderr
+        assert "nothing lost" in result.stdout
 
 
 def test_an_unreachable_redis_exits_7_naming_it(case: Case) -> None:

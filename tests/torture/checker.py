@@ -29,11 +29,12 @@ misrouted   an effect delivered from (a) another group's retry stream, (b) the g
 order       groups named in `ordered` only: per aggregate, the first effect of each event
             (deliveries from the topic stream; retry-stream applies are exempt, see
             docs/architecture.md "Ordering": a retried event applies after those that
-            followed it) must follow outbox id order; an event whose outbox id is lower than
-            that of an event of its aggregate applied before it counts once. The promise holds
-            within one consumer and for one relay: declare only groups with one member, fed
-            by one relay, without crashes (re-deliveries reorder by design). Needs the outbox
-            rows (the relay's default retention keeps them).
+            followed it) must follow stream order; an event whose entry id is lower than that
+            of an event of its aggregate applied before it counts once. Stream order, not
+            outbox id order: two transactions can commit in the opposite order of their ids,
+            and the relay publishes whichever commits first. The promise holds within one
+            consumer: declare only groups with one member, without crashes (re-deliveries
+            reorder by design).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def _judge(
                                  reprocess_entries, dead_sources):  # fmt: skip
                 found.add("misrouted", event_id, why)
     if ordered:
-        for event_id, why in _order_violations(effects, facts, keys.events):
+        for event_id, why in _order_violations(effects, keys.events):
             found.add("order", event_id, why)
     counts = GroupCounts(
         group.name,
@@ -253,24 +254,28 @@ def _misrouted(
 
 
 def _order_violations(
-    effects: dict[uuid.UUID, list[Effect]], facts: Facts, topic_stream: str
+    effects: dict[uuid.UUID, list[Effect]], topic_stream: str
 ) -> list[tuple[uuid.UUID, str]]:
     firsts = sorted(
         (rows[0] for rows in effects.values() if rows[0].stream == topic_stream),
         key=lambda e: e.seq,
     )
-    highest: dict[str, tuple[int, uuid.UUID]] = {}
+    highest: dict[str, tuple[tuple[int, int], Effect]] = {}
     out = []
     for e in firsts:
-        row = facts.outbox.get(e.event_id)
-        if row is None:
-            continue
+        at = _entry_key(e.entry_id)
         best = highest.get(e.aggregate_id)
-        if best is not None and row.id < best[0]:
-            out.append((e.event_id, f"outbox id {row.id} applied after {best[1]} (id {best[0]})"))
+        if best is not None and at < best[0]:
+            why = f"entry {e.entry_id} applied after {best[1].event_id} (entry {best[1].entry_id})"
+            out.append((e.event_id, why))
         else:
-            highest[e.aggregate_id] = (row.id, e.event_id)
+            highest[e.aggregate_id] = (at, e)
     return out
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 async def check(

@@ -7,6 +7,7 @@
         await pipeline.terminate("alo-c-0")   # SIGTERM; AssertionError unless it exits 0
         await pipeline.restart("relay-0")     # stop (SIGTERM if running) and start again
         await pipeline.health("eo-b-0")       # "SERVING", "NOT_SERVING", ... ("UNREACHABLE")
+        pipeline.pid("eo-b-0")                # its process id (e.g. to measure its CPU)
         pipeline.assert_alive()               # AssertionError naming processes that died alone
     # every process is gone here (SIGCONT + SIGKILL), also when the block raised
 
@@ -169,6 +170,11 @@ class Pipeline:
             if (kind is None or s.kind == kind)
             and (group is None or (s.group is not None and s.group.name == group))
         ]
+
+    def pid(self, name: str) -> int | None:
+        """Process id of the current (or last) run of the process; None before its first start."""
+        popen = self._procs[name].popen
+        return None if popen is None else popen.pid
 
     def running(self, name: str) -> bool:
         popen = self._procs[name].popen

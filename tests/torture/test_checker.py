@@ -215,9 +215,10 @@ async def test_misrouted_effects_are_counted_in_every_shape(world: World, shape:
 
 async def test_order_violations_count_where_order_is_promised(world: World) -> None:
     first, second, third = (e.event_id for e in world.journal.txns[0].events)
+    entries = {event_id: world.next_entry() for event_id in (first, second, third)}  # stream order
     for group in ("eo-a", "eo-b"):
         for event_id in (first, third, second):  # second applied after third: one violation
-            await world.apply(group, event_id)
+            await world.apply(group, event_id, entry=entries[event_id])
     for _, event in world.journal.events("ok"):
         if event.aggregate_id == "agg-2":
             await world.apply("eo-a", event.event_id)

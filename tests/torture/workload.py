@@ -1,8 +1,8 @@
 """Producers of the torture suite: business transactions that enqueue events, and their journal.
 
-Each transaction INSERTs one `{schema}.orders` row and enqueues 1..`max_events` UserRegistered
-events (topic `config.topic`, aggregate ids `agg-0`..`agg-{aggregates-1}`, all events of one
-transaction sharing one traceparent) with `relay.enqueue_many`, in one asyncpg transaction. A
+Each transaction INSERTs one `{schema}.orders` row and enqueues `min_events`..`max_events` (1..3)
+UserRegistered events (topic `config.topic`, aggregate ids `agg-0`..`agg-{aggregates-1}`, all events
+of one transaction sharing one traceparent) with `relay.enqueue_many`, in one asyncpg transaction. A
 seeded share (`fail_share`) fails on purpose after the enqueue (a Python error or an SQL error,
 rolled back): their events must never have an effect. A seeded share of events
 (`poison_share`) carries the poison mark the router understands (`router.POISON`).
@@ -67,6 +67,7 @@ class WorkloadConfig:
     total: int | None = None
     aggregates: int = 40
     max_events: int = 3
+    min_events: int = 1
     fail_share: float = 0.1
     poison_share: float = 0.0
     command_timeout: float = 10.0
@@ -229,7 +230,7 @@ class Workload:
             EventRecord(
                 uuid7(), f"agg-{rng.randrange(c.aggregates)}", rng.random() < c.poison_share
             )
-            for _ in range(rng.randint(1, c.max_events))
+            for _ in range(rng.randint(c.min_events, c.max_events))
         ]
         return Txn(
             id=uuid.uuid4(),  # not seeded: two runs of one seed may share a schema
