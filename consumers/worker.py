@@ -156,8 +156,12 @@ class TopicWorker:
                 else:
                     self.health.progressed()  # idle: nothing waiting, nothing in flight
         finally:
-            while applying:
-                await applying.popleft()
+            # Every batch in flight is waited for, also when the round or one of them failed:
+            # one left behind would go on beside the next round, its failure unobserved.
+            done = await asyncio.gather(*applying, return_exceptions=True)
+            applying.clear()
+            if failed := next((r for r in done if isinstance(r, BaseException)), None):
+                raise failed
 
     async def _entries(self, applying: deque[asyncio.Task[None]], *, stopping: bool) -> list[Entry]:
         """The next batch: due retries first, then entries idle on dead members and reprocess

@@ -128,9 +128,10 @@ class StreamPublisher:
         before, self._added = self._added, added
         if old is None or old == run_id:
             return None
-        # Lost: gone, or fewer entries ever added than before the restart. A young stream that
-        # received more new entries since the restart than it lost can hide its loss; checks run
-        # every second, so only streams with very short histories can.
+        # Lost: gone, or fewer entries ever added than before the restart. Entries appended
+        # since the restart and before this look (this relay's backlog, another relay's) make
+        # up for lost ones: a lost tail (appendfsync everysec, a failover) often hides behind
+        # them. `conveyor verify` finds it.
         lost = [key for key, n in sorted(before.items()) if added.get(key, 0) < n]
         return ResetReport(old, run_id, tuple(lost))
 
