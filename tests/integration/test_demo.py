@@ -29,7 +29,9 @@ from tests.integration.test_ops_plane import port_of
 from tests.processes import CONVEYOR, run_conveyor, start_conveyor, stop, wait_until
 from tests.servers import free_port
 
-pytestmark = pytest.mark.slow
+# The demo's names are fixed (schema conveyor_demo, key prefix conveyor-demo): one worker runs
+# every test that uses them (`.ci/test` runs two).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo-names")]
 
 EVENTS = 40
 

@@ -16,7 +16,9 @@ from conveyor.identity.v1 import events_pb2
 from relay import enqueue, enqueue_many
 from tests.processes import run_conveyor
 
-pytestmark = pytest.mark.slow
+# The demo's names are fixed (schema conveyor_demo, key prefix conveyor-demo): one worker runs
+# every test that uses them (`.ci/test` runs two).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo-names")]
 
 
 def _env(database_url: str, redis_url: str, key_prefix: str) -> dict[str, str]:
