@@ -88,7 +88,9 @@ async def test_producers_ride_out_a_database_crash_and_the_journal_stays_true(
     with PostgresServer() as server:
         d = Deployment(server.url, redis_url, "torture", f"t{uuid.uuid4().hex[:12]}")
         await prepare(d)
-        workload = Workload(WorkloadConfig(d.database_url, d.schema, seed=11, rate=150))
+        # Flat out: every producer is inside a transaction when the server goes, so the crash
+        # fails some (an idle producer would only reconnect, and nothing would be tested).
+        workload = Workload(WorkloadConfig(d.database_url, d.schema, seed=11, rate=None))
         workload.start()
         await asyncio.sleep(1.5)
         await asyncio.to_thread(server.restart, "immediate")
