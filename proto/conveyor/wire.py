@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Final
 
 from conveyor.v1 import dead_letter_pb2
@@ -106,23 +107,71 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+PARTITION_SEPARATOR: Final = ":"
+"""Between a topic and a partition number in a partitioned topic's hash tag: `{orders:3}`. Topic
+names cannot hold it, so no partition's keys are another topic's."""
+MAX_PARTITIONS: Final = 1024
+
+
+def partition_of(aggregate_id: str, partitions: int) -> int:
+    """The partition (0 .. partitions-1) events of `aggregate_id` go to: CRC-32 (IEEE, as zlib
+    and most languages' standard libraries compute it) of the id's UTF-8 bytes, modulo the count.
+    Every event of one aggregate lands in one partition while the count stays the same."""
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(f"partitions must be 1-{MAX_PARTITIONS}, not {partitions}")
+    return zlib.crc32(aggregate_id.encode()) % partitions
+
+
 class Keys:
-    """Redis key names of one topic. All share the hash tag `{topic}`, so one slot holds them."""
+    """Redis key names of one topic, or of one partition of a partitioned topic. All share one
+    hash tag (`{topic}`, or `{topic:N}` for partition N), so one slot holds them."""
 
-    __slots__ = ("_retry_prefix", "dlq", "events", "topic")
+    __slots__ = ("_retry_prefix", "dlq", "events", "partition", "topic")
 
-    def __init__(self, topic: str, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self, topic: str, prefix: str = DEFAULT_PREFIX, partition: int | None = None
+    ) -> None:
         self.topic = validate_topic(topic)
-        base = f"{validate_prefix(prefix)}:{{{topic}}}"
+        self.partition = partition
+        """None for an unpartitioned topic."""
+        if partition is None:
+            tag = topic
+        elif 0 <= partition < MAX_PARTITIONS:
+            tag = f"{topic}{PARTITION_SEPARATOR}{partition}"
+        else:
+            raise ValueError(f"partition must be 0-{MAX_PARTITIONS - 1}, not {partition}")
+        base = f"{validate_prefix(prefix)}:{{{tag}}}"
         self.events = f"{base}:events"
-        """The topic's event stream."""
+        """The topic's (partition's) event stream."""
         self.dlq = f"{base}:dlq"
-        """The topic's dead-letter stream."""
+        """The topic's (partition's) dead-letter stream."""
         self._retry_prefix = f"{base}:retry:"
 
     def retry(self, group: str) -> str:
         """The retry stream that re-delivers events to one consumer group only."""
         return self._retry_prefix + group
+
+
+def topic_keys(
+    topic: str, prefix: str = DEFAULT_PREFIX, partitions: int | None = None
+) -> list[Keys]:
+    """Keys of every stream of a topic: one for an unpartitioned topic (`partitions` None), one
+    per partition otherwise."""
+    if partitions is None:
+        return [Keys(topic, prefix)]
+    return [Keys(topic, prefix, p) for p in range(partitions)]
+
+
+_TAG_RE = re.compile(r"\{(?P<topic>[a-z0-9][a-z0-9._-]{0,99})(?::(?P<partition>[0-9]{1,4}))?\}")
+
+
+def parse_tag(key: str) -> tuple[str, int | None] | None:
+    """(topic, partition or None) of a Conveyor stream key, None when `key` has no such tag."""
+    found = _TAG_RE.search(key)
+    if found is None:
+        return None
+    part = found["partition"]
+    return found["topic"], None if part is None else int(part)
 
 
 def reason_name(reason: int) -> str:

@@ -28,7 +28,7 @@ APP_TABLES = {
     "conveyor_relay_listeners",
     "conveyor_alembic_version",
 }
-CATALOG_HEAD = "catalog_0006"
+CATALOG_HEAD = "catalog_0007"
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/postgres"
 
 
@@ -277,6 +277,8 @@ async def test_catalog_down_base_and_up(pg: asyncpg.Connection, scratch_database
             "reprocess_requests",
             "dead_letter_cursors",
             "relays",
+            "topic_layouts",
+            "partition_leases",
             "alembic_version",
         }
     finally:
@@ -346,6 +348,55 @@ async def test_relay_registry_comes_with_catalog_0006_and_goes_with_its_downgrad
         await asyncio.to_thread(migrations.upgrade_catalog, url)
         assert await scratch.fetchval("SELECT count(*) FROM conveyor.relays") == 0
         await scratch.execute(insert, "conveyor")
+    finally:
+        await scratch.close()
+
+
+async def test_partition_tables_come_with_catalog_0007_and_go_with_its_downgrade(
+    scratch_database_url: str,
+) -> None:
+    """catalog_0007: topic layouts refuse a partition count outside 1-1024 and an unknown
+    dead-letter policy; leases are one per (deployment, group, topic, partition); going back to
+    catalog_0006 drops both and keeps the relays; up again, both are empty and work."""
+    url = scratch_database_url
+    await asyncio.to_thread(migrations.upgrade_catalog, url, "catalog_0006")
+    scratch = await asyncpg.connect(url)
+    layout = (
+        "INSERT INTO conveyor.topic_layouts (key_prefix, topic, partitions{c}) "
+        "VALUES ($1, 't', $2{v})"
+    )
+    lease = (
+        "INSERT INTO conveyor.partition_leases (key_prefix, consumer_group, topic, partition) "
+        "VALUES ('conveyor', 'g', 't', $1)"
+    )
+    try:
+        await scratch.execute(
+            "INSERT INTO conveyor.relays (key_prefix, relay_name, schemas, host, pid) "
+            "VALUES ('conveyor', 'h-1', '{public}', 'h', 1)"
+        )
+        await asyncio.to_thread(migrations.upgrade_catalog, url)
+        await scratch.execute(layout.format(c="", v=""), "conveyor", 4)
+        row = await scratch.fetchrow("SELECT * FROM conveyor.topic_layouts")
+        assert row is not None
+        assert (row["ordered"], row["on_dead_letter"], row["version"]) == (False, "park", 1)
+        for bad in (0, 1025):
+            with pytest.raises(asyncpg.CheckViolationError):
+                await scratch.execute(layout.format(c="", v=""), "staging", bad)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await scratch.execute(layout.format(c=", on_dead_letter", v=", 'drop'"), "staging", 2)
+        await scratch.execute(lease, 0)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await scratch.execute(lease, 0)
+        row = await scratch.fetchrow("SELECT * FROM conveyor.partition_leases")
+        assert row is not None and (row["owner"], row["epoch"]) == (None, 0)
+
+        await asyncio.to_thread(migrations.downgrade_catalog, url, "catalog_0006")
+        tables = await _tables(scratch, "conveyor")
+        assert "topic_layouts" not in tables and "partition_leases" not in tables
+        assert await scratch.fetchval("SELECT count(*) FROM conveyor.relays") == 1
+        await asyncio.to_thread(migrations.upgrade_catalog, url)
+        assert await scratch.fetchval("SELECT count(*) FROM conveyor.topic_layouts") == 0
+        await scratch.execute(lease, 1)
     finally:
         await scratch.close()
 

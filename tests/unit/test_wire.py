@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from conveyor import database, wire
@@ -56,3 +58,33 @@ def test_bad_schema_names_are_refused(name: str) -> None:
 def test_notify_channel_fits_postgres_identifier_limit() -> None:
     assert database.notify_channel("identity") == "conveyor_outbox_identity"
     assert len(database.notify_channel("s" * 63)) == 63
+
+
+def test_partition_keys_share_one_tag_per_partition_and_never_another_topics() -> None:
+    keys = wire.Keys("orders", "conveyor", 3)
+    assert keys.events == "conveyor:{orders:3}:events"
+    assert keys.dlq == "conveyor:{orders:3}:dlq"
+    assert keys.retry("billing") == "conveyor:{orders:3}:retry:billing"
+    # A topic named like a partition is refused before its keys could collide.
+    with pytest.raises(ValueError):
+        wire.Keys("orders:3")
+    assert wire.parse_tag(keys.events) == ("orders", 3)
+    assert wire.parse_tag(wire.Keys("orders.3").events) == ("orders.3", None)
+    assert wire.parse_tag("unrelated") is None
+    assert [k.events for k in wire.topic_keys("o", partitions=2)] == [
+        "conveyor:{o:0}:events",
+        "conveyor:{o:1}:events",
+    ]
+    with pytest.raises(ValueError, match="partition must be 0-1023"):
+        wire.Keys("orders", partition=1024)
+
+
+def test_an_aggregate_always_lands_in_one_partition_and_ids_spread() -> None:
+    # CRC-32 of the UTF-8 id, as zlib computes it: any language can route the same way.
+    assert wire.partition_of("user-42", 8) == zlib.crc32(b"user-42") % 8
+    assert {wire.partition_of("user-42", 8) for _ in range(3)} == {wire.partition_of("user-42", 8)}
+    spread = {wire.partition_of(f"user-{i}", 8) for i in range(200)}
+    assert spread == set(range(8))
+    for bad in (0, 1025):
+        with pytest.raises(ValueError, match="partitions must be 1-1024"):
+            wire.partition_of("x", bad)
