@@ -53,7 +53,9 @@ async def create_groups(settings: ConsumerSettings, *, named: str) -> None:
 
     s = settings
     conn = await asyncpg.connect(
-        s.database_url, server_settings=database.server_settings(s.database_url, "consume", s.group)
+        s.database_url,
+        timeout=s.dependency_timeout,
+        server_settings=database.server_settings(s.database_url, "consume", s.group),
     )
     try:
         counts = await partition_counts(conn, s.key_prefix, s.topics)

@@ -11,7 +11,9 @@ from admin.cli.start_point import create_groups
 from consumers.settings import ConsumerSettings
 from conveyor import wire
 from tests.integration.conftest import Case
-from tests.integration.consumer_support import publish
+from tests.integration.consumer_support import create_effects, effect_counts, publish
+from tests.integration.startup_support import args_of, env_of, output_until
+from tests.processes import start_conveyor, stop, wait_until
 
 LAYOUTS = "conveyor.topic_layouts"
 
@@ -95,3 +97,35 @@ async def test_each_partition_of_a_partitioned_topic_gets_the_group_at_the_start
             assert await delivered(case, keys.events) == 1
     finally:
         await case.pg.execute(f"DELETE FROM {LAYOUTS} WHERE key_prefix = $1", case.prefix)
+
+
+@pytest.mark.usefixtures("catalog_cleanup")
+async def test_conveyor_consume_start_latest_then_a_restart_keeps_the_groups_place(
+    case: Case,
+) -> None:
+    # A service deployed with --start latest takes none of the 3 events already in the stream,
+    # only the 2 published after it started; restarted with --start earliest, it does not go
+    # back to the beginning: the group exists, the log says where it stands.
+    await create_effects(case.pg, case.schema)
+    await publish(case.redis, case.prefix, 3)
+    env = env_of(case.env, case.schema) | {"CONVEYOR_START": "latest"}
+    first = start_conveyor(args_of("consume", case.schema), env)
+    try:
+        started = output_until(first, "consumer started")
+        assert "group created: stream=" in started and "start=latest (id $)" in started
+        later = set(await publish(case.redis, case.prefix, 2))
+
+        async def applied() -> bool:
+            return len(await effect_counts(case.pg, case.schema, "g")) >= 2
+
+        await wait_until(applied, timeout=60, what="the 2 later events applied")
+    finally:
+        stop(first)
+    second = start_conveyor(args_of("consume", case.schema, "--start", "earliest"), env)
+    try:
+        started = output_until(second, "consumer started")
+    finally:
+        stop(second)
+    assert "group exists, start=earliest not applied" in started, started
+    assert "pending=0 lag=0" in started, started
+    assert set(await effect_counts(case.pg, case.schema, "g")) == later
