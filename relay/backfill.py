@@ -4,6 +4,7 @@ other group sees them again."""
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class BackfillResult:
         self.last[stream] = event_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Target:
     """The group and topic a backfill writes for, and where each row goes."""
 
@@ -67,8 +68,11 @@ class Target:
     def stream(self, aggregate_id: str) -> str:
         """The retry stream of the group on the (partition) stream holding `aggregate_id`."""
         n = self.partitions
-        part = None if n is None else wire.partition_of(aggregate_id, n)
-        return wire.Keys(self.topic, self.prefix, part).retry(self.group)
+        return self._streams[0 if n is None else wire.partition_of(aggregate_id, n)]
+
+    @functools.cached_property
+    def _streams(self) -> list[str]:
+        return self.streams()
 
     def streams(self) -> list[str]:
         """Every retry stream of the group on the topic (one per partition)."""
