@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Literal
@@ -13,6 +14,10 @@ from conveyor.retry import RetryPolicy
 from conveyor.urls import redact
 
 Mode = Literal["exactly-once", "at-least-once"]
+
+_START_NAMES = {"earliest": "0", "latest": "$"}
+"""The named start points and the ids XGROUP CREATE takes for them."""
+_ENTRY_ID = re.compile(r"\d{1,19}-\d{1,19}")
 
 _OUTAGE_BACKOFF = 0.2
 """Seconds waited after the first failure of Redis or the database."""
@@ -44,6 +49,11 @@ class ConsumerSettings:
     must be at head."""
     mode: Mode = "exactly-once"
     """`exactly-once`, or `at-least-once` (no ledger)."""
+    start: str = "earliest"
+    """Where the group starts on a topic stream when this member creates it there: `earliest`
+    (every entry the stream still holds), `latest` (only entries appended after the creation) or
+    a stream entry id `<ms>-<seq>` (entries appended from that id on). A group that exists keeps
+    its place; the group's retry stream always starts at its beginning."""
     key_prefix: str = wire.DEFAULT_PREFIX
     """First part of every Redis key, so tenants and tests can share one Redis."""
     batch_size: int = 1000
@@ -102,6 +112,11 @@ class ConsumerSettings:
             wire.validate_topic(topic)
         database.validate_schema(self.ledger_schema)
         wire.validate_prefix(self.key_prefix)
+        if not (self.start in _START_NAMES or _ENTRY_ID.fullmatch(self.start)):
+            raise ValueError(
+                f"start must be earliest, latest or a stream entry id <ms>-<seq>, got "
+                f"{self.start[:40]!r}"
+            )
         if self.mode not in ("exactly-once", "at-least-once"):
             raise ValueError(f"mode must be exactly-once or at-least-once, got {self.mode!r}")
         for name, low, high in (
@@ -149,6 +164,11 @@ class ConsumerSettings:
         return RetryPolicy.of_seconds(
             min(_OUTAGE_BACKOFF, self.db_backoff_max), self.db_backoff_max
         )
+
+    @property
+    def start_id(self) -> str:
+        """`start` as XGROUP CREATE takes it: `0`, `$` or the entry id."""
+        return _START_NAMES.get(self.start, self.start)
 
     @property
     def database_address(self) -> str:

@@ -54,15 +54,17 @@ class TopicStreams:
                 raise GroupLost(self.keys.events, self.group) from exc
             raise
 
-    async def ensure_groups(self) -> bool:
-        """Create the group on the event and retry streams at 0 (never $: that skips the
-        backlog); True when the event stream's group had to be created."""
+    async def ensure_groups(self, start: str = "0") -> bool:
+        """Create the group on the event stream at `start` (`0`: everything the stream holds,
+        the default, as a group recreated after a loss must never skip; `$`: entries appended
+        from now on; or an entry id) and on the retry stream at 0; a group that exists keeps its
+        place. True when the event stream's group had to be created."""
         created = False
-        for key in (self.keys.events, self.retry):
+        for key, at in ((self.keys.events, start), (self.retry, "0")):
             try:
                 await redis_client.within(
                     self._timeout,
-                    self._client.xgroup_create(key, self.group, id="0", mkstream=True),
+                    self._client.xgroup_create(key, self.group, id=at, mkstream=True),
                     "XGROUP CREATE",
                 )
                 created = created or key == self.keys.events
@@ -74,6 +76,18 @@ class TopicStreams:
                 if not (isinstance(exc, OutOfMemoryError) and await self._has_group(key)):
                     raise
         return created
+
+    async def standing(self) -> dict[str, Any] | None:
+        """The group on the event stream as XINFO GROUPS shows it (`last-delivered-id`,
+        `pending`, `lag`, ...; names as text), or None when it has none."""
+        try:
+            groups = await self._call(self._client.xinfo_groups(self.keys.events))
+        except ResponseError:  # no such key
+            return None
+        for g in groups:
+            if text(g["name"]) == self.group:
+                return {text(k): text(v) if isinstance(v, bytes) else v for k, v in g.items()}
+        return None
 
     async def _has_group(self, key: str) -> bool:
         try:

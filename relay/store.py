@@ -195,28 +195,38 @@ async def replay_rows(
     topic: str | None,
     after_id: int,
     limit: int,
+    until: datetime | None = None,
 ) -> Sequence[Row]:
-    """Published rows still kept, published at or after `since`, in id order after `after_id`."""
+    """Published rows still kept, published at or after `since` (and before `until` when
+    given), in id order after `after_id`."""
     table = f"{database.validate_schema(schema)}.{database.OUTBOX_TABLE}"
     return await pool.fetch(  # type: ignore[no-any-return]
         f"SELECT {_RETURNING} FROM {table} WHERE published_at IS NOT NULL AND published_at >= $1 "
-        "AND ($2::text IS NULL OR topic = $2) AND id > $3 ORDER BY id LIMIT $4",
+        "AND ($2::text IS NULL OR topic = $2) AND id > $3 "
+        "AND ($5::timestamptz IS NULL OR published_at < $5) ORDER BY id LIMIT $4",
         since,
         topic,
         after_id,
         limit,
+        until,
     )
 
 
 async def count_replayable(
-    pool: asyncpg.Pool, schema: str, since: datetime, topic: str | None
+    pool: asyncpg.Pool,
+    schema: str,
+    since: datetime,
+    topic: str | None,
+    until: datetime | None = None,
 ) -> int:
     """How many rows `replay_rows` would walk through."""
     table = f"{database.validate_schema(schema)}.{database.OUTBOX_TABLE}"
     n = await pool.fetchval(
         f"SELECT count(*) FROM {table} WHERE published_at IS NOT NULL AND published_at >= $1 "
-        "AND ($2::text IS NULL OR topic = $2)",
+        "AND ($2::text IS NULL OR topic = $2) "
+        "AND ($3::timestamptz IS NULL OR published_at < $3)",
         since,
         topic,
+        until,
     )
     return int(n)

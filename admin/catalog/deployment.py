@@ -104,6 +104,10 @@ class Catalog:
         """Every (topic, group) with a registered member."""
         return await registry.registered_groups(self.pool, self.key_prefix)
 
+    async def member_hosts(self) -> dict[tuple[str, str], str]:
+        """(group, member name) -> host of every registered consumer."""
+        return await registry.member_hosts(self.pool, self.key_prefix)
+
     async def processes(self) -> list[RegisteredProcess]:
         """Every registered relay and consumer process, absent ones included."""
         return await processes.list_processes(self.pool, self.key_prefix)

@@ -64,6 +64,16 @@ async def registered_groups(pool: asyncpg.Pool, prefix: str) -> list[RegisteredG
     return [RegisteredGroup(r["topic"], r["consumer_group"], r["mode"], r["n"]) for r in rows]
 
 
+async def member_hosts(pool: asyncpg.Pool, prefix: str) -> dict[tuple[str, str], str]:
+    """(group, member name) -> the host it registered from, for every registered member of the
+    deployment with key prefix `prefix`."""
+    rows = await pool.fetch(
+        f"SELECT consumer_group, consumer_name, host FROM {_CONSUMERS} WHERE key_prefix = $1",
+        prefix,
+    )
+    return {(r["consumer_group"], r["consumer_name"]): r["host"] for r in rows}
+
+
 async def register(pool: asyncpg.Pool, member: Member) -> None:
     """Insert or refresh the member's row, and remove the rows of the group's members absent
     past `processes.PRUNE_AFTER`."""

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from admin.cli import (
+    backfill,
     bench,
     consume,
     dlq,
@@ -30,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(migrate.app, name="migrate", help="Create and upgrade Conveyor's tables.")
+relay.app.command("backfill")(backfill.backfill)
 app.add_typer(relay.app, name="relay")
 app.command("consume")(consume.consume)
 app.command("bench")(bench.bench)

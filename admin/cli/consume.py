@@ -26,6 +26,7 @@ from admin.cli.options import (
     setup_logging,
 )
 from admin.cli.setting_options import SettingOptions, Shown, in_flags
+from admin.cli.start_point import START_HELP, parse_start
 from admin.ops.settings import CONSUMER_GRPC_ADDR, StartupSettings, ops_settings
 from consumers.settings import ConsumerSettings
 from conveyor.telemetry import ROLE_CONSUMER
@@ -66,7 +67,10 @@ def load_router(spec: str) -> Router:
 
 CONSUMER = SettingOptions(
     ConsumerSettings,
-    shown={"topics": Shown(flag="--topic", envvar="CONVEYOR_TOPIC")},
+    shown={
+        "topics": Shown(flag="--topic", envvar="CONVEYOR_TOPIC"),
+        "start": Shown(help=START_HELP),
+    },
     programmatic=("block", "heartbeat_interval", "db_backoff_max"),
 )
 """The options of `conveyor consume`, one per field of ConsumerSettings but those listed."""
@@ -84,6 +88,7 @@ def consume(
     consumer: str | None = CONSUMER.option("consumer", default=None),
     ledger_schema: str = CONSUMER.option("ledger_schema"),
     mode: str = CONSUMER.option("mode"),
+    start: str = CONSUMER.option("start"),
     database_url: str = CONSUMER.option("database_url"),
     redis_url: str = CONSUMER.option("redis_url"),
     key_prefix: str = CONSUMER.option("key_prefix"),
@@ -151,6 +156,7 @@ def consume(
             consumer=consumer or default_consumer_name(),
             ledger_schema=ledger_schema,
             mode=mode,  # type: ignore[arg-type]  # validated by ConsumerSettings
+            start=parse_start(start),
             key_prefix=key_prefix,
             batch_size=batch_size,
             partitions=partitions,
@@ -195,7 +201,7 @@ def consume(
     except ValueError as exc:  # CONVEYOR_TRACE_SAMPLE_RATIO
         fail(str(exc), EXIT_USAGE)
     tune_for_throughput()
-    startup.run(lambda started: _serve(handlers, settings, ops, telemetry, started), needs)
+    startup.run(lambda started: _serve(handlers, settings, ops, telemetry, started, start), needs)
 
 
 async def _serve(
@@ -204,8 +210,10 @@ async def _serve(
     ops: OpsSettings,
     telemetry: ProcessMetrics,
     started: Callable[[], None],
+    start: str,
 ) -> None:
     from admin.catalog import ConsumerCatalog
+    from admin.cli.start_point import StartingAt
     from admin.ops import runtime
     from admin.ops.probes import ConsumerProbe
     from consumers import Consumer
@@ -239,7 +247,8 @@ async def _serve(
         )
 
     async with telemetry.serving():  # bound before the pipeline creates anything
-        await runtime.serve(plane, consumer, started=running)
+        pipeline = StartingAt(consumer, settings, start.strip().lower())
+        await runtime.serve(plane, pipeline, started=running)
     log.info(
         "consumer stopped after the batch in flight: group=%s consumer=%s",
         settings.group,

@@ -36,6 +36,7 @@ from admin.cli.client import (
     Connection,
     with_connection,
 )
+from admin.cli.members_table import members_table
 from admin.cli.options import EXIT_OK, EXIT_USAGE, fail
 from admin.cli.output import actions_table, dead_letters_view, iso, print_json
 from admin.cli.tables import add_column, add_row, fitted, list_table
@@ -121,6 +122,8 @@ def status(
         console.print("outbox backlog: none here (a relay reports the outboxes it drains)")
     if response.groups:
         console.print(fitted(_groups_table(response.groups), console.width))
+        if (members := members_table(response.groups)) is not None:
+            console.print(fitted(members, console.width))
     elif response.HasField("redis") and response.redis.up:
         console.print(
             "consumer groups: none in this snapshot (no consumer registered yet, or the "

@@ -78,7 +78,8 @@ EXIT_USAGE = 2
 EXIT_PRECONDITION = 6
 """Client commands: the server answered FAILED_PRECONDITION (e.g. reprocessing a resolved dead
 letter). `relay`, `consume` and `verify`: a schema they need is not at head (or has no Conveyor
-tables); the message names the `conveyor migrate up` command that fixes it."""
+tables); the message names the `conveyor migrate up` command that fixes it. `relay backfill`: the
+group does not exist on the topic (no consumer of it has started); nothing was sent."""
 EXIT_UNAVAILABLE = 7
 """`relay` and `consume`: PostgreSQL or Redis did not answer within --startup-timeout, answered
 with an error (a wrong password, a read-only Redis replica, say), or went away between the checks

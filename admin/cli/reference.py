@@ -42,7 +42,13 @@ REGENERATE = "python -m admin.cli.reference docs/configuration.md"
 CONNECTION_PANEL = "Connection"
 """The `--help` panel of the options every client command takes (admin/cli/client.py)."""
 
-OWN_SECTIONS = (("migrate",), ("relay",), ("relay", "replay"), ("consume",))
+OWN_SECTIONS = (
+    ("migrate",),
+    ("relay",),
+    ("relay", "replay"),
+    ("relay", "backfill"),
+    ("consume",),
+)
 """Commands with a section of their own (with the commands below them); the `commands` block
 holds every other one."""
 
@@ -177,6 +183,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "migrate": migrate_block,
     "relay": lambda: command_block(command("relay"), relay.RELAY),
     "relay-replay": lambda: command_block(command("relay", "replay")),
+    "relay-backfill": lambda: command_block(command("relay", "backfill")),
     "consume": lambda: command_block(command("consume"), consume.CONSUMER),
     "grpc": grpc_block,
     "client": client_block,

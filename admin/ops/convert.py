@@ -77,6 +77,17 @@ def status_response(snapshot: Snapshot) -> admin_pb2.GetStatusResponse:
                 pending=g.pending,
                 consumers=g.consumers,
                 mode=g.mode,
+                members=[
+                    admin_pb2.GroupMember(
+                        name=m.name,
+                        host=m.host,
+                        pending=m.pending,
+                        idle_seconds=m.idle,
+                        inactive_seconds=m.inactive,
+                        redelivered=m.redelivered,
+                    )
+                    for m in g.members
+                ],
             )
             for g in snapshot.groups
         ],

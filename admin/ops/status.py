@@ -4,6 +4,7 @@ background so health and status calls never do I/O."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +16,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from admin.catalog import Catalog
 from admin.catalog.registry import RegisteredGroup
+from admin.ops import members
+from admin.ops.members import MemberStatus
 from admin.ops.redis_memory import PolicyLog, out_of_memory
 from conveyor import wire
 from conveyor.entry_ids import EntryId
@@ -74,6 +77,8 @@ class GroupStatus:
     pending: int
     consumers: int
     mode: str
+    members: tuple[MemberStatus, ...] = ()
+    """Its members on the topic's stream (admin.ops.members)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +244,13 @@ class StatusChecker:
 
     async def _groups(self, registered: Sequence[RegisteredGroup]) -> list[GroupStatus]:
         out = []
+        hosts = await members.hosts(self._catalog) if registered else {}
         for g in registered:
             status = await self._group(g.topic, g.group, g.mode, g.members)
             if status is not None:
-                out.append(status)
+                key = wire.Keys(g.topic, self._prefix).events
+                found = await members.members(self._redis, key, g.group, hosts)
+                out.append(dataclasses.replace(status, members=found))
         return out
 
     async def _group(self, topic: str, group: str, mode: str, members: int) -> GroupStatus | None:

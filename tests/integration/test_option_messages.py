@@ -43,6 +43,7 @@ BAD_VALUES = [
     (["consume", "--retry-backoff", "10s", "--retry-backoff-max", "1s"], "--retry-backoff-max"),
     (["consume", "--max-stream-length", "0"], "--max-stream-length"),
     (["consume", "--stall-timeout", "0"], "--stall-timeout"),
+    (["consume", "--start", "yesterday"], "--start"),
     (["relay", "--concurrency", "99"], "--concurrency"),
     (["relay", "--schema", "signup", "--schema", "signup"], "--schema"),
 ]

@@ -184,7 +184,7 @@ class OutboxStatus(_message.Message):
     def __init__(self, schema: _Optional[str] = ..., backlog: _Optional[int] = ..., oldest_age_seconds: _Optional[float] = ...) -> None: ...
 
 class GroupStatus(_message.Message):
-    __slots__ = ("topic", "group", "lag_entries", "lag_seconds", "pending", "consumers", "mode")
+    __slots__ = ("topic", "group", "lag_entries", "lag_seconds", "pending", "consumers", "mode", "members")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,7 @@ class GroupStatus(_message.Message):
     PENDING_FIELD_NUMBER: _ClassVar[int]
     CONSUMERS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     topic: str
     group: str
     lag_entries: int
@@ -199,7 +200,24 @@ class GroupStatus(_message.Message):
     pending: int
     consumers: int
     mode: str
-    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[GroupMember]
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ...) -> None: ...
+
+class GroupMember(_message.Message):
+    __slots__ = ("name", "host", "pending", "idle_seconds", "inactive_seconds", "redelivered")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INACTIVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REDELIVERED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    host: str
+    pending: int
+    idle_seconds: float
+    inactive_seconds: float
+    redelivered: int
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., pending: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., inactive_seconds: _Optional[float] = ..., redelivered: _Optional[int] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("id", "topic", "entry_id", "source_stream", "source_entry_id", "group", "consumer", "event_id", "event_type", "reason", "error_class", "error_message", "attempts", "first_failed_time", "last_failed_time", "create_time", "state", "resolution", "resolved_by", "retry_of_entry_id", "retried_as_entry_id")
