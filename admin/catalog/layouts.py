@@ -1,0 +1,78 @@
+"""The layouts of partitioned topics (`conveyor.topic_layouts`): read a deployment's, set one,
+remove one. The only SQL for that table. `CatalogLayouts` is what relays and consumers are given
+to read them (`conveyor.layouts.LayoutSource`)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import asyncpg
+
+from conveyor import database, wire
+from conveyor.layouts import Layout
+
+_LAYOUTS: Final = f"{database.CATALOG_SCHEMA}.{database.TOPIC_LAYOUTS_TABLE}"
+_SELECT: Final = (
+    f"SELECT topic, partitions, ordered, on_dead_letter, version FROM {_LAYOUTS} "
+    "WHERE key_prefix = $1 ORDER BY topic"
+)
+_UPSERT: Final = (
+    f"INSERT INTO {_LAYOUTS} (key_prefix, topic, partitions, ordered, on_dead_letter) "
+    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_prefix, topic) DO UPDATE SET "
+    "partitions = EXCLUDED.partitions, ordered = EXCLUDED.ordered, "
+    f"on_dead_letter = EXCLUDED.on_dead_letter, version = {_LAYOUTS}.version + 1, "
+    "updated_at = now() "
+    "RETURNING partitions, ordered, on_dead_letter, version"
+)
+_DELETE: Final = f"DELETE FROM {_LAYOUTS} WHERE key_prefix = $1 AND topic = $2"
+
+
+def _layout(row: asyncpg.Record) -> Layout:
+    return Layout(row["partitions"], row["ordered"], row["on_dead_letter"], row["version"])
+
+
+async def layouts(pool: asyncpg.Pool | asyncpg.Connection, prefix: str) -> dict[str, Layout]:
+    """The partitioned topics of the deployment with key prefix `prefix`, by topic."""
+    rows = await pool.fetch(_SELECT, prefix)
+    return {r["topic"]: _layout(r) for r in rows}
+
+
+async def set_layout(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    prefix: str,
+    topic: str,
+    *,
+    partitions: int,
+    ordered: bool,
+    on_dead_letter: str,
+) -> Layout:
+    """Create the topic's layout (version 1) or change it (version + 1); return it as stored."""
+    wanted = Layout(partitions, ordered, on_dead_letter)  # ValueError before any SQL
+    row = await pool.fetchrow(
+        _UPSERT,
+        wire.validate_prefix(prefix),
+        wire.validate_topic(topic),
+        wanted.partitions,
+        wanted.ordered,
+        wanted.on_dead_letter,
+    )
+    assert row is not None
+    return _layout(row)
+
+
+async def remove_layout(pool: asyncpg.Pool | asyncpg.Connection, prefix: str, topic: str) -> bool:
+    """Make the topic unpartitioned again; False when it had no layout."""
+    done = await pool.execute(_DELETE, prefix, topic)
+    return bool(done.endswith(" 1"))
+
+
+class CatalogLayouts:
+    """The layouts as a relay or consumer reads them, on its own pool: `Relay(settings,
+    layouts=CatalogLayouts)`; a consumer reads them through its catalog (`ConsumerCatalog`)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def layouts(self, key_prefix: str) -> dict[str, Layout]:
+        """The partitioned topics of the deployment with key prefix `key_prefix`."""
+        return await layouts(self._pool, key_prefix)
