@@ -4,10 +4,12 @@ to read them (`conveyor.layouts.LayoutSource`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import asyncpg
 
+from admin.catalog.registry import RegisteredGroup
 from conveyor import database, wire
 from conveyor.layouts import Layout
 
@@ -64,6 +66,35 @@ async def remove_layout(pool: asyncpg.Pool | asyncpg.Connection, prefix: str, to
     """Make the topic unpartitioned again; False when it had no layout."""
     done = await pool.execute(_DELETE, prefix, topic)
     return bool(done.endswith(" 1"))
+
+
+def per_stream(
+    groups: Sequence[RegisteredGroup], layouts: Mapping[str, Layout]
+) -> list[RegisteredGroup]:
+    """`groups` with each group of a partitioned topic repeated for every partition, as
+    `topic:N`, in partition order; those of other topics as they are."""
+    out: list[RegisteredGroup] = []
+    for g in groups:
+        layout = layouts.get(g.topic)
+        if layout is None:
+            out.append(g)
+            continue
+        out.extend(
+            RegisteredGroup(f"{g.topic}:{p}", g.group, g.mode, g.members)
+            for p in range(layout.partitions)
+        )
+    return out
+
+
+def dlq_keys(dlq_stream: str, topic: str, prefix: str) -> wire.Keys | None:
+    """The keys of the stream (the topic's, or one partition's) whose dead-letter stream is
+    `dlq_stream`: a reprocessed dead letter goes back to that partition's retry stream. None
+    when it is no dead-letter stream of `topic` in the deployment with key prefix `prefix`."""
+    tag = wire.parse_tag(dlq_stream)
+    if tag is None or tag[0] != topic:
+        return None
+    keys = wire.Keys(topic, prefix, tag[1])
+    return keys if keys.dlq == dlq_stream else None
 
 
 class CatalogLayouts:
