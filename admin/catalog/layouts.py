@@ -80,10 +80,38 @@ def per_stream(
             out.append(g)
             continue
         out.extend(
-            RegisteredGroup(f"{g.topic}:{p}", g.group, g.mode, g.members)
-            for p in range(layout.partitions)
+            RegisteredGroup(name, g.group, g.mode, g.members)
+            for name in stream_names(g.topic, layouts)
         )
     return out
+
+
+def stream_name(topic: str, partition: int | None) -> str:
+    """How status, verify and consumer workers name one stream of a topic: the topic, or
+    `topic:N` for partition N (as in the partition's hash tag)."""
+    return topic if partition is None else f"{topic}{wire.PARTITION_SEPARATOR}{partition}"
+
+
+def stream_names(topic: str, layouts_now: Mapping[str, Layout]) -> list[str]:
+    """The names of every stream of `topic` (one, or one per partition)."""
+    layout = layouts_now.get(topic)
+    if layout is None:
+        return [topic]
+    return [stream_name(topic, p) for p in range(layout.partitions)]
+
+
+def named_keys(name: str, prefix: str) -> wire.Keys:
+    """The keys of the stream `name` (`orders`, or `orders:3`) names."""
+    topic, _, partition = name.partition(wire.PARTITION_SEPARATOR)
+    return wire.Keys(topic, prefix, int(partition) if partition else None)
+
+
+def name_of_event(topic: str, aggregate_id: str, layouts_now: Mapping[str, Layout]) -> str:
+    """The name of the stream an event of `topic` and `aggregate_id` is published to."""
+    layout = layouts_now.get(topic)
+    if layout is None:
+        return topic
+    return stream_name(topic, wire.partition_of(aggregate_id, layout.partitions))
 
 
 def dlq_keys(dlq_stream: str, topic: str, prefix: str) -> wire.Keys | None:

@@ -14,8 +14,8 @@ import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
 from admin.catalog import Catalog
+from admin.catalog.layouts import named_keys
 from admin.catalog.registry import RegisteredGroup
-from admin.ops.partition_status import stream_key
 from admin.ops.redis_memory import PolicyLog, out_of_memory
 from conveyor.entry_ids import EntryId
 from conveyor.outages import unreachable
@@ -246,7 +246,7 @@ class StatusChecker:
         return out
 
     async def _group(self, topic: str, group: str, mode: str, members: int) -> GroupStatus | None:
-        key = stream_key(topic, self._prefix)  # `topic:N` for a partition
+        key = named_keys(topic, self._prefix).events  # `topic:N`: a partition
         try:
             async with asyncio.timeout(2):
                 info = next(
