@@ -246,3 +246,13 @@ async def test_verify_finds_an_event_lost_from_a_partition_stream(case: Case) ->
     assert group["counts"]["lost"]["total"] == 1
     assert group["examples"]["lost"] == [str(victim)]
     assert {s["topic"] for s in group["streams"]} == {f"{TOPIC}:{p}" for p in range(PARTITIONS)}
+
+    # `conveyor relay replay` puts it back where it belongs: its aggregate's partition.
+    replay = ["relay", "replay", "--schema", case.schema, "--since", "1h", "--json"]
+    replayed = await asyncio.to_thread(run_conveyor, replay, case.env)
+    assert replayed.returncode == 0, replayed.stderr
+    by_stream = json.loads(replayed.stdout)["by_stream"]
+    assert set(by_stream) == {k.events for k in wire.topic_keys(TOPIC, case.prefix, PARTITIONS)}
+    assert sum(by_stream.values()) == 32
+    again = [f[wire.F_EVENT_ID].decode() for _, f in await case.redis.xrange(home.events)]
+    assert again.count(str(victim)) == 1
