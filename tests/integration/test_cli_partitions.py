@@ -75,8 +75,9 @@ async def test_a_change_waits_for_relays_to_stop_and_a_forced_one_restarts_them(
         args = ["topic", "partition", TOPIC, "--partitions", "4"]
         refused = await asyncio.to_thread(run_conveyor, args, case.env)
         assert refused.returncode == EXIT_PRECONDITION, refused.stderr
-        assert "refusing to change topic orders from 1 to 4 partitions while relay " in (
-            refused.stderr
+        assert (
+            "refusing to change topic orders from unpartitioned to 4 partitions while relay "
+            in (refused.stderr)
         )
         assert "--force" in refused.stderr
         assert json.loads(run_conveyor(["topic", "list", "--json"], case.env).stdout) == []
@@ -108,12 +109,14 @@ async def test_a_change_waits_for_the_streams_to_drain(case: Case) -> None:
     plain = wire.Keys(TOPIC, case.prefix)
     await case.redis.xgroup_create(plain.events, "g", id="0", mkstream=True)
     await case.redis.xadd(plain.events, {"id": "x"})
+    one = run_conveyor(["topic", "partition", TOPIC, "--partitions", "1"], case.env)
+    assert one.returncode == EXIT_PRECONDITION, "{orders:0} is another stream than {orders}"
     args = ["topic", "partition", TOPIC, "--partitions", "4"]
     refused = run_conveyor(args, case.env)
     assert refused.returncode == EXIT_PRECONDITION
     assert (
-        f"refusing to change topic orders from 1 to 4 partitions: its streams still hold "
-        f"entries not every group acknowledged: {plain.events} (1)"
+        "refusing to change topic orders from unpartitioned to 4 partitions: its streams still "
+        f"hold entries not every group acknowledged: {plain.events} (1)"
     ) in refused.stderr
     shown = json.loads(run_conveyor(["topic", "show", TOPIC, "--json"], case.env).stdout)
     assert shown["partitions"] is None
