@@ -8,12 +8,22 @@ from typing import Any
 
 import asyncpg
 
-from admin.catalog import dead_letters, processes, registry, reports, reprocess, requests, traces
+from admin.catalog import (
+    dead_letters,
+    layouts,
+    processes,
+    registry,
+    reports,
+    reprocess,
+    requests,
+    traces,
+)
 from admin.catalog.audit import AuditLog, audit_entries
 from admin.catalog.processes import RegisteredProcess
 from admin.catalog.records import AuditEntry, DeadLetterQuery, DeadLetterRecord, Progress
 from admin.catalog.registry import RegisteredGroup
 from conveyor import wire
+from conveyor.layouts import Layout
 
 
 class Catalog:
@@ -107,6 +117,14 @@ class Catalog:
     async def member_hosts(self) -> dict[tuple[str, str], str]:
         """(group, member name) -> host of every registered consumer."""
         return await registry.member_hosts(self.pool, self.key_prefix)
+
+    async def stream_groups(self) -> list[RegisteredGroup]:
+        """`groups()`, a group of a partitioned topic once per partition as `topic:N`."""
+        return layouts.per_stream(await self.groups(), await self.layouts())
+
+    async def layouts(self) -> dict[str, Layout]:
+        """The deployment's partitioned topics, by topic."""
+        return await layouts.layouts(self.pool, self.key_prefix)
 
     async def processes(self) -> list[RegisteredProcess]:
         """Every registered relay and consumer process, absent ones included."""

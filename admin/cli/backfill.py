@@ -149,7 +149,7 @@ async def _backfill(
 ) -> BackfillResult:
     import asyncpg
 
-    from admin.catalog.partition_counts import partition_counts
+    from admin.catalog.layouts import layouts
     from conveyor import redis_client
     from relay.backfill import Target, backfill
     from relay.store import count_replayable
@@ -158,7 +158,7 @@ async def _backfill(
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, server_settings=named)
     client = redis_client.connect(redis_url)
     try:
-        counts = await partition_counts(pool, prefix, [topic])
+        counts = {t: lay.partitions for t, lay in (await layouts(pool, prefix)).items()}
         target = Target(group, topic, prefix, counts.get(topic))
         total = await count_replayable(pool, schema, since, topic, until)
         console = Console(stderr=True)

@@ -46,7 +46,7 @@ async def create_groups(settings: ConsumerSettings, *, named: str) -> None:
     each stands; `named` is --start as given."""
     import asyncpg
 
-    from admin.catalog.partition_counts import partition_counts
+    from admin.catalog.layouts import layouts
     from consumers.start_points import create_groups as create
     from consumers.streams import TopicStreams
     from conveyor import database, redis_client, wire
@@ -58,7 +58,7 @@ async def create_groups(settings: ConsumerSettings, *, named: str) -> None:
         server_settings=database.server_settings(s.database_url, "consume", s.group),
     )
     try:
-        counts = await partition_counts(conn, s.key_prefix, s.topics)
+        counts = {t: lay.partitions for t, lay in (await layouts(conn, s.key_prefix)).items()}
     finally:
         await conn.close()
     client = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)

@@ -15,11 +15,11 @@ import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
 from admin.catalog import Catalog
+from admin.catalog.layouts import named_keys
 from admin.catalog.registry import RegisteredGroup
 from admin.ops import members
 from admin.ops.members import MemberStatus
 from admin.ops.redis_memory import PolicyLog, out_of_memory
-from conveyor import wire
 from conveyor.entry_ids import EntryId
 from conveyor.outages import unreachable
 from conveyor.replies import text
@@ -219,7 +219,7 @@ class StatusChecker:
         # a server that stopped answering never does: refreshes wait for the read, not in it.
         reading = self._reading
         if reading is None:
-            reading = self._reading = asyncio.ensure_future(self._catalog.groups())
+            reading = self._reading = asyncio.ensure_future(self._catalog.stream_groups())
         try:
             async with asyncio.timeout(2):
                 registered = await asyncio.shield(reading)
@@ -248,13 +248,13 @@ class StatusChecker:
         for g in registered:
             status = await self._group(g.topic, g.group, g.mode, g.members)
             if status is not None:
-                key = wire.Keys(g.topic, self._prefix).events
+                key = named_keys(g.topic, self._prefix).events
                 found = await members.members(self._redis, key, g.group, hosts)
                 out.append(dataclasses.replace(status, members=found))
         return out
 
     async def _group(self, topic: str, group: str, mode: str, members: int) -> GroupStatus | None:
-        key = wire.Keys(topic, self._prefix).events
+        key = named_keys(topic, self._prefix).events  # `topic:N`: a partition
         try:
             async with asyncio.timeout(2):
                 info = next(
