@@ -15,6 +15,7 @@ from conveyor import database, redis_client
 from conveyor.deadlines import pool_options, unanswered
 from conveyor.outages import Outage, describe, quiet_pool_reconnects
 from conveyor.retry import pause
+from relay.errors import NotReplicated
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
 from relay.notify import Listener, Listeners, NotifyListener
@@ -95,8 +96,17 @@ class Relay:
             server_settings=named,
             **pool_options(s.dependency_timeout),
         )
-        self._redis = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)
-        self._publisher = StreamPublisher(self._redis, s.key_prefix, timeout=s.dependency_timeout)
+        self._redis = await redis_client.open(s.redis_url, timeout=s.dependency_timeout)
+        self._publisher = StreamPublisher(
+            self._redis,
+            s.key_prefix,
+            timeout=s.dependency_timeout,
+            wait_replicas=s.wait_replicas,
+            wait_timeout=s.wait_timeout,
+            on_unreplicated=self._unreplicated,
+        )
+        if s.wait_replicas:
+            await self._check_replicas()
         for schema in s.schemas:
             store = OutboxStore(
                 self._pool, schema, keep_published=s.retention > 0, timeout=s.dependency_timeout
@@ -115,6 +125,30 @@ class Relay:
             me = this_process(s.key_prefix, s.schemas, grpc_addr)
             await self._registry.register(me)
             self._registered = me
+
+    def _unreplicated(self, exc: NotReplicated) -> None:
+        self.metrics.unreplicated.add(1)
+        log.debug("batch not replicated: %s", exc)  # the forwarder logs the failed batch
+
+    async def _check_replicas(self) -> None:
+        """Warn at start when a master has fewer replicas than --wait-replicas: every batch
+        would fail (and be retried) until enough replicas connect."""
+        assert self._publisher is not None
+        try:
+            replicas = await self._publisher.replicas()
+        except Exception as exc:  # noqa: BLE001 - Redis away at start: batches tell later
+            log.debug("counting Redis replicas failed: %r", exc)
+            return
+        wanted = self.settings.wait_replicas
+        for node, n in sorted(replicas.items()):
+            if n < wanted:
+                log.warning(
+                    "Redis %s has %d connected replica(s), fewer than --wait-replicas %d: batches "
+                    "it serves fail and stay in the outbox until enough replicas connect",
+                    node,
+                    n,
+                    wanted,
+                )
 
     def stop(self) -> None:
         """Begin a graceful stop: no new batches; those in flight finish."""
