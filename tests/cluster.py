@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -195,6 +196,21 @@ class RedisCluster:
                     if node is not None and node.running and self._role(node) == "master":
                         return node
         raise ServerError(f"redis cluster: no running master serves slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A running node replicating `master`."""
+        node_id = self.node_id(master)
+        for node in self.nodes:
+            if node.running and node is not master and self._master_id(node) == node_id:
+                return node
+        raise ServerError(f"redis cluster: no running replica of node {master.port}")
+
+    def pause(self, node: RedisServer) -> None:
+        """SIGSTOP a node: it neither answers nor replicates until `resume`."""
+        node.signal(signal.SIGSTOP)
+
+    def resume(self, node: RedisServer) -> None:
+        node.signal(signal.SIGCONT)
 
     def kill(self, node: RedisServer) -> None:
         """SIGKILL one node."""
