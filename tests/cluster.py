@@ -262,3 +262,18 @@ class RedisCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def migrate_slot(cluster: RedisCluster, slot: int, target: RedisServer) -> None:
+    """Move `slot` with its keys to the master `target`, as `redis-cli --cluster reshard` does:
+    IMPORTING/MIGRATING, MIGRATE of every key (clients meanwhile get ASK), then SETSLOT NODE on
+    every master (clients then get MOVED)."""
+    source = cluster.owner(slot)
+    src_id, dst_id = cluster.node_id(source), cluster.node_id(target)
+    cluster._call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    cluster._call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := cluster._call(source, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+        assert isinstance(keys, list)
+        cluster._call(source, "MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *keys)
+    for node in cluster.master_nodes():
+        cluster._call(node, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
