@@ -17,7 +17,10 @@ from consumers import dead_letters
 from consumers.applier import Applier
 from consumers.catalog import Catalog, CatalogFactory, Member
 from consumers.health import Health
+from consumers.leases import LeaseLost, LeaseScope, LeaseStore, LeaseStoreFactory
 from consumers.metrics import ConsumerMetrics
+from consumers.ordered import OrderedTopic, OrderedWorker
+from consumers.ordering import OrderedGate
 from consumers.poison_queue import PoisonQueue
 from consumers.reader import Reader
 from consumers.retention import Housekeeper, retention_warning
@@ -51,6 +54,7 @@ class Consumer:
         metrics: ConsumerMetrics | None = None,
         *,
         catalog: CatalogFactory,
+        leases: LeaseStoreFactory | None = None,
     ) -> None:
         self.router = router
         self.settings = settings
@@ -61,6 +65,11 @@ class Consumer:
         self._lanes: asyncpg.Pool | None = None
         self._redis: Any = None
         self._make_catalog = catalog
+        self._make_leases = leases
+        """Without one, no topic is consumed in order (every topic takes the leaderless path)."""
+        self._leases: LeaseStore | None = None
+        self.ordered: dict[str, OrderedTopic] = {}
+        """Ordered topics (their layout says so): a worker per partition whose lease is held."""
         self._member: Member | None = None
         self._catalog: Catalog | None = None
         self._housekeeper: Housekeeper | None = None
@@ -97,10 +106,12 @@ class Consumer:
             server_settings=named,
             **pool_options(t),
         )
+        layouts = await self._ordered_layouts(self._pool)
+        streams = len(s.topics) - len(layouts) + sum(n for n, _ in layouts.values())
         self._lanes = await asyncpg.create_pool(
             s.database_url,
             min_size=0,
-            max_size=s.partitions * len(s.topics),
+            max_size=s.partitions * streams,
             server_settings=named,
             **pool_options(t, statements=False),
         )
@@ -110,7 +121,10 @@ class Consumer:
             self._pool, self._redis, s, self.metrics, catalog=self._catalog, outage=self._postgres
         )
         for topic in s.topics:
-            self.workers[topic] = self._topic_worker(topic, self._pool, self._catalog)
+            if topic in layouts:
+                self.ordered[topic] = self._ordered_topic(topic, *layouts[topic])
+            else:
+                self.workers[topic] = self._topic_worker(topic, self._pool, self._catalog)
         for worker in self.workers.values():
             await worker.streams.ensure_groups()
         self._member = Member(
@@ -126,10 +140,78 @@ class Consumer:
         )
         await self._catalog.register(self._member)
 
-    def _topic_worker(self, topic: str, pool: asyncpg.Pool, catalog: Catalog) -> TopicWorker:
+    async def _ordered_layouts(self, pool: asyncpg.Pool) -> dict[str, tuple[int, str]]:
+        """Topic -> (partitions, dead-letter policy) of the settings' ordered topics."""
+        if self._make_leases is None:
+            return {}
+        self._leases = store = self._make_leases(pool)
+        layouts = {}
+        for topic in self.settings.topics:
+            if (layout := await store.ordered_layout(self.settings.key_prefix, topic)) is not None:
+                layouts[topic] = layout
+        return layouts
+
+    def _ordered_topic(self, topic: str, partitions: int, policy: str) -> OrderedTopic:
+        """An ordered topic's leases, and how a worker is built for a partition taken."""
+        s, store = self.settings, self._leases
+        assert store is not None and self._pool is not None and self._catalog is not None
+        pool, catalog = self._pool, self._catalog
+        scope = LeaseScope(s.key_prefix, s.group, topic)
+
+        def build(partition: int, epoch: int, stop: asyncio.Event) -> TopicWorker:
+            async def fence(conn: asyncpg.Connection) -> None:
+                if not await store.fence(
+                    conn,
+                    scope,
+                    partition=partition,
+                    owner=s.consumer,
+                    epoch=epoch,
+                    bound=s.dependency_timeout,
+                ):
+                    raise LeaseLost(f"topic={topic} partition={partition} epoch={epoch}")
+
+            keys = wire.Keys(topic, s.key_prefix, partition)
+            if self._stopping.is_set():
+                stop.set()
+            return self._topic_worker(
+                topic,
+                pool,
+                catalog,
+                keys,
+                stopping=stop,
+                fence=fence,
+                gate=OrderedGate(keys.retry(s.group), policy),
+                store=store,
+                redis=self._redis,
+            )
+
+        return OrderedTopic(
+            topic,
+            partitions,
+            store=store,
+            scope=scope,
+            member=s.consumer,
+            ttl=s.lease_ttl,
+            build=build,
+        )
+
+    def all_workers(self) -> list[TopicWorker]:
+        """Every worker running now: one per unordered topic, one per ordered partition held."""
+        ordered = [w for topic in self.ordered.values() for w in topic.workers()]
+        return [*self.workers.values(), *ordered]
+
+    def _topic_worker(
+        self,
+        topic: str,
+        pool: asyncpg.Pool,
+        catalog: Catalog,
+        keys: wire.Keys | None = None,
+        **ordered: Any,
+    ) -> TopicWorker:
         """A topic's worker and the parts it is made of."""
         s = self.settings
-        keys = wire.Keys(topic, s.key_prefix)
+        keys = keys or wire.Keys(topic, s.key_prefix)
+        stopping = ordered.pop("stopping", self._stopping)
         health = Health(topic, s.group, self._postgres)
         streams = TopicStreams(self._redis, keys, s.group, s.consumer, timeout=s.dependency_timeout)
         applier = Applier(
@@ -138,12 +220,14 @@ class Consumer:
             ledger_schema=s.ledger_schema,
             exactly_once=s.exactly_once,
             partitions=s.partitions,
-            stopping=self._stopping,
+            stopping=stopping,
             on_trouble=health.unhealthy,
             backoff=s.outage_policy,
             outage=self._postgres,
             lanes=self._lanes,
             timeout=s.dependency_timeout,
+            fence=ordered.pop("fence", None),
+            ordered=bool(ordered),
         )
         schedule = RetrySchedule()
         poison = PoisonQueue(
@@ -155,8 +239,9 @@ class Consumer:
         )
         reader = Reader(streams, schedule, s, self.metrics, held=poison.held)
         retrier = Retrier(streams, schedule, s, self.metrics, on_deleted=reader.deleted)
-        return TopicWorker(
+        return (OrderedWorker if ordered else TopicWorker)(
             topic,
+            **ordered,
             streams=streams,
             applier=applier,
             reader=reader,
@@ -166,7 +251,7 @@ class Consumer:
             router=self.router,
             settings=s,
             metrics=self.metrics,
-            stopping=self._stopping,
+            stopping=stopping,
         )
 
     def stop(self) -> None:
@@ -179,7 +264,7 @@ class Consumer:
 
     def status(self) -> ConsumerStatus:
         """What the ops plane needs for health: a snapshot per topic worker."""
-        workers = tuple(w.health.status() for w in self.workers.values())
+        workers = tuple(w.health.status() for w in self.all_workers())
         return ConsumerStatus(
             self.settings.group,
             self._stopping.is_set(),
@@ -193,7 +278,10 @@ class Consumer:
             asyncio.create_task(self._housekeeping(), name="consumer-housekeeping"),
         ]
         try:
-            await asyncio.gather(*(w.run() for w in self.workers.values()))
+            await asyncio.gather(
+                *(w.run() for w in self.workers.values()),
+                *(o.run(self._stopping) for o in self.ordered.values()),
+            )
         finally:
             for task in side:
                 task.cancel()
@@ -226,7 +314,7 @@ class Consumer:
             await pause(self._stopping, min(s.heartbeat_interval, 1.0))
             now = time.monotonic()
             doubt = self._postgres.since is not None or any(
-                w.applying_for(now) > s.dependency_timeout for w in self.workers.values()
+                w.applying_for(now) > s.dependency_timeout for w in self.all_workers()
             )
             if now - last < (1.0 if doubt else s.heartbeat_interval):
                 continue
@@ -257,7 +345,7 @@ class Consumer:
         assert self._catalog is not None and self._housekeeper is not None
         first = True
         while not self._stopping.is_set():
-            for worker in self.workers.values():
+            for worker in self.all_workers():
                 try:
                     await self._catalog.reconcile(
                         worker.streams.keys, dead_letters.reader(worker.streams)
