@@ -1,0 +1,150 @@
+"""Ordered partitioned topics: one owner per partition per group by leases, rebalanced as
+members come and go; per-aggregate order across retries; dead letters park or pass their
+aggregate's later events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from admin.catalog import dead_letters
+from consumers import EventContext, Reject
+from tests.integration.ordered_support import (
+    applied,
+    create_applied,
+    leases,
+    make_ordered,
+    member,
+    ordered_router,
+    per_aggregate,
+    publish,
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("catalog_cleanup")
+GROUP = "orders-app"
+
+
+def _settings(case: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "group": GROUP,
+        "database_url": case.database_url,
+        "redis_url": case.redis_url,
+        "ledger_schema": case.schema,
+        "key_prefix": case.prefix,
+        **extra,
+    }
+
+
+def _events(aggregates: int, per: int, start: int = 1) -> list[tuple[str, int]]:
+    """Interleaved: seq 1 of every aggregate, then seq 2, ..."""
+    return [(f"a{a}", s) for s in range(start, start + per) for a in range(aggregates)]
+
+
+async def test_two_members_split_the_partitions_and_the_survivor_takes_all(case: Any) -> None:
+    await make_ordered(case.pg, case.prefix, 4)
+    await create_applied(case.pg, case.schema)
+    a, b = ordered_router(case.schema, "m-a"), ordered_router(case.schema, "m-b")
+    async with member(a, "m-a", **_settings(case)):
+        async with member(b, "m-b", **_settings(case)):
+
+            async def split() -> bool:
+                owners = await leases(case.pg, case.prefix, GROUP)
+                mine = sorted(owners.get(p) or "" for p in range(4))
+                return mine == ["m-a", "m-a", "m-b", "m-b"]
+
+            await wait_for(split, "two members holding two partitions each")
+            await publish(case.redis, case.prefix, 4, _events(12, 5))
+            await wait_for(
+                lambda: _count(case.pg, case.schema, 60), "every event applied while split"
+            )
+            members = {m for _, _, m in await applied(case.pg, case.schema)}
+            assert members == {"m-a", "m-b"}  # both applied their partitions' events
+
+        # m-b stopped cleanly and handed its leases back: m-a owns every partition.
+        async def all_a() -> bool:
+            owners = await leases(case.pg, case.prefix, GROUP)
+            return [owners.get(p) for p in range(4)] == ["m-a"] * 4
+
+        await wait_for(all_a, "the remaining member holding all four partitions")
+        await publish(case.redis, case.prefix, 4, _events(12, 3, start=6))
+        await wait_for(lambda: _count(case.pg, case.schema, 96), "later events applied")
+    rows = await applied(case.pg, case.schema)
+    assert per_aggregate(rows) == {f"a{a}": list(range(1, 9)) for a in range(12)}
+    assert {m for _, s, m in rows if s >= 6} == {"m-a"}
+
+
+async def test_a_retrying_event_holds_back_its_aggregate_only(case: Any) -> None:
+    await make_ordered(case.pg, case.prefix, 4)
+    await create_applied(case.pg, case.schema)
+
+    def fail(agg: str, seq: int, ctx: EventContext) -> None:
+        if agg == "a0" and seq == 1 and ctx.attempt <= 2:
+            raise RuntimeError(f"attempt {ctx.attempt} fails")
+
+    async with member(ordered_router(case.schema, "m-a", fail), "m-a", **_settings(case)):
+        await publish(case.redis, case.prefix, 4, _events(8, 4))
+        await wait_for(lambda: _count(case.pg, case.schema, 32), "every event applied")
+    rows = await applied(case.pg, case.schema)
+    assert per_aggregate(rows) == {f"a{a}": [1, 2, 3, 4] for a in range(8)}
+    first_a0 = next(i for i, (agg, _, _) in enumerate(rows) if agg == "a0")
+    # While a0's first event waited for its third attempt, the other aggregates went on.
+    assert len({agg for agg, _, _ in rows[:first_a0]}) == 7
+
+
+async def test_park_holds_an_aggregate_after_its_dead_letter_until_resolved(case: Any) -> None:
+    await make_ordered(case.pg, case.prefix, 4)
+    await create_applied(case.pg, case.schema)
+
+    def fail(agg: str, seq: int, ctx: EventContext) -> None:
+        if agg == "a0" and seq == 2:
+            raise Reject("refused for good")
+
+    async with member(ordered_router(case.schema, "m-a", fail), "m-a", **_settings(case)):
+        await publish(case.redis, case.prefix, 4, _events(6, 4))
+        await wait_for(lambda: _count(case.pg, case.schema, 21), "all but a0's later events")
+        await publish(case.redis, case.prefix, 4, [("a0", 5), ("a1", 5)])
+        await wait_for(lambda: _count(case.pg, case.schema, 22), "a1's next event")
+        assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1]
+        assert await _pending(case, "a0") == 3  # held, unacknowledged: seq 3, 4 and 5
+        await _resolve_all(case.pg, case.prefix)
+        await wait_for(lambda: _count(case.pg, case.schema, 25), "a0's held events")
+    assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1, 3, 4, 5]
+
+
+async def test_pass_lets_an_aggregate_go_on_after_its_dead_letter(case: Any) -> None:
+    await make_ordered(case.pg, case.prefix, 4, policy="pass")
+    await create_applied(case.pg, case.schema)
+
+    def fail(agg: str, seq: int, ctx: EventContext) -> None:
+        if agg == "a0" and seq == 2:
+            raise Reject("refused for good")
+
+    async with member(ordered_router(case.schema, "m-a", fail), "m-a", **_settings(case)):
+        await publish(case.redis, case.prefix, 4, _events(6, 4))
+        await wait_for(lambda: _count(case.pg, case.schema, 23), "all but the dead letter")
+    assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1, 3, 4]
+
+
+async def _count(pg: asyncpg.Connection, schema: str, n: int) -> bool:
+    got = await pg.fetchval(f"SELECT count(*) FROM {schema}.applied")
+    assert got <= n, f"{got} effects, more than the {n} expected"
+    return bool(got == n)
+
+
+async def _pending(case: Any, agg: str) -> int:
+    from conveyor import wire
+
+    key = wire.Keys("orders", case.prefix, wire.partition_of(agg, 4)).events
+    summary = await case.redis.xpending(key, GROUP)
+    return int(summary["pending"])
+
+
+async def _resolve_all(pg: asyncpg.Connection, prefix: str) -> None:
+    ids = await pg.fetch(
+        "SELECT id FROM conveyor.dead_letters WHERE key_prefix = $1 AND state = 'open'", prefix
+    )
+    assert ids, "no dead letter recorded"
+    await dead_letters.resolve(pg, [r[0] for r in ids], reason="fixed by hand", principal="me")
