@@ -36,9 +36,7 @@ async def make_ordered(
     )
 
 
-async def publish(
-    r: Any, prefix: str, partitions: int, events: list[tuple[str, int]]
-) -> list[str]:
+async def publish(r: Any, prefix: str, partitions: int, events: list[tuple[str, int]]) -> list[str]:
     """XADD (aggregate, seq) events to their partitions' streams in the relay's layout (the
     seq travels in the email); their event ids in order."""
     ids = []

@@ -4,14 +4,20 @@ aggregate's later events."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import asyncpg
 import pytest
 
 from admin.catalog import dead_letters
-from consumers import EventContext, Reject
+from admin.catalog.leases import ConsumerLeases
+from consumers import EventContext, Reject, Router
+from consumers.leases import LeaseScope
+from conveyor.identity.v1 import events_pb2
 from tests.integration.ordered_support import (
+    TOPIC,
     applied,
     create_applied,
     leases,
@@ -148,3 +154,55 @@ async def _resolve_all(pg: asyncpg.Connection, prefix: str) -> None:
     )
     assert ids, "no dead letter recorded"
     await dead_letters.resolve(pg, [r[0] for r in ids], reason="fixed by hand", principal="me")
+
+
+async def test_an_owner_that_lost_its_lease_cannot_commit(case: Any) -> None:
+    """m-a's transaction is held open in the handler (its effect written) while its lease runs
+    out and m-b takes the partition: m-a's COMMIT is refused, nothing of it is in the ledger or
+    the effects, and m-b applies the event once."""
+    await make_ordered(case.pg, case.prefix, 1)
+    await create_applied(case.pg, case.schema)
+    entered, go = asyncio.Event(), asyncio.Event()
+    router = Router()
+
+    @router.handler(events_pb2.UserRegistered, topic=TOPIC)
+    async def hold(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+        await ctx.db.execute(
+            f"INSERT INTO {case.schema}.applied (event_id, aggregate_id, seq, member) "
+            "VALUES ($1, $2, 1, 'm-a')",
+            uuid.UUID(ctx.event_id),
+            event.user_id,
+        )
+        entered.set()
+        await go.wait()
+
+    [event_id] = await publish(case.redis, case.prefix, 1, [("a0", 1)])
+    async with member(router, "m-a", **_settings(case, lease_ttl=30.0)) as a:
+        await asyncio.wait_for(entered.wait(), 60)
+        # m-a is paused past its lease (as under SIGSTOP): the lease runs out, m-b takes it.
+        await case.pg.execute(
+            "UPDATE conveyor.partition_leases SET expires_at = now() - interval '1 second' "
+            "WHERE key_prefix = $1",
+            case.prefix,
+        )
+        store = ConsumerLeases(case.pg)  # type: ignore[arg-type]  # a connection will do
+        taken = await store.acquire(LeaseScope(case.prefix, GROUP, TOPIC), 0, "m-b", 30.0)
+        assert taken == 2
+        go.set()
+
+        async def fenced() -> bool:
+            return not a.all_workers()  # m-a's partition worker ended on the refused commit
+
+        await wait_for(fenced, "m-a giving the partition up")
+        assert await applied(case.pg, case.schema) == []
+        ledger = await case.pg.fetchval(f"SELECT count(*) FROM {case.schema}.event_ledger")
+        assert ledger == 0
+        assert await leases(case.pg, case.prefix, GROUP) == {0: "m-b"}
+    await case.pg.execute(
+        "UPDATE conveyor.partition_leases SET owner = NULL WHERE key_prefix = $1", case.prefix
+    )
+    async with member(ordered_router(case.schema, "m-b"), "m-b", **_settings(case)):
+        await wait_for(lambda: _count(case.pg, case.schema, 1), "m-b applying the event")
+    assert await applied(case.pg, case.schema) == [("a0", 1, "m-b")]
+    ledger_ids = await case.pg.fetch(f"SELECT event_id::text FROM {case.schema}.event_ledger")
+    assert [r[0] for r in ledger_ids] == [event_id]
