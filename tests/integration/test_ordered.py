@@ -15,6 +15,7 @@ from admin.catalog import dead_letters
 from admin.catalog.leases import ConsumerLeases
 from consumers import EventContext, Reject, Router
 from consumers.leases import LeaseScope
+from conveyor import wire
 from conveyor.identity.v1 import events_pb2
 from tests.integration.ordered_support import (
     TOPIC,
@@ -141,8 +142,6 @@ async def _count(pg: asyncpg.Connection, schema: str, n: int) -> bool:
 
 
 async def _pending(case: Any, agg: str) -> int:
-    from conveyor import wire
-
     key = wire.Keys("orders", case.prefix, wire.partition_of(agg, 4)).events
     summary = await case.redis.xpending(key, GROUP)
     return int(summary["pending"])
