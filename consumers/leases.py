@@ -93,9 +93,6 @@ class LeaseStore(Protocol):
         """In `conn`'s transaction: whether `owner` still holds the partition at `epoch`,
         locking the lease row FOR SHARE until the transaction ends (a takeover waits for it)."""
 
-    async def ordered_layout(self, key_prefix: str, topic: str) -> tuple[int, str] | None:
-        """(partitions, dead-letter policy) of `topic` when its layout is ordered, else None."""
-
     async def open_dead_letters(self, dlq_stream: str, group: str) -> list[str]:
         """Entry ids of the group's dead letters in `dlq_stream` that are open or being
         reprocessed."""

@@ -1,4 +1,5 @@
-"""A consumer process: one worker per topic, the registry heartbeat and housekeeping."""
+"""A consumer process: one worker per stream (a topic's, or each partition's of a partitioned
+topic), the registry heartbeat and housekeeping."""
 
 from __future__ import annotations
 
@@ -30,12 +31,19 @@ from consumers.settings import ConsumerSettings
 from consumers.status import ConsumerStatus
 from consumers.streams import TopicStreams
 from consumers.worker import TopicWorker
-from conveyor import database, redis_client, wire
+from conveyor import database, layouts, redis_client, wire
 from conveyor.deadlines import pool_options, unanswered
+from conveyor.layouts import Layout
 from conveyor.outages import Outage, quiet_pool_reconnects, unreachable
 from conveyor.retry import pause
 
 log = logging.getLogger(__name__)
+
+
+def worker_name(keys: wire.Keys) -> str:
+    """A stream's worker's name (in `Consumer.workers`, health and status): the topic, or
+    `topic:N` for partition N (as in its keys' hash tag)."""
+    return keys.topic if keys.partition is None else f"{keys.topic}:{keys.partition}"
 
 
 class Consumer:
@@ -60,6 +68,9 @@ class Consumer:
         self.settings = settings
         self.metrics = metrics or ConsumerMetrics()
         self.workers: dict[str, TopicWorker] = {}
+        """A worker per stream, by `worker_name`: `orders`, or `orders:3` for a partition."""
+        self.layouts: dict[str, Layout] = {}
+        """The deployment's layouts as read at start: a topic's streams are those they say."""
         self._stopping = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._lanes: asyncpg.Pool | None = None
@@ -99,32 +110,30 @@ class Consumer:
         # the lanes' connections, where handlers' statements run unbounded, apart.
         named = database.server_settings(s.database_url, "consume", f"{s.group}/{s.consumer}")
         t = s.dependency_timeout
-        self._pool = await asyncpg.create_pool(
-            s.database_url,
-            min_size=1,
-            max_size=len(s.topics) + 5,
-            server_settings=named,
-            **pool_options(t),
-        )
-        layouts = await self._ordered_layouts(self._pool)
-        streams = len(s.topics) - len(layouts) + sum(n for n, _ in layouts.values())
+        streams = await self._open_pool(named, len(s.topics))
+        if len(streams) > len(s.topics):  # partitioned topics: a connection per stream
+            assert self._pool is not None
+            await self._pool.close()
+            streams = await self._open_pool(named, len(streams))
+        assert self._pool is not None and self._catalog is not None
         self._lanes = await asyncpg.create_pool(
             s.database_url,
             min_size=0,
-            max_size=s.partitions * streams,
+            max_size=s.partitions * len(streams),
             server_settings=named,
             **pool_options(t, statements=False),
         )
         self._redis = redis_client.connect(s.redis_url, timeout=t)
-        self._catalog = self._make_catalog(self._pool)
+        ordered = self._ordered_topics()
         self._housekeeper = Housekeeper(
             self._pool, self._redis, s, self.metrics, catalog=self._catalog, outage=self._postgres
         )
-        for topic in s.topics:
-            if topic in layouts:
-                self.ordered[topic] = self._ordered_topic(topic, *layouts[topic])
-            else:
-                self.workers[topic] = self._topic_worker(topic, self._pool, self._catalog)
+        for keys in streams:
+            if keys.topic in ordered:
+                continue
+            self.workers[worker_name(keys)] = self._topic_worker(keys, self._pool, self._catalog)
+        for topic, layout in ordered.items():
+            self.ordered[topic] = self._ordered_topic(topic, layout)
         for worker in self.workers.values():
             await worker.streams.ensure_groups()
         self._member = Member(
@@ -140,18 +149,31 @@ class Consumer:
         )
         await self._catalog.register(self._member)
 
-    async def _ordered_layouts(self, pool: asyncpg.Pool) -> dict[str, tuple[int, str]]:
-        """Topic -> (partitions, dead-letter policy) of the settings' ordered topics."""
-        if self._make_leases is None:
-            return {}
-        self._leases = store = self._make_leases(pool)
-        layouts = {}
-        for topic in self.settings.topics:
-            if (layout := await store.ordered_layout(self.settings.key_prefix, topic)) is not None:
-                layouts[topic] = layout
-        return layouts
+    async def _open_pool(self, named: dict[str, str], streams: int) -> list[wire.Keys]:
+        """Open the pool (a connection per stream consumed, and five more) and the catalog on
+        it; return the keys of every stream of the settings' topics, by their layouts."""
+        s = self.settings
+        self._pool = await asyncpg.create_pool(
+            s.database_url,
+            min_size=1,
+            max_size=streams + 5,
+            server_settings=named,
+            **pool_options(s.dependency_timeout),
+        )
+        self._catalog = self._make_catalog(self._pool)
+        self.layouts = await self._catalog.layouts(s.key_prefix)
+        return [k for topic in s.topics for k in layouts.streams(topic, s.key_prefix, self.layouts)]
 
-    def _ordered_topic(self, topic: str, partitions: int, policy: str) -> OrderedTopic:
+    def _ordered_topics(self) -> dict[str, Layout]:
+        """The settings' topics whose layout is ordered (none without a lease store: then
+        every topic takes the leaderless path)."""
+        if self._make_leases is None or self._pool is None:
+            return {}
+        self._leases = self._make_leases(self._pool)
+        s = self.settings
+        return {t: v for t, v in self.layouts.items() if v.ordered and t in s.topics}
+
+    def _ordered_topic(self, topic: str, layout: Layout) -> OrderedTopic:
         """An ordered topic's leases, and how a worker is built for a partition taken."""
         s, store = self.settings, self._leases
         assert store is not None and self._pool is not None and self._catalog is not None
@@ -174,20 +196,19 @@ class Consumer:
             if self._stopping.is_set():
                 stop.set()
             return self._topic_worker(
-                topic,
+                keys,
                 pool,
                 catalog,
-                keys,
                 stopping=stop,
                 fence=fence,
-                gate=OrderedGate(keys.retry(s.group), policy),
+                gate=OrderedGate(keys.retry(s.group), layout.on_dead_letter),
                 store=store,
                 redis=self._redis,
             )
 
         return OrderedTopic(
             topic,
-            partitions,
+            layout.partitions,
             store=store,
             scope=scope,
             member=s.consumer,
@@ -195,24 +216,25 @@ class Consumer:
             build=build,
         )
 
+    def _all_streams(self) -> list[wire.Keys]:
+        """Keys of every stream consumed: housekeeping trims ordered partitions held or not."""
+        s = self.settings
+        return [k for t in s.topics for k in layouts.streams(t, s.key_prefix, self.layouts)]
+
     def all_workers(self) -> list[TopicWorker]:
         """Every worker running now: one per unordered topic, one per ordered partition held."""
         ordered = [w for topic in self.ordered.values() for w in topic.workers()]
         return [*self.workers.values(), *ordered]
 
     def _topic_worker(
-        self,
-        topic: str,
-        pool: asyncpg.Pool,
-        catalog: Catalog,
-        keys: wire.Keys | None = None,
-        **ordered: Any,
+        self, keys: wire.Keys, pool: asyncpg.Pool, catalog: Catalog, **ordered: Any
     ) -> TopicWorker:
-        """A topic's worker and the parts it is made of."""
+        """The worker of one stream (a topic's, or one partition's) and its parts; `ordered`:
+        the parts of an ordered partition's worker (`_ordered_topic`)."""
         s = self.settings
-        keys = keys or wire.Keys(topic, s.key_prefix)
+        topic = keys.topic
         stopping = ordered.pop("stopping", self._stopping)
-        health = Health(topic, s.group, self._postgres)
+        health = Health(worker_name(keys), s.group, self._postgres)
         streams = TopicStreams(self._redis, keys, s.group, s.consumer, timeout=s.dependency_timeout)
         applier = Applier(
             pool,
@@ -352,11 +374,11 @@ class Consumer:
                     )
                 except Exception as exc:  # noqa: BLE001 - retried next round
                     self._database_failed(
-                        f"dead-letter reconcile failed: topic={worker.topic}", exc
+                        f"dead-letter reconcile failed: stream={worker.streams.keys.dlq}", exc
                     )
             if not first:
                 try:
-                    await self._housekeeper.run_once(self.settings.topics)
+                    await self._housekeeper.run_once(self._all_streams())
                 except Exception:  # a bug here must not end housekeeping for good
                     log.exception("housekeeping round failed; trying again next interval")
             first = False

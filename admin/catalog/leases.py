@@ -13,7 +13,6 @@ from consumers.leases import Lease, LeaseScope
 from conveyor import database
 
 _LEASES: Final = f"{database.CATALOG_SCHEMA}.partition_leases"
-_LAYOUTS: Final = f"{database.CATALOG_SCHEMA}.topic_layouts"
 _CONSUMERS: Final = f"{database.CATALOG_SCHEMA}.{database.CONSUMERS_TABLE}"
 _DEAD_LETTERS: Final = f"{database.CATALOG_SCHEMA}.{database.DEAD_LETTERS_TABLE}"
 _SCOPE: Final = "key_prefix = $1 AND consumer_group = $2 AND topic = $3"
@@ -131,15 +130,6 @@ class ConsumerLeases:
             timeout=bound,
         )
         return held is not None
-
-    async def ordered_layout(self, key_prefix: str, topic: str) -> tuple[int, str] | None:
-        row = await self._pool.fetchrow(
-            f"SELECT partitions, on_dead_letter FROM {_LAYOUTS} "
-            "WHERE key_prefix = $1 AND topic = $2 AND ordered",
-            key_prefix,
-            topic,
-        )
-        return None if row is None else (int(row[0]), str(row[1]))
 
     async def open_dead_letters(self, dlq_stream: str, group: str) -> list[str]:
         rows = await self._pool.fetch(
