@@ -77,6 +77,9 @@ def status_response(snapshot: Snapshot) -> admin_pb2.GetStatusResponse:
                 pending=g.pending,
                 consumers=g.consumers,
                 mode=g.mode,
+                lease_owner=g.lease_owner,
+                lease_epoch=g.lease_epoch,
+                parked_aggregates=g.parked_aggregates,
             )
             for g in snapshot.groups
         ],

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 from admin.catalog import Catalog
 from admin.catalog.layouts import named_keys
 from admin.catalog.registry import RegisteredGroup
+from admin.ops.ordering_status import with_leases
 from admin.ops.redis_memory import PolicyLog, out_of_memory
 from conveyor.entry_ids import EntryId
 from conveyor.outages import unreachable
@@ -74,6 +75,11 @@ class GroupStatus:
     pending: int
     consumers: int
     mode: str
+    lease_owner: str = ""
+    """Ordered partitions: the member holding the lease ('' when none does)."""
+    lease_epoch: int = 0
+    parked_aggregates: tuple[str, ...] = ()
+    """Ordered partitions: aggregates held behind an open dead letter of the group (park)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +249,7 @@ class StatusChecker:
             status = await self._group(g.topic, g.group, g.mode, g.members)
             if status is not None:
                 out.append(status)
-        return out
+        return await with_leases(self._catalog.pool, self._redis, self._prefix, out)
 
     async def _group(self, topic: str, group: str, mode: str, members: int) -> GroupStatus | None:
         key = named_keys(topic, self._prefix).events  # `topic:N`: a partition

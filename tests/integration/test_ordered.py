@@ -10,9 +10,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from rich.console import Console
 
-from admin.catalog import dead_letters
+from admin.catalog import Catalog, dead_letters
 from admin.catalog.leases import ConsumerLeases
+from admin.cli.status_groups import groups_table
+from admin.ops.convert import status_response
+from admin.ops.status import StatusChecker
 from consumers import EventContext, Reject, Router
 from consumers.leases import LeaseScope
 from conveyor import wire
@@ -116,6 +120,13 @@ async def test_park_holds_an_aggregate_after_its_dead_letter_until_resolved(case
         await wait_for(lambda: _count(case.pg, case.schema, 22), "a1's next event")
         assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1]
         assert await _pending(case, "a0") == 3  # held, unacknowledged: seq 3, 4 and 5
+        shown = {g.topic: g for g in (await _status(case)).groups}
+        part = f"{TOPIC}:{wire.partition_of('a0', 4)}"
+        assert (shown[part].lease_owner, shown[part].lease_epoch) == ("m-a", 1)
+        assert list(shown[part].parked_aggregates) == ["a0"]
+        assert [list(shown[f"{TOPIC}:{p}"].parked_aggregates) for p in range(4)].count([]) == 3
+        table = _render(groups_table(shown.values()))
+        assert "m-a (epoch 1)" in table and " a0 " in table
         await _resolve_all(case.pg, case.prefix)
         await wait_for(lambda: _count(case.pg, case.schema, 25), "a0's held events")
     assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1, 3, 4, 5]
@@ -145,6 +156,33 @@ async def _pending(case: Any, agg: str) -> int:
     key = wire.Keys("orders", case.prefix, wire.partition_of(agg, 4)).events
     summary = await case.redis.xpending(key, GROUP)
     return int(summary["pending"])
+
+
+class _Probe:
+    def components(self, redis: Any, groups: Any, now: float) -> list[Any]:
+        return []
+
+    def outboxes(self) -> list[Any]:
+        return []
+
+
+async def _status(case: Any) -> Any:
+    """What GetStatus answers (`conveyor status`): the groups of every partition stream."""
+    pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
+    try:
+        checker = StatusChecker(
+            redis=case.redis, catalog=Catalog(pool, case.prefix), probe=_Probe()
+        )
+        await checker.refresh()
+        return status_response(checker.snapshot)
+    finally:
+        await pool.close()
+
+
+def _render(table: Any) -> str:
+    console = Console(width=200, record=True)
+    console.print(table)
+    return console.export_text()
 
 
 async def _resolve_all(pg: asyncpg.Connection, prefix: str) -> None:

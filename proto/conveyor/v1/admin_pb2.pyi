@@ -184,7 +184,7 @@ class OutboxStatus(_message.Message):
     def __init__(self, schema: _Optional[str] = ..., backlog: _Optional[int] = ..., oldest_age_seconds: _Optional[float] = ...) -> None: ...
 
 class GroupStatus(_message.Message):
-    __slots__ = ("topic", "group", "lag_entries", "lag_seconds", "pending", "consumers", "mode")
+    __slots__ = ("topic", "group", "lag_entries", "lag_seconds", "pending", "consumers", "mode", "lease_owner", "lease_epoch", "parked_aggregates")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,9 @@ class GroupStatus(_message.Message):
     PENDING_FIELD_NUMBER: _ClassVar[int]
     CONSUMERS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PARKED_AGGREGATES_FIELD_NUMBER: _ClassVar[int]
     topic: str
     group: str
     lag_entries: int
@@ -199,7 +202,10 @@ class GroupStatus(_message.Message):
     pending: int
     consumers: int
     mode: str
-    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+    lease_owner: str
+    lease_epoch: int
+    parked_aggregates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., parked_aggregates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
     __slots__ = ("id", "topic", "entry_id", "source_stream", "source_entry_id", "group", "consumer", "event_id", "event_type", "reason", "error_class", "error_message", "attempts", "first_failed_time", "last_failed_time", "create_time", "state", "resolution", "resolved_by", "retry_of_entry_id", "retried_as_entry_id")
