@@ -13,7 +13,9 @@ import pytest
 from rich.console import Console
 
 from admin.catalog import Catalog, dead_letters
+from admin.catalog.audit import AuditLog
 from admin.catalog.leases import ConsumerLeases
+from admin.catalog.reprocess import reprocess
 from admin.cli.status_groups import groups_table
 from admin.ops.convert import status_response
 from admin.ops.status import StatusChecker
@@ -130,6 +132,46 @@ async def test_park_holds_an_aggregate_after_its_dead_letter_until_resolved(case
         await _resolve_all(case.pg, case.prefix)
         await wait_for(lambda: _count(case.pg, case.schema, 25), "a0's held events")
     assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1, 3, 4, 5]
+
+
+async def test_park_holds_an_aggregate_until_its_dead_letter_is_reprocessed(case: Any) -> None:
+    await make_ordered(case.pg, case.prefix, 4)
+    await create_applied(case.pg, case.schema)
+    broken = {"a0": True}
+
+    def fail(agg: str, seq: int, ctx: EventContext) -> None:
+        if agg == "a0" and seq == 2 and broken["a0"]:
+            raise Reject("refused until fixed")
+
+    async with member(ordered_router(case.schema, "m-a", fail), "m-a", **_settings(case)):
+        await publish(case.redis, case.prefix, 4, _events(4, 4))
+        await wait_for(lambda: _count(case.pg, case.schema, 13), "all but a0's later events")
+        broken["a0"] = False  # the handler is fixed; the dead letter is reprocessed
+        pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=4)
+        try:
+            ids = [
+                r[0]
+                for r in await case.pg.fetch(
+                    "SELECT dlq_entry_id FROM conveyor.dead_letters WHERE key_prefix = $1",
+                    case.prefix,
+                )
+            ]
+            records = await dead_letters.get_dead_letters(pool, case.prefix, TOPIC, ids)
+            progress = await reprocess(
+                pool,
+                case.redis,
+                topic=TOPIC,
+                records=records,
+                key_prefix=case.prefix,
+                principal="me",
+                audit=AuditLog(pool, case.prefix),
+                ledger_schemas={GROUP: case.schema},
+            )
+            assert progress.requeued == 1
+        finally:
+            await pool.close()
+        await wait_for(lambda: _count(case.pg, case.schema, 16), "a0's events after reprocess")
+    assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1, 2, 3, 4]
 
 
 async def test_pass_lets_an_aggregate_go_on_after_its_dead_letter(case: Any) -> None:
