@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+import asyncpg
 import pytest
 
-from admin.catalog import ConsumerCatalog
+from admin.catalog import Catalog, ConsumerCatalog
 from admin.catalog import layouts as catalog_layouts
 from admin.catalog.layouts import CatalogLayouts
+from admin.ops.probes import ConsumerProbe
+from admin.ops.status import StatusChecker
 from consumers import Consumer, ConsumerSettings, EventContext
 from conveyor import wire
 from relay import Relay, RelaySettings
@@ -191,3 +194,34 @@ async def test_a_plain_topic_keeps_its_stream_when_another_topic_is_partitioned(
         )
     finally:
         await consumer.close()
+
+
+async def test_status_shows_each_partition_of_a_group_under_its_topic(case: Case) -> None:
+    layout = await partition(case.pg, case.prefix)
+    await create_effects(case.pg, case.schema)
+    router = effect_router(case.schema, topic=TOPIC)
+    pool = await asyncpg.create_pool(case.database_url, min_size=1, max_size=2)
+    try:
+        async with running_consumer(router, **consumer_settings(case, group="g")) as consumer:
+            checker = StatusChecker(
+                redis=case.redis,
+                catalog=Catalog(pool, case.prefix),
+                probe=ConsumerProbe(consumer, stall_timeout=3600),
+            )
+            sent = await publish(case.redis, case.prefix, 20, aggregates=20, layout=layout)
+
+            async def applied() -> bool:
+                return len(await effect_counts(case.pg, case.schema, "g")) == len(sent)
+
+            await wait_until(applied, what="every event applied")
+            snapshot = await checker.refresh()
+    finally:
+        await pool.close()
+    names = [f"{TOPIC}:{p}" for p in range(PARTITIONS)]
+    assert [(g.topic, g.group, g.lag_entries) for g in snapshot.groups] == [
+        (name, "g", 0) for name in names
+    ]
+    assert sorted(c.name for c in snapshot.components) == [
+        f"conveyor.consumer.{name}.g" for name in names
+    ]
+    assert {c.state for c in snapshot.components} == {"SERVING"}
