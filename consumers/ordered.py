@@ -67,6 +67,7 @@ class OrderedWorker(TopicWorker):
         s, streams = self._s, self.streams
         while not self._stopping.is_set():
             if not self._taken:
+                await streams.ensure_groups()  # at 0, before anything is claimed or read
                 self.gate.forget()
                 self._retrier.forget()
                 await self._refresh_parked(force=True)
