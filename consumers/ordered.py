@@ -12,11 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+
+import asyncpg
 
 from consumers.deliveries import Delivery, Entry
 from consumers.leases import LeaseLost, LeaseManager, LeaseScope, LeaseStore
 from consumers.ordering import OrderedGate
+from consumers.settings import ConsumerSettings
 from consumers.signals import Reject
 from consumers.worker import TopicWorker
 from conveyor import wire
@@ -42,10 +47,14 @@ class OrderedWorker(TopicWorker):
         gate: OrderedGate,
         store: LeaseStore,
         redis: Any,
+        check_lease: Callable[[], Awaitable[None]],
         **parts: Any,
     ) -> None:
         super().__init__(topic, **parts)
         self.gate = gate
+        self._check_lease = check_lease
+        """LeaseLost unless this member still holds the lease: checked before a dead letter,
+        which no transaction fences."""
         self._store = store
         self._redis = redis
         self._taken = False
@@ -187,6 +196,8 @@ class OrderedWorker(TopicWorker):
                     continue
                 failing.add(agg)
                 dead = isinstance(error, Reject) or d.entry.attempt >= self._s.max_attempts
+                if dead:
+                    await self._check_lease()
                 await self._failed(d, error)
                 if dead:
                     gate.dead_lettered(agg)
@@ -196,6 +207,56 @@ class OrderedWorker(TopicWorker):
             await self.streams.ack(settled)
             await self._poison.mark_reprocessed(settled)
         self.health.progressed()
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One lease as its holder took it."""
+
+    store: LeaseStore
+    scope: LeaseScope
+    owner: str
+    partition: int
+    epoch: int
+
+
+def ordered_parts(
+    held: Held,
+    keys: wire.Keys,
+    *,
+    pool: asyncpg.Pool,
+    redis: Any,
+    policy: str,
+    settings: ConsumerSettings,
+) -> dict[str, Any]:
+    """What an ordered partition's worker takes beyond a topic worker's parts: the fence its
+    applier runs before every COMMIT, the lease check before a dead letter, its gate."""
+    bound = settings.dependency_timeout
+
+    async def fence(conn: asyncpg.Connection) -> None:
+        if not await held.store.fence(
+            conn,
+            held.scope,
+            partition=held.partition,
+            owner=held.owner,
+            epoch=held.epoch,
+            bound=bound,
+        ):
+            raise LeaseLost(
+                f"topic={held.scope.topic} partition={held.partition} epoch={held.epoch}"
+            )
+
+    async def check_lease() -> None:
+        async with pool.acquire(timeout=bound) as conn:
+            await fence(conn)
+
+    return {
+        "fence": fence,
+        "check_lease": check_lease,
+        "gate": OrderedGate(keys.retry(settings.group), policy),
+        "store": held.store,
+        "redis": redis,
+    }
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

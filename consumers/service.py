@@ -18,10 +18,9 @@ from consumers import dead_letters
 from consumers.applier import Applier
 from consumers.catalog import Catalog, CatalogFactory, Member
 from consumers.health import Health
-from consumers.leases import LeaseLost, LeaseScope, LeaseStore, LeaseStoreFactory
+from consumers.leases import LeaseScope, LeaseStore, LeaseStoreFactory
 from consumers.metrics import ConsumerMetrics
-from consumers.ordered import OrderedTopic, OrderedWorker
-from consumers.ordering import OrderedGate
+from consumers.ordered import Held, OrderedTopic, OrderedWorker, ordered_parts
 from consumers.poison_queue import PoisonQueue
 from consumers.reader import Reader
 from consumers.retention import Housekeeper, retention_warning
@@ -181,30 +180,14 @@ class Consumer:
         scope = LeaseScope(s.key_prefix, s.group, topic)
 
         def build(partition: int, epoch: int, stop: asyncio.Event) -> TopicWorker:
-            async def fence(conn: asyncpg.Connection) -> None:
-                if not await store.fence(
-                    conn,
-                    scope,
-                    partition=partition,
-                    owner=s.consumer,
-                    epoch=epoch,
-                    bound=s.dependency_timeout,
-                ):
-                    raise LeaseLost(f"topic={topic} partition={partition} epoch={epoch}")
-
             keys = wire.Keys(topic, s.key_prefix, partition)
             if self._stopping.is_set():
                 stop.set()
-            return self._topic_worker(
-                keys,
-                pool,
-                catalog,
-                stopping=stop,
-                fence=fence,
-                gate=OrderedGate(keys.retry(s.group), layout.on_dead_letter),
-                store=store,
-                redis=self._redis,
+            held = Held(store, scope, s.consumer, partition, epoch)
+            parts = ordered_parts(
+                held, keys, pool=pool, redis=self._redis, policy=layout.on_dead_letter, settings=s
             )
+            return self._topic_worker(keys, pool, catalog, stopping=stop, **parts)
 
         return OrderedTopic(
             topic,
