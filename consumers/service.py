@@ -166,11 +166,18 @@ class Consumer:
     def _ordered_topics(self) -> dict[str, Layout]:
         """The settings' topics whose layout is ordered (none without a lease store: then
         every topic takes the leaderless path)."""
+        s = self.settings
+        ordered = {t: v for t, v in self.layouts.items() if v.ordered and t in s.topics}
         if self._make_leases is None or self._pool is None:
+            for topic in ordered:
+                log.warning(
+                    "topic %s is ordered but this consumer has no lease store: it applies the "
+                    "topic's partitions unordered (build it with leases=ConsumerLeases)",
+                    topic,
+                )
             return {}
         self._leases = self._make_leases(self._pool)
-        s = self.settings
-        return {t: v for t, v in self.layouts.items() if v.ordered and t in s.topics}
+        return ordered
 
     def _ordered_topic(self, topic: str, layout: Layout) -> OrderedTopic:
         """An ordered topic's leases, and how a worker is built for a partition taken."""
