@@ -23,6 +23,7 @@ from consumers.leases import LeaseLost, LeaseManager, LeaseScope, LeaseStore
 from consumers.ordering import OrderedGate
 from consumers.settings import ConsumerSettings
 from consumers.signals import Reject
+from consumers.transactions import DatabaseDown
 from consumers.worker import TopicWorker
 from conveyor import wire
 from conveyor.replies import text
@@ -167,7 +168,13 @@ class OrderedWorker(TopicWorker):
             return
         self._next_parked = now + _PARKED_PERIOD
         dlq = self.streams.keys.dlq
-        ids = await self._store.open_dead_letters(dlq, self._s.group)
+        try:
+            ids = await self._store.open_dead_letters(dlq, self._s.group)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if force:  # taking over without knowing what is parked could apply a parked event
+                raise DatabaseDown(f"reading the parked aggregates: {exc!r}") from exc
+            log.debug("parked aggregates not refreshed, kept: %r", exc)
+            return
         aggregates: set[str] = set()
         if ids:
             pipe = self._redis.pipeline(transaction=False)
