@@ -106,6 +106,9 @@ def status_response(snapshot: Snapshot) -> admin_pb2.GetStatusResponse:
                     )
                     for m in g.members
                 ],
+                lease_owner=g.lease_owner,
+                lease_epoch=g.lease_epoch,
+                parked_aggregates=g.parked_aggregates,
             )
             for g in snapshot.groups
         ],

@@ -20,6 +20,7 @@ from admin.catalog.registry import RegisteredGroup
 from admin.ops import cluster_status, members
 from admin.ops.cluster_status import NodeStatus
 from admin.ops.members import MemberStatus
+from admin.ops.ordering_status import with_leases
 from admin.ops.redis_memory import PolicyLog, out_of_memory
 from conveyor import redis_client
 from conveyor.entry_ids import EntryId
@@ -85,6 +86,11 @@ class GroupStatus:
     mode: str
     members: tuple[MemberStatus, ...] = ()
     """Its members on the topic's stream (admin.ops.members)."""
+    lease_owner: str = ""
+    """Ordered partitions: the member holding the lease ('' when none does)."""
+    lease_epoch: int = 0
+    parked_aggregates: tuple[str, ...] = ()
+    """Ordered partitions: aggregates held behind an open dead letter of the group (park)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +271,7 @@ class StatusChecker:
                 key = named_keys(g.topic, self._prefix).events
                 found = await members.members(self._redis, key, g.group, hosts)
                 out.append(dataclasses.replace(status, members=found))
-        return out
+        return await with_leases(self._catalog.pool, self._redis, self._prefix, out)
 
     async def _group(self, topic: str, group: str, mode: str, members: int) -> GroupStatus | None:
         key = named_keys(topic, self._prefix).events  # `topic:N`: a partition

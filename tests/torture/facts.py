@@ -126,7 +126,9 @@ async def load_facts(deployment: Deployment, *, scan_streams: bool = True) -> Fa
         ]
     finally:
         await conn.close()
-    entries = await scan_stream(d.redis_url, d.keys.events) if scan_streams else None
+    entries = None
+    if scan_streams:
+        entries = [e for k in d.streams for e in await scan_stream(d.redis_url, k.events)]
     return Facts(outbox, effects, dead_letters, entries)
 
 

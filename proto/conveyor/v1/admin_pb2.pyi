@@ -216,7 +216,7 @@ class OutboxStatus(_message.Message):
     def __init__(self, schema: _Optional[str] = ..., backlog: _Optional[int] = ..., oldest_age_seconds: _Optional[float] = ...) -> None: ...
 
 class GroupStatus(_message.Message):
-    __slots__ = ("topic", "group", "lag_entries", "lag_seconds", "pending", "consumers", "mode", "members")
+    __slots__ = ("topic", "group", "lag_entries", "lag_seconds", "pending", "consumers", "mode", "members", "lease_owner", "lease_epoch", "parked_aggregates")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,9 @@ class GroupStatus(_message.Message):
     CONSUMERS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PARKED_AGGREGATES_FIELD_NUMBER: _ClassVar[int]
     topic: str
     group: str
     lag_entries: int
@@ -233,7 +236,10 @@ class GroupStatus(_message.Message):
     consumers: int
     mode: str
     members: _containers.RepeatedCompositeFieldContainer[GroupMember]
-    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ...) -> None: ...
+    lease_owner: str
+    lease_epoch: int
+    parked_aggregates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., lease_owner: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., parked_aggregates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GroupMember(_message.Message):
     __slots__ = ("name", "host", "pending", "idle_seconds", "inactive_seconds", "redelivered")
