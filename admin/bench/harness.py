@@ -155,7 +155,7 @@ class Bench:
         self, scratch: Scratch, router: str, *args: str, env: dict[str, str] | None = None
     ) -> Proc:
         """`conveyor consume` of group `bench` on the scratch's topic with the router named
-        `router` in admin.bench.handlers (`per_event`, `batch`, `noop`, `latency`)."""
+        `router` in admin.bench.handlers (`per_event`, `batch`, `noop`, `latency`, `io_wait`)."""
         return self.conveyor(
             scratch,
             "consume",

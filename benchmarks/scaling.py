@@ -1,0 +1,226 @@
+"""How throughput grows with consumer group members and relays: real `conveyor consume` and
+`conveyor relay` processes draining pre-filled streams and outboxes, 1 process against several.
+
+    python benchmarks/scaling.py [--rounds 3] [--only consumers,io,relays]
+                                 [--events 50000] [--batch 1000] [--members 1,2,4]
+                                 [--io-events 4000] [--io-batch 100] [--io-wait 0.005]
+                                 [--io-lanes 8] [--relays 1,3] [--timeout 120]
+
+Scenarios, run interleaved round by round so the machine's drift hits each alike:
+  consumers  --members processes of one exactly-once group (`--consumer member-I`, 2 lanes each)
+             drain --events entries with the per-event handler of `conveyor bench` (one INSERT
+             through ctx.db): bound by the machine's CPU
+  io         the same with a handler bound by I/O: it waits --io-wait seconds per event (as a
+             call to another service does), then INSERTs; --io-events entries, batch --io-batch;
+             plus one member with --io-lanes lanes
+  relays     --relays `conveyor relay` processes on one schema drain --events outbox rows
+Every run starts its processes behind a gate (a table lock on what they write first) and times
+from the gate's opening to the last event applied (the group has acknowledged every entry, each
+after its ledger row committed) or published. Each round also runs the yardstick
+(ideal_pipeline.py --handler-insert --conns 2, --events rows, batch 1000) on the same servers.
+Prints every run, then one table per scenario: medians, the ratio to one process and the ratio
+to the yardstick's median; never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import scaling_runs
+from scaling_runs import Measured, Services
+
+from admin.bench import yardstick
+from conveyor import database, wire
+
+SCENARIOS = ("consumers", "io", "relays")
+
+
+@dataclass(slots=True)
+class Case:
+    """One configuration of a scenario and what its rounds measured."""
+
+    scenario: str
+    processes: int
+    lanes: int
+    run: Callable[[], Awaitable[Measured]]
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario} x{self.processes}" + (f" lanes={self.lanes}" if self.lanes else "")
+
+
+def _ints(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas: {text!r}"
+        )
+    return values
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default=",".join(SCENARIOS), help="scenarios, comma-separated")
+    ap.add_argument("--events", type=int, default=50_000, help="consumers, relays, yardstick")
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--members", type=_ints, default=[1, 2, 4])
+    ap.add_argument("--io-events", type=int, default=4000)
+    ap.add_argument("--io-batch", type=int, default=100)
+    ap.add_argument("--io-wait", type=float, default=0.005, help="seconds per event")
+    ap.add_argument("--io-lanes", type=int, default=8, help="lanes of the one-member extra row")
+    ap.add_argument("--relays", type=_ints, default=[1, 3])
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per run at most")
+    return ap
+
+
+def cases(a: argparse.Namespace, services: Services) -> list[Case]:
+    only = set(a.only.split(","))
+    if unknown := only - set(SCENARIOS):
+        sys.exit(f"--only: no scenario {', '.join(sorted(unknown))} (there are {SCENARIOS})")
+    out = []
+    if "consumers" in only:
+        for m in a.members:
+            run = _consumers(
+                services,
+                router="per_event",
+                members=m,
+                lanes=2,
+                events=a.events,
+                batch=a.batch,
+                env=None,
+            )
+            out.append(Case("consumers", m, 2, run))
+    if "io" in only:
+        env = {"CONVEYOR_BENCH_IO_WAIT": str(a.io_wait)}
+        shapes = [(m, 2) for m in a.members] + [(1, a.io_lanes)]
+        for m, lanes in dict.fromkeys(shapes):
+            run = _consumers(
+                services,
+                router="io_wait",
+                members=m,
+                lanes=lanes,
+                events=a.io_events,
+                batch=a.io_batch,
+                env=env,
+            )
+            out.append(Case("io", m, lanes, run))
+    if "relays" in only:
+        for r in a.relays:
+            out.append(Case("relays", r, 0, _relays(services, r, a.events, a.batch)))
+    return out
+
+
+def _consumers(
+    services: Services,
+    *,
+    router: str,
+    members: int,
+    lanes: int,
+    events: int,
+    batch: int,
+    env: dict[str, str] | None,
+) -> Callable[[], Awaitable[Measured]]:
+    return lambda: scaling_runs.consumers(
+        services, router=router, members=members, lanes=lanes, events=events, batch=batch, env=env
+    )
+
+
+def _relays(
+    services: Services, relays: int, events: int, batch: int
+) -> Callable[[], Awaitable[Measured]]:
+    return lambda: scaling_runs.relays(services, relays=relays, events=events, batch=batch)
+
+
+async def measure(a: argparse.Namespace, services: Services, todo: list[Case]) -> list[float]:
+    """Every round: the yardstick, then each case; the yardstick's (relay, consumer) rates."""
+    yard: list[tuple[float, float]] = []
+    for i in range(a.rounds):
+        print(f"-- round {i + 1}/{a.rounds}", flush=True)
+        rates = await yardstick.both_rates(
+            services.database_url, services.redis_url, a.events, a.batch
+        )
+        yard.append(rates)
+        print(f"yardstick relay {rates[0]:,.0f}/s, per-event consumer {rates[1]:,.0f}/s")
+        for case in todo:
+            m = await case.run()
+            case.rates.append(m.rate)
+            note = "" if m.applied == m.events else f"  WARNING: {m.applied:,} of {m.events:,} done"
+            print(f"{case.label}: {m.rate:,.0f}/s ({m.events:,} events in {m.seconds:.2f} s){note}")
+            sys.stdout.flush()
+    return [statistics.median(r[0] for r in yard), statistics.median(r[1] for r in yard)]
+
+
+TITLES = {
+    "consumers": "consumers, per-event handler (one INSERT per event),"
+    " {events:,} events, batch {batch}",
+    "io": "consumers, handler waiting {io_wait_ms:g} ms per event then one INSERT,"
+    " {io_events:,} events, batch {io_batch}",
+    "relays": "relays on one outbox, {events:,} rows, batch {batch}",
+}
+
+
+def report(a: argparse.Namespace, todo: list[Case], yard: list[float]) -> None:
+    print(
+        f"\nyardstick (ideal_pipeline.py --events {a.events} --batch {a.batch} --handler-insert"
+        f" --conns 2), medians of {a.rounds}: relay {yard[0]:,.0f}/s, per-event consumer"
+        f" {yard[1]:,.0f}/s"
+    )
+    for scenario in SCENARIOS:
+        rows = [c for c in todo if c.scenario == scenario]
+        if not rows:
+            continue
+        words = {**vars(a), "io_wait_ms": a.io_wait * 1000}
+        print(f"\n{TITLES[scenario].format(**words)}; medians of {a.rounds} rounds\n")
+        one = next((c for c in rows if c.processes == 1), rows[0])
+        base = statistics.median(one.rates)
+        what = "relay" if scenario == "relays" else "per-event consumer"
+        baseline = yard[0] if scenario == "relays" else yard[1]
+        head = "| relays |" if scenario == "relays" else "| members | lanes each |"
+        extra = " wait-bound ceiling |" if scenario == "io" else ""
+        print(f"{head} events/s | rounds | vs 1 process | vs yardstick {what} |{extra}")
+        print("|---" * (head.count("|") - 1 + 4 + (1 if extra else 0)) + "|")
+        for c in rows:
+            rate = statistics.median(c.rates)
+            cells = [str(c.processes)] + ([] if scenario == "relays" else [str(c.lanes)])
+            cells += [
+                f"{rate:,.0f}",
+                " / ".join(f"{r:,.0f}" for r in c.rates),
+                f"{rate / base:.2f}x",
+                f"{rate / baseline:.2f}x",
+            ]
+            if extra:
+                ceiling = c.processes * c.lanes / a.io_wait
+                cells.append(f"{ceiling:,.0f}/s ({rate / ceiling:.2f}x)")
+            print("| " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    a = parser().parse_args()
+    os.environ["CONVEYOR_GRPC_ADDR"] = "127.0.0.1:0"
+    services = Services(
+        os.environ.get("CONVEYOR_DATABASE_URL", database.DEFAULT_DATABASE_URL),
+        os.environ.get("CONVEYOR_REDIS_URL", wire.DEFAULT_REDIS_URL),
+        a.timeout,
+    )
+    todo = cases(a, services)
+    started = time.monotonic()
+    print(f"scaling, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs", flush=True)
+    yard = asyncio.run(measure(a, services, todo))
+    report(a, todo, yard)
+    print(f"\n{len(todo)} configurations, {a.rounds} rounds in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
