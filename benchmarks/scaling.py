@@ -87,8 +87,6 @@ def parser() -> argparse.ArgumentParser:
 
 def cases(a: argparse.Namespace, services: Services) -> list[Case]:
     only = set(a.only.split(","))
-    if unknown := only - set(SCENARIOS):
-        sys.exit(f"--only: no scenario {', '.join(sorted(unknown))} (there are {SCENARIOS})")
     out = []
     if "consumers" in only:
         for m in a.members:
@@ -207,7 +205,12 @@ def report(a: argparse.Namespace, todo: list[Case], yard: list[float]) -> None:
 
 
 def main() -> None:
-    a = parser().parse_args()
+    ap = parser()
+    a = ap.parse_args()
+    if unknown := set(a.only.split(",")) - set(SCENARIOS):
+        ap.error(
+            f"--only: no scenario {', '.join(sorted(unknown))} (there are {', '.join(SCENARIOS)})"
+        )
     os.environ["CONVEYOR_GRPC_ADDR"] = "127.0.0.1:0"
     services = Services(
         os.environ.get("CONVEYOR_DATABASE_URL", database.DEFAULT_DATABASE_URL),
