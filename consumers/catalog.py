@@ -14,6 +14,7 @@ from uuid import UUID
 import asyncpg
 
 from conveyor import wire
+from conveyor.layouts import Layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,10 @@ class Catalog(Protocol):
     ) -> int:
         """Remove the topic's resolved and reprocessed dead letters settled more than
         `older_than` seconds ago, stream entry first; return how many were removed."""
+
+    async def layouts(self, key_prefix: str) -> dict[str, Layout]:
+        """The partitioned topics of the deployment with key prefix `key_prefix` (read at
+        start: a topic's streams are those of its layout then)."""
 
     async def register(self, member: Member) -> None:
         """Register (or re-register) the member."""

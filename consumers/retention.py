@@ -112,11 +112,13 @@ class Housekeeper:
         self._dead_letter_batch = dead_letter_batch
         self._delete_idle = client.register_script(_DELETE_IDLE_MEMBER)
 
-    async def run_once(self, topics: Sequence[str]) -> HousekeepingReport:
-        """One round over `topics`; a failing step is logged and reported, the others still run."""
+    async def run_once(self, topics: Sequence[str | wire.Keys]) -> HousekeepingReport:
+        """One round over `topics` (names of unpartitioned topics, or the keys of each stream,
+        partitions included); a failing step is logged and reported, the others still run."""
         report = HousekeepingReport()
-        for topic in topics:
-            keys = wire.Keys(topic, self._s.key_prefix)
+        for named in topics:
+            keys = named if isinstance(named, wire.Keys) else wire.Keys(named, self._s.key_prefix)
+            topic = keys.topic if keys.partition is None else f"{keys.topic}:{keys.partition}"
             await self._guard(report, f"trim topic={topic}", self._trim(keys.events, report))
             await self._guard(report, f"dead-letters topic={topic}", self._expire(keys, report))
             await self._guard(report, f"idle topic={topic}", self._remove_idle(keys, report))

@@ -1,4 +1,5 @@
-"""A consumer process: one worker per topic, the registry heartbeat and housekeeping."""
+"""A consumer process: one worker per stream (a topic's, or each partition's of a partitioned
+topic), the registry heartbeat and housekeeping."""
 
 from __future__ import annotations
 
@@ -27,12 +28,19 @@ from consumers.settings import ConsumerSettings
 from consumers.status import ConsumerStatus
 from consumers.streams import TopicStreams
 from consumers.worker import TopicWorker
-from conveyor import database, redis_client, wire
+from conveyor import database, layouts, redis_client, wire
 from conveyor.deadlines import pool_options, unanswered
+from conveyor.layouts import Layout
 from conveyor.outages import Outage, quiet_pool_reconnects, unreachable
 from conveyor.retry import pause
 
 log = logging.getLogger(__name__)
+
+
+def worker_name(keys: wire.Keys) -> str:
+    """A stream's worker's name (in `Consumer.workers`, health and status): the topic, or
+    `topic:N` for partition N (as in its keys' hash tag)."""
+    return keys.topic if keys.partition is None else f"{keys.topic}:{keys.partition}"
 
 
 class Consumer:
@@ -56,6 +64,9 @@ class Consumer:
         self.settings = settings
         self.metrics = metrics or ConsumerMetrics()
         self.workers: dict[str, TopicWorker] = {}
+        """A worker per stream, by `worker_name`: `orders`, or `orders:3` for a partition."""
+        self.layouts: dict[str, Layout] = {}
+        """The deployment's layouts as read at start: a topic's streams are those they say."""
         self._stopping = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._lanes: asyncpg.Pool | None = None
@@ -90,27 +101,25 @@ class Consumer:
         # the lanes' connections, where handlers' statements run unbounded, apart.
         named = database.server_settings(s.database_url, "consume", f"{s.group}/{s.consumer}")
         t = s.dependency_timeout
-        self._pool = await asyncpg.create_pool(
-            s.database_url,
-            min_size=1,
-            max_size=len(s.topics) + 5,
-            server_settings=named,
-            **pool_options(t),
-        )
+        streams = await self._open_pool(named, len(s.topics))
+        if len(streams) > len(s.topics):  # partitioned topics: a connection per stream
+            assert self._pool is not None
+            await self._pool.close()
+            streams = await self._open_pool(named, len(streams))
+        assert self._pool is not None and self._catalog is not None
         self._lanes = await asyncpg.create_pool(
             s.database_url,
             min_size=0,
-            max_size=s.partitions * len(s.topics),
+            max_size=s.partitions * len(streams),
             server_settings=named,
             **pool_options(t, statements=False),
         )
         self._redis = redis_client.connect(s.redis_url, timeout=t)
-        self._catalog = self._make_catalog(self._pool)
         self._housekeeper = Housekeeper(
             self._pool, self._redis, s, self.metrics, catalog=self._catalog, outage=self._postgres
         )
-        for topic in s.topics:
-            self.workers[topic] = self._topic_worker(topic, self._pool, self._catalog)
+        for keys in streams:
+            self.workers[worker_name(keys)] = self._topic_worker(keys, self._pool, self._catalog)
         for worker in self.workers.values():
             await worker.streams.ensure_groups()
         self._member = Member(
@@ -126,11 +135,26 @@ class Consumer:
         )
         await self._catalog.register(self._member)
 
-    def _topic_worker(self, topic: str, pool: asyncpg.Pool, catalog: Catalog) -> TopicWorker:
-        """A topic's worker and the parts it is made of."""
+    async def _open_pool(self, named: dict[str, str], streams: int) -> list[wire.Keys]:
+        """Open the pool (a connection per stream consumed, and five more) and the catalog on
+        it; return the keys of every stream of the settings' topics, by their layouts."""
         s = self.settings
-        keys = wire.Keys(topic, s.key_prefix)
-        health = Health(topic, s.group, self._postgres)
+        self._pool = await asyncpg.create_pool(
+            s.database_url,
+            min_size=1,
+            max_size=streams + 5,
+            server_settings=named,
+            **pool_options(s.dependency_timeout),
+        )
+        self._catalog = self._make_catalog(self._pool)
+        self.layouts = await self._catalog.layouts(s.key_prefix)
+        return [k for topic in s.topics for k in layouts.streams(topic, s.key_prefix, self.layouts)]
+
+    def _topic_worker(self, keys: wire.Keys, pool: asyncpg.Pool, catalog: Catalog) -> TopicWorker:
+        """The worker of one stream (a topic's, or one partition's) and its parts."""
+        s = self.settings
+        topic = keys.topic
+        health = Health(worker_name(keys), s.group, self._postgres)
         streams = TopicStreams(self._redis, keys, s.group, s.consumer, timeout=s.dependency_timeout)
         applier = Applier(
             pool,
@@ -264,11 +288,13 @@ class Consumer:
                     )
                 except Exception as exc:  # noqa: BLE001 - retried next round
                     self._database_failed(
-                        f"dead-letter reconcile failed: topic={worker.topic}", exc
+                        f"dead-letter reconcile failed: stream={worker.streams.keys.dlq}", exc
                     )
             if not first:
                 try:
-                    await self._housekeeper.run_once(self.settings.topics)
+                    await self._housekeeper.run_once(
+                        [w.streams.keys for w in self.workers.values()]
+                    )
                 except Exception:  # a bug here must not end housekeeping for good
                     log.exception("housekeeping round failed; trying again next interval")
             first = False

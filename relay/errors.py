@@ -61,3 +61,17 @@ class XaddRejected(RelayError):
         self.out_of_memory = out_of_memory
         why = f"out of memory (OOM): {error}" if out_of_memory else str(error)
         super().__init__(f"Redis rejected {rejected} XADD(s) of the batch: {why}")
+
+
+class LayoutChanged(RelayError):
+    """The partition count of a topic changed in the catalog while the relay ran: it stopped
+    publishing (the batches in flight finished by the old layout) so that a restart routes by
+    the new one, rather than moving an aggregate's events to another stream under it."""
+
+    def __init__(self, changes: list[str]) -> None:
+        self.changes = changes
+        super().__init__(
+            f"topic layout changed while the relay ran ({'; '.join(changes)}): stopped "
+            "publishing; start the relay again to route by the new layout (operations.md, "
+            "Partitioned topics)"
+        )

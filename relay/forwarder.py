@@ -166,8 +166,7 @@ class Forwarder:
             if isinstance(exc, XaddRejected):
                 self._remember(exc.accepted)
                 rows = [row for row in rows if row[0] not in self._appended]
-            for topic, n in Counter(row[2] for row in rows).items():
-                stream = self._publisher.stream_key(topic)
+            for stream, n in Counter(self._publisher.stream_key(r[2], r[4]) for r in rows).items():
                 self._metrics.publish_failed.add(n, self._attributes_of(stream))
             raise
         if self._appended:
@@ -275,7 +274,9 @@ class Forwarder:
             return await self._send(rows)
         # A retry of a batch Redis rejected part of: what it appended then is not appended again.
         rest = [row for row in rows if row[0] not in appended]
-        done = Counter(self._publisher.stream_key(row[2]) for row in rows if row[0] in appended)
+        done = Counter(
+            self._publisher.stream_key(row[2], row[4]) for row in rows if row[0] in appended
+        )
         counts = await self._send(rest) if rest else {}
         for stream, n in done.items():
             counts[stream] = counts.get(stream, 0) + n

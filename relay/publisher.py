@@ -11,6 +11,7 @@ import hiredis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from conveyor import redis_client, wire
+from conveyor.layouts import Layouts
 from relay.errors import XaddRejected
 from relay.store import Row
 
@@ -26,8 +27,9 @@ _pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
 class Publisher(Protocol):
     """What the forwarder needs from the stream side (real: StreamPublisher)."""
 
-    def stream_key(self, topic: str) -> str:
-        """The stream key events of `topic` are appended to."""
+    def stream_key(self, topic: str, aggregate_id: str = "") -> str:
+        """The stream key events of `topic` (and, for a partitioned topic, of `aggregate_id`)
+        are appended to."""
 
     async def publish(self, rows: Sequence[Row]) -> dict[str, int]:
         """Append every row to its topic stream; return entries added per stream key. Raises
@@ -56,20 +58,34 @@ class StreamPublisher:
         prefix: str = wire.DEFAULT_PREFIX,
         *,
         timeout: float = redis_client.COMMAND_TIMEOUT,
+        layouts: Layouts | None = None,
     ) -> None:
         self._client = client
         self._timeout = timeout
         """Bound on one round trip: a batch's XADDs, or the reset check's replies."""
         self._prefix = wire.validate_prefix(prefix)
         self._keys: dict[str, str] = {}
+        """Unpartitioned topic -> its stream key; a partitioned topic is never in it."""
+        self._partitions: dict[str, list[str]] = {
+            topic: [k.events for k in wire.topic_keys(topic, self._prefix, layout.partitions)]
+            for topic, layout in (layouts or {}).items()
+        }
+        """Partitioned topic -> the stream key of each partition."""
+        self._written: set[str] = set()
+        """Partition streams appended to, for the reset check."""
         self._run_id: str | None = None
         self._added: dict[str, int] = {}
         """Stream key -> entries ever added to it (XINFO STREAM entries-added), at the last
         check: trims never lower it, a Redis that lost data reports less."""
 
-    def stream_key(self, topic: str) -> str:
+    def stream_key(self, topic: str, aggregate_id: str = "") -> str:
         key = self._keys.get(topic)
         if key is None:
+            partitions = self._partitions.get(topic)
+            if partitions is not None:
+                key = partitions[wire.partition_of(aggregate_id, len(partitions))]
+                self._written.add(key)
+                return key
             key = self._keys[topic] = wire.Keys(topic, self._prefix).events
         return key
 
@@ -81,7 +97,7 @@ class StreamPublisher:
         commands = []
         args: tuple[Any, ...]
         for _id, event_id, topic, event_type, aggregate_id, traceparent, payload in rows:
-            key = keys.get(topic) or self.stream_key(topic)
+            key = keys.get(topic) or self.stream_key(topic, aggregate_id)
             counts[key] = counts.get(key, 0) + 1
             if traceparent:
                 args = (*_XADD, key, *_HEAD, str(event_id), _TYPE, event_type, _AGG, aggregate_id,
@@ -137,7 +153,7 @@ class StreamPublisher:
 
     async def _entries_added(self) -> dict[str, int]:
         added: dict[str, int] = {}
-        for key in self._keys.values():
+        for key in (*self._keys.values(), *self._written):
             try:
                 info = await self._client.xinfo_stream(key)
             except ResponseError:  # no such key

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import asyncpg
 
+from conveyor.layouts import LayoutSource
+
 
 @dataclass(frozen=True, slots=True)
 class RelayProcess:
@@ -55,3 +57,7 @@ class Registry(Protocol):
 
 RegistryFactory = Callable[[asyncpg.Pool], Registry]
 """Builds the registry on the relay's own pool (e.g. `admin.catalog.RelayRegistry`)."""
+
+LayoutsFactory = Callable[[asyncpg.Pool], LayoutSource]
+"""Builds the source of the deployment's topic layouts on the relay's own pool (e.g.
+`admin.catalog.layouts.CatalogLayouts`)."""

@@ -57,7 +57,7 @@ async def replay(
         after_id = rows[-1][0]
         result.matched += len(rows)
         if dry_run:
-            result.by_stream.update(publisher.stream_key(row[2]) for row in rows)
+            result.by_stream.update(publisher.stream_key(row[2], row[4]) for row in rows)
         else:
             counts = await (
                 publish_traced(

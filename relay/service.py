@@ -13,13 +13,22 @@ import asyncpg
 
 from conveyor import database, redis_client
 from conveyor.deadlines import pool_options, unanswered
+from conveyor.layouts import Layout, LayoutSource, routing_changes
 from conveyor.outages import Outage, describe, quiet_pool_reconnects
 from conveyor.retry import pause
+from relay.errors import LayoutChanged
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
 from relay.notify import Listener, Listeners, NotifyListener
 from relay.publisher import StreamPublisher
-from relay.registry import Registry, RegistryFactory, RelayProcess, process_name, this_process
+from relay.registry import (
+    LayoutsFactory,
+    Registry,
+    RegistryFactory,
+    RelayProcess,
+    process_name,
+    this_process,
+)
 from relay.settings import RelaySettings
 from relay.status import Backlog, ForwarderStatus, RelayStatus
 from relay.store import OutboxStore
@@ -34,6 +43,10 @@ class Relay:
     batches in flight finish, then `run()` returns. With `registry` (building the catalog's
     relay registry on the relay's pool, `admin.catalog.RelayRegistry`) the relay registers at
     start, beats every `heartbeat_interval` and leaves on close; without one it is not listed.
+    With `layouts` (`admin.catalog.layouts.CatalogLayouts`) it routes the events of partitioned
+    topics to their partitions' streams by the layouts read at start, looks again every
+    `heartbeat_interval`, and stops when a topic's partition count changed: `run()` then raises
+    LayoutChanged. Without one every topic is unpartitioned.
     """
 
     def __init__(
@@ -42,6 +55,7 @@ class Relay:
         metrics: RelayMetrics | None = None,
         *,
         registry: RegistryFactory | None = None,
+        layouts: LayoutsFactory | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or RelayMetrics()
@@ -67,6 +81,12 @@ class Relay:
         self._make_registry = registry
         self._registry: Registry | None = None
         self._registered: RelayProcess | None = None
+        self._make_layouts = layouts
+        self._layout_source: LayoutSource | None = None
+        self.layouts: dict[str, Layout] = {}
+        """The layouts the relay routes by (read at start)."""
+        self.layout_changed: LayoutChanged | None = None
+        """Set when the catalog's layouts stopped matching `layouts`; the relay then stops."""
 
     async def __aenter__(self) -> Relay:
         await self.start()
@@ -95,8 +115,13 @@ class Relay:
             server_settings=named,
             **pool_options(s.dependency_timeout),
         )
+        if self._make_layouts is not None:
+            self._layout_source = self._make_layouts(self._pool)
+            self.layouts = await self._layout_source.layouts(s.key_prefix)
         self._redis = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)
-        self._publisher = StreamPublisher(self._redis, s.key_prefix, timeout=s.dependency_timeout)
+        self._publisher = StreamPublisher(
+            self._redis, s.key_prefix, timeout=s.dependency_timeout, layouts=self.layouts
+        )
         for schema in s.schemas:
             store = OutboxStore(
                 self._pool, schema, keep_published=s.retention > 0, timeout=s.dependency_timeout
@@ -141,6 +166,8 @@ class Relay:
             side.append(asyncio.create_task(self._clean(), name="relay-cleanup"))
         if self._registered is not None:
             side.append(asyncio.create_task(self._heartbeat(), name="relay-heartbeat"))
+        if self._layout_source is not None:
+            side.append(asyncio.create_task(self._watch_layouts(), name="relay-layouts"))
         try:
             await asyncio.gather(*(f.run() for f in self.forwarders.values()))
         finally:
@@ -149,6 +176,28 @@ class Relay:
             for task in side:
                 with suppress(asyncio.CancelledError):
                     await task
+        if self.layout_changed is not None:
+            raise self.layout_changed
+
+    async def _watch_layouts(self) -> None:
+        """Read the layouts every heartbeat interval; stop the relay when a topic's partition
+        count changed (its events would go to other streams: a restart routes by the new one)."""
+        assert self._layout_source is not None
+        while not self._stopping.is_set():
+            await pause(self._stopping, self.settings.heartbeat_interval)
+            if self._stopping.is_set():
+                return
+            try:
+                now = await self._layout_source.layouts(self.settings.key_prefix)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.debug("reading the topic layouts failed, will retry: %r", exc)
+                continue
+            changes = routing_changes(self.layouts, now)
+            if changes:
+                self.layout_changed = LayoutChanged(changes)
+                log.error("TOPIC LAYOUT CHANGED: %s", self.layout_changed)
+                self.stop()
+                return
 
     def _backlog(self, schema: str) -> Backlog | None:
         measured = self.metrics.backlog.get(schema)

@@ -205,6 +205,8 @@ async def delete_catalog_rows(conn: asyncpg.Connection, prefix: str) -> None:
         ("consumers", "key_prefix"),
         ("relays", "key_prefix"),
         ("audit", "key_prefix"),
+        ("topic_layouts", "key_prefix"),
+        ("partition_leases", "key_prefix"),
     ):
         name = f"{database.CATALOG_SCHEMA}.{table}"
         if await conn.fetchval("SELECT to_regclass($1)", name) is None:

@@ -8,12 +8,22 @@ from typing import Any
 
 import asyncpg
 
-from admin.catalog import dead_letters, processes, registry, reports, reprocess, requests, traces
+from admin.catalog import (
+    dead_letters,
+    layouts,
+    processes,
+    registry,
+    reports,
+    reprocess,
+    requests,
+    traces,
+)
 from admin.catalog.audit import AuditLog, audit_entries
 from admin.catalog.processes import RegisteredProcess
 from admin.catalog.records import AuditEntry, DeadLetterQuery, DeadLetterRecord, Progress
 from admin.catalog.registry import RegisteredGroup
 from conveyor import wire
+from conveyor.layouts import Layout
 
 
 class Catalog:
@@ -103,6 +113,14 @@ class Catalog:
     async def groups(self) -> list[RegisteredGroup]:
         """Every (topic, group) with a registered member."""
         return await registry.registered_groups(self.pool, self.key_prefix)
+
+    async def stream_groups(self) -> list[RegisteredGroup]:
+        """`groups()`, a group of a partitioned topic once per partition as `topic:N`."""
+        return layouts.per_stream(await self.groups(), await self.layouts())
+
+    async def layouts(self) -> dict[str, Layout]:
+        """The deployment's partitioned topics, by topic."""
+        return await layouts.layouts(self.pool, self.key_prefix)
 
     async def processes(self) -> list[RegisteredProcess]:
         """Every registered relay and consumer process, absent ones included."""

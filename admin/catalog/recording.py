@@ -11,9 +11,11 @@ from uuid import UUID
 
 import asyncpg
 
+from admin.catalog import layouts as topic_layouts
 from admin.catalog import registry
 from consumers.catalog import DeadLetterRow, DeleteEntries, Member, ReadAfter
 from conveyor import database, wire
+from conveyor.layouts import Layout
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,10 @@ class ConsumerCatalog:
             removed += len(rows)
             if len(rows) < batch:
                 return removed
+
+    async def layouts(self, key_prefix: str) -> dict[str, Layout]:
+        """The partitioned topics of the deployment with key prefix `key_prefix`."""
+        return await topic_layouts.layouts(self._pool, key_prefix)
 
     async def register(self, member: Member) -> None:
         """Register (or re-register) the member."""

@@ -25,6 +25,7 @@ import asyncpg
 from admin.catalog import requests, skips
 from admin.catalog.audit import AuditLog
 from admin.catalog.dead_letters import resolve, set_state
+from admin.catalog.layouts import dlq_keys
 from admin.catalog.records import MAX_SKIPS_SHOWN, DeadLetterRecord, Progress, Skip
 from admin.catalog.requests import shielded
 from admin.errors import FailedPrecondition, InvalidInput
@@ -120,6 +121,7 @@ async def reprocess(
             conn,
             redis,
             keys,
+            key_prefix=key_prefix,
             principal=principal,
             audit=audit,
             ledgers=ledger_schemas,
@@ -175,6 +177,7 @@ class _Run:
         redis: Any,
         keys: wire.Keys,
         *,
+        key_prefix: str,
         principal: str,
         audit: AuditLog,
         ledgers: Mapping[str, str | None],
@@ -183,6 +186,7 @@ class _Run:
         self.conn = conn
         self.redis = redis
         self.keys = keys
+        self.prefix = key_prefix
         self.principal = principal
         self.audit = audit
         self.ledgers = ledgers
@@ -221,7 +225,8 @@ class _Run:
         """What to do with one dead letter, from reads only."""
         if record.state != "open":
             return _Plan(_Action.SKIP, skip=skips.not_open(record))
-        if record.dlq_stream != self.keys.dlq or not _valid_group(record.group):
+        keys = dlq_keys(record.dlq_stream, self.keys.topic, self.prefix)
+        if keys is None or not _valid_group(record.group):
             log.warning(
                 "reprocess: skipped, not this deployment's dead letter stream=%s entry=%s group=%r",
                 record.dlq_stream,
@@ -232,14 +237,14 @@ class _Run:
         if await self.applied(record):
             return _Plan(_Action.DUPLICATE)
         async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
-            found = await self.redis.xrange(self.keys.dlq, record.entry_id, record.entry_id)
+            found = await self.redis.xrange(keys.dlq, record.entry_id, record.entry_id)
         if not found:
             log.warning(
                 "reprocess: skipped, gone from the dead-letter stream stream=%s entry=%s",
-                self.keys.dlq,
+                keys.dlq,
                 record.entry_id,
             )
-            return _Plan(_Action.SKIP, skip=skips.gone(record, self.keys.dlq))
+            return _Plan(_Action.SKIP, skip=skips.gone(record, keys.dlq))
         return _Plan(_Action.REQUEUE, retry_fields(found[0][1], record.entry_id))
 
     async def applied(self, record: DeadLetterRecord) -> bool:
@@ -275,7 +280,9 @@ class _Run:
         fails the retry entry stays (the commit may have happened); the consumer marks the dead
         letter reprocessed when it applies the entry, whichever state it is in.
         """
-        stream = self.keys.retry(record.group)
+        keys = dlq_keys(record.dlq_stream, self.keys.topic, self.prefix)
+        assert keys is not None  # planned to be requeued
+        stream = keys.retry(record.group)
         async with self.conn.transaction():
             moved = await set_state(self.conn, [record.id], "reprocessing", expect=["open"])
             if not moved:
@@ -302,7 +309,7 @@ class _Run:
                 raise
         log.info(
             "reprocess: requeued stream=%s entry=%s group=%s event_id=%s retry=%s",
-            self.keys.dlq,
+            keys.dlq,
             record.entry_id,
             record.group,
             record.event_id,

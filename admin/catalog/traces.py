@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from admin.catalog.audit import audit_entries
 from admin.catalog.dead_letters import dead_letters_for_event
+from admin.catalog.layouts import layouts, name_of_event, named_keys
 from admin.catalog.records import AuditEntry, DeadLetterRecord
 from admin.errors import InvalidInput
 from conveyor import database, wire
@@ -130,7 +131,9 @@ async def trace_event(
     actions = await audit_entries(pool, key_prefix, [*(d.entry_id for d in dead), eid])
     entries: list[StreamRecord] = []
     if outbox is not None and outbox.published_at is not None:
-        stream = wire.Keys(outbox.topic, key_prefix).events
+        found = await layouts(pool, key_prefix)  # a partitioned topic: the event's partition
+        name = name_of_event(outbox.topic, outbox.aggregate_id, found)
+        stream = named_keys(name, key_prefix).events
         entries = await _stream_entries(
             redis_client,
             stream,

@@ -17,6 +17,7 @@ from admin.cli import (
     options,
     relay,
     token,
+    topic,
     verify,
 )
 from admin.errors import AdminError
@@ -37,6 +38,7 @@ app.add_typer(dlq.app, name="dlq")
 monitoring.register(app)
 app.command("verify", epilog=verify.EXIT_HELP)(verify.verify)
 app.add_typer(token.app, name="token")
+app.add_typer(topic.app, name="topic")
 
 DISTRIBUTION = "conveyor-events"
 

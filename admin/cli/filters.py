@@ -15,7 +15,7 @@ from admin.cli.options import EXIT_USAGE, fail
 from conveyor import entry_ids, wire
 from conveyor.v1 import admin_pb2
 
-_KEY_RE = re.compile(r".+:\{(?P<topic>[^{}]+)\}:dlq")
+_KEY_RE = re.compile(r".+:\{[^{}]+\}:dlq")
 
 
 class State(enum.StrEnum):
@@ -28,7 +28,8 @@ class State(enum.StrEnum):
 
 
 _STREAM_HELP = (
-    "Topic, or its dead-letter stream: identity, identity.dlq or conveyor:{identity}:dlq."
+    "Topic, or its dead-letter stream: identity, identity.dlq or conveyor:{identity}:dlq (a "
+    "partition's, conveyor:{orders:3}:dlq, names its topic)."
 )
 
 Stream = Annotated[str, typer.Option("--stream", "--topic", help=_STREAM_HELP)]
@@ -51,23 +52,29 @@ StateOption = Annotated[State | None, typer.Option("--state", help="Only dead le
 
 
 def parse_topic(text: str) -> str:
-    """The topic `--stream` names: `identity`, `identity.dlq` or `conveyor:{identity}:dlq`."""
+    """The topic `--stream` names: `identity`, `identity.dlq`, `conveyor:{identity}:dlq` or a
+    partition's `conveyor:{orders:3}:dlq` (its topic: dead letters are kept by topic)."""
     text = text.strip()
     if "{" in text or "}" in text:
-        match = _KEY_RE.fullmatch(text)
-        if match is None:
+        tag = wire.parse_tag(text) if _KEY_RE.fullmatch(text) else None
+        if tag is None or not text.endswith("{" + _tag(tag) + "}:dlq"):
             fail(
                 f"invalid --stream {text!r}: a dead-letter stream key looks like "
-                "conveyor:{identity}:dlq",
+                "conveyor:{identity}:dlq, or conveyor:{orders:3}:dlq for a partition",
                 EXIT_USAGE,
             )
-        text = match["topic"]
+        text = tag[0]
     else:
         text = text.removesuffix(".dlq")
     try:
         return wire.validate_topic(text)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+
+
+def _tag(tag: tuple[str, int | None]) -> str:
+    topic, partition = tag
+    return topic if partition is None else f"{topic}{wire.PARTITION_SEPARATOR}{partition}"
 
 
 def check_entry_ids(ids: Sequence[str]) -> list[str]:

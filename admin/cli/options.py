@@ -87,6 +87,10 @@ and the start; the message names the address and the option that sets it. Nothin
 EXIT_ADDRESS_IN_USE = 8
 """`relay` and `consume`: the --grpc-addr address cannot be bound (another process holds it, or
 the host has no such address). Nothing was created."""
+EXIT_RESTART = 9
+"""`relay`: a topic's partition count changed in the catalog while it ran (`conveyor topic
+partition`); it stopped publishing after the batches in flight. Start it again: it routes by the
+new layout."""
 
 
 redact = urls.redact

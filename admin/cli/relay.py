@@ -23,6 +23,7 @@ from admin.cli.options import (
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
     DEFAULT_SCHEMA,
+    EXIT_RESTART,
     EXIT_USAGE,
     OPS,
     SERVER,
@@ -167,12 +168,14 @@ async def _serve(
     started: Callable[[], None],
 ) -> None:
     from admin.catalog import RelayRegistry
+    from admin.catalog.layouts import CatalogLayouts
     from admin.ops import runtime
     from admin.ops.probes import RelayProbe
     from relay import Relay
+    from relay.errors import LayoutChanged
     from relay.registry import process_name
 
-    relay = Relay(settings, registry=RelayRegistry)
+    relay = Relay(settings, registry=RelayRegistry, layouts=CatalogLayouts)
     plane = runtime.OpsPlane(
         ops,
         database_url=settings.database_url,
@@ -200,7 +203,10 @@ async def _serve(
         )
 
     async with telemetry.serving():  # bound before the pipeline creates anything
-        await runtime.serve(plane, relay, started=running)
+        try:
+            await runtime.serve(plane, relay, started=running)
+        except LayoutChanged as exc:
+            fail(str(exc), EXIT_RESTART)
     published = sum(f.published for f in relay.forwarders.values())
     log.info("relay stopped after the batches in flight: published=%d", published)
 
@@ -275,6 +281,7 @@ async def _replay(
 ) -> ReplayResult:
     import asyncpg
 
+    from admin.catalog.layouts import layouts
     from conveyor import redis_client
     from relay.metrics import RelayMetrics
     from relay.publisher import StreamPublisher
@@ -299,7 +306,7 @@ async def _replay(
             task = progress.add_task("replay", total=total)
             result = await replay(
                 pool,
-                StreamPublisher(client, prefix),
+                StreamPublisher(client, prefix, layouts=await layouts(pool, prefix)),
                 schema,
                 since=since,
                 topic=topic,

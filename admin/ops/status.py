@@ -14,9 +14,9 @@ import asyncpg
 from redis.exceptions import RedisError, ResponseError
 
 from admin.catalog import Catalog
+from admin.catalog.layouts import named_keys
 from admin.catalog.registry import RegisteredGroup
 from admin.ops.redis_memory import PolicyLog, out_of_memory
-from conveyor import wire
 from conveyor.entry_ids import EntryId
 from conveyor.outages import unreachable
 from conveyor.replies import text
@@ -214,7 +214,7 @@ class StatusChecker:
         # a server that stopped answering never does: refreshes wait for the read, not in it.
         reading = self._reading
         if reading is None:
-            reading = self._reading = asyncio.ensure_future(self._catalog.groups())
+            reading = self._reading = asyncio.ensure_future(self._catalog.stream_groups())
         try:
             async with asyncio.timeout(2):
                 registered = await asyncio.shield(reading)
@@ -246,7 +246,7 @@ class StatusChecker:
         return out
 
     async def _group(self, topic: str, group: str, mode: str, members: int) -> GroupStatus | None:
-        key = wire.Keys(topic, self._prefix).events
+        key = named_keys(topic, self._prefix).events  # `topic:N`: a partition
         try:
             async with asyncio.timeout(2):
                 info = next(

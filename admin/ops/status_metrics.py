@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from admin.catalog.layouts import named_keys
 from admin.ops.status import Snapshot
 from conveyor import telemetry as t
-from conveyor import wire
 
 
 class StatusGauges:
@@ -84,7 +84,7 @@ class StatusGauges:
     def _stream(self, topic: str) -> str:
         key = self._keys.get(topic)
         if key is None:
-            key = self._keys[topic] = wire.Keys(topic, self._prefix).events
+            key = self._keys[topic] = named_keys(topic, self._prefix).events  # `topic:N` too
         return key
 
     def _groups(self, value: Callable[..., float]) -> Iterable[Observation]:

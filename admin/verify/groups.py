@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from admin.catalog import Catalog
+from admin.catalog.layouts import named_keys
 from admin.errors import InvalidInput
 from admin.verify.report import (
     AT_LEAST_ONCE,
@@ -19,7 +20,7 @@ from admin.verify.report import (
 )
 from admin.verify.streams import GroupInfo, TopicStream
 from admin.verify.tables import has_table, ledgers_of
-from conveyor import database, wire
+from conveyor import database
 from conveyor.entry_ids import EntryId
 
 AT_LEAST_ONCE_WHY = "not verifiable (at-least-once): no ledger records what it applied"
@@ -64,7 +65,7 @@ class Groups:
     async def load(self, topics: Sequence[str] = ()) -> None:
         """Read the registry and look at `topics`, by default the registered ones."""
         self._ledgers = await self._catalog.group_ledgers()
-        for registered in await self._catalog.groups():
+        for registered in await self._catalog.stream_groups():
             self._registered.setdefault(registered.topic, set()).add(registered.group)
         for topic in topics or sorted(self._registered):
             await self.on_topic(topic)
@@ -105,7 +106,7 @@ class Groups:
         """The groups on `topic` (selected ones), looking at its stream the first time."""
         if topic in self._topics:
             return self._topics[topic]
-        stream = TopicStream(self._client, wire.Keys(topic, self._catalog.key_prefix))
+        stream = TopicStream(self._client, named_keys(topic, self._catalog.key_prefix))
         infos = await stream.groups()
         info = await stream.info() if infos is not None else None
         self._last_entries[topic] = None if info is None else info.last_entry

@@ -63,7 +63,9 @@ async def has_table(pool: asyncpg.Pool, schema: str, table: str) -> bool:
 
 
 def _event(row: Any) -> Event:
-    return Event(row["event_id"], row["topic"], row["created_at"], row["published_at"])
+    return Event(
+        row["event_id"], row["topic"], row["created_at"], row["published_at"], row["aggregate_id"]
+    )
 
 
 async def published(
@@ -74,7 +76,8 @@ async def published(
     retention keeps before the window."""
     table = f"{database.validate_schema(window.schema)}.{database.OUTBOX_TABLE}"
     statement = (
-        f"SELECT id, event_id::text AS event_id, topic, created_at, published_at FROM {table} "
+        "SELECT id, event_id::text AS event_id, topic, aggregate_id, created_at, published_at "
+        f"FROM {table} "
         "WHERE published_at >= $1 AND (published_at, id) > ($1, $2) AND published_at <= $3 "
         "AND ($4::text IS NULL OR topic = $4) ORDER BY published_at, id LIMIT $5"
     )
@@ -94,7 +97,8 @@ async def unpublished(
     """The window's rows not published yet, in pages by id (the relay's own index)."""
     table = f"{database.validate_schema(window.schema)}.{database.OUTBOX_TABLE}"
     statement = (
-        f"SELECT id, event_id::text AS event_id, topic, created_at, published_at FROM {table} "
+        "SELECT id, event_id::text AS event_id, topic, aggregate_id, created_at, published_at "
+        f"FROM {table} "
         "WHERE published_at IS NULL AND id > $1 AND created_at >= $2 "
         "AND ($3::text IS NULL OR topic = $3) ORDER BY id LIMIT $4"
     )

@@ -93,6 +93,7 @@ class Event:
     topic: str
     created_at: datetime
     published_at: datetime | None
+    aggregate_id: str = ""
 
     @property
     def earliest_entry(self) -> EntryId:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from admin.catalog import Catalog
+from admin.catalog.layouts import name_of_event, named_keys, stream_names
 from admin.verify import tables
 from admin.verify.groups import Groups, Selection
 from admin.verify.report import GroupReport, Report
@@ -35,8 +36,8 @@ from admin.verify.verdicts import (
     settled,
     undelivered,
 )
-from conveyor import wire
 from conveyor.entry_ids import EntryId
+from conveyor.layouts import Layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class Verifier:
         self._published: Counter[str] = Counter()
         """Topic -> published events of the window: each was added to its stream at least once."""
         self._cutoff = datetime.min
+        self._layouts: dict[str, Layout] = {}
 
     async def run(self) -> Report:
         """Verify and return the report; InvalidInput for a selection that names nothing."""
@@ -94,7 +96,9 @@ class Verifier:
         now = await tables.database_now(self._pool)
         self._cutoff = _before(now, r.ledger_retention)
         report = Report(r.schema, r.key_prefix, r.since, now, r.topic)
-        await self._groups.load([r.topic] if r.topic else [])
+        # A partitioned topic's events are verified per partition stream, named `topic:N`.
+        self._layouts = await self._catalog.layouts()
+        await self._groups.load(stream_names(r.topic, self._layouts) if r.topic else [])
         window = tables.Window(r.schema, r.since, now, r.topic)
         # Published rows first: a row published between the two reads is in neither (it is
         # newer than the run), never in both.
@@ -116,6 +120,8 @@ class Verifier:
         """Count a page of the window: what the ledger and the catalog settle now, in flight what
         cannot have been delivered yet; the rest waits for the streams."""
         report.events += len(events)
+        if self._layouts:
+            events = [_on_stream(e, self._layouts) for e in events]
         self._published.update(e.topic for e in events if e.published_at is not None)
         on: dict[str, list[GroupReport]] = {}
         for topic in sorted({e.topic for e in events}):
@@ -164,7 +170,7 @@ class Verifier:
         """Place the waiting events of `topic` by its stream, then look again at those that seem
         lost. Read in this order: the groups' positions, the entries, the pending lists, and the
         stream's first entry and counts."""
-        stream = TopicStream(self._client, wire.Keys(topic, self._request.key_prefix))
+        stream = TopicStream(self._client, named_keys(topic, self._request.key_prefix))
         infos = await stream.groups()
         before = await stream.info() if infos is not None else None
         events = [e for group in waiting.values() for e in group]
@@ -246,3 +252,9 @@ async def verify(
 ) -> Report:
     """Verify the outbox window of `request` against every selected group (see `Verifier`)."""
     return await Verifier(pool, client, request, progress).run()
+
+
+def _on_stream(event: Event, layouts: Mapping[str, Layout]) -> Event:
+    """`event` with its topic as the name of the stream it went to (`topic:N` for a partition)."""
+    name = name_of_event(event.topic, event.aggregate_id, layouts)
+    return event if name == event.topic else dataclasses.replace(event, topic=name)

@@ -34,6 +34,8 @@ AUDIT_TABLE = "audit"
 """Catalog table of audited admin actions and denials."""
 DEAD_LETTER_CURSORS_TABLE = "dead_letter_cursors"
 """Catalog table of the last entry reconciled, per dead-letter stream."""
+TOPIC_LAYOUTS_TABLE = "topic_layouts"
+"""Catalog table of the partitioned topics of each deployment (conveyor.layouts.Layout)."""
 
 CONSUMER_MODES = ("exactly-once", "at-least-once")
 """Allowed `consumers.mode` values."""

@@ -85,7 +85,7 @@ conveyor relay_eps 31046   (benchmark output, not a command)
 ```
 
 Set `CONVEYOR_NOPE` or CONVEYOR_RELAY_* (a prefix) or CONVEYOR_ZZZ_*; raise `--no-such-flag`.
-`conveyor health` exits 0 SERVING, 4 NOT_SERVING, 9 unknown, or exit code 12 on
+`conveyor health` exits 0 SERVING, 4 NOT_SERVING, 11 unknown, or exit code 12 on
 a bad day; `buf format -d --exit-code` is not an exit statement.
 Watch `outbox_oldest_age_total{schema}`, `events_lost`, `outbox_backlog{schema}` and the
 `event_ledger` table. Step 3 brings this; steps 1\N{EN DASH}4 are built.
@@ -107,7 +107,7 @@ def test_the_checks_find_every_unknown_thing_with_its_line() -> None:
         "docs/bad.md:20: no command has the flag --no-such-flag",
         "docs/bad.md:20: unknown variable CONVEYOR_NOPE",
         "docs/bad.md:20: unknown variable CONVEYOR_ZZZ_*",
-        "docs/bad.md:21: exit code 9: no command exits with it",
+        "docs/bad.md:21: exit code 11: no command exits with it",
         "docs/bad.md:21: exit code 12: no command exits with it",
         "docs/bad.md:23: unknown metric outbox_oldest_age_total",
         "docs/bad.md:23: unknown metric events_lost",

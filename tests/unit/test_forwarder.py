@@ -57,7 +57,7 @@ class FakeStream:
         self.calls = 0
         self.fail_every = fail_every
 
-    def stream_key(self, topic: str) -> str:
+    def stream_key(self, topic: str, aggregate_id: str = "") -> str:
         return topic
 
     async def publish(self, rows: Sequence[Any]) -> dict[str, int]:

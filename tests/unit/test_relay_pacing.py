@@ -57,7 +57,7 @@ class Stream:
     def __init__(self) -> None:
         self.entries: list[int] = []
 
-    def stream_key(self, topic: str) -> str:
+    def stream_key(self, topic: str, aggregate_id: str = "") -> str:
         return topic
 
     async def publish(self, rows: Sequence[Any]) -> dict[str, int]:

@@ -1,0 +1,112 @@
+"""`conveyor topic partition` / `unpartition`: check, then change a topic's layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from admin.catalog import layouts as catalog_layouts
+from admin.cli.topic_state import alive, refusal, topic_state
+from conveyor.layouts import PARK, Layout
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a change did, or why it was refused."""
+
+    topic: str
+    before: Layout | None
+    after: Layout | None
+    changed: bool = False
+    refused: str | None = None
+    forced: list[str] = field(default_factory=list)
+    """Refusals --force overrode."""
+
+    def lines(self) -> list[str]:
+        old, new = _count(self.before), _count(self.after)
+        if not self.changed:
+            return [f"topic {self.topic}: layout unchanged ({_describe(self.after)})"]
+        out = [f"overrode: {reason}" for reason in self.forced]
+        out.append(f"topic {self.topic}: {_describe(self.after)}")
+        if old != new:
+            out.append(
+                f"partition count {old} -> {new}: start the relays and consumers of the "
+                "deployment now; relays still running stop (exit 9) and need a restart"
+            )
+        return out
+
+
+def _count(layout: Layout | None) -> int:
+    return 1 if layout is None else layout.partitions
+
+
+def _describe(layout: Layout | None) -> str:
+    if layout is None:
+        return "unpartitioned (one stream)"
+    order = "ordered" if layout.ordered else "unordered"
+    return (
+        f"{layout.partitions} partitions, {order}, on dead letter {layout.on_dead_letter}, "
+        f"layout version {layout.version}"
+    )
+
+
+async def change(
+    servers: Any,
+    prefix: str,
+    topic: str,
+    partitions: int | None,
+    ordered: bool | None,
+    on_dead_letter: str | None,
+    *,
+    force: bool,
+) -> Outcome:
+    """Set (partitions given) or remove (None) the topic's layout, unless refused."""
+    async with servers:
+        pool = servers.pool
+        before = (await catalog_layouts.layouts(pool, prefix)).get(topic)
+        outcome = Outcome(topic, before, before)
+        if partitions is None and before is None:
+            return outcome
+        if partitions is not None and before is not None:
+            same = (
+                partitions == before.partitions
+                and (ordered is None or ordered == before.ordered)
+                and (on_dead_letter is None or on_dead_letter == before.on_dead_letter)
+            )
+            if same:
+                return outcome
+        old, new = _count(before), partitions or 1
+        if old != new:
+            running = await alive(pool, prefix)
+            layouts_now = {} if before is None else {topic: before}
+            state = await topic_state(servers.redis, prefix, topic, layouts_now)
+            # Each check on its own, so --force can say what it overrode.
+            reasons = [
+                r
+                for r in (
+                    refusal(topic, old, new, running, ()),
+                    refusal(topic, old, new, (), state.streams),
+                )
+                if r is not None
+            ]
+            if reasons and not force:
+                outcome.refused = reasons[0]
+                return outcome
+            outcome.forced = [
+                r.removeprefix("refusing to change ").split("; --force")[0] for r in reasons
+            ]
+        if partitions is None:
+            await catalog_layouts.remove_layout(pool, prefix, topic)
+            outcome.after = None
+        else:
+            outcome.after = await catalog_layouts.set_layout(
+                pool,
+                prefix,
+                topic,
+                partitions=partitions,
+                ordered=before.ordered if ordered is None and before else bool(ordered),
+                on_dead_letter=on_dead_letter
+                or (before.on_dead_letter if before is not None else PARK),
+            )
+        outcome.changed = True
+        return outcome

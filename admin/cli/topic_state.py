@@ -1,0 +1,129 @@
+"""What `conveyor topic` reads and checks: a deployment's layouts, its running relays and
+consumers, and whether a topic's streams still hold entries a group has not acknowledged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from redis.exceptions import ResponseError
+
+from admin.catalog import layouts as catalog_layouts
+from admin.catalog.processes import RegisteredProcess, list_processes
+from conveyor import layouts, wire
+from conveyor.layouts import Layout
+from conveyor.replies import text
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """One consumer group on one stream."""
+
+    group: str
+    pending: int
+    """Delivered, not acknowledged."""
+    undelivered: int
+    """After the group's last delivered entry (up to a page of them counted)."""
+    retry_entries: int
+    """Entries in the group's retry stream of this partition (retries waiting, reprocesses)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """One stream of a topic (the whole topic, or a partition)."""
+
+    keys: wire.Keys
+    length: int
+    groups: tuple[GroupState, ...] = ()
+    dead_letters: int = 0
+
+    @property
+    def unacknowledged(self) -> int:
+        """Entries some group has still to handle; a stream no group reads counts all its
+        entries (a group created later would start on them)."""
+        if not self.groups:
+            return self.length
+        return sum(g.pending + g.undelivered + g.retry_entries for g in self.groups)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    topic: str
+    layout: Layout | None
+    streams: tuple[StreamState, ...] = field(default=())
+
+
+_COUNT_PAGE = 10_000
+
+
+async def read_layouts(pool: asyncpg.Pool, prefix: str) -> dict[str, Layout]:
+    return await catalog_layouts.layouts(pool, prefix)
+
+
+async def alive(pool: asyncpg.Pool, prefix: str) -> list[RegisteredProcess]:
+    """The relays and consumers of the deployment whose heartbeat is recent (not absent)."""
+    return [p for p in await list_processes(pool, prefix) if not p.absent]
+
+
+async def topic_state(
+    client: Any, prefix: str, topic: str, layouts_now: layouts.Layouts
+) -> TopicState:
+    """The topic's streams (as its current layout has them) with their groups' figures."""
+    found = [
+        await stream_state(client, keys) for keys in layouts.streams(topic, prefix, layouts_now)
+    ]
+    return TopicState(topic, layouts_now.get(topic), tuple(found))
+
+
+async def stream_state(client: Any, keys: wire.Keys) -> StreamState:
+    """Length, dead letters and each group's pending, undelivered and retry entries."""
+    length = int(await client.xlen(keys.events))
+    dead = int(await client.xlen(keys.dlq))
+    try:
+        infos = await client.xinfo_groups(keys.events)
+    except ResponseError:  # no such key
+        infos = []
+    groups = []
+    for info in infos:
+        name = text(info["name"])
+        last = text(info["last-delivered-id"])
+        after = await client.xrange(keys.events, min="(" + last, max="+", count=_COUNT_PAGE)
+        retry = int(await client.xlen(keys.retry(name)))
+        groups.append(GroupState(name, int(info["pending"]), len(after), retry))
+    return StreamState(keys, length, tuple(sorted(groups, key=lambda g: g.group)), dead)
+
+
+def refusal(
+    topic: str,
+    old: int,
+    new: int,
+    running: Sequence[RegisteredProcess],
+    streams: Sequence[StreamState],
+) -> str | None:
+    """Why the partition count of `topic` must not change now, or None."""
+    change = f"topic {topic} from {old} to {new} partitions"
+    if running:
+        relays = sorted(p.name for p in running if p.role == "relay")
+        consumers = sorted(f"{p.group}/{p.name}" for p in running if p.role != "relay")
+        who = []
+        if relays:
+            who.append(f"relay{'s' if len(relays) > 1 else ''} {', '.join(relays[:5])}")
+        if consumers:
+            who.append(f"consumer{'s' if len(consumers) > 1 else ''} {', '.join(consumers[:5])}")
+        return (
+            f"refusing to change {change} while {' and '.join(who)} of the deployment "
+            "run (heartbeat within 30s): stop every relay, let the consumers drain, stop them, "
+            "then change it (docs/operations.md, Partitioned topics); --force changes it anyway"
+        )
+    waiting = [s for s in streams if s.unacknowledged]
+    if waiting:
+        listed = ", ".join(f"{s.keys.events} ({s.unacknowledged})" for s in waiting[:5])
+        return (
+            f"refusing to change {change}: its streams still hold entries not every group "
+            f"acknowledged: {listed}; start the consumers until `conveyor topic show {topic}` "
+            "shows 0 waiting, then stop them (docs/operations.md, Partitioned topics); --force "
+            "changes it anyway (those entries stay where they are, read by nobody)"
+        )
+    return None
