@@ -36,6 +36,7 @@ from admin.cli.client import (
     Connection,
     with_connection,
 )
+from admin.cli.cluster_table import nodes_table
 from admin.cli.options import EXIT_OK, EXIT_USAGE, fail
 from admin.cli.output import actions_table, dead_letters_view, iso, print_json
 from admin.cli.tables import add_column, add_row, fitted, list_table
@@ -115,6 +116,8 @@ def status(
     console.print(fitted(table, console.width))
     if response.HasField("redis"):
         console.print(_redis_table(response.redis))
+        if response.redis.nodes:
+            console.print(fitted(nodes_table(response.redis.nodes), console.width))
     if response.outboxes:
         console.print(fitted(_outbox_table(response.outboxes), console.width))
     else:  # a consumer: no table of nothing, but who to ask

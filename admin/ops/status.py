@@ -16,7 +16,10 @@ from redis.exceptions import RedisError, ResponseError
 from admin.catalog import Catalog
 from admin.catalog.layouts import named_keys
 from admin.catalog.registry import RegisteredGroup
+from admin.ops import cluster_status
+from admin.ops.cluster_status import NodeStatus
 from admin.ops.redis_memory import PolicyLog, out_of_memory
+from conveyor import redis_client
 from conveyor.entry_ids import EntryId
 from conveyor.outages import unreachable
 from conveyor.replies import text
@@ -50,6 +53,10 @@ class RedisStatus:
     aof_last_rewrite_status: str = ""
     run_id: str = ""
     error: str = ""
+    cluster: bool = False
+    """A Redis Cluster: the figures above are the whole cluster's (admin.ops.cluster_status)."""
+    nodes: tuple[NodeStatus, ...] = ()
+    """Each master of a cluster; empty for one server."""
 
     @property
     def out_of_memory(self) -> bool:
@@ -160,6 +167,8 @@ class StatusChecker:
         """Take a new snapshot (never raises: failures become reasons)."""
         redis = await self._redis_status()
         registered = await self._registry()  # also while Redis is away: it says if PG is up
+        if redis.cluster:
+            redis = cluster_status.with_topics(redis, self._redis, self._prefix, registered)
         groups = await self._groups(registered) if redis.up else ()
         now = time.monotonic()
         self.snapshot = Snapshot(
@@ -174,6 +183,12 @@ class StatusChecker:
         return self.snapshot
 
     async def _redis_status(self) -> RedisStatus:
+        if redis_client.is_cluster(self._redis):
+            nodes = await cluster_status.read_nodes(self._redis)
+            for node in nodes:
+                if node.up:
+                    self._policy_log.saw(node.maxmemory_policy, node.maxmemory)
+            return RedisStatus(cluster=True, nodes=nodes, **cluster_status.summary(nodes))
         try:
             async with asyncio.timeout(2):
                 started = time.perf_counter()

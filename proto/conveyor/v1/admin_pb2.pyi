@@ -154,7 +154,7 @@ class ComponentStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ComponentState, str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RedisStatus(_message.Message):
-    __slots__ = ("up", "ping_latency_seconds", "used_memory_bytes", "maxmemory_bytes", "aof_enabled", "aof_last_rewrite_status", "run_id", "error")
+    __slots__ = ("up", "ping_latency_seconds", "used_memory_bytes", "maxmemory_bytes", "aof_enabled", "aof_last_rewrite_status", "run_id", "error", "cluster", "nodes")
     UP_FIELD_NUMBER: _ClassVar[int]
     PING_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,8 @@ class RedisStatus(_message.Message):
     AOF_LAST_REWRITE_STATUS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     up: bool
     ping_latency_seconds: float
     used_memory_bytes: int
@@ -171,7 +173,37 @@ class RedisStatus(_message.Message):
     aof_last_rewrite_status: str
     run_id: str
     error: str
-    def __init__(self, up: _Optional[bool] = ..., ping_latency_seconds: _Optional[float] = ..., used_memory_bytes: _Optional[int] = ..., maxmemory_bytes: _Optional[int] = ..., aof_enabled: _Optional[bool] = ..., aof_last_rewrite_status: _Optional[str] = ..., run_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    cluster: bool
+    nodes: _containers.RepeatedCompositeFieldContainer[RedisNodeStatus]
+    def __init__(self, up: _Optional[bool] = ..., ping_latency_seconds: _Optional[float] = ..., used_memory_bytes: _Optional[int] = ..., maxmemory_bytes: _Optional[int] = ..., aof_enabled: _Optional[bool] = ..., aof_last_rewrite_status: _Optional[str] = ..., run_id: _Optional[str] = ..., error: _Optional[str] = ..., cluster: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[RedisNodeStatus, _Mapping]]] = ...) -> None: ...
+
+class RedisNodeStatus(_message.Message):
+    __slots__ = ("address", "up", "cluster_state", "ping_latency_seconds", "used_memory_bytes", "maxmemory_bytes", "maxmemory_policy", "aof_enabled", "run_id", "connected_replicas", "topics", "error")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_STATE_FIELD_NUMBER: _ClassVar[int]
+    PING_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAXMEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAXMEMORY_POLICY_FIELD_NUMBER: _ClassVar[int]
+    AOF_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    up: bool
+    cluster_state: str
+    ping_latency_seconds: float
+    used_memory_bytes: int
+    maxmemory_bytes: int
+    maxmemory_policy: str
+    aof_enabled: bool
+    run_id: str
+    connected_replicas: int
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    def __init__(self, address: _Optional[str] = ..., up: _Optional[bool] = ..., cluster_state: _Optional[str] = ..., ping_latency_seconds: _Optional[float] = ..., used_memory_bytes: _Optional[int] = ..., maxmemory_bytes: _Optional[int] = ..., maxmemory_policy: _Optional[str] = ..., aof_enabled: _Optional[bool] = ..., run_id: _Optional[str] = ..., connected_replicas: _Optional[int] = ..., topics: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class OutboxStatus(_message.Message):
     __slots__ = ("schema", "backlog", "oldest_age_seconds")
