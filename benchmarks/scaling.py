@@ -1,10 +1,11 @@
-"""How throughput grows with consumer group members and relays: real `conveyor consume` and
-`conveyor relay` processes draining pre-filled streams and outboxes, 1 process against several.
+"""How throughput grows with consumer group members, relays, partitions and shards: real
+`conveyor consume` and `conveyor relay` processes draining pre-filled streams and outboxes.
 
-    python benchmarks/scaling.py [--rounds 3] [--only consumers,io,relays]
+    python benchmarks/scaling.py [--rounds 3] [--only consumers,io,relays,shards]
                                  [--events 50000] [--batch 1000] [--members 1,2,4]
                                  [--io-events 4000] [--io-batch 100] [--io-wait 0.005]
-                                 [--io-lanes 8] [--relays 1,3] [--timeout 120]
+                                 [--io-lanes 8] [--relays 1,3] [--partitions 6]
+                                 [--masters 1,3] [--shard-events 20000] [--timeout 120]
 
 Scenarios, run interleaved round by round so the machine's drift hits each alike:
   consumers  --members processes of one exactly-once group (`--consumer member-I`, 2 lanes each)
@@ -14,6 +15,9 @@ Scenarios, run interleaved round by round so the machine's drift hits each alike
              call to another service does), then INSERTs; --io-events entries, batch --io-batch;
              plus one member with --io-lanes lanes
   relays     --relays `conveyor relay` processes on one schema drain --events outbox rows
+  shards     one relay, then one member, with --shard-events events, the topic's streams on the
+             services' Redis (one stream, then --partitions) and on throwaway Redis Clusters of
+             --masters masters (redis-server on loopback ports, AOF everysec, no replicas)
 Every run starts its processes behind a gate (a table lock on what they write first) and times
 from the gate's opening to the last event applied (the group has acknowledged every entry, each
 after its ledger row committed) or published. Each round also runs the yardstick
@@ -31,31 +35,16 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import scaling_runs
-from scaling_runs import Measured, Services
+import scaling_shards
+from scaling_runs import Case, Measured, Services
 
 from admin.bench import yardstick
 from conveyor import database, wire
 
-SCENARIOS = ("consumers", "io", "relays")
-
-
-@dataclass(slots=True)
-class Case:
-    """One configuration of a scenario and what its rounds measured."""
-
-    scenario: str
-    processes: int
-    lanes: int
-    run: Callable[[], Awaitable[Measured]]
-    rates: list[float] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return f"{self.scenario} x{self.processes}" + (f" lanes={self.lanes}" if self.lanes else "")
+SCENARIOS = ("consumers", "io", "relays", "shards")
 
 
 def _ints(text: str) -> list[int]:
@@ -81,11 +70,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--io-wait", type=float, default=0.005, help="seconds per event")
     ap.add_argument("--io-lanes", type=int, default=8, help="lanes of the one-member extra row")
     ap.add_argument("--relays", type=_ints, default=[1, 3])
+    ap.add_argument("--partitions", type=int, default=6, help="shards: the topic's partitions")
+    ap.add_argument("--masters", type=_ints, default=[1, 3], help="shards: cluster sizes")
+    ap.add_argument("--shard-events", type=int, default=20_000)
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per run at most")
     return ap
 
 
-def cases(a: argparse.Namespace, services: Services) -> list[Case]:
+def cases(a: argparse.Namespace, services: Services, urls: dict[int, str]) -> list[Case]:
     only = set(a.only.split(","))
     out = []
     if "consumers" in only:
@@ -117,6 +109,8 @@ def cases(a: argparse.Namespace, services: Services) -> list[Case]:
     if "relays" in only:
         for r in a.relays:
             out.append(Case("relays", r, 0, _relays(services, r, a.events, a.batch)))
+    if "shards" in only:
+        out += scaling_shards.cases(a, services, urls)
     return out
 
 
@@ -175,7 +169,7 @@ def report(a: argparse.Namespace, todo: list[Case], yard: list[float]) -> None:
         f" --conns 2), medians of {a.rounds}: relay {yard[0]:,.0f}/s, per-event consumer"
         f" {yard[1]:,.0f}/s"
     )
-    for scenario in SCENARIOS:
+    for scenario in SCENARIOS[:-1]:
         rows = [c for c in todo if c.scenario == scenario]
         if not rows:
             continue
@@ -202,6 +196,7 @@ def report(a: argparse.Namespace, todo: list[Case], yard: list[float]) -> None:
                 ceiling = c.processes * c.lanes / a.io_wait
                 cells.append(f"{ceiling:,.0f}/s ({rate / ceiling:.2f}x)")
             print("| " + " | ".join(cells) + " |")
+    scaling_shards.report(a, todo, yard)
 
 
 def main() -> None:
@@ -217,10 +212,12 @@ def main() -> None:
         os.environ.get("CONVEYOR_REDIS_URL", wire.DEFAULT_REDIS_URL),
         a.timeout,
     )
-    todo = cases(a, services)
     started = time.monotonic()
     print(f"scaling, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs", flush=True)
-    yard = asyncio.run(measure(a, services, todo))
+    sizes = a.masters if "shards" in a.only.split(",") else []
+    with scaling_shards.clusters(sizes) as urls:
+        todo = cases(a, services, urls)
+        yard = asyncio.run(measure(a, services, todo))
     report(a, todo, yard)
     print(f"\n{len(todo)} configurations, {a.rounds} rounds in {time.monotonic() - started:.0f} s")
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from redis.exceptions import ResponseError
@@ -24,21 +24,16 @@ from redis.exceptions import ResponseError
 from admin.bench import load
 from admin.bench.harness import Bench, Proc, Scratch, Stall
 from admin.bench.model import Sizes
+from admin.catalog import layouts as catalog_layouts
 from conveyor import database, redis_client
+from conveyor import layouts as conveyor_layouts
+from conveyor.layouts import PARK, Layouts
 
 GATE_SECONDS = 30.0
 """Longest wait for every process to block on the gate; the run then starts anyway (said on
 stderr), so a process that never writes cannot hold it up."""
 
 POLL_SECONDS = 0.02
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    database_url: str
-    redis_url: str
-    timeout: float
-    """Longest a run may take from the gate's opening to its last event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +46,37 @@ class Measured:
     @property
     def rate(self) -> float:
         return self.events / max(self.seconds, 1e-3)
+
+
+@dataclass(slots=True)
+class Case:
+    """One configuration of a scenario and what its rounds measured."""
+
+    scenario: str
+    processes: int
+    lanes: int
+    run: Callable[[], Awaitable[Measured]]
+    rates: list[float] = field(default_factory=list)
+    setup: str = ""
+    """Where the streams live (shards: `server`, `cluster, 3 masters`)."""
+    role: str = ""
+    """What runs (shards: `relay` or `consumer`)."""
+    partitions: int | None = None
+    """The topic's stream partitions (None: one stream)."""
+
+    @property
+    def label(self) -> str:
+        if self.setup:
+            return f"{self.scenario} {self.setup}, partitions={self.partitions} {self.role}"
+        return f"{self.scenario} x{self.processes}" + (f" lanes={self.lanes}" if self.lanes else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    database_url: str
+    redis_url: str
+    timeout: float
+    """Longest a run may take from the gate's opening to its last event."""
 
 
 class Gate:
@@ -152,19 +178,24 @@ async def consumers(
     events: int,
     batch: int,
     env: dict[str, str] | None = None,
+    redis_url: str | None = None,
+    partitions: int | None = None,
 ) -> Measured:
     """`members` exactly-once `conveyor consume` processes of one group (`--partitions lanes`)
-    draining a stream pre-filled with `events` events."""
-    bench = Bench(services.database_url, services.redis_url, sizes=Sizes(batch=batch))
+    draining a stream pre-filled with `events` events; on `redis_url` instead of the services'
+    Redis, and with the topic split into `partitions` streams, when given."""
+    bench = Bench(services.database_url, redis_url or services.redis_url, sizes=Sizes(batch=batch))
     async with bench.scratch() as s:
-        await load.fill_stream(bench.redis_url, s, events)
+        layouts = await _partition(bench, s, partitions)
+        await load.fill_stream(bench.redis_url, s, events, layouts=layouts)
+        streams = [k.events for k in conveyor_layouts.streams(s.topic, s.prefix, layouts)]
         starters = [_member(bench, s, router, i, lanes=lanes, env=env) for i in range(members)]
         table = f"{s.schema}.bench_effects"
         async with gate(bench.database_url, table) as g, started(starters) as procs:
             try:
                 await g.wait_for(procs)
                 t0 = await g.open()
-                t1 = await _acknowledged(bench, s, events, procs, t0 + services.timeout)
+                t1 = await _acknowledged(bench, streams, events, procs, t0 + services.timeout)
             finally:
                 await g.open()  # before the members are stopped: none is left blocked
         applied = await _fetchval(
@@ -183,20 +214,23 @@ def _member(
 
 
 async def _acknowledged(
-    bench: Bench, s: Scratch, n: int, procs: Sequence[Proc], deadline: float
+    bench: Bench, streams: Sequence[str], n: int, procs: Sequence[Proc], deadline: float
 ) -> float:
-    """time.monotonic() when the group has read all `n` entries and has none pending."""
+    """time.monotonic() when the group has read all `n` entries of `streams` and has none
+    pending."""
     r = redis_client.connect(bench.redis_url)
     stall = Stall("the consumers")
     try:
         while True:
-            try:
-                groups = await r.xinfo_groups(s.stream)
-            except ResponseError:  # no stream
-                groups = []
+            read = pending = 0
+            for stream in streams:
+                try:
+                    groups = await r.xinfo_groups(stream)
+                except ResponseError:  # no stream
+                    groups = []
+                read += int(groups[0]["entries-read"] or 0) if groups else 0
+                pending += int(groups[0]["pending"]) if groups else 0
             now = time.monotonic()
-            read = int(groups[0]["entries-read"] or 0) if groups else 0
-            pending = int(groups[0]["pending"]) if groups else 0
             if read >= n and pending == 0:
                 return now
             _check(procs, "consumer", deadline, stall, read - pending)
@@ -205,11 +239,36 @@ async def _acknowledged(
         await r.aclose()
 
 
-async def relays(services: Services, *, relays: int, events: int, batch: int) -> Measured:
+async def _partition(bench: Bench, s: Scratch, partitions: int | None) -> Layouts:
+    """Split the scratch's topic into `partitions` streams (none: leave it one stream); and
+    find whether the bench's Redis is a cluster node, for the clients of this process."""
+    await redis_client.detect(bench.redis_url)
+    if partitions is None:
+        return {}
+    conn = await asyncpg.connect(bench.database_url)
+    try:
+        layout = await catalog_layouts.set_layout(
+            conn, s.prefix, s.topic, partitions=partitions, ordered=False, on_dead_letter=PARK
+        )
+    finally:
+        await conn.close()
+    return {s.topic: layout}
+
+
+async def relays(
+    services: Services,
+    *,
+    relays: int,
+    events: int,
+    batch: int,
+    redis_url: str | None = None,
+    partitions: int | None = None,
+) -> Measured:
     """`relays` `conveyor relay` processes on one schema draining an outbox pre-filled with
-    `events` rows."""
-    bench = Bench(services.database_url, services.redis_url, sizes=Sizes(batch=batch))
+    `events` rows; on `redis_url`, with the topic split into `partitions` streams, when given."""
+    bench = Bench(services.database_url, redis_url or services.redis_url, sizes=Sizes(batch=batch))
     async with bench.scratch() as s:
+        await _partition(bench, s, partitions)
         await load.fill_outbox(bench.database_url, s, events)
         outbox = f"{s.schema}.{database.OUTBOX_TABLE}"
         starters = [lambda: bench.relay(s) for _ in range(relays)]
