@@ -13,7 +13,7 @@ Scenarios, run interleaved round by round so the machine's drift hits each alike
              through ctx.db): bound by the machine's CPU
   io         the same with a handler bound by I/O: it waits --io-wait seconds per event (as a
              call to another service does), then INSERTs; --io-events entries, batch --io-batch;
-             plus one member with --io-lanes lanes
+             plus one member with --io-lanes lanes (batch 25 per lane, at least --io-batch)
   relays     --relays `conveyor relay` processes on one schema drain --events outbox rows
   shards     one relay, then one member, with --shard-events events, the topic's streams on the
              services' Redis (one stream, then --partitions) and on throwaway Redis Clusters of
@@ -23,7 +23,7 @@ from the gate's opening to the last event applied (the group has acknowledged ev
 after its ledger row committed) or published. Each round also runs the yardstick
 (ideal_pipeline.py --handler-insert --conns 2, --events rows, batch 1000) on the same servers.
 Prints every run, then one table per scenario: medians, the ratio to one process and the ratio
-to the yardstick's median; never asserts.
+to the yardstick (each the median of the rounds' ratios); never asserts.
 """
 
 from __future__ import annotations
@@ -94,18 +94,19 @@ def cases(a: argparse.Namespace, services: Services, urls: dict[int, str]) -> li
             out.append(Case("consumers", m, 2, run))
     if "io" in only:
         env = {"CONVEYOR_BENCH_IO_WAIT": str(a.io_wait)}
-        shapes = [(m, 2) for m in a.members] + [(1, a.io_lanes)]
-        for m, lanes in dict.fromkeys(shapes):
+        shapes = [(m, 2, a.io_batch) for m in a.members]
+        shapes.append((1, a.io_lanes, max(a.io_batch, 25 * a.io_lanes)))  # ~25 per lane
+        for m, lanes, batch in dict.fromkeys(shapes):
             run = _consumers(
                 services,
                 router="io_wait",
                 members=m,
                 lanes=lanes,
                 events=a.io_events,
-                batch=a.io_batch,
+                batch=batch,
                 env=env,
             )
-            out.append(Case("io", m, lanes, run))
+            out.append(Case("io", m, lanes, run, batch=batch))
     if "relays" in only:
         for r in a.relays:
             out.append(Case("relays", r, 0, _relays(services, r, a.events, a.batch)))
@@ -135,8 +136,11 @@ def _relays(
     return lambda: scaling_runs.relays(services, relays=relays, events=events, batch=batch)
 
 
-async def measure(a: argparse.Namespace, services: Services, todo: list[Case]) -> list[float]:
-    """Every round: the yardstick, then each case; the yardstick's (relay, consumer) rates."""
+async def measure(
+    a: argparse.Namespace, services: Services, todo: list[Case]
+) -> list[tuple[float, float]]:
+    """Every round: the yardstick, then each case; the yardstick's (relay, consumer) rates of
+    each round."""
     yard: list[tuple[float, float]] = []
     for i in range(a.rounds):
         print(f"-- round {i + 1}/{a.rounds}", flush=True)
@@ -151,7 +155,7 @@ async def measure(a: argparse.Namespace, services: Services, todo: list[Case]) -
             note = "" if m.applied == m.events else f"  WARNING: {m.applied:,} of {m.events:,} done"
             print(f"{case.label}: {m.rate:,.0f}/s ({m.events:,} events in {m.seconds:.2f} s){note}")
             sys.stdout.flush()
-    return [statistics.median(r[0] for r in yard), statistics.median(r[1] for r in yard)]
+    return yard
 
 
 TITLES = {
@@ -163,11 +167,13 @@ TITLES = {
 }
 
 
-def report(a: argparse.Namespace, todo: list[Case], yard: list[float]) -> None:
+def report(a: argparse.Namespace, todo: list[Case], yard: list[tuple[float, float]]) -> None:
+    relay, consumer = [r[0] for r in yard], [r[1] for r in yard]
     print(
         f"\nyardstick (ideal_pipeline.py --events {a.events} --batch {a.batch} --handler-insert"
-        f" --conns 2), medians of {a.rounds}: relay {yard[0]:,.0f}/s, per-event consumer"
-        f" {yard[1]:,.0f}/s"
+        f" --conns 2), medians of {a.rounds}: relay {statistics.median(relay):,.0f}/s,"
+        f" per-event consumer {statistics.median(consumer):,.0f}/s; ratios are medians of"
+        " each round's ratio"
     )
     for scenario in SCENARIOS[:-1]:
         rows = [c for c in todo if c.scenario == scenario]
@@ -176,23 +182,25 @@ def report(a: argparse.Namespace, todo: list[Case], yard: list[float]) -> None:
         words = {**vars(a), "io_wait_ms": a.io_wait * 1000}
         print(f"\n{TITLES[scenario].format(**words)}; medians of {a.rounds} rounds\n")
         one = next((c for c in rows if c.processes == 1), rows[0])
-        base = statistics.median(one.rates)
         what = "relay" if scenario == "relays" else "per-event consumer"
-        baseline = yard[0] if scenario == "relays" else yard[1]
-        head = "| relays |" if scenario == "relays" else "| members | lanes each |"
-        extra = " wait-bound ceiling |" if scenario == "io" else ""
-        print(f"{head} events/s | rounds | vs 1 process | vs yardstick {what} |{extra}")
-        print("|---" * (head.count("|") - 1 + 4 + (1 if extra else 0)) + "|")
+        baseline = relay if scenario == "relays" else consumer
+        head = ["relays"] if scenario == "relays" else ["members", "lanes each"]
+        head += ["batch"] if scenario == "io" else []
+        head += ["events/s", "rounds", "vs 1 process", f"vs yardstick {what}"]
+        head += ["wait-bound ceiling"] if scenario == "io" else []
+        print("| " + " | ".join(head) + " |")
+        print("|---" * len(head) + "|")
         for c in rows:
             rate = statistics.median(c.rates)
             cells = [str(c.processes)] + ([] if scenario == "relays" else [str(c.lanes)])
+            cells += [str(c.batch)] if scenario == "io" else []
             cells += [
                 f"{rate:,.0f}",
                 " / ".join(f"{r:,.0f}" for r in c.rates),
-                f"{rate / base:.2f}x",
-                f"{rate / baseline:.2f}x",
+                f"{scaling_runs.ratio(c.rates, one.rates):.2f}x",
+                f"{scaling_runs.ratio(c.rates, baseline):.2f}x",
             ]
-            if extra:
+            if scenario == "io":
                 ceiling = c.processes * c.lanes / a.io_wait
                 cells.append(f"{ceiling:,.0f}/s ({rate / ceiling:.2f}x)")
             print("| " + " | ".join(cells) + " |")

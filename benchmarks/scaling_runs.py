@@ -12,6 +12,7 @@ outbox row left unpublished)."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -48,6 +49,12 @@ class Measured:
         return self.events / max(self.seconds, 1e-3)
 
 
+def ratio(values: Sequence[float], bases: Sequence[float]) -> float:
+    """The median of the per-round ratios values[i] / bases[i]: the machine's load drifts
+    between rounds, and a ratio of two figures of one round is steadier than either."""
+    return statistics.median(v / b for v, b in zip(values, bases, strict=True))
+
+
 @dataclass(slots=True)
 class Case:
     """One configuration of a scenario and what its rounds measured."""
@@ -63,6 +70,8 @@ class Case:
     """What runs (shards: `relay` or `consumer`)."""
     partitions: int | None = None
     """The topic's stream partitions (None: one stream)."""
+    batch: int = 0
+    """`--batch-size` of its processes."""
 
     @property
     def label(self) -> str:

@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 
 import scaling_runs
 from scaling_cluster import Cluster
-from scaling_runs import Case, Measured, Services
+from scaling_runs import Case, Measured, Services, ratio
 
 
 @contextmanager
@@ -75,7 +75,7 @@ def _consumer(
     )
 
 
-def report(a: argparse.Namespace, todo: list[Case], yard: list[float]) -> None:
+def report(a: argparse.Namespace, todo: list[Case], yard: list[tuple[float, float]]) -> None:
     rows = [c for c in todo if c.scenario == "shards"]
     if not rows:
         return
@@ -88,10 +88,14 @@ def report(a: argparse.Namespace, todo: list[Case], yard: list[float]) -> None:
         " | consumer events/s | vs 1 stream on the server | vs yardstick per-event consumer |"
     )
     print("|---" * 8 + "|")
-    base = {c.role: statistics.median(c.rates) for c in rows if c.partitions is None}
+    one = {c.role: c.rates for c in rows if c.partitions is None}
+    bases = {"relay": [r[0] for r in yard], "consumer": [r[1] for r in yard]}
     for relay, consumer in zip(rows[::2], rows[1::2], strict=True):
         cells = [relay.setup, str(relay.partitions or 1)]
-        for c, yardstick in ((relay, yard[0]), (consumer, yard[1])):
-            rate = statistics.median(c.rates)
-            cells += [f"{rate:,.0f}", f"{rate / base[c.role]:.2f}x", f"{rate / yardstick:.2f}x"]
+        for c in (relay, consumer):
+            cells += [
+                f"{statistics.median(c.rates):,.0f}",
+                f"{ratio(c.rates, one[c.role]):.2f}x",
+                f"{ratio(c.rates, bases[c.role]):.2f}x",
+            ]
         print("| " + " | ".join(cells) + " |")

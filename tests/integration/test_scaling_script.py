@@ -1,6 +1,7 @@
 """benchmarks/scaling.py, the command docs/scaling.md documents, at the smallest sizes: it runs
-every scenario on the real servers, prints each figure with its ratio to one process and to the
-yardstick, and leaves no scratch schema or key behind. No figure's value is judged here."""
+every scenario on the real servers (shards also on a throwaway one-master Redis Cluster), prints
+each figure with its ratio to one process and to the yardstick, and leaves no scratch schema, key
+or catalog row behind. No figure's value is judged here."""
 
 from __future__ import annotations
 
@@ -33,11 +34,20 @@ TINY = [
     "4",
     "--relays",
     "1,2",
+    "--partitions",
+    "2",
+    "--masters",
+    "1",
+    "--shard-events",
+    "400",
     "--timeout",
     "60",
 ]
 
-_ROW = re.compile(r"^\| (\d+) \|(?: (\d+) \|)? ([\d,]+) \| ([\d,]+) \| ([\d.]+)x \| ([\d.]+)x \|")
+_ROW = re.compile(
+    r"^\| (\d+) \|(?: (\d+) \|)?(?: (\d+) \|)? ([\d,]+) \| ([\d,/ ]+) \| ([\d.]+)x \| ([\d.]+)x \|"
+)
+"""members or relays | lanes | batch (io) | events/s | rounds | vs 1 process | vs yardstick"""
 
 
 def run(database_url: str, redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,13 +82,36 @@ async def test_the_script_prints_every_figure_with_its_ratios(
     consumers = next(v for k, v in rows.items() if k.startswith("consumers, per-event"))
     waiting = next(v for k, v in rows.items() if k.startswith("consumers, handler waiting 5 ms"))
     relays = next(v for k, v in rows.items() if k.startswith("relays on one outbox"))
+    shards = next(
+        body.splitlines()[2:]
+        for title, body in itertools.pairwise(tables)
+        if title.startswith("one relay, one consumer member")
+    )
     assert [(m[1], m[2]) for m in consumers] == [("1", "2"), ("2", "2")]
-    assert [(m[1], m[2]) for m in waiting] == [("1", "2"), ("2", "2"), ("1", "4")]
+    # the lanes row gets ~25 events per lane per batch
+    assert [(m[1], m[2], m[3]) for m in waiting] == [
+        ("1", "2", "10"),
+        ("2", "2", "10"),
+        ("1", "4", "100"),
+    ]
     assert [m[1] for m in relays] == ["1", "2"]
     for m in [*consumers, *waiting, *relays]:
-        assert float(m[3].replace(",", "")) > 0
-        assert float(m[5]) > 0 and float(m[6]) > 0  # ratios to 1 process and to the yardstick
-    assert consumers[0][5] == "1.00" and relays[0][5] == "1.00"
+        assert float(m[4].replace(",", "")) > 0
+        assert float(m[6]) > 0 and float(m[7]) > 0  # ratios to 1 process and to the yardstick
+    assert consumers[0][6] == "1.00" and relays[0][6] == "1.00"
+    # Redis | partitions | then rate, ratio to one stream, ratio to the yardstick, for the relay
+    # and for the consumer.
+    shard_rows = [line.strip("| ").split(" | ") for line in shards]
+    assert [r[:2] for r in shard_rows] == [
+        ["server", "1"],
+        ["server", "2"],
+        ["cluster, 1 master", "2"],
+    ]
+    for r in shard_rows:
+        for rate, to_one, to_yardstick in (r[2:5], r[5:8]):
+            assert float(rate.replace(",", "")) > 0
+            assert to_one.endswith("x") and to_yardstick.endswith("x")
+        assert r[3] == r[6] == "1.00x" or r[1] != "1"
     yard = r"yardstick \(ideal_pipeline\.py [^)]*\), medians of 1: relay [\d,]+/s, per-event"
     assert re.search(yard, out), out
     assert "WARNING" not in out, out  # every run applied (or published) every event
