@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from admin.catalog import layouts as catalog_layouts
-from admin.cli.topic_state import alive, refusal, topic_state
+from admin.cli.topic_state import alive, layout_words, refusal, topic_state
 from conveyor.layouts import PARK, Layout
 
 
@@ -23,21 +23,22 @@ class Outcome:
     """Refusals --force overrode."""
 
     def lines(self) -> list[str]:
-        old, new = _count(self.before), _count(self.after)
+        old, new = _streams(self.before), _streams(self.after)
         if not self.changed:
             return [f"topic {self.topic}: layout unchanged ({_describe(self.after)})"]
         out = [f"overrode: {reason}" for reason in self.forced]
         out.append(f"topic {self.topic}: {_describe(self.after)}")
         if old != new:
             out.append(
-                f"partition count {old} -> {new}: start the relays and consumers of the "
-                "deployment now; relays still running stop (exit 9) and need a restart"
+                f"{layout_words(old)} -> {layout_words(new)}: start the relays and consumers of "
+                "the deployment now; relays still running stop (exit 9) and need a restart"
             )
         return out
 
 
-def _count(layout: Layout | None) -> int:
-    return 1 if layout is None else layout.partitions
+def _streams(layout: Layout | None) -> int | None:
+    """What decides a topic's streams: its partition count, None when unpartitioned."""
+    return None if layout is None else layout.partitions
 
 
 def _describe(layout: Layout | None) -> str:
@@ -75,7 +76,8 @@ async def change(
             )
             if same:
                 return outcome
-        old, new = _count(before), partitions or 1
+        old, new = _streams(before), partitions
+        # One partition is not the plain stream either: {orders:0} is another key than {orders}.
         if old != new:
             running = await alive(pool, prefix)
             layouts_now = {} if before is None else {topic: before}

@@ -88,22 +88,31 @@ async def stream_state(client: Any, keys: wire.Keys) -> StreamState:
     groups = []
     for info in infos:
         name = text(info["name"])
-        last = text(info["last-delivered-id"])
-        after = await client.xrange(keys.events, min="(" + last, max="+", count=_COUNT_PAGE)
+        lag = info.get("lag")
+        if lag is None:  # Redis cannot tell after deletions: count what is after last-delivered
+            last = "(" + text(info["last-delivered-id"])
+            lag = len(await client.xrange(keys.events, min=last, max="+", count=_COUNT_PAGE))
         retry = int(await client.xlen(keys.retry(name)))
-        groups.append(GroupState(name, int(info["pending"]), len(after), retry))
+        groups.append(GroupState(name, int(info["pending"]), int(lag), retry))
     return StreamState(keys, length, tuple(sorted(groups, key=lambda g: g.group)), dead)
+
+
+def layout_words(partitions: int | None) -> str:
+    """`unpartitioned`, `1 partition` or `N partitions`."""
+    if partitions is None:
+        return "unpartitioned"
+    return f"{partitions} partition{'' if partitions == 1 else 's'}"
 
 
 def refusal(
     topic: str,
-    old: int,
-    new: int,
+    old: int | None,
+    new: int | None,
     running: Sequence[RegisteredProcess],
     streams: Sequence[StreamState],
 ) -> str | None:
-    """Why the partition count of `topic` must not change now, or None."""
-    change = f"topic {topic} from {old} to {new} partitions"
+    """Why the partition count of `topic` (None: unpartitioned) must not change now, or None."""
+    change = f"topic {topic} from {layout_words(old)} to {layout_words(new)}"
     if running:
         relays = sorted(p.name for p in running if p.role == "relay")
         consumers = sorted(f"{p.group}/{p.name}" for p in running if p.role != "relay")

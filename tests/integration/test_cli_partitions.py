@@ -75,8 +75,9 @@ async def test_a_change_waits_for_relays_to_stop_and_a_forced_one_restarts_them(
         args = ["topic", "partition", TOPIC, "--partitions", "4"]
         refused = await asyncio.to_thread(run_conveyor, args, case.env)
         assert refused.returncode == EXIT_PRECONDITION, refused.stderr
-        assert "refusing to change topic orders from 1 to 4 partitions while relay " in (
-            refused.stderr
+        assert (
+            "refusing to change topic orders from unpartitioned to 4 partitions while relay "
+            in (refused.stderr)
         )
         assert "--force" in refused.stderr
         assert json.loads(run_conveyor(["topic", "list", "--json"], case.env).stdout) == []
@@ -108,12 +109,14 @@ async def test_a_change_waits_for_the_streams_to_drain(case: Case) -> None:
     plain = wire.Keys(TOPIC, case.prefix)
     await case.redis.xgroup_create(plain.events, "g", id="0", mkstream=True)
     await case.redis.xadd(plain.events, {"id": "x"})
+    one = run_conveyor(["topic", "partition", TOPIC, "--partitions", "1"], case.env)
+    assert one.returncode == EXIT_PRECONDITION, "{orders:0} is another stream than {orders}"
     args = ["topic", "partition", TOPIC, "--partitions", "4"]
     refused = run_conveyor(args, case.env)
     assert refused.returncode == EXIT_PRECONDITION
     assert (
-        f"refusing to change topic orders from 1 to 4 partitions: its streams still hold "
-        f"entries not every group acknowledged: {plain.events} (1)"
+        "refusing to change topic orders from unpartitioned to 4 partitions: its streams still "
+        f"hold entries not every group acknowledged: {plain.events} (1)"
     ) in refused.stderr
     shown = json.loads(run_conveyor(["topic", "show", TOPIC, "--json"], case.env).stdout)
     assert shown["partitions"] is None
@@ -246,3 +249,13 @@ async def test_verify_finds_an_event_lost_from_a_partition_stream(case: Case) ->
     assert group["counts"]["lost"]["total"] == 1
     assert group["examples"]["lost"] == [str(victim)]
     assert {s["topic"] for s in group["streams"]} == {f"{TOPIC}:{p}" for p in range(PARTITIONS)}
+
+    # `conveyor relay replay` puts it back where it belongs: its aggregate's partition.
+    replay = ["relay", "replay", "--schema", case.schema, "--since", "1h", "--json"]
+    replayed = await asyncio.to_thread(run_conveyor, replay, case.env)
+    assert replayed.returncode == 0, replayed.stderr
+    by_stream = json.loads(replayed.stdout)["by_stream"]
+    assert set(by_stream) == {k.events for k in wire.topic_keys(TOPIC, case.prefix, PARTITIONS)}
+    assert sum(by_stream.values()) == 32
+    again = [f[wire.F_EVENT_ID].decode() for _, f in await case.redis.xrange(home.events)]
+    assert again.count(str(victim)) == 1
