@@ -77,7 +77,10 @@ class ClusterSender:
             # A slot moved (MOVED, ASK), or is moving: the whole batch again, on the new map;
             # entries appended meanwhile come twice, consumers' ledgers absorb them.
             await self._refresh(moved[0])
-            raise redis_client.ClusterUnavailable(f"cluster slot map changed: {moved[0]}")
+            first = moved[0]
+            raise redis_client.ClusterUnavailable(
+                f"cluster slot map changed ({type(first).__name__} {first}): batch retried"
+            )
         return failed
 
     def _split(self, commands: Sequence[bytes]) -> dict[Any, list[int]]:

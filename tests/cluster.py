@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -196,6 +197,21 @@ class RedisCluster:
                         return node
         raise ServerError(f"redis cluster: no running master serves slot {slot}")
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """A running node replicating `master`."""
+        node_id = self.node_id(master)
+        for node in self.nodes:
+            if node.running and node is not master and self._master_id(node) == node_id:
+                return node
+        raise ServerError(f"redis cluster: no running replica of node {master.port}")
+
+    def pause(self, node: RedisServer) -> None:
+        """SIGSTOP a node: it neither answers nor replicates until `resume`."""
+        node.signal(signal.SIGSTOP)
+
+    def resume(self, node: RedisServer) -> None:
+        node.signal(signal.SIGCONT)
+
     def kill(self, node: RedisServer) -> None:
         """SIGKILL one node."""
         node.kill()
@@ -246,3 +262,18 @@ class RedisCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def migrate_slot(cluster: RedisCluster, slot: int, target: RedisServer) -> None:
+    """Move `slot` with its keys to the master `target`, as `redis-cli --cluster reshard` does:
+    IMPORTING/MIGRATING, MIGRATE of every key (clients meanwhile get ASK), then SETSLOT NODE on
+    every master (clients then get MOVED)."""
+    source = cluster.owner(slot)
+    src_id, dst_id = cluster.node_id(source), cluster.node_id(target)
+    cluster._call(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    cluster._call(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := cluster._call(source, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+        assert isinstance(keys, list)
+        cluster._call(source, "MIGRATE", "127.0.0.1", target.port, "", 0, 10_000, "KEYS", *keys)
+    for node in cluster.master_nodes():
+        cluster._call(node, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)

@@ -128,6 +128,11 @@ class RedisServer(_Server):
     def _running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the running server (SIGSTOP, SIGCONT...) without waiting for anything."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(sig)
+
     @property
     def running(self) -> bool:
         """The server process is alive (started and not stopped or killed)."""

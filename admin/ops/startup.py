@@ -45,15 +45,9 @@ _FINAL_REDIS = (
     redis_errors.AuthorizationError,
     redis_errors.AuthenticationWrongNumberOfArgsError,
 )
-_TRANSIENT_REDIS = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-    redis_errors.ClusterDownError,  # a cluster still forming, or failing over
-    redis_errors.TryAgainError,
-    OSError,
-    TimeoutError,
-)
+_TRANSIENT_REDIS = redis_client.UNAVAILABLE
+"""Not answering (yet): refused, reset, timed out, loading its dataset, a cluster still forming
+or failing over (CLUSTERDOWN, TRYAGAIN, no node or slot reachable)."""
 
 
 async def wait_for_postgres(
@@ -136,7 +130,7 @@ def lost(exc: BaseException, *, postgres: str, redis: str) -> DependencyUnavaila
         return None
     answered = isinstance(
         exc, (redis_errors.ResponseError, asyncpg.PostgresError, *_FINAL_REDIS)
-    ) and not isinstance(exc, (redis_errors.ClusterDownError, redis_errors.TryAgainError))
+    ) and not (name == "Redis" and redis_client.unavailable(exc))
     address = redis if name == "Redis" else postgres
     cause = exc if answered else _root(exc)
     return DependencyUnavailable(

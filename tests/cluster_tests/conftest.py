@@ -14,6 +14,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cluster import RedisCluster, binaries_missing
+from tests.torture.conftest import log_dir, pytest_runtest_makereport, seed
+
+__all__ = ["log_dir", "pytest_runtest_makereport", "redis_cluster", "seed"]
+"""The torture suite's `seed` and `log_dir` fixtures and its report hook (attach()'s sections,
+the seed of a failed test), for the failover scenarios that use its checker."""
 
 
 @pytest.fixture(scope="module")

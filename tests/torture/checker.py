@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from conveyor import redis_client
 from tests.torture.deployment import Deployment, Group
 from tests.torture.facts import Effect, Facts, load_facts, traces
 from tests.torture.report import GroupCounts, Report
@@ -122,7 +122,7 @@ async def backlog(deployment: Deployment, groups: Sequence[Group]) -> Backlog:
         return out
     if out.unpublished:
         out.behind.append(f"{out.unpublished} outbox rows unpublished")
-    r = aioredis.from_url(d.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    r = redis_client.connect(d.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         for g in groups:
             for stream, required in ((keys.events, True), (keys.retry(g.name), False)):

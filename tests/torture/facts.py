@@ -17,9 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
-from conveyor import wire
+from conveyor import redis_client, wire
 from tests.torture.deployment import Deployment
 from tests.torture.workload import Txn
 
@@ -133,7 +132,7 @@ async def load_facts(deployment: Deployment, *, scan_streams: bool = True) -> Fa
 
 async def scan_stream(redis_url: str, stream: str) -> list[Entry]:
     """Every entry of `stream`, in order, with its event id and reprocess mark."""
-    r: Any = aioredis.from_url(redis_url)
+    r: Any = redis_client.connect(redis_url)  # redis+cluster:// too
     out: list[Entry] = []
     try:
         start = "-"
