@@ -63,6 +63,10 @@ class OrderedWorker(TopicWorker):
         self._next_parked = 0.0
         self._next_retry_read = 0.0
         self._next_others = 0.0
+        self._unlisted: dict[str, str] = {}
+        """Dead-letter entry id -> aggregate of the dead letters this worker wrote that the
+        catalog did not list yet (its write failed; the reconciler adds them later): they park
+        their aggregates as the catalog's open ones do."""
 
     async def _consume(self) -> None:
         try:
@@ -175,7 +179,9 @@ class OrderedWorker(TopicWorker):
                 raise DatabaseDown(f"reading the parked aggregates: {exc!r}") from exc
             log.debug("parked aggregates not refreshed, kept: %r", exc)
             return
-        aggregates: set[str] = set()
+        listed = set(ids)
+        self._unlisted = {i: a for i, a in self._unlisted.items() if i not in listed}
+        aggregates: set[str] = set(self._unlisted.values())
         if ids:
             pipe = self._redis.pipeline(transaction=False)
             for entry_id in ids:
@@ -205,9 +211,11 @@ class OrderedWorker(TopicWorker):
                 dead = isinstance(error, Reject) or d.entry.attempt >= self._s.max_attempts
                 if dead:
                     await self._check_lease()
-                await self._failed(d, error)
+                row = await self._failed(d, error)
                 if dead:
                     gate.dead_lettered(agg)
+                    if row is not None:
+                        self._unlisted[row.dlq_entry_id] = agg
                 else:
                     gate.retry_scheduled(d)
         if settled:

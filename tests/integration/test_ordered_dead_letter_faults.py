@@ -1,0 +1,103 @@
+"""Ordered topics when writing a dead letter goes partly wrong: the aggregate stays parked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+
+from admin.catalog import ConsumerCatalog
+from admin.catalog.leases import ConsumerLeases
+from consumers import Consumer, ConsumerSettings, EventContext, Reject
+from consumers.catalog import DeadLetterRow
+from tests.integration.ordered_support import (
+    TOPIC,
+    applied,
+    create_applied,
+    make_ordered,
+    ordered_router,
+    per_aggregate,
+    publish,
+    wait_for,
+)
+
+pytestmark = pytest.mark.usefixtures("catalog_cleanup")
+GROUP = "orders-app"
+
+
+class _CatalogBlip(ConsumerCatalog):
+    """The catalog, whose first dead-letter write fails (PostgreSQL restarting)."""
+
+    failed = 0
+
+    async def record_dead_letters(self, rows: Sequence[DeadLetterRow]) -> None:
+        if _CatalogBlip.failed == 0:
+            _CatalogBlip.failed += 1
+            raise ConnectionResetError("connection lost")
+        await super().record_dead_letters(rows)
+
+
+async def _count(pg: asyncpg.Connection, schema: str) -> int:
+    return int(await pg.fetchval(f"SELECT count(*) FROM {schema}.applied"))
+
+
+async def test_a_dead_letter_the_catalog_missed_still_parks_its_aggregate(case: Any) -> None:
+    """a0's second event is rejected; its dead letter reaches the dead-letter stream but its
+    catalog row is not written (the reconciler adds it later). a0's later events stay parked
+    behind it: the parked aggregates read from the catalog every second must not forget it."""
+    await make_ordered(case.pg, case.prefix, 2)
+    await create_applied(case.pg, case.schema)
+    _CatalogBlip.failed = 0
+
+    def fail(agg: str, seq: int, ctx: EventContext) -> None:
+        if agg == "a0" and seq == 2:
+            raise Reject("refused for good")
+
+    settings = ConsumerSettings(
+        consumer="m-a",
+        topics=(TOPIC,),
+        group=GROUP,
+        database_url=case.database_url,
+        redis_url=case.redis_url,
+        ledger_schema=case.schema,
+        key_prefix=case.prefix,
+        lease_ttl=3.0,
+    )
+    consumer = Consumer(
+        ordered_router(case.schema, "m-a", fail),
+        settings,
+        catalog=_CatalogBlip,
+        leases=ConsumerLeases,
+    )
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await publish(case.redis, case.prefix, 2, [("a0", 1), ("a0", 2), ("a1", 1)])
+
+        async def three() -> bool:
+            return _CatalogBlip.failed == 1 and await _count(case.pg, case.schema) == 2
+
+        await wait_for(three, "a0's first event and a1's applied, the dead letter written")
+        await publish(case.redis, case.prefix, 2, [("a0", 3), ("a0", 4)])
+        # Later events of another aggregate, over several reads of the parked aggregates.
+        for seq in range(2, 6):
+            await publish(case.redis, case.prefix, 2, [("a1", seq)])
+            await asyncio.sleep(1.0)
+        await wait_for(
+            lambda: _at_least(case.pg, case.schema, "a1", 5), "a1's later events applied"
+        )
+        assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1]
+    finally:
+        consumer.stop()
+        try:
+            await asyncio.wait_for(task, 60)
+        finally:
+            await consumer.close()
+
+
+async def _at_least(pg: asyncpg.Connection, schema: str, agg: str, n: int) -> bool:
+    got = await pg.fetchval(f"SELECT count(*) FROM {schema}.applied WHERE aggregate_id = $1", agg)
+    return bool(got >= n)
