@@ -173,13 +173,16 @@ class OrderedWorker(TopicWorker):
         self._next_parked = now + _PARKED_PERIOD
         dlq = self.streams.keys.dlq
         try:
+            # Looked up first: one recorded after this shows among the open ones read next.
+            listed = set()
+            if self._unlisted:
+                listed = await self._store.recorded_dead_letters(dlq, list(self._unlisted))
             ids = await self._store.open_dead_letters(dlq, self._s.group)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if force:  # taking over without knowing what is parked could apply a parked event
                 raise DatabaseDown(f"reading the parked aggregates: {exc!r}") from exc
             log.debug("parked aggregates not refreshed, kept: %r", exc)
             return
-        listed = set(ids)
         self._unlisted = {i: a for i, a in self._unlisted.items() if i not in listed}
         aggregates: set[str] = set(self._unlisted.values())
         if ids:
