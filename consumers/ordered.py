@@ -18,13 +18,14 @@ from typing import Any
 
 import asyncpg
 
-from consumers.deliveries import Delivery, Entry
+from consumers.catalog import DeadLetterRow
+from consumers.deliveries import Delivery, Entry, Poison
 from consumers.leases import LeaseLost, LeaseManager, LeaseScope, LeaseStore
 from consumers.ordering import OrderedGate
 from consumers.settings import ConsumerSettings
 from consumers.signals import Reject
 from consumers.transactions import DatabaseDown
-from consumers.worker import TopicWorker
+from consumers.worker import Batch, TopicWorker
 from conveyor import wire
 from conveyor.replies import text
 
@@ -63,6 +64,8 @@ class OrderedWorker(TopicWorker):
         self._next_parked = 0.0
         self._next_retry_read = 0.0
         self._next_others = 0.0
+        self._dead_read: list[Entry] = []
+        """Entries of the batch being prepared that went to the dead-letter stream as read."""
         self._unlisted: dict[str, str] = {}
         """Dead-letter entry id -> aggregate of the dead letters this worker wrote that the
         catalog did not list yet (its write failed; the reconciler adds them later): they park
@@ -107,8 +110,33 @@ class OrderedWorker(TopicWorker):
                     entries += await self._claim_others()
                 entries += new
             await self._retrier.touch_waiting()
+            self._dead_read = []
             batch = await self.prepare(entries)
-            await self._finish_ordered(self.gate.admit(released + batch.deliveries), batch.settled)
+            admitted = self.gate.behind(
+                self.gate.admit(released + batch.deliveries), self._dead_read
+            )
+            await self._finish_ordered(admitted, batch.settled)
+
+    async def prepare(self, entries: list[Entry]) -> Batch:
+        """Decode a batch as a topic worker does, after checking the lease when an entry is
+        over the attempts cap (it goes to the dead-letter stream as it is read): each such
+        entry, and each that cannot be decoded, is noted: the gate holds what
+        follows them (`OrderedGate.behind`)."""
+        most = self._s.max_attempts
+        over = [e for e in entries if e.raw is not None and e.attempt > most]
+        if over:
+            await self._check_lease()
+        self._dead_read += over
+        return await super().prepare(entries)
+
+    async def _poisoned(self, entry: Entry, poison: Poison) -> DeadLetterRow | None:
+        await self._check_lease()  # no transaction fences a dead letter
+        row = await super()._poisoned(entry, poison)
+        self._dead_read.append(entry)
+        agg = None if entry.raw is None else entry.fields.get(wire.F_AGGREGATE_ID)
+        if row is not None and agg is not None and self.gate.policy == "park":
+            self._unlisted[row.dlq_entry_id] = text(agg)
+        return row
 
     async def _take_over(self) -> list[Entry]:
         """Every entry of the partition pending in the group (on any member), now this one's, in

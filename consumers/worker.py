@@ -237,14 +237,17 @@ class TopicWorker:
                 continue
             decoded = decode(entry)
             if isinstance(decoded, Poison):
-                await self._poison.move(
-                    entry, decoded.reason, decoded.error_class or "Poison", decoded.error
-                )
+                await self._poisoned(entry, decoded)
             else:
                 deliveries.append(decoded)
         if over:
             batch.settled += await self._poison.over_attempts(over)
         return batch
+
+    async def _poisoned(self, entry: Entry, poison: Poison) -> DeadLetterRow | None:
+        """Dead-letter an entry that can never be handled; its row, when written."""
+        reason, error_class = poison.reason, poison.error_class or "Poison"
+        return await self._poison.move(entry, reason, error_class, poison.error)
 
     async def finish(self, batch: Batch) -> None:
         """Apply a decoded batch, schedule or dead-letter its failures, acknowledge the rest."""

@@ -9,15 +9,17 @@ from typing import Any
 import asyncpg
 import pytest
 
-from admin.catalog import ConsumerCatalog
+from admin.catalog import ConsumerCatalog, dead_letters
 from admin.catalog.leases import ConsumerLeases
 from consumers import Consumer, ConsumerSettings, EventContext, Reject
 from consumers.catalog import DeadLetterRow
+from conveyor import wire
 from tests.integration.ordered_support import (
     TOPIC,
     applied,
     create_applied,
     make_ordered,
+    member,
     ordered_router,
     per_aggregate,
     publish,
@@ -101,3 +103,49 @@ async def test_a_dead_letter_the_catalog_missed_still_parks_its_aggregate(case: 
 async def _at_least(pg: asyncpg.Connection, schema: str, agg: str, n: int) -> bool:
     got = await pg.fetchval(f"SELECT count(*) FROM {schema}.applied WHERE aggregate_id = $1", agg)
     return bool(got >= n)
+
+
+async def test_an_undecodable_event_parks_its_aggregate_at_once(case: Any) -> None:
+    """a0's second entry cannot be decoded (a producer's bug): it is dead-lettered as it is
+    read, and a0's third event, read in the same batch, waits behind it (policy park) until the
+    dead letter is resolved."""
+    await make_ordered(case.pg, case.prefix, 1)
+    await create_applied(case.pg, case.schema)
+    await publish(case.redis, case.prefix, 1, [("a0", 1)])
+    key = wire.Keys(TOPIC, case.prefix, 0).events
+    await case.redis.xadd(
+        key,
+        {
+            wire.F_VERSION: wire.LAYOUT_VERSION,
+            wire.F_EVENT_ID: "0190a000-0000-7000-8000-000000000001",
+            wire.F_EVENT_TYPE: "conveyor.identity.v1.UserRegistered",
+            wire.F_AGGREGATE_ID: "a0",
+            wire.F_EVENT: b"\xff\xff not a protobuf",
+        },
+    )
+    await publish(case.redis, case.prefix, 1, [("a0", 3), ("a1", 1)])
+    async with member(ordered_router(case.schema, "m-a"), "m-a", **_settings(case)):
+        await wait_for(lambda: _at_least(case.pg, case.schema, "a1", 1), "a1's event applied")
+        await publish(case.redis, case.prefix, 1, [("a1", 2)])
+        await wait_for(lambda: _at_least(case.pg, case.schema, "a1", 2), "a1's next event")
+        assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1]
+        open_ids = await case.pg.fetch(
+            "SELECT id FROM conveyor.dead_letters WHERE key_prefix = $1 AND state = 'open'",
+            case.prefix,
+        )
+        assert len(open_ids) == 1
+        await dead_letters.resolve(
+            case.pg, [r[0] for r in open_ids], reason="dropped", principal="me"
+        )
+        await wait_for(lambda: _at_least(case.pg, case.schema, "a0", 2), "a0's held event")
+    assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1, 3]
+
+
+def _settings(case: Any) -> dict[str, Any]:
+    return {
+        "group": GROUP,
+        "database_url": case.database_url,
+        "redis_url": case.redis_url,
+        "ledger_schema": case.schema,
+        "key_prefix": case.prefix,
+    }
