@@ -66,6 +66,10 @@ class OrderedWorker(TopicWorker):
         self._next_others = 0.0
         self._dead_read: list[Entry] = []
         """Entries of the batch being prepared that went to the dead-letter stream as read."""
+        self._refused: dict[tuple[str, str], str] = {}
+        """(stream, entry id) -> aggregate of the entries whose dead letters Redis refused for
+        want of memory (pending, `PoisonQueue.held`): they park their aggregates until
+        written."""
         self._unlisted: dict[str, str] = {}
         """Dead-letter entry id -> aggregate of the dead letters this worker wrote that the
         catalog did not list yet (its write failed; the reconciler adds them later): they park
@@ -110,6 +114,8 @@ class OrderedWorker(TopicWorker):
                     entries += await self._claim_others()
                 entries += new
             await self._retrier.touch_waiting()
+            if self._poison.held:  # dead letters Redis had no memory for
+                await self._poison.retry_held()
             self._dead_read = []
             batch = await self.prepare(entries)
             admitted = self.gate.behind(
@@ -212,7 +218,9 @@ class OrderedWorker(TopicWorker):
             log.debug("parked aggregates not refreshed, kept: %r", exc)
             return
         self._unlisted = {i: a for i, a in self._unlisted.items() if i not in listed}
-        aggregates: set[str] = set(self._unlisted.values())
+        held = self._poison.held
+        self._refused = {k: a for k, a in self._refused.items() if k in held}
+        aggregates = set(self._unlisted.values()) | set(self._refused.values())
         if ids:
             pipe = self._redis.pipeline(transaction=False)
             for entry_id in ids:
@@ -247,6 +255,8 @@ class OrderedWorker(TopicWorker):
                     gate.dead_lettered(agg)
                     if row is not None:
                         self._unlisted[row.dlq_entry_id] = agg
+                    elif (d.entry.stream, d.entry.entry_id) in self._poison.held:
+                        self._refused[d.entry.stream, d.entry.entry_id] = agg
                 else:
                     gate.retry_scheduled(d)
         if settled:

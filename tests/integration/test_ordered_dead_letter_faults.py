@@ -13,7 +13,7 @@ from admin.catalog import ConsumerCatalog, dead_letters
 from admin.catalog.leases import ConsumerLeases
 from consumers import Consumer, ConsumerSettings, EventContext, Reject
 from consumers.catalog import DeadLetterRow
-from conveyor import wire
+from conveyor import redis_client, wire
 from tests.integration.ordered_support import (
     TOPIC,
     applied,
@@ -25,6 +25,7 @@ from tests.integration.ordered_support import (
     publish,
     wait_for,
 )
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.usefixtures("catalog_cleanup")
 GROUP = "orders-app"
@@ -149,3 +150,53 @@ def _settings(case: Any) -> dict[str, Any]:
         "ledger_schema": case.schema,
         "key_prefix": case.prefix,
     }
+
+
+async def test_a_dead_letter_redis_refuses_keeps_its_aggregate_parked(case: Any) -> None:
+    """Redis, out of memory, refuses a0's dead letter: the entry stays pending and a0's later
+    events wait behind it; once memory is freed the dead letter is written, and they wait for
+    it to be resolved."""
+    await make_ordered(case.pg, case.prefix, 1)
+    await create_applied(case.pg, case.schema)
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def refuse(agg: str, seq: int, ctx: EventContext) -> None:
+        if agg == "a0" and seq == 2:
+            entered.set()
+            await go.wait()
+            raise Reject("refused for good")
+
+    with RedisServer(config=("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")) as server:
+        tight = redis_client.connect(server.url)
+        try:
+            settings = {**_settings(case), "redis_url": server.url}
+            async with member(ordered_router(case.schema, "m-a", refuse), "m-a", **settings):
+                await publish(tight, case.prefix, 1, [("a0", 1), ("a0", 2), ("a0", 3)])
+                await asyncio.wait_for(entered.wait(), 60)
+                await tight.config_set("maxmemory", "0")
+                await tight.set("filler", b"x" * 3_000_000)
+                await tight.config_set("maxmemory", "2mb")
+                go.set()
+                await asyncio.sleep(3.0)  # several reads of the parked aggregates
+                assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1]
+                dlq = wire.Keys(TOPIC, case.prefix, 0).dlq
+                assert await tight.xlen(dlq) == 0
+                await tight.delete("filler")
+
+                async def written() -> bool:
+                    return bool(await tight.xlen(dlq) == 1)
+
+                await wait_for(written, "the dead letter written once memory is freed")
+                await asyncio.sleep(2.0)
+                assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1]
+                open_ids = await case.pg.fetch(
+                    "SELECT id FROM conveyor.dead_letters WHERE key_prefix = $1 AND state = 'open'",
+                    case.prefix,
+                )
+                await dead_letters.resolve(
+                    case.pg, [r[0] for r in open_ids], reason="dropped", principal="me"
+                )
+                await wait_for(lambda: _at_least(case.pg, case.schema, "a0", 2), "a0's seq 3")
+        finally:
+            await tight.aclose()
+    assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1, 3]
