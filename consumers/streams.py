@@ -41,6 +41,7 @@ class TopicStreams:
         self.consumer = consumer
         self.retry = keys.retry(group)
         self._ack_and_delete = client.register_script(_ACK_AND_DELETE)
+        self._move = client.register_script(_MOVE)
 
     async def _call(self, coro: Any, what: str = "", *, blocks: float = 0.0) -> Any:
         """The reply to `coro`; NoReply when Redis has not sent it within the timeout (plus
@@ -230,17 +231,32 @@ class TopicStreams:
         """Remove entries from the dead-letter stream."""
         await self._call(self._client.xdel(self.keys.dlq, *ids))
 
-    async def dead_letter(self, entry: Entry, fields: dict[bytes, bytes | str]) -> str:
-        """Append `fields` to the dead-letter stream and acknowledge `entry`, atomically."""
-        pipe = self._client.pipeline(transaction=True)
-        pipe.xadd(self.keys.dlq, fields)
-        pipe.xack(entry.stream, self.group, entry.entry_id)
-        if entry.stream == self.retry:
-            pipe.xdel(entry.stream, entry.entry_id)
-        replies = await self._call(pipe.execute())
-        return text(replies[0])
+    async def dead_letter(self, entry: Entry, fields: dict[bytes, bytes | str]) -> str | None:
+        """Append `fields` to the dead-letter stream and acknowledge `entry`, atomically, if the
+        entry is still pending on this consumer; the dead letter's entry id, or None when it is
+        not (another member claimed it meanwhile: a takeover, an idle claim; or it is
+        acknowledged already): then nothing is written."""
+        flat: list[Any] = [x for kv in fields.items() for x in kv]
+        delete = "1" if entry.stream == self.retry else "0"
+        args = [self.group, self.consumer, entry.entry_id, delete, *flat]
+        reply = await self._call(
+            self._move(keys=[entry.stream, self.keys.dlq], args=args), "dead letter"
+        )
+        return None if reply is None else text(reply)
 
 
+_MOVE = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return false end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
+return id
+"""
+"""Moves an entry to the dead-letter stream (XADD there, XACK, XDEL from the retry stream)
+only while it is pending on this consumer (KEYS: stream, dead-letter stream; ARGV: group,
+consumer, entry id, '1' to delete it, the dead letter's fields and values). A script, as the
+ack of the retry stream: nothing is written when Redis out of memory refuses the XADD."""
 _ACK_AND_DELETE = """
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
