@@ -185,16 +185,16 @@ class OrderedWorker(TopicWorker):
         return [found[i] for i in sorted(found, key=_entry_order)]
 
     async def _claim_others(self) -> list[Entry]:
-        """Entries of the partition pending on other members (a former owner), claimed."""
+        """Entries of the partition pending on other members (a former owner), claimed; only
+        theirs: claiming this member's own held entries again would count a delivery each time
+        and could put them over max_attempts without a try."""
         events = self.streams.keys.events
-        summary = await self._redis.xpending(events, self._s.group)
-        others = [
-            c for c in summary.get("consumers") or () if text(c["name"]) != self.streams.consumer
-        ]
-        if not others:
+        ids = await self.streams.pending_on_others(events, self._s.batch_size)
+        if not ids:
             return []
         log.info("claiming entries another member read: stream=%s", events)
-        return await self._claim_all(events)
+        claimed = await self.streams.claim_ids(events, sorted(ids, key=_entry_order))
+        return sorted(claimed, key=lambda e: _entry_order(e.entry_id))
 
     async def _refresh_parked(self, *, force: bool = False) -> None:
         """The parked aggregates from the catalog's open dead letters of the group, with each

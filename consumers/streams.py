@@ -183,6 +183,37 @@ class TopicStreams:
             return Entry(stream, text(eid), fields)
         return None
 
+    async def pending_on_others(self, stream: str, page: int) -> set[str]:
+        """Ids of the group's entries of `stream` pending on consumers other than this one."""
+        summary = await self._call(self._client.xpending(stream, self.group), "XPENDING")
+        others = [text(c["name"]) for c in summary.get("consumers") or ()]
+        ids: set[str] = set()
+        for name in (n for n in others if n != self.consumer):
+            start = "-"
+            while True:
+                rows = await self._call(
+                    self._client.xpending_range(stream, self.group, start, "+", page, name),
+                    "XPENDING",
+                )
+                ids.update(text(r["message_id"]) for r in rows)
+                if len(rows) < page:
+                    break
+                start = "(" + text(rows[-1]["message_id"])
+        return ids
+
+    async def claim_ids(self, stream: str, ids: list[str]) -> list[Entry]:
+        """Take `ids` over whoever holds them, with their delivery counts as attempts; those
+        acknowledged or deleted meanwhile are left out."""
+        if not ids:
+            return []
+        reply = await self._call(self._client.xclaim(stream, self.group, self.consumer, 0, ids))
+        entries = [Entry(stream, text(eid), fields) for eid, fields in reply or () if fields]
+        counts = await self._delivery_counts(stream, [e.entry_id for e in entries])
+        entries = [e for e in entries if e.entry_id in counts]
+        for e in entries:
+            e.attempt = counts[e.entry_id]
+        return entries
+
     async def touch(self, stream: str, ids: list[str], min_idle_ms: int) -> set[str]:
         """Reset the idle time of entries still ours (JUSTID: no delivery counted), so no other
         consumer reclaims them while they wait out their backoff; return the ids still ours."""
