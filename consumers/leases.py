@@ -97,6 +97,9 @@ class LeaseStore(Protocol):
         """Entry ids of the group's dead letters in `dlq_stream` that are open or being
         reprocessed."""
 
+    async def recorded_dead_letters(self, dlq_stream: str, entry_ids: Sequence[str]) -> set[str]:
+        """Those of `entry_ids` (of `dlq_stream`) the catalog has a row of, in any state."""
+
 
 def share(members: Sequence[str], partitions: int, me: str) -> set[int]:
     """The partitions `me` owns in the fair share: sorted members, partitions round-robin."""

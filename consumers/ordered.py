@@ -18,13 +18,14 @@ from typing import Any
 
 import asyncpg
 
-from consumers.deliveries import Delivery, Entry
+from consumers.catalog import DeadLetterRow
+from consumers.deliveries import Delivery, Entry, Poison
 from consumers.leases import LeaseLost, LeaseManager, LeaseScope, LeaseStore
 from consumers.ordering import OrderedGate
 from consumers.settings import ConsumerSettings
 from consumers.signals import Reject
 from consumers.transactions import DatabaseDown
-from consumers.worker import TopicWorker
+from consumers.worker import Batch, TopicWorker
 from conveyor import wire
 from conveyor.replies import text
 
@@ -63,6 +64,16 @@ class OrderedWorker(TopicWorker):
         self._next_parked = 0.0
         self._next_retry_read = 0.0
         self._next_others = 0.0
+        self._dead_read: list[Entry] = []
+        """Entries of the batch being prepared that went to the dead-letter stream as read."""
+        self._refused: dict[tuple[str, str], str] = {}
+        """(stream, entry id) -> aggregate of the entries whose dead letters Redis refused for
+        want of memory (pending, `PoisonQueue.held`): they park their aggregates until
+        written."""
+        self._unlisted: dict[str, str] = {}
+        """Dead-letter entry id -> aggregate of the dead letters this worker wrote that the
+        catalog did not list yet (its write failed; the reconciler adds them later): they park
+        their aggregates as the catalog's open ones do."""
 
     async def _consume(self) -> None:
         try:
@@ -103,8 +114,35 @@ class OrderedWorker(TopicWorker):
                     entries += await self._claim_others()
                 entries += new
             await self._retrier.touch_waiting()
+            if self._poison.held:  # dead letters Redis had no memory for
+                await self._poison.retry_held()
+            self._dead_read = []
             batch = await self.prepare(entries)
-            await self._finish_ordered(self.gate.admit(released + batch.deliveries), batch.settled)
+            admitted = self.gate.behind(
+                self.gate.admit(released + batch.deliveries), self._dead_read
+            )
+            await self._finish_ordered(admitted, batch.settled)
+
+    async def prepare(self, entries: list[Entry]) -> Batch:
+        """Decode a batch as a topic worker does, after checking the lease when an entry is
+        over the attempts cap (it goes to the dead-letter stream as it is read): each such
+        entry, and each that cannot be decoded, is noted: the gate holds what
+        follows them (`OrderedGate.behind`)."""
+        most = self._s.max_attempts
+        over = [e for e in entries if e.raw is not None and e.attempt > most]
+        if over:
+            await self._check_lease()
+        self._dead_read += over
+        return await super().prepare(entries)
+
+    async def _poisoned(self, entry: Entry, poison: Poison) -> DeadLetterRow | None:
+        await self._check_lease()  # no transaction fences a dead letter
+        row = await super()._poisoned(entry, poison)
+        self._dead_read.append(entry)
+        agg = None if entry.raw is None else entry.fields.get(wire.F_AGGREGATE_ID)
+        if row is not None and agg is not None and self.gate.policy == "park":
+            self._unlisted[row.dlq_entry_id] = text(agg)
+        return row
 
     async def _take_over(self) -> list[Entry]:
         """Every entry of the partition pending in the group (on any member), now this one's, in
@@ -147,16 +185,16 @@ class OrderedWorker(TopicWorker):
         return [found[i] for i in sorted(found, key=_entry_order)]
 
     async def _claim_others(self) -> list[Entry]:
-        """Entries of the partition pending on other members (a former owner), claimed."""
+        """Entries of the partition pending on other members (a former owner), claimed; only
+        theirs: claiming this member's own held entries again would count a delivery each time
+        and could put them over max_attempts without a try."""
         events = self.streams.keys.events
-        summary = await self._redis.xpending(events, self._s.group)
-        others = [
-            c for c in summary.get("consumers") or () if text(c["name"]) != self.streams.consumer
-        ]
-        if not others:
+        ids = await self.streams.pending_on_others(events, self._s.batch_size)
+        if not ids:
             return []
         log.info("claiming entries another member read: stream=%s", events)
-        return await self._claim_all(events)
+        claimed = await self.streams.claim_ids(events, sorted(ids, key=_entry_order))
+        return sorted(claimed, key=lambda e: _entry_order(e.entry_id))
 
     async def _refresh_parked(self, *, force: bool = False) -> None:
         """The parked aggregates from the catalog's open dead letters of the group, with each
@@ -169,13 +207,20 @@ class OrderedWorker(TopicWorker):
         self._next_parked = now + _PARKED_PERIOD
         dlq = self.streams.keys.dlq
         try:
+            # Looked up first: one recorded after this shows among the open ones read next.
+            listed = set()
+            if self._unlisted:
+                listed = await self._store.recorded_dead_letters(dlq, list(self._unlisted))
             ids = await self._store.open_dead_letters(dlq, self._s.group)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if force:  # taking over without knowing what is parked could apply a parked event
                 raise DatabaseDown(f"reading the parked aggregates: {exc!r}") from exc
             log.debug("parked aggregates not refreshed, kept: %r", exc)
             return
-        aggregates: set[str] = set()
+        self._unlisted = {i: a for i, a in self._unlisted.items() if i not in listed}
+        held = self._poison.held
+        self._refused = {k: a for k, a in self._refused.items() if k in held}
+        aggregates = set(self._unlisted.values()) | set(self._refused.values())
         if ids:
             pipe = self._redis.pipeline(transaction=False)
             for entry_id in ids:
@@ -205,9 +250,13 @@ class OrderedWorker(TopicWorker):
                 dead = isinstance(error, Reject) or d.entry.attempt >= self._s.max_attempts
                 if dead:
                     await self._check_lease()
-                await self._failed(d, error)
+                row = await self._failed(d, error)
                 if dead:
                     gate.dead_lettered(agg)
+                    if row is not None:
+                        self._unlisted[row.dlq_entry_id] = agg
+                    elif (d.entry.stream, d.entry.entry_id) in self._poison.held:
+                        self._refused[d.entry.stream, d.entry.entry_id] = agg
                 else:
                     gate.retry_scheduled(d)
         if settled:

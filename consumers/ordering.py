@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from consumers.deliveries import Delivery
+from consumers.deliveries import Delivery, Entry
+from conveyor import wire
 from conveyor.entry_ids import EntryId
+from conveyor.replies import text
 
 POLICIES = ("park", "pass")
 
@@ -62,6 +64,31 @@ class OrderedGate:
                 self.hold([d])
             else:
                 out.append(d)
+        return out
+
+    def behind(self, admitted: list[Delivery], dead: Sequence[Entry]) -> list[Delivery]:
+        """Entries dead-lettered as they were read (`dead`: poison, over the attempts cap) park
+        their aggregates (policy park): the admitted events of those aggregates after them are
+        held instead; the others are returned."""
+        if self.policy != "park" or not dead:
+            return admitted
+        after: dict[str, tuple[str, EntryId]] = {}
+        for e in dead:
+            raw = None if e.raw is None else e.fields.get(wire.F_AGGREGATE_ID)
+            if raw is not None and (agg := text(raw)) not in after:
+                after[agg] = (e.stream, EntryId.parse(e.entry_id))
+                self.dead_lettered(agg)
+        out: list[Delivery] = []
+        for d in admitted:
+            at = after.get(d.aggregate_id)
+            if (
+                at is None
+                or d.entry.stream == self._retry
+                or (d.entry.stream == at[0] and EntryId.parse(d.entry.entry_id) < at[1])
+            ):
+                out.append(d)
+            else:
+                self.hold([d])
         return out
 
     def released(self) -> list[Delivery]:

@@ -65,7 +65,8 @@ class PoisonQueue:
         dead-lettered before is acknowledged as a duplicate instead, while that dead letter still
         stands (`dead_letters.standing`): then None. None too when Redis, out of memory, refuses
         the dead letter: the entry then stays pending, held until Redis has room
-        (`retry_held`)."""
+        (`retry_held`); and when the entry is no longer pending on this member (another took it
+        over): nothing is written."""
         standing = await self._standing(entry)
         if standing is not None:
             await self._duplicate(entry, standing)
@@ -97,9 +98,10 @@ class PoisonQueue:
         exc: BaseException | None = None,
         *,
         record: bool = True,
-    ) -> DeadLetterRow:
+    ) -> DeadLetterRow | None:
         """Move `entry` to the dead-letter stream; its catalog row is recorded now, or returned
-        for the caller to record (`record=False`)."""
+        for the caller to record (`record=False`). None when the entry is no longer pending on
+        this member: another took it over, and nothing was written."""
         dlq, tracing = self._streams.keys.dlq, self._tracing
         with dead_letters.span(entry, reason, error_class, dlq=dlq, enabled=tracing) as traceparent:
             fields = dead_letters.fields(
@@ -113,6 +115,16 @@ class PoisonQueue:
                 traceparent=traceparent,
             )
             dlq_id = await self._streams.dead_letter(entry, fields)
+        if dlq_id is None:
+            log.warning(
+                "not dead-lettered: the entry is no longer pending on this member (another "
+                "member took it over): topic=%s group=%s entry=%s reason=%s",
+                self._streams.keys.topic,
+                self._s.group,
+                entry.entry_id,
+                reason,
+            )
+            return None
         self._m.dead_lettered.add(1, {**self._attrs, t.ATTR_REASON: reason})
         self._m.processed.add(1, {**self._attrs, t.ATTR_RESULT: "dead_letter"})
         log.error(
@@ -215,8 +227,8 @@ class PoisonQueue:
                     elif (letter := standing[event_id]) is not None:
                         # Marked all the same: no stalled member applies it after this either.
                         await self._duplicate(entry, letter)
-                    else:
-                        rows.append(await self._over_attempts_one(entry, record=False))
+                    elif (row := await self._over_attempts_one(entry, record=False)) is not None:
+                        rows.append(row)
                 finished += 1
         except MarksBusy:
             log.info(
@@ -246,7 +258,9 @@ class PoisonQueue:
             self._m.duplicate.add(n, self._attrs)
             self._m.processed.add(n, {**self._attrs, t.ATTR_RESULT: "duplicate"})
 
-    async def _over_attempts_one(self, entry: Entry, *, record: bool = True) -> DeadLetterRow:
+    async def _over_attempts_one(
+        self, entry: Entry, *, record: bool = True
+    ) -> DeadLetterRow | None:
         return await self._move(
             entry,
             "max_attempts",

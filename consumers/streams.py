@@ -41,6 +41,7 @@ class TopicStreams:
         self.consumer = consumer
         self.retry = keys.retry(group)
         self._ack_and_delete = client.register_script(_ACK_AND_DELETE)
+        self._move = client.register_script(_MOVE)
 
     async def _call(self, coro: Any, what: str = "", *, blocks: float = 0.0) -> Any:
         """The reply to `coro`; NoReply when Redis has not sent it within the timeout (plus
@@ -182,6 +183,37 @@ class TopicStreams:
             return Entry(stream, text(eid), fields)
         return None
 
+    async def pending_on_others(self, stream: str, page: int) -> set[str]:
+        """Ids of the group's entries of `stream` pending on consumers other than this one."""
+        summary = await self._call(self._client.xpending(stream, self.group), "XPENDING")
+        others = [text(c["name"]) for c in summary.get("consumers") or ()]
+        ids: set[str] = set()
+        for name in (n for n in others if n != self.consumer):
+            start = "-"
+            while True:
+                rows = await self._call(
+                    self._client.xpending_range(stream, self.group, start, "+", page, name),
+                    "XPENDING",
+                )
+                ids.update(text(r["message_id"]) for r in rows)
+                if len(rows) < page:
+                    break
+                start = "(" + text(rows[-1]["message_id"])
+        return ids
+
+    async def claim_ids(self, stream: str, ids: list[str]) -> list[Entry]:
+        """Take `ids` over whoever holds them, with their delivery counts as attempts; those
+        acknowledged or deleted meanwhile are left out."""
+        if not ids:
+            return []
+        reply = await self._call(self._client.xclaim(stream, self.group, self.consumer, 0, ids))
+        entries = [Entry(stream, text(eid), fields) for eid, fields in reply or () if fields]
+        counts = await self._delivery_counts(stream, [e.entry_id for e in entries])
+        entries = [e for e in entries if e.entry_id in counts]
+        for e in entries:
+            e.attempt = counts[e.entry_id]
+        return entries
+
     async def touch(self, stream: str, ids: list[str], min_idle_ms: int) -> set[str]:
         """Reset the idle time of entries still ours (JUSTID: no delivery counted), so no other
         consumer reclaims them while they wait out their backoff; return the ids still ours."""
@@ -230,17 +262,32 @@ class TopicStreams:
         """Remove entries from the dead-letter stream."""
         await self._call(self._client.xdel(self.keys.dlq, *ids))
 
-    async def dead_letter(self, entry: Entry, fields: dict[bytes, bytes | str]) -> str:
-        """Append `fields` to the dead-letter stream and acknowledge `entry`, atomically."""
-        pipe = self._client.pipeline(transaction=True)
-        pipe.xadd(self.keys.dlq, fields)
-        pipe.xack(entry.stream, self.group, entry.entry_id)
-        if entry.stream == self.retry:
-            pipe.xdel(entry.stream, entry.entry_id)
-        replies = await self._call(pipe.execute())
-        return text(replies[0])
+    async def dead_letter(self, entry: Entry, fields: dict[bytes, bytes | str]) -> str | None:
+        """Append `fields` to the dead-letter stream and acknowledge `entry`, atomically, if the
+        entry is still pending on this consumer; the dead letter's entry id, or None when it is
+        not (another member claimed it meanwhile: a takeover, an idle claim; or it is
+        acknowledged already): then nothing is written."""
+        flat: list[Any] = [x for kv in fields.items() for x in kv]
+        delete = "1" if entry.stream == self.retry else "0"
+        args = [self.group, self.consumer, entry.entry_id, delete, *flat]
+        reply = await self._call(
+            self._move(keys=[entry.stream, self.keys.dlq], args=args), "dead letter"
+        )
+        return None if reply is None else text(reply)
 
 
+_MOVE = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return false end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
+return id
+"""
+"""Moves an entry to the dead-letter stream (XADD there, XACK, XDEL from the retry stream)
+only while it is pending on this consumer (KEYS: stream, dead-letter stream; ARGV: group,
+consumer, entry id, '1' to delete it, the dead letter's fields and values). A script, as the
+ack of the retry stream: nothing is written when Redis out of memory refuses the XADD."""
 _ACK_AND_DELETE = """
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))

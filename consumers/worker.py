@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from consumers.applier import LANE_MIN, Applier
+from consumers.catalog import DeadLetterRow
 from consumers.deliveries import Decoder, Delivery, Entry, Poison
 from consumers.errors import GroupLost
 from consumers.health import Health
@@ -236,14 +237,17 @@ class TopicWorker:
                 continue
             decoded = decode(entry)
             if isinstance(decoded, Poison):
-                await self._poison.move(
-                    entry, decoded.reason, decoded.error_class or "Poison", decoded.error
-                )
+                await self._poisoned(entry, decoded)
             else:
                 deliveries.append(decoded)
         if over:
             batch.settled += await self._poison.over_attempts(over)
         return batch
+
+    async def _poisoned(self, entry: Entry, poison: Poison) -> DeadLetterRow | None:
+        """Dead-letter an entry that can never be handled; its row, when written."""
+        reason, error_class = poison.reason, poison.error_class or "Poison"
+        return await self._poison.move(entry, reason, error_class, poison.error)
 
     async def finish(self, batch: Batch) -> None:
         """Apply a decoded batch, schedule or dead-letter its failures, acknowledge the rest."""
@@ -290,18 +294,19 @@ class TopicWorker:
                 self._m.processed.add(n, {**self._attrs, t.ATTR_RESULT: result})
         return [d.entry for d in outcomes.done]
 
-    async def _failed(self, d: Delivery, error: BaseException | None) -> None:
-        """A rejected event or a last attempt is dead-lettered; any other gets another try."""
+    async def _failed(self, d: Delivery, error: BaseException | None) -> DeadLetterRow | None:
+        """A rejected event or a last attempt is dead-lettered (its row returned, when written);
+        any other gets another try."""
         entry = d.entry
         entry.first_failed = entry.first_failed or time.time()
         name = type(error).__name__ if error else "Error"
         with settling(self._applier.failed_span(d)):  # the handler call's span, when traced
             if isinstance(error, Reject):
-                await self._poison.move(entry, "rejected", name, error.reason, error)
-            elif entry.attempt >= self._s.max_attempts:
-                await self._poison.move(entry, "max_attempts", name, str(error), error)
-            else:
-                await self._retrier.schedule(d, error)
+                return await self._poison.move(entry, "rejected", name, error.reason, error)
+            if entry.attempt >= self._s.max_attempts:
+                return await self._poison.move(entry, "max_attempts", name, str(error), error)
+            await self._retrier.schedule(d, error)
+            return None
 
     def _on_group_lost(self, lost: GroupLost) -> bool:
         """Count and report a lost group; True when it is to be recreated at 0."""

@@ -100,6 +100,10 @@ class StreamPublisher:
         self._added: dict[str, int] = {}
         """Stream key -> entries ever added to it (XINFO STREAM entries-added), at the last
         check: trims never lower it, a Redis that lost data reports less."""
+        self._unwaited: dict[str, int] = {}
+        """Stream key -> entries appended by batches that failed their WAIT since one that
+        passed it: a failover may drop them without losing an event (their rows were retried),
+        so the reset check does not count them as lost."""
 
     def stream_key(self, topic: str, aggregate_id: str = "") -> str:
         key = self._keys.get(topic)
@@ -136,9 +140,14 @@ class StreamPublisher:
                 sent = self._cluster.send(commands)
             failed = await redis_client.within(self._timeout, sent, "XADD")
         except NotReplicated as exc:
+            for key, n in counts.items():
+                self._unwaited[key] = self._unwaited.get(key, 0) + n
             if self._on_unreplicated is not None:
                 self._on_unreplicated(exc)
             raise
+        if self._unwaited:  # WAIT succeeded: the replicas have everything written before too
+            for key in counts:
+                self._unwaited.pop(key, None)
         if failed:
             refusals = [e for e in failed.values() if isinstance(e, OutOfMemoryError)]
             error = refusals[0] if refusals else next(iter(failed.values()))
@@ -189,7 +198,9 @@ class StreamPublisher:
         # since the restart and before this look (this relay's backlog, another relay's) make
         # up for lost ones: a lost tail (appendfsync everysec, a failover) often hides behind
         # them. `conveyor verify` finds it.
-        lost = [key for key, n in sorted(before.items()) if added.get(key, 0) < n]
+        # Entries of batches that failed their WAIT (their rows retried) may go with a failover.
+        unwaited = self._unwaited
+        lost = [k for k, n in sorted(before.items()) if added.get(k, 0) < n - unwaited.get(k, 0)]
         return ResetReport(old, run_id, tuple(lost))
 
     async def _run_ids(self) -> str:

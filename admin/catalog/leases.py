@@ -5,6 +5,7 @@ member holding leases refreshes every lease round."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import asyncpg
@@ -139,6 +140,15 @@ class ConsumerLeases:
             group,
         )
         return [str(r[0]) for r in rows]
+
+    async def recorded_dead_letters(self, dlq_stream: str, entry_ids: Sequence[str]) -> set[str]:
+        rows = await self._pool.fetch(
+            f"SELECT dlq_entry_id FROM {_DEAD_LETTERS} WHERE dlq_stream = $1 "
+            "AND dlq_entry_id = ANY($2::text[])",
+            dlq_stream,
+            list(entry_ids),
+        )
+        return {str(r[0]) for r in rows}
 
 
 async def leases_of(pool: asyncpg.Pool | asyncpg.Connection, scope: LeaseScope) -> list[Lease]:

@@ -15,7 +15,7 @@ from typing import Any
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 
-from conveyor import wire
+from admin.catalog.layouts import named_keys
 from conveyor.replies import text
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ def with_topics(redis: Any, client: Any, prefix: str, groups: Sequence[Any]) -> 
     """`redis` (a RedisStatus of a cluster) with each node's `topics`: those of `groups`
     (registered groups) whose streams its slots hold, by the client's slot map."""
     served: dict[str, list[str]] = {}
-    for topic in sorted({g.topic for g in groups}):
-        slot = key_slot(wire.Keys(topic, prefix).events.encode())
+    for topic in sorted({g.topic for g in groups}):  # `orders`, or a partition: `orders:3`
+        slot = key_slot(named_keys(topic, prefix).events.encode())
         try:
             served.setdefault(client.nodes_manager.get_node_from_slot(slot).name, []).append(topic)
         except (RedisError, KeyError):  # a slot no master serves right now

@@ -165,10 +165,12 @@ async def test_failover_with_wait_replicas_loses_nothing(
         verified = await verify(deployment)
         attach(request, "conveyor verify", verified.summary())
         waited = pipeline.grep(r"NotReplicated: only 0 of the 1 replica")
+        alarms = pipeline.grep(r"REDIS DATA LOSS")
     finally:
         await _stop(pipeline, request)
     assert journal.counts()["ok"] > 200, f"too little load to mean anything: {journal.counts()}"
     assert waited, "no batch waited in vain for the paused replica"
+    assert not any(alarms.values()), f"a data loss reported where none was: {alarms}"
     assert verified.code == 0, verified.output
     report.assert_clean()
 
