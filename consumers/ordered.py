@@ -303,8 +303,13 @@ def ordered_parts(
             )
 
     async def check_lease() -> None:
-        async with pool.acquire(timeout=bound) as conn:
-            await fence(conn)
+        try:
+            async with pool.acquire(timeout=bound) as conn:
+                await fence(conn)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The database failing the check is an outage like any other: the worker backs off
+            # and checks again, rather than stopping the partition until the lease runs out.
+            raise DatabaseDown(f"lease check failed: {exc!r}") from exc
 
     return {
         "fence": fence,
