@@ -4,18 +4,32 @@ so the start point must not apply to the new partition streams, where the relays
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
+from admin.catalog import layouts as catalog_layouts
+from admin.catalog.recording import ConsumerCatalog
 from admin.cli.start_point import create_groups
+from consumers.metrics import ConsumerMetrics
+from consumers.retention import Housekeeper
 from conveyor import wire
 from tests.integration.conftest import Case
 from tests.integration.partition_support import TOPIC, partition, publish
 from tests.integration.test_start_points import delivered, settings
+from tests.processes import run_conveyor
 
 pytestmark = pytest.mark.usefixtures("catalog_cleanup")
+
+
+@pytest.fixture(name="pool")
+async def fixture_pool(case: Case) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(case.database_url, min_size=1, max_size=4) as p:
+        yield p
 
 
 async def test_start_latest_does_not_skip_what_the_relays_published_after_a_repartition(
@@ -39,3 +53,33 @@ async def test_start_latest_does_not_skip_what_the_relays_published_after_a_repa
     lines = [r.getMessage() for r in caplog.records if "group created" in r.getMessage()]
     assert len(lines) == layout.partitions
     assert all("start=latest not applied" in line and "(id 0)" in line for line in lines), lines
+
+
+async def test_a_group_restarted_after_another_after_a_repartition_loses_nothing_to_trims(
+    case: Case, pool: asyncpg.Pool
+) -> None:
+    """Groups a and b read the unpartitioned topic; it is split in 4 as the procedure says. The
+    relays publish into the partitions, a's consumers start first and their housekeeper trims what
+    a acknowledged; b's consumers start later: b must still get every event."""
+    plain = wire.Keys(TOPIC, case.prefix)
+    for group in ("a", "b"):
+        await case.redis.xgroup_create(plain.events, group, id="0", mkstream=True)
+    changed = await asyncio.to_thread(
+        run_conveyor, ["topic", "partition", TOPIC, "--partitions", "4"], case.env
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert "groups a, b created on the new streams at their beginning" in changed.stdout
+    layout = (await catalog_layouts.layouts(case.pg, case.prefix))[TOPIC]
+    sent = await publish(case.redis, case.prefix, 12, aggregates=12, layout=layout)
+    parts = wire.topic_keys(TOPIC, case.prefix, layout.partitions)
+    a = dataclasses.replace(settings(case, "earliest", "a"), topics=(TOPIC,))
+    await create_groups(a, named="earliest")
+    for keys in parts:
+        for _key, entries in await case.redis.xreadgroup("a", "m", {keys.events: ">"}):
+            await case.redis.xack(keys.events, "a", *(i for i, _ in entries))
+    keeper = Housekeeper(pool, case.redis, a, ConsumerMetrics(), catalog=ConsumerCatalog(pool))
+    await keeper.run_once(parts)
+    b = dataclasses.replace(settings(case, "earliest", "b"), topics=(TOPIC,))
+    await create_groups(b, named="earliest")
+    got = sum([await delivered(case, k.events, "b") for k in parts])
+    assert got == len(sent), "the housekeeper of group a trimmed events group b never read"
