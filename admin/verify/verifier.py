@@ -27,6 +27,7 @@ from admin.verify.groups import Groups, Selection
 from admin.verify.report import GroupReport, Report
 from admin.verify.streams import TopicStream
 from admin.verify.verdicts import (
+    CLOCK_SKEW_MS,
     OTHER_LAYOUT,
     UNDELIVERED,
     Event,
@@ -40,9 +41,11 @@ from admin.verify.verdicts import (
 from conveyor.entry_ids import EntryId
 from conveyor.layouts import Layout
 
-LAYOUT_GRACE: Final = timedelta(seconds=30)
-"""After a partition count change, how long relays still running may publish by the earlier
-layout: they look every heartbeat interval (10 s by default), and batches in flight finish."""
+LAYOUT_GRACE: Final = timedelta(milliseconds=CLOCK_SKEW_MS)
+"""Events published this soon after a partition count change may still have gone by the earlier
+layout (a relay's claim began before the change). Relays still running at a forced change keep
+the earlier layout until their next look (up to a heartbeat interval): what they published then
+is reported lost (it is in the old streams; `conveyor relay replay` brings it back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,8 +254,7 @@ class Verifier:
             group.add(verdict, event.event_id, self._request.examples)
 
     def _other_layout(self, event: Event) -> bool:
-        """Whether `event` was published before its topic's layout was set, or so soon after that
-        a relay still running by the earlier layout may have published it (LAYOUT_GRACE)."""
+        """Whether `event` was published before its topic's layout was set (LAYOUT_GRACE)."""
         topic = event.topic.partition(":")[0]
         since = self._layouts_set.get(topic)
         if since is None or event.published_at is None:
