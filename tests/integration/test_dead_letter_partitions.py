@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from admin.catalog import Catalog
+from admin.catalog import layouts as catalog_layouts
 from admin.ops.servicer import AdminContext, AdminServicer
 from conveyor import wire
 from conveyor.v1 import admin_pb2
@@ -172,3 +173,40 @@ def test_the_cli_sends_a_dead_letter_stream_key_with_id_and_the_topic_otherwise(
     first, second = fake.requests("ReprocessDeadLetters")
     assert (resolve.topic, first.topic, second.topic) == (key, key, "orders")
     assert second.filter.topic == "orders"
+
+
+async def test_a_dead_letter_of_an_earlier_layout_is_not_requeued_where_no_consumer_reads(
+    pool: asyncpg.Pool, servicer: AdminServicer, key_prefix: str, catalog_cleanup: None
+) -> None:
+    """A dead letter of the unpartitioned stream, reprocessed after the topic was split in 4:
+    its own retry stream is read by no consumer of the new layout (they read the partitions'),
+    so it would wait there for good with its dead letter `reprocessing`. It is skipped, saying
+    why, and stays open."""
+    old = wire.Keys(TOPIC, key_prefix)
+    entry = await redis_entry(servicer, old)
+    await add(pool, TOPIC, dlq_stream=old.dlq, dlq_entry_id=entry, source_stream=old.events)
+    await catalog_layouts.set_layout(
+        pool, key_prefix, TOPIC, partitions=4, ordered=False, on_dead_letter="park"
+    )
+    context = _Streamed()
+    ask = admin_pb2.ReprocessDeadLettersRequest(topic=TOPIC, entry_ids=[entry])
+    await servicer.ReprocessDeadLetters(ask, context)
+    last = context.replies[-1]
+    read_now = {k.retry("g") for k in wire.topic_keys(TOPIC, key_prefix, 4)}
+    written = {k for k in [old.retry("g")] if await servicer._c.redis.xlen(k)}
+    assert not written - read_now, "requeued to a retry stream no consumer reads"
+    assert last.requeued == 0 and [s.reason for s in last.skips] == [
+        admin_pb2.SKIP_REASON_EARLIER_LAYOUT
+    ]
+    assert last.skips[0].detail == (
+        f"its dead-letter stream {old.dlq} is of an earlier layout of topic {TOPIC} (now 4 "
+        "partitions): no consumer reads its retry stream; resolve it, and send the event to "
+        "group g with `conveyor relay backfill`"
+    )
+    assert await _states(pool, key_prefix) == {old.dlq: "open"}
+
+
+async def redis_entry(servicer: AdminServicer, keys: wire.Keys) -> str:
+    """A dead-letter entry in `keys.dlq`, as a consumer writes one; its entry id."""
+    fields = {wire.F_EVENT_ID: "0190a6d2-0000-7000-8000-000000000001", wire.F_AGGREGATE_ID: "a1"}
+    return (await servicer._c.redis.xadd(keys.dlq, fields)).decode()
