@@ -140,6 +140,13 @@ class Relay:
             me = this_process(s.key_prefix, s.schemas, grpc_addr)
             await self._registry.register(me)
             self._registered = me
+        if self._layout_source is not None:
+            # Once registered, a change of the layouts refuses while this relay runs; one set
+            # between the first read and the registration was not refused: route by neither.
+            now = await self._layout_source.layouts(s.key_prefix)
+            if changes := routing_changes(self.layouts, now):
+                log.error("TOPIC LAYOUT CHANGED while the relay started: %s", "; ".join(changes))
+                raise LayoutChanged(changes)
 
     def stop(self) -> None:
         """Begin a graceful stop: no new batches; those in flight finish."""

@@ -12,14 +12,20 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from admin.catalog import RelayRegistry
 from admin.catalog import layouts as catalog_layouts
 from admin.catalog.recording import ConsumerCatalog
 from admin.cli.start_point import create_groups
 from consumers.metrics import ConsumerMetrics
 from consumers.retention import Housekeeper
 from conveyor import wire
+from conveyor.layouts import Layout
+from relay import Relay
+from relay.errors import LayoutChanged
+from relay.settings import RelaySettings
 from tests.integration.conftest import Case
-from tests.integration.partition_support import TOPIC, partition, publish
+from tests.integration.partition_support import TOPIC, enqueue, partition, publish
+from tests.integration.relay_support import drained
 from tests.integration.test_start_points import delivered, settings
 from tests.processes import run_conveyor
 
@@ -83,3 +89,37 @@ async def test_a_group_restarted_after_another_after_a_repartition_loses_nothing
     await create_groups(b, named="earliest")
     got = sum([await delivered(case, k.events, "b") for k in parts])
     assert got == len(sent), "the housekeeper of group a trimmed events group b never read"
+
+
+class _ChangedMeanwhile:
+    """The catalog's layouts, with `conveyor topic partition` committing just after the relay's
+    first read: its check for running relays ran before the relay registered."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.reads = 0
+
+    async def layouts(self, key_prefix: str) -> dict[str, Layout]:
+        found = await catalog_layouts.layouts(self._pool, key_prefix)
+        self.reads += 1
+        if self.reads == 1:
+            await catalog_layouts.set_layout(
+                self._pool, key_prefix, TOPIC, partitions=4, ordered=False, on_dead_letter="park"
+            )
+        return found
+
+
+async def test_a_relay_starting_while_the_layout_changes_publishes_nothing_by_the_old_one(
+    case: Case,
+) -> None:
+    await enqueue(case.pg, case.schema, 3, aggregates=3)
+    relay = Relay(
+        RelaySettings(**case.relay_settings()), registry=RelayRegistry, layouts=_ChangedMeanwhile
+    )
+    try:
+        with pytest.raises(LayoutChanged, match="orders: 1 \\(unpartitioned\\) -> 4 partitions"):
+            await relay.start()
+    finally:
+        await relay.close()
+    assert not await case.redis.exists(wire.Keys(TOPIC, case.prefix).events)
+    assert not await drained(case.pg, case.schema), "the events wait in the outbox"
