@@ -123,3 +123,17 @@ async def test_a_relay_starting_while_the_layout_changes_publishes_nothing_by_th
         await relay.close()
     assert not await case.redis.exists(wire.Keys(TOPIC, case.prefix).events)
     assert not await drained(case.pg, case.schema), "the events wait in the outbox"
+
+
+async def test_a_start_time_includes_an_event_appended_in_its_very_millisecond(
+    case: Case,
+) -> None:
+    """`--start 2026-11-29T05:00:00Z` is the stream id `<ms>-0`: an event the relay appended in
+    that millisecond (its entry id is `<ms>-0`) is appended at that time, so the group takes it."""
+    keys = wire.Keys("identity", case.prefix)
+    ms = 1_764_000_000_000
+    await case.redis.xadd(keys.events, {"v": "before"}, id=f"{ms - 1}-0")
+    await case.redis.xadd(keys.events, {"v": "at"}, id=f"{ms}-0")
+    await case.redis.xadd(keys.events, {"v": "after"}, id=f"{ms}-1")
+    await create_groups(settings(case, f"{ms}-0"), named="2025-11-24T16:00:00Z")
+    assert await delivered(case, keys.events) == 2
