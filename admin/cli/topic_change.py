@@ -8,7 +8,14 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from admin.catalog import layouts as catalog_layouts
-from admin.cli.topic_state import alive, layout_words, refusal, topic_state
+from admin.cli.topic_state import (
+    alive,
+    layout_words,
+    refusal,
+    topic_state,
+    unrecorded,
+    unrecorded_refusal,
+)
 from conveyor import wire
 from conveyor.layouts import PARK, Layout
 
@@ -101,12 +108,17 @@ async def change(
             running = await alive(pool, prefix)
             layouts_now = {} if before is None else {topic: before}
             state = await topic_state(servers.redis, prefix, topic, layouts_now)
+            missing = {}
+            for st in state.streams:
+                if ids := await unrecorded(pool, servers.redis, st.keys):
+                    missing[st.keys.dlq] = ids
             # Each check on its own, so --force can say what it overrode.
             reasons = [
                 r
                 for r in (
                     refusal(topic, old, new, running, ()),
                     refusal(topic, old, new, (), state.streams),
+                    unrecorded_refusal(topic, old, new, missing),
                 )
                 if r is not None
             ]

@@ -15,6 +15,7 @@ import pytest
 from admin.catalog import RelayRegistry
 from admin.catalog import layouts as catalog_layouts
 from admin.catalog.recording import ConsumerCatalog
+from admin.cli.options import EXIT_PRECONDITION
 from admin.cli.start_point import create_groups
 from consumers.metrics import ConsumerMetrics
 from consumers.retention import Housekeeper
@@ -23,6 +24,7 @@ from conveyor.layouts import Layout
 from relay import Relay
 from relay.errors import LayoutChanged
 from relay.settings import RelaySettings
+from tests.integration.catalog_support import add
 from tests.integration.conftest import Case
 from tests.integration.partition_support import TOPIC, enqueue, partition, publish
 from tests.integration.relay_support import drained
@@ -137,3 +139,23 @@ async def test_a_start_time_includes_an_event_appended_in_its_very_millisecond(
     await case.redis.xadd(keys.events, {"v": "after"}, id=f"{ms}-1")
     await create_groups(settings(case, f"{ms}-0"), named="2025-11-24T16:00:00Z")
     assert await delivered(case, keys.events) == 2
+
+
+async def test_a_change_waits_for_the_dead_letters_of_the_old_streams_to_be_recorded(
+    case: Case,
+) -> None:
+    """A dead letter written while PostgreSQL was away is recorded later by the reconciler of a
+    consumer of its stream. After a change no consumer reads the old streams: the change waits
+    until their dead letters are in the catalog, or `dlq list` would never show them."""
+    plain = wire.Keys(TOPIC, case.prefix)
+    entry = (await case.redis.xadd(plain.dlq, {wire.F_EVENT_ID: "e1"})).decode()
+    args = ["topic", "partition", TOPIC, "--partitions", "4"]
+    refused = await asyncio.to_thread(run_conveyor, args, case.env)
+    assert refused.returncode == EXIT_PRECONDITION, refused.stdout
+    assert (
+        "refusing to change topic orders from unpartitioned to 4 partitions: dead letters of its "
+        f"streams are not in the catalog yet: {plain.dlq} (1, e.g. {entry})"
+    ) in refused.stderr
+    await add(case.pg, TOPIC, dlq_stream=plain.dlq, dlq_entry_id=entry)  # the reconciler's row
+    done = await asyncio.to_thread(run_conveyor, args, case.env)
+    assert done.returncode == 0, done.stderr
