@@ -26,11 +26,14 @@ from opentelemetry import trace
 
 from consumers import spans
 from consumers.deliveries import DeadLetterMark, Delivery
+from consumers.leases import LeaseLost
 from consumers.ledger import Ledger
+from consumers.ordering import block_after
 from consumers.outcomes import Outcomes
 from consumers.router import Route
 from consumers.transactions import (
     DatabaseDown,
+    Fence,
     HandlerFailed,
     LostUnderHandler,
     failure_of,
@@ -94,8 +97,16 @@ class Applier:
         outage: Outage | None = None,
         lanes: asyncpg.Pool | None = None,
         timeout: float | None = DEPENDENCY_TIMEOUT,
+        fence: Fence | None = None,
+        ordered: bool = False,
     ) -> None:
         self._pool = pool
+        self._fence = fence
+        """Checked in every part's transaction before its COMMIT (an ordered partition's lease);
+        LeaseLost out of it ends `apply` with nothing of the part committed."""
+        self._ordered = ordered
+        """When an event fails, the later events of its aggregate in the part are not run but
+        returned as blocked: no later event of an aggregate commits before an earlier one."""
         self._lane_pool = lanes or pool
         """Where the lanes take their connections: one without a statement timeout, since the
         handlers' statements run on them (the consumer's own go with `timeout`)."""
@@ -228,6 +239,8 @@ class Applier:
         self._working[lane] = time.monotonic()
         try:
             return await self._in_pieces(lane, part)
+        except LeaseLost:
+            raise  # rolled back: the partition is another member's now
         except DatabaseDown:
             await self._drop(lane, self._lanes[lane])
             raise
@@ -274,6 +287,8 @@ class Applier:
                     outcomes.failed.append((culprit, failed.error))
                     at = next(i for i, d in enumerate(piece) if d is culprit)
                     pieces.extendleft([piece[at + 1 :], piece[:at]])
+                    if self._ordered:
+                        block_after(pieces, culprit.aggregate_id, outcomes.blocked)
                 else:
                     mid = len(piece) // 2
                     pieces.extendleft([piece[mid:], piece[:mid]])
@@ -341,7 +356,7 @@ class Applier:
                     await self._lane_pool.release(conn, timeout=5)
 
     async def _optimistic(self, conn: asyncpg.Connection, part: list[Delivery]) -> Outcomes:
-        async with transaction(conn, part, self._timeout):
+        async with transaction(conn, part, self._timeout, self._fence):
             won = await self._ledger.claim(conn, part)
             todo = part if len(won) == len(part) else [d for d in part if d.event_id in won]
             if todo:

@@ -17,6 +17,9 @@ class Outcomes:
     skipped: int = 0
     duplicates: int = 0
     failed: list[tuple[Delivery, BaseException]] = field(default_factory=list)
+    blocked: list[Delivery] = field(default_factory=list)
+    """Ordered partitions: later events of an aggregate whose earlier event failed, not run;
+    they stay pending until it is applied (or dead-lettered)."""
 
     def add(self, other: Outcomes) -> Outcomes:
         self.done += other.done
@@ -24,6 +27,7 @@ class Outcomes:
         self.skipped += other.skipped
         self.duplicates += other.duplicates
         self.failed += other.failed
+        self.blocked += other.blocked
         return self
 
     @classmethod

@@ -14,11 +14,13 @@ from typing import Any
 
 import asyncpg
 
-from consumers import dead_letters
+from consumers import dead_letters, start_points
 from consumers.applier import Applier
 from consumers.catalog import Catalog, CatalogFactory, Member
 from consumers.health import Health
+from consumers.leases import LeaseScope, LeaseStore, LeaseStoreFactory
 from consumers.metrics import ConsumerMetrics
+from consumers.ordered import Held, OrderedTopic, OrderedWorker, ordered_parts
 from consumers.poison_queue import PoisonQueue
 from consumers.reader import Reader
 from consumers.retention import Housekeeper, retention_warning
@@ -59,6 +61,7 @@ class Consumer:
         metrics: ConsumerMetrics | None = None,
         *,
         catalog: CatalogFactory,
+        leases: LeaseStoreFactory | None = None,
     ) -> None:
         self.router = router
         self.settings = settings
@@ -72,6 +75,11 @@ class Consumer:
         self._lanes: asyncpg.Pool | None = None
         self._redis: Any = None
         self._make_catalog = catalog
+        self._make_leases = leases
+        """Without one, no topic is consumed in order (every topic takes the leaderless path)."""
+        self._leases: LeaseStore | None = None
+        self.ordered: dict[str, OrderedTopic] = {}
+        """Ordered topics (their layout says so): a worker per partition whose lease is held."""
         self._member: Member | None = None
         self._catalog: Catalog | None = None
         self._housekeeper: Housekeeper | None = None
@@ -114,14 +122,23 @@ class Consumer:
             server_settings=named,
             **pool_options(t, statements=False),
         )
-        self._redis = redis_client.connect(s.redis_url, timeout=t)
+        self._redis = await redis_client.open(s.redis_url, timeout=t)  # a cluster, if it is one
+        ordered = self._ordered_topics()
         self._housekeeper = Housekeeper(
             self._pool, self._redis, s, self.metrics, catalog=self._catalog, outage=self._postgres
         )
         for keys in streams:
+            if keys.topic in ordered:
+                continue
             self.workers[worker_name(keys)] = self._topic_worker(keys, self._pool, self._catalog)
-        for worker in self.workers.values():
-            await worker.streams.ensure_groups()
+        for topic, layout in ordered.items():
+            self.ordered[topic] = self._ordered_topic(topic, layout)
+        # Every stream's group at --start (ordered partitions' too, before their workers run).
+        await start_points.create_groups(
+            [TopicStreams(self._redis, k, s.group, s.consumer, timeout=t) for k in streams],
+            s.start_id,
+            named=s.start,
+        )
         self._member = Member(
             key_prefix=s.key_prefix,
             group=s.group,
@@ -150,10 +167,67 @@ class Consumer:
         self.layouts = await self._catalog.layouts(s.key_prefix)
         return [k for topic in s.topics for k in layouts.streams(topic, s.key_prefix, self.layouts)]
 
-    def _topic_worker(self, keys: wire.Keys, pool: asyncpg.Pool, catalog: Catalog) -> TopicWorker:
-        """The worker of one stream (a topic's, or one partition's) and its parts."""
+    def _ordered_topics(self) -> dict[str, Layout]:
+        """The settings' topics whose layout is ordered (none without a lease store: then
+        every topic takes the leaderless path)."""
+        s = self.settings
+        ordered = {t: v for t, v in self.layouts.items() if v.ordered and t in s.topics}
+        if self._make_leases is None or self._pool is None:
+            for topic in ordered:
+                log.warning(
+                    "topic %s is ordered but this consumer has no lease store: it applies the "
+                    "topic's partitions unordered (build it with leases=ConsumerLeases)",
+                    topic,
+                )
+            return {}
+        self._leases = self._make_leases(self._pool)
+        return ordered
+
+    def _ordered_topic(self, topic: str, layout: Layout) -> OrderedTopic:
+        """An ordered topic's leases, and how a worker is built for a partition taken."""
+        s, store = self.settings, self._leases
+        assert store is not None and self._pool is not None and self._catalog is not None
+        pool, catalog = self._pool, self._catalog
+        scope = LeaseScope(s.key_prefix, s.group, topic)
+
+        def build(partition: int, epoch: int, stop: asyncio.Event) -> TopicWorker:
+            keys = wire.Keys(topic, s.key_prefix, partition)
+            if self._stopping.is_set():
+                stop.set()
+            held = Held(store, scope, s.consumer, partition, epoch)
+            parts = ordered_parts(
+                held, keys, pool=pool, redis=self._redis, policy=layout.on_dead_letter, settings=s
+            )
+            return self._topic_worker(keys, pool, catalog, stopping=stop, **parts)
+
+        return OrderedTopic(
+            topic,
+            layout.partitions,
+            store=store,
+            scope=scope,
+            member=s.consumer,
+            ttl=s.lease_ttl,
+            build=build,
+        )
+
+    def _all_streams(self) -> list[wire.Keys]:
+        """Keys of every stream consumed: housekeeping trims ordered partitions held or not."""
+        s = self.settings
+        return [k for t in s.topics for k in layouts.streams(t, s.key_prefix, self.layouts)]
+
+    def all_workers(self) -> list[TopicWorker]:
+        """Every worker running now: one per unordered topic, one per ordered partition held."""
+        ordered = [w for topic in self.ordered.values() for w in topic.workers()]
+        return [*self.workers.values(), *ordered]
+
+    def _topic_worker(
+        self, keys: wire.Keys, pool: asyncpg.Pool, catalog: Catalog, **ordered: Any
+    ) -> TopicWorker:
+        """The worker of one stream (a topic's, or one partition's) and its parts; `ordered`:
+        the parts of an ordered partition's worker (`_ordered_topic`)."""
         s = self.settings
         topic = keys.topic
+        stopping = ordered.pop("stopping", self._stopping)
         health = Health(worker_name(keys), s.group, self._postgres)
         streams = TopicStreams(self._redis, keys, s.group, s.consumer, timeout=s.dependency_timeout)
         applier = Applier(
@@ -162,12 +236,14 @@ class Consumer:
             ledger_schema=s.ledger_schema,
             exactly_once=s.exactly_once,
             partitions=s.partitions,
-            stopping=self._stopping,
+            stopping=stopping,
             on_trouble=health.unhealthy,
             backoff=s.outage_policy,
             outage=self._postgres,
             lanes=self._lanes,
             timeout=s.dependency_timeout,
+            fence=ordered.pop("fence", None),
+            ordered=bool(ordered),
         )
         schedule = RetrySchedule()
         poison = PoisonQueue(
@@ -179,8 +255,9 @@ class Consumer:
         )
         reader = Reader(streams, schedule, s, self.metrics, held=poison.held)
         retrier = Retrier(streams, schedule, s, self.metrics, on_deleted=reader.deleted)
-        return TopicWorker(
+        return (OrderedWorker if ordered else TopicWorker)(
             topic,
+            **ordered,
             streams=streams,
             applier=applier,
             reader=reader,
@@ -190,7 +267,7 @@ class Consumer:
             router=self.router,
             settings=s,
             metrics=self.metrics,
-            stopping=self._stopping,
+            stopping=stopping,
         )
 
     def stop(self) -> None:
@@ -203,7 +280,7 @@ class Consumer:
 
     def status(self) -> ConsumerStatus:
         """What the ops plane needs for health: a snapshot per topic worker."""
-        workers = tuple(w.health.status() for w in self.workers.values())
+        workers = tuple(w.health.status() for w in self.all_workers())
         return ConsumerStatus(
             self.settings.group,
             self._stopping.is_set(),
@@ -217,7 +294,10 @@ class Consumer:
             asyncio.create_task(self._housekeeping(), name="consumer-housekeeping"),
         ]
         try:
-            await asyncio.gather(*(w.run() for w in self.workers.values()))
+            await asyncio.gather(
+                *(w.run() for w in self.workers.values()),
+                *(o.run(self._stopping) for o in self.ordered.values()),
+            )
         finally:
             for task in side:
                 task.cancel()
@@ -250,7 +330,7 @@ class Consumer:
             await pause(self._stopping, min(s.heartbeat_interval, 1.0))
             now = time.monotonic()
             doubt = self._postgres.since is not None or any(
-                w.applying_for(now) > s.dependency_timeout for w in self.workers.values()
+                w.applying_for(now) > s.dependency_timeout for w in self.all_workers()
             )
             if now - last < (1.0 if doubt else s.heartbeat_interval):
                 continue
@@ -281,7 +361,7 @@ class Consumer:
         assert self._catalog is not None and self._housekeeper is not None
         first = True
         while not self._stopping.is_set():
-            for worker in self.workers.values():
+            for worker in self.all_workers():
                 try:
                     await self._catalog.reconcile(
                         worker.streams.keys, dead_letters.reader(worker.streams)
@@ -292,9 +372,7 @@ class Consumer:
                     )
             if not first:
                 try:
-                    await self._housekeeper.run_once(
-                        [w.streams.keys for w in self.workers.values()]
-                    )
+                    await self._housekeeper.run_once(self._all_streams())
                 except Exception:  # a bug here must not end housekeeping for good
                     log.exception("housekeeping round failed; trying again next interval")
             first = False

@@ -104,6 +104,10 @@ class ConsumerSettings:
     its block; a ledger claim, a COMMIT, an XACK, a heartbeat) may go unanswered: then its
     connection is closed, the batch retried, and the consumer reports the dependency unreachable
     until it answers. Handlers' own statements are not bounded by it."""
+    lease_ttl: float = 12.0
+    """Ordered topics: how long a member's lease on a partition lasts unrenewed (renewed every
+    third of it), so how long a crashed member's partitions wait before another member takes
+    them over."""
 
     def __post_init__(self) -> None:
         wire.validate_name("group", self.group)
@@ -138,6 +142,7 @@ class ConsumerSettings:
             "db_backoff_max",
             "idle_consumer_timeout",
             "dependency_timeout",
+            "lease_ttl",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import asyncpg
@@ -96,9 +96,17 @@ def is_dead(conn: asyncpg.Connection) -> bool:
         return True
 
 
+Fence = Callable[[asyncpg.Connection], Awaitable[None]]
+"""Checks, in the part's transaction just before its COMMIT, that the member may still commit
+(an ordered partition's lease); raises to roll the transaction back."""
+
+
 @asynccontextmanager
 async def transaction(
-    conn: asyncpg.Connection, part: Sequence[Delivery], bound: float | None = None
+    conn: asyncpg.Connection,
+    part: Sequence[Delivery],
+    bound: float | None = None,
+    fence: Fence | None = None,
 ) -> AsyncIterator[None]:
     """The part's transaction, asyncpg's own so that handlers can nest theirs in it. It begins
     with a transaction-local marker (sent with BEGIN, in one round trip) and ends with one query
@@ -111,11 +119,19 @@ async def transaction(
 
     Each of these round trips (and the rollback after a failure) gets `bound` seconds; one
     that timed out, or was cancelled, closes the connection instead of rolling back: its server
-    may not be answering at all, and a late reply must never be read as another's."""
+    may not be answering at all, and a late reply must never be read as another's.
+
+    `fence`, when given, runs after the handlers and before the COMMIT, in the transaction: an
+    ordered partition's lease check, which rolls everything back when the lease is gone."""
     started = conn.transaction()
     await _begin(conn, started, bound)
     try:
         yield
+        if fence is not None:
+            try:
+                await fence(conn)
+            except asyncpg.InFailedSQLTransactionError as exc:  # a handler swallowed an error
+                raise HandlerFailed(part, SwallowedDatabaseError()) from exc
     except BaseException as exc:
         if isinstance(exc, (TimeoutError, asyncio.CancelledError)):
             conn.terminate()

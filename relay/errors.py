@@ -75,3 +75,19 @@ class LayoutChanged(RelayError):
             "publishing; start the relay again to route by the new layout (operations.md, "
             "Partitioned topics)"
         )
+
+
+class NotReplicated(RelayError):
+    """Fewer replicas than the relay's `wait_replicas` acknowledged a batch's XADDs within
+    `wait_timeout` (Redis's WAIT): the batch counts as failed, its rows stay unpublished and are
+    retried (the entries Redis did append come again, and consumers' ledgers absorb them)."""
+
+    def __init__(self, *, node: str, wanted: int, acknowledged: int, seconds: float) -> None:
+        self.node = node
+        self.wanted = wanted
+        self.acknowledged = acknowledged
+        super().__init__(
+            f"only {acknowledged} of the {wanted} replica(s) asked for (--wait-replicas) "
+            f"acknowledged the batch's XADDs on Redis {node} within {seconds:g} s (WAIT): the "
+            "rows stay unpublished and are retried; is a replica down or lagging?"
+        )

@@ -119,6 +119,12 @@ class RelayMetrics:
             t.REDIS_RESETS, description="Redis restarts noticed (run id changed)"
         )
         self.redis_resets.add(0)
+        self.unreplicated = meter.create_counter(
+            t.BATCHES_UNREPLICATED,
+            unit="{batch}",
+            description="Batches fewer replicas than --wait-replicas acknowledged in time",
+        )
+        self.unreplicated.add(0)
         self.backlog: dict[str, tuple[int, float]] = {}
         """schema -> (unpublished rows, oldest age in seconds), as last measured."""
         self.dependency_up: dict[str, bool] = {}

@@ -12,7 +12,8 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 
 from conveyor import redis_client, wire
 from conveyor.layouts import Layouts
-from relay.errors import XaddRejected
+from relay.cluster_send import ClusterSender, owner
+from relay.errors import NotReplicated, XaddRejected
 from relay.store import Row
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,13 @@ class ResetReport:
 
 
 class StreamPublisher:
-    """Pipelined XADD of outbox rows, one entry per row, fields as conveyor.wire lays them out."""
+    """Pipelined XADD of outbox rows, one entry per row, fields as conveyor.wire lays them out.
+
+    With `wait_replicas` N > 0, each batch's XADDs are followed, on the same connection (per
+    master, on a cluster), by `WAIT N wait_timeout`: a batch fewer than N replicas acknowledged
+    in time raises NotReplicated (`on_unreplicated` is called first), so its rows stay
+    unpublished and are retried.
+    """
 
     def __init__(
         self,
@@ -59,10 +66,26 @@ class StreamPublisher:
         *,
         timeout: float = redis_client.COMMAND_TIMEOUT,
         layouts: Layouts | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        on_unreplicated: Callable[[NotReplicated], None] | None = None,
     ) -> None:
         self._client = client
-        self._timeout = timeout
-        """Bound on one round trip: a batch's XADDs, or the reset check's replies."""
+        self._timeout = timeout + (wait_timeout if wait_replicas else 0.0)
+        """Bound on one round trip: a batch's XADDs (and WAIT), or the reset check's replies."""
+        self._replicas = wait_replicas
+        self._wait_seconds = wait_timeout
+        self._wait = (
+            _pack((b"WAIT", wait_replicas, max(1, round(wait_timeout * 1000))))
+            if wait_replicas
+            else None
+        )
+        self._on_unreplicated = on_unreplicated
+        self._cluster = (
+            ClusterSender(client, self._wait, wait_replicas, wait_timeout)
+            if redis_client.is_cluster(client)
+            else None
+        )
         self._prefix = wire.validate_prefix(prefix)
         self._keys: dict[str, str] = {}
         """Unpartitioned topic -> its stream key; a partitioned topic is never in it."""
@@ -106,9 +129,16 @@ class StreamPublisher:
                 args = (*_XADD, key, *_HEAD, str(event_id), _TYPE, event_type, _AGG, aggregate_id,
                         _EV, payload)  # fmt: skip
             commands.append(pack(args))
-        failed = await redis_client.within(
-            self._timeout, self._send(b"".join(commands), len(commands)), "XADD"
-        )
+        try:
+            if self._cluster is None:
+                sent = self._send(b"".join(commands), len(commands))
+            else:
+                sent = self._cluster.send(commands)
+            failed = await redis_client.within(self._timeout, sent, "XADD")
+        except NotReplicated as exc:
+            if self._on_unreplicated is not None:
+                self._on_unreplicated(exc)
+            raise
         if failed:
             refusals = [e for e in failed.values() if isinstance(e, OutOfMemoryError)]
             error = refusals[0] if refusals else next(iter(failed.values()))
@@ -123,22 +153,33 @@ class StreamPublisher:
         pool = self._client.connection_pool
         conn = await pool.get_connection()
         failed: dict[int, ResponseError] = {}
+        wait = self._wait
         try:
             # A failure or cancellation mid-way disconnects the connection (redis-py does, on
             # any exception), so no reply is left unread on it.
-            await conn.send_packed_command(packed, check_health=False)
+            await conn.send_packed_command(
+                packed if wait is None else packed + wait, check_health=False
+            )
             for i in range(replies):
                 try:
                     await conn.read_response(disable_decoding=True)
                 except ResponseError as exc:
                     failed[i] = exc
+            if wait is not None:
+                acked = int(await conn.read_response())
+                if acked < self._replicas:
+                    raise NotReplicated(
+                        node=f"{conn.host}:{conn.port}",
+                        wanted=self._replicas,
+                        acknowledged=acked,
+                        seconds=self._wait_seconds,
+                    )
         finally:
             await pool.release(conn)
         return failed
 
     async def check_reset(self) -> ResetReport | None:
-        info = await redis_client.within(self._timeout, self._client.info("server"), "INFO")
-        run_id = str(info["run_id"])
+        run_id = await redis_client.within(self._timeout, self._run_ids(), "INFO")
         added = await redis_client.within(self._timeout, self._entries_added(), "XINFO STREAM")
         old, self._run_id = self._run_id, run_id
         before, self._added = self._added, added
@@ -150,6 +191,36 @@ class StreamPublisher:
         # them. `conveyor verify` finds it.
         lost = [key for key, n in sorted(before.items()) if added.get(key, 0) < n]
         return ResetReport(old, run_id, tuple(lost))
+
+    async def _run_ids(self) -> str:
+        """The server's run id; on a cluster, `node=run id` of each master holding the relay's
+        streams (every master before it wrote any), so a restart or a failover of one shows."""
+        client = self._client
+        if self._cluster is None:
+            info = await client.info("server")
+            return str(info["run_id"])
+        await client.initialize()
+        nodes = {owner(client, key) for key in self._keys.values()} or set(client.get_primaries())
+        ids = []
+        for node in sorted(nodes, key=lambda n: n.name):
+            info = await client.info("server", target_nodes=node)
+            ids.append(f"{node.name}={info['run_id']}")
+        return ",".join(ids)
+
+    async def replicas(self) -> dict[str, int]:
+        """Connected replicas (INFO replication) of the server, or of each cluster master."""
+        client = self._client
+        if self._cluster is None:
+            info = await redis_client.within(self._timeout, client.info("replication"), "INFO")
+            return {"redis": int(info.get("connected_slaves", 0))}
+        await client.initialize()
+        found = {}
+        for node in client.get_primaries():
+            info = await redis_client.within(
+                self._timeout, client.info("replication", target_nodes=node), "INFO"
+            )
+            found[node.name] = int(info.get("connected_slaves", 0))
+        return found
 
     async def _entries_added(self) -> dict[str, int]:
         added: dict[str, int] = {}

@@ -16,7 +16,8 @@ from conveyor.deadlines import pool_options, unanswered
 from conveyor.layouts import Layout, LayoutSource, routing_changes
 from conveyor.outages import Outage, describe, quiet_pool_reconnects
 from conveyor.retry import pause
-from relay.errors import LayoutChanged
+from relay import replicas
+from relay.errors import LayoutChanged, NotReplicated
 from relay.forwarder import Forwarder
 from relay.metrics import RelayMetrics
 from relay.notify import Listener, Listeners, NotifyListener
@@ -118,10 +119,18 @@ class Relay:
         if self._make_layouts is not None:
             self._layout_source = self._make_layouts(self._pool)
             self.layouts = await self._layout_source.layouts(s.key_prefix)
-        self._redis = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)
+        self._redis = await redis_client.open(s.redis_url, timeout=s.dependency_timeout)
         self._publisher = StreamPublisher(
-            self._redis, s.key_prefix, timeout=s.dependency_timeout, layouts=self.layouts
+            self._redis,
+            s.key_prefix,
+            timeout=s.dependency_timeout,
+            layouts=self.layouts,
+            wait_replicas=s.wait_replicas,
+            wait_timeout=s.wait_timeout,
+            on_unreplicated=self._unreplicated,
         )
+        if s.wait_replicas:
+            await replicas.warn_if_short(self._publisher, s.wait_replicas)
         for schema in s.schemas:
             store = OutboxStore(
                 self._pool, schema, keep_published=s.retention > 0, timeout=s.dependency_timeout
@@ -147,6 +156,10 @@ class Relay:
             if changes := routing_changes(self.layouts, now):
                 log.error("TOPIC LAYOUT CHANGED while the relay started: %s", "; ".join(changes))
                 raise LayoutChanged(changes)
+
+    def _unreplicated(self, exc: NotReplicated) -> None:
+        self.metrics.unreplicated.add(1)
+        log.debug("batch not replicated: %s", exc)  # the forwarder logs the failed batch
 
     def stop(self) -> None:
         """Begin a graceful stop: no new batches; those in flight finish."""

@@ -55,6 +55,13 @@ class RelaySettings:
     """How often Redis is checked for a reset; the backlog is measured every fifth round."""
     heartbeat_interval: float = 10.0
     """How often a registered relay refreshes its heartbeat in the catalog's registry."""
+    wait_replicas: int = 0
+    """After each batch's XADDs, wait (Redis WAIT, on the same connection; per master on a
+    cluster) until this many replicas have them, and publish the rows only then; fewer within
+    the wait timeout fails the batch, retried. 0: no wait (a master that dies may take
+    acknowledged XADDs its replicas had not yet received with it)."""
+    wait_timeout: float = 1.0
+    """How long one batch's WAIT may take before the batch counts as failed (0.001-60 s)."""
     dependency_timeout: float = DEPENDENCY_TIMEOUT
     """How long one round trip of the relay's own to PostgreSQL or Redis (a claim, a batch's
     XADDs, a COMMIT, a heartbeat) may go unanswered: then its connection is closed, the batch
@@ -74,6 +81,10 @@ class RelaySettings:
             raise ValueError(f"concurrency must be 1-16, got {self.concurrency!r}")
         if not 0 <= self.gather_delay <= 1:
             raise ValueError(f"gather_delay must be 0-1 seconds, got {self.gather_delay!r}")
+        if not 0 <= self.wait_replicas <= 100:
+            raise ValueError(f"wait_replicas must be 0-100, got {self.wait_replicas!r}")
+        if not 0.001 <= self.wait_timeout <= 60:
+            raise ValueError(f"wait_timeout must be 0.001-60 seconds, got {self.wait_timeout!r}")
         if self.retention < 0:
             raise ValueError(f"retention must be >= 0 seconds, got {self.retention!r}")
         for name in (

@@ -128,6 +128,16 @@ class RedisServer(_Server):
     def _running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the running server (SIGSTOP, SIGCONT...) without waiting for anything."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(sig)
+
+    @property
+    def running(self) -> bool:
+        """The server process is alive (started and not stopped or killed)."""
+        return self._running()
+
     def _answers(self) -> bool:
         # Our own log line first: another server that holds the port would answer PING too.
         if "Ready to accept connections" not in _tail(self.dir / "redis.log", 1000):

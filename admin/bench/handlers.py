@@ -4,6 +4,7 @@ CONVEYOR_BENCH_SCHEMA, the scenario's scratch schema."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from conveyor.identity.v1 import events_pb2
 TOPIC = "bench"
 _SCHEMA = database.validate_schema(os.environ.get("CONVEYOR_BENCH_SCHEMA", "bench"))
 _EFFECTS = f"{_SCHEMA}.bench_effects"
+_IO_WAIT = float(os.environ.get("CONVEYOR_BENCH_IO_WAIT", "0.005"))
 
 per_event = Router()
 """Exactly-once form of most applications: one INSERT per event through `ctx.db`."""
@@ -57,3 +59,15 @@ async def _stamp(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
     await ctx.db.execute(
         f"INSERT INTO {_EFFECTS} (event_id, handled_ns) VALUES ($1, $2)", ctx.event_id, began
     )
+
+
+io_wait = Router()
+"""A handler bound by I/O, as one calling another service is: it waits CONVEYOR_BENCH_IO_WAIT
+seconds (5 ms by default) per event, then does the per-event form's INSERT. A lane applies its
+events one after the other, so a member applies at most lanes / wait events per second."""
+
+
+@io_wait.handler(events_pb2.UserRegistered, topic=TOPIC)
+async def _call_then_insert(event: events_pb2.UserRegistered, ctx: EventContext) -> None:
+    await asyncio.sleep(_IO_WAIT)
+    await ctx.db.execute(f"INSERT INTO {_EFFECTS} (event_id) VALUES ($1)", ctx.event_id)

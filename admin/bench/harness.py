@@ -94,19 +94,28 @@ class Bench:
             await self._remove(s)
 
     async def _remove(self, s: Scratch) -> None:
+        try:
+            await self._remove_keys(s)
+        finally:  # the schema and catalog rows go even when Redis is gone
+            conn = await asyncpg.connect(self.database_url)
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {s.schema} CASCADE")
+                await delete_catalog_rows(conn, s.prefix)
+            finally:
+                await conn.close()
+
+    async def _remove_keys(self, s: Scratch) -> None:
         r = redis_client.connect(self.redis_url)
         try:
             keys = [k async for k in r.scan_iter(match=f"{s.prefix}:*", count=1000)]
-            for start in range(0, len(keys), 500):
-                await r.delete(*keys[start : start + 500])
+            if redis_client.is_cluster(r):
+                for key in keys:  # a cluster takes the keys of one slot per command
+                    await r.delete(key)
+            else:
+                for start in range(0, len(keys), 500):
+                    await r.delete(*keys[start : start + 500])
         finally:
             await r.aclose()
-        conn = await asyncpg.connect(self.database_url)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {s.schema} CASCADE")
-            await delete_catalog_rows(conn, s.prefix)
-        finally:
-            await conn.close()
 
     async def execute(self, sql: str, *args: Any) -> None:
         conn = await asyncpg.connect(self.database_url)
@@ -155,7 +164,7 @@ class Bench:
         self, scratch: Scratch, router: str, *args: str, env: dict[str, str] | None = None
     ) -> Proc:
         """`conveyor consume` of group `bench` on the scratch's topic with the router named
-        `router` in admin.bench.handlers (`per_event`, `batch`, `noop`, `latency`)."""
+        `router` in admin.bench.handlers (`per_event`, `batch`, `noop`, `latency`, `io_wait`)."""
         return self.conveyor(
             scratch,
             "consume",

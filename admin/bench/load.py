@@ -14,6 +14,7 @@ import asyncpg
 from admin.bench.harness import Scratch
 from conveyor import redis_client
 from conveyor.identity.v1 import events_pb2
+from conveyor.layouts import Layouts
 from relay import NewEvent, enqueue_many, envelope
 from relay.publisher import StreamPublisher
 
@@ -61,11 +62,18 @@ async def fill_outbox(
 
 
 async def fill_stream(
-    redis_url: str, scratch: Scratch, n: int, per_call: int = 1000, *, traced: bool = False
+    redis_url: str,
+    scratch: Scratch,
+    n: int,
+    per_call: int = 1000,
+    *,
+    traced: bool = False,
+    layouts: Layouts | None = None,
 ) -> None:
-    """Publish `n` events straight to the scratch's stream, as the relay would."""
+    """Publish `n` events straight to the scratch's stream (its partitions' streams when
+    `layouts` partitions its topic), as the relay would."""
     r = redis_client.connect(redis_url)
-    publisher = StreamPublisher(r, scratch.prefix)
+    publisher = StreamPublisher(r, scratch.prefix, layouts=layouts)
     try:
         for start in range(0, n, per_call):
             rows = []

@@ -84,3 +84,22 @@ async def consumer_rate(
         *CONSUMER_FORMS[form],
     )
     return _rate(out, r"consumer_eps\[[^\]]+\]")
+
+
+async def both_rates(
+    database_url: str, redis_url: str, events: int, batch: int
+) -> tuple[float, float]:
+    """Events/s of the yardstick's relay loop (update mode) and of its per-event consumer loop
+    (`--handler-insert --conns 2`), from one run of both."""
+    out = await run(
+        database_url,
+        redis_url,
+        "--events",
+        str(events),
+        "--batch",
+        str(batch),
+        "--mode",
+        "update",
+        *CONSUMER_FORMS["per-event"],
+    )
+    return _rate(out, r"relay_eps\[update\]"), _rate(out, r"consumer_eps\[[^\]]+\]")

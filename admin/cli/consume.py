@@ -99,6 +99,7 @@ def consume(
     retry_backoff: str = CONSUMER.option("retry_backoff"),
     retry_backoff_max: str = CONSUMER.option("retry_backoff_max"),
     claim_idle: str = CONSUMER.option("claim_idle"),
+    lease_ttl: str = CONSUMER.option("lease_ttl"),
     recreate_lost_group: bool = CONSUMER.option("recreate_lost_group"),
     max_stream_length: int | None = CONSUMER.option("max_stream_length"),
     ledger_retention: str = CONSUMER.option("ledger_retention"),
@@ -165,6 +166,7 @@ def consume(
             retry_backoff=parse_duration(retry_backoff, CONSUMER.flag("retry_backoff")),
             retry_backoff_max=parse_duration(retry_backoff_max, CONSUMER.flag("retry_backoff_max")),
             claim_idle=parse_duration(claim_idle, CONSUMER.flag("claim_idle")),
+            lease_ttl=parse_duration(lease_ttl, CONSUMER.flag("lease_ttl")),
             recreate_lost_group=recreate_lost_group,
             max_stream_length=max_stream_length,
             ledger_retention=parse_duration(ledger_retention, CONSUMER.flag("ledger_retention")),
@@ -213,12 +215,12 @@ async def _serve(
     start: str,
 ) -> None:
     from admin.catalog import ConsumerCatalog
-    from admin.cli.start_point import StartingAt
+    from admin.catalog.leases import ConsumerLeases
     from admin.ops import runtime
     from admin.ops.probes import ConsumerProbe
     from consumers import Consumer
 
-    consumer = Consumer(router, settings, catalog=ConsumerCatalog)
+    consumer = Consumer(router, settings, catalog=ConsumerCatalog, leases=ConsumerLeases)
     plane = runtime.OpsPlane(
         ops,
         database_url=settings.database_url,
@@ -247,8 +249,7 @@ async def _serve(
         )
 
     async with telemetry.serving():  # bound before the pipeline creates anything
-        pipeline = StartingAt(consumer, settings, start.strip().lower())
-        await runtime.serve(plane, pipeline, started=running)
+        await runtime.serve(plane, consumer, started=running)
     log.info(
         "consumer stopped after the batch in flight: group=%s consumer=%s",
         settings.group,

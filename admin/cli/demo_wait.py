@@ -189,7 +189,7 @@ class Watch:
         """Members of the demo's group, other than the demo's own consumer, that hold entries
         or read within the last `since` seconds, with how many entries each holds."""
         stream = wire.Keys(self.pipeline.topic, self.pipeline.names.key_prefix).events
-        client = redis_client.connect(self.pipeline.names.redis_url, socket_timeout=5.0)
+        client = await redis_client.open(self.pipeline.names.redis_url, socket_timeout=5.0)
         try:
             members = await client.xinfo_consumers(stream, self.pipeline.group)
         finally:

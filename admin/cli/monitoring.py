@@ -36,9 +36,12 @@ from admin.cli.client import (
     Connection,
     with_connection,
 )
+from admin.cli.cluster_table import nodes_table
 from admin.cli.members_table import members_table
 from admin.cli.options import EXIT_OK, EXIT_USAGE, fail
 from admin.cli.output import actions_table, dead_letters_view, iso, print_json
+from admin.cli.status_groups import groups_table
+from admin.cli.status_groups import seconds as _seconds
 from admin.cli.tables import add_column, add_row, fitted, list_table
 from conveyor.v1 import admin_pb2
 
@@ -107,21 +110,19 @@ def status(
     add_column(table, "reasons", wrap=True)
     for component in response.components:
         state = _state(component.state)
-        add_row(
-            table,
-            component.name,
-            Text(state, style=_STATE_STYLES.get(state, "")),
-            "; ".join(component.reasons),
-        )
+        style = _STATE_STYLES.get(state, "")
+        add_row(table, component.name, Text(state, style=style), "; ".join(component.reasons))
     console.print(fitted(table, console.width))
     if response.HasField("redis"):
         console.print(_redis_table(response.redis))
+        if response.redis.nodes:
+            console.print(fitted(nodes_table(response.redis.nodes), console.width))
     if response.outboxes:
         console.print(fitted(_outbox_table(response.outboxes), console.width))
     else:  # a consumer: no table of nothing, but who to ask
         console.print("outbox backlog: none here (a relay reports the outboxes it drains)")
     if response.groups:
-        console.print(fitted(_groups_table(response.groups), console.width))
+        console.print(fitted(groups_table(response.groups), console.width))
         if (members := members_table(response.groups)) is not None:
             console.print(fitted(members, console.width))
     elif response.HasField("redis") and response.redis.up:
@@ -168,28 +169,6 @@ def _outbox_table(outboxes: Iterable[Any]) -> Table:
     for outbox in outboxes:
         add_row(table, outbox.schema, str(outbox.backlog), _seconds(outbox.oldest_age_seconds))
     return table
-
-
-def _groups_table(groups: Iterable[Any]) -> Table:
-    table = list_table("consumer groups")
-    for name in ("topic", "group", "mode", "members", "lag entries", "lag", "pending"):
-        add_column(table, name, right=name not in ("topic", "group", "mode"))
-    for group in groups:
-        add_row(
-            table,
-            group.topic,
-            group.group,
-            group.mode,
-            str(group.consumers),
-            str(group.lag_entries),
-            _seconds(group.lag_seconds),
-            str(group.pending),
-        )
-    return table
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
 def _no_outbox_row(schemas: Iterable[str]) -> str:

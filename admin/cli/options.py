@@ -28,7 +28,10 @@ RedisUrl = Annotated[
     typer.Option(
         "--redis-url",
         envvar="CONVEYOR_REDIS_URL",
-        help="Redis holding the streams (`redis://`, `rediss://`, `unix://`).",
+        help=(
+            "Redis holding the streams (`redis://`, `rediss://`, `unix://`); a Redis Cluster node "
+            "is detected as one, `redis+cluster://` or `rediss+cluster://` say so outright."
+        ),
     ),
 ]
 KeyPrefix = Annotated[

@@ -61,6 +61,8 @@ RELAY = SettingOptions(
         "key_prefix": Shown(envvar="CONVEYOR_KEY_PREFIX"),
         "schemas": Shown(flag="--schema", envvar="CONVEYOR_SCHEMA"),
         "dependency_timeout": Shown(envvar="CONVEYOR_DEPENDENCY_TIMEOUT"),
+        "wait_replicas": Shown(envvar="CONVEYOR_WAIT_REPLICAS"),
+        "wait_timeout": Shown(envvar="CONVEYOR_WAIT_TIMEOUT"),
     },
     programmatic=(
         "cleanup_interval",
@@ -88,6 +90,8 @@ def run(
     listen: bool = RELAY.option("listen"),
     retention: str = RELAY.option("retention"),
     dependency_timeout: str = RELAY.option("dependency_timeout"),
+    wait_replicas: int = RELAY.option("wait_replicas"),
+    wait_timeout: str = RELAY.option("wait_timeout"),
     log_level: LogLevel = DEFAULT_LOG_LEVEL,
     grpc_addr: str = SERVER.option("grpc_addr", default=RELAY_GRPC_ADDR),
     reflection: bool = SERVER.option("reflection"),
@@ -141,6 +145,8 @@ def run(
             listen=listen,
             retention=parse_duration(retention, RELAY.flag("retention")),
             dependency_timeout=parse_duration(dependency_timeout, RELAY.flag("dependency_timeout")),
+            wait_replicas=wait_replicas,
+            wait_timeout=parse_duration(wait_timeout, RELAY.flag("wait_timeout")),
         )
         timeout = StartupSettings(
             parse_duration(startup_timeout, STARTUP.flag("startup_timeout"))
@@ -290,7 +296,7 @@ async def _replay(
 
     named = database.server_settings(database_url, "relay replay", schema)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2, server_settings=named)
-    client = redis_client.connect(redis_url)
+    client = await redis_client.open(redis_url)
     try:
         total = await count_replayable(pool, schema, since, topic)
         console = Console(stderr=True)

@@ -10,7 +10,7 @@ from admin.cli.durations import parse_since
 from consumers.settings import ConsumerSettings
 
 if TYPE_CHECKING:
-    from admin.ops.runtime import Pipeline
+    pass
 
 START_HELP = (
     "Where the group starts on each topic stream when this member creates it there: `earliest` "
@@ -79,27 +79,3 @@ async def create_groups(settings: ConsumerSettings, *, named: str) -> None:
             await create(streams(current), s.start_id, named=named, exists_on=exists_on)
     finally:
         await client.aclose()
-
-
-class StartingAt:
-    """A consumer pipeline whose start first creates the groups at --start: after the ops plane
-    has bound its address (so a taken address still leaves no group behind), before the consumer
-    itself, which creates any group still missing at 0."""
-
-    def __init__(self, consumer: Pipeline, settings: ConsumerSettings, named: str) -> None:
-        self._consumer = consumer
-        self._settings = settings
-        self._named = named
-
-    async def start(self, grpc_addr: str | None = None) -> None:
-        await create_groups(self._settings, named=self._named)
-        await self._consumer.start(grpc_addr)
-
-    def stop(self) -> None:
-        self._consumer.stop()
-
-    async def run(self) -> None:
-        await self._consumer.run()
-
-    async def close(self) -> None:
-        await self._consumer.close()

@@ -212,7 +212,7 @@ async def _verify(database_url: str, redis_url: str, request: Request, *, quiet:
     from conveyor import redis_client
 
     pool = await tables.connect(database_url)
-    client = redis_client.connect(redis_url)
+    client = await redis_client.open(redis_url)
     try:
         async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
             await client.ping()  # unreachable is an answer of its own, whatever the window holds

@@ -61,6 +61,24 @@ def status_response(snapshot: Snapshot) -> admin_pb2.GetStatusResponse:
             aof_last_rewrite_status=r.aof_last_rewrite_status,
             run_id=r.run_id,
             error=r.error,
+            cluster=r.cluster,
+            nodes=[
+                admin_pb2.RedisNodeStatus(
+                    address=n.address,
+                    up=n.up,
+                    cluster_state=n.cluster_state,
+                    ping_latency_seconds=n.ping_latency,
+                    used_memory_bytes=n.used_memory,
+                    maxmemory_bytes=n.maxmemory,
+                    maxmemory_policy=n.maxmemory_policy,
+                    aof_enabled=n.aof_enabled,
+                    run_id=n.run_id,
+                    connected_replicas=n.connected_replicas,
+                    topics=list(n.topics),
+                    error=n.error,
+                )
+                for n in r.nodes
+            ],
         ),
         outboxes=[
             admin_pb2.OutboxStatus(
@@ -88,6 +106,9 @@ def status_response(snapshot: Snapshot) -> admin_pb2.GetStatusResponse:
                     )
                     for m in g.members
                 ],
+                lease_owner=g.lease_owner,
+                lease_epoch=g.lease_epoch,
+                parked_aggregates=g.parked_aggregates,
             )
             for g in snapshot.groups
         ],

@@ -225,7 +225,7 @@ class OpsPlane:
             raise
 
     async def _serve(self, pool: asyncpg.Pool) -> int:
-        redis = redis_client.connect(self._redis_url, timeout=self._timeout)
+        redis = await redis_client.open(self._redis_url, timeout=self._timeout)
         health = Health(liveness_limit=self.settings.stall_timeout, beat=lambda: self.beat)
         catalog = Catalog(pool, self._prefix)
         audit = catalog.audit

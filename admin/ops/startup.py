@@ -45,13 +45,9 @@ _FINAL_REDIS = (
     redis_errors.AuthorizationError,
     redis_errors.AuthenticationWrongNumberOfArgsError,
 )
-_TRANSIENT_REDIS = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-    OSError,
-    TimeoutError,
-)
+_TRANSIENT_REDIS = redis_client.UNAVAILABLE
+"""Not answering (yet): refused, reset, timed out, loading its dataset, a cluster still forming
+or failing over (CLUSTERDOWN, TRYAGAIN, no node or slot reachable)."""
 
 
 async def wait_for_postgres(
@@ -93,7 +89,7 @@ async def wait_for_redis(redis_url: str, *, within: float, shown_as: str, key_pr
     probe = f"{key_prefix}:startup-probe:{uuid.uuid4().hex}"
 
     async def attempt() -> None:
-        client = redis_client.connect(redis_url)
+        client = await redis_client.open(redis_url)
         try:
             await client.ping()
             await client.set(probe, b"", px=PROBE_TTL_MS)  # READONLY on a replica, NOPERM ...
@@ -132,7 +128,9 @@ def lost(exc: BaseException, *, postgres: str, redis: str) -> DependencyUnavaila
     name = _source(exc)
     if name is None:
         return None
-    answered = isinstance(exc, (redis_errors.ResponseError, asyncpg.PostgresError, *_FINAL_REDIS))
+    answered = isinstance(
+        exc, (redis_errors.ResponseError, asyncpg.PostgresError, *_FINAL_REDIS)
+    ) and not (name == "Redis" and redis_client.unavailable(exc))
     address = redis if name == "Redis" else postgres
     cause = exc if answered else _root(exc)
     return DependencyUnavailable(

@@ -17,9 +17,12 @@ from redis.exceptions import RedisError, ResponseError
 from admin.catalog import Catalog
 from admin.catalog.layouts import named_keys
 from admin.catalog.registry import RegisteredGroup
-from admin.ops import members
+from admin.ops import cluster_status, members
+from admin.ops.cluster_status import NodeStatus
 from admin.ops.members import MemberStatus
+from admin.ops.ordering_status import with_leases
 from admin.ops.redis_memory import PolicyLog, out_of_memory
+from conveyor import redis_client
 from conveyor.entry_ids import EntryId
 from conveyor.outages import unreachable
 from conveyor.replies import text
@@ -53,6 +56,10 @@ class RedisStatus:
     aof_last_rewrite_status: str = ""
     run_id: str = ""
     error: str = ""
+    cluster: bool = False
+    """A Redis Cluster: the figures above are the whole cluster's (admin.ops.cluster_status)."""
+    nodes: tuple[NodeStatus, ...] = ()
+    """Each master of a cluster; empty for one server."""
 
     @property
     def out_of_memory(self) -> bool:
@@ -79,6 +86,11 @@ class GroupStatus:
     mode: str
     members: tuple[MemberStatus, ...] = ()
     """Its members on the topic's stream (admin.ops.members)."""
+    lease_owner: str = ""
+    """Ordered partitions: the member holding the lease ('' when none does)."""
+    lease_epoch: int = 0
+    parked_aggregates: tuple[str, ...] = ()
+    """Ordered partitions: aggregates held behind an open dead letter of the group (park)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +177,8 @@ class StatusChecker:
         """Take a new snapshot (never raises: failures become reasons)."""
         redis = await self._redis_status()
         registered = await self._registry()  # also while Redis is away: it says if PG is up
+        if redis.cluster:
+            redis = cluster_status.with_topics(redis, self._redis, self._prefix, registered)
         groups = await self._groups(registered) if redis.up else ()
         now = time.monotonic()
         self.snapshot = Snapshot(
@@ -179,6 +193,12 @@ class StatusChecker:
         return self.snapshot
 
     async def _redis_status(self) -> RedisStatus:
+        if redis_client.is_cluster(self._redis):
+            nodes = await cluster_status.read_nodes(self._redis)
+            for node in nodes:
+                if node.up:
+                    self._policy_log.saw(node.maxmemory_policy, node.maxmemory)
+            return RedisStatus(cluster=True, nodes=nodes, **cluster_status.summary(nodes))
         try:
             async with asyncio.timeout(2):
                 started = time.perf_counter()
@@ -251,7 +271,7 @@ class StatusChecker:
                 key = named_keys(g.topic, self._prefix).events
                 found = await members.members(self._redis, key, g.group, hosts)
                 out.append(dataclasses.replace(status, members=found))
-        return out
+        return await with_leases(self._catalog.pool, self._redis, self._prefix, out)
 
     async def _group(self, topic: str, group: str, mode: str, members: int) -> GroupStatus | None:
         key = named_keys(topic, self._prefix).events  # `topic:N`: a partition

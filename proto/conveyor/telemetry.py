@@ -29,6 +29,7 @@ EVENTS_DELETED_PENDING: Final = "events_deleted_pending"
 """Entries deleted or trimmed from the stream while pending: acknowledged, never handled."""
 GROUPS_LOST: Final = "consumer_groups_lost"
 REDIS_RESETS: Final = "redis_resets"
+BATCHES_UNREPLICATED: Final = "batches_unreplicated"
 
 # Gauges.
 OUTBOX_BACKLOG: Final = "outbox_backlog"

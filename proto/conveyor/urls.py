@@ -16,7 +16,8 @@ _QUERY_SECRET_RE = re.compile(
 )
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+"""redis+cluster:// and rediss+cluster:// force a Redis Cluster client (conveyor.redis_client)."""
 
 
 def redact(url: str) -> str:

@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from conveyor import redis_client
 from tests.torture.deployment import Deployment, Group
 from tests.torture.facts import Effect, Facts, load_facts, traces
 from tests.torture.report import GroupCounts, Report
@@ -101,7 +101,8 @@ async def _group_state(r: Any, stream: str, group: str, *, required: bool) -> st
 
 async def backlog(deployment: Deployment, groups: Sequence[Group]) -> Backlog:
     """One look at everything `settle` waits for; a server that does not answer is behind."""
-    d, keys, out = deployment, deployment.keys, Backlog()
+    d, out = deployment, Backlog()
+    dlqs = [k.dlq for k in d.streams]
     try:
         conn = await asyncpg.connect(d.database_url, timeout=5)
         try:
@@ -112,7 +113,7 @@ async def backlog(deployment: Deployment, groups: Sequence[Group]) -> Backlog:
             )
             recorded = int(
                 await conn.fetchval(
-                    "SELECT count(*) FROM conveyor.dead_letters WHERE dlq_stream = $1", keys.dlq
+                    "SELECT count(*) FROM conveyor.dead_letters WHERE dlq_stream = ANY($1)", dlqs
                 )
             )
         finally:
@@ -122,13 +123,14 @@ async def backlog(deployment: Deployment, groups: Sequence[Group]) -> Backlog:
         return out
     if out.unpublished:
         out.behind.append(f"{out.unpublished} outbox rows unpublished")
-    r = aioredis.from_url(d.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    r = redis_client.connect(d.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         for g in groups:
-            for stream, required in ((keys.events, True), (keys.retry(g.name), False)):
-                if state := await _group_state(r, stream, g.name, required=required):
-                    out.behind.append(state)
-        in_stream = int(await r.xlen(keys.dlq))
+            for keys in d.streams:
+                for stream, required in ((keys.events, True), (keys.retry(g.name), False)):
+                    if state := await _group_state(r, stream, g.name, required=required):
+                        out.behind.append(state)
+        in_stream = sum([int(await r.xlen(dlq)) for dlq in dlqs])
         if in_stream != recorded:
             out.behind.append(f"{in_stream} dead-letter entries, {recorded} in the catalog")
     except (OSError, RedisError) as exc:
@@ -189,8 +191,8 @@ def _judge(
     facts: Facts,
     ordered: bool,
 ) -> tuple[GroupCounts, _Found]:
-    keys = deployment.keys
-    own_retry = keys.retry(group.name)
+    topic_streams = {k.events for k in deployment.streams}
+    own_retries = {k.retry(group.name) for k in deployment.streams}
     effects: dict[uuid.UUID, list[Effect]] = defaultdict(list)
     for e in facts.effects:
         if e.group == group.name:
@@ -212,11 +214,11 @@ def _judge(
         if group.exactly_once and len(rows) > 1:
             found.add("duplicate", event_id, f"{len(rows)} effects")
         for row in rows:
-            if why := _misrouted(row, own_retry, keys.events, event_id in has_letter,
+            if why := _misrouted(row, own_retries, topic_streams, event_id in has_letter,
                                  reprocess_entries, dead_sources):  # fmt: skip
                 found.add("misrouted", event_id, why)
     if ordered:
-        for event_id, why in _order_violations(effects, keys.events):
+        for event_id, why in _order_violations(effects, topic_streams):
             found.add("order", event_id, why)
     counts = GroupCounts(
         group.name,
@@ -234,19 +236,19 @@ def _judge(
 
 def _misrouted(
     row: Effect,
-    own_retry: str,
-    topic_stream: str,
+    own_retries: set[str],
+    topic_streams: set[str],
     has_letter: bool,
     reprocess_entries: set[str],
     dead_sources: dict[tuple[str, str], Any],
 ) -> str:
     if (row.stream, row.entry_id) in dead_sources:
         return f"applied from {row.entry_id}, the entry the group dead-lettered"
-    if row.stream == topic_stream:
+    if row.stream in topic_streams:
         if row.entry_id in reprocess_entries:
             return f"applied from reprocess entry {row.entry_id} in the topic stream"
         return ""
-    if row.stream != own_retry:
+    if row.stream not in own_retries:
         return f"applied from {row.stream}, not the group's stream or retry stream"
     if not has_letter:
         return f"applied from its retry stream ({row.entry_id}) without a dead letter of it"
@@ -254,10 +256,12 @@ def _misrouted(
 
 
 def _order_violations(
-    effects: dict[uuid.UUID, list[Effect]], topic_stream: str
+    effects: dict[uuid.UUID, list[Effect]], topic_streams: set[str]
 ) -> list[tuple[uuid.UUID, str]]:
+    """Per aggregate, in effect order (an aggregate's events are all in one stream, so their
+    entry ids compare, partitioned or not)."""
     firsts = sorted(
-        (rows[0] for rows in effects.values() if rows[0].stream == topic_stream),
+        (rows[0] for rows in effects.values() if rows[0].stream in topic_streams),
         key=lambda e: e.seq,
     )
     highest: dict[str, tuple[tuple[int, int], Effect]] = {}

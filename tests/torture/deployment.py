@@ -60,11 +60,18 @@ class Deployment:
     schema: str
     key_prefix: str
     topic: str = DEFAULT_TOPIC
+    partitions: int | None = None
+    """The topic's stream partitions (its layout must say so), None when unpartitioned."""
 
     @property
     def keys(self) -> wire.Keys:
-        """Redis key names of the topic (events, dlq, retry streams)."""
+        """Redis key names of the topic (events, dlq, retry streams); of an unpartitioned one."""
         return wire.Keys(self.topic, self.key_prefix)
+
+    @property
+    def streams(self) -> list[wire.Keys]:
+        """Redis key names of every stream of the topic: one, or one per partition."""
+        return wire.topic_keys(self.topic, self.key_prefix, self.partitions)
 
 
 def orders_ddl(schema: str) -> str:

@@ -17,9 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
-from conveyor import wire
+from conveyor import redis_client, wire
 from tests.torture.deployment import Deployment
 from tests.torture.workload import Txn
 
@@ -127,13 +126,15 @@ async def load_facts(deployment: Deployment, *, scan_streams: bool = True) -> Fa
         ]
     finally:
         await conn.close()
-    entries = await scan_stream(d.redis_url, d.keys.events) if scan_streams else None
+    entries = None
+    if scan_streams:
+        entries = [e for k in d.streams for e in await scan_stream(d.redis_url, k.events)]
     return Facts(outbox, effects, dead_letters, entries)
 
 
 async def scan_stream(redis_url: str, stream: str) -> list[Entry]:
     """Every entry of `stream`, in order, with its event id and reprocess mark."""
-    r: Any = aioredis.from_url(redis_url)
+    r: Any = redis_client.connect(redis_url)  # redis+cluster:// too
     out: list[Entry] = []
     try:
         start = "-"

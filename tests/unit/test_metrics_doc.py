@@ -19,6 +19,7 @@ CONTRACT = {
         "events_publish_failed_total": {"stream"},
         "events_replayed_total": {"stream"},
         "redis_resets_total": set(),
+        "batches_unreplicated_total": set(),
         "outbox_backlog": {"schema"},
         "outbox_oldest_age_seconds": {"schema"},
         "dependency_up": {"dependency"},

@@ -156,7 +156,7 @@ class ComponentStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[ComponentState, str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RedisStatus(_message.Message):
-    __slots__ = ("up", "ping_latency_seconds", "used_memory_bytes", "maxmemory_bytes", "aof_enabled", "aof_last_rewrite_status", "run_id", "error")
+    __slots__ = ("up", "ping_latency_seconds", "used_memory_bytes", "maxmemory_bytes", "aof_enabled", "aof_last_rewrite_status", "run_id", "error", "cluster", "nodes")
     UP_FIELD_NUMBER: _ClassVar[int]
     PING_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class RedisStatus(_message.Message):
     AOF_LAST_REWRITE_STATUS_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     up: bool
     ping_latency_seconds: float
     used_memory_bytes: int
@@ -173,7 +175,37 @@ class RedisStatus(_message.Message):
     aof_last_rewrite_status: str
     run_id: str
     error: str
-    def __init__(self, up: _Optional[bool] = ..., ping_latency_seconds: _Optional[float] = ..., used_memory_bytes: _Optional[int] = ..., maxmemory_bytes: _Optional[int] = ..., aof_enabled: _Optional[bool] = ..., aof_last_rewrite_status: _Optional[str] = ..., run_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    cluster: bool
+    nodes: _containers.RepeatedCompositeFieldContainer[RedisNodeStatus]
+    def __init__(self, up: _Optional[bool] = ..., ping_latency_seconds: _Optional[float] = ..., used_memory_bytes: _Optional[int] = ..., maxmemory_bytes: _Optional[int] = ..., aof_enabled: _Optional[bool] = ..., aof_last_rewrite_status: _Optional[str] = ..., run_id: _Optional[str] = ..., error: _Optional[str] = ..., cluster: _Optional[bool] = ..., nodes: _Optional[_Iterable[_Union[RedisNodeStatus, _Mapping]]] = ...) -> None: ...
+
+class RedisNodeStatus(_message.Message):
+    __slots__ = ("address", "up", "cluster_state", "ping_latency_seconds", "used_memory_bytes", "maxmemory_bytes", "maxmemory_policy", "aof_enabled", "run_id", "connected_replicas", "topics", "error")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_STATE_FIELD_NUMBER: _ClassVar[int]
+    PING_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    USED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAXMEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAXMEMORY_POLICY_FIELD_NUMBER: _ClassVar[int]
+    AOF_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TOPICS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    up: bool
+    cluster_state: str
+    ping_latency_seconds: float
+    used_memory_bytes: int
+    maxmemory_bytes: int
+    maxmemory_policy: str
+    aof_enabled: bool
+    run_id: str
+    connected_replicas: int
+    topics: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    def __init__(self, address: _Optional[str] = ..., up: _Optional[bool] = ..., cluster_state: _Optional[str] = ..., ping_latency_seconds: _Optional[float] = ..., used_memory_bytes: _Optional[int] = ..., maxmemory_bytes: _Optional[int] = ..., maxmemory_policy: _Optional[str] = ..., aof_enabled: _Optional[bool] = ..., run_id: _Optional[str] = ..., connected_replicas: _Optional[int] = ..., topics: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class OutboxStatus(_message.Message):
     __slots__ = ("schema", "backlog", "oldest_age_seconds")
@@ -186,7 +218,7 @@ class OutboxStatus(_message.Message):
     def __init__(self, schema: _Optional[str] = ..., backlog: _Optional[int] = ..., oldest_age_seconds: _Optional[float] = ...) -> None: ...
 
 class GroupStatus(_message.Message):
-    __slots__ = ("topic", "group", "lag_entries", "lag_seconds", "pending", "consumers", "mode", "members")
+    __slots__ = ("topic", "group", "lag_entries", "lag_seconds", "pending", "consumers", "mode", "members", "lease_owner", "lease_epoch", "parked_aggregates")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +227,9 @@ class GroupStatus(_message.Message):
     CONSUMERS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PARKED_AGGREGATES_FIELD_NUMBER: _ClassVar[int]
     topic: str
     group: str
     lag_entries: int
@@ -203,7 +238,10 @@ class GroupStatus(_message.Message):
     consumers: int
     mode: str
     members: _containers.RepeatedCompositeFieldContainer[GroupMember]
-    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ...) -> None: ...
+    lease_owner: str
+    lease_epoch: int
+    parked_aggregates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, topic: _Optional[str] = ..., group: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., pending: _Optional[int] = ..., consumers: _Optional[int] = ..., mode: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., lease_owner: _Optional[str] = ..., lease_epoch: _Optional[int] = ..., parked_aggregates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GroupMember(_message.Message):
     __slots__ = ("name", "host", "pending", "idle_seconds", "inactive_seconds", "redelivered")
