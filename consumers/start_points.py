@@ -4,7 +4,7 @@ saying where a group that already existed stands."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from consumers.streams import TopicStreams
 
@@ -20,18 +20,36 @@ async def existing_group(streams: Iterable[TopicStreams]) -> str | None:
     return None
 
 
+async def _existing_per_topic(streams: Sequence[TopicStreams]) -> dict[str, str | None]:
+    """Topic -> a stream of it where the group exists already, looking at the streams given
+    and at those every other layout of the topic had (its one stream, or a partition 0)."""
+    found: dict[str, str | None] = {}
+    for s in streams:
+        topic = s.keys.topic
+        if topic in found:
+            continue
+        mine = [t for t in streams if t.keys.topic == topic]
+        found[topic] = await existing_group([*mine, s.sibling(None), s.sibling(0)])
+    return found
+
+
 async def create_groups(
     streams: Iterable[TopicStreams], start: str, *, named: str = "", exists_on: str | None = None
 ) -> None:
     """Create each stream's group at `start` (an XGROUP CREATE id: `0`, `$` or an entry id; the
     retry streams at 0), logging once per stream whether it was created there or already
-    existed, and then where it stands; `named` is the start as the operator gave it. With
-    `exists_on` (a stream of the same topic where the group exists already, e.g. before its
-    partition count changed) the group is not new and the streams it lacks get it at 0: the
-    start point would skip events the relays published there since."""
+    existed, and then where it stands; `named` is the start as the operator gave it.
+
+    A group is new only when it exists on no stream of the topic: when it exists on one (given
+    as `exists_on`, or found on the topic's streams, its unpartitioned stream or its partition
+    0, e.g. from before its partition count changed), the streams it lacks get it at 0, since
+    the start point would skip events the relays published there since."""
+    streams = list(streams)
+    existing = {} if start == "0" else await _existing_per_topic(streams)
     shown = named or start
     for s in streams:
-        if exists_on is not None:
+        there = exists_on or existing.get(s.keys.topic)
+        if there is not None:
             if await s.ensure_groups(start="0"):
                 log.info(
                     "group created: stream=%s group=%s start=%s not applied (the group exists "
@@ -39,7 +57,7 @@ async def create_groups(
                     s.keys.events,
                     s.group,
                     shown,
-                    exists_on,
+                    there,
                 )
                 continue
         elif await s.ensure_groups(start=start):

@@ -48,7 +48,6 @@ async def create_groups(settings: ConsumerSettings, *, named: str) -> None:
 
     from admin.catalog.layouts import layouts
     from consumers.start_points import create_groups as create
-    from consumers.start_points import existing_group
     from consumers.streams import TopicStreams
     from conveyor import database, redis_client, wire
 
@@ -64,18 +63,12 @@ async def create_groups(settings: ConsumerSettings, *, named: str) -> None:
         await conn.close()
     client = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)
 
-    def streams(keys: list[wire.Keys]) -> list[TopicStreams]:
-        return [
-            TopicStreams(client, k, s.group, s.consumer, timeout=s.dependency_timeout) for k in keys
-        ]
-
     try:
-        for topic in s.topics:
-            current = wire.topic_keys(topic, s.key_prefix, counts.get(topic))
-            # Every other layout of the topic had its one stream or a partition 0: a group
-            # found on any of these was created before, whatever the count was then.
-            probes = [wire.Keys(topic, s.key_prefix), wire.Keys(topic, s.key_prefix, 0)]
-            exists_on = await existing_group(streams([*current, *probes]))
-            await create(streams(current), s.start_id, named=named, exists_on=exists_on)
+        streams = [
+            TopicStreams(client, keys, s.group, s.consumer, timeout=s.dependency_timeout)
+            for topic in s.topics
+            for keys in wire.topic_keys(topic, s.key_prefix, counts.get(topic))
+        ]
+        await create(streams, s.start_id, named=named)
     finally:
         await client.aclose()

@@ -26,10 +26,17 @@ from relay.errors import LayoutChanged
 from relay.settings import RelaySettings
 from tests.integration.catalog_support import add
 from tests.integration.conftest import Case
+from tests.integration.consumer_support import (
+    consumer_settings,
+    create_effects,
+    effect_counts,
+    effect_router,
+    running_consumer,
+)
 from tests.integration.partition_support import TOPIC, enqueue, partition, publish
 from tests.integration.relay_support import drained
 from tests.integration.test_start_points import delivered, settings
-from tests.processes import run_conveyor
+from tests.processes import run_conveyor, wait_until
 
 pytestmark = pytest.mark.usefixtures("catalog_cleanup")
 
@@ -43,21 +50,25 @@ async def fixture_pool(case: Case) -> AsyncIterator[asyncpg.Pool]:
 async def test_start_latest_does_not_skip_what_the_relays_published_after_a_repartition(
     case: Case, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A group deployed with CONVEYOR_START=latest; the topic is split in 4 (its streams had no
+    groups there yet: the layout was set straight in the catalog); the relays, started first,
+    publish the events that waited; then the group's consumer starts, still with --start latest,
+    and must apply every one of them."""
     plain = wire.Keys(TOPIC, case.prefix)
     group = dataclasses.replace(settings(case, "latest"), topics=(TOPIC,))
     await create_groups(group, named="latest")  # the group's first deployment: --start latest
     assert await delivered(case, plain.events) == 0
-    # Drained, relays stopped, the topic split in 4; the relays start again first and publish
-    # the events that waited in the outbox by the new layout ...
     layout = await partition(case.pg, case.prefix)
     sent = await publish(case.redis, case.prefix, 12, aggregates=12, layout=layout)
-    # ... then the consumers, whose environment still says CONVEYOR_START=latest.
+    await create_effects(case.pg, case.schema)
+    late = consumer_settings(case, "late", topics=(TOPIC,), start="latest")
     with caplog.at_level(logging.INFO, logger="consumers.start_points"):
-        await create_groups(group, named="latest")
-    got = 0
-    for keys in wire.topic_keys(TOPIC, case.prefix, layout.partitions):
-        got += await delivered(case, keys.events)
-    assert got == len(sent), "events published after the change were skipped by --start latest"
+        async with running_consumer(effect_router(case.schema, topic=TOPIC), **late):
+
+            async def all_applied() -> bool:
+                return len(await effect_counts(case.pg, case.schema, "late")) == len(sent)
+
+            await wait_until(all_applied, timeout=30, what="the 12 events applied")
     lines = [r.getMessage() for r in caplog.records if "group created" in r.getMessage()]
     assert len(lines) == layout.partitions
     assert all("start=latest not applied" in line and "(id 0)" in line for line in lines), lines
