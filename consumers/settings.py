@@ -18,6 +18,8 @@ Mode = Literal["exactly-once", "at-least-once"]
 _START_NAMES = {"earliest": "0", "latest": "$"}
 """The named start points and the ids XGROUP CREATE takes for them."""
 _ENTRY_ID = re.compile(r"\d{1,19}-\d{1,19}")
+_MAX_SEQ = 2**64 - 1
+"""The largest sequence number of a stream entry id."""
 
 _OUTAGE_BACKOFF = 0.2
 """Seconds waited after the first failure of Redis or the database."""
@@ -172,8 +174,16 @@ class ConsumerSettings:
 
     @property
     def start_id(self) -> str:
-        """`start` as XGROUP CREATE takes it: `0`, `$` or the entry id."""
-        return _START_NAMES.get(self.start, self.start)
+        """`start` as XGROUP CREATE takes it: `0`, `$`, or for an entry id the id just before
+        it (XGROUP CREATE takes the last id delivered, and the entry `start` names, e.g. the
+        first appended in a `--start` time's millisecond, is to be delivered)."""
+        named = _START_NAMES.get(self.start)
+        if named is not None:
+            return named
+        ms, seq = (int(part) for part in self.start.split("-"))
+        if seq:
+            return f"{ms}-{seq - 1}"
+        return f"{ms - 1}-{_MAX_SEQ}" if ms else "0"
 
     @property
     def database_address(self) -> str:

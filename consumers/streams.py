@@ -78,6 +78,13 @@ class TopicStreams:
                     raise
         return created
 
+    def sibling(self, partition: int | None) -> TopicStreams:
+        """The same group and member on another stream of the topic: its unpartitioned one
+        (None), or partition `partition`."""
+        prefix = self.keys.events.split(":{", 1)[0]  # a key prefix holds no brace
+        keys = wire.Keys(self.keys.topic, prefix, partition)
+        return TopicStreams(self._client, keys, self.group, self.consumer, timeout=self._timeout)
+
     async def standing(self) -> dict[str, Any] | None:
         """The group on the event stream as XINFO GROUPS shows it (`last-delivered-id`,
         `pending`, `lag`, ...; names as text), or None when it has none."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from conveyor.layouts import Layouts, routing_changes
+
 
 class RelayError(Exception):
     """Base of every error the relay package raises on purpose."""
@@ -75,6 +77,14 @@ class LayoutChanged(RelayError):
             "publishing; start the relay again to route by the new layout (operations.md, "
             "Partitioned topics)"
         )
+
+    @classmethod
+    def check(cls, before: Layouts, now: Layouts) -> None:
+        """Raise one when the partition counts of `now` differ from those of `before`: a relay
+        reads the layouts again once registered, since `conveyor topic partition` refuses a
+        change only while it sees a relay registered."""
+        if changes := routing_changes(before, now):
+            raise cls(changes)
 
 
 class NotReplicated(RelayError):

@@ -149,6 +149,8 @@ class Relay:
             me = this_process(s.key_prefix, s.schemas, grpc_addr)
             await self._registry.register(me)
             self._registered = me
+        if self._layout_source is not None:  # one set before it registered was not refused
+            LayoutChanged.check(self.layouts, await self._layout_source.layouts(s.key_prefix))
 
     def _unreplicated(self, exc: NotReplicated) -> None:
         self.metrics.unreplicated.add(1)
@@ -193,8 +195,7 @@ class Relay:
             raise self.layout_changed
 
     async def _watch_layouts(self) -> None:
-        """Read the layouts every heartbeat interval; stop the relay when a topic's partition
-        count changed (its events would go to other streams: a restart routes by the new one)."""
+        """Every heartbeat interval: stop the relay when a topic's partition count changed."""
         assert self._layout_source is not None
         while not self._stopping.is_set():
             await pause(self._stopping, self.settings.heartbeat_interval)
@@ -205,8 +206,7 @@ class Relay:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.debug("reading the topic layouts failed, will retry: %r", exc)
                 continue
-            changes = routing_changes(self.layouts, now)
-            if changes:
+            if changes := routing_changes(self.layouts, now):
                 self.layout_changed = LayoutChanged(changes)
                 log.error("TOPIC LAYOUT CHANGED: %s", self.layout_changed)
                 self.stop()

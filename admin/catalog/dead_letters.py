@@ -153,6 +153,19 @@ async def get_dead_letter(
     return found[0] if found else None
 
 
+async def recorded(
+    pool: asyncpg.Pool | asyncpg.Connection, dlq_stream: str, entry_ids: Sequence[str]
+) -> set[str]:
+    """Those of `entry_ids` recorded in the catalog for dead-letter stream `dlq_stream`."""
+    rows = await pool.fetch(
+        f"SELECT dlq_entry_id FROM {_DEAD_LETTERS} WHERE dlq_stream = $1 "
+        "AND dlq_entry_id = ANY($2::text[])",
+        dlq_stream,
+        list(entry_ids),
+    )
+    return {r["dlq_entry_id"] for r in rows}
+
+
 async def dead_letters_for_event(
     pool: asyncpg.Pool, prefix: str, event_id: uuid.UUID
 ) -> list[DeadLetterRecord]:

@@ -5,6 +5,7 @@ to read them (`conveyor.layouts.LayoutSource`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Final
 
 import asyncpg
@@ -37,6 +38,14 @@ async def layouts(pool: asyncpg.Pool | asyncpg.Connection, prefix: str) -> dict[
     """The partitioned topics of the deployment with key prefix `prefix`, by topic."""
     rows = await pool.fetch(_SELECT, prefix)
     return {r["topic"]: _layout(r) for r in rows}
+
+
+async def changed_at(pool: asyncpg.Pool | asyncpg.Connection, prefix: str) -> dict[str, datetime]:
+    """When each partitioned topic of the deployment last had its layout set, by topic."""
+    rows = await pool.fetch(
+        f"SELECT topic, updated_at FROM {_LAYOUTS} WHERE key_prefix = $1", prefix
+    )
+    return {r["topic"]: r["updated_at"] for r in rows}
 
 
 async def set_layout(

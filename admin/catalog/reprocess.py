@@ -26,10 +26,12 @@ from admin.catalog import requests, skips
 from admin.catalog.audit import AuditLog
 from admin.catalog.dead_letters import resolve, set_state
 from admin.catalog.layouts import dlq_keys
+from admin.catalog.layouts import layouts as layouts_of
 from admin.catalog.records import MAX_SKIPS_SHOWN, DeadLetterRecord, Progress, Skip
-from admin.catalog.requests import shielded
+from admin.catalog.requests import Pacer, shielded, stop_if_cancelled
 from admin.errors import FailedPrecondition, InvalidInput
 from conveyor import database, redis_client, wire
+from conveyor.layouts import streams as layout_streams
 from conveyor.replies import text, uuid_or_none
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,7 @@ class _Run:
         self.redis = redis
         self.keys = keys
         self.prefix = key_prefix
+        self.streams: list[wire.Keys] | None = None
         self.principal = principal
         self.audit = audit
         self.ledgers = ledgers
@@ -203,9 +206,9 @@ class _Run:
         report: Callable[[Progress], Awaitable[None]] | None,
     ) -> Progress:
         progress = Progress(total=len(records))
-        pace = _Pacer(rate)
+        pace = Pacer(rate)
         for record in records:
-            _stop_if_cancelled()
+            stop_if_cancelled()
             # Reads and waits are cancellable; each entry's writes are not (see shielded).
             plan = await self.plan(record)
             action = plan.action
@@ -234,6 +237,9 @@ class _Run:
                 record.group,
             )
             return _Plan(_Action.SKIP, skip=skips.other_deployment(record))
+        now = await self.layout()
+        if keys.events not in {k.events for k in now}:
+            return _Plan(_Action.SKIP, skip=skips.earlier_layout(record, self.keys.topic, now))
         if await self.applied(record):
             return _Plan(_Action.DUPLICATE)
         async with asyncio.timeout(redis_client.COMMAND_TIMEOUT):
@@ -246,6 +252,15 @@ class _Run:
             )
             return _Plan(_Action.SKIP, skip=skips.gone(record, keys.dlq))
         return _Plan(_Action.REQUEUE, retry_fields(found[0][1], record.entry_id))
+
+    async def layout(self) -> list[wire.Keys]:
+        """The topic's streams by its layout now (read once per call): consumers read only
+        these, and their retry streams."""
+        if self.streams is None:
+            self.streams = layout_streams(
+                self.keys.topic, self.prefix, await layouts_of(self.conn, self.prefix)
+            )
+        return self.streams
 
     async def applied(self, record: DeadLetterRecord) -> bool:
         """Whether the group's ledger records the event as applied (exactly-once groups only)."""
@@ -353,32 +368,6 @@ class _Run:
                 retry_id,
                 exc,
             )
-
-
-class _Pacer:
-    """Spaces calls to `wait` at least 1/rate seconds apart (no wait when rate is 0)."""
-
-    def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate if rate > 0 else 0.0
-        self._next: float | None = None
-
-    async def wait(self) -> None:
-        if not self._interval:
-            return
-        now = asyncio.get_running_loop().time()
-        if self._next is not None and self._next > now:
-            await asyncio.sleep(self._next - now)
-            now = self._next
-        self._next = now + self._interval
-
-
-def _stop_if_cancelled() -> None:
-    """Raise CancelledError if this task was cancelled but the cancellation got lost on the way
-    (on Python 3.11, asyncio.wait_for inside a client library drops one that arrives as its
-    inner call completes), so a cancelled call still stops at the next entry."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _counted(progress: Progress, action: _Action, skip: Skip) -> Progress:

@@ -159,3 +159,29 @@ async def _unlock(conn: asyncpg.Connection, key: str) -> None:
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         # The pool's reset (or the connection's end) releases the lock anyway.
         log.warning("reprocess: could not release the idempotency lock: %r", exc)
+
+
+class Pacer:
+    """Spaces calls to `wait` at least 1/rate seconds apart (no wait when rate is 0)."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next: float | None = None
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._next is not None and self._next > now:
+            await asyncio.sleep(self._next - now)
+            now = self._next
+        self._next = now + self._interval
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled but the cancellation got lost on the way
+    (on Python 3.11, asyncio.wait_for inside a client library drops one that arrives as its
+    inner call completes), so a cancelled call still stops at the next entry."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

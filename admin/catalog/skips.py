@@ -11,9 +11,18 @@ from typing import Final
 import asyncpg
 
 from admin.catalog.records import DeadLetterRecord, Skip
+from conveyor import wire
 from conveyor.database import AUDIT_TABLE, CATALOG_SCHEMA
 
-REASONS: Final = ("reprocessing", "reprocessed", "resolved", "other_deployment", "gone", "changed")
+REASONS: Final = (
+    "reprocessing",
+    "reprocessed",
+    "resolved",
+    "other_deployment",
+    "gone",
+    "changed",
+    "earlier_layout",
+)
 """Every Skip.reason, in the order of conveyor.v1.SkipReason."""
 
 _REQUEUED: Final = ("reprocessing", "reprocessed")
@@ -80,6 +89,20 @@ def gone(record: DeadLetterRecord, stream: str) -> Skip:
         record.entry_id,
         "gone",
         f"gone from dead-letter stream {stream} (trimmed or deleted): no event left to send",
+    )
+
+
+def earlier_layout(record: DeadLetterRecord, topic: str, streams: Sequence[wire.Keys]) -> Skip:
+    """A dead letter of a stream the topic no longer has (its partition count changed since):
+    no consumer of the current layout reads that stream's retry stream; `streams` are the
+    topic's streams now."""
+    now = "unpartitioned" if streams[0].partition is None else f"{len(streams)} partitions"
+    return Skip(
+        record.entry_id,
+        "earlier_layout",
+        f"its dead-letter stream {record.dlq_stream} is of an earlier layout of topic {topic} "
+        f"(now {now}): no consumer reads its retry stream; resolve it, and send the event to "
+        f"group {record.group} with `conveyor relay backfill`",
     )
 
 

@@ -29,6 +29,8 @@ from admin.cli.options import (
 from admin.errors import AdminError
 from conveyor import database, wire
 
+AT_LEAST_ONCE = "at-least-once"
+
 if TYPE_CHECKING:
     from relay.backfill import BackfillResult
 
@@ -94,16 +96,17 @@ def backfill(
         fail(exc.message)
     run = _backfill(database_url, redis_url, key_prefix, schema, topic, group, start, end, dry_run)
     try:
-        result = asyncio.run(run)
+        result, mode = asyncio.run(run)
     except GroupMissing as exc:
         fail(str(exc), EXIT_PRECONDITION)
-    _print(result, topic, group, start, end, dry_run, as_json)
+    _print(result, topic, group, mode, start, end, dry_run, as_json)
 
 
 def _print(
     result: BackfillResult,
     topic: str,
     group: str,
+    mode: str | None,
     since: datetime,
     until: datetime | None,
     dry_run: bool,
@@ -113,6 +116,7 @@ def _print(
         summary = {
             "topic": topic,
             "group": group,
+            "mode": mode,
             "since": since.isoformat(),
             "until": None if until is None else until.isoformat(),
             "dry_run": dry_run,
@@ -134,6 +138,12 @@ def _print(
     for stream, n in sorted(result.by_stream.items()):
         span = f"events {result.first[stream]} .. {result.last[stream]}"
         console.print(f"  {stream}: {n} ({span})", markup=False)
+    if mode == AT_LEAST_ONCE and result.matched:
+        console.print(
+            f"group {group} is at-least-once (no ledger): it applies again every event of the "
+            "window it has applied already",
+            markup=False,
+        )
 
 
 async def _backfill(
@@ -146,10 +156,13 @@ async def _backfill(
     since: datetime,
     until: datetime | None,
     dry_run: bool,
-) -> BackfillResult:
+) -> tuple[BackfillResult, str | None]:
+    """The backfill's result, and the group's mode as its registered members say (None when
+    none is registered)."""
     import asyncpg
 
     from admin.catalog.layouts import layouts
+    from admin.catalog.registry import registered_groups
     from conveyor import redis_client
     from relay.backfill import Target, backfill
     from relay.store import count_replayable
@@ -159,6 +172,12 @@ async def _backfill(
     client = redis_client.connect(redis_url)
     try:
         counts = {t: lay.partitions for t, lay in (await layouts(pool, prefix)).items()}
+        modes = {
+            g.mode
+            for g in await registered_groups(pool, prefix)
+            if (g.topic, g.group) == (topic, group)
+        }
+        mode = AT_LEAST_ONCE if AT_LEAST_ONCE in modes else next(iter(modes), None)
         target = Target(group, topic, prefix, counts.get(topic))
         total = await count_replayable(pool, schema, since, topic, until)
         console = Console(stderr=True)
@@ -172,7 +191,7 @@ async def _backfill(
             transient=True,
         ) as progress:
             task = progress.add_task("backfill", total=total)
-            return await backfill(
+            result = await backfill(
                 pool,
                 client,
                 schema,
@@ -182,6 +201,7 @@ async def _backfill(
                 dry_run=dry_run,
                 on_progress=lambda n: progress.advance(task, n),
             )
+            return result, mode
     finally:
         await client.aclose()
         await pool.close()

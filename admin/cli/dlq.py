@@ -38,6 +38,7 @@ from admin.cli.filters import (
     Stream,
     Until,
     build_filter,
+    by_id_target,
     check_entry_ids,
     parse_topic,
 )
@@ -169,7 +170,7 @@ def inspect(
 ) -> None:
     """One dead letter: metadata, payload, traceback and the actions taken on it."""
     request = admin_pb2.GetDeadLetterRequest(
-        topic=parse_topic(stream), entry_id=check_entry_ids([entry_id])[0]
+        topic=by_id_target(stream), entry_id=check_entry_ids([entry_id])[0]
     )
     with Client(conn) as client:
         response = client.call(client.admin.GetDeadLetter, request)
@@ -208,7 +209,9 @@ def resolve(
         fail("give the dead letters to resolve with --id (repeatable)", EXIT_USAGE)
     if reason is None or not reason.strip():
         fail("--reason is required: say why these dead letters need no reprocessing", EXIT_USAGE)
-    request = admin_pb2.ResolveDeadLettersRequest(topic=topic, entry_ids=ids, reason=reason.strip())
+    request = admin_pb2.ResolveDeadLettersRequest(
+        topic=by_id_target(stream), entry_ids=ids, reason=reason.strip()
+    )
     with Client(conn) as client:
         response = client.call(client.admin.ResolveDeadLetters, request)
     if as_json:

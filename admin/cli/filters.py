@@ -29,7 +29,8 @@ class State(enum.StrEnum):
 
 _STREAM_HELP = (
     "Topic, or its dead-letter stream: identity, identity.dlq or conveyor:{identity}:dlq (a "
-    "partition's, conveyor:{orders:3}:dlq, names its topic)."
+    "partition's, conveyor:{orders:3}:dlq, names its topic; with --id, only that stream's dead "
+    "letter)."
 )
 
 Stream = Annotated[str, typer.Option("--stream", "--topic", help=_STREAM_HELP)]
@@ -70,6 +71,15 @@ def parse_topic(text: str) -> str:
         return wire.validate_topic(text)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+
+
+def by_id_target(text: str) -> str:
+    """What an `--id` request names as its topic: the topic `--stream` names, or the
+    dead-letter stream key itself when `--stream` is one (`conveyor:{orders:3}:dlq`), so the
+    server looks only there; two partitions' dead letters can share an entry id."""
+    topic = parse_topic(text)
+    text = text.strip()
+    return text if "{" in text else topic
 
 
 def _tag(tag: tuple[str, int | None]) -> str:

@@ -25,6 +25,7 @@ from admin.cli.filters import (
     Stream,
     Until,
     build_filter,
+    by_id_target,
     check_entry_ids,
     parse_topic,
 )
@@ -74,7 +75,11 @@ def reprocess(
         fail("--idempotency-key must not be blank", EXIT_USAGE)
     key = idempotency_key or str(uuid.uuid4())
     request = admin_pb2.ReprocessDeadLettersRequest(
-        topic=topic, entry_ids=ids, dry_run=dry_run, idempotency_key=key, rate_limit=rate_limit
+        topic=by_id_target(stream) if ids else topic,
+        entry_ids=ids,
+        dry_run=dry_run,
+        idempotency_key=key,
+        rate_limit=rate_limit,
     )
     if not ids:
         request.filter.CopyFrom(build_filter(topic, *filters))
@@ -177,7 +182,7 @@ def _print_counts(last: Any, request: admin_pb2.ReprocessDeadLettersRequest, as_
     if as_json:
         counts = to_dict(last)
         counts |= {
-            "topic": request.topic,
+            "topic": parse_topic(request.topic),
             "dry_run": request.dry_run,
             "idempotency_key": request.idempotency_key,
         }
@@ -187,7 +192,7 @@ def _print_counts(last: Any, request: admin_pb2.ReprocessDeadLettersRequest, as_
     console = Console(highlight=False, soft_wrap=True)  # a line per entry, whole when piped
     console.print(
         f"{verb} {last.requeued}, duplicates {last.duplicates}, skipped {last.skipped} "
-        f"({last.done} of {last.total} dead letters of topic {request.topic})",
+        f"({last.done} of {last.total} dead letters of topic {parse_topic(request.topic)})",
         markup=False,
     )
     if last.replayed:

@@ -62,6 +62,7 @@ async def create_groups(settings: ConsumerSettings, *, named: str) -> None:
     finally:
         await conn.close()
     client = redis_client.connect(s.redis_url, timeout=s.dependency_timeout)
+
     try:
         streams = [
             TopicStreams(client, keys, s.group, s.consumer, timeout=s.dependency_timeout)

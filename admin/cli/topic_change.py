@@ -5,8 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from admin.catalog import layouts as catalog_layouts
-from admin.cli.topic_state import alive, layout_words, refusal, topic_state
+from admin.cli.topic_state import (
+    alive,
+    layout_words,
+    refusal,
+    topic_state,
+    unrecorded,
+    unrecorded_refusal,
+)
+from conveyor import wire
 from conveyor.layouts import PARK, Layout
 
 
@@ -21,6 +31,8 @@ class Outcome:
     refused: str | None = None
     forced: list[str] = field(default_factory=list)
     """Refusals --force overrode."""
+    carried: list[str] = field(default_factory=list)
+    """Groups of the old streams created on the new ones, at their beginning."""
 
     def lines(self) -> list[str]:
         old, new = _streams(self.before), _streams(self.after)
@@ -32,6 +44,11 @@ class Outcome:
             out.append(
                 f"{layout_words(old)} -> {layout_words(new)}: start the relays and consumers of "
                 "the deployment now; relays still running stop (exit 9) and need a restart"
+            )
+        if self.carried:
+            out.append(
+                f"groups {', '.join(self.carried)} created on the new streams at their beginning "
+                "(a group's trims never drop what another group has not read there)"
             )
         return out
 
@@ -49,6 +66,15 @@ def _describe(layout: Layout | None) -> str:
         f"{layout.partitions} partitions, {order}, on dead letter {layout.on_dead_letter}, "
         f"layout version {layout.version}"
     )
+
+
+async def _create_group(client: Any, stream: str, group: str) -> None:
+    """Create `group` at the beginning of `stream` (and the stream), unless it exists."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if not str(exc).startswith("BUSYGROUP"):
+            raise
 
 
 async def change(
@@ -82,12 +108,17 @@ async def change(
             running = await alive(pool, prefix)
             layouts_now = {} if before is None else {topic: before}
             state = await topic_state(servers.redis, prefix, topic, layouts_now)
+            missing = {}
+            for st in state.streams:
+                if ids := await unrecorded(pool, servers.redis, st.keys):
+                    missing[st.keys.dlq] = ids
             # Each check on its own, so --force can say what it overrode.
             reasons = [
                 r
                 for r in (
                     refusal(topic, old, new, running, ()),
                     refusal(topic, old, new, (), state.streams),
+                    unrecorded_refusal(topic, old, new, missing),
                 )
                 if r is not None
             ]
@@ -97,6 +128,14 @@ async def change(
             outcome.forced = [
                 r.removeprefix("refusing to change ").split("; --force")[0] for r in reasons
             ]
+            # Every group of the old streams gets the new ones now, at 0, before any relay
+            # publishes there: a group whose consumers start later would otherwise find the
+            # entries its sibling groups' housekeepers trimmed, and --start would apply.
+            outcome.carried = sorted({g.group for st in state.streams for g in st.groups})
+            for keys in wire.topic_keys(topic, prefix, new):
+                for group in outcome.carried:
+                    await _create_group(servers.redis, keys.events, group)
+                    await _create_group(servers.redis, keys.retry(group), group)
         if partitions is None:
             await catalog_layouts.remove_layout(pool, prefix, topic)
             outcome.after = None

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from redis.exceptions import ResponseError
 
+from admin.catalog import dead_letters
 from admin.catalog import layouts as catalog_layouts
 from admin.catalog.processes import RegisteredProcess, list_processes
 from conveyor import layouts, wire
@@ -56,6 +57,7 @@ class TopicState:
 
 
 _COUNT_PAGE = 10_000
+_DLQ_PAGE = 1_000
 
 
 async def read_layouts(pool: asyncpg.Pool, prefix: str) -> dict[str, Layout]:
@@ -95,6 +97,37 @@ async def stream_state(client: Any, keys: wire.Keys) -> StreamState:
         retry = int(await client.xlen(keys.retry(name)))
         groups.append(GroupState(name, int(info["pending"]), int(lag), retry))
     return StreamState(keys, length, tuple(sorted(groups, key=lambda g: g.group)), dead)
+
+
+async def unrecorded(pool: asyncpg.Pool, client: Any, keys: wire.Keys) -> list[str]:
+    """Entry ids of the dead letters in `keys.dlq` not yet in the catalog (written while
+    PostgreSQL was away; a consumer's reconciler of that stream records them)."""
+    out: list[str] = []
+    start = "-"
+    while page := await client.xrange(keys.dlq, min=start, max="+", count=_DLQ_PAGE):
+        ids = [text(i) for i, _ in page]
+        known = await dead_letters.recorded(pool, keys.dlq, ids)
+        out += [i for i in ids if i not in known]
+        if len(page) < _DLQ_PAGE:
+            break
+        start = "(" + ids[-1]
+    return out
+
+
+def unrecorded_refusal(
+    topic: str, old: int | None, new: int | None, found: dict[str, list[str]]
+) -> str | None:
+    """Why the topic's streams must not change while dead letters of them are unrecorded."""
+    if not found:
+        return None
+    listed = ", ".join(f"{k} ({len(ids)}, e.g. {ids[0]})" for k, ids in list(found.items())[:5])
+    return (
+        f"refusing to change topic {topic} from {layout_words(old)} to {layout_words(new)}: "
+        f"dead letters of its streams are not in the catalog yet: {listed}; start a consumer "
+        f"of the topic until `conveyor dlq list --stream {topic}` shows them (its reconciler "
+        "records them), then stop it; --force changes it anyway (no consumer of the new layout "
+        "records them)"
+    )
 
 
 def layout_words(partitions: int | None) -> str:

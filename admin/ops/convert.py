@@ -304,6 +304,7 @@ _SKIP_REASONS = {
     "other_deployment": admin_pb2.SKIP_REASON_OTHER_DEPLOYMENT,
     "gone": admin_pb2.SKIP_REASON_GONE,
     "changed": admin_pb2.SKIP_REASON_CHANGED,
+    "earlier_layout": admin_pb2.SKIP_REASON_EARLIER_LAYOUT,
 }
 """Every admin.catalog.skips.REASONS value as conveyor.v1.SkipReason."""
 

@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.exceptions import RedisError
 
 from admin.catalog import Catalog, DeadLetterQuery, DeadLetterRecord, Progress, skips
+from admin.catalog.layouts import dlq_keys
 from admin.catalog.records import MAX_ENTRY_IDS, MAX_PAGE_SIZE, parse_entry_id
 from admin.catalog.reprocess import check_reprocessable
 from admin.catalog.requests import request_fingerprint
@@ -108,6 +109,39 @@ def _topic(topic: str) -> str:
         raise InvalidInput(str(exc), field="topic", value=topic[:100]) from None
 
 
+def _target(text: str, prefix: str) -> tuple[str, str | None]:
+    """The topic a request names by id, and the dead-letter stream it narrows to: `orders`
+    names every dead-letter stream of the topic (None), a dead-letter stream key of this
+    deployment (`conveyor:{orders:3}:dlq`) only that one."""
+    if "{" not in text:
+        return _topic(text), None
+    tag = wire.parse_tag(text)
+    if tag is None or dlq_keys(text, tag[0], prefix) is None:
+        raise InvalidInput(
+            f"{text[:200]!r} is no dead-letter stream of this deployment (key prefix {prefix})",
+            field="topic",
+            value=text[:100],
+        )
+    return tag[0], text
+
+
+def _unambiguous(topic: str, records: Sequence[DeadLetterRecord]) -> None:
+    """InvalidInput when an entry id names dead letters of several streams of the topic
+    (partitions write their dead-letter streams independently, so two can share an id)."""
+    streams: dict[str, list[str]] = {}
+    for r in records:
+        streams.setdefault(r.entry_id, []).append(r.dlq_stream)
+    for entry_id, found in streams.items():
+        if len(found) > 1:
+            raise InvalidInput(
+                f"dead letter id {entry_id} of topic {topic} names {len(found)} dead letters, "
+                f"one in each of {' and '.join(found)}: nothing done; name the one you mean by "
+                f"its dead-letter stream (--stream {found[0]})",
+                field="entry_ids",
+                value=entry_id,
+            )
+
+
 def query_of(f: admin_pb2.DeadLetterFilter, topic: str | None = None) -> DeadLetterQuery:
     """A catalog query from a request's filter."""
     return DeadLetterQuery(
@@ -169,13 +203,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetDeadLetter(
         self, request: admin_pb2.GetDeadLetterRequest, context: Context
     ) -> admin_pb2.GetDeadLetterResponse:
-        topic = _topic(request.topic)
+        topic, stream = _target(request.topic, self._catalog.key_prefix)
         entry_id = parse_entry_id(request.entry_id)
-        record = await self._catalog.dead_letter(topic, entry_id)
-        if record is None:
-            raise NotFound(
-                f"no dead letter {entry_id} on topic {topic}", kind="dead letter", ids=[entry_id]
-            )
+        (record,) = await self._by_id(topic, [entry_id], stream=stream)  # NotFound if none
         response = admin_pb2.GetDeadLetterResponse(dead_letter=convert.dead_letter(record))
         await self._fill_entry(response, record)
         targets = [entry_id] + ([record.event_id] if record.event_id else [])
@@ -210,13 +240,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ResolveDeadLetters(
         self, request: admin_pb2.ResolveDeadLettersRequest, context: Context
     ) -> admin_pb2.ResolveDeadLettersResponse:
-        topic = _topic(request.topic)
+        topic, stream = _target(request.topic, self._catalog.key_prefix)
         ids = [parse_entry_id(i) for i in request.entry_ids]
         if not ids:
             raise InvalidInput("name at least one entry id", field="entry_ids", value="")
         if not request.reason.strip():
             raise InvalidInput("resolving needs a reason", field="reason", value="")
-        records = await self._by_id(topic, ids, request_order=True)
+        records = await self._by_id(topic, ids, stream=stream, request_order=True)
         resolved = set(
             await self._catalog.resolve(
                 records, reason=request.reason, principal=_principal(), requested=ids
@@ -252,10 +282,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReprocessDeadLetters(
         self, request: admin_pb2.ReprocessDeadLettersRequest, context: Context
     ) -> None:
-        topic = _topic(request.topic)
+        topic, stream = _target(request.topic, self._catalog.key_prefix)
         ids = [parse_entry_id(i) for i in request.entry_ids]
         query = None if ids else query_of(request.filter, topic=topic)
-        digest = request_fingerprint(topic, ids, query, self._catalog.key_prefix)
+        digest = request_fingerprint(request.topic, ids, query, self._catalog.key_prefix)
         key = request.idempotency_key
         if key and not request.dry_run:
             # A repeat is answered as the first call was, before its entries are looked at:
@@ -266,7 +296,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             if first is not None:
                 await context.write(convert.reprocess_response(first))
                 return
-        records = await self._by_id(topic, ids) if ids else await self._matching(query)
+        if ids:
+            records = await self._by_id(topic, ids, stream=stream)
+        else:
+            records = await self._matching(query)
         if ids:
             check_reprocessable(records)
 
@@ -287,11 +320,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def _by_id(
-        self, topic: str, ids: list[str], *, request_order: bool = False
+        self,
+        topic: str,
+        ids: list[str],
+        *,
+        stream: str | None = None,
+        request_order: bool = False,
     ) -> list[DeadLetterRecord]:
-        """The dead letters with these entry ids; NotFound naming those that do not exist, in
-        the order of `ids` with `request_order`, else sorted."""
+        """The dead letters with these entry ids (in dead-letter stream `stream` only, when
+        given); NotFound naming those that do not exist, in the order of `ids` with
+        `request_order`, else sorted; InvalidInput when an id names dead letters of two
+        streams (partitions) of the topic."""
         records = await self._catalog.dead_letters(topic, ids)
+        if stream is not None:
+            records = [r for r in records if r.dlq_stream == stream]
+        _unambiguous(topic, records)
         known = {r.entry_id for r in records}
         if request_order:
             missing = [i for i in dict.fromkeys(ids) if i not in known]

@@ -55,6 +55,10 @@ TRIMMED: Final = "trimmed"
 what every group acknowledged (or what --max-stream-length cut): look with `conveyor trace`."""
 LEDGER_EXPIRED: Final = "ledger-expired"
 """Unknown: created before the ledger retention, so the group's row may have been deleted."""
+OTHER_LAYOUT: Final = "other-layout"
+"""Unknown: seemingly lost from the stream its topic's current layout gives it, but published
+before that layout was set (a partition count change), so it went to a stream of the earlier
+layout: look with `conveyor trace`, replay its window if the group should have applied it."""
 DELETED: Final = "deleted"
 """Lost: published, newer than the stream's first entry, yet not in the stream (XDEL, a lost
 write), and never applied nor dead-lettered."""
@@ -70,7 +74,7 @@ data and a consumer recreated it): nothing was ever removed from it, or it has h
 added than the window published to it."""
 DETAILS: Final = {
     Outcome.IN_FLIGHT: (UNPUBLISHED, UNDELIVERED, PENDING),
-    Outcome.UNKNOWN: (TRIMMED, LEDGER_EXPIRED),
+    Outcome.UNKNOWN: (TRIMMED, LEDGER_EXPIRED, OTHER_LAYOUT),
     Outcome.LOST: (DELETED, ACKNOWLEDGED, STREAM_GONE, STREAM_RESET),
 }
 """The details of the classes that have fixed ones (applied: the ledger result; dead-lettered:

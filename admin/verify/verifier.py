@@ -16,17 +16,19 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import asyncpg
 
 from admin.catalog import Catalog
-from admin.catalog.layouts import name_of_event, named_keys, stream_names
+from admin.catalog.layouts import changed_at, name_of_event, named_keys, stream_names
 from admin.verify import tables
 from admin.verify.groups import Groups, Selection
 from admin.verify.report import GroupReport, Report
 from admin.verify.streams import TopicStream
 from admin.verify.verdicts import (
+    CLOCK_SKEW_MS,
+    OTHER_LAYOUT,
     UNDELIVERED,
     Event,
     Outcome,
@@ -38,6 +40,12 @@ from admin.verify.verdicts import (
 )
 from conveyor.entry_ids import EntryId
 from conveyor.layouts import Layout
+
+LAYOUT_GRACE: Final = timedelta(milliseconds=CLOCK_SKEW_MS)
+"""Events published this soon after a partition count change may still have gone by the earlier
+layout (a relay's claim began before the change). Relays still running at a forced change keep
+the earlier layout until their next look (up to a heartbeat interval): what they published then
+is reported lost (it is in the old streams; `conveyor relay replay` brings it back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,9 @@ class Verifier:
         """Topic -> published events of the window: each was added to its stream at least once."""
         self._cutoff = datetime.min
         self._layouts: dict[str, Layout] = {}
+        self._layouts_set: dict[str, datetime] = {}
+        """Partitioned topic -> when its layout was last set: events published before went by
+        an earlier layout, to streams this run does not look at."""
 
     async def run(self) -> Report:
         """Verify and return the report; InvalidInput for a selection that names nothing."""
@@ -98,6 +109,8 @@ class Verifier:
         report = Report(r.schema, r.key_prefix, r.since, now, r.topic)
         # A partitioned topic's events are verified per partition stream, named `topic:N`.
         self._layouts = await self._catalog.layouts()
+        if self._layouts:
+            self._layouts_set = await changed_at(self._pool, r.key_prefix)
         await self._groups.load(stream_names(r.topic, self._layouts) if r.topic else [])
         window = tables.Window(r.schema, r.since, now, r.topic)
         # Published rows first: a row published between the two reads is in neither (it is
@@ -235,7 +248,18 @@ class Verifier:
             for event_id in await stream.dead_lettered(group.group, start, still):
                 verdicts[event_id] = Verdict(Outcome.DEAD_LETTERED, "open")
         for event in events:
-            group.add(verdicts[event.event_id], event.event_id, self._request.examples)
+            verdict = verdicts[event.event_id]
+            if verdict.outcome is Outcome.LOST and self._other_layout(event):
+                verdict = Verdict(Outcome.UNKNOWN, OTHER_LAYOUT)
+            group.add(verdict, event.event_id, self._request.examples)
+
+    def _other_layout(self, event: Event) -> bool:
+        """Whether `event` was published before its topic's layout was set (LAYOUT_GRACE)."""
+        topic = event.topic.partition(":")[0]
+        since = self._layouts_set.get(topic)
+        if since is None or event.published_at is None:
+            return False
+        return event.published_at < since + LAYOUT_GRACE
 
 
 def _before(now: datetime, seconds: float) -> datetime:

@@ -42,6 +42,7 @@ class SkipReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SKIP_REASON_OTHER_DEPLOYMENT: _ClassVar[SkipReason]
     SKIP_REASON_GONE: _ClassVar[SkipReason]
     SKIP_REASON_CHANGED: _ClassVar[SkipReason]
+    SKIP_REASON_EARLIER_LAYOUT: _ClassVar[SkipReason]
 
 class ProcessRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -68,6 +69,7 @@ SKIP_REASON_RESOLVED: SkipReason
 SKIP_REASON_OTHER_DEPLOYMENT: SkipReason
 SKIP_REASON_GONE: SkipReason
 SKIP_REASON_CHANGED: SkipReason
+SKIP_REASON_EARLIER_LAYOUT: SkipReason
 PROCESS_ROLE_UNSPECIFIED: ProcessRole
 PROCESS_ROLE_RELAY: ProcessRole
 PROCESS_ROLE_CONSUMER: ProcessRole
