@@ -22,7 +22,8 @@ COPY admin/ admin/
 COPY migrations/ migrations/
 RUN /opt/build/bin/python -m build --wheel --outdir /dist . \
  && /opt/build/bin/pip wheel --no-cache-dir --disable-pip-version-check \
-      -c .ci/constraints.txt --wheel-dir /dist /dist/conveyor_events-*.whl
+      -c .ci/constraints.txt --wheel-dir /dist /dist/conveyor_events-*.whl \
+ && sha256sum /dist/*.whl > /dist/SHA256SUMS
 
 # Stage 2: the runtime. No compiler, no index: the wheels of stage 1 only.
 FROM ${BASE_IMAGE}
@@ -30,8 +31,12 @@ ARG UID=10001
 RUN groupadd --system --gid "${UID}" conveyor \
  && useradd --system --uid "${UID}" --gid "${UID}" --home-dir /var/lib/conveyor --create-home \
       --shell /usr/sbin/nologin conveyor
+# The wheels' checksums, copied first: a new wheel changes them, which also tells builders that
+# cache a RUN by its text alone (buildah) to run the install below again.
+COPY --from=wheels /dist/SHA256SUMS /usr/local/share/conveyor/wheels.sha256
 RUN --mount=type=bind,from=wheels,source=/dist,target=/dist \
-    python3 -m venv /opt/conveyor \
+    sha256sum --check --quiet /usr/local/share/conveyor/wheels.sha256 \
+ && python3 -m venv /opt/conveyor \
  && /opt/conveyor/bin/pip install --no-cache-dir --disable-pip-version-check --no-index \
       --find-links /dist conveyor-events \
  && /opt/conveyor/bin/conveyor --version

@@ -7,6 +7,7 @@ podman cannot run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -128,6 +129,7 @@ def test_image_carries_events_reports_health_and_drains_on_sigterm(
         consumer, _ = start(
             "consumer",
             "consume",
+            "--log-format", "json",
             "--group", "mailer", "--topic", demo.TOPIC,
             "--router", "admin.cli.demo:router", "--ledger-schema", schema,
         )  # fmt: skip
@@ -149,7 +151,11 @@ def test_image_carries_events_reports_health_and_drains_on_sigterm(
 
         podman("stop", "--time", "30", consumer, timeout=60)
         assert podman.state(consumer) == ("exited", 0), podman.logs(consumer)
-        assert "consumer stopped after the batch in flight" in podman.logs(consumer)
+        lines = [json.loads(line) for line in podman.logs(consumer).splitlines() if line]
+        assert any(
+            line["message"].startswith("consumer stopped after the batch in flight")
+            for line in lines
+        ), lines[-5:]
     size = podman.size(image)
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in podman.timings.items())
     took = time.monotonic() - started
