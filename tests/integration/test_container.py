@@ -45,11 +45,13 @@ def containers(podman: Podman) -> Iterator[list[str]]:
         podman("rm", "--force", "--time", "0", name, check=False)
 
 
-def _wait(what: str, done: Callable[[], bool], timeout: float = 120) -> None:
+def _wait(
+    what: str, done: Callable[[], bool], logs: Callable[[], str], timeout: float = 120
+) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+            raise AssertionError(f"not within {timeout:.0f} s: {what}\n{logs()[-4000:]}")
         time.sleep(0.5)
 
 
@@ -133,21 +135,26 @@ def test_image_carries_events_reports_health_and_drains_on_sigterm(
             "--group", "mailer", "--topic", demo.TOPIC,
             "--router", "admin.cli.demo:router", "--ledger-schema", schema,
         )  # fmt: skip
+
+        def logs() -> str:
+            return "\n".join(f"--- {n}:\n{podman.logs(n)}" for n in (relay, consumer))
+
         _wait(
             "the consumer container applies every event the relay container published",
             lambda: _mail_rows(database_url, schema) == _expected_rows(),
+            logs,
         )
-        _wait("relay HEALTHCHECK healthy", lambda: _healthy(podman, relay))
-        _wait("consumer HEALTHCHECK healthy", lambda: _healthy(podman, consumer))
+        _wait("relay HEALTHCHECK healthy", lambda: _healthy(podman, relay), logs)
+        _wait("consumer HEALTHCHECK healthy", lambda: _healthy(podman, consumer), logs)
 
         podman("stop", "--time", "30", relay, timeout=60)  # SIGTERM, then SIGKILL after 30 s
         assert podman.state(relay) == ("exited", 0), podman.logs(relay)
         assert "relay stopped after the batches in flight" in podman.logs(relay)
 
         redis.stop()  # the consumer's Redis goes away
-        _wait("consumer HEALTHCHECK unhealthy", lambda: not _healthy(podman, consumer))
+        _wait("consumer HEALTHCHECK unhealthy", lambda: not _healthy(podman, consumer), logs)
         redis.start()
-        _wait("consumer healthy again once Redis is back", lambda: _healthy(podman, consumer))
+        _wait("consumer healthy again once Redis is back", lambda: _healthy(podman, consumer), logs)
 
         podman("stop", "--time", "30", consumer, timeout=60)
         assert podman.state(consumer) == ("exited", 0), podman.logs(consumer)
