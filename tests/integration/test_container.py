@@ -21,7 +21,9 @@ from relay import enqueue_many
 from tests.integration.container_support import Podman, PodmanUnavailable
 from tests.servers import RedisServer, free_port
 
-pytestmark = pytest.mark.slow
+# A first run on a machine makes the base image (debootstrap, ~1.5 min) and builds from nothing
+# (~1 min); later runs reuse the base and the build's layers (~20 s in all).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 EVENTS = 30
 
