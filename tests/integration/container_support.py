@@ -133,6 +133,9 @@ class Podman:
              "--build-arg", f"BASE_IMAGE={self.base()}", "-t", IMAGE, str(ROOT),
              timeout=900)  # fmt: skip
         self.timings["image build"] = time.monotonic() - started
+        # Each change of the sources leaves the previous build's layers behind, untagged: drop
+        # those older than a day, so a machine that keeps its images does not fill up.
+        self("image", "prune", "--force", "--filter", "until=24h", check=False)
         return IMAGE
 
     def size(self, image: str) -> int:
