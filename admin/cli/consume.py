@@ -15,11 +15,13 @@ import typer
 from admin.cli.durations import parse_duration
 from admin.cli.options import (
     AUTH,
+    DEFAULT_LOG_FORMAT,
     DEFAULT_LOG_LEVEL,
     EXIT_USAGE,
     OPS,
     SERVER,
     STARTUP,
+    LogFormat,
     LogLevel,
     fail,
     redact,
@@ -109,6 +111,7 @@ def consume(
     idle_consumer_timeout: str = CONSUMER.option("idle_consumer_timeout"),
     dependency_timeout: str = CONSUMER.option("dependency_timeout"),
     log_level: LogLevel = DEFAULT_LOG_LEVEL,
+    log_format: LogFormat = DEFAULT_LOG_FORMAT,
     grpc_addr: str = SERVER.option("grpc_addr", default=CONSUMER_GRPC_ADDR),
     reflection: bool = SERVER.option("reflection"),
     tokens_file: Path | None = AUTH.option("tokens_file"),
@@ -132,7 +135,7 @@ def consume(
     from admin.ops.process import tune_for_throughput
     from consumers.settings import default_consumer_name
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     try:
         ops = ops_settings(
             grpc_addr=grpc_addr or CONSUMER_GRPC_ADDR,

@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.markup import escape
 
+from admin.cli import log_format
 from admin.cli.setting_options import SettingOptions, Shown
 from admin.ops.settings import AuthSettings, OpsSettings, ServerSettings, StartupSettings
 from conveyor import database, urls, wire
@@ -63,12 +64,22 @@ LogLevel = Annotated[
         help="debug, info, warning or error; logs go to stderr.",
     ),
 ]
+LogFormat = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="CONVEYOR_LOG_FORMAT",
+        help="text (`time level logger: message` lines) or json (one object per line: time, "
+        "level, logger, message, exception), for log shippers.",
+    ),
+]
 
 DEFAULT_DATABASE_URL = database.DEFAULT_DATABASE_URL
 DEFAULT_REDIS_URL = wire.DEFAULT_REDIS_URL
 DEFAULT_PREFIX = wire.DEFAULT_PREFIX
 DEFAULT_SCHEMA = database.DEFAULT_SCHEMA
 DEFAULT_LOG_LEVEL = "info"
+DEFAULT_LOG_FORMAT = "text"
 
 EXIT_OK = 0
 """Success; for `relay` and `consume`, a graceful stop after SIGTERM or SIGINT (also while they
@@ -107,14 +118,16 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
-def setup_logging(level: str) -> None:
-    """Log `key=value` lines to stderr at `level`."""
+def setup_logging(level: str, line_format: str = DEFAULT_LOG_FORMAT) -> None:
+    """Log `key=value` lines to stderr at `level`, as text or JSON (admin/cli/log_format.py)."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         fail(f"invalid --log-level {level!r}: use debug, info, warning or error", EXIT_USAGE)
-    logging.basicConfig(
-        level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    if line_format not in log_format.FORMATS:
+        fail(f"invalid --log-format {line_format!r}: use text or json", EXIT_USAGE)
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_format.formatter(line_format))
+    logging.basicConfig(level=numeric, handlers=[handler], force=True)
     # Alembic narrates every load of its scripts at INFO; `conveyor migrate -v` shows that log.
     quiet = numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
     logging.getLogger("alembic").setLevel(quiet)

@@ -61,6 +61,7 @@ def _shared(
     key_prefix: options.KeyPrefix = options.DEFAULT_PREFIX,
     schema: options.Schema = options.DEFAULT_SCHEMA,
     log_level: options.LogLevel = options.DEFAULT_LOG_LEVEL,
+    log_format: options.LogFormat = options.DEFAULT_LOG_FORMAT,
 ) -> None:
     """The options several commands declare alike (admin/cli/options.py)."""
 

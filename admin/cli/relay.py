@@ -19,6 +19,7 @@ from admin.cli.durations import parse_duration, parse_since
 from admin.cli.options import (
     AUTH,
     DEFAULT_DATABASE_URL,
+    DEFAULT_LOG_FORMAT,
     DEFAULT_LOG_LEVEL,
     DEFAULT_PREFIX,
     DEFAULT_REDIS_URL,
@@ -30,6 +31,7 @@ from admin.cli.options import (
     STARTUP,
     DatabaseUrl,
     KeyPrefix,
+    LogFormat,
     LogLevel,
     RedisUrl,
     Schema,
@@ -93,6 +95,7 @@ def run(
     wait_replicas: int = RELAY.option("wait_replicas"),
     wait_timeout: str = RELAY.option("wait_timeout"),
     log_level: LogLevel = DEFAULT_LOG_LEVEL,
+    log_format: LogFormat = DEFAULT_LOG_FORMAT,
     grpc_addr: str = SERVER.option("grpc_addr", default=RELAY_GRPC_ADDR),
     reflection: bool = SERVER.option("reflection"),
     tokens_file: Path | None = AUTH.option("tokens_file"),
@@ -117,7 +120,7 @@ def run(
     from admin.ops import scrape
     from admin.ops.process import tune_for_throughput
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     try:
         ops = ops_settings(
             grpc_addr=grpc_addr or RELAY_GRPC_ADDR,
