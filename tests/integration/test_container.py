@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,13 +31,20 @@ EVENTS = 30
 
 
 @pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     runtime = Podman(tmp_path_factory.mktemp("podman"))
     try:
         runtime.check_usable()
     except PodmanUnavailable as exc:
         pytest.skip(f"no container runtime answers: {exc}")
-    return runtime
+    yield runtime
+    # The host's /dev/null must come out of image builds and container runs as it went in: every
+    # later test (initdb, shells) writes to it. Put back and fail loudly if not.
+    if not stat.S_ISCHR(os.stat("/dev/null").st_mode):
+        os.remove("/dev/null")
+        os.mknod("/dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.chmod("/dev/null", 0o666)
+        pytest.fail("the host's /dev/null was not a character device after the container test")
 
 
 @pytest.fixture
