@@ -1,7 +1,8 @@
 """Ordered partitions: one worker per partition whose lease this member holds.
 
 The worker of an ordered partition first takes over the group's pending entries of the partition
-(whoever they were pending on) and applies them in stream order, then reads new entries. It
+(whoever they were pending on), a page at a time (`consumers.ordered_backlog`), and applies them
+in stream order, then reads new entries. It
 applies one batch at a time (no read-ahead: the gate needs each batch's outcome before the next),
 each batch's transaction checking the lease; a lost lease ends the worker with nothing of the
 batch committed. Events of an aggregate wait behind its failing or dead-lettered event
