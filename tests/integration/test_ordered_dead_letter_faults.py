@@ -286,3 +286,32 @@ async def test_a_takeover_of_a_parked_aggregate_claims_its_events_a_page_at_a_ti
     got = per_aggregate(await applied(case.pg, case.schema))
     assert got["a0"] == list(range(2, 1001))
     assert await case.redis.xlen(wire.Keys(TOPIC, case.prefix, 0).dlq) == 1
+
+
+async def test_a_retrying_aggregate_past_the_cap_applies_its_events_in_order(case: Any) -> None:
+    """a0's first event fails until the test lets it pass, waiting for its retries meanwhile:
+    its 599 later events are read, a bounded number of them held in memory; once the first
+    succeeds they all apply after it, in stream order."""
+    await make_ordered(case.pg, case.prefix, 1)
+    await create_applied(case.pg, case.schema)
+    failing = [True]
+
+    def fail(agg: str, seq: int, ctx: EventContext) -> None:
+        if agg == "a0" and seq == 1 and failing[0]:
+            raise RuntimeError("not yet")
+
+    batch = 20
+    settings = {**_settings(case), "batch_size": batch, "max_attempts": 1000}
+    key = wire.Keys(TOPIC, case.prefix, 0).events
+    async with member(ordered_router(case.schema, "m-a", fail), "m-a", **settings) as a:
+        await publish(case.redis, case.prefix, 1, [("a0", s) for s in range(1, 601)])
+
+        async def all_read() -> bool:
+            groups = await case.redis.xinfo_groups(key)
+            return bool(groups and groups[0]["lag"] == 0 and groups[0]["pending"] == 600)
+
+        await wait_for(all_read, "every event of a0 read, pending behind its first")
+        assert _held(a) <= 4 * batch, f"{_held(a)} events held in memory"
+        failing[0] = False
+        await wait_for(lambda: _at_least(case.pg, case.schema, "a0", 600), "a0's events")
+    assert per_aggregate(await applied(case.pg, case.schema))["a0"] == list(range(1, 601))
