@@ -1,7 +1,8 @@
 """Ordered partitions: one worker per partition whose lease this member holds.
 
 The worker of an ordered partition first takes over the group's pending entries of the partition
-(whoever they were pending on) and applies them in stream order, then reads new entries. It
+(whoever they were pending on), a page at a time (`consumers.ordered_backlog`), and applies them
+in stream order, then reads new entries. It
 applies one batch at a time (no read-ahead: the gate needs each batch's outcome before the next),
 each batch's transaction checking the lease; a lost lease ends the worker with nothing of the
 batch committed. Events of an aggregate wait behind its failing or dead-lettered event
@@ -21,7 +22,8 @@ import asyncpg
 from consumers.catalog import DeadLetterRow
 from consumers.deliveries import Delivery, Entry, Poison
 from consumers.leases import LeaseLost, LeaseManager, LeaseScope, LeaseStore
-from consumers.ordering import OrderedGate
+from consumers.ordered_backlog import PendingPages
+from consumers.ordering import HELD_BATCHES, OrderedGate
 from consumers.settings import ConsumerSettings
 from consumers.signals import Reject
 from consumers.transactions import DatabaseDown
@@ -60,7 +62,8 @@ class OrderedWorker(TopicWorker):
         self._store = store
         self._redis = redis
         self._taken = False
-        self._backlog: list[Entry] = []
+        self._pages = PendingPages(self.streams, gate, self._reader, self._s.batch_size)
+        """Pending entries to take back before new ones are read (a takeover, a release)."""
         self._next_parked = 0.0
         self._next_retry_read = 0.0
         self._next_others = 0.0
@@ -92,19 +95,21 @@ class OrderedWorker(TopicWorker):
                 self.gate.forget()
                 self._retrier.forget()
                 await self._refresh_parked(force=True)
-                self._backlog = await self._take_over()
+                self._pages.take_over()
                 self._taken = True
             await self._refresh_parked()
-            entries, self._backlog = self._backlog[: s.batch_size], self._backlog[s.batch_size :]
+            released = self.gate.released()
+            if marks := self.gate.take_spilled():
+                self._pages.catch_up(marks)
+            entries = await self._pages.next() if self._pages.active else []
             entries += await self._retrier.claim_due()
             now = time.monotonic()
             if now >= self._next_retry_read:
                 self._next_retry_read = now + _RETRY_STREAM_PERIOD
                 entries += await streams.read(streams.retry, s.batch_size, None)
-            released = self.gate.released()
-            idle = not (entries or released or self._backlog)
+            idle = not (entries or released or self._pages.active)
             room = s.batch_size - len(entries)
-            if room > 0 and not self._backlog:
+            if room > 0 and not self._pages.active:
                 new = await self._reader.read_new(room, wait=idle)
                 now = time.monotonic()
                 if new or now >= self._next_others:
@@ -143,46 +148,6 @@ class OrderedWorker(TopicWorker):
         if row is not None and agg is not None and self.gate.policy == "park":
             self._unlisted[row.dlq_entry_id] = text(agg)
         return row
-
-    async def _take_over(self) -> list[Entry]:
-        """Every entry of the partition pending in the group (on any member), now this one's, in
-        stream order. Only the first of each aggregate counts the delivery as an attempt: the
-        others were never tried (they waited behind it), unless their aggregate is parked."""
-        streams = self.streams
-        entries: list[Entry] = []
-        for stream in (streams.retry, streams.keys.events):
-            entries += await self._claim_all(stream)
-        seen: set[bytes] = set()
-        for e in entries:
-            agg = None if e.raw is None else e.fields.get(wire.F_AGGREGATE_ID)
-            if agg is None:
-                continue
-            if agg in seen or text(agg) in self.gate.parked:
-                e.attempt = 1
-            seen.add(agg)
-        if entries:
-            log.info(
-                "took over pending entries: stream=%s group=%s count=%d",
-                streams.keys.events,
-                self._s.group,
-                len(entries),
-            )
-        return entries
-
-    async def _claim_all(self, stream: str) -> list[Entry]:
-        found: dict[str, Entry] = {}
-        cursor = "0-0"
-        while True:
-            claimed, deleted, cursor = await self.streams.autoclaim(
-                stream, 0, self._s.batch_size, cursor
-            )
-            if deleted:
-                self._reader.deleted(deleted, stream)
-            for e in claimed:
-                found.setdefault(e.entry_id, e)
-            if cursor in ("0-0", "0"):
-                break
-        return [found[i] for i in sorted(found, key=_entry_order)]
 
     async def _claim_others(self) -> list[Entry]:
         """Entries of the partition pending on other members (a former owner), claimed; only
@@ -314,7 +279,9 @@ def ordered_parts(
     return {
         "fence": fence,
         "check_lease": check_lease,
-        "gate": OrderedGate(keys.retry(settings.group), policy),
+        "gate": OrderedGate(
+            keys.retry(settings.group), policy, cap=HELD_BATCHES * settings.batch_size
+        ),
         "store": held.store,
         "redis": redis,
     }

@@ -3,7 +3,10 @@
 An event that failed and waits for its retry blocks the later events of its aggregate (other
 aggregates pass). A dead-lettered one parks its aggregate's later events (policy `park`) until
 the dead letter is reprocessed or resolved, or lets them pass (`pass`). Waiting deliveries stay
-pending in Redis on the owning member and are held here, in stream order, until released."""
+pending in Redis on the owning member and are held here, in stream order, until released; past
+`HELD_BATCHES` batches of them, the later events of an aggregate are held in Redis only (its
+spill mark notes where they start) and taken back from there, in stream order, once it is
+released (`consumers.ordered_backlog`)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ from conveyor.entry_ids import EntryId
 from conveyor.replies import text
 
 POLICIES = ("park", "pass")
+HELD_BATCHES = 2
+"""Deliveries a gate holds in memory, in batches of the worker: beyond them, an aggregate's
+later events are left pending in Redis only."""
 
 
 def block_after(pieces: deque[list[Delivery]], aggregate: str, blocked: list[Delivery]) -> None:
@@ -31,10 +37,18 @@ def block_after(pieces: deque[list[Delivery]], aggregate: str, blocked: list[Del
 class OrderedGate:
     """What holds back deliveries of one ordered partition for one group."""
 
-    def __init__(self, retry_stream: str, policy: str = "park") -> None:
+    def __init__(self, retry_stream: str, policy: str = "park", *, cap: int = 1000) -> None:
         if policy not in POLICIES:
             raise ValueError(f"on_dead_letter must be park or pass, got {policy!r}")
+        if cap < 1:
+            raise ValueError(f"the cap of held deliveries must be at least 1, got {cap}")
         self._retry = retry_stream
+        self.cap = cap
+        """Deliveries held in memory at most (beyond those of the retry stream)."""
+        self.spilled: dict[str, EntryId] = {}
+        """Aggregate -> the first of its events of the event stream left pending in Redis
+        only: it and every later event of the aggregate wait there until taken back."""
+        self._count = 0
         self.policy = policy
         self.retrying: dict[str, tuple[str, str]] = {}
         """Aggregate -> (stream, entry id) of its event waiting for a retry."""
@@ -59,8 +73,14 @@ class OrderedGate:
                 del self.retrying[agg]
                 out.append(d)
                 if agg not in self.parked:
-                    out += self.held.pop(agg, [])
-            elif blocker is not None or (agg in self.parked and d.entry.stream != self._retry):
+                    back = self.held.pop(agg, [])
+                    self._count -= len(back)
+                    out += back
+            elif (
+                blocker is not None
+                or (agg in self.parked and d.entry.stream != self._retry)
+                or self._beyond_mark(d)
+            ):
                 self.hold([d])
             else:
                 out.append(d)
@@ -96,14 +116,51 @@ class OrderedGate:
         out: list[Delivery] = []
         for agg in [a for a in self.held if a not in self.retrying and a not in self.parked]:
             out += self.held.pop(agg)
+        self._count -= len(out)
         return out
 
+    def take_spilled(self) -> dict[str, EntryId]:
+        """The spill marks of the aggregates that no longer wait, handed over (and forgotten
+        here) to take their events back from Redis, in stream order, before anything newer."""
+        free = {
+            a: at
+            for a, at in self.spilled.items()
+            if a not in self.retrying and a not in self.parked and a not in self.held
+        }
+        for a in free:
+            del self.spilled[a]
+        return free
+
+    def _beyond_mark(self, d: Delivery) -> bool:
+        mark = self.spilled.get(d.aggregate_id)
+        return (
+            mark is not None
+            and d.entry.stream != self._retry
+            and EntryId.parse(d.entry.entry_id) >= mark
+        )
+
     def hold(self, deliveries: Sequence[Delivery]) -> None:
+        """Hold `deliveries` in memory, up to the cap; an aggregate's events of the event
+        stream past it (and all after them) are left pending in Redis only."""
         for d in deliveries:
-            waiting = self.held.setdefault(d.aggregate_id, [])
-            if not any(w.entry.entry_id == d.entry.entry_id for w in waiting):
-                waiting.append(d)
-                waiting.sort(key=self.order_key)
+            agg = d.aggregate_id
+            if self._beyond_mark(d):
+                continue
+            waiting = self.held.setdefault(agg, [])
+            if any(w.entry.entry_id == d.entry.entry_id for w in waiting):
+                continue
+            waiting.append(d)
+            waiting.sort(key=self.order_key)
+            self._count += 1
+            mark = self.spilled.get(agg)
+            if mark is not None:  # held before its mark: the events from the mark on wait in Redis
+                continue
+            if self._count > self.cap and waiting[-1].entry.stream != self._retry:
+                last = waiting.pop()
+                self._count -= 1
+                self.spilled[agg] = EntryId.parse(last.entry.entry_id)
+                if not waiting:
+                    del self.held[agg]
 
     def retry_scheduled(self, d: Delivery) -> None:
         """`d` failed and waits for its retry: later events of its aggregate wait too."""
@@ -122,10 +179,12 @@ class OrderedGate:
             self.parked = set(aggregates)
 
     def waiting(self) -> int:
-        """Deliveries held."""
-        return sum(len(v) for v in self.held.values())
+        """Deliveries held in memory."""
+        return self._count
 
     def forget(self) -> None:
         """The partition changed hands: its new owner takes the pending entries over."""
         self.retrying.clear()
         self.held.clear()
+        self.spilled.clear()
+        self._count = 0

@@ -180,6 +180,32 @@ class TopicStreams:
         replies = await self._call(pipe.execute())
         return {text(r["message_id"]): int(r["times_delivered"]) for rows in replies for r in rows}
 
+    async def pending_mine(self, stream: str, start: str, count: int) -> list[str]:
+        """Ids of up to `count` entries of `stream` pending on this consumer from `start` (an id,
+        or `(id` to start after it), in stream order; nothing is claimed or counted."""
+        rows = await self._call(
+            self._client.xpending_range(
+                stream, self.group, start, "+", count, consumername=self.consumer
+            ),
+            "XPENDING",
+        )
+        return [text(r["message_id"]) for r in rows]
+
+    async def entries(self, stream: str, ids: list[str]) -> tuple[list[Entry], list[str]]:
+        """The entries `ids` of `stream` as the stream holds them (one XRANGE each, pipelined:
+        nothing delivered or counted), and the ids deleted or trimmed meanwhile."""
+        pipe = self._client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(stream, entry_id, entry_id)
+        found: list[Entry] = []
+        gone: list[str] = []
+        for entry_id, rows in zip(ids, await self._call(pipe.execute()), strict=True):
+            if rows:
+                found.append(Entry(stream, entry_id, rows[0][1]))
+            else:
+                gone.append(entry_id)
+        return found, gone
+
     async def claim(self, stream: str, entry_id: str, min_idle_ms: int) -> Entry | None:
         """Take `entry_id` back for another attempt unless someone else touched it since; None
         when it is no longer ours (another consumer reclaimed it, or it was deleted)."""

@@ -15,6 +15,7 @@ from consumers import Consumer, ConsumerSettings, EventContext, Reject
 from consumers.catalog import DeadLetterRow
 from consumers.ordered import OrderedWorker
 from conveyor import redis_client, wire
+from conveyor.replies import text
 from tests.integration.ordered_support import (
     TOPIC,
     applied,
@@ -203,32 +204,114 @@ async def test_a_dead_letter_redis_refuses_keeps_its_aggregate_parked(case: Any)
     assert per_aggregate(await applied(case.pg, case.schema))["a0"] == [1, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every event of a parked aggregate read is held in the owner's memory until the dead "
-    "letter is settled (OrderedGate.held), and a takeover claims them all into memory at once: "
-    "a hot aggregate parked for hours grows without bound; fix: past a cap, stop holding a "
-    "parked aggregate's events in memory (leave them pending) and re-claim the partition's "
-    "pending entries in stream order, a page at a time, when it is released",
-)
+def _reject_a0_first(agg: str, seq: int, ctx: EventContext) -> None:
+    if agg == "a0" and seq == 1:
+        raise Reject("refused for good")
+
+
+async def _resolve_open(pg: asyncpg.Connection, prefix: str) -> None:
+    rows = await pg.fetch(
+        "SELECT id FROM conveyor.dead_letters WHERE key_prefix = $1 AND state = 'open'", prefix
+    )
+    assert rows, "a0's dead letter is open"
+    await dead_letters.resolve(pg, [r[0] for r in rows], reason="dropped", principal="me")
+
+
+def _held(consumer: Any) -> int:
+    return sum(w.gate.waiting() for w in consumer.all_workers() if isinstance(w, OrderedWorker))
+
+
+async def _pending(r: Any, key: str) -> dict[str, int]:
+    """Entries pending in the group per member."""
+    summary = await r.xpending(key, GROUP)
+    return {text(c["name"]): int(c["pending"]) for c in summary.get("consumers") or ()}
+
+
 async def test_a_parked_aggregate_holds_a_bounded_number_of_events_in_memory(case: Any) -> None:
+    """a0's first event is dead-lettered; its 999 later events wait (policy park), but past a
+    cap they wait in Redis only, pending on the owner, not in its memory; a1 flows meanwhile.
+    Once the dead letter is resolved they are all applied, in stream order, none skipped."""
     await make_ordered(case.pg, case.prefix, 1)
     await create_applied(case.pg, case.schema)
-
-    def fail(agg: str, seq: int, ctx: EventContext) -> None:
-        if agg == "a0" and seq == 1:
-            raise Reject("refused for good")
-
     batch = 50
     settings = {**_settings(case), "batch_size": batch}
-    async with member(ordered_router(case.schema, "m-a", fail), "m-a", **settings) as a:
-        await publish(case.redis, case.prefix, 1, [("a0", s) for s in range(1, 1001)])
+    events = [("a0", s) for s in range(1, 1001)] + [("a1", s) for s in range(1, 101)]
+    events.sort(key=lambda e: e[1] * 10 if e[0] == "a1" else e[1])  # a1 interleaved
+    async with member(ordered_router(case.schema, "m-a", _reject_a0_first), "m-a", **settings) as a:
+        await publish(case.redis, case.prefix, 1, events)
         key = wire.Keys(TOPIC, case.prefix, 0).events
 
         async def all_read() -> bool:
             groups = await case.redis.xinfo_groups(key)
             return bool(groups and groups[0]["lag"] == 0 and groups[0]["pending"] == 999)
 
-        await wait_for(all_read, "every event of a0 read and held pending")
-        held = sum(w.gate.waiting() for w in a.all_workers() if isinstance(w, OrderedWorker))
-        assert held <= 4 * batch, f"{held} events held in memory"
+        await wait_for(all_read, "every event read, a0's later ones held pending")
+        assert _held(a) <= 4 * batch, f"{_held(a)} events held in memory"
+        got = per_aggregate(await applied(case.pg, case.schema))
+        assert got["a1"] == list(range(1, 101)) and "a0" not in got
+        await _resolve_open(case.pg, case.prefix)
+        await wait_for(lambda: _at_least(case.pg, case.schema, "a0", 999), "a0's later events")
+        assert await _pending(case.redis, key) in ({}, {"m-a": 0})
+    got = per_aggregate(await applied(case.pg, case.schema))
+    assert got["a0"] == list(range(2, 1001))
+
+
+async def test_a_takeover_of_a_parked_aggregate_claims_its_events_a_page_at_a_time(
+    case: Any,
+) -> None:
+    """m-a leaves with a0 parked and 999 of its events pending; m-b takes the partition over:
+    it claims them but holds a bounded number in memory, and once the dead letter is resolved
+    applies them all, in stream order, none skipped and none dead-lettered for its claims."""
+    await make_ordered(case.pg, case.prefix, 1)
+    await create_applied(case.pg, case.schema)
+    batch = 50
+    settings = {**_settings(case), "batch_size": batch, "max_attempts": 2}
+    key = wire.Keys(TOPIC, case.prefix, 0).events
+    async with member(ordered_router(case.schema, "m-a", _reject_a0_first), "m-a", **settings):
+        await publish(case.redis, case.prefix, 1, [("a0", s) for s in range(1, 1001)])
+
+        async def all_read() -> bool:
+            return (await _pending(case.redis, key)).get("m-a") == 999
+
+        await wait_for(all_read, "every event of a0 read and held pending on m-a")
+    async with member(ordered_router(case.schema, "m-b"), "m-b", **settings) as b:
+
+        async def taken() -> bool:
+            return (await _pending(case.redis, key)).get("m-b") == 999
+
+        await wait_for(taken, "a0's events taken over by m-b")
+        assert _held(b) <= 4 * batch, f"{_held(b)} events held in memory"
+        await _resolve_open(case.pg, case.prefix)
+        await wait_for(lambda: _at_least(case.pg, case.schema, "a0", 999), "a0's later events")
+    got = per_aggregate(await applied(case.pg, case.schema))
+    assert got["a0"] == list(range(2, 1001))
+    assert await case.redis.xlen(wire.Keys(TOPIC, case.prefix, 0).dlq) == 1
+
+
+async def test_a_retrying_aggregate_past_the_cap_applies_its_events_in_order(case: Any) -> None:
+    """a0's first event fails until the test lets it pass, waiting for its retries meanwhile:
+    its 599 later events are read, a bounded number of them held in memory; once the first
+    succeeds they all apply after it, in stream order."""
+    await make_ordered(case.pg, case.prefix, 1)
+    await create_applied(case.pg, case.schema)
+    failing = [True]
+
+    def fail(agg: str, seq: int, ctx: EventContext) -> None:
+        if agg == "a0" and seq == 1 and failing[0]:
+            raise RuntimeError("not yet")
+
+    batch = 20
+    settings = {**_settings(case), "batch_size": batch, "max_attempts": 1000}
+    key = wire.Keys(TOPIC, case.prefix, 0).events
+    async with member(ordered_router(case.schema, "m-a", fail), "m-a", **settings) as a:
+        await publish(case.redis, case.prefix, 1, [("a0", s) for s in range(1, 601)])
+
+        async def all_read() -> bool:
+            groups = await case.redis.xinfo_groups(key)
+            return bool(groups and groups[0]["lag"] == 0 and groups[0]["pending"] == 600)
+
+        await wait_for(all_read, "every event of a0 read, pending behind its first")
+        assert _held(a) <= 4 * batch, f"{_held(a)} events held in memory"
+        failing[0] = False
+        await wait_for(lambda: _at_least(case.pg, case.schema, "a0", 600), "a0's events")
+    assert per_aggregate(await applied(case.pg, case.schema))["a0"] == list(range(1, 601))

@@ -11,6 +11,7 @@ import pytest
 from consumers.deliveries import Delivery, Entry
 from consumers.leases import share
 from consumers.ordering import OrderedGate, block_after
+from conveyor.entry_ids import EntryId
 
 EVENTS, RETRY = "p:{orders:0}:events", "p:{orders:0}:retry:g"
 
@@ -78,3 +79,31 @@ def test_block_after_takes_only_the_later_events_of_the_failed_aggregate() -> No
 def test_an_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="park or pass"):
         OrderedGate(RETRY, "drop")
+
+
+def test_past_the_cap_a_parked_aggregates_later_events_are_left_to_redis() -> None:
+    """Held in memory up to the cap; the later events of the aggregate that goes over it are
+    dropped from memory from a spill mark on (even one read later, and even once the
+    aggregate is released, until they are taken back); the aggregate's spill mark is handed
+    over once it is released, and the other aggregates pass all along."""
+    gate = OrderedGate(RETRY, "park", cap=3)
+    gate.dead_lettered("a")
+    held = [_d("a", n) for n in range(1, 6)]
+    assert _ids(gate.admit([*held, _d("b", 6)])) == ["e6"]
+    assert gate.waiting() == 3 and _ids(gate.held["a"]) == ["e1", "e2", "e3"]
+    assert gate.spilled == {"a": EntryId.parse("1004-0")}
+    assert _ids(gate.admit([_d("a", 7), _d("b", 8)])) == ["e8"]  # a's 7 is left in Redis
+    assert gate.waiting() == 3
+    assert gate.take_spilled() == {}  # still parked
+    gate.set_parked(set())
+    assert _ids(gate.released()) == ["e1", "e2", "e3"]
+    # Released but not yet taken back: a's events from the mark on still wait in Redis.
+    assert _ids(gate.admit([_d("a", 9), _d("b", 10)])) == ["e10"]
+    assert gate.take_spilled() == {"a": EntryId.parse("1004-0")}
+    assert _ids(gate.admit([_d("a", 4), _d("a", 5)])) == ["e4", "e5"]
+    assert gate.waiting() == 0
+
+
+def test_a_cap_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        OrderedGate(RETRY, cap=0)
