@@ -231,3 +231,13 @@ def test_keda_schema_refuses_a_number_in_trigger_metadata() -> None:
     scaled["spec"]["triggers"][0]["metadata"]["lagCount"] = 1000
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(scaled)
+
+
+def test_a_deployment_keda_scales_leaves_its_replica_count_to_keda() -> None:
+    # With `replicas` in the manifest, every `kubectl apply -k` (each upgrade step of
+    # docs/deployment.md) sets the group back to that count, dropping the members KEDA added
+    # for the lag until its next poll (Kubernetes' advice for autoscaled Deployments).
+    (scaled,) = _objects("keda-scaledobject.yaml")
+    target = _deployment(scaled["spec"]["scaleTargetRef"]["name"])
+    assert "replicas" not in target["spec"], target["metadata"]["name"]
+    assert scaled["spec"]["minReplicaCount"] >= 2  # the PodDisruptionBudget keeps one of them
