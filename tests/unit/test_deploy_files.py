@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from admin.cli import demo
+from admin.ops import observability
 from conveyor import wire
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,3 +242,18 @@ def test_a_deployment_keda_scales_leaves_its_replica_count_to_keda() -> None:
     target = _deployment(scaled["spec"]["scaleTargetRef"]["name"])
     assert "replicas" not in target["spec"], target["metadata"]["name"]
     assert scaled["spec"]["minReplicaCount"] >= 2  # the PodDisruptionBudget keeps one of them
+
+
+@pytest.mark.parametrize("name", ["conveyor-relay", "conveyor-consumer-mailer"])
+def test_deployments_hand_their_metrics_to_prometheus_one_way_only(name: str) -> None:
+    # Scraped from the pod (--metrics-addr and the prometheus.io annotations) and also exported
+    # over OTLP to the collector Prometheus scrapes, every counter would be counted twice
+    # (deploy/observability/prometheus.yml, docs/deployment.md).
+    config = next(o for o in _all_objects() if o["kind"] == "ConfigMap")["data"]
+    pod = _deployment(name)["spec"]["template"]
+    scraped = (
+        pod["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true"
+        and "CONVEYOR_METRICS_ADDR" in config
+    )
+    assert scraped != observability.exporting(config, "metrics")
+    assert observability.exporting(config, "traces")  # traces still reach the collector
