@@ -257,3 +257,25 @@ def test_deployments_hand_their_metrics_to_prometheus_one_way_only(name: str) ->
     )
     assert scraped != observability.exporting(config, "metrics")
     assert observability.exporting(config, "traces")  # traces still reach the collector
+
+
+def test_every_kubectl_command_shown_names_the_namespace() -> None:
+    # The kustomization puts everything in namespace `conveyor`: `kubectl delete job
+    # conveyor-migrate` without it deletes nothing in `default`, the Job of the new image then
+    # fails to apply (its template is immutable), and no migration runs.
+    namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    texts = [ROOT / "docs" / "deployment.md", *sorted(K8S.glob("*.yaml"))]
+    commands = [
+        (path.name, " ".join(found.split()))
+        for path in texts
+        for found in re.findall(
+            r"kubectl [^`\n]*(?:\n[^`\n]*)?(?=`)|kubectl [^`\n]*", path.read_text()
+        )
+    ]
+    assert commands
+    unscoped = [
+        (name, command)
+        for name, command in commands
+        if not command.startswith("kubectl apply -k") and f"-n {namespace}" not in command
+    ]
+    assert not unscoped
