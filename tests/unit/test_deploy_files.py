@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from admin.cli import demo
+from admin.ops import observability
 from conveyor import wire
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,3 +232,50 @@ def test_keda_schema_refuses_a_number_in_trigger_metadata() -> None:
     scaled["spec"]["triggers"][0]["metadata"]["lagCount"] = 1000
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft202012Validator(schema).validate(scaled)
+
+
+def test_a_deployment_keda_scales_leaves_its_replica_count_to_keda() -> None:
+    # With `replicas` in the manifest, every `kubectl apply -k` (each upgrade step of
+    # docs/deployment.md) sets the group back to that count, dropping the members KEDA added
+    # for the lag until its next poll (Kubernetes' advice for autoscaled Deployments).
+    (scaled,) = _objects("keda-scaledobject.yaml")
+    target = _deployment(scaled["spec"]["scaleTargetRef"]["name"])
+    assert "replicas" not in target["spec"], target["metadata"]["name"]
+    assert scaled["spec"]["minReplicaCount"] >= 2  # the PodDisruptionBudget keeps one of them
+
+
+@pytest.mark.parametrize("name", ["conveyor-relay", "conveyor-consumer-mailer"])
+def test_deployments_hand_their_metrics_to_prometheus_one_way_only(name: str) -> None:
+    # Scraped from the pod (--metrics-addr and the prometheus.io annotations) and also exported
+    # over OTLP to the collector Prometheus scrapes, every counter would be counted twice
+    # (deploy/observability/prometheus.yml, docs/deployment.md).
+    config = next(o for o in _all_objects() if o["kind"] == "ConfigMap")["data"]
+    pod = _deployment(name)["spec"]["template"]
+    scraped = (
+        pod["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true"
+        and "CONVEYOR_METRICS_ADDR" in config
+    )
+    assert scraped != observability.exporting(config, "metrics")
+    assert observability.exporting(config, "traces")  # traces still reach the collector
+
+
+def test_every_kubectl_command_shown_names_the_namespace() -> None:
+    # The kustomization puts everything in namespace `conveyor`: `kubectl delete job
+    # conveyor-migrate` without it deletes nothing in `default`, the Job of the new image then
+    # fails to apply (its template is immutable), and no migration runs.
+    namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    texts = [ROOT / "docs" / "deployment.md", *sorted(K8S.glob("*.yaml"))]
+    commands = [
+        (path.name, " ".join(found.split()))
+        for path in texts
+        for found in re.findall(
+            r"kubectl [^`\n]*(?:\n[^`\n]*)?(?=`)|kubectl [^`\n]*", path.read_text()
+        )
+    ]
+    assert commands
+    unscoped = [
+        (name, command)
+        for name, command in commands
+        if not command.startswith("kubectl apply -k") and f"-n {namespace}" not in command
+    ]
+    assert not unscoped
