@@ -38,7 +38,8 @@ class Publisher(Protocol):
         appended), anything else when the outcome of some is unknown (a connection lost)."""
 
     async def check_reset(self) -> ResetReport | None:
-        """Compare the server's run id with the last one seen; report what a restart lost."""
+        """Compare the run ids of the servers holding the streams with the last ones seen;
+        report what a restart or a failover lost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +97,23 @@ class StreamPublisher:
         """Partitioned topic -> the stream key of each partition."""
         self._written: set[str] = set()
         """Partition streams appended to, for the reset check."""
-        self._run_id: str | None = None
+        self._seen: dict[str, str] = {}
+        """The last check's `_servers()`: a stream whose holder changed was reset."""
         self._added: dict[str, int] = {}
-        """Stream key -> entries ever added to it (XINFO STREAM entries-added), at the last
-        check: trims never lower it, a Redis that lost data reports less."""
-        self._unwaited: dict[str, int] = {}
-        """Stream key -> entries appended by batches that failed their WAIT since one that
-        passed it: a failover may drop them without losing an event (their rows were retried),
-        so the reset check does not count them as lost."""
+        """Stream key -> entries ever added to it (XINFO STREAM entries-added) that a restart
+        must not lose: trims never lower it, a Redis that lost data reports less. Without WAIT,
+        the last check's count; with it, a count its replicas are known to hold (below)."""
+        self._pending: dict[str, int] = {}
+        """With WAIT: the last check's counts. They may include entries of batches that failed
+        their WAIT (this relay's or another's; their rows are retried, so a failover may drop
+        them without losing an event): a count becomes `_added` only once a batch sent after
+        it, to that stream, passed its WAIT (which covers every write before it) and the next
+        check finds the same server (run ids) as the one that counted it."""
+        self._witnessed: set[str] = set()
+        """Keys of `_pending` such a batch passed its WAIT for since the last check."""
+        self._counted = 0
+        """Bumped as a check begins and as it has counted: a batch that finds it unchanged
+        when its WAIT passes was sent after the count and before the next check."""
 
     def stream_key(self, topic: str, aggregate_id: str = "") -> str:
         key = self._keys.get(topic)
@@ -121,6 +131,7 @@ class StreamPublisher:
         # much CPU per entry as Redis needs for the XADD itself.
         counts: dict[str, int] = {}
         keys, pack = self._keys, _pack
+        counted = self._counted
         commands = []
         args: tuple[Any, ...]
         for _id, event_id, topic, event_type, aggregate_id, traceparent, payload in rows:
@@ -140,14 +151,13 @@ class StreamPublisher:
                 sent = self._cluster.send(commands)
             failed = await redis_client.within(self._timeout, sent, "XADD")
         except NotReplicated as exc:
-            for key, n in counts.items():
-                self._unwaited[key] = self._unwaited.get(key, 0) + n
             if self._on_unreplicated is not None:
                 self._on_unreplicated(exc)
             raise
-        if self._unwaited:  # WAIT succeeded: the replicas have everything written before too
-            for key in counts:
-                self._unwaited.pop(key, None)
+        if self._wait is not None and counted == self._counted:
+            # Sent after the last count and WAITed: the replicas hold what it counted too.
+            pending = self._pending
+            self._witnessed.update(key for key in counts if key in pending)
         if failed:
             refusals = [e for e in failed.values() if isinstance(e, OutOfMemoryError)]
             error = refusals[0] if refusals else next(iter(failed.values()))
@@ -188,35 +198,52 @@ class StreamPublisher:
         return failed
 
     async def check_reset(self) -> ResetReport | None:
-        run_id = await redis_client.within(self._timeout, self._run_ids(), "INFO")
+        # Witnesses are the batches sent after the last count that passed their WAIT before
+        # this check began: one still in flight may have gone to a master promoted since.
+        witnessed, self._witnessed = self._witnessed, set()
+        self._counted += 1
+        servers = await redis_client.within(self._timeout, self._servers(), "INFO")
         added = await redis_client.within(self._timeout, self._entries_added(), "XINFO STREAM")
-        old, self._run_id = self._run_id, run_id
-        before, self._added = self._added, added
-        if old is None or old == run_id:
+        old, self._seen = self._seen, servers
+        changed = sorted(k for k, server in servers.items() if old.get(k, server) != server)
+        before = self._added
+        if self._wait is None:
+            self._added = added
+        else:
+            if not changed:
+                before.update((k, self._pending[k]) for k in witnessed if k in self._pending)
+            self._pending, self._witnessed = added, set()
+            self._counted += 1
+        if not changed:
             return None
         # Lost: gone, or fewer entries ever added than before the restart. Entries appended
         # since the restart and before this look (this relay's backlog, another relay's) make
         # up for lost ones: a lost tail (appendfsync everysec, a failover) often hides behind
         # them. `conveyor verify` finds it.
-        # Entries of batches that failed their WAIT (their rows retried) may go with a failover.
-        unwaited = self._unwaited
-        lost = [k for k, n in sorted(before.items()) if added.get(k, 0) < n - unwaited.get(k, 0)]
-        return ResetReport(old, run_id, tuple(lost))
+        lost = [k for k, n in sorted(before.items()) if added.get(k, 0) < n]
+        if self._wait is not None:  # a loss is reported once
+            self._added = {k: min(n, added.get(k, 0)) for k, n in before.items()}
+        was = ",".join(sorted({old[k] for k in changed}))
+        return ResetReport(was, ",".join(sorted({servers[k] for k in changed})), tuple(lost))
 
-    async def _run_ids(self) -> str:
-        """The server's run id; on a cluster, `node=run id` of each master holding the relay's
-        streams (every master before it wrote any), so a restart or a failover of one shows."""
+    async def _servers(self) -> dict[str, str]:
+        """Who holds the relay's streams: on one server, its run id (under the key ""); on a
+        cluster, each stream key's master as `node=run id`, so a restart or a failover of one
+        shows, and a stream first written on another master does not."""
         client = self._client
         if self._cluster is None:
             info = await client.info("server")
-            return str(info["run_id"])
+            return {"": str(info["run_id"])}
         await client.initialize()
-        nodes = {owner(client, key) for key in self._keys.values()} or set(client.get_primaries())
-        ids = []
-        for node in sorted(nodes, key=lambda n: n.name):
-            info = await client.info("server", target_nodes=node)
-            ids.append(f"{node.name}={info['run_id']}")
-        return ",".join(ids)
+        found: dict[str, str] = {}
+        run_ids: dict[str, str] = {}
+        for key in (*self._keys.values(), *self._written):
+            node = owner(client, key)
+            if node.name not in run_ids:
+                info = await client.info("server", target_nodes=node)
+                run_ids[node.name] = f"{node.name}={info['run_id']}"
+            found[key] = run_ids[node.name]
+        return found
 
     async def replicas(self) -> dict[str, int]:
         """Connected replicas (INFO replication) of the server, or of each cluster master."""

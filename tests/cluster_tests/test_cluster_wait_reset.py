@@ -1,0 +1,127 @@
+"""The relay's reset check under `--wait-replicas` when two relays share a stream: a failover
+that drops only entries of batches that failed their WAIT loses no event (their rows are
+retried), so neither relay may say `REDIS DATA LOSS` — also the relay that counted the other's
+unreplicated entries, and also after its own batches reached the promoted master first."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from conveyor import redis_client, wire
+from relay.errors import NotReplicated
+from relay.publisher import ResetReport, StreamPublisher
+from relay.store import Row
+from tests.cluster import RedisCluster, binaries_missing, key_slot
+
+pytestmark = pytest.mark.slow
+
+CLOG = 48 * 1024 * 1024
+"""Bytes written to the master while its replica is paused: more than the loopback socket
+buffers hold, so the writes after it stay on the master alone."""
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisCluster]:
+    """A cluster of the test's own (it loses a master)."""
+    if why := binaries_missing():
+        pytest.skip(f"no Redis Cluster: {why}")
+    with RedisCluster(fsync="always") as started:
+        yield started
+
+
+def _rows(start: int, n: int, topic: str) -> list[Row]:
+    return [
+        (i, uuid.UUID(int=i), topic, "t.v1.T", f"agg{i}", None, b"payload")
+        for i in range(start, start + n)
+    ]
+
+
+def _clog(port: int, key: str) -> None:
+    tag = key[key.index("{") : key.index("}") + 1]
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=30) as client:
+        client.set(f"{tag}:clog", b"x" * CLOG)
+
+
+async def _publish_until_accepted(publisher: StreamPublisher, rows: list[Row]) -> None:
+    """Retry a batch as the forwarder does, while the client finds the promoted master."""
+    for _ in range(100):
+        try:
+            await publisher.publish(rows)
+        except (redis_client.ClusterUnavailable, NotReplicated, redis.RedisError, OSError):
+            await asyncio.sleep(0.1)
+        else:
+            return
+    raise AssertionError("no batch accepted after the failover")
+
+
+async def _check(publisher: StreamPublisher) -> ResetReport | None:
+    """The reset check, repeated as the relay's monitor does while Redis does not answer."""
+    for _ in range(100):
+        try:
+            return await publisher.check_reset()
+        except (redis.RedisError, OSError):
+            await asyncio.sleep(0.1)
+    raise AssertionError("the reset check never got an answer after the failover")
+
+
+async def test_failover_dropping_only_unreplicated_entries_is_no_data_loss(
+    cluster: RedisCluster,
+) -> None:
+    prefix, topic = f"t{uuid.uuid4().hex[:12]}", "waited"
+    stream = wire.Keys(topic, prefix).events
+    master = cluster.master_of(stream)
+    replica = cluster.replica_of(master)
+    # The clients start at a master that keeps running.
+    url = next(n for n in cluster.master_nodes() if n is not master).url
+    url = url.replace("redis://", "redis+cluster://", 1)
+    clients = [redis_client.connect(url) for _ in range(3)]
+    # `a` checks right after the failover; `b` retries its failed batch on the promoted master
+    # first; `other` only publishes (another relay, whose entries both count).
+    a, b, other = (StreamPublisher(c, prefix, wait_replicas=1, wait_timeout=0.3) for c in clients)
+    try:
+        await a.publish(_rows(1, 20, topic))
+        await other.publish(_rows(21, 20, topic))
+        assert await a.check_reset() is None
+        assert await b.check_reset() is None
+        await a.publish(_rows(41, 5, topic))
+        await b.publish(_rows(46, 5, topic))
+        assert await a.check_reset() is None
+        assert await b.check_reset() is None
+        cluster.pause(replica)
+        try:
+            await asyncio.to_thread(_clog, master.port, stream)
+            with pytest.raises(NotReplicated):
+                await other.publish(_rows(51, 30, topic))
+            with pytest.raises(NotReplicated):
+                await b.publish(_rows(81, 5, topic))
+            # Both count the unreplicated entries in the stream.
+            assert await a.check_reset() is None
+            assert await b.check_reset() is None
+            await asyncio.to_thread(cluster.kill, master)
+        finally:
+            cluster.resume(replica)
+        promoted = await asyncio.to_thread(cluster.wait_failover, key_slot(stream), master)
+        assert promoted is replica
+        seen_by_a = await _check(a)
+        # The old master rejoins as the promoted one's replica: WAITs can pass again.
+        await asyncio.to_thread(cluster.restart, master)
+        await _publish_until_accepted(b, _rows(81, 5, topic))
+        seen_by_b = await _check(b)
+        await _publish_until_accepted(other, _rows(51, 30, topic))
+        entries = await clients[0].xrange(stream)
+    finally:
+        for client in clients:
+            await client.aclose()
+    in_stream = {uuid.UUID(f[wire.F_EVENT_ID].decode()).int for _, f in entries}
+    assert in_stream == set(range(1, 86)), "every row in the stream after the retries"
+    for name, seen in (("a", seen_by_a), ("b", seen_by_b)):
+        assert seen is not None, f"{name} saw the failover (the master's run id changed)"
+        assert seen.lost_streams == (), (
+            "only entries of batches that failed their WAIT went with the master: no event "
+            f"was lost, yet relay {name} reported {seen.lost_streams}"
+        )
