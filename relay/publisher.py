@@ -253,12 +253,30 @@ class StreamPublisher:
             info = await client.info("server")
             return {"": str(info["run_id"])}
         await client.initialize()
+        keys = (*self._keys.values(), *self._written)
+        found = await self._masters(keys)
+        if found is None:
+            # A slot map nothing refreshed (a relay without batches meets no MOVED) names a
+            # master failed over since, back as a replica with its run id, which would hide the
+            # failover: load the map again.
+            await client.nodes_manager.initialize()
+            found = await self._masters(keys)
+            if found is None:
+                raise redis_client.ClusterUnavailable("the slot map names a replica: failing over")
+        return found
+
+    async def _masters(self, keys: Sequence[str]) -> dict[str, str] | None:
+        """Each key's master, as the client's slot map says, as `node=run id`; None when the
+        map names a node that is not a master."""
+        client = self._client
         found: dict[str, str] = {}
         run_ids: dict[str, str] = {}
-        for key in (*self._keys.values(), *self._written):
+        for key in keys:
             node = owner(client, key)
             if node.name not in run_ids:
-                info = await client.info("server", target_nodes=node)
+                info = await client.info("server", "replication", target_nodes=node)
+                if info.get("role") != "master":
+                    return None
                 run_ids[node.name] = f"{node.name}={info['run_id']}"
             found[key] = run_ids[node.name]
         return found
