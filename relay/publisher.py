@@ -109,8 +109,10 @@ class StreamPublisher:
         them without losing an event): a count becomes `_added` only once a batch sent after
         it, to that stream, passed its WAIT (which covers every write before it) and the next
         check finds the same server (run ids) as the one that counted it."""
-        self._witnessed: set[str] = set()
-        """Keys of `_pending` such a batch passed its WAIT for since the last check."""
+        self._witnessed: dict[str, int] = {}
+        """Stream key -> entries such batches appended to it since the last check: the replicas
+        hold those too, so `_added` becomes the count (0 for a stream it had not counted) plus
+        them, and a relay gone idle after its last batches still has them in its baseline."""
         self._counted = 0
         """Bumped as a check begins and as it has counted: a batch that finds it unchanged
         when its WAIT passes was sent after the count and before the next check."""
@@ -155,9 +157,7 @@ class StreamPublisher:
                 self._on_unreplicated(exc)
             raise
         if self._wait is not None and counted == self._counted:
-            # Sent after the last count and WAITed: the replicas hold what it counted too.
-            pending = self._pending
-            self._witnessed.update(key for key in counts if key in pending)
+            self._witness(rows, counts, failed)
         if failed:
             refusals = [e for e in failed.values() if isinstance(e, OutOfMemoryError)]
             error = refusals[0] if refusals else next(iter(failed.values()))
@@ -166,6 +166,23 @@ class StreamPublisher:
                 error, rejected=len(failed), accepted=accepted, out_of_memory=bool(refusals)
             ) from error
         return counts
+
+    def _witness(
+        self, rows: Sequence[Row], counts: dict[str, int], failed: dict[int, ResponseError]
+    ) -> None:
+        """A batch sent after the last count passed its WAIT: the replicas hold what that check
+        counted, and this batch's entries. WAIT waits for the connection's last write: a stream
+        whose every XADD was refused vouches for nothing."""
+        accepted = counts
+        if failed:
+            accepted = dict(counts)
+            for i in failed:
+                topic, aggregate_id = rows[i][2], rows[i][4]
+                accepted[self._keys.get(topic) or self.stream_key(topic, aggregate_id)] -= 1
+        witnessed = self._witnessed
+        for key, n in accepted.items():
+            if n:
+                witnessed[key] = witnessed.get(key, 0) + n
 
     async def _send(self, packed: bytes, replies: int) -> dict[int, ResponseError]:
         """Send pipelined commands and read every reply; return the error replies by index."""
@@ -200,7 +217,7 @@ class StreamPublisher:
     async def check_reset(self) -> ResetReport | None:
         # Witnesses are the batches sent after the last count that passed their WAIT before
         # this check began: one still in flight may have gone to a master promoted since.
-        witnessed, self._witnessed = self._witnessed, set()
+        witnessed, self._witnessed = self._witnessed, {}
         self._counted += 1
         servers = await redis_client.within(self._timeout, self._servers(), "INFO")
         added = await redis_client.within(self._timeout, self._entries_added(), "XINFO STREAM")
@@ -211,8 +228,9 @@ class StreamPublisher:
             self._added = added
         else:
             if not changed:
-                before.update((k, self._pending[k]) for k in witnessed if k in self._pending)
-            self._pending, self._witnessed = added, set()
+                pending = self._pending
+                before.update((k, pending.get(k, 0) + n) for k, n in witnessed.items())
+            self._pending, self._witnessed = added, {}
             self._counted += 1
         if not changed:
             return None
@@ -235,12 +253,30 @@ class StreamPublisher:
             info = await client.info("server")
             return {"": str(info["run_id"])}
         await client.initialize()
+        keys = (*self._keys.values(), *self._written)
+        found = await self._masters(keys)
+        if found is None:
+            # A slot map nothing refreshed (a relay without batches meets no MOVED) names a
+            # master failed over since, back as a replica with its run id, which would hide the
+            # failover: load the map again.
+            await client.nodes_manager.initialize()
+            found = await self._masters(keys)
+            if found is None:
+                raise redis_client.ClusterUnavailable("the slot map names a replica: failing over")
+        return found
+
+    async def _masters(self, keys: Sequence[str]) -> dict[str, str] | None:
+        """Each key's master, as the client's slot map says, as `node=run id`; None when the
+        map names a node that is not a master."""
+        client = self._client
         found: dict[str, str] = {}
         run_ids: dict[str, str] = {}
-        for key in (*self._keys.values(), *self._written):
+        for key in keys:
             node = owner(client, key)
             if node.name not in run_ids:
-                info = await client.info("server", target_nodes=node)
+                info = await client.info("server", "replication", target_nodes=node)
+                if info.get("role") != "master":
+                    return None
                 run_ids[node.name] = f"{node.name}={info['run_id']}"
             found[key] = run_ids[node.name]
         return found
