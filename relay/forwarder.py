@@ -200,6 +200,10 @@ class Forwarder:
         if claim or await self.store.pending():
             return True
         self._next = Next.IDLE
+        if self.last_error is not None:  # another relay published what failed here
+            self.last_error = None
+            if self._failing_since is not None:
+                self._recovered()
         return False
 
     async def _pace(self) -> bool:
@@ -340,7 +344,7 @@ class Forwarder:
         )
 
     def _recovered(self) -> None:
-        """A batch committed after failed ones: say so once."""
+        """A batch committed after failed ones, or the outbox found empty: say so once."""
         assert self._failing_since is not None
         log.info(
             "relay publishing again: schema=%s after %.0fs of failed batches%s",

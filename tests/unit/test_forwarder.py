@@ -159,3 +159,28 @@ async def test_a_retry_after_rejected_xadds_appends_only_what_redis_did_not() ->
     assert sorted(stream.entries) == list(range(1, 31)), "each row appended once"
     assert forwarder.published == 30
     assert metrics.published._counts == {"topic": 30}
+
+
+async def test_a_failure_another_relay_made_good_no_longer_reports_publishing_fails() -> None:
+    """A batch fails; another relay publishes its rows meanwhile; this forwarder then finds the
+    outbox empty: nothing of it is failing any more, so its status drops the error (health said
+    "publishing fails" until a batch of its own committed, which an idle outbox never brings)."""
+    outbox = FakeOutbox(5)
+    stream = FakeStream(fail_every=1)
+    stopping = asyncio.Event()
+    s = RelaySettings(batch_size=5, poll_interval=0.02, backoff_initial=0.05, backoff_max=0.05)
+    forwarder = Forwarder(outbox, stream, s, RelayMetrics(), stopping)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        async with asyncio.timeout(5):
+            while forwarder.last_error is None:
+                await asyncio.sleep(0.005)
+        outbox.unpublished.clear()  # the other relay's batch committed
+        async with asyncio.timeout(5):
+            while forwarder.last_error is not None:
+                await asyncio.sleep(0.01)
+    finally:
+        stopping.set()
+        forwarder.wake()
+        await task
+    assert stream.entries == [], "this relay appended nothing"
