@@ -16,9 +16,10 @@ import redis
 
 from conveyor import redis_client, wire
 from relay.errors import NotReplicated
-from relay.publisher import ResetReport, StreamPublisher
+from relay.publisher import StreamPublisher
 from relay.store import Row
 from tests.cluster import RedisCluster, binaries_missing, key_slot
+from tests.reset_support import check_until_answered, rows
 
 pytestmark = pytest.mark.slow
 
@@ -36,39 +37,22 @@ def cluster() -> Iterator[RedisCluster]:
         yield started
 
 
-def _rows(start: int, n: int, topic: str) -> list[Row]:
-    return [
-        (i, uuid.UUID(int=i), topic, "t.v1.T", f"agg{i}", None, b"payload")
-        for i in range(start, start + n)
-    ]
-
-
 def _clog(port: int, key: str) -> None:
     tag = key[key.index("{") : key.index("}") + 1]
     with redis.Redis(host="127.0.0.1", port=port, socket_timeout=30) as client:
         client.set(f"{tag}:clog", b"x" * CLOG)
 
 
-async def _publish_until_accepted(publisher: StreamPublisher, rows: list[Row]) -> None:
+async def _publish_until_accepted(publisher: StreamPublisher, batch: list[Row]) -> None:
     """Retry a batch as the forwarder does, while the client finds the promoted master."""
     for _ in range(100):
         try:
-            await publisher.publish(rows)
+            await publisher.publish(batch)
         except (redis_client.ClusterUnavailable, NotReplicated, redis.RedisError, OSError):
             await asyncio.sleep(0.1)
         else:
             return
     raise AssertionError("no batch accepted after the failover")
-
-
-async def _check(publisher: StreamPublisher) -> ResetReport | None:
-    """The reset check, repeated as the relay's monitor does while Redis does not answer."""
-    for _ in range(100):
-        try:
-            return await publisher.check_reset()
-        except (redis.RedisError, OSError):
-            await asyncio.sleep(0.1)
-    raise AssertionError("the reset check never got an answer after the failover")
 
 
 async def test_failover_dropping_only_unreplicated_entries_is_no_data_loss(
@@ -86,21 +70,21 @@ async def test_failover_dropping_only_unreplicated_entries_is_no_data_loss(
     # first; `other` only publishes (another relay, whose entries both count).
     a, b, other = (StreamPublisher(c, prefix, wait_replicas=1, wait_timeout=0.3) for c in clients)
     try:
-        await a.publish(_rows(1, 20, topic))
-        await other.publish(_rows(21, 20, topic))
+        await a.publish(rows(1, 20, topic))
+        await other.publish(rows(21, 20, topic))
         assert await a.check_reset() is None
         assert await b.check_reset() is None
-        await a.publish(_rows(41, 5, topic))
-        await b.publish(_rows(46, 5, topic))
+        await a.publish(rows(41, 5, topic))
+        await b.publish(rows(46, 5, topic))
         assert await a.check_reset() is None
         assert await b.check_reset() is None
         cluster.pause(replica)
         try:
             await asyncio.to_thread(_clog, master.port, stream)
             with pytest.raises(NotReplicated):
-                await other.publish(_rows(51, 30, topic))
+                await other.publish(rows(51, 30, topic))
             with pytest.raises(NotReplicated):
-                await b.publish(_rows(81, 5, topic))
+                await b.publish(rows(81, 5, topic))
             # Both count the unreplicated entries in the stream.
             assert await a.check_reset() is None
             assert await b.check_reset() is None
@@ -109,12 +93,12 @@ async def test_failover_dropping_only_unreplicated_entries_is_no_data_loss(
             cluster.resume(replica)
         promoted = await asyncio.to_thread(cluster.wait_failover, key_slot(stream), master)
         assert promoted is replica
-        seen_by_a = await _check(a)
+        seen_by_a = await check_until_answered(a)
         # The old master rejoins as the promoted one's replica: WAITs can pass again.
         await asyncio.to_thread(cluster.restart, master)
-        await _publish_until_accepted(b, _rows(81, 5, topic))
-        seen_by_b = await _check(b)
-        await _publish_until_accepted(other, _rows(51, 30, topic))
+        await _publish_until_accepted(b, rows(81, 5, topic))
+        seen_by_b = await check_until_answered(b)
+        await _publish_until_accepted(other, rows(51, 30, topic))
         entries = await clients[0].xrange(stream)
     finally:
         for client in clients:
@@ -164,12 +148,12 @@ async def test_a_failover_to_a_master_that_stalled_rather_than_crashed_is_seen(
     client = redis_client.connect(url.replace("redis://", "redis+cluster://", 1))
     publisher = StreamPublisher(client, prefix)  # --wait-replicas 0: a failover can lose
     try:
-        await publisher.publish(_rows(1, 20, topic))
+        await publisher.publish(rows(1, 20, topic))
         assert await publisher.check_reset() is None
         cluster.pause(replica)
         try:
             await asyncio.to_thread(_clog, master.port, stream)
-            await publisher.publish(_rows(21, 30, topic))  # acknowledged, never replicated
+            await publisher.publish(rows(21, 30, topic))  # acknowledged, never replicated
             assert await publisher.check_reset() is None
             cluster.pause(master)
         finally:
@@ -181,7 +165,7 @@ async def test_a_failover_to_a_master_that_stalled_rather_than_crashed_is_seen(
         await asyncio.to_thread(_wait_role, master.port, b"slave")  # it dropped 21..50
         reports = []
         for _ in range(3):  # the monitor's next checks
-            report = await _check(publisher)
+            report = await check_until_answered(publisher)
             if report is not None:
                 reports.append(report)
         entries = await client.xrange(stream)
@@ -209,7 +193,7 @@ async def test_a_master_and_its_replica_restarted_empty_after_the_relay_went_idl
     publisher = StreamPublisher(client, prefix, wait_replicas=1, wait_timeout=2.0)
     try:
         assert await publisher.check_reset() is None
-        await publisher.publish(_rows(1, 50, topic))  # a new stream, then nothing to publish
+        await publisher.publish(rows(1, 50, topic))  # a new stream, then nothing to publish
         for _ in range(3):
             assert await publisher.check_reset() is None
         for node in (replica, master):
@@ -221,7 +205,7 @@ async def test_a_master_and_its_replica_restarted_empty_after_the_relay_went_idl
         await asyncio.to_thread(_wait_role, replica.port, b"slave")
         reports = []
         for _ in range(3):
-            report = await _check(publisher)
+            report = await check_until_answered(publisher)
             if report is not None:
                 reports.append(report)
         left = await client.xlen(stream)
