@@ -4,7 +4,7 @@
 cluster-node-timeout 1.5 s) for the tests of one module and removes them afterwards, also when
 a test fails. `cluster.url` is a plain redis:// URL of one node (processes detect the cluster);
 `cluster.cluster_url` the redis+cluster:// form that forces cluster mode. Tests that kill a
-master restart it (`cluster.restart(node)`) or run in a module of their own.
+master restart it (`cluster.restart(node)`) or take `cluster`, a cluster of the test's own.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from tests.cluster import RedisCluster, binaries_missing
 from tests.torture.conftest import log_dir, pytest_runtest_makereport, seed
 
-__all__ = ["log_dir", "pytest_runtest_makereport", "redis_cluster", "seed"]
+__all__ = ["cluster", "log_dir", "pytest_runtest_makereport", "redis_cluster", "seed"]
 """The torture suite's `seed` and `log_dir` fixtures and its report hook (attach()'s sections,
 the seed of a failed test), for the failover scenarios that use its checker."""
 
@@ -27,3 +27,12 @@ def redis_cluster() -> Iterator[RedisCluster]:
         pytest.skip(f"no Redis Cluster: {why}")
     with RedisCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisCluster]:
+    """A cluster of the test's own (it loses a master)."""
+    if why := binaries_missing():
+        pytest.skip(f"no Redis Cluster: {why}")
+    with RedisCluster(fsync="always") as started:
+        yield started

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.cluster import RedisCluster, binaries_missing, key_slot
+from tests.cluster import RedisCluster, key_slot
 from tests.torture.checker import check, settle
 from tests.torture.conftest import attach
 from tests.torture.crashes import replay, verify
@@ -46,15 +45,6 @@ CLOG = 48 * 1024 * 1024
 buffers between them hold, less than the replica output buffer limit (256 MiB)."""
 """Seconds the replica is paused before its master is killed (the master's writes meanwhile
 reach no replica)."""
-
-
-@pytest.fixture
-def cluster() -> Iterator[RedisCluster]:
-    """A cluster of the test's own (it loses a master)."""
-    if why := binaries_missing():
-        pytest.skip(f"no Redis Cluster: {why}")
-    with RedisCluster(fsync="always") as started:
-        yield started
 
 
 def _deployment(cluster: RedisCluster, database_url: str, schema: str, prefix: str) -> Deployment:

@@ -9,7 +9,6 @@ import asyncio
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -18,7 +17,7 @@ from conveyor import redis_client, wire
 from relay.errors import NotReplicated
 from relay.publisher import StreamPublisher
 from relay.store import Row
-from tests.cluster import RedisCluster, binaries_missing, key_slot
+from tests.cluster import RedisCluster, key_slot
 from tests.reset_support import check_until_answered, rows
 
 pytestmark = pytest.mark.slow
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.slow
 CLOG = 48 * 1024 * 1024
 """Bytes written to the master while its replica is paused: more than the loopback socket
 buffers hold, so the writes after it stay on the master alone."""
-
-
-@pytest.fixture
-def cluster() -> Iterator[RedisCluster]:
-    """A cluster of the test's own (it loses a master)."""
-    if why := binaries_missing():
-        pytest.skip(f"no Redis Cluster: {why}")
-    with RedisCluster(fsync="always") as started:
-        yield started
 
 
 def _clog(port: int, key: str) -> None:
