@@ -124,6 +124,17 @@ def _wait_role(port: int, role: bytes, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def _wait_entries(port: int, key: str, n: int, timeout: float = 30) -> None:
+    """Wait until the replica at `port` holds `n` entries of stream `key`."""
+    deadline = time.monotonic() + timeout
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as client:
+        client.execute_command("READONLY")
+        while client.xlen(key) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"replica {port} never held {n} entries of {key}")
+            time.sleep(0.05)
+
+
 async def test_a_failover_to_a_master_that_stalled_rather_than_crashed_is_seen(
     cluster: RedisCluster,
 ) -> None:
@@ -140,6 +151,7 @@ async def test_a_failover_to_a_master_that_stalled_rather_than_crashed_is_seen(
     try:
         await publisher.publish(rows(1, 20, topic))
         assert await publisher.check_reset() is None
+        await asyncio.to_thread(_wait_entries, replica.port, stream, 20)  # no WAIT here
         cluster.pause(replica)
         try:
             await asyncio.to_thread(_clog, master.port, stream)
