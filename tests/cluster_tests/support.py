@@ -1,11 +1,14 @@
-"""What the cluster tests share: topics whose streams sit on different masters, and a
-pipeline case (schema, key prefix, the cluster's URL) in the shape the integration helpers take."""
+"""What the cluster tests share: topics whose streams sit on different masters, a pipeline case
+(schema, key prefix, the cluster's URL) in the shape the integration helpers take, and a write
+that clogs a master's link to its paused replica."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from consumers import EventContext, Router
 from conveyor import wire
@@ -77,3 +80,16 @@ async def effects(pg: Any, schema: str, group: str) -> dict[str, int]:
         group,
     )
     return {r[0]: r[1] for r in rows}
+
+
+CLOG = 48 * 1024 * 1024
+"""Bytes `clog` writes: more than the loopback socket buffers between a master and its paused
+replica hold, less than the replica output buffer limit (256 MiB)."""
+
+
+def clog(port: int, key: str) -> None:
+    """Write CLOG bytes to the master at `port`, in `key`'s slot (a key no one reads): with its
+    replica paused, the writes after it stay on the master alone, as with a lagging replica."""
+    tag = key[key.index("{") : key.index("}") + 1]
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=30) as client:
+        client.set(f"{tag}:clog", b"x" * CLOG)

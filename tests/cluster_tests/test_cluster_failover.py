@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.cluster import RedisCluster, key_slot
+from tests.cluster_tests.support import clog
 from tests.torture.checker import check, settle
 from tests.torture.conftest import attach
 from tests.torture.crashes import replay, verify
@@ -39,12 +39,9 @@ RATE = 60.0
 STEADY = 5.0
 """Seconds of load before the replica is paused."""
 LAGGING = 1.5
-LAGGING_MEMBER = "eo-b-0"
-CLOG = 48 * 1024 * 1024
-"""Bytes written to the master while its replica is paused: more than the loopback socket
-buffers between them hold, less than the replica output buffer limit (256 MiB)."""
 """Seconds the replica is paused before its master is killed (the master's writes meanwhile
 reach no replica)."""
+LAGGING_MEMBER = "eo-b-0"
 
 
 def _deployment(cluster: RedisCluster, database_url: str, schema: str, prefix: str) -> Deployment:
@@ -54,13 +51,6 @@ def _deployment(cluster: RedisCluster, database_url: str, schema: str, prefix: s
     other = next(n for n in cluster.master_nodes() if n is not holder)
     url = other.url.replace("redis://", "redis+cluster://", 1)
     return Deployment(database_url, url, schema, prefix)
-
-
-def _clog(port: int, key: str) -> None:
-    """Write CLOG bytes to the master at `port`, in `key`'s slot (a key no one reads)."""
-    tag = key[key.index("{") : key.index("}") + 1]
-    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=30) as client:
-        client.set(f"{tag}:clog", b"x" * CLOG)
 
 
 async def _fail_over(
@@ -78,7 +68,7 @@ async def _fail_over(
     try:
         # The paused replica's socket buffers would still take the writes that follow (and it
         # reads them once resumed): a write larger than they are fills them first.
-        await asyncio.to_thread(_clog, master.port, key)
+        await asyncio.to_thread(clog, master.port, key)
         await asyncio.sleep(LAGGING)
         killed_at = datetime.now(UTC)
         await asyncio.to_thread(cluster.kill, master)

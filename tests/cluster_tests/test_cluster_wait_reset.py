@@ -18,19 +18,10 @@ from relay.errors import NotReplicated
 from relay.publisher import StreamPublisher
 from relay.store import Row
 from tests.cluster import RedisCluster, key_slot
+from tests.cluster_tests.support import clog
 from tests.reset_support import check_until_answered, rows
 
 pytestmark = pytest.mark.slow
-
-CLOG = 48 * 1024 * 1024
-"""Bytes written to the master while its replica is paused: more than the loopback socket
-buffers hold, so the writes after it stay on the master alone."""
-
-
-def _clog(port: int, key: str) -> None:
-    tag = key[key.index("{") : key.index("}") + 1]
-    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=30) as client:
-        client.set(f"{tag}:clog", b"x" * CLOG)
 
 
 async def _publish_until_accepted(publisher: StreamPublisher, batch: list[Row]) -> None:
@@ -70,7 +61,7 @@ async def test_failover_dropping_only_unreplicated_entries_is_no_data_loss(
         assert await b.check_reset() is None
         cluster.pause(replica)
         try:
-            await asyncio.to_thread(_clog, master.port, stream)
+            await asyncio.to_thread(clog, master.port, stream)
             with pytest.raises(NotReplicated):
                 await other.publish(rows(51, 30, topic))
             with pytest.raises(NotReplicated):
@@ -154,7 +145,7 @@ async def test_a_failover_to_a_master_that_stalled_rather_than_crashed_is_seen(
         await asyncio.to_thread(_wait_entries, replica.port, stream, 20)  # no WAIT here
         cluster.pause(replica)
         try:
-            await asyncio.to_thread(_clog, master.port, stream)
+            await asyncio.to_thread(clog, master.port, stream)
             await publisher.publish(rows(21, 30, topic))  # acknowledged, never replicated
             assert await publisher.check_reset() is None
             cluster.pause(master)

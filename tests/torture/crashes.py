@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from admin.cli.verify import MAX_EXAMPLES
 from tests.processes import run_conveyor
 from tests.servers import RedisServer
 from tests.torture.deployment import Deployment
@@ -49,7 +50,7 @@ class VerifyResult:
     code: int
     output: str
     lost: dict[str, set[str]] = field(default_factory=dict)
-    """Verified group -> ids of the events it lost (the first 1000: `--examples`' maximum)."""
+    """Verified group -> ids of the events it lost (at most MAX_EXAMPLES, `--examples`' cap)."""
     total: dict[str, int] = field(default_factory=dict)
     """Verified group -> how many events it lost (more than `lost` holds after a big loss)."""
     details: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -61,9 +62,10 @@ class VerifyResult:
 
 
 async def verify(deployment: Deployment, since: str = "1h") -> VerifyResult:
-    """`conveyor verify --since SINCE --schema S --json --examples 1000`, as a script runs it."""
+    """`conveyor verify --since SINCE --schema S --json --examples N` (N: the most it takes), as
+    a script runs it."""
     args = ["verify", "--since", since, "--schema", deployment.schema, "--json"]
-    args += ["--examples", "1000"]
+    args += ["--examples", str(MAX_EXAMPLES)]
     done = await asyncio.to_thread(run_conveyor, args, conveyor_env(deployment), 120)
     result = VerifyResult(done.returncode, done.stdout + done.stderr)
     if done.returncode not in (0, 1):
@@ -76,7 +78,7 @@ async def verify(deployment: Deployment, since: str = "1h") -> VerifyResult:
             result.details[g["group"]] = {k: v for k, v in lost.items() if k != "total"}
             result.total[g["group"]] = lost["total"]
             shown = len(result.lost[g["group"]])
-            assert shown == min(lost["total"], 1000), f"{shown} examples of {lost['total']} lost"
+            assert shown == min(lost["total"], MAX_EXAMPLES), f"{shown} of {lost['total']} lost"
     return result
 
 
